@@ -1,0 +1,191 @@
+//! The contract between the eBPF programs (`agent-ebpf`) and the userspace agent: map names,
+//! counter indices and the `#[repr(C)]` values stored in the maps. Both sides compile this file,
+//! so a counter or map can never be renamed on one side only.
+#![no_std]
+
+/// Per-CPU array with one [`EventCounts`] entry: every kernel event we count.
+pub const MAP_EVENT_COUNTS: &str = "EVENT_COUNTS";
+/// Per-CPU array with one [`TcpStateBalance`] entry: +1 on entering a TCP state, -1 on leaving.
+pub const MAP_TCP_STATE_BALANCE: &str = "TCP_STATE_BALANCE";
+/// Hash map from pid_tgid to the arguments of a socket()/socketpair() call in flight, so the
+/// exit tracepoint only counts sockets that were really created.
+pub const MAP_SOCKET_CALLS_IN_FLIGHT: &str = "SOCKET_CALLS_IN_FLIGHT";
+
+/// Capacity of [`MAP_SOCKET_CALLS_IN_FLIGHT`]: concurrent socket() calls, one per thread at most.
+pub const SOCKET_CALLS_IN_FLIGHT_MAX: u32 = 16384;
+
+/// Index of each counter in [`EventCounts::counts`]. The order is part of the map layout.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Fork = 0,
+    Exec,
+    Exit,
+    TcpToEstablished,
+    TcpToSynSent,
+    TcpToSynRecv,
+    TcpToClose,
+    TcpToListen,
+    TcpConnFailed,
+    TcpRstSent,
+    TcpRstRecv,
+    SockAllocTcp,
+    SockAllocUdp,
+    SockAllocUnix,
+    SockAllocRaw,
+    SockAllocOther,
+}
+
+/// Number of [`Event`] variants.
+pub const EVENT_COUNT: usize = 16;
+
+impl Event {
+    /// Every event, in map order.
+    pub const ALL: [Event; EVENT_COUNT] = [
+        Event::Fork,
+        Event::Exec,
+        Event::Exit,
+        Event::TcpToEstablished,
+        Event::TcpToSynSent,
+        Event::TcpToSynRecv,
+        Event::TcpToClose,
+        Event::TcpToListen,
+        Event::TcpConnFailed,
+        Event::TcpRstSent,
+        Event::TcpRstRecv,
+        Event::SockAllocTcp,
+        Event::SockAllocUdp,
+        Event::SockAllocUnix,
+        Event::SockAllocRaw,
+        Event::SockAllocOther,
+    ];
+
+    /// The database column this counter feeds (see shared/spec/features.md).
+    pub const fn column(self) -> &'static str {
+        match self {
+            Event::Fork => "ebpf_forks",
+            Event::Exec => "ebpf_execs",
+            Event::Exit => "ebpf_exits",
+            Event::TcpToEstablished => "tcp_to_est",
+            Event::TcpToSynSent => "tcp_to_syn_sent",
+            Event::TcpToSynRecv => "tcp_to_syn_recv",
+            Event::TcpToClose => "tcp_to_close",
+            Event::TcpToListen => "tcp_to_listen",
+            Event::TcpConnFailed => "tcp_conn_failed",
+            Event::TcpRstSent => "tcp_rst_sent",
+            Event::TcpRstRecv => "tcp_rst_recv",
+            Event::SockAllocTcp => "sock_alloc_tcp",
+            Event::SockAllocUdp => "sock_alloc_udp",
+            Event::SockAllocUnix => "sock_alloc_unix",
+            Event::SockAllocRaw => "sock_alloc_raw",
+            Event::SockAllocOther => "sock_alloc_other",
+        }
+    }
+}
+
+/// Cumulative event counts of one CPU since the programs were loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    pub counts: [u64; EVENT_COUNT],
+}
+
+/// TCP states as the kernel numbers them (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const CLOSE: i32 = 7;
+    pub const LISTEN: i32 = 10;
+    /// Highest state number plus one; sizes [`super::TcpStateBalance`].
+    pub const COUNT: usize = 13;
+}
+
+/// Per-CPU running balance of sockets per TCP state since the programs were loaded: entering a
+/// state adds one, leaving it subtracts one. One CPU's value can be negative (a socket may enter
+/// a state on one CPU and leave it on another); the sum over CPUs is exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStateBalance {
+    pub by_state: [i64; tcp_state::COUNT],
+}
+
+/// Arguments of a socket()/socketpair() call between its enter and exit tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketCall {
+    pub family: u32,
+    pub sock_type: u32,
+    /// 1 for socket(), 2 for socketpair().
+    pub sockets: u32,
+    pub _pad: u32,
+}
+
+/// Address families and socket types used to classify created sockets.
+pub mod sock {
+    pub const AF_UNIX: u32 = 1;
+    pub const AF_INET: u32 = 2;
+    pub const AF_INET6: u32 = 10;
+    pub const AF_PACKET: u32 = 17;
+    pub const SOCK_STREAM: u32 = 1;
+    pub const SOCK_DGRAM: u32 = 2;
+    pub const SOCK_RAW: u32 = 3;
+    /// socket(2)'s type argument also carries SOCK_NONBLOCK | SOCK_CLOEXEC above these bits.
+    pub const SOCK_TYPE_MASK: u32 = 0xf;
+}
+
+/// Which `sock_alloc_*` counter a created socket feeds. Raw first: a SOCK_RAW of any family, or
+/// any AF_PACKET socket, is raw; then inet stream/datagram; then unix; everything else is other.
+pub const fn classify_socket(family: u32, sock_type: u32) -> Event {
+    let t = sock_type & sock::SOCK_TYPE_MASK;
+    if t == sock::SOCK_RAW || family == sock::AF_PACKET {
+        Event::SockAllocRaw
+    } else if family == sock::AF_INET || family == sock::AF_INET6 {
+        if t == sock::SOCK_STREAM {
+            Event::SockAllocTcp
+        } else if t == sock::SOCK_DGRAM {
+            Event::SockAllocUdp
+        } else {
+            Event::SockAllocOther
+        }
+    } else if family == sock::AF_UNIX {
+        Event::SockAllocUnix
+    } else {
+        Event::SockAllocOther
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integer arrays without padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::EventCounts {}
+    unsafe impl aya::Pod for super::TcpStateBalance {}
+    unsafe impl aya::Pod for super::SocketCall {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn event_order_matches_discriminants() {
+        for (i, e) in Event::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn socket_classification() {
+        use sock::*;
+        assert_eq!(classify_socket(AF_INET, SOCK_STREAM), Event::SockAllocTcp);
+        assert_eq!(classify_socket(AF_INET6, SOCK_STREAM | 0o4000 | 0o2000000), Event::SockAllocTcp);
+        assert_eq!(classify_socket(AF_INET6, SOCK_DGRAM), Event::SockAllocUdp);
+        assert_eq!(classify_socket(AF_INET, SOCK_RAW), Event::SockAllocRaw);
+        assert_eq!(classify_socket(AF_PACKET, SOCK_DGRAM), Event::SockAllocRaw);
+        assert_eq!(classify_socket(AF_UNIX, SOCK_DGRAM), Event::SockAllocUnix);
+        assert_eq!(classify_socket(AF_UNIX, SOCK_RAW), Event::SockAllocRaw);
+        assert_eq!(classify_socket(16 /* AF_NETLINK */, SOCK_DGRAM), Event::SockAllocOther);
+        assert_eq!(classify_socket(AF_INET, 5 /* SOCK_SEQPACKET */), Event::SockAllocOther);
+    }
+}
