@@ -1,1 +1,4 @@
-fn main(){}
+//! The `feature-agent` binary; everything lives in the library (see cli.rs).
+fn main() -> std::process::ExitCode {
+    agent::cli::main()
+}

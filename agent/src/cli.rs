@@ -1,0 +1,373 @@
+//! Command line and environment of `feature-agent`, and the three commands: `run` (sample and
+//! write to Postgres), `print` (sample to stdout as JSON lines) and `migrate`.
+//! Every option has an environment variable fallback, so a DaemonSet configures it with `env:`.
+use std::{
+    io::Write,
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use regex::Regex;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::{
+    collector::{DiskSelector, InterfaceSelector, Roots, Sources},
+    db::{self, WriterOptions},
+    ebpf::EbpfCounters,
+    migrate,
+    sampler::Sampler,
+};
+
+/// Longest node name accepted (bytes). Kubernetes allows 253; we store longer ones verbatim too.
+pub const NODE_NAME_MAX_BYTES: usize = 1024;
+
+#[derive(Debug, Parser)]
+#[command(name = "feature-agent", version, about = "Per-node security features from procfs and eBPF, one row per interval into Postgres")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sample every interval and write the rows to Postgres (applies migrations first).
+    Run(RunArgs),
+    /// Sample every interval and print the rows as JSON lines on stdout; no database.
+    Print(SamplingArgs),
+    /// Apply the migrations in migrations/ and exit. Re-running is a no-op.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Seconds between samples (fractions allowed). Samples are aligned to multiples of the
+    /// interval since the Unix epoch.
+    #[arg(long, env = "INTERVAL", default_value_t = 10.0, value_parser = parse_interval)]
+    pub interval: f64,
+    /// Stop after this many rows; 0 runs until SIGTERM/SIGINT.
+    #[arg(long, env = "RECORDS_NUM", default_value_t = 0)]
+    pub records: u64,
+    /// Node name stored with every row [default: the hostname].
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Root of the host's procfs (/host/proc in a pod).
+    #[arg(long, env = "PROCFS_ROOT", default_value = "/proc")]
+    pub procfs: PathBuf,
+    /// Root of the host's sysfs (/host/sys in a pod).
+    #[arg(long, env = "SYSFS_ROOT", default_value = "/sys")]
+    pub sysfs: PathBuf,
+    /// The host's root filesystem, for disk_av_per (/host/root in a pod).
+    #[arg(long, env = "ROOTFS_ROOT", default_value = "/")]
+    pub rootfs: PathBuf,
+    /// Regex of the disks to sum [default: whole devices except loop, ram, zram, fd, dm-, md].
+    #[arg(long, env = "DISK_DEVICES", value_parser = parse_regex)]
+    pub disk_devices: Option<Regex>,
+    /// Regex of the interfaces to sum [default: physical ones, not under /sys/devices/virtual].
+    #[arg(long, env = "NET_DEVICES", value_parser = parse_regex)]
+    pub net_devices: Option<Regex>,
+    /// Exit with an error if any eBPF program cannot be loaded, instead of leaving its columns NULL.
+    #[arg(long, env = "REQUIRE_EBPF", conflicts_with = "no_ebpf")]
+    pub require_ebpf: bool,
+    /// Do not load eBPF programs: eBPF columns are NULL, est_conn/lis_conn come from a dump.
+    #[arg(long, env = "NO_EBPF")]
+    pub no_ebpf: bool,
+    /// Seconds between checks of the eBPF TCP connection gauges against a sock_diag dump.
+    #[arg(long, env = "TCP_RECHECK_INTERVAL", default_value_t = 300.0, value_parser = parse_interval)]
+    pub tcp_recheck_interval: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Postgres connection string (URL or key=value). Takes precedence over the DB_* options.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Database host (or a Unix socket directory), as the paper's deployment sets it.
+    #[arg(long, env = "DB_HOST")]
+    pub db_host: Option<String>,
+    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
+    pub db_port: u16,
+    #[arg(long, env = "DB_USER")]
+    pub db_user: Option<String>,
+    #[arg(long, env = "DB_PASSWORD", hide_env_values = true)]
+    pub db_password: Option<String>,
+    #[arg(long, env = "DB_NAME")]
+    pub db_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Rows held in memory while the database is unreachable; the oldest are dropped beyond it.
+    #[arg(long, env = "QUEUE_MAX_ROWS", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_max_rows: u64,
+    /// Seconds to keep flushing queued rows after SIGTERM or the last record.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 5.0, value_parser = parse_interval)]
+    pub shutdown_timeout: f64,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || v < 0.01 || v > 86_400.0 {
+        return Err(format!("{v} is out of range: give seconds between 0.01 and 86400"));
+    }
+    Ok(v)
+}
+
+fn parse_regex(s: &str) -> Result<Regex, String> {
+    Regex::new(s).map_err(|e| format!("invalid regex: {e}"))
+}
+
+/// Checks a node name: any text, stored verbatim, but not empty, without NUL (Postgres text
+/// cannot hold it) and of bounded length.
+pub fn validate_node_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() {
+        bail!("the node name is empty; set --node-name or NODE_NAME");
+    }
+    if name.contains('\0') {
+        bail!("the node name contains a NUL character, which Postgres text cannot store");
+    }
+    if name.len() > NODE_NAME_MAX_BYTES {
+        bail!("the node name is {} bytes long; the limit is {NODE_NAME_MAX_BYTES}", name.len());
+    }
+    Ok(())
+}
+
+fn hostname() -> anyhow::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its length; gethostname NUL-terminates within it on success.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("gethostname");
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+impl DatabaseArgs {
+    /// The connection settings: DATABASE_URL, or the paper's DB_HOST/DB_PORT/... variables.
+    pub fn config(&self) -> anyhow::Result<tokio_postgres::Config> {
+        let mut config = if let Some(url) = &self.database_url {
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| anyhow::anyhow!("--database-url / DATABASE_URL is not a valid connection string: {e}"))?
+        } else if let Some(host) = &self.db_host {
+            let mut c = tokio_postgres::Config::new();
+            c.host(host).port(self.db_port);
+            c
+        } else {
+            bail!("no database configured: set --database-url / DATABASE_URL, or DB_HOST (with DB_PORT, DB_USER, DB_PASSWORD, DB_NAME)");
+        };
+        if let Some(u) = &self.db_user {
+            config.user(u);
+        }
+        if let Some(p) = &self.db_password {
+            config.password(p);
+        }
+        if let Some(n) = &self.db_name {
+            config.dbname(n);
+        }
+        if config.get_user().is_none() {
+            config.user("postgres");
+        }
+        config.application_name("feature-agent");
+        config.connect_timeout(Duration::from_secs(10));
+        Ok(config)
+    }
+}
+
+impl SamplingArgs {
+    fn node_name(&self) -> anyhow::Result<String> {
+        let name = match &self.node_name {
+            Some(n) => n.clone(),
+            None => hostname()?,
+        };
+        validate_node_name(&name)?;
+        Ok(name)
+    }
+
+    /// Loads eBPF as asked: not at all, best effort (one warning per failure), or required.
+    fn load_ebpf(&self) -> anyhow::Result<Option<EbpfCounters>> {
+        if self.no_ebpf {
+            info!("eBPF disabled (--no-ebpf): eBPF columns will be NULL");
+            return Ok(None);
+        }
+        crate::ebpf::ensure_tracefs();
+        match EbpfCounters::load() {
+            Ok(counters) => {
+                for f in counters.failures() {
+                    warn!(error = %f, hint = f.hint(), "an eBPF program could not be attached; the columns it feeds will be NULL");
+                }
+                if self.require_ebpf && !counters.failures().is_empty() {
+                    bail!("--require-ebpf: {} of the eBPF programs could not be attached (see above)", counters.failures().len());
+                }
+                info!(programs = counters.attached(), "eBPF programs attached");
+                Ok(Some(counters))
+            }
+            Err(e) if self.require_ebpf => Err(e).context("--require-ebpf: cannot load the eBPF programs"),
+            Err(e) => {
+                warn!(error = %e, hint = e.hint(), "eBPF programs not loaded; writing procfs features only, eBPF columns will be NULL");
+                Ok(None)
+            }
+        }
+    }
+
+    fn sampler(&self) -> anyhow::Result<Sampler> {
+        let node = self.node_name()?;
+        let roots = Roots { procfs: self.procfs.clone(), sysfs: self.sysfs.clone(), rootfs: self.rootfs.clone() };
+        let disks = match &self.disk_devices {
+            Some(re) => DiskSelector::matching(re.clone()),
+            None => DiskSelector::default_for(&roots.sysfs),
+        };
+        let interfaces = match &self.net_devices {
+            Some(re) => InterfaceSelector::matching(re.clone()),
+            None => InterfaceSelector::physical(&roots.sysfs),
+        };
+        if !roots.procfs.join("stat").exists() {
+            bail!("{} does not look like a procfs root (no stat file); check --procfs", roots.procfs.display());
+        }
+        let ebpf = self.load_ebpf()?;
+        let recheck = Duration::from_secs_f64(self.tcp_recheck_interval);
+        Ok(Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck))
+    }
+}
+
+/// Ticks at every multiple of `period` since the Unix epoch, skipping ticks that were missed
+/// (a stalled process does not produce a burst of rows), so an hour at 10 s is 360 ticks.
+fn aligned_ticker(period: Duration) -> tokio::time::Interval {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let periods = (now.as_nanos() / period.as_nanos()) + 1;
+    let next = Duration::from_nanos((periods * period.as_nanos()) as u64);
+    let start = tokio::time::Instant::now() + next.saturating_sub(now);
+    let mut ticker = tokio::time::interval_at(start, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticker
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Runs the sampling schedule, handing each row to `emit`, until `records` rows or a signal.
+/// Returns the signal's name if one stopped it.
+async fn sample_loop(
+    args: &SamplingArgs,
+    mut sampler: Sampler,
+    mut emit: impl FnMut(crate::row::FeatureRow) -> anyhow::Result<()>,
+) -> anyhow::Result<Option<&'static str>> {
+    let mut ticker = aligned_ticker(Duration::from_secs_f64(args.interval));
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut taken = 0u64;
+    while args.records == 0 || taken < args.records {
+        tokio::select! {
+            _ = ticker.tick() => {
+                emit(sampler.sample())?;
+                taken += 1;
+            }
+            s = &mut signal => {
+                let s = s?;
+                info!(signal = s, "stopping");
+                return Ok(Some(s));
+            }
+        }
+    }
+    Ok(None)
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.database.config()?;
+    let sampler = args.sampling.sampler()?;
+    let node = args.sampling.node_name()?;
+    info!(node, interval_s = args.sampling.interval, records = args.sampling.records, "feature-agent running");
+
+    // A small channel: the writer keeps its own bounded queue; sampling never blocks on it.
+    let (tx, rx) = mpsc::channel(64);
+    let writer = tokio::spawn(db::run_writer(
+        WriterOptions {
+            config,
+            node,
+            queue_max_rows: args.queue_max_rows as usize,
+            shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
+        },
+        rx,
+    ));
+    let stopped_by = sample_loop(&args.sampling, sampler, |row| {
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(row) {
+            warn!("the writer is behind by 64 rows; this row is dropped");
+        }
+        Ok(())
+    })
+    .await?;
+    drop(tx);
+    let report = writer.await.context("the writer task failed")?;
+    info!(written = report.written, dropped = report.dropped_queue_full, rejected = report.rejected, unwritten = report.unwritten, "stopped");
+    if stopped_by.is_none() && report.unwritten > 0 {
+        bail!("{} rows could not be written before the shutdown timeout", report.unwritten);
+    }
+    Ok(())
+}
+
+pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
+    let sampler = args.sampler()?;
+    let stdout = std::io::stdout();
+    sample_loop(&args, sampler, |row| {
+        let mut out = stdout.lock();
+        serde_json::to_writer(&mut out, &row)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+pub async fn migrate_only(args: DatabaseArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let mut client = db::connect(&config).await.context("connecting to the database")?;
+    let applied = migrate::apply(&mut client).await?;
+    info!(applied, "migrations up to date");
+    Ok(())
+}
+
+/// Entry point of the binary: parses arguments, sets up logging on stderr, runs the command.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(a) => run(a).await,
+            Command::Print(a) => print(a).await,
+            Command::Migrate(a) => migrate_only(a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

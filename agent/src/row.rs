@@ -1,0 +1,120 @@
+//! One row of node_features: identity, the 24 procfs features, the eBPF per-interval counts.
+//! The column list and the bound parameters are defined together here, so the INSERT and the
+//! JSON printed by `feature-agent print` can never disagree with each other or with the schema.
+use std::time::SystemTime;
+
+use agent_common::{Event, EVENT_COUNT};
+use serde::{ser::SerializeMap, Serialize, Serializer};
+use tokio_postgres::types::ToSql;
+
+use crate::{collector::ProcfsFeatures, timefmt::rfc3339_micros};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRow {
+    pub node: String,
+    pub ts: SystemTime,
+    /// Seconds since this agent's previous sample; None on the first row after start.
+    pub interval_s: Option<f64>,
+    pub procfs: ProcfsFeatures,
+    pub est_conn: Option<i32>,
+    pub lis_conn: Option<i32>,
+    /// Events during this row's interval, in [`Event`] order; None when not counted.
+    pub ebpf: [Option<i64>; EVENT_COUNT],
+}
+
+/// Column names in INSERT order. `attack` and `attack_type` are the labellers', never ours.
+pub const COLUMNS: [&str; 3 + 24 + EVENT_COUNT] = [
+    "node", "ts", "interval_s",
+    "cpu_sec_idle", "disk_av_per", "disk_read", "disk_write", "net_receive", "mem_pressure",
+    "mem_av_per", "forks_total", "intr", "load1", "load5", "load15", "receive_drop",
+    "receive_errs", "transmit_packets", "tcp_sock_alloc", "tcp_sock_inuse", "tcp_sock_mem",
+    "udp_sock_inuse", "udp_sock_mem", "ipv4_sock_inuse", "est_conn", "lis_conn", "open_fds",
+    "ebpf_forks", "ebpf_execs", "ebpf_exits", "tcp_to_est", "tcp_to_syn_sent", "tcp_to_syn_recv",
+    "tcp_to_close", "tcp_to_listen", "tcp_conn_failed", "tcp_rst_sent", "tcp_rst_recv",
+    "sock_alloc_tcp", "sock_alloc_udp", "sock_alloc_unix", "sock_alloc_raw", "sock_alloc_other",
+];
+
+/// The INSERT every row goes through; a retried row meets its own (node, ts) and does nothing.
+pub fn insert_sql() -> String {
+    let placeholders: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO node_features ({}) VALUES ({}) ON CONFLICT (node, ts) DO NOTHING",
+        COLUMNS.join(", "),
+        placeholders.join(", ")
+    )
+}
+
+impl FeatureRow {
+    /// The row's values in [`COLUMNS`] order, as bound parameters.
+    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let p = &self.procfs;
+        let mut v: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.node, &self.ts, &self.interval_s,
+            &p.cpu_sec_idle, &p.disk_av_per, &p.disk_read, &p.disk_write, &p.net_receive,
+            &p.mem_pressure, &p.mem_av_per, &p.forks_total, &p.intr, &p.load1, &p.load5, &p.load15,
+            &p.receive_drop, &p.receive_errs, &p.transmit_packets, &p.tcp_sock_alloc,
+            &p.tcp_sock_inuse, &p.tcp_sock_mem, &p.udp_sock_inuse, &p.udp_sock_mem,
+            &p.ipv4_sock_inuse, &self.est_conn, &self.lis_conn, &p.open_fds,
+        ];
+        v.extend(self.ebpf.iter().map(|c| c as &(dyn ToSql + Sync)));
+        v
+    }
+
+    pub fn ebpf_count(&self, e: Event) -> Option<i64> {
+        self.ebpf[e as usize]
+    }
+}
+
+/// JSON object with exactly the [`COLUMNS`] as keys, in order; ts as RFC 3339 UTC.
+impl Serialize for FeatureRow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let procfs = serde_json::to_value(&self.procfs).map_err(serde::ser::Error::custom)?;
+        let mut m = s.serialize_map(Some(COLUMNS.len()))?;
+        m.serialize_entry("node", &self.node)?;
+        m.serialize_entry("ts", &rfc3339_micros(self.ts))?;
+        m.serialize_entry("interval_s", &self.interval_s)?;
+        for col in &COLUMNS[3..27] {
+            match *col {
+                "est_conn" => m.serialize_entry(col, &self.est_conn)?,
+                "lis_conn" => m.serialize_entry(col, &self.lis_conn)?,
+                _ => m.serialize_entry(col, &procfs[*col])?,
+            }
+        }
+        for e in Event::ALL {
+            m.serialize_entry(e.column(), &self.ebpf[e as usize])?;
+        }
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_params_and_json_agree() {
+        let row = FeatureRow {
+            node: "n".into(),
+            ts: SystemTime::UNIX_EPOCH,
+            interval_s: None,
+            procfs: ProcfsFeatures::default(),
+            est_conn: Some(1),
+            lis_conn: Some(2),
+            ebpf: [None; EVENT_COUNT],
+        };
+        assert_eq!(row.params().len(), COLUMNS.len());
+        let json = serde_json::to_value(&row).unwrap();
+        let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut expected = COLUMNS.to_vec();
+        let mut got = keys.clone();
+        expected.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, expected);
+        for (i, e) in Event::ALL.iter().enumerate() {
+            assert_eq!(COLUMNS[27 + i], e.column());
+        }
+        assert_eq!(json["est_conn"], 1);
+        let sql = insert_sql();
+        assert!(sql.contains("$43") && !sql.contains("$44"), "{sql}");
+    }
+}

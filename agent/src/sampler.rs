@@ -1,0 +1,176 @@
+//! Takes one FeatureRow: the procfs sources, the eBPF counters turned into per-interval deltas,
+//! and the est_conn / lis_conn gauges.
+//!
+//! The gauges come from the eBPF TCP state balance (+1 entering a state, -1 leaving it), seeded
+//! from one sock_diag dump at start and re-checked against a dump every `recheck` so that drift
+//! is seen, corrected and logged. Without eBPF they come from a dump every interval (~2 ms).
+use std::time::{Duration, Instant, SystemTime};
+
+use agent_common::{Event, EVENT_COUNT};
+use tracing::{info, warn};
+
+use crate::{
+    collector::Sources,
+    ebpf::{EbpfCounters, EbpfSnapshot},
+    row::FeatureRow,
+    tcp_diag::{TcpConnCounts, TcpDiag},
+};
+
+/// How many times a seed or re-check retries when TCP sockets change state during the dump.
+const QUIET_DUMP_ATTEMPTS: u32 = 5;
+
+/// est_conn / lis_conn from the eBPF balance: value = offset + balance.
+struct SeededGauges {
+    established_offset: i64,
+    listening_offset: i64,
+    next_check: Instant,
+}
+
+pub struct Sampler {
+    node: String,
+    sources: Sources,
+    ebpf: Option<EbpfCounters>,
+    diag: Option<TcpDiag>,
+    gauges: Option<SeededGauges>,
+    recheck: Duration,
+    previous: Option<(Instant, Option<EbpfSnapshot>)>,
+    /// The source errors of the previous sample: a failure is logged when it starts or changes,
+    /// and its end is logged too, instead of repeating every interval.
+    failing: Vec<String>,
+}
+
+impl Sampler {
+    pub fn new(node: String, sources: Sources, ebpf: Option<EbpfCounters>, recheck: Duration) -> Self {
+        let diag = match TcpDiag::open() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!(error = %e, "cannot open a sock_diag netlink socket; est_conn and lis_conn need it at least once");
+                None
+            }
+        };
+        let mut s = Sampler { node, sources, ebpf, diag, gauges: None, recheck, previous: None, failing: Vec::new() };
+        s.seed_gauges();
+        s
+    }
+
+    pub fn ebpf(&self) -> Option<&EbpfCounters> {
+        self.ebpf.as_ref()
+    }
+
+    /// A dump taken while no socket entered or left ESTABLISHED/LISTEN, with the eBPF balance at
+    /// that moment: `(dump, balance)`. None if the counts kept moving or a read failed.
+    fn quiet_dump(&mut self) -> Option<(TcpConnCounts, EbpfSnapshot)> {
+        let (ebpf, diag) = (self.ebpf.as_ref()?, self.diag.as_mut()?);
+        for _ in 0..QUIET_DUMP_ATTEMPTS {
+            let before = ebpf.read().ok()?;
+            let dump = diag.count().ok()?;
+            let after = ebpf.read().ok()?;
+            if before.established() == after.established() && before.listening() == after.listening() {
+                return Some((dump, after));
+            }
+        }
+        None
+    }
+
+    fn seed_gauges(&mut self) {
+        if !self.ebpf.as_ref().is_some_and(EbpfCounters::tcp_states_live) {
+            return;
+        }
+        match self.quiet_dump() {
+            Some((dump, balance)) => {
+                info!(established = dump.established, listening = dump.listening, "seeded TCP connection gauges from a sock_diag dump");
+                self.gauges = Some(SeededGauges {
+                    established_offset: dump.established - balance.established(),
+                    listening_offset: dump.listening - balance.listening(),
+                    next_check: Instant::now() + self.recheck,
+                });
+            }
+            None => warn!("could not seed the TCP connection gauges; est_conn and lis_conn come from a dump every interval"),
+        }
+    }
+
+    /// Compares the gauges with a dump, corrects and logs any drift.
+    fn recheck_gauges(&mut self) {
+        let Some((dump, balance)) = self.quiet_dump() else { return };
+        let Some(g) = self.gauges.as_mut() else { return };
+        let est = g.established_offset + balance.established();
+        let lis = g.listening_offset + balance.listening();
+        if est != dump.established || lis != dump.listening {
+            warn!(
+                est_gauge = est, est_dump = dump.established, lis_gauge = lis, lis_dump = dump.listening,
+                "TCP connection gauges drifted from the kernel's table; corrected"
+            );
+            g.established_offset = dump.established - balance.established();
+            g.listening_offset = dump.listening - balance.listening();
+        }
+        g.next_check = Instant::now() + self.recheck;
+    }
+
+    fn gauges(&mut self, snap: Option<&EbpfSnapshot>) -> (Option<i32>, Option<i32>) {
+        if let (Some(g), Some(s)) = (self.gauges.as_ref(), snap) {
+            if Instant::now() < g.next_check {
+                let est = g.established_offset + s.established();
+                let lis = g.listening_offset + s.listening();
+                return (i32::try_from(est).ok(), i32::try_from(lis).ok());
+            }
+            self.recheck_gauges();
+            if let Some(g) = self.gauges.as_ref() {
+                // Values as of the re-check, which is the freshest reading there is.
+                let s = self.ebpf.as_ref().and_then(|e| e.read().ok()).unwrap_or(*s);
+                return (
+                    i32::try_from(g.established_offset + s.established()).ok(),
+                    i32::try_from(g.listening_offset + s.listening()).ok(),
+                );
+            }
+        }
+        match self.diag.as_mut().map(TcpDiag::count) {
+            Some(Ok(c)) => (i32::try_from(c.established).ok(), i32::try_from(c.listening).ok()),
+            Some(Err(e)) => {
+                warn!(error = %e, "sock_diag dump failed; est_conn and lis_conn are empty in this row");
+                (None, None)
+            }
+            None => (None, None),
+        }
+    }
+
+    /// Takes one row. Sources that fail leave their columns empty and are logged.
+    pub fn sample(&mut self) -> FeatureRow {
+        let ts = SystemTime::now();
+        let now = Instant::now();
+        let (procfs, errors) = self.sources.collect();
+        let failing: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        if failing != self.failing {
+            for e in failing.iter().filter(|e| !self.failing.contains(e)) {
+                warn!(error = %e, "a feature source failed; its columns stay empty until it recovers");
+            }
+            if failing.is_empty() {
+                info!("all feature sources read again");
+            }
+            self.failing = failing;
+        }
+        let snap = match self.ebpf.as_ref().map(EbpfCounters::read) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                warn!(error = %e, "reading the eBPF counters failed; eBPF columns are empty in this row");
+                None
+            }
+            None => None,
+        };
+        let (est_conn, lis_conn) = self.gauges(snap.as_ref());
+
+        let mut ebpf = [None; EVENT_COUNT];
+        let mut interval_s = None;
+        if let Some((prev_at, prev_snap)) = self.previous {
+            interval_s = Some(now.duration_since(prev_at).as_secs_f64());
+            if let (Some(ebpf_counters), Some(cur), Some(prev)) = (self.ebpf.as_ref(), snap.as_ref(), prev_snap.as_ref()) {
+                for e in Event::ALL {
+                    if ebpf_counters.is_live(e) {
+                        ebpf[e as usize] = Some(cur.get(e).wrapping_sub(prev.get(e)) as i64);
+                    }
+                }
+            }
+        }
+        self.previous = Some((now, snap));
+        FeatureRow { node: self.node.clone(), ts, interval_s, procfs, est_conn, lis_conn, ebpf }
+    }
+}
