@@ -1,0 +1,124 @@
+//! Harness of the integration tests: one throwaway Postgres per test binary, the agent binary,
+//! and the rule on missing privileges.
+//!
+//! Tests need root (eBPF, and a Postgres started as the `postgres` user). Without it they FAIL,
+//! unless FEATURE_AGENT_TEST_ALLOW_SKIP=1 is set outside CI: then they print SKIPPED and pass.
+//! In CI (CI=true) skipping is never allowed.
+use std::{
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    sync::{Mutex, MutexGuard, OnceLock},
+    time::{Duration, Instant},
+};
+
+pub use throwaway_pg::ThrowawayPostgres;
+
+/// Whether the running user may skip privileged tests (explicit opt-in, never in CI).
+fn skip_allowed() -> bool {
+    let opted_in = std::env::var("FEATURE_AGENT_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1");
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    opted_in && !in_ci
+}
+
+/// Returns true if the test can go on as root. Otherwise fails the test, or returns false
+/// after printing SKIPPED when skipping was opted into.
+#[must_use]
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if skip_allowed() {
+        eprintln!("SKIPPED {test}: needs root (eBPF and a throwaway Postgres); FEATURE_AGENT_TEST_ALLOW_SKIP=1");
+        return false;
+    }
+    panic!("{test} needs root for eBPF and the throwaway Postgres; run as root, or set FEATURE_AGENT_TEST_ALLOW_SKIP=1 to skip (not honoured in CI)");
+}
+
+/// The test binary's shared Postgres, started on first use from a thread that lives as long
+/// as the process, so the server's parent-death signal fires only when the process exits.
+pub fn postgres() -> &'static ThrowawayPostgres {
+    static PG: OnceLock<ThrowawayPostgres> = OnceLock::new();
+    PG.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tx.send(ThrowawayPostgres::start()).expect("receiver waits");
+            loop {
+                std::thread::park();
+            }
+        });
+        match rx.recv().expect("the starter thread answers") {
+            Ok(pg) => pg,
+            Err(e) => panic!("cannot start the throwaway Postgres: {e}"),
+        }
+    })
+}
+
+/// A fresh database on the shared server; returns its Unix-socket connection string.
+pub fn fresh_database(name: &str) -> String {
+    let pg = postgres();
+    pg.create_database(name).unwrap_or_else(|e| panic!("{e}"));
+    pg.url(name)
+}
+
+/// Runs SQL on a database of the shared server; returns psql's unaligned, tuples-only output.
+pub fn sql(db: &str, query: &str) -> String {
+    postgres().psql(db, query).unwrap_or_else(|e| panic!("{e}")).trim_end().to_owned()
+}
+
+/// The feature-agent binary, built (if stale) by cargo for this workspace.
+pub fn agent_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps").to_path_buf();
+        let target_dir = profile_dir.parent().expect("target").to_path_buf();
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&root).args(["build", "--quiet", "--package", "agent", "--bin", "feature-agent"]);
+        cmd.arg("--target-dir").arg(&target_dir);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for the agent");
+        assert!(status.success(), "building feature-agent failed");
+        profile_dir.join("feature-agent")
+    })
+    .clone()
+}
+
+/// Runs the agent to completion with a time limit; returns its output.
+pub fn run_agent(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env_remove("DATABASE_URL").env_remove("NODE_NAME").env_remove("INTERVAL").env_remove("RECORDS_NUM");
+    cmd.env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starting feature-agent");
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("waiting for feature-agent").is_some() {
+            return child.wait_with_output().expect("collecting output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collecting output");
+            panic!(
+                "feature-agent {args:?} did not finish within {limit:?}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Serialises tests that measure node-wide kernel counters, so that one test's traffic is not
+/// counted by another running in parallel in the same binary.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing feature-agent needs on Debian 12 (run as root):
+# the rust-src component and bpf-linker (to build the eBPF object), tracefs mounted (classic
+# tracepoints), and the PostgreSQL server binaries (the throwaway database of the demo and the
+# tests). Each step checks first, so running it again is a quick no-op.
+set -euo pipefail
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+    say "adding the rust-src component (the eBPF target builds core from source)"
+    rustup component add rust-src
+fi
+
+if ! command -v bpf-linker >/dev/null 2>&1; then
+    say "installing bpf-linker 0.10.0 (newer releases need a system LLVM 21+, which Debian 12 lacks)"
+    cargo install bpf-linker@0.10.0 --locked
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    say "not root: skipping tracefs and PostgreSQL installation (loading eBPF needs root anyway)"
+    exit 0
+fi
+
+if [ ! -d /sys/kernel/tracing/events ] && [ ! -d /sys/kernel/debug/tracing/events ]; then
+    say "mounting tracefs at /sys/kernel/tracing"
+    mount -t tracefs nodev /sys/kernel/tracing
+fi
+
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! id postgres >/dev/null 2>&1; then
+    say "installing the PostgreSQL server"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
+fi
+say "ready"

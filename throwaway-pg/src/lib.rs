@@ -1,0 +1,253 @@
+//! Starts a real, throwaway PostgreSQL server from the Debian binaries in
+//! /usr/lib/postgresql/*/bin: `initdb` into a fresh directory, `postgres` listening on a Unix
+//! socket in that directory and on a free loopback TCP port, all as the `postgres` user (the
+//! server refuses to run as root). Dropping the handle stops the server and deletes everything.
+//!
+//! The server is spawned with PR_SET_PDEATHSIG, so it also stops if the process that started it
+//! dies without running destructors (a test binary holding it in a static); the directories of
+//! such servers are removed by the next start.
+use std::{
+    ffi::CString,
+    fmt, fs,
+    io,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+#[derive(Debug)]
+pub struct Error(pub String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn err(msg: impl Into<String>) -> Error {
+    Error(msg.into())
+}
+
+/// Prefix of the directories under the system temp dir; the pid that owns one follows it.
+const DIR_PREFIX: &str = "feature-agent-pg-";
+
+/// A running server. Stopped and deleted on drop.
+pub struct ThrowawayPostgres {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    bin: PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+/// The newest installed server's bin directory.
+pub fn find_bin_dir() -> Result<PathBuf, Error> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .map_err(|e| err(format!("no PostgreSQL server installed (/usr/lib/postgresql: {e}); run scripts/setup.sh")))?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").is_file())
+        .collect();
+    dirs.sort_by_key(|p| {
+        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
+    });
+    dirs.pop().ok_or_else(|| err("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin; run scripts/setup.sh"))
+}
+
+fn postgres_user() -> Result<(u32, u32), Error> {
+    let name = CString::new("postgres").expect("no NUL");
+    // SAFETY: getpwnam returns NULL or a pointer to a static passwd record; read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err(err("there is no `postgres` user (PostgreSQL refuses to run as root); run scripts/setup.sh"));
+    }
+    // SAFETY: pw is non-null and valid until the next getpw* call.
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+fn free_port() -> Result<u16, Error> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("finding a free port: {e}")))?;
+    Ok(l.local_addr().map_err(|e| err(e.to_string()))?.port())
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), Error> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| err(format!("chown {}: {e}", path.display())))
+}
+
+/// Removes the directories of servers whose owning process is gone.
+fn remove_stale_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        if !alive {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+impl ThrowawayPostgres {
+    /// initdb + start; returns once the server accepts connections.
+    pub fn start() -> Result<Self, Error> {
+        let bin = find_bin_dir()?;
+        let (uid, gid) = postgres_user()?;
+        remove_stale_dirs();
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
+        chown(&dir, uid, gid)?;
+
+        let mut pg = ThrowawayPostgres { dir, port: free_port()?, child: None, bin, uid, gid };
+        let out = Command::new(pg.bin.join("initdb"))
+            .args(["-D"])
+            .arg(pg.data_dir())
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+            .uid(uid)
+            .gid(gid)
+            .current_dir(&pg.dir)
+            .output()
+            .map_err(|e| err(format!("running initdb: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr))));
+        }
+        pg.spawn_server()?;
+        Ok(pg)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Directory of the server's Unix socket (usable as a libpq `host`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Server log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    /// A key=value connection string over the Unix socket, for `dbname`.
+    pub fn url(&self, dbname: &str) -> String {
+        format!("host={} port={} user=postgres dbname={dbname}", self.dir.display(), self.port)
+    }
+
+    /// A postgresql:// URL over loopback TCP, for `dbname`.
+    pub fn tcp_url(&self, dbname: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    fn spawn_server(&mut self) -> Result<(), Error> {
+        let log = fs::File::create(self.log_file()).map_err(|e| err(format!("creating the log file: {e}")))?;
+        chown(&self.log_file(), self.uid, self.gid)?;
+        let mut cmd = Command::new(self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(&self.dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "shared_buffers=64MB"])
+            .uid(self.uid)
+            .gid(self.gid)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| err(e.to_string()))?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; a fast shutdown (SIGINT) if our process dies.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| err(format!("starting postgres: {e}")))?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = Command::new(self.bin.join("pg_isready"))
+                .arg("-h")
+                .arg(&self.dir)
+                .args(["-p", &self.port.to_string(), "-q"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                let log = fs::read_to_string(self.log_file()).unwrap_or_default();
+                return Err(err(format!("postgres exited ({status}) while starting:\n{log}")));
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!("postgres did not become ready within {timeout:?}; log: {}", self.log_file().display())));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (fast shutdown), keeping its data: for outage tests.
+    pub fn stop_server(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn restart_server(&mut self) -> Result<(), Error> {
+        self.stop_server();
+        self.spawn_server()
+    }
+
+    /// Runs SQL through psql over the Unix socket and returns its unaligned output.
+    pub fn psql(&self, dbname: &str, sql: &str) -> Result<String, Error> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.dir)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", dbname, "-c", sql])
+            .output()
+            .map_err(|e| err(format!("running psql: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!("psql failed: {}", String::from_utf8_lossy(&out.stderr))));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Creates a fresh, empty database and returns its name.
+    pub fn create_database(&self, name: &str) -> Result<String, Error> {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(err(format!("database name {name:?} must be [A-Za-z0-9_]")));
+        }
+        self.psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"))?;
+        self.psql("postgres", &format!("CREATE DATABASE {name}"))?;
+        Ok(name.to_owned())
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        self.stop_server();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
