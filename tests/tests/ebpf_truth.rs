@@ -1,0 +1,248 @@
+//! The eBPF counters against ground truth, with the real programs loaded into this kernel:
+//! forks against /proc/stat, TCP handshakes and refused connects, socket creations by kind, and
+//! the est_conn / lis_conn gauges against the kernel's own table.
+//!
+//! The counters are node-wide, so anything else running on the machine adds to them. Each check
+//! is exact, and is retried (up to ATTEMPTS windows) until a window was quiet; a real miscount
+//! fails every attempt.
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    process::Command,
+};
+
+use agent::{
+    collector::{self, DiskSelector, InterfaceSelector, Roots, Sources},
+    ebpf::{EbpfCounters, EbpfSnapshot},
+    sampler::Sampler,
+    tcp_diag::TcpDiag,
+};
+use agent_common::Event;
+use tests::{exclusive, have_root};
+
+const ATTEMPTS: usize = 5;
+
+fn load() -> EbpfCounters {
+    agent::ebpf::ensure_tracefs();
+    let c = EbpfCounters::load().expect("the eBPF programs load into this kernel");
+    assert!(c.failures().is_empty(), "every program attaches: {:?}", c.failures());
+    c
+}
+
+fn delta(before: &EbpfSnapshot, after: &EbpfSnapshot, e: Event) -> u64 {
+    after.get(e) - before.get(e)
+}
+
+/// Runs `check` until it returns Ok, at most ATTEMPTS times; panics with the last complaint.
+fn exactly(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match check() {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("{what}: attempt {attempt}: {e}");
+                last = e;
+            }
+        }
+    }
+    panic!("{what}: not exact in {ATTEMPTS} windows; last: {last}");
+}
+
+fn processes_total() -> i64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap();
+    collector::stat::parse(&text, 100.0).unwrap().forks_total
+}
+
+#[test]
+fn forks_match_proc_stat_and_execs_are_exact() {
+    if !have_root("forks_match_proc_stat") {
+        return;
+    }
+    let _g = exclusive();
+    let ebpf = load();
+    const N: u64 = 200;
+    exactly("forks", || {
+        let (p0, s0) = (processes_total(), ebpf.read().unwrap());
+        for _ in 0..N {
+            Command::new("/bin/true").status().unwrap();
+        }
+        let (s1, p1) = (ebpf.read().unwrap(), processes_total());
+        let forks = delta(&s0, &s1, Event::Fork);
+        let execs = delta(&s0, &s1, Event::Exec);
+        let exits = delta(&s0, &s1, Event::Exit);
+        if forks != (p1 - p0) as u64 {
+            return Err(format!("ebpf_forks {forks} != forks_total delta {}", p1 - p0));
+        }
+        if forks != N || execs != N || exits != N {
+            return Err(format!("forks {forks}, execs {execs}, exits {exits}; expected {N} each"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn loopback_connections_count_handshakes_exactly() {
+    if !have_root("loopback_connections") {
+        return;
+    }
+    let _g = exclusive();
+    let ebpf = load();
+    const N: u64 = 50;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    exactly("loopback handshakes", || {
+        let s0 = ebpf.read().unwrap();
+        for _ in 0..N {
+            let mut client = TcpStream::connect(addr).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            client.write_all(b"x").unwrap();
+            let mut b = [0u8; 1];
+            server.read_exact(&mut b).unwrap();
+            client.shutdown(Shutdown::Both).unwrap();
+            drop(client);
+            drop(server);
+        }
+        let s1 = ebpf.read().unwrap();
+        let got = (
+            delta(&s0, &s1, Event::TcpToEstablished),
+            delta(&s0, &s1, Event::TcpToSynSent),
+            delta(&s0, &s1, Event::TcpToSynRecv),
+            delta(&s0, &s1, Event::TcpConnFailed),
+        );
+        if got != (2 * N, N, N, 0) {
+            return Err(format!("(to_est, to_syn_sent, to_syn_recv, conn_failed) = {got:?}, expected ({}, {N}, {N}, 0)", 2 * N));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn connects_to_a_closed_port_fail_and_are_reset() {
+    if !have_root("closed_port") {
+        return;
+    }
+    let _g = exclusive();
+    let ebpf = load();
+    const N: u64 = 30;
+    // A port that nothing listens on: bind to learn a free one, then close it.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    exactly("closed port", || {
+        let s0 = ebpf.read().unwrap();
+        for _ in 0..N {
+            let e = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+        let s1 = ebpf.read().unwrap();
+        let failed = delta(&s0, &s1, Event::TcpConnFailed);
+        let rst_sent = delta(&s0, &s1, Event::TcpRstSent);
+        let rst_recv = delta(&s0, &s1, Event::TcpRstRecv);
+        let syn_sent = delta(&s0, &s1, Event::TcpToSynSent);
+        if failed != N || rst_sent < N || syn_sent != N || rst_recv != N {
+            return Err(format!("conn_failed {failed}, rst_sent {rst_sent}, rst_recv {rst_recv}, syn_sent {syn_sent}; N = {N}"));
+        }
+        Ok(())
+    });
+}
+
+fn socket(family: i32, ty: i32, protocol: i32) -> i32 {
+    // SAFETY: plain socket(2); the caller closes the descriptor.
+    unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) }
+}
+
+#[test]
+fn sockets_created_are_counted_by_kind() {
+    if !have_root("sockets_by_kind") {
+        return;
+    }
+    let _g = exclusive();
+    let ebpf = load();
+    exactly("sockets by kind", || {
+        let mut fds = Vec::new();
+        let s0 = ebpf.read().unwrap();
+        for _ in 0..5 {
+            fds.push(socket(libc::AF_INET, libc::SOCK_STREAM, 0));
+            fds.push(socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0));
+        }
+        for _ in 0..7 {
+            fds.push(socket(libc::AF_INET, libc::SOCK_DGRAM, 0));
+        }
+        for _ in 0..4 {
+            fds.push(socket(libc::AF_UNIX, libc::SOCK_STREAM, 0));
+        }
+        for _ in 0..3 {
+            fds.push(socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP));
+            fds.push(socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0));
+        }
+        for _ in 0..2 {
+            fds.push(socket(libc::AF_NETLINK, libc::SOCK_DGRAM, libc::NETLINK_ROUTE));
+        }
+        // Two socketpairs: four unix sockets.
+        let pairs: Vec<_> = (0..2).map(|_| std::os::unix::net::UnixStream::pair().unwrap()).collect();
+        // Refused calls create nothing and count nothing.
+        assert_eq!(socket(9999, libc::SOCK_STREAM, 0), -1);
+        assert_eq!(socket(libc::AF_INET, libc::SOCK_STREAM, 9999), -1);
+        let s1 = ebpf.read().unwrap();
+        assert!(fds.iter().all(|&fd| fd >= 0), "every socket call succeeded");
+        for fd in fds {
+            // SAFETY: closing descriptors we opened.
+            unsafe { libc::close(fd) };
+        }
+        drop(pairs);
+        let got = [
+            delta(&s0, &s1, Event::SockAllocTcp),
+            delta(&s0, &s1, Event::SockAllocUdp),
+            delta(&s0, &s1, Event::SockAllocUnix),
+            delta(&s0, &s1, Event::SockAllocRaw),
+            delta(&s0, &s1, Event::SockAllocOther),
+        ];
+        if got != [10, 7, 8, 6, 2] {
+            return Err(format!("[tcp, udp, unix, raw, other] = {got:?}, expected [10, 7, 8, 6, 2]"));
+        }
+        Ok(())
+    });
+}
+
+fn sampler_with_ebpf() -> Sampler {
+    let roots = Roots::default();
+    let sources = Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
+    Sampler::new("gauges".into(), sources, Some(load()), std::time::Duration::from_secs(3600))
+}
+
+#[test]
+fn connection_gauges_follow_the_kernel_table() {
+    if !have_root("connection_gauges") {
+        return;
+    }
+    let _g = exclusive();
+    let mut sampler = sampler_with_ebpf();
+    let mut diag = TcpDiag::open().unwrap();
+    const M: i32 = 20;
+    exactly("gauges", || {
+        let r0 = sampler.sample();
+        let dump0 = diag.count().unwrap();
+        if (r0.est_conn, r0.lis_conn) != (Some(dump0.established as i32), Some(dump0.listening as i32)) {
+            return Err(format!("gauges {:?}/{:?} != dump {dump0:?} at start", r0.est_conn, r0.lis_conn));
+        }
+        let listener = TcpListener::bind("[::1]:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..M {
+            let c = TcpStream::connect(addr).unwrap();
+            let (s, _) = listener.accept().unwrap();
+            held.push((c, s));
+        }
+        let r1 = sampler.sample();
+        let want = (r0.est_conn.unwrap() + 2 * M, r0.lis_conn.unwrap() + 1);
+        if (r1.est_conn.unwrap(), r1.lis_conn.unwrap()) != want {
+            return Err(format!("with {M} held connections: {:?}/{:?}, expected {want:?}", r1.est_conn, r1.lis_conn));
+        }
+        drop(held);
+        drop(listener);
+        let r2 = sampler.sample();
+        let dump2 = diag.count().unwrap();
+        if (r2.est_conn, r2.lis_conn) != (Some(dump2.established as i32), Some(dump2.listening as i32)) {
+            return Err(format!("after closing: gauges {:?}/{:?} != dump {dump2:?}", r2.est_conn, r2.lis_conn));
+        }
+        Ok(())
+    });
+}
