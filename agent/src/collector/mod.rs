@@ -45,15 +45,19 @@ impl Malformed {
 }
 
 impl From<procfs::ProcError> for Malformed {
-    /// procfs reports unparsable input as an "internal error ... please report this procfs
-    /// bug"; for us it is a malformed file, so keep only what it says about the text.
+    /// procfs reports unparsable input as "Internal error: bug at FILE:LINE (please report this
+    /// procfs bug)" followed by what it could not parse; for us it is a malformed file, so keep
+    /// only what it says about the text.
     fn from(e: procfs::ProcError) -> Self {
-        match e {
-            procfs::ProcError::InternalError(i) => {
-                Malformed(i.msg.trim_start_matches("Internal Unwrap Error: ").replace("NoneError", "missing field"))
-            }
-            other => Malformed(other.to_string()),
-        }
+        let text = match e {
+            procfs::ProcError::InternalError(i) => i.msg,
+            other => other.to_string(),
+        };
+        let about_input = match text.split_once("procfs bug)\n") {
+            Some((_, rest)) => rest,
+            None => &text,
+        };
+        Malformed(about_input.trim_start_matches("Internal Unwrap Error: ").replace("NoneError", "missing field"))
     }
 }
 
