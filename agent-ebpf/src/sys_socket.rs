@@ -3,7 +3,9 @@
 //! counts them only when the call succeeded, so a refused socket() (EAFNOSUPPORT, EMFILE, ...)
 //! counts nothing. socketpair() creates two sockets.
 use agent_common::{classify_socket, SocketCall};
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 
 use crate::maps::{count, SOCKET_CALLS_IN_FLIGHT};
 
@@ -62,7 +64,10 @@ fn count_created(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = SOCKET_CALLS_IN_FLIGHT.remove(key);
     let ret: i64 = unsafe { ctx.read_at(RET_OFFSET)? };
     if ret >= 0 {
-        count(classify_socket(call.family, call.sock_type), call.sockets as u64);
+        count(
+            classify_socket(call.family, call.sock_type),
+            call.sockets as u64,
+        );
     }
     Ok(())
 }

@@ -25,7 +25,11 @@ use crate::{
 pub const NODE_NAME_MAX_BYTES: usize = 1024;
 
 #[derive(Debug, Parser)]
-#[command(name = "feature-agent", version, about = "Per-node security features from procfs and eBPF, one row per interval into Postgres")]
+#[command(
+    name = "feature-agent",
+    version,
+    about = "Per-node security features from procfs and eBPF, one row per interval into Postgres"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -112,9 +116,14 @@ pub struct RunArgs {
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !v.is_finite() || v < 0.01 || v > 86_400.0 {
-        return Err(format!("{v} is out of range: give seconds between 0.01 and 86400"));
+        return Err(format!(
+            "{v} is out of range: give seconds between 0.01 and 86400"
+        ));
     }
     Ok(v)
 }
@@ -133,7 +142,10 @@ pub fn validate_node_name(name: &str) -> anyhow::Result<()> {
         bail!("the node name contains a NUL character, which Postgres text cannot store");
     }
     if name.len() > NODE_NAME_MAX_BYTES {
-        bail!("the node name is {} bytes long; the limit is {NODE_NAME_MAX_BYTES}", name.len());
+        bail!(
+            "the node name is {} bytes long; the limit is {NODE_NAME_MAX_BYTES}",
+            name.len()
+        );
     }
     Ok(())
 }
@@ -152,8 +164,11 @@ impl DatabaseArgs {
     /// The connection settings: DATABASE_URL, or the paper's DB_HOST/DB_PORT/... variables.
     pub fn config(&self) -> anyhow::Result<tokio_postgres::Config> {
         let mut config = if let Some(url) = &self.database_url {
-            url.parse::<tokio_postgres::Config>()
-                .map_err(|e| anyhow::anyhow!("--database-url / DATABASE_URL is not a valid connection string: {e}"))?
+            url.parse::<tokio_postgres::Config>().map_err(|e| {
+                anyhow::anyhow!(
+                    "--database-url / DATABASE_URL is not a valid connection string: {e}"
+                )
+            })?
         } else if let Some(host) = &self.db_host {
             let mut c = tokio_postgres::Config::new();
             c.host(host).port(self.db_port);
@@ -202,12 +217,17 @@ impl SamplingArgs {
                     warn!(error = %f, hint = f.hint(), "an eBPF program could not be attached; the columns it feeds will be NULL");
                 }
                 if self.require_ebpf && !counters.failures().is_empty() {
-                    bail!("--require-ebpf: {} of the eBPF programs could not be attached (see above)", counters.failures().len());
+                    bail!(
+                        "--require-ebpf: {} of the eBPF programs could not be attached (see above)",
+                        counters.failures().len()
+                    );
                 }
                 info!(programs = counters.attached(), "eBPF programs attached");
                 Ok(Some(counters))
             }
-            Err(e) if self.require_ebpf => Err(e).context("--require-ebpf: cannot load the eBPF programs"),
+            Err(e) if self.require_ebpf => {
+                Err(e).context("--require-ebpf: cannot load the eBPF programs")
+            }
             Err(e) => {
                 warn!(error = %e, hint = e.hint(), "eBPF programs not loaded; writing procfs features only, eBPF columns will be NULL");
                 Ok(None)
@@ -217,7 +237,11 @@ impl SamplingArgs {
 
     fn sampler(&self) -> anyhow::Result<Sampler> {
         let node = self.node_name()?;
-        let roots = Roots { procfs: self.procfs.clone(), sysfs: self.sysfs.clone(), rootfs: self.rootfs.clone() };
+        let roots = Roots {
+            procfs: self.procfs.clone(),
+            sysfs: self.sysfs.clone(),
+            rootfs: self.rootfs.clone(),
+        };
         let disks = match &self.disk_devices {
             Some(re) => DiskSelector::matching(re.clone()),
             None => DiskSelector::default_for(&roots.sysfs),
@@ -227,18 +251,28 @@ impl SamplingArgs {
             None => InterfaceSelector::physical(&roots.sysfs),
         };
         if !roots.procfs.join("stat").exists() {
-            bail!("{} does not look like a procfs root (no stat file); check --procfs", roots.procfs.display());
+            bail!(
+                "{} does not look like a procfs root (no stat file); check --procfs",
+                roots.procfs.display()
+            );
         }
         let ebpf = self.load_ebpf()?;
         let recheck = Duration::from_secs_f64(self.tcp_recheck_interval);
-        Ok(Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck))
+        Ok(Sampler::new(
+            node,
+            Sources::new(roots, disks, interfaces),
+            ebpf,
+            recheck,
+        ))
     }
 }
 
 /// Ticks at every multiple of `period` since the Unix epoch, skipping ticks that were missed
 /// (a stalled process does not produce a burst of rows), so an hour at 10 s is 360 ticks.
 fn aligned_ticker(period: Duration) -> tokio::time::Interval {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let periods = (now.as_nanos() / period.as_nanos()) + 1;
     let next = Duration::from_nanos((periods * period.as_nanos()) as u64);
     let start = tokio::time::Instant::now() + next.saturating_sub(now);
@@ -289,7 +323,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.database.config()?;
     let sampler = args.sampling.sampler()?;
     let node = args.sampling.node_name()?;
-    info!(node, interval_s = args.sampling.interval, records = args.sampling.records, "feature-agent running");
+    info!(
+        node,
+        interval_s = args.sampling.interval,
+        records = args.sampling.records,
+        "feature-agent running"
+    );
 
     // A small channel: the writer keeps its own bounded queue; sampling never blocks on it.
     let (tx, rx) = mpsc::channel(64);
@@ -311,9 +350,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await?;
     drop(tx);
     let report = writer.await.context("the writer task failed")?;
-    info!(written = report.written, dropped = report.dropped_queue_full, rejected = report.rejected, unwritten = report.unwritten, "stopped");
+    info!(
+        written = report.written,
+        dropped = report.dropped_queue_full,
+        rejected = report.rejected,
+        unwritten = report.unwritten,
+        "stopped"
+    );
     if stopped_by.is_none() && report.unwritten > 0 {
-        bail!("{} rows could not be written before the shutdown timeout", report.unwritten);
+        bail!(
+            "{} rows could not be written before the shutdown timeout",
+            report.unwritten
+        );
     }
     Ok(())
 }
@@ -334,7 +382,9 @@ pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
 
 pub async fn migrate_only(args: DatabaseArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    let mut client = db::connect(&config).await.context("connecting to the database")?;
+    let mut client = db::connect(&config)
+        .await
+        .context("connecting to the database")?;
     let applied = migrate::apply(&mut client).await?;
     info!(applied, "migrations up to date");
     Ok(())
@@ -347,10 +397,14 @@ pub fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");

@@ -3,7 +3,8 @@
 //! Each program feeds a known set of columns. A program that fails to attach leaves its columns
 //! NULL and is named in one warning; the rest keep counting (unless --require-ebpf).
 use agent_common::{
-    tcp_state, Event, EventCounts, TcpStateBalance, EVENT_COUNT, MAP_EVENT_COUNTS, MAP_TCP_STATE_BALANCE,
+    tcp_state, Event, EventCounts, TcpStateBalance, EVENT_COUNT, MAP_EVENT_COUNTS,
+    MAP_TCP_STATE_BALANCE,
 };
 use aya::{
     maps::{MapData, PerCpuArray},
@@ -20,18 +21,30 @@ pub enum EbpfError {
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("map {name} missing or of the wrong type: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("reading map {name}: {source}")]
-    Read { name: &'static str, source: aya::maps::MapError },
+    Read {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("program {program}: {source}")]
-    Program { program: &'static str, source: aya::programs::ProgramError },
+    Program {
+        program: &'static str,
+        source: aya::programs::ProgramError,
+    },
 }
 
 impl EbpfError {
     /// A hint for the most common cause, to go with the error in the log.
     pub fn hint(&self) -> &'static str {
         let text = format!("{self:?}");
-        if text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("Operation not permitted") {
+        if text.contains("PermissionDenied")
+            || text.contains("EPERM")
+            || text.contains("Operation not permitted")
+        {
             "the agent needs root or CAP_BPF + CAP_PERFMON to load eBPF programs"
         } else if text.contains("tracefs") || text.contains("tracing") {
             "classic tracepoints need tracefs: mount -t tracefs nodev /sys/kernel/tracing"
@@ -53,13 +66,30 @@ struct Probe {
     feeds: &'static [Event],
 }
 
-const SOCKET_EVENTS: &[Event] =
-    &[Event::SockAllocTcp, Event::SockAllocUdp, Event::SockAllocUnix, Event::SockAllocRaw, Event::SockAllocOther];
+const SOCKET_EVENTS: &[Event] = &[
+    Event::SockAllocTcp,
+    Event::SockAllocUdp,
+    Event::SockAllocUnix,
+    Event::SockAllocRaw,
+    Event::SockAllocOther,
+];
 
 const PROBES: &[Probe] = &[
-    Probe { program: "sched_process_fork", hook: Hook::Raw("sched_process_fork"), feeds: &[Event::Fork] },
-    Probe { program: "sched_process_exec", hook: Hook::Raw("sched_process_exec"), feeds: &[Event::Exec] },
-    Probe { program: "sched_process_exit", hook: Hook::Raw("sched_process_exit"), feeds: &[Event::Exit] },
+    Probe {
+        program: "sched_process_fork",
+        hook: Hook::Raw("sched_process_fork"),
+        feeds: &[Event::Fork],
+    },
+    Probe {
+        program: "sched_process_exec",
+        hook: Hook::Raw("sched_process_exec"),
+        feeds: &[Event::Exec],
+    },
+    Probe {
+        program: "sched_process_exit",
+        hook: Hook::Raw("sched_process_exit"),
+        feeds: &[Event::Exit],
+    },
     Probe {
         program: "inet_sock_set_state",
         hook: Hook::Classic("sock", "inet_sock_set_state"),
@@ -72,13 +102,37 @@ const PROBES: &[Probe] = &[
             Event::TcpConnFailed,
         ],
     },
-    Probe { program: "tcp_send_reset", hook: Hook::Raw("tcp_send_reset"), feeds: &[Event::TcpRstSent] },
-    Probe { program: "tcp_receive_reset", hook: Hook::Raw("tcp_receive_reset"), feeds: &[Event::TcpRstRecv] },
+    Probe {
+        program: "tcp_send_reset",
+        hook: Hook::Raw("tcp_send_reset"),
+        feeds: &[Event::TcpRstSent],
+    },
+    Probe {
+        program: "tcp_receive_reset",
+        hook: Hook::Raw("tcp_receive_reset"),
+        feeds: &[Event::TcpRstRecv],
+    },
     // Exit hooks first: an enter hook without its exit would fill the in-flight map.
-    Probe { program: "sys_exit_socket", hook: Hook::Classic("syscalls", "sys_exit_socket"), feeds: SOCKET_EVENTS },
-    Probe { program: "sys_exit_socketpair", hook: Hook::Classic("syscalls", "sys_exit_socketpair"), feeds: SOCKET_EVENTS },
-    Probe { program: "sys_enter_socket", hook: Hook::Classic("syscalls", "sys_enter_socket"), feeds: SOCKET_EVENTS },
-    Probe { program: "sys_enter_socketpair", hook: Hook::Classic("syscalls", "sys_enter_socketpair"), feeds: SOCKET_EVENTS },
+    Probe {
+        program: "sys_exit_socket",
+        hook: Hook::Classic("syscalls", "sys_exit_socket"),
+        feeds: SOCKET_EVENTS,
+    },
+    Probe {
+        program: "sys_exit_socketpair",
+        hook: Hook::Classic("syscalls", "sys_exit_socketpair"),
+        feeds: SOCKET_EVENTS,
+    },
+    Probe {
+        program: "sys_enter_socket",
+        hook: Hook::Classic("syscalls", "sys_enter_socket"),
+        feeds: SOCKET_EVENTS,
+    },
+    Probe {
+        program: "sys_enter_socketpair",
+        hook: Hook::Classic("syscalls", "sys_enter_socketpair"),
+        feeds: SOCKET_EVENTS,
+    },
 ];
 
 /// Cumulative counts since the programs were loaded, summed over CPUs.
@@ -131,7 +185,10 @@ impl EbpfCounters {
             }
         }
         // The socket counters need all four syscall hooks; with one missing they would be partial.
-        if failures.iter().any(|f| matches!(f, EbpfError::Program { program, .. } if program.starts_with("sys_"))) {
+        if failures
+            .iter()
+            .any(|f| matches!(f, EbpfError::Program { program, .. } if program.starts_with("sys_")))
+        {
             for ev in SOCKET_EVENTS {
                 live[*ev as usize] = false;
             }
@@ -139,7 +196,14 @@ impl EbpfCounters {
         let tcp_states_live = live[Event::TcpToEstablished as usize];
         let events = take_map(&mut ebpf, MAP_EVENT_COUNTS)?;
         let balance = take_map(&mut ebpf, MAP_TCP_STATE_BALANCE)?;
-        Ok(EbpfCounters { _ebpf: ebpf, events, balance, live, tcp_states_live, failures })
+        Ok(EbpfCounters {
+            _ebpf: ebpf,
+            events,
+            balance,
+            live,
+            tcp_states_live,
+            failures,
+        })
     }
 
     /// Programs that could not be attached.
@@ -164,14 +228,23 @@ impl EbpfCounters {
 
     /// Sums every CPU's counters: two map lookups in all.
     pub fn read(&self) -> Result<EbpfSnapshot, EbpfError> {
-        let mut snap = EbpfSnapshot { events: [0; EVENT_COUNT], tcp_balance: [0; tcp_state::COUNT] };
-        let per_cpu = self.events.get(&0, 0).map_err(|source| EbpfError::Read { name: MAP_EVENT_COUNTS, source })?;
+        let mut snap = EbpfSnapshot {
+            events: [0; EVENT_COUNT],
+            tcp_balance: [0; tcp_state::COUNT],
+        };
+        let per_cpu = self.events.get(&0, 0).map_err(|source| EbpfError::Read {
+            name: MAP_EVENT_COUNTS,
+            source,
+        })?;
         for cpu in per_cpu.iter() {
             for (sum, v) in snap.events.iter_mut().zip(cpu.counts) {
                 *sum = sum.wrapping_add(v);
             }
         }
-        let per_cpu = self.balance.get(&0, 0).map_err(|source| EbpfError::Read { name: MAP_TCP_STATE_BALANCE, source })?;
+        let per_cpu = self.balance.get(&0, 0).map_err(|source| EbpfError::Read {
+            name: MAP_TCP_STATE_BALANCE,
+            source,
+        })?;
         for cpu in per_cpu.iter() {
             for (sum, v) in snap.tcp_balance.iter_mut().zip(cpu.by_state) {
                 *sum = sum.wrapping_add(v);
@@ -181,17 +254,24 @@ impl EbpfCounters {
     }
 }
 
-fn take_map<V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, V>, EbpfError> {
-    let map = ebpf.take_map(name).ok_or(EbpfError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+fn take_map<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<PerCpuArray<MapData, V>, EbpfError> {
+    let map = ebpf.take_map(name).ok_or(EbpfError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
     PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
 fn attach(ebpf: &mut Ebpf, probe: &Probe) -> Result<(), EbpfError> {
     let program = probe.program;
     let err = |source| EbpfError::Program { program, source };
-    let prog = ebpf
-        .program_mut(program)
-        .ok_or(EbpfError::Program { program, source: aya::programs::ProgramError::NotLoaded })?;
+    let prog = ebpf.program_mut(program).ok_or(EbpfError::Program {
+        program,
+        source: aya::programs::ProgramError::NotLoaded,
+    })?;
     match probe.hook {
         Hook::Raw(tp) => {
             let p: &mut RawTracePoint = prog.try_into().map_err(err)?;
@@ -210,15 +290,24 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe) -> Result<(), EbpfError> {
 /// Mounts tracefs at /sys/kernel/tracing when no tracefs is mounted (classic tracepoints need
 /// it to look up their ids). Best effort: without it those programs fail to attach and say so.
 pub fn ensure_tracefs() {
-    let mounted = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
-        .iter()
-        .any(|p| std::path::Path::new(p).is_dir());
+    let mounted = [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).is_dir());
     if mounted {
         return;
     }
     // SAFETY: constant NUL-terminated strings; mount(2) has no other preconditions.
     let rc = unsafe {
-        libc::mount(c"nodev".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc == 0 {
         tracing::info!("mounted tracefs at /sys/kernel/tracing");

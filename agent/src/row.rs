@@ -24,14 +24,49 @@ pub struct FeatureRow {
 
 /// Column names in INSERT order. `attack` and `attack_type` are the labellers', never ours.
 pub const COLUMNS: [&str; 3 + 24 + EVENT_COUNT] = [
-    "node", "ts", "interval_s",
-    "cpu_sec_idle", "disk_av_per", "disk_read", "disk_write", "net_receive", "mem_pressure",
-    "mem_av_per", "forks_total", "intr", "load1", "load5", "load15", "receive_drop",
-    "receive_errs", "transmit_packets", "tcp_sock_alloc", "tcp_sock_inuse", "tcp_sock_mem",
-    "udp_sock_inuse", "udp_sock_mem", "ipv4_sock_inuse", "est_conn", "lis_conn", "open_fds",
-    "ebpf_forks", "ebpf_execs", "ebpf_exits", "tcp_to_est", "tcp_to_syn_sent", "tcp_to_syn_recv",
-    "tcp_to_close", "tcp_to_listen", "tcp_conn_failed", "tcp_rst_sent", "tcp_rst_recv",
-    "sock_alloc_tcp", "sock_alloc_udp", "sock_alloc_unix", "sock_alloc_raw", "sock_alloc_other",
+    "node",
+    "ts",
+    "interval_s",
+    "cpu_sec_idle",
+    "disk_av_per",
+    "disk_read",
+    "disk_write",
+    "net_receive",
+    "mem_pressure",
+    "mem_av_per",
+    "forks_total",
+    "intr",
+    "load1",
+    "load5",
+    "load15",
+    "receive_drop",
+    "receive_errs",
+    "transmit_packets",
+    "tcp_sock_alloc",
+    "tcp_sock_inuse",
+    "tcp_sock_mem",
+    "udp_sock_inuse",
+    "udp_sock_mem",
+    "ipv4_sock_inuse",
+    "est_conn",
+    "lis_conn",
+    "open_fds",
+    "ebpf_forks",
+    "ebpf_execs",
+    "ebpf_exits",
+    "tcp_to_est",
+    "tcp_to_syn_sent",
+    "tcp_to_syn_recv",
+    "tcp_to_close",
+    "tcp_to_listen",
+    "tcp_conn_failed",
+    "tcp_rst_sent",
+    "tcp_rst_recv",
+    "sock_alloc_tcp",
+    "sock_alloc_udp",
+    "sock_alloc_unix",
+    "sock_alloc_raw",
+    "sock_alloc_other",
 ];
 
 /// The INSERT every row goes through; a retried row meets its own (node, ts) and does nothing.
@@ -49,12 +84,33 @@ impl FeatureRow {
     pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let p = &self.procfs;
         let mut v: Vec<&(dyn ToSql + Sync)> = vec![
-            &self.node, &self.ts, &self.interval_s,
-            &p.cpu_sec_idle, &p.disk_av_per, &p.disk_read, &p.disk_write, &p.net_receive,
-            &p.mem_pressure, &p.mem_av_per, &p.forks_total, &p.intr, &p.load1, &p.load5, &p.load15,
-            &p.receive_drop, &p.receive_errs, &p.transmit_packets, &p.tcp_sock_alloc,
-            &p.tcp_sock_inuse, &p.tcp_sock_mem, &p.udp_sock_inuse, &p.udp_sock_mem,
-            &p.ipv4_sock_inuse, &self.est_conn, &self.lis_conn, &p.open_fds,
+            &self.node,
+            &self.ts,
+            &self.interval_s,
+            &p.cpu_sec_idle,
+            &p.disk_av_per,
+            &p.disk_read,
+            &p.disk_write,
+            &p.net_receive,
+            &p.mem_pressure,
+            &p.mem_av_per,
+            &p.forks_total,
+            &p.intr,
+            &p.load1,
+            &p.load5,
+            &p.load15,
+            &p.receive_drop,
+            &p.receive_errs,
+            &p.transmit_packets,
+            &p.tcp_sock_alloc,
+            &p.tcp_sock_inuse,
+            &p.tcp_sock_mem,
+            &p.udp_sock_inuse,
+            &p.udp_sock_mem,
+            &p.ipv4_sock_inuse,
+            &self.est_conn,
+            &self.lis_conn,
+            &p.open_fds,
         ];
         v.extend(self.ebpf.iter().map(|c| c as &(dyn ToSql + Sync)));
         v
@@ -104,7 +160,12 @@ mod tests {
         };
         assert_eq!(row.params().len(), COLUMNS.len());
         let json = serde_json::to_value(&row).unwrap();
-        let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         let mut expected = COLUMNS.to_vec();
         let mut got = keys.clone();
         expected.sort_unstable();

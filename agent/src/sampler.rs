@@ -40,7 +40,12 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(node: String, sources: Sources, ebpf: Option<EbpfCounters>, recheck: Duration) -> Self {
+    pub fn new(
+        node: String,
+        sources: Sources,
+        ebpf: Option<EbpfCounters>,
+        recheck: Duration,
+    ) -> Self {
         let diag = match TcpDiag::open() {
             Ok(d) => Some(d),
             Err(e) => {
@@ -48,7 +53,16 @@ impl Sampler {
                 None
             }
         };
-        let mut s = Sampler { node, sources, ebpf, diag, gauges: None, recheck, previous: None, failing: Vec::new() };
+        let mut s = Sampler {
+            node,
+            sources,
+            ebpf,
+            diag,
+            gauges: None,
+            recheck,
+            previous: None,
+            failing: Vec::new(),
+        };
         s.seed_gauges();
         s
     }
@@ -65,7 +79,9 @@ impl Sampler {
             let before = ebpf.read().ok()?;
             let dump = diag.count().ok()?;
             let after = ebpf.read().ok()?;
-            if before.established() == after.established() && before.listening() == after.listening() {
+            if before.established() == after.established()
+                && before.listening() == after.listening()
+            {
                 return Some((dump, after));
             }
         }
@@ -73,7 +89,11 @@ impl Sampler {
     }
 
     fn seed_gauges(&mut self) {
-        if !self.ebpf.as_ref().is_some_and(EbpfCounters::tcp_states_live) {
+        if !self
+            .ebpf
+            .as_ref()
+            .is_some_and(EbpfCounters::tcp_states_live)
+        {
             return;
         }
         match self.quiet_dump() {
@@ -91,13 +111,20 @@ impl Sampler {
 
     /// Compares the gauges with a dump, corrects and logs any drift.
     fn recheck_gauges(&mut self) {
-        let Some((dump, balance)) = self.quiet_dump() else { return };
-        let Some(g) = self.gauges.as_mut() else { return };
+        let Some((dump, balance)) = self.quiet_dump() else {
+            return;
+        };
+        let Some(g) = self.gauges.as_mut() else {
+            return;
+        };
         let est = g.established_offset + balance.established();
         let lis = g.listening_offset + balance.listening();
         if est != dump.established || lis != dump.listening {
             warn!(
-                est_gauge = est, est_dump = dump.established, lis_gauge = lis, lis_dump = dump.listening,
+                est_gauge = est,
+                est_dump = dump.established,
+                lis_gauge = lis,
+                lis_dump = dump.listening,
                 "TCP connection gauges drifted from the kernel's table; corrected"
             );
             g.established_offset = dump.established - balance.established();
@@ -124,7 +151,10 @@ impl Sampler {
             }
         }
         match self.diag.as_mut().map(TcpDiag::count) {
-            Some(Ok(c)) => (i32::try_from(c.established).ok(), i32::try_from(c.listening).ok()),
+            Some(Ok(c)) => (
+                i32::try_from(c.established).ok(),
+                i32::try_from(c.listening).ok(),
+            ),
             Some(Err(e)) => {
                 warn!(error = %e, "sock_diag dump failed; est_conn and lis_conn are empty in this row");
                 (None, None)
@@ -162,7 +192,9 @@ impl Sampler {
         let mut interval_s = None;
         if let Some((prev_at, prev_snap)) = self.previous {
             interval_s = Some(now.duration_since(prev_at).as_secs_f64());
-            if let (Some(ebpf_counters), Some(cur), Some(prev)) = (self.ebpf.as_ref(), snap.as_ref(), prev_snap.as_ref()) {
+            if let (Some(ebpf_counters), Some(cur), Some(prev)) =
+                (self.ebpf.as_ref(), snap.as_ref(), prev_snap.as_ref())
+            {
                 for e in Event::ALL {
                     if ebpf_counters.is_live(e) {
                         ebpf[e as usize] = Some(cur.get(e).wrapping_sub(prev.get(e)) as i64);
@@ -171,6 +203,14 @@ impl Sampler {
             }
         }
         self.previous = Some((now, snap));
-        FeatureRow { node: self.node.clone(), ts, interval_s, procfs, est_conn, lis_conn, ebpf }
+        FeatureRow {
+            node: self.node.clone(),
+            ts,
+            interval_s,
+            procfs,
+            est_conn,
+            lis_conn,
+            ebpf,
+        }
     }
 }

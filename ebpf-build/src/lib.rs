@@ -45,15 +45,24 @@ impl std::error::Error for BuildError {}
 
 /// The workspace root, given any crate directory directly inside it.
 pub fn workspace_root(crate_dir: &Path) -> PathBuf {
-    crate_dir.parent().expect("crates live inside the workspace").to_path_buf()
+    crate_dir
+        .parent()
+        .expect("crates live inside the workspace")
+        .to_path_buf()
 }
 
 /// Sources whose change must rebuild the object.
 pub fn inputs(root: &Path) -> Vec<PathBuf> {
-    ["agent-ebpf/src", "agent-ebpf/Cargo.toml", "agent-common/src", "agent-common/Cargo.toml", "Cargo.lock"]
-        .iter()
-        .map(|p| root.join(p))
-        .collect()
+    [
+        "agent-ebpf/src",
+        "agent-ebpf/Cargo.toml",
+        "agent-common/src",
+        "agent-common/Cargo.toml",
+        "Cargo.lock",
+    ]
+    .iter()
+    .map(|p| root.join(p))
+    .collect()
 }
 
 fn on_path(program: &str) -> bool {
@@ -67,14 +76,18 @@ fn on_path(program: &str) -> bool {
 /// cargo's lock, and it is shared by build.rs and xtask so neither rebuilds what the other built.
 pub fn build(root: &Path) -> Result<PathBuf, BuildError> {
     let mut path = env::var_os("PATH").unwrap_or_default();
-    if let Some(home) = env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo"))) {
+    if let Some(home) = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+    {
         // bpf-linker lives in cargo's bin directory, which a non-login shell may lack.
         let mut dirs: Vec<PathBuf> = env::split_paths(&path).collect();
         dirs.push(home.join("bin"));
         path = env::join_paths(dirs).unwrap_or(path);
     }
     // SAFETY-free: only this process's view of PATH for the check below.
-    let linker_found = env::split_paths(&path).any(|d| d.join("bpf-linker").is_file()) || on_path("bpf-linker");
+    let linker_found =
+        env::split_paths(&path).any(|d| d.join("bpf-linker").is_file()) || on_path("bpf-linker");
     if !linker_found {
         return Err(BuildError::LinkerMissing);
     }
@@ -83,7 +96,16 @@ pub fn build(root: &Path) -> Result<PathBuf, BuildError> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--release", "--package", PACKAGE, "--target", TARGET, "-Z", "build-std=core"])
+        .args([
+            "build",
+            "--release",
+            "--package",
+            PACKAGE,
+            "--target",
+            TARGET,
+            "-Z",
+            "build-std=core",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("PATH", path)
@@ -91,9 +113,19 @@ pub fn build(root: &Path) -> Result<PathBuf, BuildError> {
     // Settings of an outer cargo (we may run inside a build script) that must not leak into a
     // build for another target.
     for var in [
-        "RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO_BUILD_RUSTFLAGS", "CARGO_MAKEFLAGS",
-        "CARGO_PRIMARY_PACKAGE", "CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_PKG_NAME",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_MAKEFLAGS",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_PKG_NAME",
     ] {
         cmd.env_remove(var);
     }

@@ -11,14 +11,27 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 fn run_rows(db_url: &str, node: &str, records: &str) -> std::process::Output {
     run_agent(
-        &["run", "--records", records, "--interval", "1", "--node-name", node],
+        &[
+            "run",
+            "--records",
+            records,
+            "--interval",
+            "1",
+            "--node-name",
+            node,
+        ],
         &[("DATABASE_URL", db_url)],
         LIMIT,
     )
 }
 
 fn assert_success(out: &std::process::Output) {
-    assert!(out.status.success(), "agent failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "agent failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -30,16 +43,49 @@ fn run_writes_rows_with_every_feature_in_range() {
     let out = run_rows(&url, "node-a", "3");
     assert_success(&out);
 
-    assert_eq!(sql("db_rows", "SELECT count(*) FROM node_features WHERE node = 'node-a'"), "3");
+    assert_eq!(
+        sql(
+            "db_rows",
+            "SELECT count(*) FROM node_features WHERE node = 'node-a'"
+        ),
+        "3"
+    );
     // Every one of the 24 features is present in every row.
     let features = [
-        "cpu_sec_idle", "disk_av_per", "disk_read", "disk_write", "net_receive", "mem_pressure", "mem_av_per",
-        "forks_total", "intr", "load1", "load5", "load15", "receive_drop", "receive_errs", "transmit_packets",
-        "tcp_sock_alloc", "tcp_sock_inuse", "tcp_sock_mem", "udp_sock_inuse", "udp_sock_mem", "ipv4_sock_inuse",
-        "est_conn", "lis_conn", "open_fds",
+        "cpu_sec_idle",
+        "disk_av_per",
+        "disk_read",
+        "disk_write",
+        "net_receive",
+        "mem_pressure",
+        "mem_av_per",
+        "forks_total",
+        "intr",
+        "load1",
+        "load5",
+        "load15",
+        "receive_drop",
+        "receive_errs",
+        "transmit_packets",
+        "tcp_sock_alloc",
+        "tcp_sock_inuse",
+        "tcp_sock_mem",
+        "udp_sock_inuse",
+        "udp_sock_mem",
+        "ipv4_sock_inuse",
+        "est_conn",
+        "lis_conn",
+        "open_fds",
     ];
     for f in features {
-        assert_eq!(sql("db_rows", &format!("SELECT count(*) FROM node_features WHERE {f} IS NULL")), "0", "{f} has NULLs");
+        assert_eq!(
+            sql(
+                "db_rows",
+                &format!("SELECT count(*) FROM node_features WHERE {f} IS NULL")
+            ),
+            "0",
+            "{f} has NULLs"
+        );
     }
     // Sane ranges.
     let checks = [
@@ -57,11 +103,21 @@ fn run_writes_rows_with_every_feature_in_range() {
         "attack = 0 AND attack_type IS NULL",
     ];
     for c in checks {
-        assert_eq!(sql("db_rows", &format!("SELECT count(*) FROM node_features WHERE NOT ({c})")), "0", "violated: {c}");
+        assert_eq!(
+            sql(
+                "db_rows",
+                &format!("SELECT count(*) FROM node_features WHERE NOT ({c})")
+            ),
+            "0",
+            "violated: {c}"
+        );
     }
     // First row: no interval and no eBPF deltas; later rows: about one second apart, with counts.
     assert_eq!(
-        sql("db_rows", "SELECT count(*) FROM node_features WHERE interval_s IS NULL AND ebpf_forks IS NULL"),
+        sql(
+            "db_rows",
+            "SELECT count(*) FROM node_features WHERE interval_s IS NULL AND ebpf_forks IS NULL"
+        ),
         "1"
     );
     assert_eq!(
@@ -70,13 +126,19 @@ fn run_writes_rows_with_every_feature_in_range() {
     );
     // Rows sit on the aligned schedule: whole seconds apart.
     assert_eq!(
-        sql("db_rows", "SELECT round(extract(epoch FROM max(ts) - min(ts))) FROM node_features"),
+        sql(
+            "db_rows",
+            "SELECT round(extract(epoch FROM max(ts) - min(ts))) FROM node_features"
+        ),
         "2"
     );
     // The node's partition exists and holds the rows.
     let part = sql("db_rows", "SELECT node_features_partition_name('node-a')");
     assert!(part.starts_with("node_features_node_a_"), "{part}");
-    assert_eq!(sql("db_rows", &format!("SELECT count(*) FROM \"{part}\"")), "3");
+    assert_eq!(
+        sql("db_rows", &format!("SELECT count(*) FROM \"{part}\"")),
+        "3"
+    );
 }
 
 #[test]
@@ -98,14 +160,41 @@ fn two_nodes_two_partitions_and_hostile_names_stored_verbatim() {
         "SELECT count(*) FROM pg_inherits WHERE inhparent = 'node_features'::regclass",
     );
     assert_eq!(parts, "3");
-    assert_eq!(sql("db_nodes", "SELECT count(DISTINCT node) FROM node_features"), "3");
+    assert_eq!(
+        sql("db_nodes", "SELECT count(DISTINCT node) FROM node_features"),
+        "3"
+    );
     // The hostile name comes back byte for byte, and each partition holds only its own node.
-    let stored = sql("db_nodes", "SELECT node FROM node_features WHERE node NOT LIKE 'node-%' LIMIT 1");
+    let stored = sql(
+        "db_nodes",
+        "SELECT node FROM node_features WHERE node NOT LIKE 'node-%' LIMIT 1",
+    );
     assert_eq!(stored, hostile);
-    let part = sql("db_nodes", &format!("SELECT node_features_partition_name({})", quote_literal(&hostile)));
-    assert!(part.len() <= 63, "partition name fits an identifier: {part}");
-    assert_eq!(sql("db_nodes", &format!("SELECT count(*) FROM \"{part}\" WHERE node = {}", quote_literal(&hostile))), "2");
-    assert_eq!(sql("db_nodes", &format!("SELECT count(*) FROM \"{part}\"")), "2");
+    let part = sql(
+        "db_nodes",
+        &format!(
+            "SELECT node_features_partition_name({})",
+            quote_literal(&hostile)
+        ),
+    );
+    assert!(
+        part.len() <= 63,
+        "partition name fits an identifier: {part}"
+    );
+    assert_eq!(
+        sql(
+            "db_nodes",
+            &format!(
+                "SELECT count(*) FROM \"{part}\" WHERE node = {}",
+                quote_literal(&hostile)
+            )
+        ),
+        "2"
+    );
+    assert_eq!(
+        sql("db_nodes", &format!("SELECT count(*) FROM \"{part}\"")),
+        "2"
+    );
 }
 
 fn quote_literal(s: &str) -> String {
@@ -122,7 +211,10 @@ fn migrations_twice_are_a_no_op_and_rows_are_unique_per_node_and_ts() {
         let out = run_agent(&["migrate", "--database-url", &url], &[], LIMIT);
         assert_success(&out);
     }
-    assert_eq!(sql("db_migrate", "SELECT count(*) FROM schema_migrations"), "1");
+    assert_eq!(
+        sql("db_migrate", "SELECT count(*) FROM schema_migrations"),
+        "1"
+    );
     // (node, ts) is the primary key: the same row twice is one row, and ON CONFLICT keeps it so.
     sql("db_migrate", "SELECT ensure_node_partition('n')");
     sql("db_migrate", "INSERT INTO node_features (node, ts) VALUES ('n', '2026-01-01T00:00:00Z') ON CONFLICT (node, ts) DO NOTHING");
@@ -150,12 +242,26 @@ fn unreachable_database_keeps_sampling_and_reports_clearly() {
     }
     // Nothing listens on port 1 of loopback.
     let out = run_agent(
-        &["run", "--records", "2", "--interval", "0.5", "--node-name", "lonely", "--shutdown-timeout", "1", "--no-ebpf"],
+        &[
+            "run",
+            "--records",
+            "2",
+            "--interval",
+            "0.5",
+            "--node-name",
+            "lonely",
+            "--shutdown-timeout",
+            "1",
+            "--no-ebpf",
+        ],
         &[("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/none")],
         LIMIT,
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "rows were not written, so the run must fail");
+    assert!(
+        !out.status.success(),
+        "rows were not written, so the run must fail"
+    );
     assert!(stderr.contains("database unavailable"), "{stderr}");
     assert!(stderr.contains("2 rows could not be written"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -176,7 +282,10 @@ fn sigterm_flushes_and_exits_zero_promptly() {
         .unwrap();
     // Wait until rows arrive, then ask it to stop.
     let deadline = Instant::now() + LIMIT;
-    while sql("db_sigterm", "SELECT count(*) FROM pg_tables WHERE tablename = 'node_features'") != "1"
+    while sql(
+        "db_sigterm",
+        "SELECT count(*) FROM pg_tables WHERE tablename = 'node_features'",
+    ) != "1"
         || sql("db_sigterm", "SELECT count(*) FROM node_features") == "0"
     {
         assert!(Instant::now() < deadline, "no rows arrived");
@@ -186,10 +295,22 @@ fn sigterm_flushes_and_exits_zero_promptly() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let stopped = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
-    assert!(stopped.elapsed() < Duration::from_secs(3), "took {:?} to stop", stopped.elapsed());
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "took {:?} to stop",
+        stopped.elapsed()
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("signal=\"SIGTERM\"") || stderr.contains("SIGTERM"), "{stderr}");
+    assert!(
+        stderr.contains("signal=\"SIGTERM\"") || stderr.contains("SIGTERM"),
+        "{stderr}"
+    );
     // Everything sampled was written: nothing left unwritten.
     assert!(stderr.contains("unwritten=0"), "{stderr}");
 }
