@@ -75,6 +75,10 @@ pub struct SamplingArgs {
     /// Exit with an error if any eBPF program cannot be loaded, instead of leaving its columns NULL.
     #[arg(long, env = "REQUIRE_EBPF", conflicts_with = "no_ebpf")]
     pub require_ebpf: bool,
+    /// Hook TCP state changes with the classic tracepoint even where the cheaper BTF tracepoint
+    /// loads (a fallback for kernels whose BTF tracepoints misbehave).
+    #[arg(long, env = "CLASSIC_TRACEPOINTS")]
+    pub classic_tracepoints: bool,
     /// Do not load eBPF programs: eBPF columns are NULL, est_conn/lis_conn come from a dump.
     #[arg(long, env = "NO_EBPF")]
     pub no_ebpf: bool,
@@ -211,7 +215,10 @@ impl SamplingArgs {
             return Ok(None);
         }
         crate::ebpf::ensure_tracefs();
-        match EbpfCounters::load() {
+        let options = crate::ebpf::LoadOptions {
+            classic_tracepoints: self.classic_tracepoints,
+        };
+        match EbpfCounters::load_with(options) {
             Ok(counters) => {
                 for f in counters.failures() {
                     warn!(error = %f, hint = f.hint(), "an eBPF program could not be attached; the columns it feeds will be NULL");
@@ -222,7 +229,16 @@ impl SamplingArgs {
                         counters.failures().len()
                     );
                 }
-                info!(programs = counters.attached(), "eBPF programs attached");
+                let hooks: Vec<String> = counters
+                    .hooks()
+                    .iter()
+                    .map(|(p, k)| format!("{p}:{k}"))
+                    .collect();
+                info!(
+                    programs = counters.attached(),
+                    hooks = hooks.join(","),
+                    "eBPF programs attached"
+                );
                 Ok(Some(counters))
             }
             Err(e) if self.require_ebpf => {

@@ -8,9 +8,10 @@ use agent_common::{
 };
 use aya::{
     maps::{MapData, PerCpuArray},
-    programs::{RawTracePoint, TracePoint},
-    Ebpf,
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    Btf, Ebpf,
 };
+use tracing::debug;
 
 /// The compiled programs, built by build.rs from agent-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf.o"));
@@ -57,6 +58,13 @@ impl EbpfError {
 enum Hook {
     Raw(&'static str),
     Classic(&'static str, &'static str),
+    /// A BTF raw tracepoint, or when that cannot load (no kernel BTF, kernel < 5.5) the named
+    /// classic-tracepoint program of the same logic.
+    BtfOr {
+        tracepoint: &'static str,
+        classic_program: &'static str,
+        category: &'static str,
+    },
 }
 
 /// A program in the object, where it attaches, and the columns it feeds.
@@ -92,7 +100,11 @@ const PROBES: &[Probe] = &[
     },
     Probe {
         program: "inet_sock_set_state",
-        hook: Hook::Classic("sock", "inet_sock_set_state"),
+        hook: Hook::BtfOr {
+            tracepoint: "inet_sock_set_state",
+            classic_program: "inet_sock_set_state_tp",
+            category: "sock",
+        },
         feeds: &[
             Event::TcpToEstablished,
             Event::TcpToSynSent,
@@ -165,18 +177,34 @@ pub struct EbpfCounters {
     live: [bool; EVENT_COUNT],
     tcp_states_live: bool,
     failures: Vec<EbpfError>,
+    /// How each attached program is hooked, e.g. ("inet_sock_set_state", "tp_btf").
+    hooks: Vec<(&'static str, &'static str)>,
+}
+
+/// How to load the programs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Use classic tracepoints even where a BTF tracepoint would load (for kernels whose BTF
+    /// tracepoints misbehave, and to test the fallback).
+    pub classic_tracepoints: bool,
 }
 
 impl EbpfCounters {
     /// Loads the object and attaches every program it can. Fails only when nothing can be
     /// loaded; programs that fail alone are listed in [`EbpfCounters::failures`].
     pub fn load() -> Result<Self, EbpfError> {
+        Self::load_with(LoadOptions::default())
+    }
+
+    pub fn load_with(options: LoadOptions) -> Result<Self, EbpfError> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(EbpfError::Load)?;
         let mut live = [false; EVENT_COUNT];
         let mut failures = Vec::new();
+        let mut hooks = Vec::new();
         for probe in PROBES {
-            match attach(&mut ebpf, probe) {
-                Ok(()) => {
+            match attach(&mut ebpf, probe, options) {
+                Ok(kind) => {
+                    hooks.push((probe.program, kind));
                     for e in probe.feeds {
                         live[*e as usize] = true;
                     }
@@ -203,7 +231,13 @@ impl EbpfCounters {
             live,
             tcp_states_live,
             failures,
+            hooks,
         })
+    }
+
+    /// How each attached program is hooked: (program, "raw_tp" | "tracepoint" | "tp_btf").
+    pub fn hooks(&self) -> &[(&'static str, &'static str)] {
+        &self.hooks
     }
 
     /// Programs that could not be attached.
@@ -265,25 +299,77 @@ fn take_map<V: aya::Pod>(
     PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
-fn attach(ebpf: &mut Ebpf, probe: &Probe) -> Result<(), EbpfError> {
-    let program = probe.program;
-    let err = |source| EbpfError::Program { program, source };
-    let prog = ebpf.program_mut(program).ok_or(EbpfError::Program {
-        program,
-        source: aya::programs::ProgramError::NotLoaded,
-    })?;
+/// Attaches one probe; returns the kind of hook used.
+fn attach(ebpf: &mut Ebpf, probe: &Probe, options: LoadOptions) -> Result<&'static str, EbpfError> {
     match probe.hook {
-        Hook::Raw(tp) => {
-            let p: &mut RawTracePoint = prog.try_into().map_err(err)?;
-            p.load().map_err(err)?;
-            p.attach(tp).map_err(err)?;
-        }
+        Hook::Raw(tp) => attach_raw(ebpf, probe.program, tp).map(|()| "raw_tp"),
         Hook::Classic(category, name) => {
-            let p: &mut TracePoint = prog.try_into().map_err(err)?;
-            p.load().map_err(err)?;
-            p.attach(category, name).map_err(err)?;
+            attach_classic(ebpf, probe.program, category, name).map(|()| "tracepoint")
+        }
+        Hook::BtfOr {
+            tracepoint,
+            classic_program,
+            category,
+        } => {
+            if !options.classic_tracepoints {
+                match attach_btf(ebpf, probe.program, tracepoint) {
+                    Ok(()) => return Ok("tp_btf"),
+                    Err(e) => {
+                        debug!(error = %e, fallback = classic_program, "BTF tracepoint unavailable; using the classic tracepoint")
+                    }
+                }
+            }
+            attach_classic(ebpf, classic_program, category, tracepoint).map(|()| "tracepoint")
         }
     }
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut aya::programs::Program, EbpfError> {
+    ebpf.program_mut(program).ok_or(EbpfError::Program {
+        program,
+        source: aya::programs::ProgramError::NotLoaded,
+    })
+}
+
+fn attach_raw(ebpf: &mut Ebpf, name: &'static str, tp: &str) -> Result<(), EbpfError> {
+    let err = |source| EbpfError::Program {
+        program: name,
+        source,
+    };
+    let p: &mut RawTracePoint = program(ebpf, name)?.try_into().map_err(err)?;
+    p.load().map_err(err)?;
+    p.attach(tp).map_err(err)?;
+    Ok(())
+}
+
+fn attach_classic(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &str,
+    tp: &str,
+) -> Result<(), EbpfError> {
+    let err = |source| EbpfError::Program {
+        program: name,
+        source,
+    };
+    let p: &mut TracePoint = program(ebpf, name)?.try_into().map_err(err)?;
+    p.load().map_err(err)?;
+    p.attach(category, tp).map_err(err)?;
+    Ok(())
+}
+
+fn attach_btf(ebpf: &mut Ebpf, name: &'static str, tp: &str) -> Result<(), EbpfError> {
+    let err = |source| EbpfError::Program {
+        program: name,
+        source,
+    };
+    let btf = Btf::from_sys_fs().map_err(|e| err(aya::programs::ProgramError::Btf(e)))?;
+    let p: &mut BtfTracePoint = program(ebpf, name)?.try_into().map_err(err)?;
+    p.load(tp, &btf).map_err(err)?;
+    p.attach().map_err(err)?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use std::{
 
 use agent::{
     collector::{self, DiskSelector, InterfaceSelector, Roots, Sources},
-    ebpf::{EbpfCounters, EbpfSnapshot},
+    ebpf::{EbpfCounters, EbpfSnapshot, LoadOptions},
     sampler::Sampler,
     tcp_diag::TcpDiag,
 };
@@ -23,12 +23,26 @@ use tests::{exclusive, have_root};
 const ATTEMPTS: usize = 5;
 
 fn load() -> EbpfCounters {
+    load_with(LoadOptions::default())
+}
+
+fn load_with(options: LoadOptions) -> EbpfCounters {
     agent::ebpf::ensure_tracefs();
-    let c = EbpfCounters::load().expect("the eBPF programs load into this kernel");
+    let c = EbpfCounters::load_with(options).expect("the eBPF programs load into this kernel");
     assert!(
         c.failures().is_empty(),
         "every program attaches: {:?}",
         c.failures()
+    );
+    let want = if options.classic_tracepoints {
+        "tracepoint"
+    } else {
+        "tp_btf"
+    };
+    assert!(
+        c.hooks().contains(&("inet_sock_set_state", want)),
+        "{:?}",
+        c.hooks()
     );
     c
 }
@@ -95,7 +109,14 @@ fn loopback_connections_count_handshakes_exactly() {
         return;
     }
     let _g = exclusive();
-    let ebpf = load();
+    for classic_tracepoints in [false, true] {
+        loopback_handshakes(load_with(LoadOptions {
+            classic_tracepoints,
+        }));
+    }
+}
+
+fn loopback_handshakes(ebpf: EbpfCounters) {
     const N: u64 = 50;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -131,7 +152,14 @@ fn connects_to_a_closed_port_fail_and_are_reset() {
         return;
     }
     let _g = exclusive();
-    let ebpf = load();
+    for classic_tracepoints in [false, true] {
+        closed_port(load_with(LoadOptions {
+            classic_tracepoints,
+        }));
+    }
+}
+
+fn closed_port(ebpf: EbpfCounters) {
     const N: u64 = 30;
     // A port that nothing listens on: bind to learn a free one, then close it.
     let port = TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,285 @@
+//! `cargo xtask bench` (= `cargo bench -p tests --bench agent`): the numbers of BENCHMARKS.md.
+//!   1. CPU time to collect one full row (eBPF gauges; and the sock_diag fallback without eBPF)
+//!   2. the same with 10,000 open loopback TCP connections (held across two processes: the
+//!      open-files limit here is 20,000 per process), and the cost of one re-check dump
+//!   3. RSS of the real agent binary after 360 rows (an hour at 10 s) written to a real Postgres
+//!   4. slowdown of a fork+exit loop and of a loopback connect/close loop with the programs
+//!      attached, against the same loop with nothing attached, interleaved in one run
+//! Needs root. Prints a Markdown table.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use agent::{
+    collector::{DiskSelector, InterfaceSelector, Roots, Sources},
+    ebpf::EbpfCounters,
+    sampler::Sampler,
+    tcp_diag::TcpDiag,
+};
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn sampler(ebpf: bool) -> Sampler {
+    let roots = Roots::default();
+    let sources = Sources::new(
+        roots.clone(),
+        DiskSelector::default_for(&roots.sysfs),
+        InterfaceSelector::physical(&roots.sysfs),
+    );
+    let counters = ebpf.then(|| {
+        agent::ebpf::ensure_tracefs();
+        EbpfCounters::load().expect("eBPF loads")
+    });
+    Sampler::new("bench".into(), sources, counters, Duration::from_secs(3600))
+}
+
+/// Mean CPU time of one row over `n` rows, after a warm-up.
+fn cpu_per_row(s: &mut Sampler, n: u32) -> Duration {
+    for _ in 0..20 {
+        s.sample();
+    }
+    let t0 = thread_cpu();
+    for _ in 0..n {
+        std::hint::black_box(s.sample());
+    }
+    (thread_cpu() - t0) / n
+}
+
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer, then setting the soft limit to the hard one.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+/// Helper process: listens, prints its port, accepts `n` connections, says "held", and holds
+/// them until its stdin closes.
+fn hold_server(n: usize) {
+    raise_nofile();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("{}", l.local_addr().unwrap().port());
+    std::io::stdout().flush().unwrap();
+    let held: Vec<TcpStream> = (0..n).map(|_| l.accept().unwrap().0).collect();
+    println!("held {}", held.len());
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn fork_exit_loop(n: u32) -> Duration {
+    let t0 = Instant::now();
+    for _ in 0..n {
+        // SAFETY: the child only calls _exit; the parent reaps it.
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                libc::_exit(0);
+            }
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+    t0.elapsed()
+}
+
+fn connect_close_loop(l: &TcpListener, n: u32) -> Duration {
+    let addr = l.local_addr().unwrap();
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let c = TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().unwrap();
+        drop(c);
+        drop(s);
+    }
+    t0.elapsed()
+}
+
+/// Ratio of median loop time with the programs attached to median time without, over
+/// interleaved rounds so that drift of the machine hits both alike.
+fn slowdown(rounds: usize, mut body: impl FnMut() -> Duration) -> (f64, Duration, Duration) {
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    body(); // warm-up
+    for _ in 0..rounds {
+        off.push(body());
+        let attached = EbpfCounters::load().expect("eBPF loads");
+        on.push(body());
+        drop(attached);
+    }
+    let (off, on) = (median(off), median(on));
+    (on.as_secs_f64() / off.as_secs_f64(), off, on)
+}
+
+fn rss_after_hour_of_rows() -> (u64, u64) {
+    let pg = throwaway_pg::ThrowawayPostgres::start().expect("throwaway Postgres");
+    let mut agent = Command::new(tests::agent_bin())
+        .args(["run", "--interval", "0.02", "--node-name", "bench-rss"])
+        .env("DATABASE_URL", pg.url("postgres"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("agent starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = pg
+            .psql("postgres", "SELECT count(*) FROM node_features")
+            .map(|s| s.trim().parse::<u64>().unwrap_or(0))
+            .unwrap_or(0);
+        if n >= 360 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "360 rows did not arrive");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let (rss, hwm) = (kb("VmRSS:"), kb("VmHWM:"));
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    agent.wait().unwrap();
+    (rss, hwm)
+}
+
+fn main() {
+    if let Ok(n) = std::env::var("BENCH_HOLD_SERVER") {
+        hold_server(n.parse().unwrap());
+        return;
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return; // cargo bench -- --list
+    }
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the benchmarks load eBPF programs: run as root"
+    );
+    let mut rows = Vec::new();
+
+    let mut with_ebpf = sampler(true);
+    let mut without = sampler(false);
+    let idle_ebpf = cpu_per_row(&mut with_ebpf, 2000);
+    let idle_dump = cpu_per_row(&mut without, 500);
+    rows.push((
+        "CPU per row, idle node, eBPF gauges (the default)".to_string(),
+        format!("{:.1} µs", idle_ebpf.as_secs_f64() * 1e6),
+    ));
+    rows.push((
+        "CPU per row, idle node, no eBPF (sock_diag dump each row)".to_string(),
+        format!("{:.1} µs", idle_dump.as_secs_f64() * 1e6),
+    ));
+
+    // 10,000 connections: 10,000 client ends here, 10,000 server ends in a helper process.
+    const CONNS: usize = 10_000;
+    raise_nofile();
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .env("BENCH_HOLD_SERVER", CONNS.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(helper.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    let clients: Vec<TcpStream> = (0..CONNS)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("held {CONNS}"));
+    let busy_ebpf = cpu_per_row(&mut with_ebpf, 2000);
+    let busy_dump = cpu_per_row(&mut without, 100);
+    let row = with_ebpf.sample();
+    let mut diag = TcpDiag::open().unwrap();
+    let t0 = thread_cpu();
+    let dump = diag.count().unwrap();
+    let dump_cost = thread_cpu() - t0;
+    assert_eq!(
+        row.est_conn,
+        Some(dump.established as i32),
+        "gauge agrees with the kernel's table"
+    );
+    rows.push((
+        format!(
+            "CPU per row, {CONNS} open connections, eBPF gauges (est_conn = {})",
+            dump.established
+        ),
+        format!("{:.1} µs", busy_ebpf.as_secs_f64() * 1e6),
+    ));
+    rows.push((
+        format!("CPU per row, {CONNS} open connections, no eBPF (dump each row)"),
+        format!("{:.1} µs", busy_dump.as_secs_f64() * 1e6),
+    ));
+    rows.push((
+        format!("one re-check dump at {CONNS} connections (every 300 s by default)"),
+        format!("{:.2} ms", dump_cost.as_secs_f64() * 1e3),
+    ));
+    drop(clients);
+    drop(helper.stdin.take());
+    helper.wait().unwrap();
+    drop(with_ebpf);
+    drop(without);
+
+    let (rss, hwm) = rss_after_hour_of_rows();
+    rows.push((
+        "agent RSS after 360 rows written to Postgres (peak)".to_string(),
+        format!(
+            "{:.1} MB ({:.1} MB)",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        ),
+    ));
+
+    let (ratio, off, on) = slowdown(7, || fork_exit_loop(2000));
+    rows.push((
+        "fork+exit loop, 2000 iterations: attached / detached".to_string(),
+        format!(
+            "{ratio:.3} ({:.1} ms vs {:.1} ms)",
+            on.as_secs_f64() * 1e3,
+            off.as_secs_f64() * 1e3
+        ),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (ratio, off, on) = slowdown(7, || connect_close_loop(&listener, 2000));
+    rows.push((
+        "loopback connect/accept/close loop, 2000 iterations: attached / detached".to_string(),
+        format!(
+            "{ratio:.3} ({:.1} ms vs {:.1} ms)",
+            on.as_secs_f64() * 1e3,
+            off.as_secs_f64() * 1e3
+        ),
+    ));
+
+    println!("\n| measurement | result |\n|---|---|");
+    for (what, value) in rows {
+        println!("| {what} | {value} |");
+    }
+}
