@@ -13,6 +13,5 @@ fn main() {
         Err(e) => panic!("cannot build the eBPF programs: {e}"),
     };
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("agent-ebpf.o");
-    std::fs::copy(&object, &out)
-        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", object.display(), out.display()));
+    std::fs::copy(&object, &out).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", object.display(), out.display()));
 }

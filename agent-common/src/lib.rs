@@ -179,22 +179,13 @@ mod tests {
     fn socket_classification() {
         use sock::*;
         assert_eq!(classify_socket(AF_INET, SOCK_STREAM), Event::SockAllocTcp);
-        assert_eq!(
-            classify_socket(AF_INET6, SOCK_STREAM | 0o4000 | 0o2000000),
-            Event::SockAllocTcp
-        );
+        assert_eq!(classify_socket(AF_INET6, SOCK_STREAM | 0o4000 | 0o2000000), Event::SockAllocTcp);
         assert_eq!(classify_socket(AF_INET6, SOCK_DGRAM), Event::SockAllocUdp);
         assert_eq!(classify_socket(AF_INET, SOCK_RAW), Event::SockAllocRaw);
         assert_eq!(classify_socket(AF_PACKET, SOCK_DGRAM), Event::SockAllocRaw);
         assert_eq!(classify_socket(AF_UNIX, SOCK_DGRAM), Event::SockAllocUnix);
         assert_eq!(classify_socket(AF_UNIX, SOCK_RAW), Event::SockAllocRaw);
-        assert_eq!(
-            classify_socket(16 /* AF_NETLINK */, SOCK_DGRAM),
-            Event::SockAllocOther
-        );
-        assert_eq!(
-            classify_socket(AF_INET, 5 /* SOCK_SEQPACKET */),
-            Event::SockAllocOther
-        );
+        assert_eq!(classify_socket(16 /* AF_NETLINK */, SOCK_DGRAM), Event::SockAllocOther);
+        assert_eq!(classify_socket(AF_INET, 5 /* SOCK_SEQPACKET */), Event::SockAllocOther);
     }
 }

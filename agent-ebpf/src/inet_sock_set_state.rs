@@ -26,8 +26,7 @@ const IPPROTO_TCP: u16 = 6;
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: the tracepoint's arguments are (const struct sock *, int oldstate, int newstate).
-    let (sk, old, new): (*mut core::ffi::c_void, i32, i32) =
-        unsafe { (ctx.arg(0), ctx.arg(1), ctx.arg(2)) };
+    let (sk, old, new): (*mut core::ffi::c_void, i32, i32) = unsafe { (ctx.arg(0), ctx.arg(1), ctx.arg(2)) };
     // SAFETY: sk is the BTF-typed socket pointer the verifier tracks; the helper checks it.
     if unsafe { bpf_skc_to_tcp_sock(sk) }.is_null() {
         return 0;
@@ -40,11 +39,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets of this tracepoint's fixed-layout record.
     let fields = unsafe {
-        (
-            ctx.read_at::<u16>(PROTOCOL_OFFSET),
-            ctx.read_at::<i32>(OLDSTATE_OFFSET),
-            ctx.read_at::<i32>(NEWSTATE_OFFSET),
-        )
+        (ctx.read_at::<u16>(PROTOCOL_OFFSET), ctx.read_at::<i32>(OLDSTATE_OFFSET), ctx.read_at::<i32>(NEWSTATE_OFFSET))
     };
     if let (Ok(IPPROTO_TCP), Ok(old), Ok(new)) = fields {
         tcp_state_changed(old, new);

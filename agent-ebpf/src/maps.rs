@@ -1,8 +1,6 @@
 //! The maps every program writes to, and the two operations on them. Map names come from
 //! agent-common, which the agent uses to find them.
-use agent_common::{
-    tcp_state, Event, EventCounts, SocketCall, TcpStateBalance, SOCKET_CALLS_IN_FLIGHT_MAX,
-};
+use agent_common::{tcp_state, Event, EventCounts, SocketCall, TcpStateBalance, SOCKET_CALLS_IN_FLIGHT_MAX};
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
@@ -15,8 +13,7 @@ static EVENT_COUNTS: PerCpuArray<EventCounts> = PerCpuArray::with_max_entries(1,
 static TCP_STATE_BALANCE: PerCpuArray<TcpStateBalance> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SOCKET_CALLS_IN_FLIGHT")]
-pub static SOCKET_CALLS_IN_FLIGHT: HashMap<u64, SocketCall> =
-    HashMap::with_max_entries(SOCKET_CALLS_IN_FLIGHT_MAX, 0);
+pub static SOCKET_CALLS_IN_FLIGHT: HashMap<u64, SocketCall> = HashMap::with_max_entries(SOCKET_CALLS_IN_FLIGHT_MAX, 0);
 
 /// Adds `n` to this CPU's counter for `event`.
 #[inline(always)]

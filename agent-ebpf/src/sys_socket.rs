@@ -3,9 +3,7 @@
 //! counts them only when the call succeeded, so a refused socket() (EAFNOSUPPORT, EMFILE, ...)
 //! counts nothing. socketpair() creates two sockets.
 use agent_common::{classify_socket, SocketCall};
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
 
 use crate::maps::{count, SOCKET_CALLS_IN_FLIGHT};
 
@@ -44,12 +42,7 @@ fn remember_call(ctx: &TracePointContext, sockets: u32) -> Result<(), i64> {
     // stored as unsigned longs, the kernel uses their low 32 bits.
     let family: u64 = unsafe { ctx.read_at(FAMILY_OFFSET)? };
     let sock_type: u64 = unsafe { ctx.read_at(TYPE_OFFSET)? };
-    let call = SocketCall {
-        family: family as u32,
-        sock_type: sock_type as u32,
-        sockets,
-        _pad: 0,
-    };
+    let call = SocketCall { family: family as u32, sock_type: sock_type as u32, sockets, _pad: 0 };
     SOCKET_CALLS_IN_FLIGHT.insert(bpf_get_current_pid_tgid(), call, 0)?;
     Ok(())
 }
@@ -64,10 +57,7 @@ fn count_created(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = SOCKET_CALLS_IN_FLIGHT.remove(key);
     let ret: i64 = unsafe { ctx.read_at(RET_OFFSET)? };
     if ret >= 0 {
-        count(
-            classify_socket(call.family, call.sock_type),
-            call.sockets as u64,
-        );
+        count(classify_socket(call.family, call.sock_type), call.sockets as u64);
     }
     Ok(())
 }

@@ -120,14 +120,9 @@ pub struct RunArgs {
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !v.is_finite() || v < 0.01 || v > 86_400.0 {
-        return Err(format!(
-            "{v} is out of range: give seconds between 0.01 and 86400"
-        ));
+        return Err(format!("{v} is out of range: give seconds between 0.01 and 86400"));
     }
     Ok(v)
 }
@@ -146,10 +141,7 @@ pub fn validate_node_name(name: &str) -> anyhow::Result<()> {
         bail!("the node name contains a NUL character, which Postgres text cannot store");
     }
     if name.len() > NODE_NAME_MAX_BYTES {
-        bail!(
-            "the node name is {} bytes long; the limit is {NODE_NAME_MAX_BYTES}",
-            name.len()
-        );
+        bail!("the node name is {} bytes long; the limit is {NODE_NAME_MAX_BYTES}", name.len());
     }
     Ok(())
 }
@@ -168,11 +160,8 @@ impl DatabaseArgs {
     /// The connection settings: DATABASE_URL, or the paper's DB_HOST/DB_PORT/... variables.
     pub fn config(&self) -> anyhow::Result<tokio_postgres::Config> {
         let mut config = if let Some(url) = &self.database_url {
-            url.parse::<tokio_postgres::Config>().map_err(|e| {
-                anyhow::anyhow!(
-                    "--database-url / DATABASE_URL is not a valid connection string: {e}"
-                )
-            })?
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| anyhow::anyhow!("--database-url / DATABASE_URL is not a valid connection string: {e}"))?
         } else if let Some(host) = &self.db_host {
             let mut c = tokio_postgres::Config::new();
             c.host(host).port(self.db_port);
@@ -215,9 +204,7 @@ impl SamplingArgs {
             return Ok(None);
         }
         crate::ebpf::ensure_tracefs();
-        let options = crate::ebpf::LoadOptions {
-            classic_tracepoints: self.classic_tracepoints,
-        };
+        let options = crate::ebpf::LoadOptions { classic_tracepoints: self.classic_tracepoints };
         match EbpfCounters::load_with(options) {
             Ok(counters) => {
                 for f in counters.failures() {
@@ -229,21 +216,11 @@ impl SamplingArgs {
                         counters.failures().len()
                     );
                 }
-                let hooks: Vec<String> = counters
-                    .hooks()
-                    .iter()
-                    .map(|(p, k)| format!("{p}:{k}"))
-                    .collect();
-                info!(
-                    programs = counters.attached(),
-                    hooks = hooks.join(","),
-                    "eBPF programs attached"
-                );
+                let hooks: Vec<String> = counters.hooks().iter().map(|(p, k)| format!("{p}:{k}")).collect();
+                info!(programs = counters.attached(), hooks = hooks.join(","), "eBPF programs attached");
                 Ok(Some(counters))
             }
-            Err(e) if self.require_ebpf => {
-                Err(e).context("--require-ebpf: cannot load the eBPF programs")
-            }
+            Err(e) if self.require_ebpf => Err(e).context("--require-ebpf: cannot load the eBPF programs"),
             Err(e) => {
                 warn!(error = %e, hint = e.hint(), "eBPF programs not loaded; writing procfs features only, eBPF columns will be NULL");
                 Ok(None)
@@ -253,11 +230,7 @@ impl SamplingArgs {
 
     fn sampler(&self) -> anyhow::Result<Sampler> {
         let node = self.node_name()?;
-        let roots = Roots {
-            procfs: self.procfs.clone(),
-            sysfs: self.sysfs.clone(),
-            rootfs: self.rootfs.clone(),
-        };
+        let roots = Roots { procfs: self.procfs.clone(), sysfs: self.sysfs.clone(), rootfs: self.rootfs.clone() };
         let disks = match &self.disk_devices {
             Some(re) => DiskSelector::matching(re.clone()),
             None => DiskSelector::default_for(&roots.sysfs),
@@ -267,28 +240,18 @@ impl SamplingArgs {
             None => InterfaceSelector::physical(&roots.sysfs),
         };
         if !roots.procfs.join("stat").exists() {
-            bail!(
-                "{} does not look like a procfs root (no stat file); check --procfs",
-                roots.procfs.display()
-            );
+            bail!("{} does not look like a procfs root (no stat file); check --procfs", roots.procfs.display());
         }
         let ebpf = self.load_ebpf()?;
         let recheck = Duration::from_secs_f64(self.tcp_recheck_interval);
-        Ok(Sampler::new(
-            node,
-            Sources::new(roots, disks, interfaces),
-            ebpf,
-            recheck,
-        ))
+        Ok(Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck))
     }
 }
 
 /// Ticks at every multiple of `period` since the Unix epoch, skipping ticks that were missed
 /// (a stalled process does not produce a burst of rows), so an hour at 10 s is 360 ticks.
 fn aligned_ticker(period: Duration) -> tokio::time::Interval {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let periods = (now.as_nanos() / period.as_nanos()) + 1;
     let next = Duration::from_nanos((periods * period.as_nanos()) as u64);
     let start = tokio::time::Instant::now() + next.saturating_sub(now);
@@ -339,12 +302,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.database.config()?;
     let sampler = args.sampling.sampler()?;
     let node = args.sampling.node_name()?;
-    info!(
-        node,
-        interval_s = args.sampling.interval,
-        records = args.sampling.records,
-        "feature-agent running"
-    );
+    info!(node, interval_s = args.sampling.interval, records = args.sampling.records, "feature-agent running");
 
     // A small channel: the writer keeps its own bounded queue; sampling never blocks on it.
     let (tx, rx) = mpsc::channel(64);
@@ -374,10 +332,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "stopped"
     );
     if stopped_by.is_none() && report.unwritten > 0 {
-        bail!(
-            "{} rows could not be written before the shutdown timeout",
-            report.unwritten
-        );
+        bail!("{} rows could not be written before the shutdown timeout", report.unwritten);
     }
     Ok(())
 }
@@ -398,9 +353,7 @@ pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
 
 pub async fn migrate_only(args: DatabaseArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    let mut client = db::connect(&config)
-        .await
-        .context("connecting to the database")?;
+    let mut client = db::connect(&config).await.context("connecting to the database")?;
     let applied = migrate::apply(&mut client).await?;
     info!(applied, "migrations up to date");
     Ok(())
@@ -417,10 +370,7 @@ pub fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");

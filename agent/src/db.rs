@@ -31,13 +31,8 @@ pub async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
 }
 
 /// Creates (if needed) the partition of `node`; returns its table name.
-pub async fn ensure_partition(
-    client: &Client,
-    node: &str,
-) -> Result<String, tokio_postgres::Error> {
-    let row = client
-        .query_one("SELECT ensure_node_partition($1)", &[&node])
-        .await?;
+pub async fn ensure_partition(client: &Client, node: &str) -> Result<String, tokio_postgres::Error> {
+    let row = client.query_one("SELECT ensure_node_partition($1)", &[&node]).await?;
     Ok(row.get(0))
 }
 
@@ -49,20 +44,13 @@ struct Session {
 
 impl Session {
     async fn open(config: &Config, node: &str, migrate_first: bool) -> anyhow::Result<Self> {
-        let mut client = connect(config)
-            .await
-            .context("connecting to the database")?;
+        let mut client = connect(config).await.context("connecting to the database")?;
         if migrate_first {
             migrate::apply(&mut client).await?;
         }
-        let partition = ensure_partition(&client, node)
-            .await
-            .context("creating this node's partition")?;
+        let partition = ensure_partition(&client, node).await.context("creating this node's partition")?;
         debug!(partition, "node partition ready");
-        let insert = client
-            .prepare(&insert_sql())
-            .await
-            .context("preparing the row INSERT")?;
+        let insert = client.prepare(&insert_sql()).await.context("preparing the row INSERT")?;
         Ok(Session { client, insert })
     }
 
@@ -100,10 +88,7 @@ impl Backoff {
     fn step(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(Self::MAX);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos();
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
         let jitter = 0.8 + 0.4 * (nanos % 1000) as f64 / 1000.0;
         base.mul_f64(jitter)
     }
@@ -144,10 +129,7 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
         if queue.len() >= opts.queue_max_rows {
             queue.pop_front();
             report.dropped_queue_full += 1;
-            warn!(
-                dropped_total = report.dropped_queue_full,
-                "row queue full; dropped the oldest row"
-            );
+            warn!(dropped_total = report.dropped_queue_full, "row queue full; dropped the oldest row");
         }
         queue.push_back(row);
     };
@@ -239,10 +221,7 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
     }
     report.unwritten = queue.len() as u64;
     if report.unwritten > 0 {
-        error!(
-            rows = report.unwritten,
-            "shutting down with rows the database never received"
-        );
+        error!(rows = report.unwritten, "shutting down with rows the database never received");
     }
     report
 }

@@ -3,13 +3,12 @@
 //! Each program feeds a known set of columns. A program that fails to attach leaves its columns
 //! NULL and is named in one warning; the rest keep counting (unless --require-ebpf).
 use agent_common::{
-    tcp_state, Event, EventCounts, TcpStateBalance, EVENT_COUNT, MAP_EVENT_COUNTS,
-    MAP_TCP_STATE_BALANCE,
+    tcp_state, Event, EventCounts, TcpStateBalance, EVENT_COUNT, MAP_EVENT_COUNTS, MAP_TCP_STATE_BALANCE,
 };
 use aya::{
     maps::{MapData, PerCpuArray},
     programs::{BtfTracePoint, RawTracePoint, TracePoint},
-    Btf, Ebpf,
+    Btf, Ebpf, EbpfLoader,
 };
 use tracing::debug;
 
@@ -22,30 +21,18 @@ pub enum EbpfError {
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("map {name} missing or of the wrong type: {source}")]
-    Map {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
+    Map { name: &'static str, source: aya::maps::MapError },
     #[error("reading map {name}: {source}")]
-    Read {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
+    Read { name: &'static str, source: aya::maps::MapError },
     #[error("program {program}: {source}")]
-    Program {
-        program: &'static str,
-        source: aya::programs::ProgramError,
-    },
+    Program { program: &'static str, source: aya::programs::ProgramError },
 }
 
 impl EbpfError {
     /// A hint for the most common cause, to go with the error in the log.
     pub fn hint(&self) -> &'static str {
         let text = format!("{self:?}");
-        if text.contains("PermissionDenied")
-            || text.contains("EPERM")
-            || text.contains("Operation not permitted")
-        {
+        if text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("Operation not permitted") {
             "the agent needs root or CAP_BPF + CAP_PERFMON to load eBPF programs"
         } else if text.contains("tracefs") || text.contains("tracing") {
             "classic tracepoints need tracefs: mount -t tracefs nodev /sys/kernel/tracing"
@@ -74,30 +61,13 @@ struct Probe {
     feeds: &'static [Event],
 }
 
-const SOCKET_EVENTS: &[Event] = &[
-    Event::SockAllocTcp,
-    Event::SockAllocUdp,
-    Event::SockAllocUnix,
-    Event::SockAllocRaw,
-    Event::SockAllocOther,
-];
+const SOCKET_EVENTS: &[Event] =
+    &[Event::SockAllocTcp, Event::SockAllocUdp, Event::SockAllocUnix, Event::SockAllocRaw, Event::SockAllocOther];
 
 const PROBES: &[Probe] = &[
-    Probe {
-        program: "sched_process_fork",
-        hook: Hook::Raw("sched_process_fork"),
-        feeds: &[Event::Fork],
-    },
-    Probe {
-        program: "sched_process_exec",
-        hook: Hook::Raw("sched_process_exec"),
-        feeds: &[Event::Exec],
-    },
-    Probe {
-        program: "sched_process_exit",
-        hook: Hook::Raw("sched_process_exit"),
-        feeds: &[Event::Exit],
-    },
+    Probe { program: "sched_process_fork", hook: Hook::Raw("sched_process_fork"), feeds: &[Event::Fork] },
+    Probe { program: "sched_process_exec", hook: Hook::Raw("sched_process_exec"), feeds: &[Event::Exec] },
+    Probe { program: "sched_process_exit", hook: Hook::Raw("sched_process_exit"), feeds: &[Event::Exit] },
     Probe {
         program: "inet_sock_set_state",
         hook: Hook::BtfOr {
@@ -114,32 +84,16 @@ const PROBES: &[Probe] = &[
             Event::TcpConnFailed,
         ],
     },
-    Probe {
-        program: "tcp_send_reset",
-        hook: Hook::Raw("tcp_send_reset"),
-        feeds: &[Event::TcpRstSent],
-    },
-    Probe {
-        program: "tcp_receive_reset",
-        hook: Hook::Raw("tcp_receive_reset"),
-        feeds: &[Event::TcpRstRecv],
-    },
+    Probe { program: "tcp_send_reset", hook: Hook::Raw("tcp_send_reset"), feeds: &[Event::TcpRstSent] },
+    Probe { program: "tcp_receive_reset", hook: Hook::Raw("tcp_receive_reset"), feeds: &[Event::TcpRstRecv] },
     // Exit hooks first: an enter hook without its exit would fill the in-flight map.
-    Probe {
-        program: "sys_exit_socket",
-        hook: Hook::Classic("syscalls", "sys_exit_socket"),
-        feeds: SOCKET_EVENTS,
-    },
+    Probe { program: "sys_exit_socket", hook: Hook::Classic("syscalls", "sys_exit_socket"), feeds: SOCKET_EVENTS },
     Probe {
         program: "sys_exit_socketpair",
         hook: Hook::Classic("syscalls", "sys_exit_socketpair"),
         feeds: SOCKET_EVENTS,
     },
-    Probe {
-        program: "sys_enter_socket",
-        hook: Hook::Classic("syscalls", "sys_enter_socket"),
-        feeds: SOCKET_EVENTS,
-    },
+    Probe { program: "sys_enter_socket", hook: Hook::Classic("syscalls", "sys_enter_socket"), feeds: SOCKET_EVENTS },
     Probe {
         program: "sys_enter_socketpair",
         hook: Hook::Classic("syscalls", "sys_enter_socketpair"),
@@ -197,12 +151,15 @@ impl EbpfCounters {
     }
 
     pub fn load_with(options: LoadOptions) -> Result<Self, EbpfError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(EbpfError::Load)?;
+        // The kernel's BTF (several MB parsed into much more) is read once, used by the loader
+        // and the BTF tracepoint, and dropped before we return.
+        let btf = Btf::from_sys_fs().map_err(|e| debug!(error = %e, "no kernel BTF; BTF tracepoints unavailable")).ok();
+        let mut ebpf = EbpfLoader::new().btf(btf.as_ref()).load(OBJECT).map_err(EbpfError::Load)?;
         let mut live = [false; EVENT_COUNT];
         let mut failures = Vec::new();
         let mut hooks = Vec::new();
         for probe in PROBES {
-            match attach(&mut ebpf, probe, options) {
+            match attach(&mut ebpf, probe, options, btf.as_ref()) {
                 Ok(kind) => {
                     hooks.push((probe.program, kind));
                     for e in probe.feeds {
@@ -213,26 +170,17 @@ impl EbpfCounters {
             }
         }
         // The socket counters need all four syscall hooks; with one missing they would be partial.
-        if failures
-            .iter()
-            .any(|f| matches!(f, EbpfError::Program { program, .. } if program.starts_with("sys_")))
-        {
+        if failures.iter().any(|f| matches!(f, EbpfError::Program { program, .. } if program.starts_with("sys_"))) {
             for ev in SOCKET_EVENTS {
                 live[*ev as usize] = false;
             }
         }
+        drop(btf);
+        release_freed_memory();
         let tcp_states_live = live[Event::TcpToEstablished as usize];
         let events = take_map(&mut ebpf, MAP_EVENT_COUNTS)?;
         let balance = take_map(&mut ebpf, MAP_TCP_STATE_BALANCE)?;
-        Ok(EbpfCounters {
-            _ebpf: ebpf,
-            events,
-            balance,
-            live,
-            tcp_states_live,
-            failures,
-            hooks,
-        })
+        Ok(EbpfCounters { _ebpf: ebpf, events, balance, live, tcp_states_live, failures, hooks })
     }
 
     /// How each attached program is hooked: (program, "raw_tp" | "tracepoint" | "tp_btf").
@@ -262,23 +210,15 @@ impl EbpfCounters {
 
     /// Sums every CPU's counters: two map lookups in all.
     pub fn read(&self) -> Result<EbpfSnapshot, EbpfError> {
-        let mut snap = EbpfSnapshot {
-            events: [0; EVENT_COUNT],
-            tcp_balance: [0; tcp_state::COUNT],
-        };
-        let per_cpu = self.events.get(&0, 0).map_err(|source| EbpfError::Read {
-            name: MAP_EVENT_COUNTS,
-            source,
-        })?;
+        let mut snap = EbpfSnapshot { events: [0; EVENT_COUNT], tcp_balance: [0; tcp_state::COUNT] };
+        let per_cpu = self.events.get(&0, 0).map_err(|source| EbpfError::Read { name: MAP_EVENT_COUNTS, source })?;
         for cpu in per_cpu.iter() {
             for (sum, v) in snap.events.iter_mut().zip(cpu.counts) {
                 *sum = sum.wrapping_add(v);
             }
         }
-        let per_cpu = self.balance.get(&0, 0).map_err(|source| EbpfError::Read {
-            name: MAP_TCP_STATE_BALANCE,
-            source,
-        })?;
+        let per_cpu =
+            self.balance.get(&0, 0).map_err(|source| EbpfError::Read { name: MAP_TCP_STATE_BALANCE, source })?;
         for cpu in per_cpu.iter() {
             for (sum, v) in snap.tcp_balance.iter_mut().zip(cpu.by_state) {
                 *sum = sum.wrapping_add(v);
@@ -288,31 +228,21 @@ impl EbpfCounters {
     }
 }
 
-fn take_map<V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<PerCpuArray<MapData, V>, EbpfError> {
-    let map = ebpf.take_map(name).ok_or(EbpfError::Map {
-        name,
-        source: aya::maps::MapError::InvalidName { name: name.into() },
-    })?;
+fn take_map<V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, V>, EbpfError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(EbpfError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
     PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
 /// Attaches one probe; returns the kind of hook used.
-fn attach(ebpf: &mut Ebpf, probe: &Probe, options: LoadOptions) -> Result<&'static str, EbpfError> {
+fn attach(ebpf: &mut Ebpf, probe: &Probe, options: LoadOptions, btf: Option<&Btf>) -> Result<&'static str, EbpfError> {
     match probe.hook {
         Hook::Raw(tp) => attach_raw(ebpf, probe.program, tp).map(|()| "raw_tp"),
-        Hook::Classic(category, name) => {
-            attach_classic(ebpf, probe.program, category, name).map(|()| "tracepoint")
-        }
-        Hook::BtfOr {
-            tracepoint,
-            classic_program,
-            category,
-        } => {
-            if !options.classic_tracepoints {
-                match attach_btf(ebpf, probe.program, tracepoint) {
+        Hook::Classic(category, name) => attach_classic(ebpf, probe.program, category, name).map(|()| "tracepoint"),
+        Hook::BtfOr { tracepoint, classic_program, category } => {
+            if let (false, Some(btf)) = (options.classic_tracepoints, btf) {
+                match attach_btf(ebpf, probe.program, tracepoint, btf) {
                     Ok(()) => return Ok("tp_btf"),
                     Err(e) => {
                         debug!(error = %e, fallback = classic_program, "BTF tracepoint unavailable; using the classic tracepoint")
@@ -324,76 +254,56 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, options: LoadOptions) -> Result<&'stat
     }
 }
 
-fn program<'a>(
-    ebpf: &'a mut Ebpf,
-    program: &'static str,
-) -> Result<&'a mut aya::programs::Program, EbpfError> {
-    ebpf.program_mut(program).ok_or(EbpfError::Program {
-        program,
-        source: aya::programs::ProgramError::NotLoaded,
-    })
+fn program<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut aya::programs::Program, EbpfError> {
+    ebpf.program_mut(program).ok_or(EbpfError::Program { program, source: aya::programs::ProgramError::NotLoaded })
 }
 
 fn attach_raw(ebpf: &mut Ebpf, name: &'static str, tp: &str) -> Result<(), EbpfError> {
-    let err = |source| EbpfError::Program {
-        program: name,
-        source,
-    };
+    let err = |source| EbpfError::Program { program: name, source };
     let p: &mut RawTracePoint = program(ebpf, name)?.try_into().map_err(err)?;
     p.load().map_err(err)?;
     p.attach(tp).map_err(err)?;
     Ok(())
 }
 
-fn attach_classic(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    category: &str,
-    tp: &str,
-) -> Result<(), EbpfError> {
-    let err = |source| EbpfError::Program {
-        program: name,
-        source,
-    };
+fn attach_classic(ebpf: &mut Ebpf, name: &'static str, category: &str, tp: &str) -> Result<(), EbpfError> {
+    let err = |source| EbpfError::Program { program: name, source };
     let p: &mut TracePoint = program(ebpf, name)?.try_into().map_err(err)?;
     p.load().map_err(err)?;
     p.attach(category, tp).map_err(err)?;
     Ok(())
 }
 
-fn attach_btf(ebpf: &mut Ebpf, name: &'static str, tp: &str) -> Result<(), EbpfError> {
-    let err = |source| EbpfError::Program {
-        program: name,
-        source,
-    };
-    let btf = Btf::from_sys_fs().map_err(|e| err(aya::programs::ProgramError::Btf(e)))?;
+fn attach_btf(ebpf: &mut Ebpf, name: &'static str, tp: &str, btf: &Btf) -> Result<(), EbpfError> {
+    let err = |source| EbpfError::Program { program: name, source };
     let p: &mut BtfTracePoint = program(ebpf, name)?.try_into().map_err(err)?;
-    p.load(tp, &btf).map_err(err)?;
+    p.load(tp, btf).map_err(err)?;
     p.attach().map_err(err)?;
     Ok(())
+}
+
+/// Hands the heap freed after loading (parsed BTF, ELF sections) back to the kernel: glibc
+/// keeps freed memory in its arenas otherwise, and the agent's RSS would carry it forever.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Mounts tracefs at /sys/kernel/tracing when no tracefs is mounted (classic tracepoints need
 /// it to look up their ids). Best effort: without it those programs fail to attach and say so.
 pub fn ensure_tracefs() {
-    let mounted = [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ]
-    .iter()
-    .any(|p| std::path::Path::new(p).is_dir());
+    let mounted = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
+        .iter()
+        .any(|p| std::path::Path::new(p).is_dir());
     if mounted {
         return;
     }
     // SAFETY: constant NUL-terminated strings; mount(2) has no other preconditions.
     let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            c"/sys/kernel/tracing".as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
+        libc::mount(c"nodev".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
     };
     if rc == 0 {
         tracing::info!("mounted tracefs at /sys/kernel/tracing");

@@ -6,24 +6,16 @@ use tokio_postgres::Client;
 use tracing::info;
 
 /// (version, file name, SQL), in the order they apply.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_node_features.sql",
-    include_str!("../../migrations/0001_node_features.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "0001_node_features.sql", include_str!("../../migrations/0001_node_features.sql"))];
 
 /// Key of the advisory lock held while migrating ("feature-agent migrate" in ASCII, truncated).
 const LOCK_KEY: i64 = 0x6665_6174_7572_6561;
 
 /// Applies the pending migrations; returns how many were applied.
 pub async fn apply(client: &mut Client) -> anyhow::Result<usize> {
-    let tx = client
-        .transaction()
-        .await
-        .context("starting the migration transaction")?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
-        .await
-        .context("taking the migration lock")?;
+    let tx = client.transaction().await.context("starting the migration transaction")?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await.context("taking the migration lock")?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    integer PRIMARY KEY,
@@ -45,15 +37,10 @@ pub async fn apply(client: &mut Client) -> anyhow::Result<usize> {
         if applied.contains(version) {
             continue;
         }
-        tx.batch_execute(sql)
+        tx.batch_execute(sql).await.with_context(|| format!("applying migration {name}"))?;
+        tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[version, name])
             .await
-            .with_context(|| format!("applying migration {name}"))?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-            &[version, name],
-        )
-        .await
-        .with_context(|| format!("recording migration {name}"))?;
+            .with_context(|| format!("recording migration {name}"))?;
         info!(migration = name, "applied");
         count += 1;
     }

@@ -160,12 +160,7 @@ mod tests {
         };
         assert_eq!(row.params().len(), COLUMNS.len());
         let json = serde_json::to_value(&row).unwrap();
-        let keys: Vec<&str> = json
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
         let mut expected = COLUMNS.to_vec();
         let mut got = keys.clone();
         expected.sort_unstable();

@@ -40,12 +40,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(
-        node: String,
-        sources: Sources,
-        ebpf: Option<EbpfCounters>,
-        recheck: Duration,
-    ) -> Self {
+    pub fn new(node: String, sources: Sources, ebpf: Option<EbpfCounters>, recheck: Duration) -> Self {
         let diag = match TcpDiag::open() {
             Ok(d) => Some(d),
             Err(e) => {
@@ -53,16 +48,7 @@ impl Sampler {
                 None
             }
         };
-        let mut s = Sampler {
-            node,
-            sources,
-            ebpf,
-            diag,
-            gauges: None,
-            recheck,
-            previous: None,
-            failing: Vec::new(),
-        };
+        let mut s = Sampler { node, sources, ebpf, diag, gauges: None, recheck, previous: None, failing: Vec::new() };
         s.seed_gauges();
         s
     }
@@ -79,9 +65,7 @@ impl Sampler {
             let before = ebpf.read().ok()?;
             let dump = diag.count().ok()?;
             let after = ebpf.read().ok()?;
-            if before.established() == after.established()
-                && before.listening() == after.listening()
-            {
+            if before.established() == after.established() && before.listening() == after.listening() {
                 return Some((dump, after));
             }
         }
@@ -89,23 +73,25 @@ impl Sampler {
     }
 
     fn seed_gauges(&mut self) {
-        if !self
-            .ebpf
-            .as_ref()
-            .is_some_and(EbpfCounters::tcp_states_live)
-        {
+        if !self.ebpf.as_ref().is_some_and(EbpfCounters::tcp_states_live) {
             return;
         }
         match self.quiet_dump() {
             Some((dump, balance)) => {
-                info!(established = dump.established, listening = dump.listening, "seeded TCP connection gauges from a sock_diag dump");
+                info!(
+                    established = dump.established,
+                    listening = dump.listening,
+                    "seeded TCP connection gauges from a sock_diag dump"
+                );
                 self.gauges = Some(SeededGauges {
                     established_offset: dump.established - balance.established(),
                     listening_offset: dump.listening - balance.listening(),
                     next_check: Instant::now() + self.recheck,
                 });
             }
-            None => warn!("could not seed the TCP connection gauges; est_conn and lis_conn come from a dump every interval"),
+            None => {
+                warn!("could not seed the TCP connection gauges; est_conn and lis_conn come from a dump every interval")
+            }
         }
     }
 
@@ -151,10 +137,7 @@ impl Sampler {
             }
         }
         match self.diag.as_mut().map(TcpDiag::count) {
-            Some(Ok(c)) => (
-                i32::try_from(c.established).ok(),
-                i32::try_from(c.listening).ok(),
-            ),
+            Some(Ok(c)) => (i32::try_from(c.established).ok(), i32::try_from(c.listening).ok()),
             Some(Err(e)) => {
                 warn!(error = %e, "sock_diag dump failed; est_conn and lis_conn are empty in this row");
                 (None, None)
@@ -203,14 +186,6 @@ impl Sampler {
             }
         }
         self.previous = Some((now, snap));
-        FeatureRow {
-            node: self.node.clone(),
-            ts,
-            interval_s,
-            procfs,
-            est_conn,
-            lis_conn,
-            ebpf,
-        }
+        FeatureRow { node: self.node.clone(), ts, interval_s, procfs, est_conn, lis_conn, ebpf }
     }
 }

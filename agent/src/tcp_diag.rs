@@ -31,23 +31,13 @@ pub struct TcpDiag {
 impl TcpDiag {
     pub fn open() -> io::Result<Self> {
         // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        };
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fd is a fresh descriptor that we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(TcpDiag {
-            fd,
-            seq: 0,
-            buf: vec![0; 64 * 1024],
-        })
+        Ok(TcpDiag { fd, seq: 0, buf: vec![0; 64 * 1024] })
     }
 
     /// Dumps both families and counts ESTABLISHED and LISTEN sockets.
@@ -92,14 +82,7 @@ impl TcpDiag {
         }
         loop {
             // SAFETY: buf is valid for writes of its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    0,
-                )
-            };
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -128,9 +111,7 @@ fn parse_messages(mut data: &[u8], seq: u32, counts: &mut TcpConnCounts) -> io::
             match kind as i32 {
                 libc::NLMSG_DONE => return Ok(true),
                 libc::NLMSG_ERROR => {
-                    let errno = data
-                        .get(16..20)
-                        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+                    let errno = data.get(16..20).map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
                     return Err(match errno {
                         Some(e) if e < 0 => io::Error::from_raw_os_error(-e),
                         _ => bad("error message"),
@@ -171,24 +152,14 @@ mod tests {
         data.extend(message(SOCK_DIAG_BY_FAMILY, 6, &[2, 10, 0, 0, 0, 0, 0, 0])); // stale reply
         let mut c = TcpConnCounts::default();
         assert!(!parse_messages(&data, 7, &mut c).unwrap());
-        assert_eq!(
-            c,
-            TcpConnCounts {
-                established: 1,
-                listening: 1
-            }
-        );
+        assert_eq!(c, TcpConnCounts { established: 1, listening: 1 });
         assert!(parse_messages(&message(libc::NLMSG_DONE as u16, 7, &[0; 4]), 7, &mut c).unwrap());
     }
 
     #[test]
     fn errors_and_truncation() {
         let mut c = TcpConnCounts::default();
-        let err = parse_messages(
-            &message(libc::NLMSG_ERROR as u16, 1, &(-libc::EPERM).to_ne_bytes()),
-            1,
-            &mut c,
-        );
+        let err = parse_messages(&message(libc::NLMSG_ERROR as u16, 1, &(-libc::EPERM).to_ne_bytes()), 1, &mut c);
         assert_eq!(err.unwrap_err().raw_os_error(), Some(libc::EPERM));
         let mut m = message(SOCK_DIAG_BY_FAMILY, 1, &[2, 1]);
         m[0] = 200;

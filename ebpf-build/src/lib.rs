@@ -35,7 +35,9 @@ impl fmt::Display for BuildError {
                 "bpf-linker is not on PATH; run scripts/setup.sh (or `cargo install bpf-linker@0.10.0 --locked`) first"
             ),
             BuildError::Spawn(e) => write!(f, "could not start cargo to build {PACKAGE}: {e}"),
-            BuildError::Failed(status) => write!(f, "building {PACKAGE} for {TARGET} failed ({status}); see the errors above"),
+            BuildError::Failed(status) => {
+                write!(f, "building {PACKAGE} for {TARGET} failed ({status}); see the errors above")
+            }
             BuildError::NoObject(p) => write!(f, "the build succeeded but left no object at {}", p.display()),
         }
     }
@@ -45,30 +47,19 @@ impl std::error::Error for BuildError {}
 
 /// The workspace root, given any crate directory directly inside it.
 pub fn workspace_root(crate_dir: &Path) -> PathBuf {
-    crate_dir
-        .parent()
-        .expect("crates live inside the workspace")
-        .to_path_buf()
+    crate_dir.parent().expect("crates live inside the workspace").to_path_buf()
 }
 
 /// Sources whose change must rebuild the object.
 pub fn inputs(root: &Path) -> Vec<PathBuf> {
-    [
-        "agent-ebpf/src",
-        "agent-ebpf/Cargo.toml",
-        "agent-common/src",
-        "agent-common/Cargo.toml",
-        "Cargo.lock",
-    ]
-    .iter()
-    .map(|p| root.join(p))
-    .collect()
+    ["agent-ebpf/src", "agent-ebpf/Cargo.toml", "agent-common/src", "agent-common/Cargo.toml", "Cargo.lock"]
+        .iter()
+        .map(|p| root.join(p))
+        .collect()
 }
 
 fn on_path(program: &str) -> bool {
-    env::var_os("PATH")
-        .map(|paths| env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-        .unwrap_or(false)
+    env::var_os("PATH").map(|paths| env::split_paths(&paths).any(|dir| dir.join(program).is_file())).unwrap_or(false)
 }
 
 /// Builds the object and returns its path, under `<root>/target/ebpf`. That target directory is
@@ -86,8 +77,7 @@ pub fn build(root: &Path) -> Result<PathBuf, BuildError> {
         path = env::join_paths(dirs).unwrap_or(path);
     }
     // SAFETY-free: only this process's view of PATH for the check below.
-    let linker_found =
-        env::split_paths(&path).any(|d| d.join("bpf-linker").is_file()) || on_path("bpf-linker");
+    let linker_found = env::split_paths(&path).any(|d| d.join("bpf-linker").is_file()) || on_path("bpf-linker");
     if !linker_found {
         return Err(BuildError::LinkerMissing);
     }
@@ -96,16 +86,7 @@ pub fn build(root: &Path) -> Result<PathBuf, BuildError> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            PACKAGE,
-            "--target",
-            TARGET,
-            "-Z",
-            "build-std=core",
-        ])
+        .args(["build", "--release", "--package", PACKAGE, "--target", TARGET, "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("PATH", path)

@@ -21,10 +21,7 @@ use agent::{
 };
 
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -32,11 +29,8 @@ fn thread_cpu() -> Duration {
 
 fn sampler(ebpf: bool) -> Sampler {
     let roots = Roots::default();
-    let sources = Sources::new(
-        roots.clone(),
-        DiskSelector::default_for(&roots.sysfs),
-        InterfaceSelector::physical(&roots.sysfs),
-    );
+    let sources =
+        Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
     let counters = ebpf.then(|| {
         agent::ebpf::ensure_tracefs();
         EbpfCounters::load().expect("eBPF loads")
@@ -57,10 +51,7 @@ fn cpu_per_row(s: &mut Sampler, n: u32) -> Duration {
 }
 
 fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: valid out-pointer, then setting the soft limit to the hard one.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
@@ -176,11 +167,7 @@ fn main() {
         return; // cargo bench -- --list
     }
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the benchmarks load eBPF programs: run as root"
-    );
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmarks load eBPF programs: run as root");
     let mut rows = Vec::new();
 
     let mut with_ebpf = sampler(true);
@@ -209,9 +196,7 @@ fn main() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     let port: u16 = line.trim().parse().unwrap();
-    let clients: Vec<TcpStream> = (0..CONNS)
-        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
-        .collect();
+    let clients: Vec<TcpStream> = (0..CONNS).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
     line.clear();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), format!("held {CONNS}"));
@@ -222,16 +207,9 @@ fn main() {
     let t0 = thread_cpu();
     let dump = diag.count().unwrap();
     let dump_cost = thread_cpu() - t0;
-    assert_eq!(
-        row.est_conn,
-        Some(dump.established as i32),
-        "gauge agrees with the kernel's table"
-    );
+    assert_eq!(row.est_conn, Some(dump.established as i32), "gauge agrees with the kernel's table");
     rows.push((
-        format!(
-            "CPU per row, {CONNS} open connections, eBPF gauges (est_conn = {})",
-            dump.established
-        ),
+        format!("CPU per row, {CONNS} open connections, eBPF gauges (est_conn = {})", dump.established),
         format!("{:.1} µs", busy_ebpf.as_secs_f64() * 1e6),
     ));
     rows.push((
@@ -251,31 +229,19 @@ fn main() {
     let (rss, hwm) = rss_after_hour_of_rows();
     rows.push((
         "agent RSS after 360 rows written to Postgres (peak)".to_string(),
-        format!(
-            "{:.1} MB ({:.1} MB)",
-            rss as f64 / 1024.0,
-            hwm as f64 / 1024.0
-        ),
+        format!("{:.1} MB ({:.1} MB)", rss as f64 / 1024.0, hwm as f64 / 1024.0),
     ));
 
-    let (ratio, off, on) = slowdown(7, || fork_exit_loop(2000));
+    let (ratio, off, on) = slowdown(9, || fork_exit_loop(2000));
     rows.push((
         "fork+exit loop, 2000 iterations: attached / detached".to_string(),
-        format!(
-            "{ratio:.3} ({:.1} ms vs {:.1} ms)",
-            on.as_secs_f64() * 1e3,
-            off.as_secs_f64() * 1e3
-        ),
+        format!("{ratio:.3} ({:.1} ms vs {:.1} ms)", on.as_secs_f64() * 1e3, off.as_secs_f64() * 1e3),
     ));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (ratio, off, on) = slowdown(7, || connect_close_loop(&listener, 2000));
+    let (ratio, off, on) = slowdown(11, || connect_close_loop(&listener, 5000));
     rows.push((
-        "loopback connect/accept/close loop, 2000 iterations: attached / detached".to_string(),
-        format!(
-            "{ratio:.3} ({:.1} ms vs {:.1} ms)",
-            on.as_secs_f64() * 1e3,
-            off.as_secs_f64() * 1e3
-        ),
+        "loopback connect/accept/close loop, 5000 iterations: attached / detached".to_string(),
+        format!("{ratio:.3} ({:.1} ms vs {:.1} ms)", on.as_secs_f64() * 1e3, off.as_secs_f64() * 1e3),
     ));
 
     println!("\n| measurement | result |\n|---|---|");

@@ -63,11 +63,7 @@ pub fn fresh_database(name: &str) -> String {
 
 /// Runs SQL on a database of the shared server; returns psql's unaligned, tuples-only output.
 pub fn sql(db: &str, query: &str) -> String {
-    postgres()
-        .psql(db, query)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .trim_end()
-        .to_owned()
+    postgres().psql(db, query).unwrap_or_else(|e| panic!("{e}")).trim_end().to_owned()
 }
 
 /// The feature-agent binary, built (if stale) by cargo for this workspace.
@@ -76,26 +72,12 @@ pub fn agent_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/<test> -> target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target/<profile>/deps")
-            .to_path_buf();
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps").to_path_buf();
         let target_dir = profile_dir.parent().expect("target").to_path_buf();
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace")
-            .to_path_buf();
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(&root).args([
-            "build",
-            "--quiet",
-            "--package",
-            "agent",
-            "--bin",
-            "feature-agent",
-        ]);
+        cmd.current_dir(&root).args(["build", "--quiet", "--package", "agent", "--bin", "feature-agent"]);
         cmd.arg("--target-dir").arg(&target_dir);
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             cmd.arg("--release");
@@ -110,14 +92,8 @@ pub fn agent_bin() -> PathBuf {
 /// Runs the agent to completion with a time limit; returns its output.
 pub fn run_agent(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     let mut cmd = Command::new(agent_bin());
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.env_remove("DATABASE_URL")
-        .env_remove("NODE_NAME")
-        .env_remove("INTERVAL")
-        .env_remove("RECORDS_NUM");
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env_remove("DATABASE_URL").env_remove("NODE_NAME").env_remove("INTERVAL").env_remove("RECORDS_NUM");
     cmd.env("RUST_LOG", "info");
     for (k, v) in env {
         cmd.env(k, v);
@@ -125,11 +101,7 @@ pub fn run_agent(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output
     let mut child = cmd.spawn().expect("starting feature-agent");
     let deadline = Instant::now() + limit;
     loop {
-        if child
-            .try_wait()
-            .expect("waiting for feature-agent")
-            .is_some()
-        {
+        if child.try_wait().expect("waiting for feature-agent").is_some() {
             return child.wait_with_output().expect("collecting output");
         }
         if Instant::now() > deadline {

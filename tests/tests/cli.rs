@@ -17,39 +17,20 @@ fn bad_flags_and_values_are_rejected_clearly() {
     let cases: &[(&[&str], i32, &str)] = &[
         (&["print", "--bogus"], 2, "unexpected argument '--bogus'"),
         (&["print", "--interval", "0"], 2, "out of range"),
-        (
-            &["print", "--interval", "ten"],
-            2,
-            "is not a number of seconds",
-        ),
+        (&["print", "--interval", "ten"], 2, "is not a number of seconds"),
         (&["print", "--interval", "NaN"], 2, "out of range"),
         (&["print", "--disk-devices", "("], 2, "invalid regex"),
         (&["print", "--node-name", ""], 1, "node name is empty"),
-        (
-            &["print", "--procfs", "/nonexistent"],
-            1,
-            "does not look like a procfs root",
-        ),
+        (&["print", "--procfs", "/nonexistent"], 1, "does not look like a procfs root"),
         (&["run", "--no-ebpf"], 1, "no database configured"),
-        (
-            &["run", "--no-ebpf", "--database-url", "host=x port=notaport"],
-            1,
-            "not a valid connection string",
-        ),
-        (
-            &["print", "--require-ebpf", "--no-ebpf"],
-            2,
-            "cannot be used with",
-        ),
+        (&["run", "--no-ebpf", "--database-url", "host=x port=notaport"], 1, "not a valid connection string"),
+        (&["print", "--require-ebpf", "--no-ebpf"], 2, "cannot be used with"),
     ];
     for (args, code, needle) in cases {
         let out = run_agent(args, &[], LIMIT);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(*code), "{args:?}: {err}");
-        assert!(
-            err.contains(needle),
-            "{args:?}: expected {needle:?} in:\n{err}"
-        );
+        assert!(err.contains(needle), "{args:?}: expected {needle:?} in:\n{err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
@@ -58,10 +39,7 @@ fn bad_flags_and_values_are_rejected_clearly() {
 fn node_name_with_nul_is_refused() {
     // NUL cannot travel in argv; it can in a file the user points NODE_NAME at via the
     // environment only if the shell lets it, so test the validator directly.
-    assert!(agent::cli::validate_node_name("a\0b")
-        .unwrap_err()
-        .to_string()
-        .contains("NUL"));
+    assert!(agent::cli::validate_node_name("a\0b").unwrap_err().to_string().contains("NUL"));
     assert!(agent::cli::validate_node_name(&"x".repeat(1025)).is_err());
     assert!(agent::cli::validate_node_name("ok; DROP TABLE x; --").is_ok());
 }
@@ -90,17 +68,10 @@ fn print_emits_every_column_from_the_fixture_tree() {
         LIMIT,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(lines.len(), 2);
-    let keys: Vec<&str> = lines[0]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys: Vec<&str> = lines[0].as_object().unwrap().keys().map(String::as_str).collect();
     let mut expected = COLUMNS.to_vec();
     expected.sort_unstable();
     let mut keys_sorted = keys.clone();
@@ -111,37 +82,17 @@ fn print_emits_every_column_from_the_fixture_tree() {
     assert_eq!(lines[1]["forks_total"], 123456);
     assert!(lines[0]["interval_s"].is_null());
     assert!((lines[1]["interval_s"].as_f64().unwrap() - 0.2).abs() < 0.1);
-    assert!(
-        lines[1]["ebpf_forks"].is_null(),
-        "--no-ebpf leaves eBPF columns NULL"
-    );
+    assert!(lines[1]["ebpf_forks"].is_null(), "--no-ebpf leaves eBPF columns NULL");
 }
 
 /// Runs the agent as `nobody`, who may not load eBPF programs.
 fn run_unprivileged(extra: &[&str]) -> std::process::Output {
     let bin = tests::agent_bin();
-    let mut args = vec![
-        "--reuid=nobody",
-        "--regid=nogroup",
-        "--clear-groups",
-        "--inh-caps=-all",
-        bin.to_str().unwrap(),
-    ];
-    args.extend_from_slice(&[
-        "print",
-        "--records",
-        "2",
-        "--interval",
-        "0.2",
-        "--node-name",
-        "nobody",
-    ]);
+    let mut args =
+        vec!["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", bin.to_str().unwrap()];
+    args.extend_from_slice(&["print", "--records", "2", "--interval", "0.2", "--node-name", "nobody"]);
     args.extend_from_slice(extra);
-    let out = std::process::Command::new("setpriv")
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("setpriv").args(&args).env("RUST_LOG", "info").output().unwrap();
     out
 }
 
@@ -153,31 +104,16 @@ fn without_privileges_ebpf_columns_are_null_and_procfs_still_written() {
     let out = run_unprivileged(&[]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert_eq!(
-        err.matches("eBPF programs not loaded").count(),
-        1,
-        "exactly one warning:\n{err}"
-    );
-    assert!(
-        err.contains("CAP_BPF"),
-        "the warning says what is missing:\n{err}"
-    );
-    let last: serde_json::Value = serde_json::from_str(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .expect("rows"),
-    )
-    .unwrap();
+    assert_eq!(err.matches("eBPF programs not loaded").count(), 1, "exactly one warning:\n{err}");
+    assert!(err.contains("CAP_BPF"), "the warning says what is missing:\n{err}");
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().expect("rows")).unwrap();
     assert!(last["ebpf_forks"].is_null() && last["tcp_to_est"].is_null());
     assert!(last["forks_total"].as_i64().unwrap() > 0 && last["est_conn"].is_number());
 
     let out = run_unprivileged(&["--require-ebpf"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("--require-ebpf: cannot load the eBPF programs"),
-        "{err}"
-    );
+    assert!(err.contains("--require-ebpf: cannot load the eBPF programs"), "{err}");
     assert!(out.stdout.is_empty(), "no rows with --require-ebpf");
 }

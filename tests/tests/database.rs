@@ -11,27 +11,14 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 fn run_rows(db_url: &str, node: &str, records: &str) -> std::process::Output {
     run_agent(
-        &[
-            "run",
-            "--records",
-            records,
-            "--interval",
-            "1",
-            "--node-name",
-            node,
-        ],
+        &["run", "--records", records, "--interval", "1", "--node-name", node],
         &[("DATABASE_URL", db_url)],
         LIMIT,
     )
 }
 
 fn assert_success(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "agent failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "agent failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -43,13 +30,7 @@ fn run_writes_rows_with_every_feature_in_range() {
     let out = run_rows(&url, "node-a", "3");
     assert_success(&out);
 
-    assert_eq!(
-        sql(
-            "db_rows",
-            "SELECT count(*) FROM node_features WHERE node = 'node-a'"
-        ),
-        "3"
-    );
+    assert_eq!(sql("db_rows", "SELECT count(*) FROM node_features WHERE node = 'node-a'"), "3");
     // Every one of the 24 features is present in every row.
     let features = [
         "cpu_sec_idle",
@@ -79,10 +60,7 @@ fn run_writes_rows_with_every_feature_in_range() {
     ];
     for f in features {
         assert_eq!(
-            sql(
-                "db_rows",
-                &format!("SELECT count(*) FROM node_features WHERE {f} IS NULL")
-            ),
+            sql("db_rows", &format!("SELECT count(*) FROM node_features WHERE {f} IS NULL")),
             "0",
             "{f} has NULLs"
         );
@@ -104,20 +82,14 @@ fn run_writes_rows_with_every_feature_in_range() {
     ];
     for c in checks {
         assert_eq!(
-            sql(
-                "db_rows",
-                &format!("SELECT count(*) FROM node_features WHERE NOT ({c})")
-            ),
+            sql("db_rows", &format!("SELECT count(*) FROM node_features WHERE NOT ({c})")),
             "0",
             "violated: {c}"
         );
     }
     // First row: no interval and no eBPF deltas; later rows: about one second apart, with counts.
     assert_eq!(
-        sql(
-            "db_rows",
-            "SELECT count(*) FROM node_features WHERE interval_s IS NULL AND ebpf_forks IS NULL"
-        ),
+        sql("db_rows", "SELECT count(*) FROM node_features WHERE interval_s IS NULL AND ebpf_forks IS NULL"),
         "1"
     );
     assert_eq!(
@@ -125,20 +97,11 @@ fn run_writes_rows_with_every_feature_in_range() {
         "2"
     );
     // Rows sit on the aligned schedule: whole seconds apart.
-    assert_eq!(
-        sql(
-            "db_rows",
-            "SELECT round(extract(epoch FROM max(ts) - min(ts))) FROM node_features"
-        ),
-        "2"
-    );
+    assert_eq!(sql("db_rows", "SELECT round(extract(epoch FROM max(ts) - min(ts))) FROM node_features"), "2");
     // The node's partition exists and holds the rows.
     let part = sql("db_rows", "SELECT node_features_partition_name('node-a')");
     assert!(part.starts_with("node_features_node_a_"), "{part}");
-    assert_eq!(
-        sql("db_rows", &format!("SELECT count(*) FROM \"{part}\"")),
-        "3"
-    );
+    assert_eq!(sql("db_rows", &format!("SELECT count(*) FROM \"{part}\"")), "3");
 }
 
 #[test]
@@ -147,54 +110,24 @@ fn two_nodes_two_partitions_and_hostile_names_stored_verbatim() {
         return;
     }
     let url = fresh_database("db_nodes");
-    let hostile = format!(
-        "x'); DROP TABLE node_features; --\"; SELECT pg_sleep(10); ノード-🚀 {}",
-        "é".repeat(260)
-    );
+    let hostile = format!("x'); DROP TABLE node_features; --\"; SELECT pg_sleep(10); ノード-🚀 {}", "é".repeat(260));
     assert!(hostile.chars().count() >= 300, "a 300-character name");
     for node in ["node-one", "node-two", hostile.as_str()] {
         assert_success(&run_rows(&url, node, "2"));
     }
-    let parts = sql(
-        "db_nodes",
-        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'node_features'::regclass",
-    );
+    let parts = sql("db_nodes", "SELECT count(*) FROM pg_inherits WHERE inhparent = 'node_features'::regclass");
     assert_eq!(parts, "3");
-    assert_eq!(
-        sql("db_nodes", "SELECT count(DISTINCT node) FROM node_features"),
-        "3"
-    );
+    assert_eq!(sql("db_nodes", "SELECT count(DISTINCT node) FROM node_features"), "3");
     // The hostile name comes back byte for byte, and each partition holds only its own node.
-    let stored = sql(
-        "db_nodes",
-        "SELECT node FROM node_features WHERE node NOT LIKE 'node-%' LIMIT 1",
-    );
+    let stored = sql("db_nodes", "SELECT node FROM node_features WHERE node NOT LIKE 'node-%' LIMIT 1");
     assert_eq!(stored, hostile);
-    let part = sql(
-        "db_nodes",
-        &format!(
-            "SELECT node_features_partition_name({})",
-            quote_literal(&hostile)
-        ),
-    );
-    assert!(
-        part.len() <= 63,
-        "partition name fits an identifier: {part}"
-    );
+    let part = sql("db_nodes", &format!("SELECT node_features_partition_name({})", quote_literal(&hostile)));
+    assert!(part.len() <= 63, "partition name fits an identifier: {part}");
     assert_eq!(
-        sql(
-            "db_nodes",
-            &format!(
-                "SELECT count(*) FROM \"{part}\" WHERE node = {}",
-                quote_literal(&hostile)
-            )
-        ),
+        sql("db_nodes", &format!("SELECT count(*) FROM \"{part}\" WHERE node = {}", quote_literal(&hostile))),
         "2"
     );
-    assert_eq!(
-        sql("db_nodes", &format!("SELECT count(*) FROM \"{part}\"")),
-        "2"
-    );
+    assert_eq!(sql("db_nodes", &format!("SELECT count(*) FROM \"{part}\"")), "2");
 }
 
 fn quote_literal(s: &str) -> String {
@@ -211,14 +144,17 @@ fn migrations_twice_are_a_no_op_and_rows_are_unique_per_node_and_ts() {
         let out = run_agent(&["migrate", "--database-url", &url], &[], LIMIT);
         assert_success(&out);
     }
-    assert_eq!(
-        sql("db_migrate", "SELECT count(*) FROM schema_migrations"),
-        "1"
-    );
+    assert_eq!(sql("db_migrate", "SELECT count(*) FROM schema_migrations"), "1");
     // (node, ts) is the primary key: the same row twice is one row, and ON CONFLICT keeps it so.
     sql("db_migrate", "SELECT ensure_node_partition('n')");
-    sql("db_migrate", "INSERT INTO node_features (node, ts) VALUES ('n', '2026-01-01T00:00:00Z') ON CONFLICT (node, ts) DO NOTHING");
-    sql("db_migrate", "INSERT INTO node_features (node, ts) VALUES ('n', '2026-01-01T00:00:00Z') ON CONFLICT (node, ts) DO NOTHING");
+    sql(
+        "db_migrate",
+        "INSERT INTO node_features (node, ts) VALUES ('n', '2026-01-01T00:00:00Z') ON CONFLICT (node, ts) DO NOTHING",
+    );
+    sql(
+        "db_migrate",
+        "INSERT INTO node_features (node, ts) VALUES ('n', '2026-01-01T00:00:00Z') ON CONFLICT (node, ts) DO NOTHING",
+    );
     assert_eq!(sql("db_migrate", "SELECT count(*) FROM node_features"), "1");
     // DB_HOST/DB_* (the paper's variables) work as well as DATABASE_URL.
     let pg = tests::postgres();
@@ -258,10 +194,7 @@ fn unreachable_database_keeps_sampling_and_reports_clearly() {
         LIMIT,
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "rows were not written, so the run must fail"
-    );
+    assert!(!out.status.success(), "rows were not written, so the run must fail");
     assert!(stderr.contains("database unavailable"), "{stderr}");
     assert!(stderr.contains("2 rows could not be written"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -282,10 +215,7 @@ fn sigterm_flushes_and_exits_zero_promptly() {
         .unwrap();
     // Wait until rows arrive, then ask it to stop.
     let deadline = Instant::now() + LIMIT;
-    while sql(
-        "db_sigterm",
-        "SELECT count(*) FROM pg_tables WHERE tablename = 'node_features'",
-    ) != "1"
+    while sql("db_sigterm", "SELECT count(*) FROM pg_tables WHERE tablename = 'node_features'") != "1"
         || sql("db_sigterm", "SELECT count(*) FROM node_features") == "0"
     {
         assert!(Instant::now() < deadline, "no rows arrived");
@@ -295,22 +225,10 @@ fn sigterm_flushes_and_exits_zero_promptly() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let stopped = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stopped.elapsed() < Duration::from_secs(3),
-        "took {:?} to stop",
-        stopped.elapsed()
-    );
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stopped.elapsed() < Duration::from_secs(3), "took {:?} to stop", stopped.elapsed());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("signal=\"SIGTERM\"") || stderr.contains("SIGTERM"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("signal=\"SIGTERM\"") || stderr.contains("SIGTERM"), "{stderr}");
     // Everything sampled was written: nothing left unwritten.
     assert!(stderr.contains("unwritten=0"), "{stderr}");
 }

@@ -29,21 +29,9 @@ fn load() -> EbpfCounters {
 fn load_with(options: LoadOptions) -> EbpfCounters {
     agent::ebpf::ensure_tracefs();
     let c = EbpfCounters::load_with(options).expect("the eBPF programs load into this kernel");
-    assert!(
-        c.failures().is_empty(),
-        "every program attaches: {:?}",
-        c.failures()
-    );
-    let want = if options.classic_tracepoints {
-        "tracepoint"
-    } else {
-        "tp_btf"
-    };
-    assert!(
-        c.hooks().contains(&("inet_sock_set_state", want)),
-        "{:?}",
-        c.hooks()
-    );
+    assert!(c.failures().is_empty(), "every program attaches: {:?}", c.failures());
+    let want = if options.classic_tracepoints { "tracepoint" } else { "tp_btf" };
+    assert!(c.hooks().contains(&("inet_sock_set_state", want)), "{:?}", c.hooks());
     c
 }
 
@@ -89,15 +77,10 @@ fn forks_match_proc_stat_and_execs_are_exact() {
         let execs = delta(&s0, &s1, Event::Exec);
         let exits = delta(&s0, &s1, Event::Exit);
         if forks != (p1 - p0) as u64 {
-            return Err(format!(
-                "ebpf_forks {forks} != forks_total delta {}",
-                p1 - p0
-            ));
+            return Err(format!("ebpf_forks {forks} != forks_total delta {}", p1 - p0));
         }
         if forks != N || execs != N || exits != N {
-            return Err(format!(
-                "forks {forks}, execs {execs}, exits {exits}; expected {N} each"
-            ));
+            return Err(format!("forks {forks}, execs {execs}, exits {exits}; expected {N} each"));
         }
         Ok(())
     });
@@ -110,9 +93,7 @@ fn loopback_connections_count_handshakes_exactly() {
     }
     let _g = exclusive();
     for classic_tracepoints in [false, true] {
-        loopback_handshakes(load_with(LoadOptions {
-            classic_tracepoints,
-        }));
+        loopback_handshakes(load_with(LoadOptions { classic_tracepoints }));
     }
 }
 
@@ -140,7 +121,10 @@ fn loopback_handshakes(ebpf: EbpfCounters) {
             delta(&s0, &s1, Event::TcpConnFailed),
         );
         if got != (2 * N, N, N, 0) {
-            return Err(format!("(to_est, to_syn_sent, to_syn_recv, conn_failed) = {got:?}, expected ({}, {N}, {N}, 0)", 2 * N));
+            return Err(format!(
+                "(to_est, to_syn_sent, to_syn_recv, conn_failed) = {got:?}, expected ({}, {N}, {N}, 0)",
+                2 * N
+            ));
         }
         Ok(())
     });
@@ -153,20 +137,14 @@ fn connects_to_a_closed_port_fail_and_are_reset() {
     }
     let _g = exclusive();
     for classic_tracepoints in [false, true] {
-        closed_port(load_with(LoadOptions {
-            classic_tracepoints,
-        }));
+        closed_port(load_with(LoadOptions { classic_tracepoints }));
     }
 }
 
 fn closed_port(ebpf: EbpfCounters) {
     const N: u64 = 30;
     // A port that nothing listens on: bind to learn a free one, then close it.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     exactly("closed port", || {
         let s0 = ebpf.read().unwrap();
         for _ in 0..N {
@@ -179,7 +157,9 @@ fn closed_port(ebpf: EbpfCounters) {
         let rst_recv = delta(&s0, &s1, Event::TcpRstRecv);
         let syn_sent = delta(&s0, &s1, Event::TcpToSynSent);
         if failed != N || rst_sent < N || syn_sent != N || rst_recv != N {
-            return Err(format!("conn_failed {failed}, rst_sent {rst_sent}, rst_recv {rst_recv}, syn_sent {syn_sent}; N = {N}"));
+            return Err(format!(
+                "conn_failed {failed}, rst_sent {rst_sent}, rst_recv {rst_recv}, syn_sent {syn_sent}; N = {N}"
+            ));
         }
         Ok(())
     });
@@ -202,11 +182,7 @@ fn sockets_created_are_counted_by_kind() {
         let s0 = ebpf.read().unwrap();
         for _ in 0..5 {
             fds.push(socket(libc::AF_INET, libc::SOCK_STREAM, 0));
-            fds.push(socket(
-                libc::AF_INET6,
-                libc::SOCK_STREAM | libc::SOCK_NONBLOCK,
-                0,
-            ));
+            fds.push(socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0));
         }
         for _ in 0..7 {
             fds.push(socket(libc::AF_INET, libc::SOCK_DGRAM, 0));
@@ -219,16 +195,10 @@ fn sockets_created_are_counted_by_kind() {
             fds.push(socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0));
         }
         for _ in 0..2 {
-            fds.push(socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM,
-                libc::NETLINK_ROUTE,
-            ));
+            fds.push(socket(libc::AF_NETLINK, libc::SOCK_DGRAM, libc::NETLINK_ROUTE));
         }
         // Two socketpairs: four unix sockets.
-        let pairs: Vec<_> = (0..2)
-            .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
-            .collect();
+        let pairs: Vec<_> = (0..2).map(|_| std::os::unix::net::UnixStream::pair().unwrap()).collect();
         // Refused calls create nothing and count nothing.
         assert_eq!(socket(9999, libc::SOCK_STREAM, 0), -1);
         assert_eq!(socket(libc::AF_INET, libc::SOCK_STREAM, 9999), -1);
@@ -247,9 +217,7 @@ fn sockets_created_are_counted_by_kind() {
             delta(&s0, &s1, Event::SockAllocOther),
         ];
         if got != [10, 7, 8, 6, 2] {
-            return Err(format!(
-                "[tcp, udp, unix, raw, other] = {got:?}, expected [10, 7, 8, 6, 2]"
-            ));
+            return Err(format!("[tcp, udp, unix, raw, other] = {got:?}, expected [10, 7, 8, 6, 2]"));
         }
         Ok(())
     });
@@ -257,17 +225,9 @@ fn sockets_created_are_counted_by_kind() {
 
 fn sampler_with_ebpf() -> Sampler {
     let roots = Roots::default();
-    let sources = Sources::new(
-        roots.clone(),
-        DiskSelector::default_for(&roots.sysfs),
-        InterfaceSelector::physical(&roots.sysfs),
-    );
-    Sampler::new(
-        "gauges".into(),
-        sources,
-        Some(load()),
-        std::time::Duration::from_secs(3600),
-    )
+    let sources =
+        Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
+    Sampler::new("gauges".into(), sources, Some(load()), std::time::Duration::from_secs(3600))
 }
 
 #[test]
@@ -282,13 +242,8 @@ fn connection_gauges_follow_the_kernel_table() {
     exactly("gauges", || {
         let r0 = sampler.sample();
         let dump0 = diag.count().unwrap();
-        if (r0.est_conn, r0.lis_conn)
-            != (Some(dump0.established as i32), Some(dump0.listening as i32))
-        {
-            return Err(format!(
-                "gauges {:?}/{:?} != dump {dump0:?} at start",
-                r0.est_conn, r0.lis_conn
-            ));
+        if (r0.est_conn, r0.lis_conn) != (Some(dump0.established as i32), Some(dump0.listening as i32)) {
+            return Err(format!("gauges {:?}/{:?} != dump {dump0:?} at start", r0.est_conn, r0.lis_conn));
         }
         let listener = TcpListener::bind("[::1]:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -301,22 +256,14 @@ fn connection_gauges_follow_the_kernel_table() {
         let r1 = sampler.sample();
         let want = (r0.est_conn.unwrap() + 2 * M, r0.lis_conn.unwrap() + 1);
         if (r1.est_conn.unwrap(), r1.lis_conn.unwrap()) != want {
-            return Err(format!(
-                "with {M} held connections: {:?}/{:?}, expected {want:?}",
-                r1.est_conn, r1.lis_conn
-            ));
+            return Err(format!("with {M} held connections: {:?}/{:?}, expected {want:?}", r1.est_conn, r1.lis_conn));
         }
         drop(held);
         drop(listener);
         let r2 = sampler.sample();
         let dump2 = diag.count().unwrap();
-        if (r2.est_conn, r2.lis_conn)
-            != (Some(dump2.established as i32), Some(dump2.listening as i32))
-        {
-            return Err(format!(
-                "after closing: gauges {:?}/{:?} != dump {dump2:?}",
-                r2.est_conn, r2.lis_conn
-            ));
+        if (r2.est_conn, r2.lis_conn) != (Some(dump2.established as i32), Some(dump2.listening as i32)) {
+            return Err(format!("after closing: gauges {:?}/{:?} != dump {dump2:?}", r2.est_conn, r2.lis_conn));
         }
         Ok(())
     });

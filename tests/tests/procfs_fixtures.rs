@@ -7,17 +7,11 @@ use std::path::{Path, PathBuf};
 use agent::collector::{CollectError, DiskSelector, InterfaceSelector, Roots, Sources};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
 }
 
 fn sources(tree: &Path) -> Sources {
-    let roots = Roots {
-        procfs: tree.join("proc"),
-        sysfs: tree.join("sys"),
-        rootfs: tree.join("root"),
-    };
+    let roots = Roots { procfs: tree.join("proc"), sysfs: tree.join("sys"), rootfs: tree.join("root") };
     let disks = DiskSelector::default_for(&roots.sysfs);
     let ifaces = InterfaceSelector::physical(&roots.sysfs);
     Sources::new(roots, disks, ifaces)
@@ -31,13 +25,9 @@ fn healthy_tree_matches_golden_values() {
     let mut got = serde_json::to_value(&features).unwrap();
     // statvfs of the fixture's root reads a real filesystem: checked for range, not value.
     let disk_av = got.as_object_mut().unwrap().remove("disk_av_per").unwrap();
-    assert!(
-        (0.0..=100.0).contains(&disk_av.as_f64().unwrap()),
-        "{disk_av}"
-    );
+    assert!((0.0..=100.0).contains(&disk_av.as_f64().unwrap()), "{disk_av}");
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tree.join("expected.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tree.join("expected.json")).unwrap()).unwrap();
     assert_eq!(got, expected);
 }
 
@@ -52,10 +42,7 @@ fn device_selection_follows_sysfs() {
         .collect();
     assert_eq!(picked, ["sda", "nvme0n1"]);
     let mut ifaces = InterfaceSelector::physical(tree.join("sys"));
-    let picked: Vec<&str> = ["eth0", "lo", "veth1a2b", "gone0"]
-        .into_iter()
-        .filter(|i| ifaces.is_selected(i))
-        .collect();
+    let picked: Vec<&str> = ["eth0", "lo", "veth1a2b", "gone0"].into_iter().filter(|i| ifaces.is_selected(i)).collect();
     assert_eq!(picked, ["eth0"]);
     // A regex replaces the default.
     let mut only_loop = DiskSelector::matching(regex_lite("^loop"));
@@ -75,28 +62,14 @@ fn malformed_tree_gives_one_clear_error_per_source_and_no_panic() {
     let tree = fixture("node-malformed");
     let (features, errors) = sources(&tree).collect();
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    for file in [
-        "stat",
-        "diskstats",
-        "net/dev",
-        "vmstat",
-        "meminfo",
-        "loadavg",
-        "net/sockstat",
-        "sys/fs/file-nr",
-    ] {
-        let hit = errors
-            .iter()
-            .find(|e| matches!(e, CollectError::Malformed { path, .. } if path.ends_with(file)));
+    for file in ["stat", "diskstats", "net/dev", "vmstat", "meminfo", "loadavg", "net/sockstat", "sys/fs/file-nr"] {
+        let hit = errors.iter().find(|e| matches!(e, CollectError::Malformed { path, .. } if path.ends_with(file)));
         assert!(hit.is_some(), "no error for {file}: {text:#?}");
     }
     assert_eq!(errors.len(), 8, "{text:#?}");
     for t in &text {
         assert!(t.starts_with("malformed "), "{t}");
-        assert!(
-            !t.contains("procfs bug"),
-            "procfs's internal wording leaked: {t}"
-        );
+        assert!(!t.contains("procfs bug"), "procfs's internal wording leaked: {t}");
     }
     // Every procfs feature is empty; statvfs of the root still works.
     let json = serde_json::to_value(&features).unwrap();
@@ -113,7 +86,5 @@ fn malformed_tree_gives_one_clear_error_per_source_and_no_panic() {
 fn missing_tree_reports_unreadable_files() {
     let (_, errors) = sources(Path::new("/nonexistent-feature-agent-root")).collect();
     assert_eq!(errors.len(), 9, "every source, rootfs included: {errors:?}");
-    assert!(errors
-        .iter()
-        .all(|e| matches!(e, CollectError::Read { .. })));
+    assert!(errors.iter().all(|e| matches!(e, CollectError::Read { .. })));
 }

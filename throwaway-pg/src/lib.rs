@@ -47,24 +47,14 @@ pub struct ThrowawayPostgres {
 /// The newest installed server's bin directory.
 pub fn find_bin_dir() -> Result<PathBuf, Error> {
     let mut dirs: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
-        .map_err(|e| {
-            err(format!(
-                "no PostgreSQL server installed (/usr/lib/postgresql: {e}); run scripts/setup.sh"
-            ))
-        })?
+        .map_err(|e| err(format!("no PostgreSQL server installed (/usr/lib/postgresql: {e}); run scripts/setup.sh")))?
         .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
         .filter(|p| p.join("initdb").is_file())
         .collect();
     dirs.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
+        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
     });
-    dirs.pop().ok_or_else(|| {
-        err("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin; run scripts/setup.sh")
-    })
+    dirs.pop().ok_or_else(|| err("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin; run scripts/setup.sh"))
 }
 
 fn postgres_user() -> Result<(u32, u32), Error> {
@@ -72,23 +62,19 @@ fn postgres_user() -> Result<(u32, u32), Error> {
     // SAFETY: getpwnam returns NULL or a pointer to a static passwd record; read at once.
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
     if pw.is_null() {
-        return Err(err(
-            "there is no `postgres` user (PostgreSQL refuses to run as root); run scripts/setup.sh",
-        ));
+        return Err(err("there is no `postgres` user (PostgreSQL refuses to run as root); run scripts/setup.sh"));
     }
     // SAFETY: pw is non-null and valid until the next getpw* call.
     Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
 fn free_port() -> Result<u16, Error> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| err(format!("finding a free port: {e}")))?;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("finding a free port: {e}")))?;
     Ok(l.local_addr().map_err(|e| err(e.to_string()))?.port())
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), Error> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .map_err(|e| err(format!("chown {}: {e}", path.display())))
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| err(format!("chown {}: {e}", path.display())))
 }
 
 /// Removes the directories of servers whose owning process is gone.
@@ -123,41 +109,21 @@ impl ThrowawayPostgres {
         let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| err(e.to_string()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
         chown(&dir, uid, gid)?;
 
-        let mut pg = ThrowawayPostgres {
-            dir,
-            port: free_port()?,
-            child: None,
-            bin,
-            uid,
-            gid,
-        };
+        let mut pg = ThrowawayPostgres { dir, port: free_port()?, child: None, bin, uid, gid };
         let out = Command::new(pg.bin.join("initdb"))
             .args(["-D"])
             .arg(pg.data_dir())
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C.UTF-8",
-                "--no-sync",
-            ])
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
             .uid(uid)
             .gid(gid)
             .current_dir(&pg.dir)
             .output()
             .map_err(|e| err(format!("running initdb: {e}")))?;
         if !out.status.success() {
-            return Err(err(format!(
-                "initdb failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
+            return Err(err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr))));
         }
         pg.spawn_server()?;
         Ok(pg)
@@ -183,11 +149,7 @@ impl ThrowawayPostgres {
 
     /// A key=value connection string over the Unix socket, for `dbname`.
     pub fn url(&self, dbname: &str) -> String {
-        format!(
-            "host={} port={} user=postgres dbname={dbname}",
-            self.dir.display(),
-            self.port
-        )
+        format!("host={} port={} user=postgres dbname={dbname}", self.dir.display(), self.port)
     }
 
     /// A postgresql:// URL over loopback TCP, for `dbname`.
@@ -196,30 +158,15 @@ impl ThrowawayPostgres {
     }
 
     fn spawn_server(&mut self) -> Result<(), Error> {
-        let log = fs::File::create(self.log_file())
-            .map_err(|e| err(format!("creating the log file: {e}")))?;
+        let log = fs::File::create(self.log_file()).map_err(|e| err(format!("creating the log file: {e}")))?;
         chown(&self.log_file(), self.uid, self.gid)?;
         let mut cmd = Command::new(self.bin.join("postgres"));
         cmd.arg("-D")
             .arg(self.data_dir())
             .args(["-p", &self.port.to_string(), "-k"])
             .arg(&self.dir)
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-            ])
-            .args([
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-                "-c",
-                "shared_buffers=64MB",
-            ])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "shared_buffers=64MB"])
             .uid(self.uid)
             .gid(self.gid)
             .stdin(Stdio::null())
@@ -234,9 +181,7 @@ impl ThrowawayPostgres {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| err(format!("starting postgres: {e}")))?;
+        let child = cmd.spawn().map_err(|e| err(format!("starting postgres: {e}")))?;
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(30))
     }
@@ -256,9 +201,7 @@ impl ThrowawayPostgres {
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 let log = fs::read_to_string(self.log_file()).unwrap_or_default();
-                return Err(err(format!(
-                    "postgres exited ({status}) while starting:\n{log}"
-                )));
+                return Err(err(format!("postgres exited ({status}) while starting:\n{log}")));
             }
             if Instant::now() > deadline {
                 return Err(err(format!(
@@ -290,23 +233,11 @@ impl ThrowawayPostgres {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                dbname,
-                "-c",
-                sql,
-            ])
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", dbname, "-c", sql])
             .output()
             .map_err(|e| err(format!("running psql: {e}")))?;
         if !out.status.success() {
-            return Err(err(format!(
-                "psql failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
+            return Err(err(format!("psql failed: {}", String::from_utf8_lossy(&out.stderr))));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

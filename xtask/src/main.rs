@@ -47,10 +47,7 @@ enum Task {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -73,14 +70,7 @@ fn setup() -> anyhow::Result<()> {
 
 fn demo(interval: f64, records: u64) -> anyhow::Result<()> {
     setup()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "agent",
-        "--bin",
-        "feature-agent",
-    ]))?;
+    run(cargo().args(["build", "--release", "--package", "agent", "--bin", "feature-agent"]))?;
     eprintln!("demo: starting a throwaway PostgreSQL");
     let pg = ThrowawayPostgres::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let url = pg.url("postgres");
@@ -91,18 +81,9 @@ fn demo(interval: f64, records: u64) -> anyhow::Result<()> {
     // SAFETY: ignoring SIGINT in this process only.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let status = Command::new(root().join("target/release/feature-agent"))
-        .args([
-            "run",
-            "--interval",
-            &interval.to_string(),
-            "--records",
-            &records.to_string(),
-        ])
+        .args(["run", "--interval", &interval.to_string(), "--records", &records.to_string()])
         .env("DATABASE_URL", &url)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .status()
         .context("starting feature-agent")?;
     let summary = pg

@@ -57,20 +57,11 @@ enum DiskRule {
 impl DiskSelector {
     pub fn default_for(sysfs: impl Into<PathBuf>) -> Self {
         let exclude = Regex::new(DEFAULT_DISK_EXCLUDE).expect("constant regex");
-        DiskSelector {
-            rule: DiskRule::Default {
-                sysfs: sysfs.into(),
-                exclude,
-            },
-            decisions: Decisions::default(),
-        }
+        DiskSelector { rule: DiskRule::Default { sysfs: sysfs.into(), exclude }, decisions: Decisions::default() }
     }
 
     pub fn matching(regex: Regex) -> Self {
-        DiskSelector {
-            rule: DiskRule::Matching(regex),
-            decisions: Decisions::default(),
-        }
+        DiskSelector { rule: DiskRule::Matching(regex), decisions: Decisions::default() }
     }
 
     pub fn start_sample(&mut self) {
@@ -81,9 +72,7 @@ impl DiskSelector {
         let rule = &self.rule;
         self.decisions.get_or(name, || match rule {
             // Partitions are not listed in /sys/block; whole disks are.
-            DiskRule::Default { sysfs, exclude } => {
-                !exclude.is_match(name) && sysfs.join("block").join(name).exists()
-            }
+            DiskRule::Default { sysfs, exclude } => !exclude.is_match(name) && sysfs.join("block").join(name).exists(),
             DiskRule::Matching(re) => re.is_match(name),
         })
     }
@@ -108,19 +97,11 @@ enum InterfaceRule {
 
 impl InterfaceSelector {
     pub fn physical(sysfs: impl Into<PathBuf>) -> Self {
-        InterfaceSelector {
-            rule: InterfaceRule::Physical {
-                sysfs: sysfs.into(),
-            },
-            decisions: Decisions::default(),
-        }
+        InterfaceSelector { rule: InterfaceRule::Physical { sysfs: sysfs.into() }, decisions: Decisions::default() }
     }
 
     pub fn matching(regex: Regex) -> Self {
-        InterfaceSelector {
-            rule: InterfaceRule::Matching(regex),
-            decisions: Decisions::default(),
-        }
+        InterfaceSelector { rule: InterfaceRule::Matching(regex), decisions: Decisions::default() }
     }
 
     pub fn start_sample(&mut self) {
@@ -130,12 +111,10 @@ impl InterfaceSelector {
     pub fn is_selected(&mut self, name: &str) -> bool {
         let rule = &self.rule;
         self.decisions.get_or(name, || match rule {
-            InterfaceRule::Physical { sysfs } => {
-                match std::fs::read_link(sysfs.join("class/net").join(name)) {
-                    Ok(target) => !target.to_string_lossy().contains("devices/virtual/"),
-                    Err(_) => false,
-                }
-            }
+            InterfaceRule::Physical { sysfs } => match std::fs::read_link(sysfs.join("class/net").join(name)) {
+                Ok(target) => !target.to_string_lossy().contains("devices/virtual/"),
+                Err(_) => false,
+            },
             InterfaceRule::Matching(re) => re.is_match(name),
         })
     }

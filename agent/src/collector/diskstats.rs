@@ -20,10 +20,7 @@ pub fn parse(text: &str, disks: &mut DiskSelector) -> Result<DiskTotals, Malform
         read = read.wrapping_add(d.sectors_read.wrapping_mul(SECTOR_BYTES));
         written = written.wrapping_add(d.sectors_written.wrapping_mul(SECTOR_BYTES));
     }
-    Ok(DiskTotals {
-        read_bytes: read as i64,
-        written_bytes: written as i64,
-    })
+    Ok(DiskTotals { read_bytes: read as i64, written_bytes: written as i64 })
 }
 
 #[cfg(test)]
@@ -39,18 +36,9 @@ mod tests {
     #[test]
     fn sums_selected_disks() {
         let mut sel = DiskSelector::matching(Regex::new("^sda$").unwrap());
-        assert_eq!(
-            parse(TEXT, &mut sel).unwrap(),
-            DiskTotals {
-                read_bytes: 5120,
-                written_bytes: 10240
-            }
-        );
+        assert_eq!(parse(TEXT, &mut sel).unwrap(), DiskTotals { read_bytes: 5120, written_bytes: 10240 });
         let mut all = DiskSelector::matching(Regex::new("").unwrap());
-        assert_eq!(
-            parse(TEXT, &mut all).unwrap().read_bytes,
-            (10 + 10 + 1000) * 512
-        );
+        assert_eq!(parse(TEXT, &mut all).unwrap().read_bytes, (10 + 10 + 1000) * 512);
     }
 
     #[test]

@@ -9,16 +9,11 @@ pub struct MemInfo {
 
 pub fn parse(text: &str) -> Result<MemInfo, Malformed> {
     let total: u64 = number("MemTotal", keyed_value(text, "MemTotal"))?;
-    let available: u64 = number(
-        "MemAvailable (kernel 3.14 or later)",
-        keyed_value(text, "MemAvailable"),
-    )?;
+    let available: u64 = number("MemAvailable (kernel 3.14 or later)", keyed_value(text, "MemAvailable"))?;
     if total == 0 {
         return Err(Malformed::new("MemTotal is 0"));
     }
-    Ok(MemInfo {
-        available_percent: 100.0 * available as f64 / total as f64,
-    })
+    Ok(MemInfo { available_percent: 100.0 * available as f64 / total as f64 })
 }
 
 #[cfg(test)]
@@ -27,15 +22,9 @@ mod tests {
     fn parses_and_rejects() {
         let m = super::parse("MemTotal: 1000 kB\nMemFree: 100 kB\nMemAvailable: 250 kB\n").unwrap();
         assert_eq!(m.available_percent, 25.0);
-        assert!(super::parse("MemTotal: 1000 kB\nMemFree: 100 kB\n")
-            .unwrap_err()
-            .0
-            .contains("MemAvailable"));
+        assert!(super::parse("MemTotal: 1000 kB\nMemFree: 100 kB\n").unwrap_err().0.contains("MemAvailable"));
         assert!(super::parse("MemTotal: 0 kB\nMemFree: 0 kB\nMemAvailable: 0 kB\n").is_err());
-        assert!(super::parse("MemTotal: lots\nMemAvailable: 1 kB\n")
-            .unwrap_err()
-            .0
-            .contains("not a number"));
+        assert!(super::parse("MemTotal: lots\nMemAvailable: 1 kB\n").unwrap_err().0.contains("not a number"));
         assert!(super::parse("").is_err());
     }
 }

@@ -57,11 +57,7 @@ impl From<procfs::ProcError> for Malformed {
             Some((_, rest)) => rest,
             None => &text,
         };
-        Malformed(
-            about_input
-                .trim_start_matches("Internal Unwrap Error: ")
-                .replace("NoneError", "missing field"),
-        )
+        Malformed(about_input.trim_start_matches("Internal Unwrap Error: ").replace("NoneError", "missing field"))
     }
 }
 
@@ -79,13 +75,9 @@ pub(crate) fn keyed_value<'t>(text: &'t str, key: &str) -> Option<&'t str> {
 }
 
 /// Parses a whitespace-separated number, naming the field on failure.
-pub(crate) fn number<T: std::str::FromStr>(
-    field: &str,
-    text: Option<&str>,
-) -> Result<T, Malformed> {
+pub(crate) fn number<T: std::str::FromStr>(field: &str, text: Option<&str>) -> Result<T, Malformed> {
     let text = text.ok_or_else(|| Malformed(format!("missing {field}")))?;
-    text.parse()
-        .map_err(|_| Malformed(format!("{field} is not a number: {text:?}")))
+    text.parse().map_err(|_| Malformed(format!("{field} is not a number: {text:?}")))
 }
 
 /// The procfs features of one row. `None` where the source failed.
@@ -125,11 +117,7 @@ pub struct Roots {
 
 impl Default for Roots {
     fn default() -> Self {
-        Roots {
-            procfs: "/proc".into(),
-            sysfs: "/sys".into(),
-            rootfs: "/".into(),
-        }
+        Roots { procfs: "/proc".into(), sysfs: "/sys".into(), rootfs: "/".into() }
     }
 }
 
@@ -169,15 +157,8 @@ impl Sources {
         self.buf.clear();
         File::open(&path)
             .and_then(|mut f| f.read_to_string(&mut self.buf))
-            .map_err(|source| CollectError::Read {
-                path: path.clone(),
-                source,
-            })?;
-        let mut ctx = Ctx {
-            user_hz: self.user_hz,
-            disks: &mut self.disks,
-            interfaces: &mut self.interfaces,
-        };
+            .map_err(|source| CollectError::Read { path: path.clone(), source })?;
+        let mut ctx = Ctx { user_hz: self.user_hz, disks: &mut self.disks, interfaces: &mut self.interfaces };
         parse(&self.buf, &mut ctx).map_err(|m| CollectError::Malformed { path, reason: m.0 })
     }
 
@@ -192,59 +173,38 @@ impl Sources {
             }
         };
 
-        keep(
-            self.read("stat", |t, c| stat::parse(t, c.user_hz))
-                .map(|s| {
-                    f.cpu_sec_idle = Some(s.cpu_sec_idle);
-                    f.forks_total = Some(s.forks_total);
-                    f.intr = Some(s.intr);
-                }),
-        );
+        keep(self.read("stat", |t, c| stat::parse(t, c.user_hz)).map(|s| {
+            f.cpu_sec_idle = Some(s.cpu_sec_idle);
+            f.forks_total = Some(s.forks_total);
+            f.intr = Some(s.intr);
+        }));
         keep(rootfs::available_percent(&self.roots.rootfs).map(|p| f.disk_av_per = Some(p)));
-        keep(
-            self.read("diskstats", |t, c| diskstats::parse(t, c.disks))
-                .map(|d| {
-                    f.disk_read = Some(d.read_bytes);
-                    f.disk_write = Some(d.written_bytes);
-                }),
-        );
-        keep(
-            self.read("net/dev", |t, c| netdev::parse(t, c.interfaces))
-                .map(|n| {
-                    f.net_receive = Some(n.receive_bytes);
-                    f.receive_drop = Some(n.receive_drop);
-                    f.receive_errs = Some(n.receive_errs);
-                    f.transmit_packets = Some(n.transmit_packets);
-                }),
-        );
-        keep(
-            self.read("vmstat", |t, _| vmstat::parse(t))
-                .map(|v| f.mem_pressure = Some(v.pgmajfault)),
-        );
-        keep(
-            self.read("meminfo", |t, _| meminfo::parse(t))
-                .map(|m| f.mem_av_per = Some(m.available_percent)),
-        );
+        keep(self.read("diskstats", |t, c| diskstats::parse(t, c.disks)).map(|d| {
+            f.disk_read = Some(d.read_bytes);
+            f.disk_write = Some(d.written_bytes);
+        }));
+        keep(self.read("net/dev", |t, c| netdev::parse(t, c.interfaces)).map(|n| {
+            f.net_receive = Some(n.receive_bytes);
+            f.receive_drop = Some(n.receive_drop);
+            f.receive_errs = Some(n.receive_errs);
+            f.transmit_packets = Some(n.transmit_packets);
+        }));
+        keep(self.read("vmstat", |t, _| vmstat::parse(t)).map(|v| f.mem_pressure = Some(v.pgmajfault)));
+        keep(self.read("meminfo", |t, _| meminfo::parse(t)).map(|m| f.mem_av_per = Some(m.available_percent)));
         keep(self.read("loadavg", |t, _| loadavg::parse(t)).map(|l| {
             f.load1 = Some(l.load1);
             f.load5 = Some(l.load5);
             f.load15 = Some(l.load15);
         }));
-        keep(
-            self.read("net/sockstat", |t, _| sockstat::parse(t))
-                .map(|s| {
-                    f.tcp_sock_alloc = Some(s.tcp_alloc);
-                    f.tcp_sock_inuse = Some(s.tcp_inuse);
-                    f.tcp_sock_mem = Some(s.tcp_mem);
-                    f.udp_sock_inuse = Some(s.udp_inuse);
-                    f.udp_sock_mem = Some(s.udp_mem);
-                    f.ipv4_sock_inuse = Some(s.sockets_used);
-                }),
-        );
-        keep(
-            self.read("sys/fs/file-nr", |t, _| file_nr::parse(t))
-                .map(|n| f.open_fds = Some(n)),
-        );
+        keep(self.read("net/sockstat", |t, _| sockstat::parse(t)).map(|s| {
+            f.tcp_sock_alloc = Some(s.tcp_alloc);
+            f.tcp_sock_inuse = Some(s.tcp_inuse);
+            f.tcp_sock_mem = Some(s.tcp_mem);
+            f.udp_sock_inuse = Some(s.udp_inuse);
+            f.udp_sock_mem = Some(s.udp_mem);
+            f.ipv4_sock_inuse = Some(s.sockets_used);
+        }));
+        keep(self.read("sys/fs/file-nr", |t, _| file_nr::parse(t)).map(|n| f.open_fds = Some(n)));
         (f, errors)
     }
 }

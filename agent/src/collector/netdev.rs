@@ -18,17 +18,8 @@ pub fn parse(text: &str, interfaces: &mut InterfaceSelector) -> Result<NetTotals
     }
     let devices = InterfaceDeviceStatus::from_read(text.as_bytes())?;
     interfaces.start_sample();
-    let mut t = NetTotals {
-        receive_bytes: 0,
-        receive_drop: 0,
-        receive_errs: 0,
-        transmit_packets: 0,
-    };
-    for d in devices
-        .0
-        .values()
-        .filter(|d| interfaces.is_selected(&d.name))
-    {
+    let mut t = NetTotals { receive_bytes: 0, receive_drop: 0, receive_errs: 0, transmit_packets: 0 };
+    for d in devices.0.values().filter(|d| interfaces.is_selected(&d.name)) {
         t.receive_bytes = t.receive_bytes.wrapping_add(d.recv_bytes as i64);
         t.receive_drop = t.receive_drop.wrapping_add(d.recv_drop as i64);
         t.receive_errs = t.receive_errs.wrapping_add(d.recv_errs as i64);
@@ -50,12 +41,7 @@ mod tests {
         let mut sel = InterfaceSelector::matching(Regex::new("^eth").unwrap());
         assert_eq!(
             parse(TEXT, &mut sel).unwrap(),
-            NetTotals {
-                receive_bytes: 4000,
-                receive_drop: 6,
-                receive_errs: 4,
-                transmit_packets: 60
-            }
+            NetTotals { receive_bytes: 4000, receive_drop: 6, receive_errs: 4, transmit_packets: 60 }
         );
     }
 

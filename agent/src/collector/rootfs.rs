@@ -4,16 +4,9 @@ use std::{ffi::CString, io, mem::MaybeUninit, os::unix::ffi::OsStrExt, path::Pat
 use super::CollectError;
 
 pub fn available_percent(rootfs: &Path) -> Result<f64, CollectError> {
-    let read_err = |source| CollectError::Read {
-        path: rootfs.to_path_buf(),
-        source,
-    };
-    let c_path = CString::new(rootfs.as_os_str().as_bytes()).map_err(|_| {
-        read_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "path contains NUL",
-        ))
-    })?;
+    let read_err = |source| CollectError::Read { path: rootfs.to_path_buf(), source };
+    let c_path = CString::new(rootfs.as_os_str().as_bytes())
+        .map_err(|_| read_err(io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL")))?;
     let mut st = MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: c_path is a valid C string and st points to writable memory of the right size.
     if unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) } != 0 {

@@ -64,35 +64,18 @@ mod tests {
             "sockets: used 290\nTCP: inuse 4 orphan 0 tw 1 alloc 6 mem 3\nUDP: inuse 2 mem 5\nUDPLITE: inuse 0\nRAW: inuse 0\nFRAG: inuse 0 memory 0\n",
         )
         .unwrap();
-        assert_eq!(
-            s,
-            SockStat {
-                sockets_used: 290,
-                tcp_inuse: 4,
-                tcp_alloc: 6,
-                tcp_mem: 3,
-                udp_inuse: 2,
-                udp_mem: 5
-            }
-        );
+        assert_eq!(s, SockStat { sockets_used: 290, tcp_inuse: 4, tcp_alloc: 6, tcp_mem: 3, udp_inuse: 2, udp_mem: 5 });
     }
 
     #[test]
     fn malformed_inputs_are_errors() {
         assert!(parse("").unwrap_err().0.contains("sockets:"));
-        assert!(parse("sockets: used 1\nUDP: inuse 2 mem 5\n")
-            .unwrap_err()
-            .0
-            .contains("TCP:"));
+        assert!(parse("sockets: used 1\nUDP: inuse 2 mem 5\n").unwrap_err().0.contains("TCP:"));
         let e = parse("sockets: used 1\nTCP: inuse 4 orphan 0\nUDP: inuse 2 mem 5\n").unwrap_err();
         assert!(e.0.contains("no alloc"), "{e:?}");
-        let e =
-            parse("sockets: used x\nTCP: inuse 4 alloc 1 mem 1\nUDP: inuse 2 mem 5\n").unwrap_err();
+        let e = parse("sockets: used x\nTCP: inuse 4 alloc 1 mem 1\nUDP: inuse 2 mem 5\n").unwrap_err();
         assert!(e.0.contains("not a number"), "{e:?}");
         // A value that overflows an integer column is an error, not a wrap.
-        assert!(parse(
-            "sockets: used 99999999999\nTCP: inuse 4 alloc 1 mem 1\nUDP: inuse 2 mem 5\n"
-        )
-        .is_err());
+        assert!(parse("sockets: used 99999999999\nTCP: inuse 4 alloc 1 mem 1\nUDP: inuse 2 mem 5\n").is_err());
     }
 }

@@ -67,22 +67,10 @@ mod tests {
     #[test]
     fn malformed_inputs_are_errors() {
         assert!(parse("", 100.0).unwrap_err().0.contains("no cpuN"));
-        assert!(parse("cpu0 1 2\nprocesses 1\nintr 1\n", 100.0)
-            .unwrap_err()
-            .0
-            .contains("cpu0 idle"));
-        assert!(parse("cpu0 1 2 3 x\nprocesses 1\nintr 1\n", 100.0)
-            .unwrap_err()
-            .0
-            .contains("not a number"));
-        assert!(parse("cpu0 1 2 3 4\nintr 1\n", 100.0)
-            .unwrap_err()
-            .0
-            .contains("processes"));
-        assert!(parse("cpu0 1 2 3 4\nprocesses 1\n", 100.0)
-            .unwrap_err()
-            .0
-            .contains("intr"));
+        assert!(parse("cpu0 1 2\nprocesses 1\nintr 1\n", 100.0).unwrap_err().0.contains("cpu0 idle"));
+        assert!(parse("cpu0 1 2 3 x\nprocesses 1\nintr 1\n", 100.0).unwrap_err().0.contains("not a number"));
+        assert!(parse("cpu0 1 2 3 4\nintr 1\n", 100.0).unwrap_err().0.contains("processes"));
+        assert!(parse("cpu0 1 2 3 4\nprocesses 1\n", 100.0).unwrap_err().0.contains("intr"));
         assert!(parse("cpuX 1 2 3 4\n", 100.0).is_err());
     }
 }
