@@ -25,8 +25,8 @@ const IPPROTO_TCP: u16 = 6;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    // SAFETY: the tracepoint's arguments are (const struct sock *, int oldstate, int newstate).
-    let (sk, old, new): (*mut core::ffi::c_void, i32, i32) = unsafe { (ctx.arg(0), ctx.arg(1), ctx.arg(2)) };
+    // The tracepoint's arguments are (const struct sock *, int oldstate, int newstate).
+    let (sk, old, new): (*mut core::ffi::c_void, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
     // SAFETY: sk is the BTF-typed socket pointer the verifier tracks; the helper checks it.
     if unsafe { bpf_skc_to_tcp_sock(sk) }.is_null() {
         return 0;

@@ -121,7 +121,7 @@ pub struct RunArgs {
 
 fn parse_interval(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !v.is_finite() || v < 0.01 || v > 86_400.0 {
+    if !v.is_finite() || !(0.01..=86_400.0).contains(&v) {
         return Err(format!("{v} is out of range: give seconds between 0.01 and 86400"));
     }
     Ok(v)

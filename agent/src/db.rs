@@ -168,7 +168,7 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
                     let wait = backoff.step();
                     // Log the first failures in full, then every tenth, so an outage is visible
                     // without flooding the log.
-                    if failures_logged < 3 || failures_logged % 10 == 0 {
+                    if failures_logged < 3 || failures_logged.is_multiple_of(10) {
                         warn!(error = format!("{e:#}"), retry_in = ?wait, queued = queue.len(), "database unavailable");
                     }
                     failures_logged += 1;

@@ -5,6 +5,7 @@
 //!   3. RSS of the real agent binary after 360 rows (an hour at 10 s) written to a real Postgres
 //!   4. slowdown of a fork+exit loop and of a loopback connect/close loop with the programs
 //!      attached, against the same loop with nothing attached, interleaved in one run
+//!
 //! Needs root. Prints a Markdown table.
 use std::{
     io::{BufRead, BufReader, Write},
@@ -111,11 +112,17 @@ fn connect_close_loop(l: &TcpListener, n: u32) -> Duration {
 fn slowdown(rounds: usize, mut body: impl FnMut() -> Duration) -> (f64, Duration, Duration) {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     body(); // warm-up
-    for _ in 0..rounds {
-        off.push(body());
+    for round in 0..rounds {
+        // Alternate which side runs first, so that drift within a round favours neither.
+        if round % 2 == 0 {
+            off.push(body());
+        }
         let attached = EbpfCounters::load().expect("eBPF loads");
         on.push(body());
         drop(attached);
+        if round % 2 == 1 {
+            off.push(body());
+        }
     }
     let (off, on) = (median(off), median(on));
     (on.as_secs_f64() / off.as_secs_f64(), off, on)

@@ -32,32 +32,9 @@ fn run_writes_rows_with_every_feature_in_range() {
 
     assert_eq!(sql("db_rows", "SELECT count(*) FROM node_features WHERE node = 'node-a'"), "3");
     // Every one of the 24 features is present in every row.
-    let features = [
-        "cpu_sec_idle",
-        "disk_av_per",
-        "disk_read",
-        "disk_write",
-        "net_receive",
-        "mem_pressure",
-        "mem_av_per",
-        "forks_total",
-        "intr",
-        "load1",
-        "load5",
-        "load15",
-        "receive_drop",
-        "receive_errs",
-        "transmit_packets",
-        "tcp_sock_alloc",
-        "tcp_sock_inuse",
-        "tcp_sock_mem",
-        "udp_sock_inuse",
-        "udp_sock_mem",
-        "ipv4_sock_inuse",
-        "est_conn",
-        "lis_conn",
-        "open_fds",
-    ];
+    // The 24 features sit between the identity columns and the eBPF columns.
+    let features = &agent::row::COLUMNS[3..27];
+    assert_eq!((features[0], features.len()), ("cpu_sec_idle", 24));
     for f in features {
         assert_eq!(
             sql("db_rows", &format!("SELECT count(*) FROM node_features WHERE {f} IS NULL")),
@@ -206,7 +183,7 @@ fn sigterm_flushes_and_exits_zero_promptly() {
         return;
     }
     let url = fresh_database("db_sigterm");
-    let mut child = Command::new(tests::agent_bin())
+    let child = Command::new(tests::agent_bin())
         .args(["run", "--interval", "0.2", "--node-name", "term"])
         .env("DATABASE_URL", &url)
         .stdout(Stdio::null())
