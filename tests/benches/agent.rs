@@ -101,8 +101,11 @@ fn connect_close_loop(l: &TcpListener, n: u32) -> Duration {
     for _ in 0..n {
         let c = TcpStream::connect(addr).unwrap();
         let (s, _) = l.accept().unwrap();
-        drop(c);
+        // The server closes first, so TIME_WAIT stays on the server's side: client-first closes
+        // would leave every ephemeral port in TIME_WAIT and slow later rounds' connect() down as
+        // the port search lengthens, whatever is attached.
         drop(s);
+        drop(c);
     }
     t0.elapsed()
 }
@@ -120,6 +123,9 @@ fn slowdown(rounds: usize, mut body: impl FnMut() -> Duration) -> (f64, Duration
         let attached = EbpfCounters::load().expect("eBPF loads");
         on.push(body());
         drop(attached);
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!("round {round}: off {:?} on {:?}", off.last(), on.last());
+        }
         if round % 2 == 1 {
             off.push(body());
         }
@@ -165,9 +171,31 @@ fn rss_after_hour_of_rows() -> (u64, u64) {
     (rss, hwm)
 }
 
+/// Runs one measured loop in a fresh helper process (so the process that forks or connects is
+/// the same small process whether or not programs are attached) and returns its elapsed time.
+fn loop_in_helper(kind: &str, n: u32) -> Duration {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("BENCH_LOOP", kind)
+        .env("BENCH_LOOP_N", n.to_string())
+        .output()
+        .expect("helper runs");
+    assert!(out.status.success(), "helper failed: {}", String::from_utf8_lossy(&out.stderr));
+    Duration::from_nanos(String::from_utf8_lossy(&out.stdout).trim().parse().expect("nanoseconds"))
+}
+
 fn main() {
     if let Ok(n) = std::env::var("BENCH_HOLD_SERVER") {
         hold_server(n.parse().unwrap());
+        return;
+    }
+    if let Ok(kind) = std::env::var("BENCH_LOOP") {
+        let n: u32 = std::env::var("BENCH_LOOP_N").unwrap().parse().unwrap();
+        let elapsed = match kind.as_str() {
+            "fork" => fork_exit_loop(n),
+            "connect" => connect_close_loop(&TcpListener::bind("127.0.0.1:0").unwrap(), n),
+            other => panic!("unknown loop {other}"),
+        };
+        println!("{}", elapsed.as_nanos());
         return;
     }
     if std::env::args().any(|a| a == "--list") {
@@ -239,13 +267,12 @@ fn main() {
         format!("{:.1} MB ({:.1} MB)", rss as f64 / 1024.0, hwm as f64 / 1024.0),
     ));
 
-    let (ratio, off, on) = slowdown(9, || fork_exit_loop(2000));
+    let (ratio, off, on) = slowdown(9, || loop_in_helper("fork", 2000));
     rows.push((
         "fork+exit loop, 2000 iterations: attached / detached".to_string(),
         format!("{ratio:.3} ({:.1} ms vs {:.1} ms)", on.as_secs_f64() * 1e3, off.as_secs_f64() * 1e3),
     ));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (ratio, off, on) = slowdown(11, || connect_close_loop(&listener, 5000));
+    let (ratio, off, on) = slowdown(11, || loop_in_helper("connect", 5000));
     rows.push((
         "loopback connect/accept/close loop, 5000 iterations: attached / detached".to_string(),
         format!("{ratio:.3} ({:.1} ms vs {:.1} ms)", on.as_secs_f64() * 1e3, off.as_secs_f64() * 1e3),
