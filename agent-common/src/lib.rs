@@ -60,6 +60,20 @@ impl Event {
         Event::SockAllocOther,
     ];
 
+    /// The counters fed by the TCP state-change hook.
+    pub const TCP_STATE: [Event; 6] = [
+        Event::TcpToEstablished,
+        Event::TcpToSynSent,
+        Event::TcpToSynRecv,
+        Event::TcpToClose,
+        Event::TcpToListen,
+        Event::TcpConnFailed,
+    ];
+
+    /// The counters fed by the socket-creation hooks.
+    pub const SOCKET_ALLOC: [Event; 5] =
+        [Event::SockAllocTcp, Event::SockAllocUdp, Event::SockAllocUnix, Event::SockAllocRaw, Event::SockAllocOther];
+
     /// The database column this counter feeds (see shared/spec/features.md).
     pub const fn column(self) -> &'static str {
         match self {

@@ -61,8 +61,7 @@ struct Probe {
     feeds: &'static [Event],
 }
 
-const SOCKET_EVENTS: &[Event] =
-    &[Event::SockAllocTcp, Event::SockAllocUdp, Event::SockAllocUnix, Event::SockAllocRaw, Event::SockAllocOther];
+const SOCKET_EVENTS: &[Event] = &Event::SOCKET_ALLOC;
 
 const PROBES: &[Probe] = &[
     Probe { program: "sched_process_fork", hook: Hook::Raw("sched_process_fork"), feeds: &[Event::Fork] },
@@ -75,14 +74,7 @@ const PROBES: &[Probe] = &[
             classic_program: "inet_sock_set_state_tp",
             category: "sock",
         },
-        feeds: &[
-            Event::TcpToEstablished,
-            Event::TcpToSynSent,
-            Event::TcpToSynRecv,
-            Event::TcpToClose,
-            Event::TcpToListen,
-            Event::TcpConnFailed,
-        ],
+        feeds: &Event::TCP_STATE,
     },
     Probe { program: "tcp_send_reset", hook: Hook::Raw("tcp_send_reset"), feeds: &[Event::TcpRstSent] },
     Probe { program: "tcp_receive_reset", hook: Hook::Raw("tcp_receive_reset"), feeds: &[Event::TcpRstRecv] },
