@@ -209,3 +209,55 @@ fn sigterm_flushes_and_exits_zero_promptly() {
     // Everything sampled was written: nothing left unwritten.
     assert!(stderr.contains("unwritten=0"), "{stderr}");
 }
+
+#[test]
+fn database_restart_mid_run_loses_no_row() {
+    if !have_root("database_restart_mid_run") {
+        return;
+    }
+    // A server of its own, since this test stops it.
+    let mut pg = tests::ThrowawayPostgres::start().unwrap();
+    let url = pg.url("postgres");
+    let count = |pg: &tests::ThrowawayPostgres| {
+        pg.psql("postgres", "SELECT count(*) FROM node_features")
+            .map(|s| s.trim().parse::<u64>().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    let child = Command::new(tests::agent_bin())
+        .args(["run", "--interval", "0.25", "--node-name", "outage", "--no-ebpf"])
+        .env("DATABASE_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while count(&pg) < 4 {
+        assert!(Instant::now() < deadline, "no rows before the outage");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pg.stop_server();
+    std::thread::sleep(Duration::from_secs(3));
+    pg.restart_server().unwrap();
+    // Rows sampled during the outage arrive from the agent's queue.
+    let before = count(&pg);
+    while count(&pg) < before + 8 {
+        assert!(Instant::now() < deadline, "rows did not resume after the restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("database unavailable") || stderr.contains("reconnecting"), "{stderr}");
+    // No gap: consecutive rows are one interval apart, across the outage too.
+    let gaps = pg
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM (SELECT ts - lag(ts) OVER (ORDER BY ts) AS gap FROM node_features) g \
+             WHERE gap > interval '0.4 seconds'",
+        )
+        .unwrap();
+    assert_eq!(gaps.trim(), "0", "rows missing across the outage\n{stderr}");
+    assert!(count(&pg) >= 4 + 12, "the outage's rows are there");
+}
