@@ -301,7 +301,7 @@ async fn sample_loop(
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.database.config()?;
     let sampler = args.sampling.sampler()?;
-    let node = args.sampling.node_name()?;
+    let node = sampler.node().to_owned();
     info!(node, interval_s = args.sampling.interval, records = args.sampling.records, "feature-agent running");
 
     // A small channel: the writer keeps its own bounded queue; sampling never blocks on it.

@@ -189,28 +189,22 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
         };
 
         let row = queue.front().expect("queue is not empty");
-        match s.write(row).await {
+        let mut result = s.write(row).await;
+        if result.as_ref().is_err_and(is_row_error) && ensure_partition(&s.client, &opts.node).await.is_ok() {
+            // Perhaps the node's partition was dropped under us: it is back, so retry once.
+            if let Ok(inserted) = s.write(row).await {
+                result = Ok(inserted);
+            }
+        }
+        match result {
             Ok(inserted) => {
                 report.written += 1;
                 log_row(row, inserted);
                 queue.pop_front();
             }
             Err(e) if is_row_error(&e) => {
-                // Perhaps the node's partition was dropped under us: recreate it and retry once.
-                let retried = match ensure_partition(&s.client, &opts.node).await {
-                    Ok(_) => s.write(row).await,
-                    Err(e2) => Err(e2),
-                };
-                match retried {
-                    Ok(inserted) => {
-                        report.written += 1;
-                        log_row(row, inserted);
-                    }
-                    Err(_) => {
-                        report.rejected += 1;
-                        error!(error = %e, ts = ?row.ts, "the database refused a row; it is dropped");
-                    }
-                }
+                report.rejected += 1;
+                error!(error = %e, ts = ?row.ts, "the database refused a row; it is dropped");
                 queue.pop_front();
             }
             Err(e) => {

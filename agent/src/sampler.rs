@@ -26,6 +26,30 @@ struct SeededGauges {
     next_check: Instant,
 }
 
+impl SeededGauges {
+    /// Anchors the gauges so that, at `balance`, they equal `dump`.
+    fn anchored(dump: TcpConnCounts, balance: &EbpfSnapshot, recheck: Duration) -> Self {
+        SeededGauges {
+            established_offset: dump.established - balance.established(),
+            listening_offset: dump.listening - balance.listening(),
+            next_check: Instant::now() + recheck,
+        }
+    }
+
+    /// (established, listening) at `balance`.
+    fn at(&self, balance: &EbpfSnapshot) -> TcpConnCounts {
+        TcpConnCounts {
+            established: self.established_offset + balance.established(),
+            listening: self.listening_offset + balance.listening(),
+        }
+    }
+}
+
+/// A count as an integer column; None if it does not fit.
+fn column(counts: TcpConnCounts) -> (Option<i32>, Option<i32>) {
+    (i32::try_from(counts.established).ok(), i32::try_from(counts.listening).ok())
+}
+
 pub struct Sampler {
     node: String,
     sources: Sources,
@@ -53,8 +77,9 @@ impl Sampler {
         s
     }
 
-    pub fn ebpf(&self) -> Option<&EbpfCounters> {
-        self.ebpf.as_ref()
+    /// The node name stored in every row.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// A dump taken while no socket entered or left ESTABLISHED/LISTEN, with the eBPF balance at
@@ -83,11 +108,7 @@ impl Sampler {
                     listening = dump.listening,
                     "seeded TCP connection gauges from a sock_diag dump"
                 );
-                self.gauges = Some(SeededGauges {
-                    established_offset: dump.established - balance.established(),
-                    listening_offset: dump.listening - balance.listening(),
-                    next_check: Instant::now() + self.recheck,
-                });
+                self.gauges = Some(SeededGauges::anchored(dump, &balance, self.recheck));
             }
             None => {
                 warn!("could not seed the TCP connection gauges; est_conn and lis_conn come from a dump every interval")
@@ -100,44 +121,34 @@ impl Sampler {
         let Some((dump, balance)) = self.quiet_dump() else {
             return;
         };
-        let Some(g) = self.gauges.as_mut() else {
+        let Some(g) = self.gauges.as_ref() else {
             return;
         };
-        let est = g.established_offset + balance.established();
-        let lis = g.listening_offset + balance.listening();
-        if est != dump.established || lis != dump.listening {
+        let gauge = g.at(&balance);
+        if gauge != dump {
             warn!(
-                est_gauge = est,
+                est_gauge = gauge.established,
                 est_dump = dump.established,
-                lis_gauge = lis,
+                lis_gauge = gauge.listening,
                 lis_dump = dump.listening,
                 "TCP connection gauges drifted from the kernel's table; corrected"
             );
-            g.established_offset = dump.established - balance.established();
-            g.listening_offset = dump.listening - balance.listening();
         }
-        g.next_check = Instant::now() + self.recheck;
+        self.gauges = Some(SeededGauges::anchored(dump, &balance, self.recheck));
     }
 
     fn gauges(&mut self, snap: Option<&EbpfSnapshot>) -> (Option<i32>, Option<i32>) {
-        if let (Some(g), Some(s)) = (self.gauges.as_ref(), snap) {
-            if Instant::now() < g.next_check {
-                let est = g.established_offset + s.established();
-                let lis = g.listening_offset + s.listening();
-                return (i32::try_from(est).ok(), i32::try_from(lis).ok());
+        if let Some(s) = snap {
+            if self.gauges.as_ref().is_some_and(|g| Instant::now() >= g.next_check) {
+                self.recheck_gauges();
             }
-            self.recheck_gauges();
+            // Read at this row's snapshot, like the row's eBPF deltas.
             if let Some(g) = self.gauges.as_ref() {
-                // Values as of the re-check, which is the freshest reading there is.
-                let s = self.ebpf.as_ref().and_then(|e| e.read().ok()).unwrap_or(*s);
-                return (
-                    i32::try_from(g.established_offset + s.established()).ok(),
-                    i32::try_from(g.listening_offset + s.listening()).ok(),
-                );
+                return column(g.at(s));
             }
         }
         match self.diag.as_mut().map(TcpDiag::count) {
-            Some(Ok(c)) => (i32::try_from(c.established).ok(), i32::try_from(c.listening).ok()),
+            Some(Ok(c)) => column(c),
             Some(Err(e)) => {
                 warn!(error = %e, "sock_diag dump failed; est_conn and lis_conn are empty in this row");
                 (None, None)

@@ -17,6 +17,25 @@ fn run_rows(db_url: &str, node: &str, records: &str) -> std::process::Output {
     )
 }
 
+/// Starts `feature-agent run` in the background with stderr captured; stop it with [`stop`].
+fn spawn_run(db_url: &str, args: &[&str]) -> std::process::Child {
+    Command::new(tests::agent_bin())
+        .arg("run")
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends SIGTERM and collects the agent's output.
+fn stop(child: std::process::Child) -> std::process::Output {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait_with_output().unwrap()
+}
+
 fn assert_success(out: &std::process::Output) {
     assert!(out.status.success(), "agent failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
 }
@@ -183,13 +202,7 @@ fn sigterm_flushes_and_exits_zero_promptly() {
         return;
     }
     let url = fresh_database("db_sigterm");
-    let child = Command::new(tests::agent_bin())
-        .args(["run", "--interval", "0.2", "--node-name", "term"])
-        .env("DATABASE_URL", &url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&url, &["--interval", "0.2", "--node-name", "term"]);
     // Wait until rows arrive, then ask it to stop.
     let deadline = Instant::now() + LIMIT;
     while sql("db_sigterm", "SELECT count(*) FROM pg_tables WHERE tablename = 'node_features'") != "1"
@@ -198,10 +211,8 @@ fn sigterm_flushes_and_exits_zero_promptly() {
         assert!(Instant::now() < deadline, "no rows arrived");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let stopped = Instant::now();
-    let out = child.wait_with_output().unwrap();
+    let out = stop(child);
     assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(stopped.elapsed() < Duration::from_secs(3), "took {:?} to stop", stopped.elapsed());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -223,13 +234,7 @@ fn database_restart_mid_run_loses_no_row() {
             .map(|s| s.trim().parse::<u64>().unwrap_or(0))
             .unwrap_or(0)
     };
-    let child = Command::new(tests::agent_bin())
-        .args(["run", "--interval", "0.25", "--node-name", "outage", "--no-ebpf"])
-        .env("DATABASE_URL", &url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&url, &["--interval", "0.25", "--node-name", "outage", "--no-ebpf"]);
     let deadline = Instant::now() + LIMIT;
     while count(&pg) < 4 {
         assert!(Instant::now() < deadline, "no rows before the outage");
@@ -244,9 +249,7 @@ fn database_restart_mid_run_loses_no_row() {
         assert!(Instant::now() < deadline, "rows did not resume after the restart");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
+    let out = stop(child);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("database unavailable") || stderr.contains("reconnecting"), "{stderr}");

@@ -152,11 +152,6 @@ impl ThrowawayPostgres {
         format!("host={} port={} user=postgres dbname={dbname}", self.dir.display(), self.port)
     }
 
-    /// A postgresql:// URL over loopback TCP, for `dbname`.
-    pub fn tcp_url(&self, dbname: &str) -> String {
-        format!("postgresql://postgres@127.0.0.1:{}/{dbname}", self.port)
-    }
-
     fn spawn_server(&mut self) -> Result<(), Error> {
         let log = fs::File::create(self.log_file()).map_err(|e| err(format!("creating the log file: {e}")))?;
         chown(&self.log_file(), self.uid, self.gid)?;

@@ -143,10 +143,6 @@ impl Sources {
         }
     }
 
-    pub fn roots(&self) -> &Roots {
-        &self.roots
-    }
-
     /// Reads `<procfs>/<rel>` and hands its text to `parse`.
     fn read<T>(
         &mut self,
