@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::{
     collector::{DiskSelector, InterfaceSelector, Roots, Sources},
     db::{self, WriterOptions},
+    detector::{Detector, DetectorOptions},
     ebpf::EbpfCounters,
     migrate,
     sampler::Sampler,
@@ -85,6 +86,41 @@ pub struct SamplingArgs {
     /// Seconds between checks of the eBPF TCP connection gauges against a sock_diag dump.
     #[arg(long, env = "TCP_RECHECK_INTERVAL", default_value_t = 300.0, value_parser = parse_interval)]
     pub tcp_recheck_interval: f64,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
+}
+
+/// The streaming detector that judges every row (see detector.rs).
+#[derive(Debug, Args)]
+pub struct DetectorArgs {
+    /// |z| above which a feature makes a row anomalous. The score is the largest |z| over 40
+    /// features, so a per-feature 2.0 would flag most normal rows; 4.0 is the default.
+    #[arg(long, env = "ANOMALY_THRESHOLD", default_value_t = 4.0, value_parser = parse_threshold)]
+    pub anomaly_threshold: f64,
+    /// Seconds of rows used to start the baseline; the verdict is NULL meanwhile.
+    #[arg(long, env = "DETECTOR_WARMUP", default_value_t = 300.0, value_parser = parse_interval)]
+    pub detector_warmup: f64,
+    /// Seconds after which a normal row's weight in the baseline has halved.
+    #[arg(long, env = "DETECTOR_HALF_LIFE", default_value_t = 3600.0, value_parser = parse_interval)]
+    pub detector_half_life: f64,
+}
+
+impl DetectorArgs {
+    pub fn options(&self, interval_s: f64) -> DetectorOptions {
+        DetectorOptions {
+            threshold: self.anomaly_threshold,
+            warmup_rows: ((self.detector_warmup / interval_s).ceil() as usize).max(3),
+            half_life_rows: self.detector_half_life / interval_s,
+        }
+    }
+}
+
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("{v} is not a positive threshold"));
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Args)]
@@ -279,13 +315,24 @@ async fn sample_loop(
     mut emit: impl FnMut(crate::row::FeatureRow) -> anyhow::Result<()>,
 ) -> anyhow::Result<Option<&'static str>> {
     let mut ticker = aligned_ticker(Duration::from_secs_f64(args.interval));
+    let mut detector = Detector::new(args.detector.options(args.interval));
     let signal = shutdown_signal();
     tokio::pin!(signal);
     let mut taken = 0u64;
     while args.records == 0 || taken < args.records {
         tokio::select! {
             _ = ticker.tick() => {
-                emit(sampler.sample())?;
+                let mut row = sampler.sample();
+                detector.judge(&mut row);
+                if row.verdict.is_anomalous() {
+                    warn!(
+                        ts = %crate::timefmt::rfc3339_micros(row.ts),
+                        score = row.verdict.anomaly_score,
+                        features = row.verdict.anomalous_features.as_deref().unwrap_or_default().join(","),
+                        "anomalous row"
+                    );
+                }
+                emit(row)?;
                 taken += 1;
             }
             s = &mut signal => {

@@ -5,7 +5,9 @@
 pub mod cli;
 pub mod collector;
 pub mod db;
+pub mod detector;
 pub mod ebpf;
+pub mod features;
 pub mod migrate;
 pub mod row;
 pub mod sampler;

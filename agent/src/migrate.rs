@@ -6,8 +6,10 @@ use tokio_postgres::Client;
 use tracing::info;
 
 /// (version, file name, SQL), in the order they apply.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "0001_node_features.sql", include_str!("../../migrations/0001_node_features.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "0001_node_features.sql", include_str!("../../migrations/0001_node_features.sql")),
+    (2, "0002_analysis.sql", include_str!("../../migrations/0002_analysis.sql")),
+];
 
 /// Key of the advisory lock held while migrating ("feature-agent migrate" in ASCII, truncated).
 const LOCK_KEY: i64 = 0x6665_6174_7572_6561;

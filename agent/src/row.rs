@@ -1,4 +1,5 @@
-//! One row of node_features: identity, the 24 procfs features, the eBPF per-interval counts.
+//! One row of node_features: identity, the 24 procfs features, the eBPF per-interval counts and
+//! the streaming detector's verdict.
 //! The column list and the bound parameters are defined together here, so the INSERT and the
 //! JSON printed by `feature-agent print` can never disagree with each other or with the schema.
 use std::time::SystemTime;
@@ -7,7 +8,11 @@ use agent_common::{Event, EVENT_COUNT};
 use serde::{ser::SerializeMap, Serialize, Serializer};
 use tokio_postgres::types::ToSql;
 
-use crate::{collector::ProcfsFeatures, timefmt::rfc3339_micros};
+use crate::{
+    collector::ProcfsFeatures,
+    features::FEATURE_COUNT,
+    timefmt::rfc3339_micros,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureRow {
@@ -20,10 +25,27 @@ pub struct FeatureRow {
     pub lis_conn: Option<i32>,
     /// Events during this row's interval, in [`Event`] order; None when not counted.
     pub ebpf: [Option<i64>; EVENT_COUNT],
+    /// The streaming detector's verdict on this row (see detector.rs).
+    pub verdict: Verdict,
+}
+
+/// The detector's verdict: both fields are None while it warms up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Verdict {
+    /// Largest |z| over the features.
+    pub anomaly_score: Option<f64>,
+    /// The feature columns whose |z| exceeded the threshold; empty for a normal row.
+    pub anomalous_features: Option<Vec<String>>,
+}
+
+impl Verdict {
+    pub fn is_anomalous(&self) -> bool {
+        self.anomalous_features.as_ref().is_some_and(|f| !f.is_empty())
+    }
 }
 
 /// Column names in INSERT order. `attack` and `attack_type` are the labellers', never ours.
-pub const COLUMNS: [&str; 3 + 24 + EVENT_COUNT] = [
+pub const COLUMNS: [&str; 3 + 24 + EVENT_COUNT + 2] = [
     "node",
     "ts",
     "interval_s",
@@ -67,6 +89,8 @@ pub const COLUMNS: [&str; 3 + 24 + EVENT_COUNT] = [
     "sock_alloc_unix",
     "sock_alloc_raw",
     "sock_alloc_other",
+    "anomaly_score",
+    "anomalous_features",
 ];
 
 /// The INSERT every row goes through; a retried row meets its own (node, ts) and does nothing.
@@ -113,7 +137,48 @@ impl FeatureRow {
             &p.open_fds,
         ];
         v.extend(self.ebpf.iter().map(|c| c as &(dyn ToSql + Sync)));
+        v.push(&self.verdict.anomaly_score);
+        v.push(&self.verdict.anomalous_features);
         v
+    }
+
+    /// The scored features' raw values, in [`crate::features::FEATURES`] order.
+    pub fn feature_values(&self) -> [Option<f64>; FEATURE_COUNT] {
+        let p = &self.procfs;
+        let i = |v: Option<i64>| v.map(|v| v as f64);
+        let i32f = |v: Option<i32>| v.map(f64::from);
+        let mut out = [None; FEATURE_COUNT];
+        let procfs = [
+            p.cpu_sec_idle,
+            p.disk_av_per,
+            i(p.disk_read),
+            i(p.disk_write),
+            i(p.net_receive),
+            i(p.mem_pressure),
+            p.mem_av_per,
+            i(p.forks_total),
+            i(p.intr),
+            p.load1,
+            p.load5,
+            p.load15,
+            i(p.receive_drop),
+            i(p.receive_errs),
+            i(p.transmit_packets),
+            i32f(p.tcp_sock_alloc),
+            i32f(p.tcp_sock_inuse),
+            i32f(p.tcp_sock_mem),
+            i32f(p.udp_sock_inuse),
+            i32f(p.udp_sock_mem),
+            i32f(p.ipv4_sock_inuse),
+            i32f(self.est_conn),
+            i32f(self.lis_conn),
+            i(p.open_fds),
+        ];
+        out[..24].copy_from_slice(&procfs);
+        for (o, c) in out[24..].iter_mut().zip(self.ebpf) {
+            *o = i(c);
+        }
+        out
     }
 
     pub fn ebpf_count(&self, e: Event) -> Option<i64> {
@@ -139,6 +204,8 @@ impl Serialize for FeatureRow {
         for e in Event::ALL {
             m.serialize_entry(e.column(), &self.ebpf[e as usize])?;
         }
+        m.serialize_entry("anomaly_score", &self.verdict.anomaly_score)?;
+        m.serialize_entry("anomalous_features", &self.verdict.anomalous_features)?;
         m.end()
     }
 }
@@ -157,6 +224,7 @@ mod tests {
             est_conn: Some(1),
             lis_conn: Some(2),
             ebpf: [None; EVENT_COUNT],
+            verdict: Verdict::default(),
         };
         assert_eq!(row.params().len(), COLUMNS.len());
         let json = serde_json::to_value(&row).unwrap();
@@ -171,6 +239,6 @@ mod tests {
         }
         assert_eq!(json["est_conn"], 1);
         let sql = insert_sql();
-        assert!(sql.contains("$43") && !sql.contains("$44"), "{sql}");
+        assert!(sql.contains("$45") && !sql.contains("$46"), "{sql}");
     }
 }

@@ -197,6 +197,15 @@ impl Sampler {
             }
         }
         self.previous = Some((now, snap));
-        FeatureRow { node: self.node.clone(), ts, interval_s, procfs, est_conn, lis_conn, ebpf }
+        FeatureRow {
+            node: self.node.clone(),
+            ts,
+            interval_s,
+            procfs,
+            est_conn,
+            lis_conn,
+            ebpf,
+            verdict: Default::default(),
+        }
     }
 }
