@@ -44,6 +44,10 @@ pub enum Command {
     Print(SamplingArgs),
     /// Apply the migrations in migrations/ and exit. Re-running is a no-op.
     Migrate(DatabaseArgs),
+    /// Mark the rows of a time window as an attack (or, with --clear, as normal again).
+    Label(crate::label::LabelArgs),
+    /// Run a bounded attack-like workload on this node and label the rows it covers.
+    Scenario(crate::scenario::ScenarioArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,9 +59,8 @@ pub struct SamplingArgs {
     /// Stop after this many rows; 0 runs until SIGTERM/SIGINT.
     #[arg(long, env = "RECORDS_NUM", default_value_t = 0)]
     pub records: u64,
-    /// Node name stored with every row [default: the hostname].
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: Option<String>,
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// Root of the host's procfs (/host/proc in a pod).
     #[arg(long, env = "PROCFS_ROOT", default_value = "/proc")]
     pub procfs: PathBuf,
@@ -155,7 +158,27 @@ pub struct RunArgs {
     pub shutdown_timeout: f64,
 }
 
-fn parse_interval(s: &str) -> Result<f64, String> {
+/// The node's name, as `run` and `scenario` take it.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Node name stored with every row [default: the hostname].
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+impl NodeArgs {
+    /// The given name, or the hostname; validated.
+    pub fn resolve(&self) -> anyhow::Result<String> {
+        let name = match &self.node_name {
+            Some(n) => n.clone(),
+            None => hostname()?,
+        };
+        validate_node_name(&name)?;
+        Ok(name)
+    }
+}
+
+pub fn parse_interval(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !v.is_finite() || !(0.01..=86_400.0).contains(&v) {
         return Err(format!("{v} is out of range: give seconds between 0.01 and 86400"));
@@ -224,15 +247,6 @@ impl DatabaseArgs {
 }
 
 impl SamplingArgs {
-    fn node_name(&self) -> anyhow::Result<String> {
-        let name = match &self.node_name {
-            Some(n) => n.clone(),
-            None => hostname()?,
-        };
-        validate_node_name(&name)?;
-        Ok(name)
-    }
-
     /// Loads eBPF as asked: not at all, best effort (one warning per failure), or required.
     fn load_ebpf(&self) -> anyhow::Result<Option<EbpfCounters>> {
         if self.no_ebpf {
@@ -265,7 +279,7 @@ impl SamplingArgs {
     }
 
     fn sampler(&self) -> anyhow::Result<Sampler> {
-        let node = self.node_name()?;
+        let node = self.node.resolve()?;
         let roots = Roots { procfs: self.procfs.clone(), sysfs: self.sysfs.clone(), rootfs: self.rootfs.clone() };
         let disks = match &self.disk_devices {
             Some(re) => DiskSelector::matching(re.clone()),
@@ -429,6 +443,8 @@ pub fn main() -> std::process::ExitCode {
             Command::Run(a) => run(a).await,
             Command::Print(a) => print(a).await,
             Command::Migrate(a) => migrate_only(a).await,
+            Command::Label(a) => crate::label::command(a).await,
+            Command::Scenario(a) => crate::scenario::command(a).await,
         }
     });
     match result {

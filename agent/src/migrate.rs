@@ -49,3 +49,19 @@ pub async fn apply(client: &mut Client) -> anyhow::Result<usize> {
     tx.commit().await.context("committing migrations")?;
     Ok(count)
 }
+
+/// Fails with a clear message unless every migration has been applied (for the commands that
+/// read or label rows and must not change the schema themselves).
+pub async fn require_current(client: &Client) -> anyhow::Result<()> {
+    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    let have: Option<i32> = match client.query_one("SELECT max(version) FROM schema_migrations", &[]).await {
+        Ok(row) => row.get(0),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
+        Err(e) => return Err(e).context("reading schema_migrations"),
+    };
+    match have {
+        Some(v) if v >= latest => Ok(()),
+        Some(v) => anyhow::bail!("the database schema is at version {v}, this agent needs {latest}: run `feature-agent migrate`"),
+        None => anyhow::bail!("the database has no feature-agent schema: run `feature-agent migrate` (or `run`) first"),
+    }
+}

@@ -1,0 +1,28 @@
+//! exec-storm: run a short-lived program (this binary's `--version`, present wherever the agent
+//! is), at most 200 times a second.
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use super::pace::Pacer;
+
+pub const EXECS_PER_SECOND: u32 = 200;
+
+pub fn run(duration: Duration) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let mut pacer = Pacer::new(duration, EXECS_PER_SECOND);
+    while pacer.next() {
+        Command::new(&exe)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", exe.display()))?;
+    }
+    Ok(json!({ "execs": pacer.done(), "program": exe.display().to_string() }))
+}

@@ -1,0 +1,215 @@
+//! `feature-agent scenario NAME`: runs a bounded, reproducible attack-like workload on this
+//! node (loopback and a temporary file only), records its window in `scenario_runs`, and labels
+//! the node's rows whose interval overlaps it (attack = 1, attack_type = NAME).
+//!
+//! A row stamped `ts` covers the interval (ts - interval, ts], so it overlaps the window
+//! [start, end] when start < ts < end + interval. The command waits for the agent to write the
+//! row that covers the window's end (at most an interval plus a grace period) before labelling.
+mod conn_flood;
+mod cpu_stress;
+mod disk_burst;
+mod exec_storm;
+mod fork_storm;
+mod pace;
+mod port_scan;
+mod raw_socket;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde_json::Value;
+use tokio_postgres::Client;
+use tracing::{info, warn};
+
+use crate::{
+    cli::{parse_interval, DatabaseArgs, NodeArgs},
+    db,
+    timefmt::rfc3339_micros,
+};
+
+/// The scenarios, by the names the command line and the labels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// One busy thread per CPU (the reference paper's stress test).
+    CpuStress,
+    /// Fork-and-exit children, at most 1000 a second.
+    ForkStorm,
+    /// Short-lived programs, at most 200 a second.
+    ExecStorm,
+    /// Sequential connects to loopback ports, at most 500 a second.
+    PortScan,
+    /// Loopback connections in batches of 200, at most 1000 a second.
+    ConnFlood,
+    /// Raw IP and AF_PACKET sockets with one ICMP echo to 127.0.0.1 each, at most 50 a second.
+    RawSocket,
+    /// fdatasync'd 4 MiB writes, at most 64 MiB/s and 1 GiB, then read back; file deleted.
+    DiskBurst,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 7] = [
+        Scenario::CpuStress,
+        Scenario::ForkStorm,
+        Scenario::ExecStorm,
+        Scenario::PortScan,
+        Scenario::ConnFlood,
+        Scenario::RawSocket,
+        Scenario::DiskBurst,
+    ];
+
+    /// The name on the command line and in attack_type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::CpuStress => "cpu-stress",
+            Scenario::ForkStorm => "fork-storm",
+            Scenario::ExecStorm => "exec-storm",
+            Scenario::PortScan => "port-scan",
+            Scenario::ConnFlood => "conn-flood",
+            Scenario::RawSocket => "raw-socket",
+            Scenario::DiskBurst => "disk-burst",
+        }
+    }
+
+    /// Runs the workload for `duration` (blocking); returns what it did.
+    pub fn run_workload(self, duration: Duration, scratch_dir: &std::path::Path) -> anyhow::Result<Value> {
+        match self {
+            Scenario::CpuStress => cpu_stress::run(duration),
+            Scenario::ForkStorm => fork_storm::run(duration),
+            Scenario::ExecStorm => exec_storm::run(duration),
+            Scenario::PortScan => port_scan::run(duration),
+            Scenario::ConnFlood => conn_flood::run(duration),
+            Scenario::RawSocket => raw_socket::run(duration),
+            Scenario::DiskBurst => disk_burst::run(duration, scratch_dir),
+        }
+    }
+}
+
+/// Longest scenario accepted, in seconds.
+pub const MAX_DURATION_S: f64 = 600.0;
+
+fn parse_duration(s: &str) -> Result<f64, String> {
+    let v = parse_interval(s)?;
+    if !(1.0..=MAX_DURATION_S).contains(&v) {
+        return Err(format!("{v} s is out of range: a scenario lasts 1 to {MAX_DURATION_S} s"));
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Args)]
+pub struct ScenarioArgs {
+    /// The workload to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Seconds the workload runs (1 to 600).
+    #[arg(long, default_value_t = 30.0, value_parser = parse_duration)]
+    pub duration: f64,
+    /// The interval of the agent writing this node's rows, to know which rows the window covers.
+    #[arg(long, env = "INTERVAL", default_value_t = 10.0, value_parser = parse_interval)]
+    pub interval: f64,
+    /// Directory for disk-burst's temporary file; it must be on a disk the agent measures.
+    #[arg(long, default_value = "/var/tmp")]
+    pub scratch_dir: PathBuf,
+    /// Record the window without waiting for the agent's rows or labelling them.
+    #[arg(long)]
+    pub no_label: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// What one scenario run did; printed as JSON.
+#[derive(Debug, serde::Serialize)]
+pub struct ScenarioReport {
+    pub id: i64,
+    pub scenario: &'static str,
+    pub node: String,
+    pub started_at: String,
+    pub ended_at: String,
+    pub rows_labelled: u64,
+    pub details: Value,
+}
+
+pub async fn command(args: ScenarioArgs) -> anyhow::Result<()> {
+    let node = args.node.resolve()?;
+    let client = db::connect(&args.database.config()?).await.context("connecting to the database")?;
+    crate::migrate::require_current(&client).await?;
+    let report = run(&client, &args, &node).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Runs one scenario and records and labels its window.
+pub async fn run(client: &Client, args: &ScenarioArgs, node: &str) -> anyhow::Result<ScenarioReport> {
+    let scenario = args.scenario;
+    let duration = Duration::from_secs_f64(args.duration);
+    info!(scenario = scenario.name(), node, duration_s = args.duration, "scenario starting");
+    let started = SystemTime::now();
+    let dir = args.scratch_dir.clone();
+    let details = tokio::task::spawn_blocking(move || scenario.run_workload(duration, &dir))
+        .await
+        .context("the scenario's workload panicked")?
+        .with_context(|| format!("scenario {}", scenario.name()))?;
+    let ended = SystemTime::now();
+    let interval = args.interval;
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO scenario_runs (node, name, started_at, ended_at, interval_s, details)
+             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb) RETURNING id",
+            &[&node, &scenario.name(), &started, &ended, &interval, &details.to_string()],
+        )
+        .await
+        .context("recording the scenario run")?
+        .get(0);
+    let rows_labelled = if args.no_label { 0 } else { label_window(client, id, node, ended, interval).await? };
+    info!(scenario = scenario.name(), rows_labelled, %details, "scenario done");
+    Ok(ScenarioReport {
+        id,
+        scenario: scenario.name(),
+        node: node.to_owned(),
+        started_at: rfc3339_micros(started),
+        ended_at: rfc3339_micros(ended),
+        rows_labelled,
+        details,
+    })
+}
+
+/// Waits for the row covering the window's end, then labels the rows overlapping the window.
+async fn label_window(client: &Client, id: i64, node: &str, ended: SystemTime, interval: f64) -> anyhow::Result<u64> {
+    let grace = Duration::from_secs_f64(interval.min(5.0) + 2.0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(interval) + grace;
+    loop {
+        let covered: bool = client
+            .query_one("SELECT EXISTS (SELECT 1 FROM node_features WHERE node = $1 AND ts >= $2)", &[&node, &ended])
+            .await
+            .context("looking for the agent's rows")?
+            .get(0);
+        if covered || tokio::time::Instant::now() >= deadline {
+            if !covered {
+                warn!(node, "no row of this node covers the scenario's end yet; is the agent running with this node name and interval?");
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let n = client
+        .execute(
+            "WITH r AS (SELECT * FROM scenario_runs WHERE id = $1)
+             UPDATE node_features f SET attack = 1, attack_type = r.name
+             FROM r
+             WHERE f.node = r.node AND f.ts > r.started_at
+               AND f.ts < r.ended_at + r.interval_s * interval '1 second'",
+            &[&id],
+        )
+        .await
+        .context("labelling the scenario's rows")?;
+    client
+        .execute("UPDATE scenario_runs SET labelled = $2 WHERE id = $1", &[&id, &(n as i32)])
+        .await
+        .context("recording the labelled rows")?;
+    Ok(n)
+}

@@ -1,0 +1,194 @@
+//! `feature-agent scenario` for real on this machine, with an agent running beside it: each
+//! scenario moves the eBPF and procfs columns it should by at least what it did, and its rows
+//! are labelled with its name. Also `feature-agent label` and `--clear`.
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{exclusive, fresh_database, have_root, run_agent, sql};
+
+const NODE: &str = "scenario-node";
+
+/// A background `feature-agent run` at a 1 s interval; killed on drop.
+struct Agent(Child);
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(db: &str, url: &str) -> Agent {
+    let out = run_agent(&["migrate"], &[("DATABASE_URL", url)], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let child = Command::new(tests::agent_bin())
+        .args(["run", "--interval", "1", "--node-name", NODE, "--detector-warmup", "5"])
+        .env("DATABASE_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent = Agent(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let n = sql(db, "SELECT count(*) FROM node_features WHERE node = 'scenario-node'");
+        if n.parse::<u32>().unwrap_or(0) >= 2 {
+            return agent;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("the agent wrote no rows within 30 s");
+}
+
+fn scenario(url: &str, name: &str) -> Value {
+    let out = run_agent(
+        &["scenario", name, "--duration", "3", "--interval", "1", "--node-name", NODE],
+        &[("DATABASE_URL", url)],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "scenario {name}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Sum of an expression over the rows labelled with the scenario.
+fn sum(db: &str, name: &str, expr: &str) -> f64 {
+    sql(
+        db,
+        &format!(
+            "SELECT coalesce(sum({expr}), 0) FROM node_feature_deltas WHERE node = '{NODE}' AND attack_type = '{name}'"
+        ),
+    )
+    .parse()
+    .unwrap()
+}
+
+fn detail(report: &Value, key: &str) -> f64 {
+    report["details"][key].as_f64().unwrap_or_else(|| panic!("no {key} in {report}"))
+}
+
+#[test]
+fn every_scenario_moves_its_columns_and_is_labelled() {
+    if !have_root("every_scenario_moves_its_columns_and_is_labelled") {
+        return;
+    }
+    let _serial = exclusive();
+    let db = "scenarios";
+    let url = fresh_database(db);
+    let _agent = start_agent(db, &url);
+
+    let r = scenario(&url, "cpu-stress");
+    let idle: f64 = sql(
+        db,
+        &format!("SELECT min(cpu_sec_idle_rate) FROM node_feature_deltas WHERE node = '{NODE}' AND attack_type = 'cpu-stress'"),
+    )
+    .parse()
+    .unwrap();
+    assert!(idle < 0.5, "idle fraction {idle} under cpu-stress ({r})");
+
+    let r = scenario(&url, "fork-storm");
+    let forks = detail(&r, "forks");
+    assert!(forks >= 1000.0, "{r}");
+    assert!(sum(db, "fork-storm", "ebpf_forks") >= forks, "{r}");
+    assert!(sum(db, "fork-storm", "forks_total_delta") >= forks, "{r}");
+
+    let r = scenario(&url, "exec-storm");
+    let execs = detail(&r, "execs");
+    assert!(execs >= 100.0, "{r}");
+    assert!(sum(db, "exec-storm", "ebpf_execs") >= execs, "{r}");
+
+    let r = scenario(&url, "port-scan");
+    let refused = detail(&r, "refused");
+    assert!(refused >= 500.0, "{r}");
+    assert!(sum(db, "port-scan", "tcp_conn_failed") >= refused, "{r}");
+    assert!(sum(db, "port-scan", "tcp_rst_sent") >= refused, "{r}");
+
+    let r = scenario(&url, "conn-flood");
+    let conns = detail(&r, "connections");
+    assert!(conns >= 1000.0, "{r}");
+    assert!(sum(db, "conn-flood", "tcp_to_est") >= 2.0 * conns, "{r}");
+    assert!(sum(db, "conn-flood", "sock_alloc_tcp") >= conns, "{r}");
+
+    let r = scenario(&url, "raw-socket");
+    let raw = detail(&r, "raw_ip_sockets") + detail(&r, "packet_sockets");
+    assert!(raw >= 100.0, "{r}");
+    assert!(sum(db, "raw-socket", "sock_alloc_raw") >= raw, "{r}");
+
+    let r = scenario(&url, "disk-burst");
+    let written = detail(&r, "bytes_written");
+    assert!(written >= 16.0 * 1048576.0, "{r}");
+    assert!(sum(db, "disk-burst", "disk_write_delta") >= written, "{r}");
+    assert!(sum(db, "disk-burst", "disk_read_delta") > 0.0, "{r}");
+
+    // Every run is recorded, and labelled rows = the rows overlapping its window (>= 3 s of 1 s rows).
+    let runs = sql(db, "SELECT name || ':' || (labelled >= 3)::text FROM scenario_runs ORDER BY id");
+    assert_eq!(
+        runs,
+        "cpu-stress:true\nfork-storm:true\nexec-storm:true\nport-scan:true\nconn-flood:true\nraw-socket:true\ndisk-burst:true"
+    );
+    let mismatched = sql(
+        db,
+        "SELECT count(*) FROM scenario_runs r WHERE labelled <> (SELECT count(*) FROM node_features f \
+         WHERE f.node = r.node AND f.attack_type = r.name)",
+    );
+    assert_eq!(mismatched, "0");
+    // Rows outside every window stay normal.
+    assert_eq!(
+        sql(
+            db,
+            "SELECT count(*) FROM node_features f WHERE attack = 1 AND NOT EXISTS (SELECT 1 FROM scenario_runs r \
+             WHERE f.ts > r.started_at AND f.ts < r.ended_at + interval '1 second')"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn label_marks_and_clears_a_window() {
+    if !have_root("label_marks_and_clears_a_window") {
+        return;
+    }
+    let db = "labels";
+    let url = fresh_database(db);
+    let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
+    assert!(out.status.success());
+    let mut q = String::from("SELECT ensure_node_partition('x'); SELECT ensure_node_partition('y');");
+    for node in ["x", "y"] {
+        for s in 0..6 {
+            q += &format!(
+                "INSERT INTO node_features (node, ts) VALUES ('{node}', timestamptz '2026-01-01 00:00:00Z' + interval '{s} s');"
+            );
+        }
+    }
+    sql(db, &q);
+    let label = |args: &[&str]| {
+        let mut a = vec!["label"];
+        a.extend_from_slice(args);
+        run_agent(&a, &[("DATABASE_URL", &url)], Duration::from_secs(30))
+    };
+    let out = label(&["--node", "x", "--from", "2026-01-01T00:00:01Z", "--to", "2026-01-01T00:00:03Z", "--attack-type", "brute force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3 rows labelled attack");
+    assert_eq!(
+        sql(db, "SELECT string_agg(node || extract(second FROM ts)::int || ':' || attack_type, ',' ORDER BY node, ts) FROM node_features WHERE attack = 1"),
+        "x1:brute force,x2:brute force,x3:brute force"
+    );
+    // No node: every node's window.
+    let out = label(&["--from", "2026-01-01T00:00:05Z", "--to", "2026-01-01T00:00:05Z"]);
+    assert!(out.status.success());
+    assert_eq!(sql(db, "SELECT count(*) FROM node_features WHERE attack = 1"), "5");
+    // --clear undoes it.
+    let out = label(&["--clear", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:00:09Z"]);
+    assert!(out.status.success());
+    assert_eq!(sql(db, "SELECT count(*) FROM node_features WHERE attack = 1 OR attack_type IS NOT NULL"), "0");
+    // Bad input: a clear error, nothing changed.
+    let out = label(&["--from", "yesterday-ish", "--to", "2026-01-01T00:00:09Z"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--from \"yesterday-ish\" is not a timestamp"));
+    let out = label(&["--from", "2026-01-02T00:00:00Z", "--to", "2026-01-01T00:00:00Z"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is after --to"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = label(&["--clear", "--attack-type", "x", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:00:09Z"]);
+    assert_eq!(out.status.code(), Some(2));
+}
