@@ -48,6 +48,10 @@ pub enum Command {
     Label(crate::label::LabelArgs),
     /// Run a bounded attack-like workload on this node and label the rows it covers.
     Scenario(crate::scenario::ScenarioArgs),
+    /// Score the detector's verdicts and the SQL z-score flags against the labels, per scenario.
+    Evaluate(crate::evaluate::EvaluateArgs),
+    /// Scripted detection run: start the agent, run the scenarios between normal periods, evaluate.
+    Drill(crate::drill::DrillArgs),
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +220,21 @@ fn hostname() -> anyhow::Result<String> {
 }
 
 impl DatabaseArgs {
+    /// The settings as the environment variables a child agent reads (secrets stay off
+    /// command lines).
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("DB_PORT", self.db_port.to_string())];
+        let optional = [
+            ("DATABASE_URL", &self.database_url),
+            ("DB_HOST", &self.db_host),
+            ("DB_USER", &self.db_user),
+            ("DB_PASSWORD", &self.db_password),
+            ("DB_NAME", &self.db_name),
+        ];
+        env.extend(optional.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k, v))));
+        env
+    }
+
     /// The connection settings: DATABASE_URL, or the paper's DB_HOST/DB_PORT/... variables.
     pub fn config(&self) -> anyhow::Result<tokio_postgres::Config> {
         let mut config = if let Some(url) = &self.database_url {
@@ -445,6 +464,8 @@ pub fn main() -> std::process::ExitCode {
             Command::Migrate(a) => migrate_only(a).await,
             Command::Label(a) => crate::label::command(a).await,
             Command::Scenario(a) => crate::scenario::command(a).await,
+            Command::Evaluate(a) => crate::evaluate::command(a).await,
+            Command::Drill(a) => crate::drill::command(a).await,
         }
     });
     match result {

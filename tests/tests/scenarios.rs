@@ -192,3 +192,34 @@ fn label_marks_and_clears_a_window() {
     let out = label(&["--clear", "--attack-type", "x", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:00:09Z"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The scripted run (normal, attack, normal, ...): the agent's detector flags every scenario,
+/// and its precision stays above the SQL |z| > 2 flags'.
+#[test]
+fn drill_detects_every_scenario() {
+    if !have_root("drill_detects_every_scenario") {
+        return;
+    }
+    let _serial = exclusive();
+    let url = fresh_database("drill");
+    let out = run_agent(
+        &[
+            "drill", "--gap", "6", "--duration", "3", "--interval", "1", "--warmup", "20", "--json", "--node-name",
+            "drill-node",
+        ],
+        &[("DATABASE_URL", &url)],
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scores: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scores = scores.as_array().unwrap();
+    let names: Vec<&str> = scores.iter().map(|s| s["scenario"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cpu-stress", "fork-storm", "exec-storm", "port-scan", "conn-flood", "raw-socket", "disk-burst"]);
+    for s in scores {
+        assert_eq!(s["detector"]["runs_detected"], 1, "{s}");
+        assert!(s["detector"]["recall"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["detector"]["mean_delay_s"].as_f64().unwrap() <= 4.0, "{s}");
+    }
+    // Anomalous rows are logged as warnings by the agent.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("anomalous row"));
+}

@@ -4,6 +4,8 @@
 //!   demo        set up, start a throwaway Postgres, run the agent against it, show the rows
 //!   test        set up and run the whole test suite (what .ci/run calls)
 //!   bench       set up and run the benchmarks of BENCHMARKS.md
+//!   detection   set up, start a throwaway Postgres, run `feature-agent drill` (the README's
+//!               detection table)
 //! xtask depends on nothing that needs the eBPF toolchain, so it builds on a fresh machine.
 use std::{
     path::{Path, PathBuf},
@@ -44,6 +46,12 @@ enum Task {
     },
     /// Run the benchmarks (CPU per row, RSS, slowdown of attached programs).
     Bench,
+    /// Scripted detection run against a throwaway Postgres: prints F1 and delay per scenario.
+    Detection {
+        /// Extra arguments for `feature-agent drill` (e.g. --rounds 3 --gap 20).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn root() -> PathBuf {
@@ -68,9 +76,23 @@ fn setup() -> anyhow::Result<()> {
     run(Command::new("bash").arg(root().join("scripts/setup.sh")))
 }
 
+/// Builds the release agent; returns its path.
+fn release_agent() -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--release", "--package", "agent", "--bin", "feature-agent"]))?;
+    Ok(root().join("target/release/feature-agent"))
+}
+
+fn detection(args: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    let agent = release_agent()?;
+    let pg = ThrowawayPostgres::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!("detection: throwaway database {}", pg.url("postgres"));
+    run(Command::new(agent).arg("drill").args(args).env("DATABASE_URL", pg.url("postgres")))
+}
+
 fn demo(interval: f64, records: u64) -> anyhow::Result<()> {
     setup()?;
-    run(cargo().args(["build", "--release", "--package", "agent", "--bin", "feature-agent"]))?;
+    let agent = release_agent()?;
     eprintln!("demo: starting a throwaway PostgreSQL");
     let pg = ThrowawayPostgres::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let url = pg.url("postgres");
@@ -80,7 +102,7 @@ fn demo(interval: f64, records: u64) -> anyhow::Result<()> {
     // Ctrl-C reaches the agent (same process group), which flushes and exits; we stay to clean up.
     // SAFETY: ignoring SIGINT in this process only.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let status = Command::new(root().join("target/release/feature-agent"))
+    let status = Command::new(agent)
         .args(["run", "--interval", &interval.to_string(), "--records", &records.to_string()])
         .env("DATABASE_URL", &url)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -151,6 +173,7 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             test(&args)
         }
+        Task::Detection { args } => detection(&args),
         Task::Bench => {
             setup()?;
             run(cargo().args(["bench", "--package", "tests", "--bench", "agent"]))

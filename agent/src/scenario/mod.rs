@@ -91,7 +91,7 @@ impl Scenario {
 /// Longest scenario accepted, in seconds.
 pub const MAX_DURATION_S: f64 = 600.0;
 
-fn parse_duration(s: &str) -> Result<f64, String> {
+pub fn parse_duration(s: &str) -> Result<f64, String> {
     let v = parse_interval(s)?;
     if !(1.0..=MAX_DURATION_S).contains(&v) {
         return Err(format!("{v} s is out of range: a scenario lasts 1 to {MAX_DURATION_S} s"));
@@ -134,28 +134,46 @@ pub struct ScenarioReport {
     pub details: Value,
 }
 
+/// One scenario run as the drill and the command describe it.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub scenario: Scenario,
+    pub duration_s: f64,
+    /// The agent's interval.
+    pub interval_s: f64,
+    pub scratch_dir: PathBuf,
+    pub label: bool,
+}
+
 pub async fn command(args: ScenarioArgs) -> anyhow::Result<()> {
     let node = args.node.resolve()?;
     let client = db::connect(&args.database.config()?).await.context("connecting to the database")?;
     crate::migrate::require_current(&client).await?;
-    let report = run(&client, &args, &node).await?;
+    let spec = RunSpec {
+        scenario: args.scenario,
+        duration_s: args.duration,
+        interval_s: args.interval,
+        scratch_dir: args.scratch_dir,
+        label: !args.no_label,
+    };
+    let report = run(&client, &spec, &node).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 
 /// Runs one scenario and records and labels its window.
-pub async fn run(client: &Client, args: &ScenarioArgs, node: &str) -> anyhow::Result<ScenarioReport> {
-    let scenario = args.scenario;
-    let duration = Duration::from_secs_f64(args.duration);
-    info!(scenario = scenario.name(), node, duration_s = args.duration, "scenario starting");
+pub async fn run(client: &Client, spec: &RunSpec, node: &str) -> anyhow::Result<ScenarioReport> {
+    let scenario = spec.scenario;
+    let duration = Duration::from_secs_f64(spec.duration_s);
+    info!(scenario = scenario.name(), node, duration_s = spec.duration_s, "scenario starting");
     let started = SystemTime::now();
-    let dir = args.scratch_dir.clone();
+    let dir = spec.scratch_dir.clone();
     let details = tokio::task::spawn_blocking(move || scenario.run_workload(duration, &dir))
         .await
         .context("the scenario's workload panicked")?
         .with_context(|| format!("scenario {}", scenario.name()))?;
     let ended = SystemTime::now();
-    let interval = args.interval;
+    let interval = spec.interval_s;
     let id: i64 = client
         .query_one(
             "INSERT INTO scenario_runs (node, name, started_at, ended_at, interval_s, details)
@@ -165,7 +183,7 @@ pub async fn run(client: &Client, args: &ScenarioArgs, node: &str) -> anyhow::Re
         .await
         .context("recording the scenario run")?
         .get(0);
-    let rows_labelled = if args.no_label { 0 } else { label_window(client, id, node, ended, interval).await? };
+    let rows_labelled = if !spec.label { 0 } else { label_window(client, id, node, ended, interval).await? };
     info!(scenario = scenario.name(), rows_labelled, %details, "scenario done");
     Ok(ScenarioReport {
         id,

@@ -1,0 +1,115 @@
+//! `feature-agent drill`: a scripted, reproducible detection run on this node. It starts the
+//! real agent (this binary's `run`, as a child process) against the database, waits for its
+//! detector to warm up, runs every scenario in turn with normal periods between them
+//! (normal, attack, normal, ...), stops the agent, and prints `evaluate`'s table for the run.
+//! The README's detection table is this command's output.
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context;
+use clap::Args;
+use tracing::info;
+
+use crate::{
+    cli::{parse_interval, DatabaseArgs, NodeArgs},
+    db, evaluate, migrate,
+    scenario::{self, parse_duration, RunSpec, Scenario},
+};
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// The scenarios to run, in order [default: all seven].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenarios: Vec<Scenario>,
+    /// How many times the whole sequence runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
+    /// Seconds each scenario runs.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_duration)]
+    pub duration: f64,
+    /// Seconds of normal activity before and between scenarios.
+    #[arg(long, default_value_t = 30.0, value_parser = parse_duration)]
+    pub gap: f64,
+    /// The agent's sampling interval during the drill.
+    #[arg(long, default_value_t = 2.0, value_parser = parse_interval)]
+    pub interval: f64,
+    /// The agent's detector warm-up (seconds).
+    #[arg(long, default_value_t = 60.0, value_parser = parse_interval)]
+    pub warmup: f64,
+    /// The agent's anomaly threshold.
+    #[arg(long, default_value_t = 4.0)]
+    pub anomaly_threshold: f64,
+    /// Directory for disk-burst's temporary file.
+    #[arg(long, default_value = "/var/tmp")]
+    pub scratch_dir: std::path::PathBuf,
+    /// Print the evaluation as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// The agent child; stopped with SIGTERM (and reaped) however the drill ends.
+struct AgentChild(Child);
+impl Drop for AgentChild {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
+    let node = args.node.resolve()?;
+    let mut client = db::connect(&args.database.config()?).await.context("connecting to the database")?;
+    migrate::apply(&mut client).await?;
+    let scenarios = if args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { args.scenarios.clone() };
+
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["run", "--node-name", &node])
+        .arg("--interval")
+        .arg(args.interval.to_string())
+        .arg("--detector-warmup")
+        .arg(args.warmup.to_string())
+        .arg("--anomaly-threshold")
+        .arg(args.anomaly_threshold.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    for (k, v) in args.database.to_env() {
+        cmd.env(k, v);
+    }
+    let started = SystemTime::now();
+    let agent = AgentChild(cmd.spawn().context("starting the agent")?);
+    info!(node, warmup_s = args.warmup, "drill: agent started, warming up");
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup + 2.0 * args.interval + args.gap)).await;
+
+    for round in 1..=args.rounds {
+        for &s in &scenarios {
+            let spec = RunSpec {
+                scenario: s,
+                duration_s: args.duration,
+                interval_s: args.interval,
+                scratch_dir: args.scratch_dir.clone(),
+                label: true,
+            };
+            let report = scenario::run(&client, &spec, &node).await?;
+            info!(round, scenario = s.name(), rows = report.rows_labelled, "drill: scenario done");
+            tokio::time::sleep(Duration::from_secs_f64(args.gap)).await;
+        }
+    }
+    drop(agent);
+
+    let (rows, runs) = evaluate::load(&client, Some(&node), Some(started), None, 2.0).await?;
+    let scores = evaluate::evaluate(&rows, &runs);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&scores)?);
+    } else {
+        print!("{}", evaluate::table(&scores, 2.0));
+    }
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! `feature-agent evaluate`: compares verdicts with labels over a window, per scenario.
+//!
+//! Two detectors are scored: the agent's streaming detector (a row is positive when its
+//! `anomalous_features` is non-empty; rows still in warm-up are left out) and the SQL z-score
+//! flags (`node_feature_flags(threshold)`, baseline = the window's rows labelled normal).
+//! Per scenario (attack_type): TP = its rows flagged, FN = its rows not flagged, FP = normal
+//! rows flagged (the same for every scenario: a false alarm is not any one attack's), and
+//! precision, recall and F1 from those. Detection delay = first flagged row of a run's window
+//! minus the run's start (a row stamped ts covers the interval ending at ts), averaged over
+//! the runs detected.
+use std::{collections::BTreeMap, time::SystemTime};
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::{cli::DatabaseArgs, db, label::timestamp};
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Only this node's rows [default: every node].
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Start of the window [default: the first row].
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the window [default: the last row].
+    #[arg(long)]
+    pub to: Option<String>,
+    /// |z| threshold of the SQL flags (the paper's 2.0 by default).
+    #[arg(long, default_value_t = 2.0)]
+    pub sql_threshold: f64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// One labelled or unlabelled row and the two verdicts on it.
+#[derive(Debug, Clone)]
+pub struct JudgedRow {
+    pub node: String,
+    pub ts: SystemTime,
+    pub attack_type: Option<String>,
+    pub attack: bool,
+    /// None while the agent's detector warmed up.
+    pub detector: Option<bool>,
+    pub sql: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub node: String,
+    pub name: String,
+    pub started_at: SystemTime,
+    pub ended_at: SystemTime,
+    pub interval_s: f64,
+}
+
+/// Precision, recall, F1 and delay of one detector on one scenario.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Score {
+    pub tp: u64,
+    pub fp: u64,
+    pub fn_: u64,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    pub runs_detected: u64,
+    pub mean_delay_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioScore {
+    pub scenario: String,
+    pub runs: u64,
+    pub rows: u64,
+    pub detector: Score,
+    pub sql: Score,
+}
+
+fn ratio(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+fn score(rows: &[JudgedRow], runs: &[&Run], name: &str, verdict: impl Fn(&JudgedRow) -> Option<bool>) -> Score {
+    let mut s = Score::default();
+    for r in rows {
+        let Some(flagged) = verdict(r) else { continue };
+        match (r.attack && r.attack_type.as_deref() == Some(name), r.attack, flagged) {
+            (true, _, true) => s.tp += 1,
+            (true, _, false) => s.fn_ += 1,
+            (false, false, true) => s.fp += 1,
+            _ => {}
+        }
+    }
+    s.precision = ratio(s.tp, s.tp + s.fp);
+    s.recall = ratio(s.tp, s.tp + s.fn_);
+    s.f1 = match (s.precision, s.recall) {
+        (Some(p), Some(r)) if p + r > 0.0 => Some(2.0 * p * r / (p + r)),
+        (Some(_), Some(_)) => Some(0.0),
+        _ => None,
+    };
+    let mut delays = Vec::new();
+    for run in runs {
+        let end = run.ended_at + std::time::Duration::from_secs_f64(run.interval_s);
+        let first = rows
+            .iter()
+            .filter(|r| r.node == run.node && r.ts > run.started_at && r.ts < end)
+            .find(|r| verdict(r) == Some(true));
+        if let Some(r) = first {
+            delays.push(r.ts.duration_since(run.started_at).unwrap_or_default().as_secs_f64());
+        }
+    }
+    s.runs_detected = delays.len() as u64;
+    s.mean_delay_s = (!delays.is_empty()).then(|| delays.iter().sum::<f64>() / delays.len() as f64);
+    s
+}
+
+/// Scores both detectors per scenario name found in `runs` (in first-run order).
+pub fn evaluate(rows: &[JudgedRow], runs: &[Run]) -> Vec<ScenarioScore> {
+    let mut by_name: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for r in runs {
+        if !by_name.contains_key(r.name.as_str()) {
+            order.push(&r.name);
+        }
+        by_name.entry(&r.name).or_default().push(r);
+    }
+    order
+        .into_iter()
+        .map(|name| {
+            let runs = &by_name[name];
+            ScenarioScore {
+                scenario: name.to_owned(),
+                runs: runs.len() as u64,
+                rows: rows.iter().filter(|r| r.attack && r.attack_type.as_deref() == Some(name)).count() as u64,
+                detector: score(rows, runs, name, |r| r.detector),
+                sql: score(rows, runs, name, |r| Some(r.sql)),
+            }
+        })
+        .collect()
+}
+
+/// Reads the window's rows with both verdicts, and the scenario runs inside it.
+pub async fn load(
+    client: &Client,
+    node: Option<&str>,
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+    sql_threshold: f64,
+) -> anyhow::Result<(Vec<JudgedRow>, Vec<Run>)> {
+    let rows = client
+        .query(
+            "SELECT f.node, f.ts, f.attack, f.attack_type,
+                    CASE WHEN f.anomaly_score IS NULL THEN NULL
+                         ELSE coalesce(cardinality(f.anomalous_features), 0) > 0 END,
+                    coalesce(z.anomalous, false)
+             FROM node_features f
+             LEFT JOIN node_feature_flags($1, $3, $4) z ON z.node = f.node AND z.ts = f.ts
+             WHERE ($2::text IS NULL OR f.node = $2)
+               AND ($3::timestamptz IS NULL OR f.ts >= $3)
+               AND ($4::timestamptz IS NULL OR f.ts <= $4)
+             ORDER BY f.node, f.ts",
+            &[&sql_threshold, &node, &from, &to],
+        )
+        .await
+        .context("reading the rows and their verdicts")?
+        .into_iter()
+        .map(|r| JudgedRow {
+            node: r.get(0),
+            ts: r.get(1),
+            attack: r.get::<_, i16>(2) == 1,
+            attack_type: r.get(3),
+            detector: r.get(4),
+            sql: r.get(5),
+        })
+        .collect();
+    let runs = client
+        .query(
+            "SELECT node, name, started_at, ended_at, interval_s FROM scenario_runs
+             WHERE ($1::text IS NULL OR node = $1)
+               AND ($2::timestamptz IS NULL OR ended_at >= $2)
+               AND ($3::timestamptz IS NULL OR started_at <= $3)
+             ORDER BY started_at",
+            &[&node, &from, &to],
+        )
+        .await
+        .context("reading scenario_runs")?
+        .into_iter()
+        .map(|r| Run { node: r.get(0), name: r.get(1), started_at: r.get(2), ended_at: r.get(3), interval_s: r.get(4) })
+        .collect();
+    Ok((rows, runs))
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+/// The scores as a Markdown table (the README's table is this output).
+pub fn table(scores: &[ScenarioScore], sql_threshold: f64) -> String {
+    let mut out = format!(
+        "| scenario | runs | rows | detector F1 | detector P / R | detector delay s | detected | SQL |z|>{sql_threshold} F1 | SQL P / R | SQL delay s |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for s in scores {
+        out += &format!(
+            "| {} | {} | {} | {} | {} / {} | {} | {}/{} | {} | {} / {} | {} |\n",
+            s.scenario,
+            s.runs,
+            s.rows,
+            fmt(s.detector.f1, 2),
+            fmt(s.detector.precision, 2),
+            fmt(s.detector.recall, 2),
+            fmt(s.detector.mean_delay_s, 1),
+            s.detector.runs_detected,
+            s.runs,
+            fmt(s.sql.f1, 2),
+            fmt(s.sql.precision, 2),
+            fmt(s.sql.recall, 2),
+            fmt(s.sql.mean_delay_s, 1),
+        );
+    }
+    out
+}
+
+pub async fn command(args: EvaluateArgs) -> anyhow::Result<()> {
+    let client = db::connect(&args.database.config()?).await.context("connecting to the database")?;
+    crate::migrate::require_current(&client).await?;
+    let from = match &args.from {
+        Some(v) => Some(timestamp(&client, "--from", v).await?),
+        None => None,
+    };
+    let to = match &args.to {
+        Some(v) => Some(timestamp(&client, "--to", v).await?),
+        None => None,
+    };
+    let (rows, runs) = load(&client, args.node.as_deref(), from, to, args.sql_threshold).await?;
+    if runs.is_empty() {
+        anyhow::bail!("no scenario runs in this window: run `feature-agent scenario` (or `drill`) first");
+    }
+    let scores = evaluate(&rows, &runs);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&scores)?);
+    } else {
+        print!("{}", table(&scores, args.sql_threshold));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn row(s: u64, label: Option<&str>, detector: Option<bool>, sql: bool) -> JudgedRow {
+        JudgedRow {
+            node: "n".into(),
+            ts: at(s),
+            attack: label.is_some(),
+            attack_type: label.map(str::to_owned),
+            detector,
+            sql,
+        }
+    }
+
+    #[test]
+    fn counts_precision_recall_f1_and_delay() {
+        // Warm-up row (detector None), normal rows (one false alarm each), a 3-row attack
+        // window detected from its 2nd row by the detector, from its 1st by SQL.
+        let rows = vec![
+            row(1, None, None, true),
+            row(2, None, Some(true), false),
+            row(3, None, Some(false), false),
+            row(4, Some("x"), Some(false), true),
+            row(5, Some("x"), Some(true), true),
+            row(6, Some("x"), Some(true), false),
+            row(7, None, Some(false), false),
+        ];
+        let runs = vec![Run {
+            node: "n".into(),
+            name: "x".into(),
+            started_at: at(3) + Duration::from_millis(500),
+            ended_at: at(5) + Duration::from_millis(500),
+            interval_s: 1.0,
+        }];
+        let s = &evaluate(&rows, &runs)[0];
+        assert_eq!((s.runs, s.rows), (1, 3));
+        let d = &s.detector;
+        assert_eq!((d.tp, d.fp, d.fn_), (2, 1, 1));
+        assert_eq!(d.precision, Some(2.0 / 3.0));
+        assert_eq!(d.recall, Some(2.0 / 3.0));
+        assert!((d.f1.unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!((d.runs_detected, d.mean_delay_s), (1, Some(1.5)));
+        let q = &s.sql;
+        assert_eq!((q.tp, q.fp, q.fn_), (2, 1, 1));
+        assert_eq!(q.mean_delay_s, Some(0.5));
+        assert!(table(&[s.clone()], 2.0).contains("| x | 1 | 3 | 0.67 |"));
+    }
+
+    #[test]
+    fn a_missed_scenario_has_zero_recall_and_no_delay() {
+        let rows = vec![row(1, Some("y"), Some(false), false), row(2, None, Some(false), false)];
+        let runs = vec![Run { node: "n".into(), name: "y".into(), started_at: at(0), ended_at: at(1), interval_s: 1.0 }];
+        let s = &evaluate(&rows, &runs)[0].detector;
+        assert_eq!((s.recall, s.precision, s.f1, s.mean_delay_s), (Some(0.0), None, None, None));
+    }
+}
