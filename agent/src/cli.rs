@@ -50,6 +50,10 @@ pub enum Command {
     Scenario(crate::scenario::ScenarioArgs),
     /// Score the detector's verdicts and the SQL z-score flags against the labels, per scenario.
     Evaluate(crate::evaluate::EvaluateArgs),
+    /// Write the rows (raw, deltas, z-scores with --normalized, labels) as CSV or Parquet.
+    Export(crate::export::ExportArgs),
+    /// Render a node's features, labelled windows, detections and z-scores as a PNG.
+    Plot(crate::plot::PlotArgs),
     /// Scripted detection run: start the agent, run the scenarios between normal periods, evaluate.
     Drill(crate::drill::DrillArgs),
 }
@@ -466,6 +470,8 @@ pub fn main() -> std::process::ExitCode {
             Command::Scenario(a) => crate::scenario::command(a).await,
             Command::Evaluate(a) => crate::evaluate::command(a).await,
             Command::Drill(a) => crate::drill::command(a).await,
+            Command::Export(a) => crate::export::command(a).await,
+            Command::Plot(a) => crate::plot::command(a).await,
         }
     });
     match result {

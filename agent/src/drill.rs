@@ -69,8 +69,8 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     migrate::apply(&mut client).await?;
     let scenarios = if args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { args.scenarios.clone() };
 
-    let exe = std::env::current_exe().context("locating this binary")?;
-    let mut cmd = Command::new(exe);
+    // /proc/self/exe: this very binary, even if its file was replaced since it started.
+    let mut cmd = Command::new("/proc/self/exe");
     cmd.args(["run", "--node-name", &node])
         .arg("--interval")
         .arg(args.interval.to_string())

@@ -1,0 +1,340 @@
+//! `feature-agent export`: writes the rows as a dataset for pandas or scikit-learn, in CSV or
+//! Parquet. Columns: node, ts, attack, attack_type, anomaly_score, anomalous_features
+//! (comma-joined), the 40 raw features, the per-interval deltas of the 10 cumulative counters
+//! (`<counter>_delta`, NULL across a counter reset), and with --normalized the z-score of every
+//! feature (`z_<feature>`, as node_feature_zscores() computes it, baseline = the exported
+//! window's rows labelled normal). Rows stream from a server-side portal in batches, so the
+//! export's memory does not grow with the table.
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::PathBuf,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use parquet::{
+    data_type::{ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type},
+    file::{properties::WriterProperties, writer::SerializedFileWriter},
+    schema::parser::parse_message_type,
+};
+use tokio_postgres::Client;
+
+use crate::{
+    cli::DatabaseArgs,
+    db,
+    features::{Kind, FEATURES},
+    label::timestamp,
+    timefmt::rfc3339_micros,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Csv,
+    Parquet,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(long, value_enum)]
+    pub format: Format,
+    /// The file to write (replaced if it exists).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Add a z-score column per feature (z_<feature>).
+    #[arg(long)]
+    pub normalized: bool,
+    /// Only this node's rows [default: every node].
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Start of the window [default: the first row].
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the window [default: the last row].
+    #[arg(long)]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Rows fetched from the portal at a time (and rows per Parquet row group).
+const BATCH_ROWS: i32 = 8192;
+
+/// Identity and label columns, before the numeric ones.
+pub const META_COLUMNS: [&str; 6] = ["node", "ts", "attack", "attack_type", "anomaly_score", "anomalous_features"];
+
+/// The numeric columns after the meta columns, in file order.
+pub fn value_columns(normalized: bool) -> Vec<String> {
+    let mut cols: Vec<String> = FEATURES.iter().map(|f| f.column.to_owned()).collect();
+    cols.extend(FEATURES.iter().filter(|f| f.kind == Kind::Counter).map(|f| format!("{}_delta", f.column)));
+    if normalized {
+        cols.extend(FEATURES.iter().map(|f| format!("z_{}", f.column)));
+    }
+    cols
+}
+
+/// One exported row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportRow {
+    pub node: String,
+    pub ts: SystemTime,
+    pub attack: i16,
+    pub attack_type: Option<String>,
+    pub anomaly_score: Option<f64>,
+    pub anomalous_features: Option<String>,
+    pub values: Vec<Option<f64>>,
+}
+
+fn select_sql(normalized: bool) -> String {
+    let mut cols: Vec<String> = FEATURES.iter().map(|f| format!("d.{}::float8", f.column)).collect();
+    cols.extend(FEATURES.iter().filter(|f| f.kind == Kind::Counter).map(|f| format!("d.{}_delta::float8", f.column)));
+    let mut from = String::from("node_feature_deltas d");
+    if normalized {
+        cols.extend(FEATURES.iter().map(|f| format!("z.z_{}", f.column)));
+        let pivot: Vec<String> =
+            FEATURES.iter().map(|f| format!("max(z) FILTER (WHERE feature = '{0}') AS z_{0}", f.column)).collect();
+        from += &format!(
+            " LEFT JOIN (SELECT node, ts, {} FROM node_feature_zscores(2.0, $2, $3) GROUP BY node, ts) z \
+             ON z.node = d.node AND z.ts = d.ts",
+            pivot.join(", ")
+        );
+    }
+    format!(
+        "SELECT d.node, d.ts, d.attack, d.attack_type, d.anomaly_score, array_to_string(d.anomalous_features, ','), {} \
+         FROM {from} \
+         WHERE ($1::text IS NULL OR d.node = $1) AND ($2::timestamptz IS NULL OR d.ts >= $2) \
+           AND ($3::timestamptz IS NULL OR d.ts <= $3) \
+         ORDER BY d.node, d.ts",
+        cols.join(", ")
+    )
+}
+
+/// Where rows go, batch by batch.
+trait Sink {
+    fn write_batch(&mut self, rows: &[ExportRow]) -> anyhow::Result<()>;
+    fn finish(self: Box<Self>) -> anyhow::Result<()>;
+}
+
+/// RFC 4180 CSV: a header line, NULL as an empty field, text quoted when it needs to be.
+struct CsvSink(BufWriter<File>);
+
+fn csv_text(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+impl CsvSink {
+    fn new(file: File, columns: &[String]) -> anyhow::Result<Self> {
+        let mut w = BufWriter::new(file);
+        let header: Vec<&str> = META_COLUMNS.iter().copied().chain(columns.iter().map(String::as_str)).collect();
+        writeln!(w, "{}", header.join(","))?;
+        Ok(Self(w))
+    }
+}
+
+impl Sink for CsvSink {
+    fn write_batch(&mut self, rows: &[ExportRow]) -> anyhow::Result<()> {
+        let num = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
+        for r in rows {
+            let mut fields = vec![
+                csv_text(&r.node),
+                rfc3339_micros(r.ts),
+                r.attack.to_string(),
+                r.attack_type.as_deref().map_or_else(String::new, csv_text),
+                num(r.anomaly_score),
+                r.anomalous_features.as_deref().map_or_else(String::new, csv_text),
+            ];
+            fields.extend(r.values.iter().map(|v| num(*v)));
+            writeln!(self.0, "{}", fields.join(","))?;
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> anyhow::Result<()> {
+        self.0.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    }
+}
+
+/// Parquet: ts as TIMESTAMP(MICROS, UTC), attack as INT32, text as UTF8, numbers as DOUBLE,
+/// everything but node/ts/attack optional. One row group per batch, Snappy-compressed.
+struct ParquetSink(SerializedFileWriter<File>);
+
+/// The file's schema in Parquet's message syntax.
+pub fn parquet_schema(columns: &[String]) -> String {
+    let mut s = String::from(
+        "message node_features {\n  REQUIRED BYTE_ARRAY node (UTF8);\n  REQUIRED INT64 ts (TIMESTAMP(MICROS,true));\n  \
+         REQUIRED INT32 attack (INTEGER(16,true));\n  OPTIONAL BYTE_ARRAY attack_type (UTF8);\n  \
+         OPTIONAL DOUBLE anomaly_score;\n  OPTIONAL BYTE_ARRAY anomalous_features (UTF8);\n",
+    );
+    for c in columns {
+        s += &format!("  OPTIONAL DOUBLE {c};\n");
+    }
+    s + "}"
+}
+
+impl ParquetSink {
+    fn new(file: File, columns: &[String]) -> anyhow::Result<Self> {
+        let schema = Arc::new(parse_message_type(&parquet_schema(columns)).context("building the Parquet schema")?);
+        let props = Arc::new(
+            WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build(),
+        );
+        Ok(Self(SerializedFileWriter::new(file, schema, props)?))
+    }
+}
+
+fn micros(ts: SystemTime) -> i64 {
+    match ts.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
+    }
+}
+
+/// Values and definition levels (1 = present) of an optional column.
+fn optional<T: Clone>(values: impl Iterator<Item = Option<T>>) -> (Vec<T>, Vec<i16>) {
+    let mut present = Vec::new();
+    let mut levels = Vec::new();
+    for v in values {
+        levels.push(i16::from(v.is_some()));
+        present.extend(v);
+    }
+    (present, levels)
+}
+
+impl Sink for ParquetSink {
+    fn write_batch(&mut self, rows: &[ExportRow]) -> anyhow::Result<()> {
+        let mut rg = self.0.next_row_group()?;
+        let mut index = 0usize;
+        while let Some(mut col) = rg.next_column()? {
+            match index {
+                0 => {
+                    let v: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(r.node.as_str())).collect();
+                    col.typed::<ByteArrayType>().write_batch(&v, None, None)?;
+                }
+                1 => {
+                    let v: Vec<i64> = rows.iter().map(|r| micros(r.ts)).collect();
+                    col.typed::<Int64Type>().write_batch(&v, None, None)?;
+                }
+                2 => {
+                    let v: Vec<i32> = rows.iter().map(|r| i32::from(r.attack)).collect();
+                    col.typed::<Int32Type>().write_batch(&v, None, None)?;
+                }
+                3 | 5 => {
+                    let text = |r: &ExportRow| if index == 3 { r.attack_type.clone() } else { r.anomalous_features.clone() };
+                    let (v, def) = optional(rows.iter().map(|r| text(r).map(|s| ByteArray::from(s.as_str()))));
+                    col.typed::<ByteArrayType>().write_batch(&v, Some(&def), None)?;
+                }
+                4 => {
+                    let (v, def) = optional(rows.iter().map(|r| r.anomaly_score));
+                    col.typed::<DoubleType>().write_batch(&v, Some(&def), None)?;
+                }
+                i => {
+                    let (v, def) = optional(rows.iter().map(|r| r.values[i - META_COLUMNS.len()]));
+                    col.typed::<DoubleType>().write_batch(&v, Some(&def), None)?;
+                }
+            }
+            col.close()?;
+            index += 1;
+        }
+        rg.close()?;
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> anyhow::Result<()> {
+        let file = self.0.into_inner()?;
+        file.sync_all()?;
+        Ok(())
+    }
+}
+
+/// Streams the selected rows into the file; returns how many were written.
+pub async fn export(
+    client: &mut Client,
+    format: Format,
+    output: &std::path::Path,
+    normalized: bool,
+    node: Option<&str>,
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+) -> anyhow::Result<u64> {
+    let columns = value_columns(normalized);
+    // Written under a temporary name and renamed at the end: a failed export leaves no half file.
+    let tmp = output.with_extension("partial");
+    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut sink: Box<dyn Sink> = match format {
+        Format::Csv => Box::new(CsvSink::new(file, &columns)?),
+        Format::Parquet => Box::new(ParquetSink::new(file, &columns)?),
+    };
+    let tx = client.transaction().await?;
+    let statement = tx.prepare(&select_sql(normalized)).await.context("preparing the export query")?;
+    let portal = tx.bind(&statement, &[&node, &from, &to]).await.context("starting the export query")?;
+    let mut total = 0u64;
+    loop {
+        let batch = tx.query_portal(&portal, BATCH_ROWS).await.context("reading rows")?;
+        if batch.is_empty() {
+            break;
+        }
+        let rows: Vec<ExportRow> = batch
+            .iter()
+            .map(|r| ExportRow {
+                node: r.get(0),
+                ts: r.get(1),
+                attack: r.get(2),
+                attack_type: r.get(3),
+                anomaly_score: r.get(4),
+                anomalous_features: r.get(5),
+                values: (META_COLUMNS.len()..META_COLUMNS.len() + columns.len()).map(|i| r.get(i)).collect(),
+            })
+            .collect();
+        sink.write_batch(&rows).with_context(|| format!("writing {}", tmp.display()))?;
+        total += rows.len() as u64;
+    }
+    tx.commit().await?;
+    sink.finish().with_context(|| format!("finishing {}", tmp.display()))?;
+    std::fs::rename(&tmp, output).with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
+    Ok(total)
+}
+
+pub async fn command(args: ExportArgs) -> anyhow::Result<()> {
+    let mut client = db::connect(&args.database.config()?).await.context("connecting to the database")?;
+    crate::migrate::require_current(&client).await?;
+    let from = match &args.from {
+        Some(v) => Some(timestamp(&client, "--from", v).await?),
+        None => None,
+    };
+    let to = match &args.to {
+        Some(v) => Some(timestamp(&client, "--to", v).await?),
+        None => None,
+    };
+    if args.output.is_dir() {
+        bail!("--output {} is a directory; give a file name", args.output.display());
+    }
+    let n = export(&mut client, args.format, &args.output, args.normalized, args.node.as_deref(), from, to).await?;
+    println!("{n} rows written to {}", args.output.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_only_what_needs_it() {
+        assert_eq!(csv_text("node-1"), "node-1");
+        assert_eq!(csv_text("a,b"), "\"a,b\"");
+        assert_eq!(csv_text("say \"hi\"\n"), "\"say \"\"hi\"\"\n\"");
+    }
+
+    #[test]
+    fn schema_parses_with_every_column() {
+        let cols = value_columns(true);
+        assert_eq!(cols.len(), 40 + 10 + 40);
+        let schema = parse_message_type(&parquet_schema(&cols)).unwrap();
+        assert_eq!(schema.get_fields().len(), META_COLUMNS.len() + cols.len());
+    }
+}

