@@ -96,7 +96,7 @@ struct Canvas {
 
 impl Canvas {
     fn new(w: u32, h: u32) -> Self {
-        Self { w, h, px: vec![255; (w * h * 3) as usize] }
+        Self { w, h, px: WHITE.repeat((w * h) as usize) }
     }
 
     fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
@@ -151,6 +151,7 @@ impl Canvas {
         }
     }
 
+    #[cfg(test)]
     fn get(&self, x: u32, y: u32) -> [u8; 3] {
         let i = ((y * self.w + x) * 3) as usize;
         [self.px[i], self.px[i + 1], self.px[i + 2]]

@@ -65,7 +65,7 @@ fn parquet_round_trip_equals_the_rows_and_csv_has_every_row() {
     }
     let db = "export_db";
     let url = synthetic(db);
-    let dir = tempdir();
+    let dir = tempdir("export");
     let parquet = dir.join("rows.parquet");
     let out = run_agent(
         &["export", "--format", "parquet", "--output", parquet.to_str().unwrap(), "--normalized"],
@@ -113,7 +113,7 @@ fn parquet_round_trip_equals_the_rows_and_csv_has_every_row() {
         let ts = row.get_timestamp_micros(1).unwrap();
         assert_eq!(node, want[0]);
         assert_eq!(ts.to_string(), want[1]);
-        assert_eq!(row.get_int(2).unwrap().to_string(), want[2]);
+        assert_eq!(row.get_short(2).unwrap().to_string(), want[2]);
         let text = |i: usize| if row.is_null(i).unwrap() { String::new() } else { row.get_string(i).unwrap().clone() };
         assert_eq!(text(3), want[3]);
         let num = |i: usize| if row.is_null(i).unwrap() { None } else { Some(row.get_double(i).unwrap()) };
@@ -145,14 +145,72 @@ fn parquet_round_trip_equals_the_rows_and_csv_has_every_row() {
     assert!(lines[0].starts_with("node,ts,attack,attack_type,anomaly_score,anomalous_features,cpu_sec_idle,"));
     assert_eq!(lines[0].split(',').count(), 6 + 50);
     assert!(lines[1].starts_with("\"it's, \"\"hostile\"\"\",2026-01-01T00:00:00.000000Z,0,,,,"), "{}", lines[1]);
-    assert!(lines[3].contains(",5.5,\"tcp_rst_sent,load1\","), "{}", lines[3]);
+    assert!(lines[2].contains(",5.5,\"tcp_rst_sent,load1\","), "{}", lines[2]);
     assert!(!dir.join("rows.partial").exists());
 }
 
-/// A fresh directory under the target dir, emptied first.
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("feature-agent-export-{}", std::process::id()));
+/// A fresh, empty directory for one test.
+fn tempdir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("feature-agent-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[test]
+fn plot_png_decodes_and_is_shaded_where_the_labels_are() {
+    if !have_root("plot_png_decodes_and_is_shaded_where_the_labels_are") {
+        return;
+    }
+    let db = "plot_db";
+    let url = synthetic(db);
+    let dir = tempdir("plot");
+    let png_path = dir.join("run.png");
+    let out = run_agent(
+        &["plot", "--node", NODES[1], "--output", png_path.to_str().unwrap()],
+        &[("DATABASE_URL", &url)],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let decoder = png::Decoder::new(std::io::BufReader::new(File::open(&png_path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (summary["width"].as_u64().unwrap() as u32, summary["height"].as_u64().unwrap() as u32));
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let px = |x: u32, y: u32| {
+        let i = ((y * info.width + x) * 3) as usize;
+        [buf[i], buf[i + 1], buf[i + 2]]
+    };
+    let shade = agent::plot::SHADE;
+    let (top, bottom) = (summary["panels_top"].as_u64().unwrap() as u32, summary["panels_bottom"].as_u64().unwrap() as u32);
+    // One labelled window (rows 20..25 of 40): one shaded run about a sixth of the width wide.
+    let shaded = summary["shaded"].as_array().unwrap();
+    assert_eq!(shaded.len(), 1, "{summary}");
+    let (x0, x1) = (shaded[0][0].as_u64().unwrap() as u32, shaded[0][1].as_u64().unwrap() as u32);
+    let plot_w = f64::from(info.width - 170);
+    let expected_w = plot_w * 6.0 / 39.0;
+    assert!((f64::from(x1 - x0) - expected_w).abs() < 4.0, "{x0}..{x1} vs {expected_w}");
+    // Inside: mostly shade (lines cross it); outside: no shade at all.
+    let column = |x: u32| (top..bottom).filter(|&y| px(x, y) == shade).count() as u32;
+    assert!(column((x0 + x1) / 2) > (bottom - top) / 2);
+    for x in (171..info.width - 21).step_by(7) {
+        if x + 1 < x0 || x > x1 + 1 {
+            assert_eq!(column(x), 0, "shade at x={x} outside {x0}..{x1}");
+        }
+    }
+    // Detector flags on every 5th row (r % 5 == 1): 8 ticks.
+    assert_eq!(summary["detections"], 8);
+
+    // Bad input: an unknown feature, an unknown node.
+    let out = run_agent(
+        &["plot", "--node", NODES[1], "--output", "/tmp/x.png", "--features", "load1,nope"],
+        &[("DATABASE_URL", &url)],
+        Duration::from_secs(30),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope\" is not a feature column"));
+    let out = run_agent(&["plot", "--node", "ghost", "--output", "/tmp/x.png"], &[("DATABASE_URL", &url)], Duration::from_secs(30));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has 0 rows"));
 }
