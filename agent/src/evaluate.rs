@@ -302,13 +302,14 @@ mod tests {
         let q = &s.sql;
         assert_eq!((q.tp, q.fp, q.fn_), (2, 1, 1));
         assert_eq!(q.mean_delay_s, Some(0.5));
-        assert!(table(&[s.clone()], 2.0).contains("| x | 1 | 3 | 0.67 |"));
+        assert!(table(std::slice::from_ref(s), 2.0).contains("| x | 1 | 3 | 0.67 |"));
     }
 
     #[test]
     fn a_missed_scenario_has_zero_recall_and_no_delay() {
         let rows = vec![row(1, Some("y"), Some(false), false), row(2, None, Some(false), false)];
-        let runs = vec![Run { node: "n".into(), name: "y".into(), started_at: at(0), ended_at: at(1), interval_s: 1.0 }];
+        let runs =
+            vec![Run { node: "n".into(), name: "y".into(), started_at: at(0), ended_at: at(1), interval_s: 1.0 }];
         let s = &evaluate(&rows, &runs)[0].detector;
         assert_eq!((s.recall, s.precision, s.f1, s.mean_delay_s), (Some(0.0), None, None, None));
     }

@@ -181,9 +181,7 @@ pub fn parquet_schema(columns: &[String]) -> String {
 impl ParquetSink {
     fn new(file: File, columns: &[String]) -> anyhow::Result<Self> {
         let schema = Arc::new(parse_message_type(&parquet_schema(columns)).context("building the Parquet schema")?);
-        let props = Arc::new(
-            WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build(),
-        );
+        let props = Arc::new(WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build());
         Ok(Self(SerializedFileWriter::new(file, schema, props)?))
     }
 }
@@ -225,7 +223,8 @@ impl Sink for ParquetSink {
                     col.typed::<Int32Type>().write_batch(&v, None, None)?;
                 }
                 3 | 5 => {
-                    let text = |r: &ExportRow| if index == 3 { r.attack_type.clone() } else { r.anomalous_features.clone() };
+                    let text =
+                        |r: &ExportRow| if index == 3 { r.attack_type.clone() } else { r.anomalous_features.clone() };
                     let (v, def) = optional(rows.iter().map(|r| text(r).map(|s| ByteArray::from(s.as_str()))));
                     col.typed::<ByteArrayType>().write_batch(&v, Some(&def), None)?;
                 }

@@ -29,10 +29,17 @@ pub struct LabelArgs {
 }
 
 /// Parses a timestamp with Postgres, naming the option in the error.
-pub async fn timestamp(client: &tokio_postgres::Client, option: &str, value: &str) -> anyhow::Result<std::time::SystemTime> {
+pub async fn timestamp(
+    client: &tokio_postgres::Client,
+    option: &str,
+    value: &str,
+) -> anyhow::Result<std::time::SystemTime> {
     match client.query_one("SELECT $1::text::timestamptz", &[&value]).await {
         Ok(row) => Ok(row.get(0)),
-        Err(e) => bail!("{option} {value:?} is not a timestamp: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())),
+        Err(e) => bail!(
+            "{option} {value:?} is not a timestamp: {}",
+            e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())
+        ),
     }
 }
 

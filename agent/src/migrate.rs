@@ -61,7 +61,9 @@ pub async fn require_current(client: &Client) -> anyhow::Result<()> {
     };
     match have {
         Some(v) if v >= latest => Ok(()),
-        Some(v) => anyhow::bail!("the database schema is at version {v}, this agent needs {latest}: run `feature-agent migrate`"),
+        Some(v) => anyhow::bail!(
+            "the database schema is at version {v}, this agent needs {latest}: run `feature-agent migrate`"
+        ),
         None => anyhow::bail!("the database has no feature-agent schema: run `feature-agent migrate` (or `run`) first"),
     }
 }

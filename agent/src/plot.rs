@@ -84,8 +84,16 @@ const BLACK: [u8; 3] = [0, 0, 0];
 const GREY: [u8; 3] = [200, 200, 200];
 pub const SHADE: [u8; 3] = [255, 214, 214];
 const RED: [u8; 3] = [220, 20, 20];
-const PALETTE: [[u8; 3]; 8] =
-    [[31, 119, 180], [255, 127, 14], [44, 160, 44], [148, 103, 189], [140, 86, 75], [227, 119, 194], [23, 190, 207], [188, 189, 34]];
+const PALETTE: [[u8; 3]; 8] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [23, 190, 207],
+    [188, 189, 34],
+];
 
 /// An RGB image with the few primitives the plot needs.
 struct Canvas {
@@ -352,8 +360,11 @@ async fn load(
     );
     let rows = client.query(&sql, &[&node, &from, &to]).await.context("reading the node's rows")?;
     let k = names.len();
-    let mut data =
-        PlotData { values: vec![Vec::with_capacity(rows.len()); k], z: vec![Vec::with_capacity(rows.len()); k], ..Default::default() };
+    let mut data = PlotData {
+        values: vec![Vec::with_capacity(rows.len()); k],
+        z: vec![Vec::with_capacity(rows.len()); k],
+        ..Default::default()
+    };
     for r in &rows {
         data.ts.push(r.get(0));
         data.attack.push(r.get(1));

@@ -8,11 +8,7 @@ use agent_common::{Event, EVENT_COUNT};
 use serde::{ser::SerializeMap, Serialize, Serializer};
 use tokio_postgres::types::ToSql;
 
-use crate::{
-    collector::ProcfsFeatures,
-    features::FEATURE_COUNT,
-    timefmt::rfc3339_micros,
-};
+use crate::{collector::ProcfsFeatures, features::FEATURE_COUNT, timefmt::rfc3339_micros};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureRow {

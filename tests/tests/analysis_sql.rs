@@ -80,14 +80,13 @@ fn sql_deltas_zscores_and_flags_match_hand_computed_values() {
     let mean = 200.0 / 3.0;
     let sd = (2500.0f64 / 3.0).sqrt();
     let z = floats(db, "SELECT z FROM node_feature_zscore WHERE node = 'a' AND feature = 'disk_read' ORDER BY ts");
-    let want: Vec<Option<f64>> =
-        [None, Some(50.0), Some(100.0), None, Some(50.0), Some(300.0)].iter().map(|d| d.map(|d| (d - mean) / sd)).collect();
+    let want: Vec<Option<f64>> = [None, Some(50.0), Some(100.0), None, Some(50.0), Some(300.0)]
+        .iter()
+        .map(|d| d.map(|d| (d - mean) / sd))
+        .collect();
     assert_close(&z, &want, "z(disk_read delta)");
     assert_close(
-        &floats(
-            db,
-            "SELECT baseline_mean FROM node_feature_zscore WHERE node = 'a' AND feature = 'disk_read' LIMIT 1",
-        ),
+        &floats(db, "SELECT baseline_mean FROM node_feature_zscore WHERE node = 'a' AND feature = 'disk_read' LIMIT 1"),
         &[Some(mean)],
         "baseline mean",
     );

@@ -178,14 +178,18 @@ fn plot_png_decodes_and_is_shaded_where_the_labels_are() {
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!((info.width, info.height), (summary["width"].as_u64().unwrap() as u32, summary["height"].as_u64().unwrap() as u32));
+    assert_eq!(
+        (info.width, info.height),
+        (summary["width"].as_u64().unwrap() as u32, summary["height"].as_u64().unwrap() as u32)
+    );
     assert_eq!(info.color_type, png::ColorType::Rgb);
     let px = |x: u32, y: u32| {
         let i = ((y * info.width + x) * 3) as usize;
         [buf[i], buf[i + 1], buf[i + 2]]
     };
     let shade = agent::plot::SHADE;
-    let (top, bottom) = (summary["panels_top"].as_u64().unwrap() as u32, summary["panels_bottom"].as_u64().unwrap() as u32);
+    let (top, bottom) =
+        (summary["panels_top"].as_u64().unwrap() as u32, summary["panels_bottom"].as_u64().unwrap() as u32);
     // One labelled window (rows 20..25 of 40): one shaded run about a sixth of the width wide.
     let shaded = summary["shaded"].as_array().unwrap();
     assert_eq!(shaded.len(), 1, "{summary}");
@@ -211,6 +215,10 @@ fn plot_png_decodes_and_is_shaded_where_the_labels_are() {
         Duration::from_secs(30),
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope\" is not a feature column"));
-    let out = run_agent(&["plot", "--node", "ghost", "--output", "/tmp/x.png"], &[("DATABASE_URL", &url)], Duration::from_secs(30));
+    let out = run_agent(
+        &["plot", "--node", "ghost", "--output", "/tmp/x.png"],
+        &[("DATABASE_URL", &url)],
+        Duration::from_secs(30),
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("has 0 rows"));
 }

@@ -168,7 +168,16 @@ fn label_marks_and_clears_a_window() {
         a.extend_from_slice(args);
         run_agent(&a, &[("DATABASE_URL", &url)], Duration::from_secs(30))
     };
-    let out = label(&["--node", "x", "--from", "2026-01-01T00:00:01Z", "--to", "2026-01-01T00:00:03Z", "--attack-type", "brute force"]);
+    let out = label(&[
+        "--node",
+        "x",
+        "--from",
+        "2026-01-01T00:00:01Z",
+        "--to",
+        "2026-01-01T00:00:03Z",
+        "--attack-type",
+        "brute force",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3 rows labelled attack");
     assert_eq!(
@@ -189,7 +198,8 @@ fn label_marks_and_clears_a_window() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--from \"yesterday-ish\" is not a timestamp"));
     let out = label(&["--from", "2026-01-02T00:00:00Z", "--to", "2026-01-01T00:00:00Z"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is after --to"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = label(&["--clear", "--attack-type", "x", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:00:09Z"]);
+    let out =
+        label(&["--clear", "--attack-type", "x", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:00:09Z"]);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -204,7 +214,17 @@ fn drill_detects_every_scenario() {
     let url = fresh_database("drill");
     let out = run_agent(
         &[
-            "drill", "--gap", "6", "--duration", "3", "--interval", "1", "--warmup", "20", "--json", "--node-name",
+            "drill",
+            "--gap",
+            "6",
+            "--duration",
+            "3",
+            "--interval",
+            "1",
+            "--warmup",
+            "20",
+            "--json",
+            "--node-name",
             "drill-node",
         ],
         &[("DATABASE_URL", &url)],
@@ -214,7 +234,10 @@ fn drill_detects_every_scenario() {
     let scores: Value = serde_json::from_slice(&out.stdout).unwrap();
     let scores = scores.as_array().unwrap();
     let names: Vec<&str> = scores.iter().map(|s| s["scenario"].as_str().unwrap()).collect();
-    assert_eq!(names, ["cpu-stress", "fork-storm", "exec-storm", "port-scan", "conn-flood", "raw-socket", "disk-burst"]);
+    assert_eq!(
+        names,
+        ["cpu-stress", "fork-storm", "exec-storm", "port-scan", "conn-flood", "raw-socket", "disk-burst"]
+    );
     for s in scores {
         assert_eq!(s["detector"]["runs_detected"], 1, "{s}");
         assert!(s["detector"]["recall"].as_f64().unwrap() > 0.0, "{s}");

@@ -86,8 +86,25 @@ fn detection(args: &[String]) -> anyhow::Result<()> {
     setup()?;
     let agent = release_agent()?;
     let pg = ThrowawayPostgres::start().map_err(|e| anyhow::anyhow!("{e}"))?;
-    eprintln!("detection: throwaway database {}", pg.url("postgres"));
-    run(Command::new(agent).arg("drill").args(args).env("DATABASE_URL", pg.url("postgres")))
+    let url = pg.url("postgres");
+    eprintln!("detection: throwaway database {url}");
+    run(Command::new(&agent).args(["drill", "--node-name", "drill"]).args(args).env("DATABASE_URL", &url))?;
+    // Keep what the run produced: the plot, and the labelled dataset.
+    let out = root().join("target/detection");
+    std::fs::create_dir_all(&out)?;
+    let png = out.join("drill.png");
+    let parquet = out.join("drill.parquet");
+    run(Command::new(&agent)
+        .args(["plot", "--node", "drill", "--output"])
+        .arg(&png)
+        .env("DATABASE_URL", &url)
+        .stdout(std::process::Stdio::null()))?;
+    run(Command::new(&agent)
+        .args(["export", "--format", "parquet", "--normalized", "--output"])
+        .arg(&parquet)
+        .env("DATABASE_URL", &url))?;
+    eprintln!("detection: plot {}, dataset {}", png.display(), parquet.display());
+    Ok(())
 }
 
 fn demo(interval: f64, records: u64) -> anyhow::Result<()> {
