@@ -4,11 +4,13 @@
 use std::{
     io::Write,
     path::PathBuf,
+    sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+
 use regex::Regex;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -18,8 +20,10 @@ use crate::{
     db::{self, WriterOptions},
     detector::{Detector, DetectorOptions},
     ebpf::EbpfCounters,
+    metrics::Metrics,
     migrate,
     sampler::Sampler,
+    spool::Spool,
 };
 
 /// Longest node name accepted (bytes). Kubernetes allows 253; we store longer ones verbatim too.
@@ -146,8 +150,17 @@ pub struct DatabaseArgs {
     pub db_port: u16,
     #[arg(long, env = "DB_USER")]
     pub db_user: Option<String>,
-    #[arg(long, env = "DB_PASSWORD", hide_env_values = true)]
+    /// The password; accepted from the environment only (DB_PASSWORD), never on the command
+    /// line where every user of the node can read it. See --db-password-file.
+    #[arg(long, env = "DB_PASSWORD", hide_env_values = true, hide = true)]
     pub db_password: Option<String>,
+    /// File holding the password (e.g. a mounted Kubernetes Secret); trailing newline ignored.
+    #[arg(long, env = "DB_PASSWORD_FILE", conflicts_with = "db_password")]
+    pub db_password_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) to verify the server's TLS certificate with; turns TLS on
+    /// (sslmode=require unless the URL says verify-full or another mode).
+    #[arg(long, env = "DB_CA_FILE")]
+    pub db_ca_file: Option<PathBuf>,
     #[arg(long, env = "DB_NAME")]
     pub db_name: Option<String>,
 }
@@ -158,9 +171,19 @@ pub struct RunArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Rows held in memory while the database is unreachable; the oldest are dropped beyond it.
+    /// Directory of the on-disk spool that keeps rows while the database is unreachable, across
+    /// restarts and crashes. Empty: no spool, rows wait in memory only.
+    #[arg(long, env = "SPOOL_DIR", default_value = "/var/lib/feature-agent/spool")]
+    pub spool_dir: PathBuf,
+    /// Bytes the spool may use; beyond it the oldest rows are dropped (about 500 bytes a row).
+    #[arg(long, env = "SPOOL_MAX_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(16384..))]
+    pub spool_max_bytes: u64,
+    /// Rows held in memory when there is no spool (or it fails); the oldest are dropped beyond it.
     #[arg(long, env = "QUEUE_MAX_ROWS", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
     pub queue_max_rows: u64,
+    /// Address of the HTTP listener for /metrics, /healthz and /readyz; "off" disables it.
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:9100")]
+    pub listen: String,
     /// Seconds to keep flushing queued rows after SIGTERM or the last record.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 5.0, value_parser = parse_interval)]
     pub shutdown_timeout: f64,
@@ -236,7 +259,24 @@ impl DatabaseArgs {
             ("DB_NAME", &self.db_name),
         ];
         env.extend(optional.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k, v))));
+        let files = [("DB_PASSWORD_FILE", &self.db_password_file), ("DB_CA_FILE", &self.db_ca_file)];
+        env.extend(files.into_iter().filter_map(|(k, v)| v.as_ref().map(|p| (k, p.display().to_string()))));
         env
+    }
+
+    /// Where to connect, with TLS when --db-ca-file is given.
+    pub fn target(&self) -> anyhow::Result<db::Target> {
+        let config = self.config()?;
+        let tls = match &self.db_ca_file {
+            Some(f) => Some(db::tls_connector(f)?),
+            None => None,
+        };
+        Ok(db::Target { config, tls })
+    }
+
+    /// Connects (for the commands other than `run`, which keeps its own connection).
+    pub async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
+        db::open(&self.target()?).await
     }
 
     /// The connection settings: DATABASE_URL, or the paper's DB_HOST/DB_PORT/... variables.
@@ -256,6 +296,13 @@ impl DatabaseArgs {
         }
         if let Some(p) = &self.db_password {
             config.password(p);
+        }
+        if let Some(f) = &self.db_password_file {
+            let p = std::fs::read_to_string(f).with_context(|| format!("--db-password-file {}", f.display()))?;
+            config.password(p.trim_end_matches(['\r', '\n']));
+        }
+        if self.db_ca_file.is_some() && config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
         }
         if let Some(n) = &self.db_name {
             config.dbname(n);
@@ -349,8 +396,12 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
 async fn sample_loop(
     args: &SamplingArgs,
     mut sampler: Sampler,
+    metrics: &Metrics,
     mut emit: impl FnMut(crate::row::FeatureRow) -> anyhow::Result<()>,
 ) -> anyhow::Result<Option<&'static str>> {
+    let (attached, failed) = sampler.programs();
+    metrics.programs_attached.store(attached as u64, Relaxed);
+    metrics.programs_failed.store(failed as u64, Relaxed);
     let mut ticker = aligned_ticker(Duration::from_secs_f64(args.interval));
     let mut detector = Detector::new(args.detector.options(args.interval));
     let signal = shutdown_signal();
@@ -359,9 +410,13 @@ async fn sample_loop(
     while args.records == 0 || taken < args.records {
         tokio::select! {
             _ = ticker.tick() => {
+                let started = std::time::Instant::now();
                 let mut row = sampler.sample();
                 detector.judge(&mut row);
+                metrics.observe_collection(started.elapsed().as_secs_f64());
+                metrics.programs_ok.store(sampler.ebpf_ok(), Relaxed);
                 if row.verdict.is_anomalous() {
+                    metrics.rows_anomalous.fetch_add(1, Relaxed);
                     warn!(
                         ts = %crate::timefmt::rfc3339_micros(row.ts),
                         score = row.verdict.anomaly_score,
@@ -382,24 +437,63 @@ async fn sample_loop(
     Ok(None)
 }
 
+/// Opens the spool, or None (memory only) when disabled or unusable. Another agent holding the
+/// same spool is an error: two writers would corrupt it.
+fn open_spool(args: &RunArgs) -> anyhow::Result<Option<Spool>> {
+    if args.spool_dir.as_os_str().is_empty() {
+        info!("no spool (--spool-dir is empty): rows wait in memory while the database is away");
+        return Ok(None);
+    }
+    match Spool::open(&args.spool_dir, args.spool_max_bytes) {
+        Ok(s) => {
+            info!(dir = %args.spool_dir.display(), max_bytes = args.spool_max_bytes, pending = s.pending_rows(), "spool ready");
+            Ok(Some(s))
+        }
+        Err(e @ crate::spool::SpoolError::Locked { .. }) => Err(e.into()),
+        Err(e) => {
+            warn!(error = %e, "the spool cannot be used; rows wait in memory only (--queue-max-rows) while the database is away");
+            Ok(None)
+        }
+    }
+}
+
+/// Binds the metrics listener (unless "off") and serves it in the background.
+async fn start_listener(listen: &str, metrics: &Arc<Metrics>) -> anyhow::Result<()> {
+    if listen == "off" {
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}: cannot listen there (in use, or not an ADDRESS:PORT?)"))?;
+    info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    Ok(())
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = args.database.config()?;
+    let target = args.database.target()?;
+    let spool = open_spool(&args)?;
     let sampler = args.sampling.sampler()?;
     let node = sampler.node().to_owned();
+    let metrics = Metrics::new(args.sampling.interval);
+    start_listener(&args.listen, &metrics).await?;
     info!(node, interval_s = args.sampling.interval, records = args.sampling.records, "feature-agent running");
 
     // A small channel: the writer keeps its own bounded queue; sampling never blocks on it.
     let (tx, rx) = mpsc::channel(64);
     let writer = tokio::spawn(db::run_writer(
         WriterOptions {
-            config,
+            target,
             node,
             queue_max_rows: args.queue_max_rows as usize,
             shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
+            spool,
+            batch_rows: 256,
+            metrics: metrics.clone(),
         },
         rx,
     ));
-    let stopped_by = sample_loop(&args.sampling, sampler, |row| {
+    let stopped_by = sample_loop(&args.sampling, sampler, &metrics, |row| {
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(row) {
             warn!("the writer is behind by 64 rows; this row is dropped");
         }
@@ -410,12 +504,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let report = writer.await.context("the writer task failed")?;
     info!(
         written = report.written,
-        dropped = report.dropped_queue_full,
+        dropped = report.dropped_full,
         rejected = report.rejected,
         unwritten = report.unwritten,
+        spooled = report.unwritten_spooled,
         "stopped"
     );
-    if stopped_by.is_none() && report.unwritten > 0 {
+    if stopped_by.is_none() && report.unwritten > 0 && !report.unwritten_spooled {
         bail!("{} rows could not be written before the shutdown timeout", report.unwritten);
     }
     Ok(())
@@ -424,7 +519,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
     let sampler = args.sampler()?;
     let stdout = std::io::stdout();
-    sample_loop(&args, sampler, |row| {
+    let metrics = Metrics::new(args.interval);
+    sample_loop(&args, sampler, &metrics, |row| {
         let mut out = stdout.lock();
         serde_json::to_writer(&mut out, &row)?;
         out.write_all(b"\n")?;
@@ -436,16 +532,47 @@ pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
 }
 
 pub async fn migrate_only(args: DatabaseArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
-    let mut client = db::connect(&config).await.context("connecting to the database")?;
+    let mut client = args.connect().await?;
     let applied = migrate::apply(&mut client).await?;
     info!(applied, "migrations up to date");
     Ok(())
 }
 
+/// Refuses a password given on the command line (visible to every user in ps and
+/// /proc/PID/cmdline) when the environment or a file can carry it.
+pub fn refuse_secrets_on_command_line(matches: &clap::ArgMatches) -> Result<(), String> {
+    let Some((_, sub)) = matches.subcommand() else { return Ok(()) };
+    let from_cli = |id: &str| {
+        sub.try_contains_id(id).unwrap_or(false) && sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    };
+    if from_cli("db_password") {
+        return Err("refusing --db-password on the command line, where every user of the node can read it: \
+                    set DB_PASSWORD in the environment or use --db-password-file"
+            .into());
+    }
+    if from_cli("database_url") {
+        let url: Option<&String> = sub.get_one("database_url");
+        if url.and_then(|u| u.parse::<tokio_postgres::Config>().ok()).is_some_and(|c| c.get_password().is_some()) {
+            return Err("refusing a --database-url with a password on the command line: set DATABASE_URL in the \
+                        environment, or leave the password out and use DB_PASSWORD or --db-password-file"
+                .into());
+        }
+    }
+    Ok(())
+}
+
 /// Entry point of the binary: parses arguments, sets up logging on stderr, runs the command.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    if let Err(e) = refuse_secrets_on_command_line(&matches) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -1,33 +1,98 @@
 //! The database side: connecting, the node's partition, and the writer task that takes rows
 //! from the sampler. The writer keeps one connection open, reconnects with jittered backoff when
-//! the database goes away, and meanwhile holds rows in a bounded in-memory queue (oldest dropped
-//! and counted when full), so the sampling schedule never waits on the database.
+//! the database goes away, and meanwhile keeps rows in the on-disk spool (spool.rs; or a
+//! bounded memory queue without one), so the sampling schedule never waits on the database.
+//! Rows leave the backlog in order, in batches of multi-row INSERTs, once the database has them.
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, HashSet, VecDeque},
+    path::Path,
+    sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use tokio::sync::mpsc;
-use tokio_postgres::{error::SqlState, Client, Config, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_postgres::{error::SqlState, types::ToSql, Client, Config, NoTls, Statement};
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    metrics::Metrics,
     migrate,
     row::{insert_sql, FeatureRow},
+    spool::{Position, Spool},
 };
 use agent_common::Event;
 
-/// Opens a connection and drives it on the runtime. The connection task ends when the server
-/// goes away; the client then reports `is_closed()`.
-pub async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+/// Where and how to connect: the libpq-style settings, and the TLS connector when a CA file
+/// was given (TLS with certificate and host name verification).
+#[derive(Clone)]
+pub struct Target {
+    pub config: Config,
+    pub tls: Option<MakeRustlsConnect>,
+}
+
+impl Target {
+    pub fn plain(config: Config) -> Self {
+        Target { config, tls: None }
+    }
+}
+
+/// A TLS connector that trusts only the CA certificate(s) in `ca_file` (PEM).
+pub fn tls_connector(ca_file: &Path) -> anyhow::Result<MakeRustlsConnect> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| anyhow::anyhow!("--db-ca-file {}: {e}", ca_file.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| anyhow::anyhow!("--db-ca-file {}: {e}", ca_file.display()))?;
+        roots.add(cert).with_context(|| format!("--db-ca-file {}: not a usable CA certificate", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("--db-ca-file {}: no certificate in it", ca_file.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Drives a connection on the runtime until the server goes away; the client then reports
+/// `is_closed()`.
+fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             warn!(error = %e, "database connection lost");
         }
     });
-    Ok(client)
+}
+
+/// Opens a connection (TLS when the target has a connector).
+pub async fn connect(target: &Target) -> Result<Client, tokio_postgres::Error> {
+    match &target.tls {
+        None => {
+            let (client, connection) = target.config.connect(NoTls).await?;
+            drive(connection);
+            Ok(client)
+        }
+        Some(tls) => {
+            let (client, connection) = target.config.connect(tls.clone()).await?;
+            drive(connection);
+            Ok(client)
+        }
+    }
+}
+
+/// [`connect`] with an explained error, for the commands.
+pub async fn open(target: &Target) -> anyhow::Result<Client> {
+    connect(target).await.map_err(explain_connect_error).context("connecting to the database")
 }
 
 /// Creates (if needed) the partition of `node`; returns its table name.
@@ -36,30 +101,71 @@ pub async fn ensure_partition(client: &Client, node: &str) -> Result<String, tok
     Ok(row.get(0))
 }
 
-/// An open connection ready to insert rows of one node.
+/// An open connection ready to insert rows.
 struct Session {
     client: Client,
-    insert: Statement,
+    /// Prepared multi-row INSERTs, by number of rows.
+    inserts: HashMap<usize, Statement>,
+    /// Nodes whose partition exists (spooled rows may belong to an earlier node name).
+    partitions: HashSet<String>,
 }
 
 impl Session {
-    async fn open(config: &Config, node: &str, migrate_first: bool) -> anyhow::Result<Self> {
-        let mut client = connect(config).await.context("connecting to the database")?;
+    async fn open(target: &Target, node: &str, migrate_first: bool) -> anyhow::Result<Self> {
+        let mut client = open(target).await?;
         if migrate_first {
-            migrate::apply(&mut client).await?;
+            migrate::ensure_current(&mut client).await?;
         }
         let partition = ensure_partition(&client, node).await.context("creating this node's partition")?;
         debug!(partition, "node partition ready");
-        let insert = client.prepare(&insert_sql()).await.context("preparing the row INSERT")?;
-        Ok(Session { client, insert })
+        let mut s = Session { client, inserts: HashMap::new(), partitions: HashSet::new() };
+        s.partitions.insert(node.to_owned());
+        s.statement(1).await.context("preparing the row INSERT")?;
+        Ok(s)
     }
 
-    async fn write(&self, row: &FeatureRow) -> Result<u64, tokio_postgres::Error> {
-        self.client.execute(&self.insert, &row.params()).await
+    async fn statement(&mut self, rows: usize) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.inserts.get(&rows) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(&insert_sql(rows)).await?;
+        self.inserts.insert(rows, s.clone());
+        Ok(s)
+    }
+
+    /// Inserts the rows in one statement; returns how many were new.
+    async fn write(&mut self, rows: &[FeatureRow]) -> Result<u64, tokio_postgres::Error> {
+        for row in rows {
+            if !self.partitions.contains(&row.node) {
+                ensure_partition(&self.client, &row.node).await?;
+                self.partitions.insert(row.node.clone());
+            }
+        }
+        let statement = self.statement(rows.len()).await?;
+        let params: Vec<&(dyn ToSql + Sync)> = rows.iter().flat_map(FeatureRow::params).collect();
+        self.client.execute(&statement, &params).await
     }
 }
 
-/// Whether an error concerns this row's data (retrying cannot help), rather than the connection.
+/// Adds what the user should check to errors whose cause is not obvious from Postgres' text.
+fn explain_connect_error(e: tokio_postgres::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let hint = if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("InvalidCertificate") {
+        Some("the server's TLS certificate did not verify against --db-ca-file (or the host name does not match it)")
+    } else if e.code() == Some(&SqlState::INVALID_PASSWORD) {
+        Some("wrong password: check DB_PASSWORD / --db-password-file")
+    } else if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) {
+        Some("the database does not exist: check DB_NAME / the URL")
+    } else {
+        None
+    };
+    match hint {
+        Some(h) => anyhow::Error::new(e).context(h),
+        None => anyhow::Error::new(e),
+    }
+}
+
+/// Whether an error concerns the rows' data (retrying cannot help), rather than the connection.
 fn is_row_error(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         let class = &c.code()[..2];
@@ -98,52 +204,151 @@ impl Backoff {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriterReport {
     pub written: u64,
-    /// Rows dropped because the queue was full (oldest first).
-    pub dropped_queue_full: u64,
+    /// Rows dropped because the memory queue or the spool was full (oldest first).
+    pub dropped_full: u64,
     /// Rows the database refused for their content.
     pub rejected: u64,
-    /// Rows still queued when the shutdown timeout ran out.
+    /// Rows not in the database when the writer stopped (in the spool, they are replayed by
+    /// the next start; in memory, they are lost).
     pub unwritten: u64,
+    /// Whether the unwritten rows are safe in the spool.
+    pub unwritten_spooled: bool,
 }
 
 pub struct WriterOptions {
-    pub config: Config,
+    pub target: Target,
     pub node: String,
+    /// Rows held in memory when there is no spool (or the spool fails).
     pub queue_max_rows: usize,
     /// How long to keep trying to flush queued rows after the sampler stopped.
     pub shutdown_timeout: Duration,
+    /// The on-disk spool; None keeps rows in memory only.
+    pub spool: Option<Spool>,
+    /// Rows per INSERT when catching up.
+    pub batch_rows: usize,
+    pub metrics: Arc<Metrics>,
 }
 
-/// Writes the rows from `rx` until the channel closes and the queue is flushed (or the shutdown
-/// timeout passes). Migrations are applied on the first successful connection.
+/// Where rows wait for the database: the spool (and a memory fallback if the disk fails), or
+/// memory only. Rows leave it in order, in batches, only once the database has them.
+struct Backlog {
+    spool: Option<Spool>,
+    memory: VecDeque<FeatureRow>,
+    memory_max: usize,
+    dropped_memory: u64,
+    /// The spool's batch in flight: its end position.
+    pending: Option<Position>,
+}
+
+impl Backlog {
+    fn push(&mut self, row: FeatureRow) {
+        // Rows go to memory while older ones wait there (order is kept), else to the spool.
+        if let Some(spool) = self.spool.as_mut().filter(|_| self.memory.is_empty()) {
+            match spool.append(&row) {
+                Ok(()) => return,
+                Err(e) => error!(error = %e, "cannot write to the spool; holding rows in memory until it works again"),
+            }
+        }
+        if self.memory.len() >= self.memory_max {
+            self.memory.pop_front();
+            self.dropped_memory += 1;
+            warn!(dropped_total = self.dropped_memory, "row queue full; dropped the oldest row");
+        }
+        self.memory.push_back(row);
+    }
+
+    fn len(&self) -> u64 {
+        self.memory.len() as u64 + self.spool.as_ref().map_or(0, Spool::pending_rows)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.memory.is_empty() && self.spool.as_ref().is_none_or(|s| !s.has_unread())
+    }
+
+    /// The oldest rows, at most `n`: the spool's first, then memory's.
+    fn peek(&mut self, n: usize) -> Vec<FeatureRow> {
+        if let Some(spool) = self.spool.as_mut() {
+            if spool.has_unread() {
+                match spool.read_batch(n) {
+                    Ok(batch) if !batch.rows.is_empty() => {
+                        self.pending = Some(batch.end);
+                        return batch.rows;
+                    }
+                    Ok(batch) => {
+                        // Only corrupt records were left: they are skipped for good.
+                        let _ = spool.ack(batch.end, 0);
+                    }
+                    Err(e) => error!(error = %e, "cannot read the spool"),
+                }
+            }
+        }
+        self.pending = None;
+        self.memory.iter().take(n).cloned().collect()
+    }
+
+    /// The peeked rows are in the database (or refused for good).
+    fn commit(&mut self, n: usize) {
+        match (self.pending.take(), self.spool.as_mut()) {
+            (Some(end), Some(spool)) => {
+                if let Err(e) = spool.ack(end, n as u64) {
+                    error!(error = %e, "cannot record progress in the spool; its rows may be written again (without duplicates)");
+                }
+            }
+            _ => {
+                self.memory.drain(..n.min(self.memory.len()));
+            }
+        }
+    }
+
+    /// The peeked rows were not written; they are read again next time.
+    fn abort(&mut self) {
+        if self.pending.take().is_some() {
+            if let Some(spool) = self.spool.as_mut() {
+                spool.rewind();
+            }
+        }
+    }
+
+    fn publish(&self, m: &Metrics) {
+        m.rows_queued.store(self.memory.len() as u64, Relaxed);
+        m.rows_dropped_queue_full.store(self.dropped_memory, Relaxed);
+        if let Some(s) = &self.spool {
+            m.rows_spooled.store(s.pending_rows(), Relaxed);
+            m.spool_bytes.store(s.bytes(), Relaxed);
+            m.rows_dropped_spool_full.store(s.stats().dropped, Relaxed);
+            m.spool_corrupt_records.store(s.stats().corrupt, Relaxed);
+        }
+    }
+}
+
+/// Writes the rows from `rx` until the channel closes and the backlog is flushed (or the
+/// shutdown timeout passes). Rows spooled by an earlier run are written first. Migrations are
+/// applied on the first successful connection if the schema is behind.
 pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>) -> WriterReport {
+    let metrics = opts.metrics.clone();
     let mut report = WriterReport::default();
-    let mut queue: VecDeque<FeatureRow> = VecDeque::new();
+    let mut backlog =
+        Backlog { spool: opts.spool, memory: VecDeque::new(), memory_max: opts.queue_max_rows, dropped_memory: 0, pending: None };
+    if backlog.len() > 0 {
+        info!(rows = backlog.len(), "rows from an earlier run are in the spool; they are written first");
+    }
     let mut session: Option<Session> = None;
     let mut migrated = false;
     let mut backoff = Backoff::new();
     let mut closed_at: Option<Instant> = None;
     let mut failures_logged = 0u32;
 
-    let enqueue = |queue: &mut VecDeque<FeatureRow>, row: FeatureRow, report: &mut WriterReport| {
-        if queue.len() >= opts.queue_max_rows {
-            queue.pop_front();
-            report.dropped_queue_full += 1;
-            warn!(dropped_total = report.dropped_queue_full, "row queue full; dropped the oldest row");
-        }
-        queue.push_back(row);
-    };
-
     loop {
         while let Ok(row) = rx.try_recv() {
-            enqueue(&mut queue, row, &mut report);
+            backlog.push(row);
         }
-        if queue.is_empty() {
+        backlog.publish(&metrics);
+        if backlog.is_empty() {
             if closed_at.is_some() {
                 break;
             }
             match rx.recv().await {
-                Some(row) => enqueue(&mut queue, row, &mut report),
+                Some(row) => backlog.push(row),
                 None => closed_at = Some(Instant::now()),
             }
             continue;
@@ -154,22 +359,25 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
 
         if session.as_ref().is_some_and(|s| s.client.is_closed()) {
             session = None;
+            metrics.database_up.store(false, Relaxed);
         }
-        let Some(s) = session.as_ref() else {
-            match Session::open(&opts.config, &opts.node, !migrated).await {
+        let Some(s) = session.as_mut() else {
+            match Session::open(&opts.target, &opts.node, !migrated).await {
                 Ok(s) => {
-                    info!(queued = queue.len(), "connected to the database");
+                    info!(backlog = backlog.len(), "connected to the database");
                     migrated = true;
                     backoff.reset();
                     failures_logged = 0;
+                    metrics.database_up.store(true, Relaxed);
                     session = Some(s);
                 }
                 Err(e) => {
+                    metrics.database_up.store(false, Relaxed);
                     let wait = backoff.step();
                     // Log the first failures in full, then every tenth, so an outage is visible
                     // without flooding the log.
                     if failures_logged < 3 || failures_logged.is_multiple_of(10) {
-                        warn!(error = format!("{e:#}"), retry_in = ?wait, queued = queue.len(), "database unavailable");
+                        warn!(error = format!("{e:#}"), retry_in = ?wait, backlog = backlog.len(), "database unavailable");
                     }
                     failures_logged += 1;
                     let wait = match closed_at {
@@ -179,7 +387,7 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         r = rx.recv(), if closed_at.is_none() => match r {
-                            Some(row) => enqueue(&mut queue, row, &mut report),
+                            Some(row) => backlog.push(row),
                             None => closed_at = Some(Instant::now()),
                         },
                     }
@@ -188,36 +396,72 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
             continue;
         };
 
-        let row = queue.front().expect("queue is not empty");
-        let mut result = s.write(row).await;
-        if result.as_ref().is_err_and(is_row_error) && ensure_partition(&s.client, &opts.node).await.is_ok() {
-            // Perhaps the node's partition was dropped under us: it is back, so retry once.
-            if let Ok(inserted) = s.write(row).await {
-                result = Ok(inserted);
-            }
+        let rows = backlog.peek(opts.batch_rows.max(1));
+        if rows.is_empty() {
+            continue;
         }
-        match result {
-            Ok(inserted) => {
-                report.written += 1;
-                log_row(row, inserted);
-                queue.pop_front();
-            }
-            Err(e) if is_row_error(&e) => {
-                report.rejected += 1;
-                error!(error = %e, ts = ?row.ts, "the database refused a row; it is dropped");
-                queue.pop_front();
+        match write_rows(s, &rows, &mut report).await {
+            Ok(()) => {
+                backlog.commit(rows.len());
+                metrics.rows_written.store(report.written, Relaxed);
+                metrics.rows_rejected.store(report.rejected, Relaxed);
+                metrics.last_write_unix.set(crate::metrics::now_unix());
             }
             Err(e) => {
-                warn!(error = %e, "writing a row failed; reconnecting");
+                backlog.abort();
+                warn!(error = %e, "writing rows failed; reconnecting");
                 session = None;
+                metrics.database_up.store(false, Relaxed);
             }
         }
     }
-    report.unwritten = queue.len() as u64;
+    backlog.publish(&metrics);
+    report.dropped_full = backlog.dropped_memory + backlog.spool.as_ref().map_or(0, |s| s.stats().dropped);
+    report.unwritten = backlog.len();
+    report.unwritten_spooled = backlog.memory.is_empty() && backlog.spool.is_some();
     if report.unwritten > 0 {
-        error!(rows = report.unwritten, "shutting down with rows the database never received");
+        if report.unwritten_spooled {
+            warn!(rows = report.unwritten, "stopping with rows in the spool; the next start writes them");
+        } else {
+            error!(rows = report.unwritten, "shutting down with rows the database never received");
+        }
     }
     report
+}
+
+/// Writes a batch; a row the database refuses for its content is dropped and counted (the
+/// batch is then retried row by row to find it). Err only for connection-level failures.
+async fn write_rows(s: &mut Session, rows: &[FeatureRow], report: &mut WriterReport) -> Result<(), tokio_postgres::Error> {
+    match s.write(rows).await {
+        Ok(inserted) => {
+            report.written += rows.len() as u64;
+            if rows.len() == 1 {
+                log_row(&rows[0], inserted);
+            } else {
+                info!(rows = rows.len(), new = inserted, first = %crate::timefmt::rfc3339_micros(rows[0].ts), "caught up a batch of rows");
+            }
+            Ok(())
+        }
+        Err(e) if is_row_error(&e) => {
+            // Perhaps a partition was dropped under us: forget what we know and go row by row.
+            s.partitions.clear();
+            for row in rows {
+                match s.write(std::slice::from_ref(row)).await {
+                    Ok(inserted) => {
+                        report.written += 1;
+                        log_row(row, inserted);
+                    }
+                    Err(e) if is_row_error(&e) => {
+                        report.rejected += 1;
+                        error!(error = %e, ts = %crate::timefmt::rfc3339_micros(row.ts), "the database refused a row; it is dropped");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn log_row(row: &FeatureRow, inserted: u64) {

@@ -65,7 +65,7 @@ impl Drop for AgentChild {
 
 pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     let node = args.node.resolve()?;
-    let mut client = db::connect(&args.database.config()?).await.context("connecting to the database")?;
+    let mut client = args.database.connect().await?;
     migrate::apply(&mut client).await?;
     let scenarios = if args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { args.scenarios.clone() };
 
@@ -78,6 +78,8 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
         .arg(args.warmup.to_string())
         .arg("--anomaly-threshold")
         .arg(args.anomaly_threshold.to_string())
+        // Its own short-lived run: no spool (a node agent may hold the default one), no listener.
+        .args(["--spool-dir", "", "--listen", "off"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     for (k, v) in args.database.to_env() {

@@ -227,7 +227,7 @@ pub fn table(scores: &[ScenarioScore], sql_threshold: f64) -> String {
 }
 
 pub async fn command(args: EvaluateArgs) -> anyhow::Result<()> {
-    let client = db::connect(&args.database.config()?).await.context("connecting to the database")?;
+    let client = args.database.connect().await?;
     crate::migrate::require_current(&client).await?;
     let from = match &args.from {
         Some(v) => Some(timestamp(&client, "--from", v).await?),

@@ -300,7 +300,7 @@ pub async fn export(
 }
 
 pub async fn command(args: ExportArgs) -> anyhow::Result<()> {
-    let mut client = db::connect(&args.database.config()?).await.context("connecting to the database")?;
+    let mut client = args.database.connect().await?;
     crate::migrate::require_current(&client).await?;
     let from = match &args.from {
         Some(v) => Some(timestamp(&client, "--from", v).await?),

@@ -44,7 +44,7 @@ pub async fn timestamp(
 }
 
 pub async fn command(args: LabelArgs) -> anyhow::Result<()> {
-    let client = db::connect(&args.database.config()?).await.context("connecting to the database")?;
+    let client = args.database.connect().await?;
     crate::migrate::require_current(&client).await?;
     let from = timestamp(&client, "--from", &args.from).await?;
     let to = timestamp(&client, "--to", &args.to).await?;

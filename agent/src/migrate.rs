@@ -9,6 +9,7 @@ use tracing::info;
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_node_features.sql", include_str!("../../migrations/0001_node_features.sql")),
     (2, "0002_analysis.sql", include_str!("../../migrations/0002_analysis.sql")),
+    (3, "0003_roles.sql", include_str!("../../migrations/0003_roles.sql")),
 ];
 
 /// Key of the advisory lock held while migrating ("feature-agent migrate" in ASCII, truncated).
@@ -66,4 +67,15 @@ pub async fn require_current(client: &Client) -> anyhow::Result<()> {
         ),
         None => anyhow::bail!("the database has no feature-agent schema: run `feature-agent migrate` (or `run`) first"),
     }
+}
+
+/// Applies the migrations only if the schema is behind, so a role that may insert rows but not
+/// change the schema (the writer role) starts fine on a migrated database.
+pub async fn ensure_current(client: &mut Client) -> anyhow::Result<()> {
+    if require_current(client).await.is_ok() {
+        return Ok(());
+    }
+    apply(client).await.map(|_| ()).context(
+        "the database schema is behind and this role cannot migrate it: run `feature-agent migrate` as the schema's owner",
+    )
 }

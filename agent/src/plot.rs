@@ -386,7 +386,7 @@ pub async fn command(args: PlotArgs) -> anyhow::Result<()> {
     if args.features.is_empty() || args.features.len() > 16 {
         bail!("--features: give 1 to 16 features");
     }
-    let client = db::connect(&args.database.config()?).await.context("connecting to the database")?;
+    let client = args.database.connect().await?;
     crate::migrate::require_current(&client).await?;
     let from = match &args.from {
         Some(v) => Some(timestamp(&client, "--from", v).await?),

@@ -89,13 +89,19 @@ pub const COLUMNS: [&str; 3 + 24 + EVENT_COUNT + 2] = [
     "anomalous_features",
 ];
 
-/// The INSERT every row goes through; a retried row meets its own (node, ts) and does nothing.
-pub fn insert_sql() -> String {
-    let placeholders: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("${i}")).collect();
+/// The INSERT of `rows` rows that every row goes through; a retried row meets its own
+/// (node, ts) and does nothing.
+pub fn insert_sql(rows: usize) -> String {
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let p: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("${}", r * COLUMNS.len() + i)).collect();
+            format!("({})", p.join(", "))
+        })
+        .collect();
     format!(
-        "INSERT INTO node_features ({}) VALUES ({}) ON CONFLICT (node, ts) DO NOTHING",
+        "INSERT INTO node_features ({}) VALUES {} ON CONFLICT (node, ts) DO NOTHING",
         COLUMNS.join(", "),
-        placeholders.join(", ")
+        tuples.join(", ")
     )
 }
 
@@ -234,7 +240,9 @@ mod tests {
             assert_eq!(COLUMNS[27 + i], e.column());
         }
         assert_eq!(json["est_conn"], 1);
-        let sql = insert_sql();
+        let sql = insert_sql(1);
         assert!(sql.contains("$45") && !sql.contains("$46"), "{sql}");
+        let sql = insert_sql(3);
+        assert!(sql.contains("($91, $92") && sql.contains("$135)") && !sql.contains("$136"), "{sql}");
     }
 }

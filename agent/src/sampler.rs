@@ -61,6 +61,7 @@ pub struct Sampler {
     /// The source errors of the previous sample: a failure is logged when it starts or changes,
     /// and its end is logged too, instead of repeating every interval.
     failing: Vec<String>,
+    ebpf_ok: bool,
 }
 
 impl Sampler {
@@ -72,12 +73,32 @@ impl Sampler {
                 None
             }
         };
-        let mut s = Sampler { node, sources, ebpf, diag, gauges: None, recheck, previous: None, failing: Vec::new() };
+        let mut s = Sampler {
+            node,
+            sources,
+            ebpf,
+            diag,
+            gauges: None,
+            recheck,
+            previous: None,
+            failing: Vec::new(),
+            ebpf_ok: true,
+        };
         s.seed_gauges();
         s
     }
 
     /// The node name stored in every row.
+    /// Whether the last row's eBPF map read worked (true without eBPF).
+    pub fn ebpf_ok(&self) -> bool {
+        self.ebpf_ok
+    }
+
+    /// eBPF programs attached and failed (0, 0 without eBPF).
+    pub fn programs(&self) -> (usize, usize) {
+        self.ebpf.as_ref().map_or((0, 0), |e| (e.attached(), e.failures().len()))
+    }
+
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -181,6 +202,7 @@ impl Sampler {
             None => None,
         };
         let (est_conn, lis_conn) = self.gauges(snap.as_ref());
+        self.ebpf_ok = self.ebpf.is_none() || snap.is_some();
 
         let mut ebpf = [None; EVENT_COUNT];
         let mut interval_s = None;

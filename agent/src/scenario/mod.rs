@@ -147,7 +147,7 @@ pub struct RunSpec {
 
 pub async fn command(args: ScenarioArgs) -> anyhow::Result<()> {
     let node = args.node.resolve()?;
-    let client = db::connect(&args.database.config()?).await.context("connecting to the database")?;
+    let client = args.database.connect().await?;
     crate::migrate::require_current(&client).await?;
     let spec = RunSpec {
         scenario: args.scenario,
