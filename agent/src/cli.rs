@@ -172,7 +172,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Directory of the on-disk spool that keeps rows while the database is unreachable, across
-    /// restarts and crashes. Empty: no spool, rows wait in memory only.
+    /// restarts and crashes. "off": no spool, rows wait in memory only (--queue-max-rows).
     #[arg(long, env = "SPOOL_DIR", default_value = "/var/lib/feature-agent/spool")]
     pub spool_dir: PathBuf,
     /// Bytes the spool may use; beyond it the oldest rows are dropped (about 500 bytes a row).
@@ -440,8 +440,8 @@ async fn sample_loop(
 /// Opens the spool, or None (memory only) when disabled or unusable. Another agent holding the
 /// same spool is an error: two writers would corrupt it.
 fn open_spool(args: &RunArgs) -> anyhow::Result<Option<Spool>> {
-    if args.spool_dir.as_os_str().is_empty() {
-        info!("no spool (--spool-dir is empty): rows wait in memory while the database is away");
+    if args.spool_dir.as_os_str() == "off" {
+        info!("no spool (--spool-dir off): rows wait in memory while the database is away");
         return Ok(None);
     }
     match Spool::open(&args.spool_dir, args.spool_max_bytes) {
@@ -510,7 +510,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         spooled = report.unwritten_spooled,
         "stopped"
     );
-    if stopped_by.is_none() && report.unwritten > 0 && !report.unwritten_spooled {
+    if stopped_by.is_none() && report.unwritten > 0 {
+        if report.unwritten_spooled {
+            bail!(
+                "{} rows could not be written before the shutdown timeout; they are kept in the spool ({}) and written by the next start",
+                report.unwritten,
+                args.spool_dir.display()
+            );
+        }
         bail!("{} rows could not be written before the shutdown timeout", report.unwritten);
     }
     Ok(())

@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::{bail, Context};
 use tokio::sync::mpsc;
-use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_postgres::{error::SqlState, types::ToSql, Client, Config, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{debug, error, info, warn};
 
 use crate::{
@@ -150,7 +150,8 @@ impl Session {
 /// Adds what the user should check to errors whose cause is not obvious from Postgres' text.
 fn explain_connect_error(e: tokio_postgres::Error) -> anyhow::Error {
     let text = format!("{e:#}");
-    let hint = if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("InvalidCertificate") {
+    let hint = if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("InvalidCertificate")
+    {
         Some("the server's TLS certificate did not verify against --db-ca-file (or the host name does not match it)")
     } else if e.code() == Some(&SqlState::INVALID_PASSWORD) {
         Some("wrong password: check DB_PASSWORD / --db-password-file")
@@ -229,8 +230,10 @@ pub struct WriterOptions {
     pub metrics: Arc<Metrics>,
 }
 
-/// Where rows wait for the database: the spool (and a memory fallback if the disk fails), or
-/// memory only. Rows leave it in order, in batches, only once the database has them.
+/// Where rows wait for the database. New rows wait in memory while the database takes them
+/// (the common case: written within milliseconds, nothing touches the disk); when it does not
+/// (no connection, a failed write, shutdown), they are spilled to the on-disk spool in order.
+/// Rows leave in order, oldest first: the spool's, then memory's (which are always newer).
 struct Backlog {
     spool: Option<Spool>,
     memory: VecDeque<FeatureRow>,
@@ -238,23 +241,41 @@ struct Backlog {
     dropped_memory: u64,
     /// The spool's batch in flight: its end position.
     pending: Option<Position>,
+    /// The spool failed on the last spill (logged once until it works again).
+    spool_failing: bool,
 }
 
 impl Backlog {
     fn push(&mut self, row: FeatureRow) {
-        // Rows go to memory while older ones wait there (order is kept), else to the spool.
-        if let Some(spool) = self.spool.as_mut().filter(|_| self.memory.is_empty()) {
-            match spool.append(&row) {
-                Ok(()) => return,
-                Err(e) => error!(error = %e, "cannot write to the spool; holding rows in memory until it works again"),
-            }
-        }
         if self.memory.len() >= self.memory_max {
             self.memory.pop_front();
             self.dropped_memory += 1;
             warn!(dropped_total = self.dropped_memory, "row queue full; dropped the oldest row");
         }
         self.memory.push_back(row);
+    }
+
+    /// Moves the rows waiting in memory to the spool (if there is one and it works).
+    fn spill(&mut self) {
+        let Some(spool) = self.spool.as_mut() else { return };
+        while let Some(row) = self.memory.front() {
+            match spool.append(row) {
+                Ok(()) => {
+                    self.memory.pop_front();
+                    if self.spool_failing {
+                        info!("the spool works again");
+                        self.spool_failing = false;
+                    }
+                }
+                Err(e) => {
+                    if !self.spool_failing {
+                        error!(error = %e, "cannot write to the spool; holding rows in memory (--queue-max-rows) until it works again");
+                        self.spool_failing = true;
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     fn len(&self) -> u64 {
@@ -322,19 +343,27 @@ impl Backlog {
 }
 
 /// Writes the rows from `rx` until the channel closes and the backlog is flushed (or the
-/// shutdown timeout passes). Rows spooled by an earlier run are written first. Migrations are
-/// applied on the first successful connection if the schema is behind.
+/// shutdown timeout passes; rows left then are spilled to the spool for the next start). Rows
+/// spooled by an earlier run are written first. Migrations are applied on the first successful
+/// connection if the schema is behind.
 pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>) -> WriterReport {
     let metrics = opts.metrics.clone();
     let mut report = WriterReport::default();
-    let mut backlog =
-        Backlog { spool: opts.spool, memory: VecDeque::new(), memory_max: opts.queue_max_rows, dropped_memory: 0, pending: None };
+    let mut backlog = Backlog {
+        spool: opts.spool,
+        memory: VecDeque::new(),
+        memory_max: opts.queue_max_rows,
+        dropped_memory: 0,
+        pending: None,
+        spool_failing: false,
+    };
     if backlog.len() > 0 {
         info!(rows = backlog.len(), "rows from an earlier run are in the spool; they are written first");
     }
     let mut session: Option<Session> = None;
     let mut migrated = false;
     let mut backoff = Backoff::new();
+    let mut next_attempt = tokio::time::Instant::now();
     let mut closed_at: Option<Instant> = None;
     let mut failures_logged = 0u32;
 
@@ -361,7 +390,24 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
             session = None;
             metrics.database_up.store(false, Relaxed);
         }
-        let Some(s) = session.as_mut() else {
+        if session.is_none() {
+            // The database is away: nothing waits in memory meanwhile.
+            backlog.spill();
+            backlog.publish(&metrics);
+            if tokio::time::Instant::now() < next_attempt {
+                let until = match closed_at {
+                    Some(t) => next_attempt.min(tokio::time::Instant::from_std(t + opts.shutdown_timeout)),
+                    None => next_attempt,
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    r = rx.recv(), if closed_at.is_none() => match r {
+                        Some(row) => backlog.push(row),
+                        None => closed_at = Some(Instant::now()),
+                    },
+                }
+                continue;
+            }
             match Session::open(&opts.target, &opts.node, !migrated).await {
                 Ok(s) => {
                     info!(backlog = backlog.len(), "connected to the database");
@@ -374,27 +420,18 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
                 Err(e) => {
                     metrics.database_up.store(false, Relaxed);
                     let wait = backoff.step();
+                    next_attempt = tokio::time::Instant::now() + wait;
                     // Log the first failures in full, then every tenth, so an outage is visible
                     // without flooding the log.
                     if failures_logged < 3 || failures_logged.is_multiple_of(10) {
                         warn!(error = format!("{e:#}"), retry_in = ?wait, backlog = backlog.len(), "database unavailable");
                     }
                     failures_logged += 1;
-                    let wait = match closed_at {
-                        Some(t) => wait.min(opts.shutdown_timeout.saturating_sub(t.elapsed())),
-                        None => wait,
-                    };
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        r = rx.recv(), if closed_at.is_none() => match r {
-                            Some(row) => backlog.push(row),
-                            None => closed_at = Some(Instant::now()),
-                        },
-                    }
                 }
             }
             continue;
-        };
+        }
+        let s = session.as_mut().expect("checked above");
 
         let rows = backlog.peek(opts.batch_rows.max(1));
         if rows.is_empty() {
@@ -415,13 +452,15 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
             }
         }
     }
+    // Whatever is left goes to the spool, for the next start.
+    backlog.spill();
     backlog.publish(&metrics);
     report.dropped_full = backlog.dropped_memory + backlog.spool.as_ref().map_or(0, |s| s.stats().dropped);
     report.unwritten = backlog.len();
     report.unwritten_spooled = backlog.memory.is_empty() && backlog.spool.is_some();
     if report.unwritten > 0 {
         if report.unwritten_spooled {
-            warn!(rows = report.unwritten, "stopping with rows in the spool; the next start writes them");
+            warn!(rows = report.unwritten, "stopping with rows in the spool; the next start writes them first");
         } else {
             error!(rows = report.unwritten, "shutting down with rows the database never received");
         }
@@ -431,7 +470,11 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
 
 /// Writes a batch; a row the database refuses for its content is dropped and counted (the
 /// batch is then retried row by row to find it). Err only for connection-level failures.
-async fn write_rows(s: &mut Session, rows: &[FeatureRow], report: &mut WriterReport) -> Result<(), tokio_postgres::Error> {
+async fn write_rows(
+    s: &mut Session,
+    rows: &[FeatureRow],
+    report: &mut WriterReport,
+) -> Result<(), tokio_postgres::Error> {
     match s.write(rows).await {
         Ok(inserted) => {
             report.written += rows.len() as u64;

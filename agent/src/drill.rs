@@ -14,7 +14,7 @@ use tracing::info;
 
 use crate::{
     cli::{parse_interval, DatabaseArgs, NodeArgs},
-    db, evaluate, migrate,
+    evaluate, migrate,
     scenario::{self, parse_duration, RunSpec, Scenario},
 };
 
@@ -79,7 +79,7 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
         .arg("--anomaly-threshold")
         .arg(args.anomaly_threshold.to_string())
         // Its own short-lived run: no spool (a node agent may hold the default one), no listener.
-        .args(["--spool-dir", "", "--listen", "off"])
+        .args(["--spool-dir", "off", "--listen", "off"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     for (k, v) in args.database.to_env() {

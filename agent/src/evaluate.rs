@@ -15,7 +15,7 @@ use clap::Args;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::{cli::DatabaseArgs, db, label::timestamp};
+use crate::{cli::DatabaseArgs, label::timestamp};
 
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {

@@ -24,7 +24,6 @@ use tokio_postgres::Client;
 
 use crate::{
     cli::DatabaseArgs,
-    db,
     features::{Kind, FEATURES},
     label::timestamp,
     timefmt::rfc3339_micros,

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tracing::info;
 
-use crate::{cli::DatabaseArgs, db};
+use crate::cli::DatabaseArgs;
 
 #[derive(Debug, Args)]
 pub struct LabelArgs {

@@ -17,7 +17,6 @@ use tokio_postgres::Client;
 
 use crate::{
     cli::DatabaseArgs,
-    db,
     features::{index_of, Kind, FEATURES},
     label::timestamp,
     timefmt::rfc3339_micros,

@@ -136,7 +136,7 @@ fn slowdown(rounds: usize, mut body: impl FnMut() -> Duration) -> (f64, Duration
 
 fn rss_after_hour_of_rows() -> (u64, u64) {
     let pg = throwaway_pg::ThrowawayPostgres::start().expect("throwaway Postgres");
-    let mut agent = Command::new(tests::agent_bin())
+    let mut agent = tests::agent_command()
         .args(["run", "--interval", "0.02", "--node-name", "bench-rss"])
         .env("DATABASE_URL", pg.url("postgres"))
         .env("RUST_LOG", "warn")

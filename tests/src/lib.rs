@@ -7,7 +7,10 @@
 use std::{
     path::PathBuf,
     process::{Command, Output, Stdio},
-    sync::{Mutex, MutexGuard, OnceLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, MutexGuard, OnceLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -89,11 +92,31 @@ pub fn agent_bin() -> PathBuf {
     .clone()
 }
 
+/// A fresh, empty spool directory for one agent process (agents must not share one).
+pub fn fresh_spool_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "feature-agent-test-spool-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The agent binary as a command with the test defaults: its own spool directory, the
+/// metrics listener on an ephemeral loopback port, and none of the caller's agent settings.
+pub fn agent_command() -> Command {
+    let mut cmd = Command::new(agent_bin());
+    cmd.env_remove("DATABASE_URL").env_remove("NODE_NAME").env_remove("INTERVAL").env_remove("RECORDS_NUM");
+    cmd.env("SPOOL_DIR", fresh_spool_dir()).env("LISTEN", "127.0.0.1:0");
+    cmd
+}
+
 /// Runs the agent to completion with a time limit; returns its output.
 pub fn run_agent(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
-    let mut cmd = Command::new(agent_bin());
+    let mut cmd = agent_command();
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.env_remove("DATABASE_URL").env_remove("NODE_NAME").env_remove("INTERVAL").env_remove("RECORDS_NUM");
     cmd.env("RUST_LOG", "info");
     for (k, v) in env {
         cmd.env(k, v);

@@ -19,7 +19,7 @@ fn run_rows(db_url: &str, node: &str, records: &str) -> std::process::Output {
 
 /// Starts `feature-agent run` in the background with stderr captured; stop it with [`stop`].
 fn spawn_run(db_url: &str, args: &[&str]) -> std::process::Child {
-    Command::new(tests::agent_bin())
+    tests::agent_command()
         .arg("run")
         .args(args)
         .env("DATABASE_URL", db_url)

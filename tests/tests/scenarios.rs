@@ -24,7 +24,7 @@ impl Drop for Agent {
 fn start_agent(db: &str, url: &str) -> Agent {
     let out = run_agent(&["migrate"], &[("DATABASE_URL", url)], Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let child = Command::new(tests::agent_bin())
+    let child = tests::agent_command()
         .args(["run", "--interval", "1", "--node-name", NODE, "--detector-warmup", "5"])
         .env("DATABASE_URL", url)
         .stdout(Stdio::null())

@@ -42,6 +42,7 @@ pub struct ThrowawayPostgres {
     bin: PathBuf,
     uid: u32,
     gid: u32,
+    durable: bool,
 }
 
 /// The newest installed server's bin directory.
@@ -99,8 +100,15 @@ fn remove_stale_dirs() {
 }
 
 impl ThrowawayPostgres {
-    /// initdb + start; returns once the server accepts connections.
+    /// initdb + start; returns once the server accepts connections. Durability is off
+    /// (fsync, synchronous_commit, full_page_writes): a throwaway server for tests.
     pub fn start() -> Result<Self, Error> {
+        Self::start_with(false)
+    }
+
+    /// Like [`ThrowawayPostgres::start`], with a production server's durability settings when
+    /// `durable` (fsync, synchronous commit, full-page writes): for throughput measurements.
+    pub fn start_with(durable: bool) -> Result<Self, Error> {
         let bin = find_bin_dir()?;
         let (uid, gid) = postgres_user()?;
         remove_stale_dirs();
@@ -112,7 +120,7 @@ impl ThrowawayPostgres {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
         chown(&dir, uid, gid)?;
 
-        let mut pg = ThrowawayPostgres { dir, port: free_port()?, child: None, bin, uid, gid };
+        let mut pg = ThrowawayPostgres { dir, port: free_port()?, child: None, bin, uid, gid, durable };
         let out = Command::new(pg.bin.join("initdb"))
             .args(["-D"])
             .arg(pg.data_dir())
@@ -156,13 +164,17 @@ impl ThrowawayPostgres {
         let log = fs::File::create(self.log_file()).map_err(|e| err(format!("creating the log file: {e}")))?;
         chown(&self.log_file(), self.uid, self.gid)?;
         let mut cmd = Command::new(self.bin.join("postgres"));
-        cmd.arg("-D")
-            .arg(self.data_dir())
-            .args(["-p", &self.port.to_string(), "-k"])
-            .arg(&self.dir)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "shared_buffers=64MB"])
-            .uid(self.uid)
+        cmd.arg("-D").arg(self.data_dir()).args(["-p", &self.port.to_string(), "-k"]).arg(&self.dir).args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=200",
+        ]);
+        if !self.durable {
+            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+            cmd.args(["-c", "shared_buffers=64MB"]);
+        }
+        cmd.uid(self.uid)
             .gid(self.gid)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| err(e.to_string()))?)
@@ -223,12 +235,39 @@ impl ThrowawayPostgres {
         self.spawn_server()
     }
 
+    /// Adds settings to postgresql.conf and lines at the top of pg_hba.conf (first match
+    /// wins there), then restarts the server: for TLS and password-authentication tests.
+    pub fn configure(&mut self, settings: &[&str], hba_first: &[&str]) -> Result<(), Error> {
+        let conf = self.data_dir().join("postgresql.conf");
+        let hba = self.data_dir().join("pg_hba.conf");
+        let io = |e: io::Error| err(format!("configuring the server: {e}"));
+        let mut text = fs::read_to_string(&conf).map_err(io)?;
+        for s in settings {
+            text.push_str(s);
+            text.push('\n');
+        }
+        fs::write(&conf, text).map_err(io)?;
+        let old = fs::read_to_string(&hba).map_err(io)?;
+        fs::write(&hba, format!("{}\n{old}", hba_first.join("\n"))).map_err(io)?;
+        self.restart_server()
+    }
+
+    /// Owner and group of the server's files (to hand it key files it can read).
+    pub fn server_ids(&self) -> (u32, u32) {
+        (self.uid, self.gid)
+    }
+
     /// Runs SQL through psql over the Unix socket and returns its unaligned output.
     pub fn psql(&self, dbname: &str, sql: &str) -> Result<String, Error> {
+        self.psql_as("postgres", dbname, sql)
+    }
+
+    /// [`ThrowawayPostgres::psql`] as another role (trust authentication over the socket).
+    pub fn psql_as(&self, user: &str, dbname: &str, sql: &str) -> Result<String, Error> {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", dbname, "-c", sql])
+            .args(["-p", &self.port.to_string(), "-U", user, "-d", dbname, "-c", sql])
             .output()
             .map_err(|e| err(format!("running psql: {e}")))?;
         if !out.status.success() {

@@ -27,7 +27,6 @@ use tracing::{info, warn};
 
 use crate::{
     cli::{parse_interval, DatabaseArgs, NodeArgs},
-    db,
     timefmt::rfc3339_micros,
 };
 

@@ -1,0 +1,91 @@
+//! Scale: how many node-rows per second one Postgres on this machine sustains, with many
+//! simulated nodes writing at once through the agent's own write path (one connection per
+//! node, the agent's prepared INSERT ... ON CONFLICT DO NOTHING, real rows sampled from this
+//! machine, each node in its own partition), against a server with production durability
+//! (fsync and synchronous commit on). Prints rows/s and what that means in nodes at a 10 s
+//! and a 1 s interval.
+//!
+//! cargo bench -p tests --bench scale            (SCALE_SECONDS, SCALE_NODES to change)
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use agent::{
+    collector::{DiskSelector, InterfaceSelector, Roots, Sources},
+    db::{self, Target},
+    row::insert_sql,
+    sampler::Sampler,
+};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let seconds = env_or("SCALE_SECONDS", 20);
+    let node_counts: Vec<u64> = match std::env::var("SCALE_NODES") {
+        Ok(v) => v.split(',').filter_map(|n| n.parse().ok()).collect(),
+        Err(_) => vec![8, 32, 128],
+    };
+    let pg = throwaway_pg::ThrowawayPostgres::start_with(true).expect("throwaway Postgres");
+    let url = pg.url("postgres");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let roots = Roots::default();
+    let sources =
+        Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
+    let mut sampler = Sampler::new("template".into(), sources, None, Duration::from_secs(3600));
+    let template = sampler.sample();
+
+    println!("one Postgres 15 on this machine ({} CPUs), fsync on, synchronous_commit on", num_cpus());
+    println!("| simulated nodes | rows/s | nodes at 10 s | nodes at 1 s | p99 insert ms |");
+    println!("|---|---|---|---|---|");
+    runtime.block_on(async {
+        let target = Target::plain(url.parse().unwrap());
+        let mut client = db::connect(&target).await.unwrap();
+        agent::migrate::apply(&mut client).await.unwrap();
+        for &nodes in &node_counts {
+            let written = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let mut tasks = Vec::new();
+            for n in 0..nodes {
+                let target = target.clone();
+                let written = written.clone();
+                let mut row = template.clone();
+                row.node = format!("scale-{nodes}-{n}");
+                tasks.push(tokio::spawn(async move {
+                    let client = db::connect(&target).await.unwrap();
+                    db::ensure_partition(&client, &row.node).await.unwrap();
+                    let insert = client.prepare(&insert_sql(1)).await.unwrap();
+                    let mut latencies = Vec::new();
+                    let mut ts = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+                    while Instant::now() < deadline {
+                        ts += Duration::from_secs(10);
+                        row.ts = ts;
+                        let t = Instant::now();
+                        client.execute(&insert, &row.params()).await.unwrap();
+                        latencies.push(t.elapsed());
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    latencies
+                }));
+            }
+            let started = Instant::now();
+            let mut latencies = Vec::new();
+            for t in tasks {
+                latencies.extend(t.await.unwrap());
+            }
+            let rate = written.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+            latencies.sort();
+            let p99 = latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3;
+            println!("| {nodes} | {rate:.0} | {:.0} | {:.0} | {p99:.1} |", rate * 10.0, rate);
+        }
+    });
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
