@@ -1,8 +1,9 @@
 -- Least-privilege roles. Group roles (NOLOGIN): grant them to login users, e.g.
 --   CREATE ROLE agent LOGIN PASSWORD '...' IN ROLE feature_writer;
 -- feature_writer   what the agent runs as: insert rows, create its node's partition through
---                  ensure_node_partition() (which runs as its owner), read schema_migrations.
---                  It cannot update, delete, truncate or drop anything.
+--                  ensure_node_partition() (which runs as its owner), read schema_migrations
+--                  and the (node, ts) keys. It cannot read features, update, delete, truncate
+--                  or drop anything.
 -- feature_labeller label rows (UPDATE of attack and attack_type only), record scenario runs,
 --                  read everything. It cannot insert or delete rows.
 -- feature_reader   read the rows, the catalog, the scenario runs and the analysis views.
@@ -30,8 +31,11 @@ $$;
 GRANT USAGE ON SCHEMA public TO feature_writer, feature_labeller, feature_reader;
 GRANT SELECT ON schema_migrations TO feature_writer, feature_labeller, feature_reader;
 
--- Writer: INSERT only (ON CONFLICT DO NOTHING needs no more), and the partition function.
+-- Writer: INSERT, and SELECT on the two key columns only, which INSERT ... ON CONFLICT
+-- (node, ts) DO NOTHING needs to check for the row it may already have written; it cannot read
+-- any feature. And the partition function.
 GRANT INSERT ON node_features TO feature_writer;
+GRANT SELECT (node, ts) ON node_features TO feature_writer;
 ALTER FUNCTION ensure_node_partition(text) SECURITY DEFINER SET search_path = public, pg_temp;
 REVOKE ALL ON FUNCTION ensure_node_partition(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ensure_node_partition(text) TO feature_writer;

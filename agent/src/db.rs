@@ -147,9 +147,31 @@ impl Session {
     }
 }
 
+/// A database error with what Postgres said (message, detail, hint) or its cause: the
+/// error's own Display is only "db error" or "error performing TLS handshake".
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            s += &format!(" ({d})");
+        }
+        if let Some(h) = db.hint() {
+            s += &format!(" hint: {h}");
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s += &format!(": {cause}");
+        source = cause.source();
+    }
+    s
+}
+
 /// Adds what the user should check to errors whose cause is not obvious from Postgres' text.
 fn explain_connect_error(e: tokio_postgres::Error) -> anyhow::Error {
-    let text = format!("{e:#}");
+    let text = describe(&e);
     let hint = if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("InvalidCertificate")
     {
         Some("the server's TLS certificate did not verify against --db-ca-file (or the host name does not match it)")
@@ -161,8 +183,8 @@ fn explain_connect_error(e: tokio_postgres::Error) -> anyhow::Error {
         None
     };
     match hint {
-        Some(h) => anyhow::Error::new(e).context(h),
-        None => anyhow::Error::new(e),
+        Some(h) => anyhow::anyhow!("{text}").context(h),
+        None => anyhow::anyhow!("{text}"),
     }
 }
 
@@ -412,7 +434,6 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
                 Ok(s) => {
                     info!(backlog = backlog.len(), "connected to the database");
                     migrated = true;
-                    backoff.reset();
                     failures_logged = 0;
                     metrics.database_up.store(true, Relaxed);
                     session = Some(s);
@@ -439,6 +460,7 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
         }
         match write_rows(s, &rows, &mut report).await {
             Ok(()) => {
+                backoff.reset();
                 backlog.commit(rows.len());
                 metrics.rows_written.store(report.written, Relaxed);
                 metrics.rows_rejected.store(report.rejected, Relaxed);
@@ -446,7 +468,9 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
             }
             Err(e) => {
                 backlog.abort();
-                warn!(error = %e, "writing rows failed; reconnecting");
+                let wait = backoff.step();
+                next_attempt = tokio::time::Instant::now() + wait;
+                warn!(error = describe(&e), retry_in = ?wait, "writing rows failed; reconnecting");
                 session = None;
                 metrics.database_up.store(false, Relaxed);
             }
@@ -496,7 +520,7 @@ async fn write_rows(
                     }
                     Err(e) if is_row_error(&e) => {
                         report.rejected += 1;
-                        error!(error = %e, ts = %crate::timefmt::rfc3339_micros(row.ts), "the database refused a row; it is dropped");
+                        error!(error = describe(&e), ts = %crate::timefmt::rfc3339_micros(row.ts), "the database refused a row; it is dropped");
                     }
                     Err(e) => return Err(e),
                 }

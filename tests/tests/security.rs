@@ -46,9 +46,10 @@ fn roles_allow_only_what_each_needs_and_the_agent_runs_as_the_writer() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM node_features").unwrap().trim(), "2");
 
-    // The writer cannot read, change, delete, empty or drop anything.
+    // The writer cannot read features, change, delete, empty or drop anything.
     for sql in [
-        "SELECT count(*) FROM node_features",
+        "SELECT load1 FROM node_features",
+        "SELECT * FROM node_features",
         "UPDATE node_features SET attack = 1",
         "DELETE FROM node_features",
         "TRUNCATE node_features",
