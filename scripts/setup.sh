@@ -33,4 +33,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! id postgres >/dev/
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
 fi
+# The TLS tests make certificates with openssl; the multi-node test uses ip netns (iproute2);
+# deploy-check runs Python tools in a venv.
+missing=""
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
+if [ -n "$missing" ]; then
+    say "installing$missing"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing
+fi
 say "ready"

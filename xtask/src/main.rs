@@ -6,6 +6,8 @@
 //!   bench       set up and run the benchmarks of BENCHMARKS.md
 //!   detection   set up, start a throwaway Postgres, run `feature-agent drill` (the README's
 //!               detection table)
+//!   deploy-check  validate deploy/ offline against the Kubernetes schemas and scan it with
+//!               checkov (both from PyPI, in target/deploy-venv)
 //! xtask depends on nothing that needs the eBPF toolchain, so it builds on a fresh machine.
 use std::{
     path::{Path, PathBuf},
@@ -46,6 +48,9 @@ enum Task {
     },
     /// Run the benchmarks (CPU per row, RSS, slowdown of attached programs).
     Bench,
+    /// Validate deploy/ (base and overlays, rendered offline) against the Kubernetes schemas
+    /// and scan it with checkov; any finding without a written reason fails.
+    DeployCheck,
     /// Scripted detection run against a throwaway Postgres: prints F1 and delay per scenario.
     Detection {
         /// Extra arguments for `feature-agent drill` (e.g. --rounds 3 --gap 20).
@@ -80,6 +85,55 @@ fn setup() -> anyhow::Result<()> {
 fn release_agent() -> anyhow::Result<PathBuf> {
     run(cargo().args(["build", "--release", "--package", "agent", "--bin", "feature-agent"]))?;
     Ok(root().join("target/release/feature-agent"))
+}
+
+/// Kubernetes versions the manifests are validated against (oldest supported and newest).
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.34.0"];
+const PYTHON_TOOLS: [&str; 2] = ["checkov==3.3.30", "kubernetes-validate==1.37.0"];
+
+fn deploy_check() -> anyhow::Result<()> {
+    setup()?;
+    let venv = root().join("target/deploy-venv");
+    let bin = venv.join("bin");
+    let stamp = venv.join("installed.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(&PYTHON_TOOLS.join("\n")) {
+        eprintln!("deploy-check: installing {} into {}", PYTHON_TOOLS.join(", "), venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(bin.join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_TOOLS))?;
+        std::fs::write(&stamp, PYTHON_TOOLS.join("\n"))?;
+    }
+    let rendered = root().join("target/deploy-rendered");
+    let _ = std::fs::remove_dir_all(&rendered);
+    std::fs::create_dir_all(&rendered)?;
+    let mut files = vec![root().join("deploy/base/secret.example.yaml")];
+    for (name, dir) in [("base", "deploy/base"), ("privileged", "deploy/overlays/privileged")] {
+        let out = Command::new(bin.join("python"))
+            .arg(root().join("scripts/render_overlay.py"))
+            .arg(root().join(dir))
+            .output()
+            .context("rendering the manifests")?;
+        if !out.status.success() {
+            bail!("rendering {dir}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let file = rendered.join(format!("{name}.yaml"));
+        std::fs::write(&file, out.stdout)?;
+        files.push(file);
+    }
+    for version in KUBERNETES_VERSIONS {
+        eprintln!("deploy-check: validating against the Kubernetes {version} schemas");
+        run(Command::new(bin.join("kubernetes-validate")).args(["--strict", "--quiet", "-k", version]).args(&files))?;
+    }
+    eprintln!("deploy-check: checkov (every accepted finding carries its reason in a checkov.io/skip annotation)");
+    for dir in [rendered, root().join("deploy/base")] {
+        run(Command::new(bin.join("checkov"))
+            .args(["--framework", "kubernetes", "--compact", "--quiet", "--skip-download", "-d"])
+            .arg(&dir)
+            .env("BC_SKIP_MAPPING", "TRUE"))?;
+    }
+    eprintln!("deploy-check: ok");
+    Ok(())
 }
 
 fn detection(args: &[String]) -> anyhow::Result<()> {
@@ -191,6 +245,7 @@ fn main() -> anyhow::Result<()> {
             test(&args)
         }
         Task::Detection { args } => detection(&args),
+        Task::DeployCheck => deploy_check(),
         Task::Bench => {
             setup()?;
             run(cargo().args(["bench", "--package", "tests", "--bench", "agent"]))
