@@ -117,3 +117,36 @@ fn without_privileges_ebpf_columns_are_null_and_procfs_still_written() {
     assert!(err.contains("--require-ebpf: cannot load the eBPF programs"), "{err}");
     assert!(out.stdout.is_empty(), "no rows with --require-ebpf");
 }
+
+/// The DaemonSet adds only CAP_BPF and CAP_PERFMON (deploy/base/daemonset.yaml): with exactly
+/// those two (every other capability out of the bounding set), every program attaches and the
+/// eBPF columns are counted.
+#[test]
+fn cap_bpf_and_cap_perfmon_are_enough() {
+    if !have_root("cap_bpf_and_cap_perfmon_are_enough") {
+        return;
+    }
+    let bin = tests::agent_bin();
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-all,+bpf,+perfmon", "--inh-caps=-all", "--"])
+        .arg(&bin)
+        .args(["print", "--records", "2", "--interval", "0.3", "--node-name", "two-caps", "--require-ebpf"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("could not be attached") && !err.contains("not loaded"), "{err}");
+    assert!(err.contains("eBPF programs attached programs=10"), "{err}");
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().expect("rows")).unwrap();
+    assert!(last["ebpf_forks"].is_number() && last["sock_alloc_unix"].is_number(), "{last}");
+    // And without CAP_PERFMON the programs cannot attach: the second capability is needed too.
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-all,+bpf", "--inh-caps=-all", "--"])
+        .arg(&bin)
+        .args(["print", "--records", "1", "--interval", "0.3", "--node-name", "one-cap", "--require-ebpf"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
