@@ -1,20 +1,18 @@
 # A minimal image of the static feature-agent binary.
 #   docker build -t feature-agent:0.1.0 .
-# Stage 1 builds the eBPF object (rust-src + bpf-linker, as scripts/setup.sh does) and a fully
-# static binary for x86_64-unknown-linux-musl (musl resolves DNS itself, so the binary needs no
-# libc or NSS files at run time). Stage 2 is the binary alone on distroless/static (CA
-# certificates, /etc/passwd, nothing else: no shell, no package manager).
+# Stage 1 installs what scripts/setup.sh installs for building (rust-src and bpf-linker, for
+# the eBPF object) and runs `cargo xtask build-static`: a static-pie binary (glibc >= 2.34 has
+# the files and dns name services built in, so it needs no shared library at run time). CI runs
+# the same command and then the binary alone in an empty root directory (`cargo xtask
+# image-check`). Stage 2 is that binary on distroless/static: CA certificates, /etc/passwd,
+# /etc/nsswitch.conf, no shell, no package manager.
 FROM rust:1.95-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
- && rm -rf /var/lib/apt/lists/* \
- && rustup component add rust-src \
- && rustup target add x86_64-unknown-linux-musl \
- && cargo install bpf-linker --version 0.10.0 --locked
+RUN rustup component add rust-src \
+ && cargo install bpf-linker@0.10.0 --locked
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --package agent --bin feature-agent --target x86_64-unknown-linux-musl \
- && cp target/x86_64-unknown-linux-musl/release/feature-agent /feature-agent
+RUN cargo xtask build-static \
+ && cp target/static/x86_64-unknown-linux-gnu/release/feature-agent /feature-agent
 
 FROM gcr.io/distroless/static-debian12:latest
 COPY --from=build /feature-agent /feature-agent

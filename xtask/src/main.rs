@@ -6,6 +6,9 @@
 //!   bench       set up and run the benchmarks of BENCHMARKS.md
 //!   detection   set up, start a throwaway Postgres, run `feature-agent drill` (the README's
 //!               detection table)
+//!   build-static  the fully static release binary the Dockerfile ships (glibc, static-pie)
+//!   image-check   build-static, then run that binary in an empty root directory (what the
+//!               distroless/static image gives it): eBPF loads and a row is taken
 //!   deploy-check  validate deploy/ offline against the Kubernetes schemas and scan it with
 //!               checkov (both from PyPI, in target/deploy-venv)
 //! xtask depends on nothing that needs the eBPF toolchain, so it builds on a fresh machine.
@@ -48,6 +51,11 @@ enum Task {
     },
     /// Run the benchmarks (CPU per row, RSS, slowdown of attached programs).
     Bench,
+    /// Build the fully static release binary that the Dockerfile ships.
+    BuildStatic,
+    /// Build the static binary and run it in an empty root directory (no libc, no /etc but
+    /// hosts and nsswitch.conf), as the image runs it: eBPF must load and a row be taken.
+    ImageCheck,
     /// Validate deploy/ (base and overlays, rendered offline) against the Kubernetes schemas
     /// and scan it with checkov; any finding without a written reason fails.
     DeployCheck,
@@ -85,6 +93,51 @@ fn setup() -> anyhow::Result<()> {
 fn release_agent() -> anyhow::Result<PathBuf> {
     run(cargo().args(["build", "--release", "--package", "agent", "--bin", "feature-agent"]))?;
     Ok(root().join("target/release/feature-agent"))
+}
+
+/// Builds feature-agent as a static-pie glibc binary (glibc >= 2.34 has the files and dns name
+/// services built in, so it resolves names without any shared library); returns its path.
+fn build_static() -> anyhow::Result<PathBuf> {
+    let target = "x86_64-unknown-linux-gnu";
+    run(cargo()
+        .args(["build", "--release", "--locked", "--package", "agent", "--bin", "feature-agent", "--target", target])
+        .args(["--target-dir", "target/static"])
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static"))?;
+    Ok(root().join("target/static").join(target).join("release/feature-agent"))
+}
+
+/// Runs the static binary in an empty root with only /proc and /sys bound in.
+fn image_check() -> anyhow::Result<()> {
+    setup()?;
+    let bin = build_static()?;
+    let empty = root().join("target/image-root");
+    let script = format!(
+        r#"set -eu
+R={root}
+rm -rf "$R"; mkdir -p "$R/etc" "$R/proc" "$R/sys" "$R/tmp"
+cp {bin} "$R/feature-agent"
+echo 'hosts: files dns' > "$R/etc/nsswitch.conf"
+echo '127.0.0.1 localhost' > "$R/etc/hosts"
+unshare --mount --propagation private sh -c '
+  mount --bind /proc "$0/proc" && mount --rbind /sys "$0/sys" &&
+  chroot "$0" /feature-agent print --records 2 --interval 0.3 --node-name image-check --require-ebpf' "$R"
+"#,
+        root = empty.display(),
+        bin = bin.display()
+    );
+    let out =
+        Command::new("sh").arg("-c").arg(script).output().context("running the static binary in an empty root")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || stdout.lines().count() != 2 {
+        bail!(
+            "the static binary failed in an empty root: {}
+{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&empty);
+    eprintln!("image-check: {} runs alone in an empty root (eBPF loaded, 2 rows)", bin.display());
+    Ok(())
 }
 
 /// Kubernetes versions the manifests are validated against (oldest supported and newest).
@@ -246,6 +299,12 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Detection { args } => detection(&args),
         Task::DeployCheck => deploy_check(),
+        Task::BuildStatic => {
+            setup()?;
+            println!("{}", build_static()?.display());
+            Ok(())
+        }
+        Task::ImageCheck => image_check(),
         Task::Bench => {
             setup()?;
             run(cargo().args(["bench", "--package", "tests", "--bench", "agent"]))
