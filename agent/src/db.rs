@@ -379,7 +379,7 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
         pending: None,
         spool_failing: false,
     };
-    if backlog.len() > 0 {
+    if !backlog.is_empty() {
         info!(rows = backlog.len(), "rows from an earlier run are in the spool; they are written first");
     }
     let mut session: Option<Session> = None;

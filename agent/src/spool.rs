@@ -534,7 +534,7 @@ impl Spool {
             while rows.len() < max_rows && at < buf.len() {
                 match parse_record(&buf[at..]) {
                     Parsed::Row(row, used) => {
-                        rows.push(row);
+                        rows.push(*row);
                         at += used;
                     }
                     Parsed::NeedMore if !at_end => break,
@@ -600,7 +600,7 @@ impl Spool {
 }
 
 enum Parsed {
-    Row(FeatureRow, usize),
+    Row(Box<FeatureRow>, usize),
     NeedMore,
     Corrupt,
 }
@@ -625,7 +625,7 @@ fn parse_record(buf: &[u8]) -> Parsed {
         return Parsed::Corrupt;
     }
     match decode_row(payload) {
-        Ok(row) => Parsed::Row(row, HEADER + len),
+        Ok(row) => Parsed::Row(Box::new(row), HEADER + len),
         Err(_) => Parsed::Corrupt,
     }
 }

@@ -1,7 +1,7 @@
 //! `feature-agent run` and `migrate` against a real Postgres: rows, partitions, hostile node
 //! names, idempotent migrations, an unreachable database, and SIGTERM.
 use std::{
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 

@@ -364,7 +364,8 @@ fn database_errors_are_clear_and_sampling_goes_on_into_the_spool() {
 
     let socket = pg.socket_dir().display().to_string();
     let port = pg.port().to_string();
-    let cases: [(&str, Vec<(&str, &str)>, &str); 3] = [
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 3] = [
         (
             "wrong password",
             vec![

@@ -2,7 +2,7 @@
 //! scenario moves the eBPF and procfs columns it should by at least what it did, and its rows
 //! are labelled with its name. Also `feature-agent label` and `--clear`.
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
