@@ -15,19 +15,15 @@ use clap::Args;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::{cli::DatabaseArgs, label::timestamp};
+use crate::{cli::DatabaseArgs, label::TimeWindow};
 
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
     /// Only this node's rows [default: every node].
     #[arg(long)]
     pub node: Option<String>,
-    /// Start of the window [default: the first row].
-    #[arg(long)]
-    pub from: Option<String>,
-    /// End of the window [default: the last row].
-    #[arg(long)]
-    pub to: Option<String>,
+    #[command(flatten)]
+    pub window: TimeWindow,
     /// |z| threshold of the SQL flags (the paper's 2.0 by default).
     #[arg(long, default_value_t = 2.0)]
     pub sql_threshold: f64,
@@ -229,14 +225,7 @@ pub fn table(scores: &[ScenarioScore], sql_threshold: f64) -> String {
 pub async fn command(args: EvaluateArgs) -> anyhow::Result<()> {
     let client = args.database.connect().await?;
     crate::migrate::require_current(&client).await?;
-    let from = match &args.from {
-        Some(v) => Some(timestamp(&client, "--from", v).await?),
-        None => None,
-    };
-    let to = match &args.to {
-        Some(v) => Some(timestamp(&client, "--to", v).await?),
-        None => None,
-    };
+    let (from, to) = args.window.resolve(&client).await?;
     let (rows, runs) = load(&client, args.node.as_deref(), from, to, args.sql_threshold).await?;
     if runs.is_empty() {
         anyhow::bail!("no scenario runs in this window: run `feature-agent scenario` (or `drill`) first");

@@ -25,7 +25,7 @@ use tokio_postgres::Client;
 use crate::{
     cli::DatabaseArgs,
     features::{Kind, FEATURES},
-    label::timestamp,
+    label::TimeWindow,
     timefmt::rfc3339_micros,
 };
 
@@ -48,12 +48,8 @@ pub struct ExportArgs {
     /// Only this node's rows [default: every node].
     #[arg(long)]
     pub node: Option<String>,
-    /// Start of the window [default: the first row].
-    #[arg(long)]
-    pub from: Option<String>,
-    /// End of the window [default: the last row].
-    #[arg(long)]
-    pub to: Option<String>,
+    #[command(flatten)]
+    pub window: TimeWindow,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -301,14 +297,7 @@ pub async fn export(
 pub async fn command(args: ExportArgs) -> anyhow::Result<()> {
     let mut client = args.database.connect().await?;
     crate::migrate::require_current(&client).await?;
-    let from = match &args.from {
-        Some(v) => Some(timestamp(&client, "--from", v).await?),
-        None => None,
-    };
-    let to = match &args.to {
-        Some(v) => Some(timestamp(&client, "--to", v).await?),
-        None => None,
-    };
+    let (from, to) = args.window.resolve(&client).await?;
     if args.output.is_dir() {
         bail!("--output {} is a directory; give a file name", args.output.display());
     }

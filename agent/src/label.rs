@@ -1,6 +1,8 @@
 //! `feature-agent label`: marks the rows of a time window as an attack (attack = 1, with an
 //! optional attack_type), or with --clear as normal again, on one node or all of them.
 //! Timestamps are parsed by Postgres (RFC 3339, or any timestamptz input it accepts).
+use std::time::SystemTime;
+
 use anyhow::{bail, Context};
 use clap::Args;
 use tracing::info;
@@ -26,6 +28,35 @@ pub struct LabelArgs {
     pub clear: bool,
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+/// An optional time window, as `evaluate`, `export` and `plot` take it.
+#[derive(Debug, Args)]
+pub struct TimeWindow {
+    /// Start of the window [default: the first row].
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the window [default: the last row].
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+impl TimeWindow {
+    /// The bounds, parsed by Postgres.
+    pub async fn resolve(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> anyhow::Result<(Option<SystemTime>, Option<SystemTime>)> {
+        let from = match &self.from {
+            Some(v) => Some(timestamp(client, "--from", v).await?),
+            None => None,
+        };
+        let to = match &self.to {
+            Some(v) => Some(timestamp(client, "--to", v).await?),
+            None => None,
+        };
+        Ok((from, to))
+    }
 }
 
 /// Parses a timestamp with Postgres, naming the option in the error.

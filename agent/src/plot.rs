@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 use crate::{
     cli::DatabaseArgs,
     features::{index_of, Kind, FEATURES},
-    label::timestamp,
+    label::TimeWindow,
     timefmt::rfc3339_micros,
 };
 
@@ -36,12 +36,8 @@ pub struct PlotArgs {
     /// Features to draw, comma-separated (any of the 40 feature columns).
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_FEATURES)]
     pub features: Vec<String>,
-    /// Start of the window [default: the node's first row].
-    #[arg(long)]
-    pub from: Option<String>,
-    /// End of the window [default: the node's last row].
-    #[arg(long)]
-    pub to: Option<String>,
+    #[command(flatten)]
+    pub window: TimeWindow,
     /// |z| threshold drawn in the z-score panel.
     #[arg(long, default_value_t = 2.0)]
     pub threshold: f64,
@@ -387,14 +383,7 @@ pub async fn command(args: PlotArgs) -> anyhow::Result<()> {
     }
     let client = args.database.connect().await?;
     crate::migrate::require_current(&client).await?;
-    let from = match &args.from {
-        Some(v) => Some(timestamp(&client, "--from", v).await?),
-        None => None,
-    };
-    let to = match &args.to {
-        Some(v) => Some(timestamp(&client, "--to", v).await?),
-        None => None,
-    };
+    let (from, to) = args.window.resolve(&client).await?;
     let data = load(&client, &args.node, &args.features, from, to).await?;
     if data.ts.len() < 2 {
         bail!("node {:?} has {} rows in this window; a plot needs at least 2", args.node, data.ts.len());

@@ -64,6 +64,14 @@ pub fn fresh_database(name: &str) -> String {
     pg.url(name)
 }
 
+/// A fresh database with the schema applied by `feature-agent migrate`; returns its URL.
+pub fn migrated_database(name: &str) -> String {
+    let url = fresh_database(name);
+    let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
+    assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    url
+}
+
 /// Runs SQL on a database of the shared server; returns psql's unaligned, tuples-only output.
 pub fn sql(db: &str, query: &str) -> String {
     postgres().psql(db, query).unwrap_or_else(|e| panic!("{e}")).trim_end().to_owned()

@@ -2,18 +2,15 @@
 //! hand-computed expected values: counter deltas and rates with a counter reset, z-scores per
 //! node against the rows labelled normal (all, or a window), the paper's raw-counter scoring,
 //! anomaly flags at a chosen threshold, and a zero-variance feature that never divides by zero.
-use std::time::Duration;
 
-use tests::{fresh_database, have_root, run_agent, sql};
+use tests::{have_root, migrated_database, sql};
 
 const EPS: f64 = 1e-9;
 const T0: &str = "2026-01-01 00:00:00+00";
 
 /// A migrated database holding node 'a' (six rows, the last labelled attack) and node 'b'.
 fn synthetic(db: &str) {
-    let url = fresh_database(db);
-    let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    migrated_database(db);
     // node a: disk_read is a counter that resets between the 3rd and 4th row; load1 a gauge;
     // mem_av_per is constant over the baseline and moves in the attack row.
     let rows_a = [
@@ -152,9 +149,7 @@ fn feature_catalog_matches_the_agent() {
         return;
     }
     let db = "analysis_catalog";
-    let url = fresh_database(db);
-    let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    migrated_database(db);
     let in_db = sql(db, "SELECT feature || ':' || kind FROM feature_catalog ORDER BY ordinal");
     let in_agent: Vec<String> =
         agent::features::FEATURES.iter().map(|f| format!("{}:{}", f.column, f.kind.as_str())).collect();

@@ -8,7 +8,7 @@ use parquet::{
     file::reader::{FileReader, SerializedFileReader},
     record::RowAccessor,
 };
-use tests::{fresh_database, have_root, run_agent, sql};
+use tests::{have_root, migrated_database, run_agent, sql};
 
 const NODES: [&str; 2] = ["plain-node", "it's, \"hostile\""];
 const ROWS: i64 = 40;
@@ -16,9 +16,7 @@ const ROWS: i64 = 40;
 /// A migrated database with two nodes of synthetic rows: every feature set (some NULL, counters
 /// that reset), an attack window, and detector verdicts on some rows.
 fn synthetic(db: &str) -> String {
-    let url = fresh_database(db);
-    let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = migrated_database(db);
     let cols: Vec<&str> = FEATURES.iter().map(|f| f.column).collect();
     let mut q = String::new();
     for (n, node) in NODES.iter().enumerate() {

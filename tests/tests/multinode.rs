@@ -2,12 +2,9 @@
 //! machine only) with its own node name, spool and metrics listener (the same 127.0.0.1:9100 in
 //! every namespace), write to one Postgres for several intervals: one partition each, every
 //! row present, and each agent's procfs network features are its own namespace's.
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::process::{Command, Stdio};
 
-use tests::{agent_bin, fresh_database, fresh_spool_dir, have_root, run_agent, sql};
+use tests::{agent_bin, fresh_spool_dir, have_root, migrated_database, sql};
 
 const AGENTS: usize = 8;
 const ROWS: usize = 5;
@@ -33,9 +30,7 @@ fn eight_agents_in_their_own_network_namespaces_write_one_partition_each() {
         return;
     }
     let db = "multinode";
-    let url = fresh_database(db);
-    let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = migrated_database(db);
 
     let names: Vec<String> = (0..AGENTS).map(|k| format!("fa-test-{}-{k}", std::process::id())).collect();
     let namespaces = Namespaces(names.clone());

@@ -7,7 +7,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{exclusive, fresh_database, have_root, run_agent, sql};
+use tests::{exclusive, fresh_database, have_root, migrated_database, run_agent, sql};
 
 const NODE: &str = "scenario-node";
 
@@ -151,9 +151,7 @@ fn label_marks_and_clears_a_window() {
         return;
     }
     let db = "labels";
-    let url = fresh_database(db);
-    let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
-    assert!(out.status.success());
+    let url = migrated_database(db);
     let mut q = String::from("SELECT ensure_node_partition('x'); SELECT ensure_node_partition('y');");
     for node in ["x", "y"] {
         for s in 0..6 {
