@@ -118,6 +118,10 @@ pub struct DetectorArgs {
     /// Seconds after which a normal row's weight in the baseline has halved.
     #[arg(long, env = "DETECTOR_HALF_LIFE", default_value_t = 3600.0, value_parser = parse_interval)]
     pub detector_half_life: f64,
+    /// Seconds a feature must stay anomalous before its shift is taken as the new normal (its
+    /// baseline is re-anchored and the event logged).
+    #[arg(long, env = "DETECTOR_ADAPT", default_value_t = 600.0, value_parser = parse_interval)]
+    pub detector_adapt: f64,
 }
 
 impl DetectorArgs {
@@ -126,6 +130,7 @@ impl DetectorArgs {
             threshold: self.anomaly_threshold,
             warmup_rows: ((self.detector_warmup / interval_s).ceil() as usize).max(3),
             half_life_rows: self.detector_half_life / interval_s,
+            adapt_rows: ((self.detector_adapt / interval_s).ceil() as usize).max(1),
         }
     }
 }

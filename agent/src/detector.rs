@@ -13,6 +13,11 @@
 //!   anomaly score is the largest |z|; the features above the threshold are listed, largest
 //!   first. Only rows judged normal update the baseline (exponentially weighted, with a
 //!   half-life in rows), so an attack does not teach the detector that it is normal.
+//! - A shift that lasts becomes the new normal: when one feature has been flagged on every one
+//!   of the last `adapt_rows` rows (a load average still settling after start, a new workload
+//!   on the node), that feature alone is re-anchored on the median and MAD of those rows and
+//!   the re-anchoring is logged. Without this a slow drift past the threshold would freeze the
+//!   baseline and flag every later row.
 use crate::{
     features::{Kind, FEATURES, FEATURE_COUNT},
     row::{FeatureRow, Verdict},
@@ -31,6 +36,8 @@ pub struct DetectorOptions {
     pub warmup_rows: usize,
     /// Rows after which a normal row's weight in the baseline has halved.
     pub half_life_rows: f64,
+    /// Consecutive flagged rows after which a feature's shift is taken as its new normal.
+    pub adapt_rows: usize,
 }
 
 /// One feature's running baseline.
@@ -49,6 +56,8 @@ pub struct Detector {
     /// Values seen during warm-up, per feature.
     warmup: Vec<Vec<f64>>,
     baseline: [Option<Baseline>; FEATURE_COUNT],
+    /// Per feature, its values on the consecutive rows it has been flagged on.
+    streak: Vec<Vec<f64>>,
 }
 
 impl Detector {
@@ -61,6 +70,7 @@ impl Detector {
             previous: None,
             warmup: vec![Vec::new(); FEATURE_COUNT],
             baseline: [None; FEATURE_COUNT],
+            streak: vec![Vec::new(); FEATURE_COUNT],
         }
     }
 
@@ -101,16 +111,23 @@ impl Detector {
         let mut score: f64 = 0.0;
         let mut flagged: Vec<(f64, &'static str)> = Vec::new();
         for (i, v) in scored.iter().enumerate() {
-            let (Some(x), Some(b)) = (v, self.baseline[i]) else { continue };
+            let (Some(x), Some(b)) = (v, self.baseline[i]) else {
+                self.streak[i].clear();
+                continue;
+            };
             let z = (x - b.mean) / spread(b, FEATURES[i].min_spread);
             score = score.max(z.abs());
             if z.abs() > self.options.threshold {
                 flagged.push((z.abs(), FEATURES[i].column));
+                self.streak[i].push(*x);
+            } else {
+                self.streak[i].clear();
             }
         }
         if flagged.is_empty() {
             self.learn(scored);
         }
+        self.adapt();
         flagged.sort_by(|a, b| b.0.total_cmp(&a.0));
         Verdict {
             anomaly_score: Some(score),
@@ -125,12 +142,29 @@ impl Detector {
             if buf.is_empty() {
                 continue;
             }
-            let m = median(buf);
-            let mut dev: Vec<f64> = buf.iter().map(|v| (v - m).abs()).collect();
-            let sd = MAD_TO_SD * median(&mut dev);
-            self.baseline[i] = Some(Baseline { mean: m, var: sd * sd });
+            self.baseline[i] = Some(robust(buf));
         }
         self.warmup = Vec::new();
+    }
+
+    /// Re-anchors the features that have been flagged for `adapt_rows` rows in a row.
+    fn adapt(&mut self) {
+        let limit = self.options.adapt_rows.max(1);
+        for i in 0..FEATURE_COUNT {
+            if self.streak[i].len() < limit {
+                continue;
+            }
+            let mut values = std::mem::take(&mut self.streak[i]);
+            let (old, new) = (self.baseline[i].map(|b| b.mean), robust(&mut values));
+            self.baseline[i] = Some(new);
+            tracing::info!(
+                feature = FEATURES[i].column,
+                rows = limit,
+                old_mean = old,
+                new_mean = new.mean,
+                "a lasting shift: this feature's baseline is re-anchored on its recent rows"
+            );
+        }
     }
 
     /// Exponentially weighted update of mean and variance from a normal row.
@@ -148,6 +182,14 @@ impl Detector {
             }
         }
     }
+}
+
+/// Median and scaled MAD of some values, as a baseline.
+fn robust(values: &mut [f64]) -> Baseline {
+    let m = median(values);
+    let mut dev: Vec<f64> = values.iter().map(|v| (v - m).abs()).collect();
+    let sd = MAD_TO_SD * median(&mut dev);
+    Baseline { mean: m, var: sd * sd }
 }
 
 fn spread(b: Baseline, min_spread: f64) -> f64 {
@@ -187,7 +229,7 @@ mod tests {
     }
 
     fn detector(warmup_rows: usize) -> Detector {
-        Detector::new(DetectorOptions { threshold: 4.0, warmup_rows, half_life_rows: 100.0 })
+        Detector::new(DetectorOptions { threshold: 4.0, warmup_rows, half_life_rows: 100.0, adapt_rows: 1000 })
     }
 
     #[test]
@@ -254,5 +296,42 @@ mod tests {
         // load1: (11 - 1) / 0.25 = 40; execs: 30 / 5 = 6.
         assert_eq!(r.verdict.anomalous_features, Some(vec!["load1".to_owned(), "ebpf_execs".to_owned()]));
         assert_eq!(r.verdict.anomaly_score, Some(40.0));
+    }
+}
+
+#[cfg(test)]
+mod adapt_tests {
+    use super::*;
+
+    #[test]
+    fn a_lasting_shift_becomes_normal_after_adapt_rows() {
+        let mut d =
+            Detector::new(DetectorOptions { threshold: 4.0, warmup_rows: 5, half_life_rows: 1000.0, adapt_rows: 10 });
+        let row = |load5: f64| FeatureRow {
+            node: "n".into(),
+            ts: std::time::SystemTime::UNIX_EPOCH,
+            interval_s: None,
+            procfs: crate::collector::ProcfsFeatures { load5: Some(load5), ..Default::default() },
+            est_conn: None,
+            lis_conn: None,
+            ebpf: [None; agent_common::EVENT_COUNT],
+            verdict: Verdict::default(),
+        };
+        for _ in 0..5 {
+            d.judge(&mut row(1.5));
+        }
+        // load5 settles at 0.3: flagged for 10 rows, then the new level is normal.
+        for k in 0..10 {
+            let mut r = row(0.3);
+            d.judge(&mut r);
+            assert!(r.verdict.is_anomalous(), "row {k}");
+        }
+        let mut r = row(0.3);
+        d.judge(&mut r);
+        assert!(!r.verdict.is_anomalous(), "{:?}", r.verdict);
+        // A short burst is still flagged, and does not re-anchor anything.
+        let mut r = row(3.0);
+        d.judge(&mut r);
+        assert!(r.verdict.is_anomalous());
     }
 }

@@ -41,6 +41,9 @@ pub struct DrillArgs {
     /// The agent's anomaly threshold.
     #[arg(long, default_value_t = 4.0)]
     pub anomaly_threshold: f64,
+    /// The agent's --detector-adapt (seconds): longer than a scenario, shorter than the run.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_interval)]
+    pub adapt: f64,
     /// Directory for disk-burst's temporary file.
     #[arg(long, default_value = "/var/tmp")]
     pub scratch_dir: std::path::PathBuf,
@@ -78,6 +81,8 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
         .arg(args.warmup.to_string())
         .arg("--anomaly-threshold")
         .arg(args.anomaly_threshold.to_string())
+        .arg("--detector-adapt")
+        .arg(args.adapt.to_string())
         // Its own short-lived run: no spool (a node agent may hold the default one), no listener.
         .args(["--spool-dir", "off", "--listen", "off"])
         .stdin(Stdio::null())
