@@ -150,7 +150,7 @@ impl Detector {
     /// Re-anchors the features that have been flagged for `adapt_rows` rows in a row.
     fn adapt(&mut self) {
         let limit = self.options.adapt_rows.max(1);
-        for i in 0..FEATURE_COUNT {
+        for (i, feature) in FEATURES.iter().enumerate() {
             if self.streak[i].len() < limit {
                 continue;
             }
@@ -158,7 +158,7 @@ impl Detector {
             let (old, new) = (self.baseline[i].map(|b| b.mean), robust(&mut values));
             self.baseline[i] = Some(new);
             tracing::info!(
-                feature = FEATURES[i].column,
+                feature = feature.column,
                 rows = limit,
                 old_mean = old,
                 new_mean = new.mean,
