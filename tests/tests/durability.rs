@@ -199,7 +199,8 @@ fn a_30_s_outage_loses_nothing_and_metrics_match_the_rows() {
     // Every interval is there exactly once: no gap, ts unique (primary key), and the outage's
     // rows went in in order (their transaction ids do not decrease along ts).
     let g = gaps(&pg, "outage");
-    assert!(g.len() >= 35, "{} rows", g.len() + 1);
+    // 3 rows before the outage, about 30 during it, and whatever came after before SIGTERM.
+    assert!(g.len() + 1 >= 33, "{} rows", g.len() + 1);
     assert!(g.iter().all(|d| (0.5..1.5).contains(d)), "gaps {g:?}");
     let xmins: Vec<u64> = pg
         .psql("postgres", "SELECT xmin::text::bigint FROM node_features WHERE node = 'outage' ORDER BY ts")
