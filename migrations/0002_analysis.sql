@@ -142,12 +142,13 @@ JOIN feature_catalog c USING (feature);
 -- and sample standard deviation of the scored value. A feature whose baseline standard
 -- deviation is zero (or within rounding of zero: below 1e-9 of max(1, |mean|)) has no z-score
 -- (NULL) and is never flagged: it carries no information in that baseline. A row is flagged
--- on a feature when |z| > threshold.
+-- on a feature when |z| > threshold. only_node restricts the answer (and the work) to one node.
 CREATE OR REPLACE FUNCTION node_feature_zscores(
     threshold          double precision DEFAULT 2.0,
     baseline_from      timestamptz      DEFAULT NULL,
     baseline_to        timestamptz      DEFAULT NULL,
-    score_raw_counters boolean          DEFAULT false
+    score_raw_counters boolean          DEFAULT false,
+    only_node          text             DEFAULT NULL
 ) RETURNS TABLE (
     node            text,
     ts              timestamptz,
@@ -167,6 +168,9 @@ LANGUAGE sql STABLE AS $$
         SELECT fv.node, fv.ts, fv.attack, fv.attack_type, fv.feature, fv.kind,
                CASE WHEN score_raw_counters THEN fv.raw ELSE fv.scored END AS value
         FROM node_feature_values fv
+        -- A per-node question reads only that node (the filter reaches the partition and
+        -- the per-node window below it).
+        WHERE only_node IS NULL OR fv.node = only_node
     ),
     baseline AS (
         SELECT v.node, v.feature, avg(v.value) AS mean, stddev_samp(v.value) AS sd, count(v.value) AS n
@@ -191,7 +195,8 @@ CREATE OR REPLACE FUNCTION node_feature_flags(
     threshold          double precision DEFAULT 2.0,
     baseline_from      timestamptz      DEFAULT NULL,
     baseline_to        timestamptz      DEFAULT NULL,
-    score_raw_counters boolean          DEFAULT false
+    score_raw_counters boolean          DEFAULT false,
+    only_node          text             DEFAULT NULL
 ) RETURNS TABLE (
     node               text,
     ts                 timestamptz,
@@ -205,7 +210,7 @@ LANGUAGE sql STABLE AS $$
     SELECT z.node, z.ts, z.attack, z.attack_type, max(abs(z.z)),
            coalesce(array_agg(z.feature ORDER BY z.feature) FILTER (WHERE z.anomalous), '{}'),
            bool_or(z.anomalous)
-    FROM node_feature_zscores(threshold, baseline_from, baseline_to, score_raw_counters) z
+    FROM node_feature_zscores(threshold, baseline_from, baseline_to, score_raw_counters, only_node) z
     GROUP BY z.node, z.ts, z.attack, z.attack_type
 $$;
 

@@ -155,7 +155,7 @@ pub async fn load(
                          ELSE coalesce(cardinality(f.anomalous_features), 0) > 0 END,
                     coalesce(z.anomalous, false)
              FROM node_features f
-             LEFT JOIN node_feature_flags($1, $3, $4) z ON z.node = f.node AND z.ts = f.ts
+             LEFT JOIN node_feature_flags($1, $3, $4, false, $2) z ON z.node = f.node AND z.ts = f.ts
              WHERE ($2::text IS NULL OR f.node = $2)
                AND ($3::timestamptz IS NULL OR f.ts >= $3)
                AND ($4::timestamptz IS NULL OR f.ts <= $4)

@@ -91,7 +91,7 @@ fn select_sql(normalized: bool) -> String {
         let pivot: Vec<String> =
             FEATURES.iter().map(|f| format!("max(z) FILTER (WHERE feature = '{0}') AS z_{0}", f.column)).collect();
         from += &format!(
-            " LEFT JOIN (SELECT node, ts, {} FROM node_feature_zscores(2.0, $2, $3) GROUP BY node, ts) z \
+            " LEFT JOIN (SELECT node, ts, {} FROM node_feature_zscores(2.0, $2, $3, false, $1) GROUP BY node, ts) z \
              ON z.node = d.node AND z.ts = d.ts",
             pivot.join(", ")
         );

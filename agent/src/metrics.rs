@@ -36,7 +36,6 @@ impl AtomicF64 {
 /// Everything /metrics reports; shared by the sampler, the writer and the server.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    pub rows_sampled: AtomicU64,
     pub rows_written: AtomicU64,
     pub rows_anomalous: AtomicU64,
     /// Rows in the memory queue now.
@@ -59,7 +58,7 @@ pub struct Metrics {
     /// False once an eBPF map read fails (the programs no longer answer).
     pub programs_ok: AtomicBool,
     /// The sampling interval, for /healthz's staleness check.
-    pub interval_s: AtomicF64,
+    pub interval_s: f64,
 }
 
 pub fn now_unix() -> f64 {
@@ -68,8 +67,7 @@ pub fn now_unix() -> f64 {
 
 impl Metrics {
     pub fn new(interval_s: f64) -> Arc<Self> {
-        let m = Metrics::default();
-        m.interval_s.set(interval_s);
+        let m = Metrics { interval_s, ..Metrics::default() };
         m.programs_ok.store(true, Relaxed);
         Arc::new(m)
     }
@@ -79,7 +77,6 @@ impl Metrics {
         self.collection_count.fetch_add(1, Relaxed);
         self.last_collection_seconds.set(seconds);
         self.last_sample_unix.set(now_unix());
-        self.rows_sampled.fetch_add(1, Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -100,7 +97,8 @@ impl Metrics {
             "Version of the running agent.",
             &[(&format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1.0)],
         );
-        put("feature_agent_rows_sampled_total", "counter", "Rows sampled.", &[("", c(&self.rows_sampled))]);
+        // Every sampled row is one collection: the same counter.
+        put("feature_agent_rows_sampled_total", "counter", "Rows sampled.", &[("", c(&self.collection_count))]);
         put(
             "feature_agent_rows_written_total",
             "counter",
@@ -185,7 +183,7 @@ impl Metrics {
     /// eBPF programs (if any) answering.
     pub fn healthy(&self, started: f64) -> Result<(), String> {
         let last = self.last_sample_unix.get();
-        let limit = 3.0 * self.interval_s.get() + 5.0;
+        let limit = 3.0 * self.interval_s + 5.0;
         let since = now_unix() - if last > 0.0 { last } else { started };
         if since > limit {
             return Err(format!("no row sampled for {since:.0} s (limit {limit:.0} s)"));

@@ -345,7 +345,7 @@ async fn load(
     let sql = format!(
         "SELECT extract(epoch FROM d.ts)::float8, d.attack = 1, coalesce(cardinality(d.anomalous_features), 0) > 0, {}, {}
          FROM node_feature_deltas d
-         LEFT JOIN node_feature_zscores(2.0, $2, $3) z ON z.node = d.node AND z.ts = d.ts
+         LEFT JOIN node_feature_zscores(2.0, $2, $3, false, $1) z ON z.node = d.node AND z.ts = d.ts
          WHERE d.node = $1 AND ($2::timestamptz IS NULL OR d.ts >= $2) AND ($3::timestamptz IS NULL OR d.ts <= $3)
          GROUP BY d.node, d.ts, d.attack, d.anomalous_features, {}
          ORDER BY d.ts",

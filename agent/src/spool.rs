@@ -295,7 +295,6 @@ pub struct Batch {
 /// Counters of what the spool did since it was opened.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SpoolStats {
-    pub appended: u64,
     /// Rows dropped because the spool was full (oldest first).
     pub dropped: u64,
     /// Corrupt or truncated records skipped while reading.
@@ -394,10 +393,6 @@ impl Spool {
         Ok(spool)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn stats(&self) -> SpoolStats {
         self.stats
     }
@@ -425,16 +420,18 @@ impl Spool {
 
     /// Appends a row durably. Deletes the oldest segments first if the spool would overflow.
     pub fn append(&mut self, row: &FeatureRow) -> Result<(), SpoolError> {
-        let mut payload = BytesMut::with_capacity(512);
-        encode_row(row, &mut payload);
-        if payload.len() > MAX_PAYLOAD {
-            return Err(SpoolError::TooLarge(payload.len()));
+        // The header is filled in once the payload, encoded in place behind it, is known.
+        let mut record = BytesMut::with_capacity(512);
+        record.put_bytes(0, HEADER);
+        encode_row(row, &mut record);
+        let payload_len = record.len() - HEADER;
+        if payload_len > MAX_PAYLOAD {
+            return Err(SpoolError::TooLarge(payload_len));
         }
-        let mut record = BytesMut::with_capacity(HEADER + payload.len());
-        record.put_slice(MAGIC);
-        record.put_u32_le(payload.len() as u32);
-        record.put_u32_le(crc32(&payload));
-        record.put_slice(&payload);
+        let crc = crc32(&record[HEADER..]);
+        record[..4].copy_from_slice(MAGIC);
+        record[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        record[8..12].copy_from_slice(&crc.to_le_bytes());
         let len = record.len() as u64;
         while self.bytes() + len > self.max_bytes && !self.segments.is_empty() {
             self.drop_oldest_segment()?;
@@ -463,7 +460,6 @@ impl Spool {
             return Err(io(e));
         }
         self.segments.last_mut().expect("open segment").1 += len;
-        self.stats.appended += 1;
         self.pending_rows += 1;
         Ok(())
     }
@@ -523,7 +519,6 @@ impl Spool {
             if seq != self.read.segment {
                 self.read = Position { segment: seq, offset: 0 };
             }
-            let is_tail = Some(seq) == self.segments.last().map(|s| s.0) && self.writer.is_some();
             let mut f = File::open(segment_path(&self.dir, seq)).map_err(io)?;
             f.seek(SeekFrom::Start(self.read.offset)).map_err(io)?;
             let want = ((len - self.read.offset) as usize).min(READ_CHUNK.max(HEADER + MAX_PAYLOAD));
@@ -538,11 +533,8 @@ impl Spool {
                         at += used;
                     }
                     Parsed::NeedMore if !at_end => break,
-                    Parsed::NeedMore if is_tail => {
-                        // Our own segment never holds a partial record (appends are whole or
-                        // rotate away), so this cannot happen; stop rather than loop.
-                        break;
-                    }
+                    // A record cut short at a segment's end was torn by a crash or a failed
+                    // write (after which appends move to a new segment): corrupt like the rest.
                     Parsed::NeedMore | Parsed::Corrupt => {
                         self.stats.corrupt += 1;
                         tracing::warn!(
