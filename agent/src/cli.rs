@@ -411,10 +411,20 @@ async fn sample_loop(
     let mut detector = Detector::new(args.detector.options(args.interval));
     let signal = shutdown_signal();
     tokio::pin!(signal);
+    let period = Duration::from_secs_f64(args.interval);
     let mut taken = 0u64;
+    let mut last_tick: Option<tokio::time::Instant> = None;
     while args.records == 0 || taken < args.records {
         tokio::select! {
-            _ = ticker.tick() => {
+            tick = ticker.tick() => {
+                // The ticker skips the ticks it was too late for: count them.
+                if let Some(last) = last_tick.replace(tick) {
+                    let missed = ((tick - last).as_secs_f64() / period.as_secs_f64()).round() as u64;
+                    if missed > 1 {
+                        let total = metrics.samples_skipped.fetch_add(missed - 1, Relaxed) + missed - 1;
+                        warn!(samples = missed - 1, skipped_total = total, "the agent was late for scheduled samples; their rows do not exist");
+                    }
+                }
                 let started = std::time::Instant::now();
                 let mut row = sampler.sample();
                 detector.judge(&mut row);
@@ -484,46 +494,63 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     start_listener(&args.listen, &metrics).await?;
     info!(node, interval_s = args.sampling.interval, records = args.sampling.records, "feature-agent running");
 
-    // A small channel: the writer keeps its own bounded queue; sampling never blocks on it.
-    let (tx, rx) = mpsc::channel(64);
-    let writer = tokio::spawn(db::run_writer(
-        WriterOptions {
-            target,
-            node,
-            queue_max_rows: args.queue_max_rows as usize,
-            shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
-            spool,
-            batch_rows: 256,
-            metrics: metrics.clone(),
-        },
-        rx,
-    ));
+    // The writer runs on its own thread, so neither the database nor the spool's fdatasync
+    // can delay the sampling schedule. Rows that find the channel full are counted as dropped.
+    let capacity = (args.queue_max_rows as usize).clamp(64, 65536);
+    let (tx, rx) = mpsc::channel(capacity);
+    let options = WriterOptions {
+        target,
+        node,
+        queue_max_rows: args.queue_max_rows as usize,
+        shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
+        spool,
+        batch_rows: 256,
+        metrics: metrics.clone(),
+    };
+    let writer = std::thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            anyhow::Ok(runtime.block_on(db::run_writer(options, rx)))
+        })
+        .context("starting the writer thread")?;
     let stopped_by = sample_loop(&args.sampling, sampler, &metrics, |row| {
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(row) {
-            warn!("the writer is behind by 64 rows; this row is dropped");
+            let n = metrics.rows_dropped_channel_full.fetch_add(1, Relaxed) + 1;
+            warn!(dropped_total = n, "the writer is behind by {capacity} rows; this row is dropped");
         }
         Ok(())
     })
-    .await?;
+    .await;
     drop(tx);
-    let report = writer.await.context("the writer task failed")?;
+    let report = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .context("waiting for the writer thread")?
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
+        .context("the writer's runtime")?;
+    let stopped_by = stopped_by?;
     info!(
         written = report.written,
-        dropped = report.dropped_full,
+        dropped_full = report.dropped_full,
+        corrupt = report.corrupt,
         rejected = report.rejected,
-        unwritten = report.unwritten,
-        spooled = report.unwritten_spooled,
+        dropped_shutdown = report.dropped_shutdown,
+        spooled = report.unwritten,
         "stopped"
     );
-    if stopped_by.is_none() && report.unwritten > 0 {
-        if report.unwritten_spooled {
+    if stopped_by.is_none() && (report.unwritten > 0 || report.dropped_shutdown > 0) {
+        if report.dropped_shutdown == 0 {
             bail!(
                 "{} rows could not be written before the shutdown timeout; they are kept in the spool ({}) and written by the next start",
                 report.unwritten,
                 args.spool_dir.display()
             );
         }
-        bail!("{} rows could not be written before the shutdown timeout", report.unwritten);
+        bail!(
+            "{} rows could not be written before the shutdown timeout; {} of them are lost",
+            report.unwritten + report.dropped_shutdown,
+            report.dropped_shutdown
+        );
     }
     Ok(())
 }

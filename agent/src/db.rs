@@ -7,7 +7,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     path::Path,
     sync::{atomic::Ordering::Relaxed, Arc},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context};
@@ -20,7 +20,7 @@ use crate::{
     metrics::Metrics,
     migrate,
     row::{insert_sql, FeatureRow},
-    spool::{Position, Spool},
+    spool::{Cursor, Spool},
 };
 use agent_common::Event;
 
@@ -223,6 +223,38 @@ impl Backoff {
     }
 }
 
+/// Whether the database's address accepts a connection at all (a TCP or Unix-socket connect,
+/// nothing sent): between backoff steps, this tells within a second that a database that was
+/// down is back, without a full connection attempt.
+async fn reachable(config: &Config) -> bool {
+    use tokio_postgres::config::Host;
+    const LIMIT: Duration = Duration::from_secs(1);
+    let ports = config.get_ports();
+    for (i, host) in config.get_hosts().iter().enumerate() {
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let ok = match host {
+            Host::Tcp(name) => {
+                let addr = config.get_hostaddrs().get(i).map_or_else(|| name.clone(), ToString::to_string);
+                tokio::time::timeout(LIMIT, tokio::net::TcpStream::connect((addr.as_str(), port))).await
+                    .is_ok_and(|r| r.is_ok())
+            }
+            Host::Unix(dir) => tokio::time::timeout(
+                LIMIT,
+                tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        };
+        if ok {
+            return true;
+        }
+    }
+    false
+}
+
+/// How often an unreachable database's address is probed between backoff steps.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// What the writer did, reported when it stops.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriterReport {
@@ -231,11 +263,14 @@ pub struct WriterReport {
     pub dropped_full: u64,
     /// Rows the database refused for their content.
     pub rejected: u64,
-    /// Rows not in the database when the writer stopped (in the spool, they are replayed by
-    /// the next start; in memory, they are lost).
+    /// Rows lost to damaged spool records.
+    pub corrupt: u64,
+    /// Rows neither the database nor the spool took before the writer stopped (no spool, or
+    /// the spool failing, e.g. a full disk): lost.
+    pub dropped_shutdown: u64,
+    /// Rows not in the database when the writer stopped, safe in the spool: the next start
+    /// writes them first.
     pub unwritten: u64,
-    /// Whether the unwritten rows are safe in the spool.
-    pub unwritten_spooled: bool,
 }
 
 pub struct WriterOptions {
@@ -262,7 +297,7 @@ struct Backlog {
     memory_max: usize,
     dropped_memory: u64,
     /// The spool's batch in flight: its end position.
-    pending: Option<Position>,
+    pending: Option<Cursor>,
     /// The spool failed on the last spill (logged once until it works again).
     spool_failing: bool,
 }
@@ -318,8 +353,10 @@ impl Backlog {
                         return batch.rows;
                     }
                     Ok(batch) => {
-                        // Only corrupt records were left: they are skipped for good.
-                        let _ = spool.ack(batch.end, 0);
+                        // Only damaged records were left: they are skipped (and counted) for good.
+                        if let Err(e) = spool.ack(batch.end) {
+                            error!(error = %e, "cannot record progress in the spool");
+                        }
                     }
                     Err(e) => error!(error = %e, "cannot read the spool"),
                 }
@@ -333,7 +370,7 @@ impl Backlog {
     fn commit(&mut self, n: usize) {
         match (self.pending.take(), self.spool.as_mut()) {
             (Some(end), Some(spool)) => {
-                if let Err(e) = spool.ack(end, n as u64) {
+                if let Err(e) = spool.ack(end) {
                     error!(error = %e, "cannot record progress in the spool; its rows may be written again (without duplicates)");
                 }
             }
@@ -359,7 +396,8 @@ impl Backlog {
             m.rows_spooled.store(s.pending_rows(), Relaxed);
             m.spool_bytes.store(s.bytes(), Relaxed);
             m.rows_dropped_spool_full.store(s.stats().dropped, Relaxed);
-            m.spool_corrupt_records.store(s.stats().corrupt, Relaxed);
+            m.rows_dropped_corrupt.store(s.stats().corrupt, Relaxed);
+            m.spool_ack_damaged.store(s.stats().ack_damaged, Relaxed);
         }
     }
 }
@@ -368,6 +406,10 @@ impl Backlog {
 /// shutdown timeout passes; rows left then are spilled to the spool for the next start). Rows
 /// spooled by an earlier run are written first. Migrations are applied on the first successful
 /// connection if the schema is behind.
+///
+/// While the database is away, connection attempts back off (0.5 s to 30 s); between them its
+/// address is probed every second when it refused connections outright, so rows flow again
+/// within about a second of its return. A shutdown tries the database at once.
 pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>) -> WriterReport {
     let metrics = opts.metrics.clone();
     let mut report = WriterReport::default();
@@ -386,7 +428,9 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
     let mut migrated = false;
     let mut backoff = Backoff::new();
     let mut next_attempt = tokio::time::Instant::now();
-    let mut closed_at: Option<Instant> = None;
+    // The last attempt failed because nothing accepted connections at the address.
+    let mut probing = false;
+    let mut closed_at: Option<tokio::time::Instant> = None;
     let mut failures_logged = 0u32;
 
     loop {
@@ -400,11 +444,12 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
             }
             match rx.recv().await {
                 Some(row) => backlog.push(row),
-                None => closed_at = Some(Instant::now()),
+                None => closed_at = Some(tokio::time::Instant::now()),
             }
             continue;
         }
-        if closed_at.is_some_and(|t| t.elapsed() >= opts.shutdown_timeout) {
+        let deadline = closed_at.map(|t| t + opts.shutdown_timeout);
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;
         }
 
@@ -416,16 +461,29 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
             // The database is away: nothing waits in memory meanwhile.
             backlog.spill();
             backlog.publish(&metrics);
-            if tokio::time::Instant::now() < next_attempt {
-                let until = match closed_at {
-                    Some(t) => next_attempt.min(tokio::time::Instant::from_std(t + opts.shutdown_timeout)),
-                    None => next_attempt,
-                };
+            let now = tokio::time::Instant::now();
+            if now < next_attempt {
+                let mut until = next_attempt;
+                if probing {
+                    until = until.min(now + PROBE_EVERY);
+                }
+                if let Some(d) = deadline {
+                    until = until.min(d);
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
+                    _ = tokio::time::sleep_until(until) => {
+                        if probing && until < next_attempt && reachable(&opts.target.config).await {
+                            debug!("the database's address accepts connections again");
+                            next_attempt = tokio::time::Instant::now();
+                        }
+                    }
                     r = rx.recv(), if closed_at.is_none() => match r {
                         Some(row) => backlog.push(row),
-                        None => closed_at = Some(Instant::now()),
+                        None => {
+                            // Shutting down: try the database at once before giving up.
+                            closed_at = Some(tokio::time::Instant::now());
+                            next_attempt = tokio::time::Instant::now();
+                        }
                     },
                 }
                 continue;
@@ -435,6 +493,7 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
                     info!(backlog = backlog.len(), "connected to the database");
                     migrated = true;
                     failures_logged = 0;
+                    probing = false;
                     metrics.database_up.store(true, Relaxed);
                     session = Some(s);
                 }
@@ -442,6 +501,7 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
                     metrics.database_up.store(false, Relaxed);
                     let wait = backoff.step();
                     next_attempt = tokio::time::Instant::now() + wait;
+                    probing = !reachable(&opts.target.config).await;
                     // Log the first failures in full, then every tenth, so an outage is visible
                     // without flooding the log.
                     if failures_logged < 3 || failures_logged.is_multiple_of(10) {
@@ -470,24 +530,28 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
                 backlog.abort();
                 let wait = backoff.step();
                 next_attempt = tokio::time::Instant::now() + wait;
+                probing = true;
                 warn!(error = describe(&e), retry_in = ?wait, "writing rows failed; reconnecting");
                 session = None;
                 metrics.database_up.store(false, Relaxed);
             }
         }
     }
-    // Whatever is left goes to the spool, for the next start.
+    // Whatever is left goes to the spool, for the next start; what the spool cannot take is
+    // lost, and counted.
     backlog.spill();
+    report.dropped_shutdown = backlog.memory.len() as u64;
+    metrics.rows_dropped_shutdown.store(report.dropped_shutdown, Relaxed);
     backlog.publish(&metrics);
     report.dropped_full = backlog.dropped_memory + backlog.spool.as_ref().map_or(0, |s| s.stats().dropped);
-    report.unwritten = backlog.len();
-    report.unwritten_spooled = backlog.memory.is_empty() && backlog.spool.is_some();
+    report.corrupt = backlog.spool.as_ref().map_or(0, |s| s.stats().corrupt);
+    report.unwritten = backlog.spool.as_ref().map_or(0, Spool::pending_rows);
     if report.unwritten > 0 {
-        if report.unwritten_spooled {
-            warn!(rows = report.unwritten, "stopping with rows in the spool; the next start writes them first");
-        } else {
-            error!(rows = report.unwritten, "shutting down with rows the database never received");
-        }
+        warn!(rows = report.unwritten, "stopping with rows in the spool; the next start writes them first");
+    }
+    if report.dropped_shutdown > 0 {
+        let why = if backlog.spool.is_some() { "the spool could not take them" } else { "there is no spool" };
+        error!(rows = report.dropped_shutdown, reason = why, "stopping with rows the database never received: they are lost");
     }
     report
 }

@@ -44,9 +44,18 @@ pub struct Metrics {
     pub rows_spooled: AtomicU64,
     pub spool_bytes: AtomicU64,
     pub rows_dropped_queue_full: AtomicU64,
+    /// Rows the sampler could not hand to the writer (its channel was full).
+    pub rows_dropped_channel_full: AtomicU64,
     pub rows_dropped_spool_full: AtomicU64,
     pub rows_rejected: AtomicU64,
-    pub spool_corrupt_records: AtomicU64,
+    /// Rows lost to damaged spool records.
+    pub rows_dropped_corrupt: AtomicU64,
+    /// Rows neither the database nor the spool took when the agent stopped.
+    pub rows_dropped_shutdown: AtomicU64,
+    /// Times the spool's ack file was found damaged (its rows were replayed from the start).
+    pub spool_ack_damaged: AtomicU64,
+    /// Scheduled samples not taken because the agent was late for them.
+    pub samples_skipped: AtomicU64,
     pub last_write_unix: AtomicF64,
     pub last_sample_unix: AtomicF64,
     pub programs_attached: AtomicU64,
@@ -127,18 +136,26 @@ impl Metrics {
         put(
             "feature_agent_rows_dropped_total",
             "counter",
-            "Rows lost: the memory queue or the spool was full (oldest dropped), or the database refused the row's content.",
+            "Rows sampled that will never reach the database: the memory queue or the spool was full (oldest dropped), spool records were damaged, the database refused the row's content, or at shutdown neither the database nor the spool took them.",
             &[
-                ("{reason=\"queue_full\"}", c(&self.rows_dropped_queue_full)),
+                ("{reason=\"queue_full\"}", c(&self.rows_dropped_queue_full) + c(&self.rows_dropped_channel_full)),
                 ("{reason=\"spool_full\"}", c(&self.rows_dropped_spool_full)),
+                ("{reason=\"corrupt\"}", c(&self.rows_dropped_corrupt)),
                 ("{reason=\"rejected\"}", c(&self.rows_rejected)),
+                ("{reason=\"shutdown\"}", c(&self.rows_dropped_shutdown)),
             ],
         );
         put(
-            "feature_agent_spool_corrupt_records_total",
+            "feature_agent_samples_skipped_total",
             "counter",
-            "Corrupt or truncated spool records skipped.",
-            &[("", c(&self.spool_corrupt_records))],
+            "Scheduled samples not taken because the agent was late for them (the row of that interval does not exist).",
+            &[("", c(&self.samples_skipped))],
+        );
+        put(
+            "feature_agent_spool_ack_damaged_total",
+            "counter",
+            "Times the spool's ack file was found damaged or missing; its rows were replayed from the oldest (duplicates are skipped by the database).",
+            &[("", c(&self.spool_ack_damaged))],
         );
         put(
             "feature_agent_last_write_timestamp_seconds",
