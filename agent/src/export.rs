@@ -39,7 +39,8 @@ pub enum Format {
 pub struct ExportArgs {
     #[arg(long, value_enum)]
     pub format: Format,
-    /// The file to write (replaced if it exists).
+    /// The file to write: created, or replaced if it is a regular file (devices, FIFOs,
+    /// directories and symlinks are refused); "-" writes to standard output.
     #[arg(long)]
     pub output: PathBuf,
     /// Add a z-score column per feature (z_<feature>).
@@ -106,6 +107,64 @@ fn select_sql(normalized: bool) -> String {
     )
 }
 
+/// Where an export's bytes go: a new file (made durable at the end) or standard output.
+enum Output {
+    File(File),
+    Stdout(std::io::Stdout),
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::File(f) => f.write(buf),
+            Output::Stdout(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::File(f) => f.flush(),
+            Output::Stdout(s) => s.flush(),
+        }
+    }
+}
+
+impl Output {
+    fn sync(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::File(f) => f.sync_all(),
+            Output::Stdout(s) => s.flush(),
+        }
+    }
+}
+
+/// Refuses an `--output` that exists and is not a regular file (a directory, a symlink, a
+/// device such as /dev/full, a FIFO or a socket): export only creates or replaces files.
+pub fn check_output(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("--output {}", path.display())),
+    };
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    bail!("--output {} is {what}; export writes only to a new or existing regular file (or - for standard output)", path.display())
+}
+
 /// Where rows go, batch by batch.
 trait Sink {
     fn write_batch(&mut self, rows: &[ExportRow]) -> anyhow::Result<()>;
@@ -113,7 +172,7 @@ trait Sink {
 }
 
 /// RFC 4180 CSV: a header line, NULL as an empty field, text quoted when it needs to be.
-struct CsvSink(BufWriter<File>);
+struct CsvSink(BufWriter<Output>);
 
 fn csv_text(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
@@ -124,7 +183,7 @@ fn csv_text(s: &str) -> String {
 }
 
 impl CsvSink {
-    fn new(file: File, columns: &[String]) -> anyhow::Result<Self> {
+    fn new(file: Output, columns: &[String]) -> anyhow::Result<Self> {
         let mut w = BufWriter::new(file);
         let header: Vec<&str> = META_COLUMNS.iter().copied().chain(columns.iter().map(String::as_str)).collect();
         writeln!(w, "{}", header.join(","))?;
@@ -151,14 +210,14 @@ impl Sink for CsvSink {
     }
 
     fn finish(self: Box<Self>) -> anyhow::Result<()> {
-        self.0.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        self.0.into_inner().map_err(|e| e.into_error())?.sync()?;
         Ok(())
     }
 }
 
 /// Parquet: ts as TIMESTAMP(MICROS, UTC), attack as INT32, text as UTF8, numbers as DOUBLE,
 /// everything but node/ts/attack optional. One row group per batch, Snappy-compressed.
-struct ParquetSink(SerializedFileWriter<File>);
+struct ParquetSink(SerializedFileWriter<Output>);
 
 /// The file's schema in Parquet's message syntax.
 pub fn parquet_schema(columns: &[String]) -> String {
@@ -174,7 +233,7 @@ pub fn parquet_schema(columns: &[String]) -> String {
 }
 
 impl ParquetSink {
-    fn new(file: File, columns: &[String]) -> anyhow::Result<Self> {
+    fn new(file: Output, columns: &[String]) -> anyhow::Result<Self> {
         let schema = Arc::new(parse_message_type(&parquet_schema(columns)).context("building the Parquet schema")?);
         let props = Arc::new(WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build());
         Ok(Self(SerializedFileWriter::new(file, schema, props)?))
@@ -240,8 +299,8 @@ impl Sink for ParquetSink {
     }
 
     fn finish(self: Box<Self>) -> anyhow::Result<()> {
-        let file = self.0.into_inner()?;
-        file.sync_all()?;
+        let mut file = self.0.into_inner()?;
+        file.sync()?;
         Ok(())
     }
 }
@@ -257,12 +316,47 @@ pub async fn export(
     to: Option<SystemTime>,
 ) -> anyhow::Result<u64> {
     let columns = value_columns(normalized);
-    // Written under a temporary name and renamed at the end: a failed export leaves no half file.
-    let tmp = output.with_extension("partial");
-    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    if output == std::path::Path::new("-") {
+        return write_rows(client, format, Output::Stdout(std::io::stdout()), &columns, normalized, node, from, to).await;
+    }
+    check_output(output)?;
+    // Written under a temporary name beside it and renamed at the end: a failed export leaves
+    // neither a half file nor a changed old one.
+    let mut name = output.file_name().context("--output has no file name")?.to_owned();
+    name.push(format!(".partial-{}", std::process::id()));
+    let tmp = output.with_file_name(name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let result = write_rows(client, format, Output::File(file), &columns, normalized, node, from, to)
+        .await
+        .and_then(|n| {
+            std::fs::rename(&tmp, output)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
+            Ok(n)
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_rows(
+    client: &mut Client,
+    format: Format,
+    out: Output,
+    columns: &[String],
+    normalized: bool,
+    node: Option<&str>,
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+) -> anyhow::Result<u64> {
     let mut sink: Box<dyn Sink> = match format {
-        Format::Csv => Box::new(CsvSink::new(file, &columns)?),
-        Format::Parquet => Box::new(ParquetSink::new(file, &columns)?),
+        Format::Csv => Box::new(CsvSink::new(out, columns)?),
+        Format::Parquet => Box::new(ParquetSink::new(out, columns)?),
     };
     let tx = client.transaction().await?;
     let statement = tx.prepare(&select_sql(normalized)).await.context("preparing the export query")?;
@@ -285,12 +379,11 @@ pub async fn export(
                 values: (META_COLUMNS.len()..META_COLUMNS.len() + columns.len()).map(|i| r.get(i)).collect(),
             })
             .collect();
-        sink.write_batch(&rows).with_context(|| format!("writing {}", tmp.display()))?;
+        sink.write_batch(&rows).context("writing the export")?;
         total += rows.len() as u64;
     }
     tx.commit().await?;
-    sink.finish().with_context(|| format!("finishing {}", tmp.display()))?;
-    std::fs::rename(&tmp, output).with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
+    sink.finish().context("finishing the export")?;
     Ok(total)
 }
 
@@ -298,11 +391,16 @@ pub async fn command(args: ExportArgs) -> anyhow::Result<()> {
     let mut client = args.database.connect().await?;
     crate::migrate::require_current(&client).await?;
     let (from, to) = args.window.resolve(&client).await?;
-    if args.output.is_dir() {
-        bail!("--output {} is a directory; give a file name", args.output.display());
+    if args.output != std::path::Path::new("-") {
+        check_output(&args.output)?;
     }
     let n = export(&mut client, args.format, &args.output, args.normalized, args.node.as_deref(), from, to).await?;
-    println!("{n} rows written to {}", args.output.display());
+    // With --output -, the rows are on stdout: the count goes to the log.
+    if args.output == std::path::Path::new("-") {
+        tracing::info!(rows = n, "rows written to standard output");
+    } else {
+        println!("{n} rows written to {}", args.output.display());
+    }
     Ok(())
 }
 

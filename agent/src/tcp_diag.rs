@@ -98,7 +98,7 @@ impl TcpDiag {
 }
 
 /// Counts the sockets in one datagram of netlink messages. Returns true at NLMSG_DONE.
-fn parse_messages(mut data: &[u8], seq: u32, counts: &mut TcpConnCounts) -> io::Result<bool> {
+pub fn parse_messages(mut data: &[u8], seq: u32, counts: &mut TcpConnCounts) -> io::Result<bool> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"));
     while data.len() >= NLMSG_HDR_LEN {
         let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;

@@ -88,3 +88,30 @@ fn missing_tree_reports_unreadable_files() {
     assert_eq!(errors.len(), 9, "every source, rootfs included: {errors:?}");
     assert!(errors.iter().all(|e| matches!(e, CollectError::Read { .. })));
 }
+
+/// Without sysfs (an empty directory, or a file given as --sysfs) the default device rules
+/// cannot tell which disks and interfaces to sum: those columns are NULL with an error naming
+/// the sysfs path, never 0.
+#[test]
+fn missing_sysfs_gives_null_device_sums_not_zero() {
+    let tree = fixture("node-basic");
+    let empty = std::env::temp_dir().join(format!("feature-agent-empty-sysfs-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let file = tree.join("expected.json");
+    for sysfs in [empty.clone(), file] {
+        let roots = Roots { procfs: tree.join("proc"), sysfs: sysfs.clone(), rootfs: tree.join("root") };
+        let disks = DiskSelector::default_for(&roots.sysfs);
+        let ifaces = InterfaceSelector::physical(&roots.sysfs);
+        let (features, errors) = Sources::new(roots, disks, ifaces).collect();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{text:#?}");
+        assert!(text[0].contains(&format!("{}/block", sysfs.display())), "{text:#?}");
+        assert!(text[1].contains(&format!("{}/class/net", sysfs.display())), "{text:#?}");
+        let json = serde_json::to_value(&features).unwrap();
+        for k in ["disk_read", "disk_write", "net_receive", "receive_drop", "receive_errs", "transmit_packets"] {
+            assert!(json[k].is_null(), "{k} = {}", json[k]);
+        }
+        assert!(json["load1"].is_number() && json["cpu_sec_idle"].is_number());
+    }
+    std::fs::remove_dir_all(empty).unwrap();
+}

@@ -39,6 +39,18 @@ impl Decisions {
     }
 }
 
+/// Ok if `path` is a directory (one stat call), else the error a missing file gives.
+fn sysfs_dir(path: &std::path::Path) -> Result<(), super::CollectError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(super::CollectError::Read {
+            path: path.to_owned(),
+            source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        }),
+        Err(source) => Err(super::CollectError::Read { path: path.to_owned(), source }),
+    }
+}
+
 /// Selects the disks of /proc/diskstats to sum.
 #[derive(Debug)]
 pub struct DiskSelector {
@@ -66,6 +78,15 @@ impl DiskSelector {
 
     pub fn start_sample(&mut self) {
         self.decisions.start_sample();
+    }
+
+    /// Whether the default rule can decide: it needs `<sysfs>/block`. Without it every disk
+    /// would look unselected and the sums would read 0 where they are unknown.
+    pub fn available(&self) -> Result<(), super::CollectError> {
+        match &self.rule {
+            DiskRule::Default { sysfs, .. } => sysfs_dir(&sysfs.join("block")),
+            DiskRule::Matching(_) => Ok(()),
+        }
     }
 
     pub fn is_selected(&mut self, name: &str) -> bool {
@@ -106,6 +127,14 @@ impl InterfaceSelector {
 
     pub fn start_sample(&mut self) {
         self.decisions.start_sample();
+    }
+
+    /// Whether the default rule can decide: it needs `<sysfs>/class/net`.
+    pub fn available(&self) -> Result<(), super::CollectError> {
+        match &self.rule {
+            InterfaceRule::Physical { sysfs } => sysfs_dir(&sysfs.join("class/net")),
+            InterfaceRule::Matching(_) => Ok(()),
+        }
     }
 
     pub fn is_selected(&mut self, name: &str) -> bool {

@@ -175,11 +175,11 @@ impl Sources {
             f.intr = Some(s.intr);
         }));
         keep(rootfs::available_percent(&self.roots.rootfs).map(|p| f.disk_av_per = Some(p)));
-        keep(self.read("diskstats", |t, c| diskstats::parse(t, c.disks)).map(|d| {
+        keep(self.disks.available().and_then(|()| self.read("diskstats", |t, c| diskstats::parse(t, c.disks))).map(|d| {
             f.disk_read = Some(d.read_bytes);
             f.disk_write = Some(d.written_bytes);
         }));
-        keep(self.read("net/dev", |t, c| netdev::parse(t, c.interfaces)).map(|n| {
+        keep(self.interfaces.available().and_then(|()| self.read("net/dev", |t, c| netdev::parse(t, c.interfaces))).map(|n| {
             f.net_receive = Some(n.receive_bytes);
             f.receive_drop = Some(n.receive_drop);
             f.receive_errs = Some(n.receive_errs);

@@ -146,6 +146,10 @@ pub fn parse_segment_header(data: &[u8]) -> Result<(Decoder, usize), HeaderError
     let bad = |_| HeaderError::Malformed;
     let first_seq = r.u64().map_err(bad)?;
     let n = r.u16().map_err(bad)? as usize;
+    // Each column takes at least 3 bytes of the body.
+    if n > body.len() / 3 {
+        return Err(HeaderError::Malformed);
+    }
     let types = column_types();
     let mut decoder = Decoder { first_seq, columns: Vec::with_capacity(n), unknown: Vec::new(), missing: Vec::new() };
     let mut seen = vec![false; COLUMNS.len()];

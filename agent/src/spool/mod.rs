@@ -130,6 +130,55 @@ pub struct Spool {
     stats: SpoolStats,
 }
 
+/// The most of a segment file that is ever read. The agent's segments stay under 1 MiB plus one
+/// record; bytes beyond this in a file that grew otherwise are ignored (their rows, if any, are
+/// counted as lost), so no file in the directory can make the agent allocate without bound.
+const MAX_SEGMENT_READ: u64 = 2 << 20;
+/// The same for a format-1 segment (their size bound was 16 MiB).
+const MAX_LEGACY_SEGMENT_READ: u64 = 17 << 20;
+
+/// Reads the first `limit` bytes of a file at most.
+fn read_capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    File::open(path)?.take(limit).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// Decodes a segment's bytes, of either format, the way a replay would: the rows it yields and
+/// the records found damaged. For fuzzing the decoders: it must never panic or allocate without
+/// bound, whatever the bytes.
+pub fn decode_segment_bytes(data: &[u8]) -> (Vec<FeatureRow>, u64) {
+    if data.starts_with(legacy::MAGIC) {
+        return legacy::read_segment(data);
+    }
+    let (decoder, mut at) = match format::parse_segment_header(data) {
+        Ok((d, n)) => (Some(d), n),
+        Err(_) => (None, 0),
+    };
+    let (mut rows, mut damaged) = (Vec::new(), 0);
+    while at < data.len() {
+        match format::frame(&data[at..]) {
+            Frame::Record { payload, len, .. } => {
+                match decoder.as_ref().map(|d| d.decode(payload)) {
+                    Some(Ok((row, _))) => rows.push(row),
+                    _ => damaged += 1,
+                }
+                at += len;
+            }
+            Frame::BadPayload { len, .. } => {
+                damaged += 1;
+                at += len;
+            }
+            Frame::Torn { .. } => break,
+            Frame::Damaged => {
+                damaged += 1;
+                at += format::next_marker(&data[at..]).unwrap_or(data.len() - at);
+            }
+        }
+    }
+    (rows, damaged)
+}
+
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016}.spool"))
 }
@@ -282,7 +331,7 @@ impl Spool {
     /// Rewrites a format-1 segment in the current format, then deletes it.
     fn upgrade_legacy_segment(&mut self, id: u64) -> Result<(), SpoolError> {
         let path = segment_path(&self.dir, id);
-        let data = fs::read(&path).map_err(io_err(&self.dir))?;
+        let data = read_capped(&path, MAX_LEGACY_SEGMENT_READ).map_err(io_err(&self.dir))?;
         let (rows, lost) = legacy::read_segment(&data);
         for row in &rows {
             self.append(row)?;
@@ -305,7 +354,7 @@ impl Spool {
             if let Some(f) = s.first_seq {
                 return f;
             }
-            if let Ok(data) = fs::read(segment_path(&self.dir, s.id)) {
+            if let Ok(data) = read_capped(&segment_path(&self.dir, s.id), MAX_SEGMENT_READ) {
                 let mut at = 0;
                 while at < data.len() {
                     match format::frame(&data[at..]) {
@@ -328,7 +377,7 @@ impl Spool {
             next = next.max(s.first_seq.unwrap_or(0));
         }
         let Some(last) = self.segments.last() else { return Ok(next) };
-        let data = fs::read(segment_path(&self.dir, last.id))?;
+        let data = read_capped(&segment_path(&self.dir, last.id), MAX_SEGMENT_READ)?;
         let mut at = format::parse_segment_header(&data).map_or(0, |(_, n)| n);
         let mut damaged_after = 0;
         let mut newest = None;
@@ -463,7 +512,11 @@ impl Spool {
                 self.reach_end();
                 break;
             };
-            let seg = self.segments[i];
+            let mut seg = self.segments[i];
+            if seg.len > MAX_SEGMENT_READ {
+                warn!(segment = seg.id, bytes = seg.len, "a spool segment is larger than any the agent writes; reading its first 2 MiB");
+                seg.len = MAX_SEGMENT_READ;
+            }
             if seg.id != self.read.segment {
                 self.read = Cursor { segment: seg.id, offset: 0, ..self.read };
             }
@@ -477,10 +530,7 @@ impl Spool {
                 }
                 continue;
             }
-            let mut data = Vec::with_capacity(seg.len as usize);
-            File::open(segment_path(&self.dir, seg.id))
-                .and_then(|f| f.take(seg.len).read_to_end(&mut data))
-                .map_err(io_err(&self.dir))?;
+            let data = read_capped(&segment_path(&self.dir, seg.id), seg.len).map_err(io_err(&self.dir))?;
             if (data.len() as u64) < seg.len {
                 // Shorter on disk than written: the missing bytes are damage like any other.
                 warn!(segment = seg.id, expected = seg.len, found = data.len(), "a spool segment is shorter than written");
