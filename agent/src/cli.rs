@@ -530,6 +530,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("the writer's runtime")?;
     let stopped_by = stopped_by?;
     info!(
+        sampled = metrics.collection_count.load(Relaxed),
+        skipped = metrics.samples_skipped.load(Relaxed),
         written = report.written,
         dropped_full = report.dropped_full,
         corrupt = report.corrupt,

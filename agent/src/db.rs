@@ -235,15 +235,15 @@ async fn reachable(config: &Config) -> bool {
         let ok = match host {
             Host::Tcp(name) => {
                 let addr = config.get_hostaddrs().get(i).map_or_else(|| name.clone(), ToString::to_string);
-                tokio::time::timeout(LIMIT, tokio::net::TcpStream::connect((addr.as_str(), port))).await
+                tokio::time::timeout(LIMIT, tokio::net::TcpStream::connect((addr.as_str(), port)))
+                    .await
                     .is_ok_and(|r| r.is_ok())
             }
-            Host::Unix(dir) => tokio::time::timeout(
-                LIMIT,
-                tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok()),
+            Host::Unix(dir) => {
+                tokio::time::timeout(LIMIT, tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            }
         };
         if ok {
             return true;
@@ -551,7 +551,11 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
     }
     if report.dropped_shutdown > 0 {
         let why = if backlog.spool.is_some() { "the spool could not take them" } else { "there is no spool" };
-        error!(rows = report.dropped_shutdown, reason = why, "stopping with rows the database never received: they are lost");
+        error!(
+            rows = report.dropped_shutdown,
+            reason = why,
+            "stopping with rows the database never received: they are lost"
+        );
     }
     report
 }

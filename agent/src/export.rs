@@ -162,7 +162,10 @@ pub fn check_output(path: &std::path::Path) -> anyhow::Result<()> {
     } else {
         "not a regular file"
     };
-    bail!("--output {} is {what}; export writes only to a new or existing regular file (or - for standard output)", path.display())
+    bail!(
+        "--output {} is {what}; export writes only to a new or existing regular file (or - for standard output)",
+        path.display()
+    )
 }
 
 /// Where rows go, batch by batch.
@@ -317,7 +320,8 @@ pub async fn export(
 ) -> anyhow::Result<u64> {
     let columns = value_columns(normalized);
     if output == std::path::Path::new("-") {
-        return write_rows(client, format, Output::Stdout(std::io::stdout()), &columns, normalized, node, from, to).await;
+        return write_rows(client, format, Output::Stdout(std::io::stdout()), &columns, normalized, node, from, to)
+            .await;
     }
     check_output(output)?;
     // Written under a temporary name beside it and renamed at the end: a failed export leaves
@@ -330,9 +334,8 @@ pub async fn export(
         .create_new(true)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    let result = write_rows(client, format, Output::File(file), &columns, normalized, node, from, to)
-        .await
-        .and_then(|n| {
+    let result =
+        write_rows(client, format, Output::File(file), &columns, normalized, node, from, to).await.and_then(|n| {
             std::fs::rename(&tmp, output)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
             Ok(n)

@@ -371,7 +371,8 @@ pub(crate) mod tests {
     /// A row whose every column holds a value no other column holds, so a swapped pair of
     /// columns anywhere shows.
     pub(crate) fn distinct_row() -> FeatureRow {
-        let mut row = FeatureRow::empty("distinct-node".into(), UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456));
+        let mut row =
+            FeatureRow::empty("distinct-node".into(), UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456));
         for (i, ty) in column_types().iter().enumerate() {
             let n = 1000 + i as i64;
             let v = match ty {

@@ -16,6 +16,8 @@ use std::{
 
 pub use throwaway_pg::ThrowawayPostgres;
 
+pub mod process;
+
 /// Whether the running user may skip privileged tests (explicit opt-in, never in CI).
 fn skip_allowed() -> bool {
     let opted_in = std::env::var("FEATURE_AGENT_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1");

@@ -220,3 +220,74 @@ fn plot_png_decodes_and_is_shaded_where_the_labels_are() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("has 0 rows"));
 }
+
+/// `--output` creates or replaces regular files only: a device, a FIFO, a directory or a
+/// symlink is refused with a message saying what it is, and left as it was; `-` is stdout; a
+/// failed export leaves no partial file behind.
+#[test]
+fn export_writes_only_regular_files_or_stdout() {
+    if !have_root("export_writes_only_regular_files_or_stdout") {
+        return;
+    }
+    let url = synthetic("export_targets");
+    let dir = std::env::temp_dir().join(format!("export-targets-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let target = dir.join("target.csv");
+    std::fs::write(&target, "keep me").unwrap();
+    let link = dir.join("link.csv");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let env = [("DATABASE_URL", url.as_str())];
+    for (path, what) in [
+        ("/dev/full", "a device"),
+        (fifo.to_str().unwrap(), "a FIFO"),
+        (dir.to_str().unwrap(), "a directory"),
+        (link.to_str().unwrap(), "a symbolic link"),
+    ] {
+        let out = run_agent(&["export", "--format", "csv", "--output", path], &env, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{path}: {stderr}");
+        assert!(stderr.contains(&format!("is {what}")), "{path}: {stderr}");
+        assert!(out.stdout.is_empty(), "{path}");
+    }
+    let meta = std::fs::symlink_metadata("/dev/full").unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()), "/dev/full was replaced");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+
+    // "-" is standard output: the CSV itself, header and one line per row.
+    let out = run_agent(&["export", "--format", "csv", "--output", "-"], &env, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert!(csv.starts_with("node,ts,attack,"), "{csv}");
+    assert_eq!(csv.lines().count() as i64, 1 + 2 * ROWS);
+
+    // A failure half way (the database refuses the query) leaves neither the output nor a
+    // partial file; an existing regular file is replaced only by a complete export.
+    let bad = [("DATABASE_URL", url.as_str())];
+    // A role that passes the schema check but may not read the rows: the export fails after
+    // its temporary file was created.
+    sql("export_targets", "CREATE ROLE export_nobody LOGIN; GRANT SELECT ON schema_migrations TO export_nobody");
+    let nobody = url.replace("user=postgres", "user=export_nobody");
+    assert_ne!(nobody, url, "the test URL names its user: {url}");
+    let out = run_agent(
+        &["export", "--format", "csv", "--output", target.to_str().unwrap()],
+        &[("DATABASE_URL", nobody.as_str())],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("permission denied") && stderr.contains("export query"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 3, "a partial file was left: {left:?}");
+    let out =
+        run_agent(&["export", "--format", "csv", "--output", target.to_str().unwrap()], &bad, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&target).unwrap().lines().count() as i64, 1 + 2 * ROWS);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

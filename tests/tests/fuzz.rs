@@ -11,7 +11,9 @@ use std::{
 };
 
 use agent::{
-    collector::{diskstats, file_nr, loadavg, meminfo, netdev, sockstat, stat, vmstat, DiskSelector, InterfaceSelector},
+    collector::{
+        diskstats, file_nr, loadavg, meminfo, netdev, sockstat, stat, vmstat, DiskSelector, InterfaceSelector,
+    },
     row::FeatureRow,
     spool::{decode_segment_bytes, Spool},
     tcp_diag::{parse_messages, TcpConnCounts},
@@ -38,10 +40,8 @@ fn real_segment() -> &'static [u8] {
         let _ = std::fs::remove_dir_all(&dir);
         let mut s = Spool::open(&dir, 1 << 20).unwrap();
         for i in 0..6u64 {
-            let mut r = FeatureRow::empty(
-                format!("nöde-{i}'\"FAR2FASG"),
-                UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i),
-            );
+            let mut r =
+                FeatureRow::empty(format!("nöde-{i}'\"FAR2FASG"), UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i));
             r.procfs.load1 = Some(i as f64);
             r.ebpf[2] = Some(i as i64);
             r.verdict.anomalous_features = Some(vec!["load1".into(); i as usize]);

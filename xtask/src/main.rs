@@ -307,7 +307,8 @@ fn main() -> anyhow::Result<()> {
         Task::ImageCheck => image_check(),
         Task::Bench => {
             setup()?;
-            run(cargo().args(["bench", "--package", "tests", "--bench", "agent"]))
+            run(cargo().args(["bench", "--package", "tests", "--bench", "agent"]))?;
+            run(cargo().args(["bench", "--package", "tests", "--bench", "spool"]))
         }
     }
 }

@@ -175,16 +175,22 @@ impl Sources {
             f.intr = Some(s.intr);
         }));
         keep(rootfs::available_percent(&self.roots.rootfs).map(|p| f.disk_av_per = Some(p)));
-        keep(self.disks.available().and_then(|()| self.read("diskstats", |t, c| diskstats::parse(t, c.disks))).map(|d| {
-            f.disk_read = Some(d.read_bytes);
-            f.disk_write = Some(d.written_bytes);
-        }));
-        keep(self.interfaces.available().and_then(|()| self.read("net/dev", |t, c| netdev::parse(t, c.interfaces))).map(|n| {
-            f.net_receive = Some(n.receive_bytes);
-            f.receive_drop = Some(n.receive_drop);
-            f.receive_errs = Some(n.receive_errs);
-            f.transmit_packets = Some(n.transmit_packets);
-        }));
+        keep(self.disks.available().and_then(|()| self.read("diskstats", |t, c| diskstats::parse(t, c.disks))).map(
+            |d| {
+                f.disk_read = Some(d.read_bytes);
+                f.disk_write = Some(d.written_bytes);
+            },
+        ));
+        keep(
+            self.interfaces.available().and_then(|()| self.read("net/dev", |t, c| netdev::parse(t, c.interfaces))).map(
+                |n| {
+                    f.net_receive = Some(n.receive_bytes);
+                    f.receive_drop = Some(n.receive_drop);
+                    f.receive_errs = Some(n.receive_errs);
+                    f.transmit_packets = Some(n.transmit_packets);
+                },
+            ),
+        );
         keep(self.read("vmstat", |t, _| vmstat::parse(t)).map(|v| f.mem_pressure = Some(v.pgmajfault)));
         keep(self.read("meminfo", |t, _| meminfo::parse(t)).map(|m| f.mem_av_per = Some(m.available_percent)));
         keep(self.read("loadavg", |t, _| loadavg::parse(t)).map(|l| {

@@ -193,7 +193,11 @@ fn ack_text(c: &Cursor) -> String {
 #[derive(Debug, PartialEq)]
 enum Ack {
     /// A checksummed position.
-    At { segment: u64, offset: u64, seq: u64 },
+    At {
+        segment: u64,
+        offset: u64,
+        seq: u64,
+    },
     /// Format 1's unchecked `<segment> <offset>`: not trusted, everything is replayed.
     Legacy,
     Missing,
@@ -211,8 +215,8 @@ fn parse_ack(text: Option<&[u8]>) -> Ack {
         return Ack::Damaged;
     }
     let body = fields[..4].join(" ");
-    let crc_ok = u32::from_str_radix(fields[4], 16).is_ok_and(|c| c == format::crc32(body.as_bytes()))
-        && fields[4].len() == 8;
+    let crc_ok =
+        u32::from_str_radix(fields[4], 16).is_ok_and(|c| c == format::crc32(body.as_bytes())) && fields[4].len() == 8;
     match (crc_ok, fields[1].parse(), fields[2].parse(), fields[3].parse()) {
         (true, Ok(segment), Ok(offset), Ok(seq)) => Ack::At { segment, offset, seq },
         _ => Ack::Damaged,
@@ -514,7 +518,11 @@ impl Spool {
             };
             let mut seg = self.segments[i];
             if seg.len > MAX_SEGMENT_READ {
-                warn!(segment = seg.id, bytes = seg.len, "a spool segment is larger than any the agent writes; reading its first 2 MiB");
+                warn!(
+                    segment = seg.id,
+                    bytes = seg.len,
+                    "a spool segment is larger than any the agent writes; reading its first 2 MiB"
+                );
                 seg.len = MAX_SEGMENT_READ;
             }
             if seg.id != self.read.segment {
@@ -533,13 +541,23 @@ impl Spool {
             let data = read_capped(&segment_path(&self.dir, seg.id), seg.len).map_err(io_err(&self.dir))?;
             if (data.len() as u64) < seg.len {
                 // Shorter on disk than written: the missing bytes are damage like any other.
-                warn!(segment = seg.id, expected = seg.len, found = data.len(), "a spool segment is shorter than written");
+                warn!(
+                    segment = seg.id,
+                    expected = seg.len,
+                    found = data.len(),
+                    "a spool segment is shorter than written"
+                );
             }
             if self.decoder.as_ref().is_none_or(|(id, _)| *id != seg.id) {
                 let decoder = match format::parse_segment_header(&data) {
                     Ok((d, _)) => {
                         if !d.unknown.is_empty() || !d.missing.is_empty() {
-                            info!(segment = seg.id, ignored = d.unknown.join(","), null = d.missing.join(","), "replaying a spool segment with other columns, by name");
+                            info!(
+                                segment = seg.id,
+                                ignored = d.unknown.join(","),
+                                null = d.missing.join(","),
+                                "replaying a spool segment with other columns, by name"
+                            );
                         }
                         Some(d)
                     }
@@ -575,7 +593,11 @@ impl Spool {
                         match decoded {
                             Some(Ok((row, unconverted))) => {
                                 if unconverted > 0 {
-                                    warn!(segment = seg.id, values = unconverted, "spooled values of a changed type are NULL");
+                                    warn!(
+                                        segment = seg.id,
+                                        values = unconverted,
+                                        "spooled values of a changed type are NULL"
+                                    );
                                 }
                                 self.met(seq, true);
                                 self.read.offset = at as u64;

@@ -421,8 +421,8 @@ fn run_sequence(max_bytes: u64, ops: &[Op]) {
                 s = Spool::open(&dir, max_bytes).unwrap();
             }
             Op::CrashDuringAppend(cut) => {
-                let room = s.segments.last().is_some_and(|l| l.len + 600 <= s.segment_bytes)
-                    && s.bytes() + 600 <= max_bytes;
+                let room =
+                    s.segments.last().is_some_and(|l| l.len + 600 <= s.segment_bytes) && s.bytes() + 600 <= max_bytes;
                 // (An append that would evict or rotate first is torn in a new segment: the
                 // torn bytes are only simulated where the append would have put them.)
                 if s.writer.is_some() && room {
