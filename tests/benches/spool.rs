@@ -64,7 +64,7 @@ fn main() {
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{log}");
         let connected = log.lines().find(|l| l.contains("connected to the database")).map(log_time).unwrap();
-        let last = log.lines().filter(|l| l.contains("caught up a batch")).last().map(log_time).unwrap();
+        let last = log.lines().rfind(|l| l.contains("caught up a batch")).map(log_time).unwrap();
         println!(
             "| {label} | {rows} | {per_row:.0} | {:.2} ms/row | {:.0} |",
             append.as_secs_f64() * 1000.0 / rows as f64,
