@@ -180,7 +180,7 @@ pub struct RunArgs {
     /// restarts and crashes. "off": no spool, rows wait in memory only (--queue-max-rows).
     #[arg(long, env = "SPOOL_DIR", default_value = "/var/lib/feature-agent/spool")]
     pub spool_dir: PathBuf,
-    /// Bytes the spool may use; beyond it the oldest rows are dropped (about 500 bytes a row).
+    /// Bytes the spool may use; beyond it the oldest rows are dropped (about 400 bytes a row).
     #[arg(long, env = "SPOOL_MAX_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(16384..))]
     pub spool_max_bytes: u64,
     /// Rows held in memory when there is no spool (or it fails); the oldest are dropped beyond it.

@@ -383,3 +383,38 @@ fn the_previous_releases_spool_is_replayed_after_an_upgrade() {
     assert_eq!(got.lines().count(), 12);
     let _ = std::fs::remove_dir_all(spool);
 }
+
+/// The sixth report: the database returns during a long backoff and the agent is
+/// stopped at once. The stop tries the database immediately: every row held in memory (no
+/// spool here, the worst case) is written, none is lost.
+#[test]
+fn a_stop_right_after_the_database_returns_writes_everything() {
+    if !have_root("a_stop_right_after_the_database_returns_writes_everything") {
+        return;
+    }
+    let mut pg = pg();
+    let url = pg.url("postgres");
+    pg.stop_server();
+    let args = [
+        "--node-name",
+        "quick-stop",
+        "--no-ebpf",
+        "--interval",
+        "0.1",
+        "--spool-dir",
+        "off",
+        "--shutdown-timeout",
+        "10",
+    ];
+    let agent = Agent::start(&url, Path::new("off"), &args, &[]);
+    // Long enough for the backoff to reach several seconds.
+    sleep(12.0);
+    pg.restart_server().unwrap();
+    let out = agent.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let c = stopped_counts(&stderr);
+    assert!(c["sampled"] >= 100, "{stderr}");
+    assert_eq!((c["dropped_full"], c["dropped_shutdown"], c["spooled"]), (0, 0, 0), "{stderr}");
+    assert_eq!(count(&pg, "quick-stop"), c["sampled"]);
+}
