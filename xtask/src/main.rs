@@ -9,6 +9,8 @@
 //!   build-static  the fully static release binary the Dockerfile ships (glibc, static-pie)
 //!   image-check   build-static, then run that binary in an empty root directory (what the
 //!               distroless/static image gives it): eBPF loads and a row is taken
+//!   runtime-check run deploy/'s containers under a private containerd with the manifests'
+//!               security settings (runtime_check.rs)
 //!   deploy-check  validate deploy/ offline against the Kubernetes schemas and scan it with
 //!               checkov (both from PyPI, in target/deploy-venv)
 //! xtask depends on nothing that needs the eBPF toolchain, so it builds on a fresh machine.
@@ -20,6 +22,8 @@ use std::{
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use throwaway_pg::ThrowawayPostgres;
+
+mod runtime_check;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -59,6 +63,9 @@ enum Task {
     /// Validate deploy/ (base and overlays, rendered offline) against the Kubernetes schemas
     /// and scan it with checkov; any finding without a written reason fails.
     DeployCheck,
+    /// Run the Kubernetes containers of deploy/ (migrate Job, DaemonSet, privileged overlay)
+    /// under a private containerd with the manifests' security settings; see runtime_check.rs.
+    RuntimeCheck,
     /// Scripted detection run against a throwaway Postgres: prints F1 and delay per scenario.
     Detection {
         /// Extra arguments for `feature-agent drill` (e.g. --rounds 3 --gap 20).
@@ -144,8 +151,9 @@ unshare --mount --propagation private sh -c '
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.34.0"];
 const PYTHON_TOOLS: [&str; 2] = ["checkov==3.3.30", "kubernetes-validate==1.37.0"];
 
-fn deploy_check() -> anyhow::Result<()> {
-    setup()?;
+/// The Python venv of the deploy tools (checkov, kubernetes-validate, PyYAML), made if
+/// missing; returns its bin directory.
+fn deploy_venv() -> anyhow::Result<PathBuf> {
     let venv = root().join("target/deploy-venv");
     let bin = venv.join("bin");
     let stamp = venv.join("installed.txt");
@@ -157,6 +165,12 @@ fn deploy_check() -> anyhow::Result<()> {
             .args(PYTHON_TOOLS))?;
         std::fs::write(&stamp, PYTHON_TOOLS.join("\n"))?;
     }
+    Ok(bin)
+}
+
+fn deploy_check() -> anyhow::Result<()> {
+    setup()?;
+    let bin = deploy_venv()?;
     let rendered = root().join("target/deploy-rendered");
     let _ = std::fs::remove_dir_all(&rendered);
     std::fs::create_dir_all(&rendered)?;
@@ -305,6 +319,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::ImageCheck => image_check(),
+        Task::RuntimeCheck => {
+            setup()?;
+            let agent = build_static()?;
+            runtime_check::runtime_check(&root(), &deploy_venv()?.join("python"), &agent)
+        }
         Task::Bench => {
             setup()?;
             run(cargo().args(["bench", "--package", "tests", "--bench", "agent"]))?;

@@ -1,0 +1,528 @@
+//! `cargo xtask runtime-check`: the Kubernetes containers of deploy/ run by a real container
+//! runtime (containerd 1.6 with runc, what kubelets drive), with every security setting taken
+//! from the rendered manifests rather than typed again here: capabilities, privileged,
+//! allowPrivilegeEscalation, readOnlyRootFilesystem, the seccomp profile, the user, host
+//! network, volumes and their mount paths, env and args.
+//!
+//! The image is built without a daemon the way the Dockerfile builds it (the static binary on an
+//! empty base with what distroless/static gives it: CA certificates, passwd, group,
+//! nsswitch.conf, /tmp; its ENTRYPOINT and CMD read from the Dockerfile) as an OCI layout with
+//! umoci, and imported into a private containerd (its own root, state and socket). Then:
+//! - the migrate Job's container applies the schema to a throwaway Postgres, as its non-root user;
+//! - the base DaemonSet's container attaches every eBPF program and writes rows, and the kernel's
+//!   view of it (/proc/PID/status and mountinfo) shows exactly the capabilities the manifest
+//!   adds, no_new_privs, a seccomp filter and a read-only root;
+//! - the same for the privileged overlay (every capability, no seccomp filter);
+//! - a DaemonSet without PERFMON cannot attach its programs (the enforcement is real).
+//! What differs from a cluster, on purpose: the agent reaches the throwaway Postgres (TCP on the
+//! host network, or its Unix socket bound in for the Job, which has no host network) instead of
+//! the Service; NODE_NAME (downward API) is set by the check; INTERVAL is 1 s; the spool's
+//! hostPath is a temporary directory; Secrets are files written by the check. Containers run
+//! without cgroups of their own (this machine's v1 hierarchy must not be changed), so resource
+//! limits are not enforced here.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context};
+use serde_json::Value;
+use throwaway_pg::ThrowawayPostgres;
+
+const NAMESPACE: &str = "feature-agent-check";
+const IMAGE: &str = "localhost/feature-agent:check";
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The rendered manifests of a kustomization directory, as JSON values.
+fn render(python: &Path, root: &Path, dir: &str) -> anyhow::Result<Vec<Value>> {
+    let yaml = run(Command::new(python).arg(root.join("scripts/render_overlay.py")).arg(root.join(dir)))?;
+    let file = std::env::temp_dir().join(format!("runtime-check-{}.yaml", std::process::id()));
+    std::fs::write(&file, yaml)?;
+    let json = run(Command::new(python)
+        .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))"])
+        .arg(&file));
+    let _ = std::fs::remove_file(&file);
+    Ok(serde_json::from_str(&json?)?)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> anyhow::Result<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .with_context(|| format!("no {kind} {name} in the rendered manifests"))
+}
+
+/// `ENTRYPOINT [...]` and `CMD [...]` of the Dockerfile's last stage.
+fn dockerfile_command(root: &Path) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let text = std::fs::read_to_string(root.join("Dockerfile"))?;
+    let last = |key: &str| -> anyhow::Result<Vec<String>> {
+        let line = text
+            .lines()
+            .rfind(|l| l.starts_with(key))
+            .with_context(|| format!("no {key} in the Dockerfile"))?;
+        serde_json::from_str(line[key.len()..].trim()).with_context(|| format!("{key} is not a JSON array"))
+    };
+    Ok((last("ENTRYPOINT")?, last("CMD")?))
+}
+
+/// The image, as an OCI layout tarball made by umoci; returns its path.
+fn build_image(work: &Path, agent: &Path, entrypoint: &[String], cmd: &[String]) -> anyhow::Result<PathBuf> {
+    let layout = work.join("oci");
+    let bundle = work.join("bundle");
+    let tag = format!("{}:check", layout.display());
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout))?;
+    run(Command::new("umoci").args(["new", "--image", &tag]))?;
+    run(Command::new("umoci").args(["unpack", "--image", &tag]).arg(&bundle))?;
+    let rootfs = bundle.join("rootfs");
+    for d in ["etc/ssl/certs", "tmp", "proc", "sys", "dev", "host", "var/lib"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    std::fs::copy(agent, rootfs.join(entrypoint[0].trim_start_matches('/')))?;
+    std::fs::copy("/etc/ssl/certs/ca-certificates.crt", rootfs.join("etc/ssl/certs/ca-certificates.crt"))
+        .context("copying the CA certificates (ca-certificates)")?;
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")?;
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnonroot:x:65532:\n")?;
+    std::fs::write(rootfs.join("etc/nsswitch.conf"), "hosts: files dns\n")?;
+    run(Command::new("chmod").arg("1777").arg(rootfs.join("tmp")))?;
+    run(Command::new("umoci").args(["repack", "--image", &tag]).arg(&bundle))?;
+    let mut config = Command::new("umoci");
+    config.args(["config", "--image", &tag]);
+    for e in entrypoint {
+        config.args(["--config.entrypoint", e]);
+    }
+    for c in cmd {
+        config.args(["--config.cmd", c]);
+    }
+    run(&mut config)?;
+    let tar = work.join("image.tar");
+    run(Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&tar).arg("."))?;
+    Ok(tar)
+}
+
+/// A private containerd, stopped when dropped.
+struct Containerd {
+    child: Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Containerd {
+    fn start() -> anyhow::Result<Self> {
+        // Short: a Unix socket path has at most 107 bytes.
+        let dir = PathBuf::from(format!("/run/fa-rt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("config.toml"), "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n")?;
+        let socket = dir.join("c.sock");
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg("--address")
+            .arg(&socket)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting containerd (apt-get install containerd runc)")?;
+        let c = Containerd { child, socket, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.ctr(&["version"]).is_err() {
+            ensure!(Instant::now() < deadline, "containerd did not start: {}", c.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(c)
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(&self.socket).args(["--namespace", NAMESPACE]);
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(self.command().args(args))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The host PID of a running task.
+    fn pid(&self, id: &str) -> anyhow::Result<u32> {
+        let out = self.ctr(&["task", "ls"])?;
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no task {id}: {out}"))
+    }
+
+    fn remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = self.ctr(&["task", "delete", "-f", id]);
+        let _ = self.ctr(&["container", "delete", id]);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Ok(out) = self.ctr(&["container", "ls", "-q"]) {
+            for id in out.lines() {
+                self.remove(id);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("grep -o ' {0}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l", self.dir.display()))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How one container of a pod is to be run, translated from its manifest.
+#[derive(Debug, Default)]
+struct Plan {
+    flags: Vec<String>,
+    env: BTreeMap<String, String>,
+    args: Vec<String>,
+    uid: u32,
+    gid: u32,
+    no_new_privileges: bool,
+    privileged: bool,
+    /// Capabilities the container must have, exactly (None when privileged: all of them).
+    caps: Vec<u32>,
+    read_only_root: bool,
+    seccomp: bool,
+}
+
+fn cap_number(name: &str) -> anyhow::Result<u32> {
+    Ok(match name.trim_start_matches("CAP_") {
+        "CHOWN" => 0,
+        "DAC_OVERRIDE" => 1,
+        "NET_BIND_SERVICE" => 10,
+        "NET_ADMIN" => 12,
+        "NET_RAW" => 13,
+        "SYS_PTRACE" => 19,
+        "SYS_ADMIN" => 21,
+        "SYS_RESOURCE" => 24,
+        "PERFMON" => CAP_PERFMON,
+        "BPF" => CAP_BPF,
+        other => bail!("capability {other} is not known to runtime-check; add its number"),
+    })
+}
+
+/// Translates a pod template's first container into a [`Plan`]: every setting from the
+/// manifest, with the stand-ins described in the module header.
+fn plan(pod: &Value, work: &Path, overrides: &[(&str, String)], spool: &Path) -> anyhow::Result<Plan> {
+    let spec = &pod["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let sc = &c["securityContext"];
+    let psc = &spec["securityContext"];
+    let mut p = Plan::default();
+    if spec["hostNetwork"] == true {
+        p.flags.push("--net-host".into());
+    }
+    let seccomp = sc["seccompProfile"]["type"].as_str().or(psc["seccompProfile"]["type"].as_str());
+    match seccomp {
+        Some("RuntimeDefault") => {
+            p.flags.push("--seccomp".into());
+            p.seccomp = true;
+        }
+        Some("Unconfined") | None => {}
+        Some(other) => bail!("seccomp profile {other} is not supported by runtime-check"),
+    }
+    p.privileged = sc["privileged"] == true;
+    if p.privileged {
+        p.flags.push("--privileged".into());
+    }
+    p.read_only_root = sc["readOnlyRootFilesystem"] == true;
+    if p.read_only_root {
+        p.flags.push("--read-only".into());
+    }
+    p.no_new_privileges = sc["allowPrivilegeEscalation"] == false;
+    for d in sc["capabilities"]["drop"].as_array().into_iter().flatten() {
+        let d = d.as_str().context("a capability name")?;
+        p.flags.push("--cap-drop".into());
+        p.flags.push(format!("CAP_{}", d.trim_start_matches("CAP_")));
+    }
+    for a in sc["capabilities"]["add"].as_array().into_iter().flatten() {
+        let a = a.as_str().context("a capability name")?;
+        p.flags.push("--cap-add".into());
+        p.flags.push(format!("CAP_{}", a.trim_start_matches("CAP_")));
+        p.caps.push(cap_number(a)?);
+    }
+    p.uid = sc["runAsUser"].as_u64().or(psc["runAsUser"].as_u64()).unwrap_or(0) as u32;
+    p.gid = sc["runAsGroup"].as_u64().or(psc["runAsGroup"].as_u64()).unwrap_or(0) as u32;
+    let non_root = sc["runAsNonRoot"].as_bool().or(psc["runAsNonRoot"].as_bool()).unwrap_or(false);
+    ensure!(!non_root || p.uid != 0, "runAsNonRoot with uid 0: the kubelet would refuse to start it");
+    for e in c["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().context("env name")?.to_owned();
+        let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
+            (Value::String(v), _) => v.clone(),
+            (_, Value::String(f)) if f == "spec.nodeName" => "downward-api-node-name".into(),
+            _ => bail!("env {name}: only value and fieldRef spec.nodeName are supported"),
+        };
+        p.env.insert(name, value);
+    }
+    for (k, v) in overrides {
+        p.env.insert((*k).to_owned(), v.clone());
+    }
+    p.args = c["args"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_owned)).collect();
+    // Volumes: hostPath bound from the host (the spool's to a temporary directory), Secrets
+    // written as files.
+    let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
+    for m in c["volumeMounts"].as_array().into_iter().flatten() {
+        let name = m["name"].as_str().context("volumeMount name")?;
+        let dst = m["mountPath"].as_str().context("mountPath")?;
+        let v = volumes.iter().find(|v| v["name"] == name).with_context(|| format!("no volume {name}"))?;
+        let src = if let Some(host) = v["hostPath"]["path"].as_str() {
+            if host.starts_with("/var/lib/feature-agent") {
+                std::fs::create_dir_all(spool)?;
+                spool.to_path_buf()
+            } else {
+                PathBuf::from(host)
+            }
+        } else if v["secret"].is_object() {
+            let dir = work.join(format!("secret-{name}"));
+            std::fs::create_dir_all(&dir)?;
+            for item in v["secret"]["items"].as_array().into_iter().flatten() {
+                let path = item["path"].as_str().context("secret item path")?;
+                std::fs::write(dir.join(path), "unused-with-trust-auth\n")?;
+            }
+            dir
+        } else {
+            bail!("volume {name}: only hostPath and secret are supported");
+        };
+        let mut options = vec!["rbind", if m["readOnly"] == true { "ro" } else { "rw" }];
+        if m["mountPropagation"] == "HostToContainer" {
+            options.push("rslave");
+        }
+        p.flags.push("--mount".into());
+        p.flags.push(format!("type=bind,src={},dst={dst},options={}", src.display(), options.join(":")));
+    }
+    Ok(p)
+}
+
+/// The OCI spec ctr generates for the plan's flags, with what ctr 1.6 has no flag for (the
+/// user, no_new_privileges, the arguments) set as the kubelet would; written to a file.
+fn spec_file(ctr: &Containerd, plan: &Plan, id: &str, extra_mounts: &[String], work: &Path) -> anyhow::Result<PathBuf> {
+    let probe = format!("{id}-spec");
+    let mut create = ctr.command();
+    create.args(["container", "create", "--cgroup", ""]).args(&plan.flags);
+    for m in extra_mounts {
+        create.args(["--mount", m]);
+    }
+    for (k, v) in &plan.env {
+        create.args(["--env", &format!("{k}={v}")]);
+    }
+    create.args([IMAGE, &probe]);
+    run(&mut create)?;
+    let info: Value = serde_json::from_str(&ctr.ctr(&["container", "info", &probe])?)?;
+    ctr.ctr(&["container", "delete", &probe])?;
+    let mut spec = info["Spec"].clone();
+    ensure!(spec.is_object(), "no spec in ctr's container info");
+    let entry = spec["process"]["args"][0].clone();
+    let mut args = vec![entry];
+    args.extend(plan.args.iter().map(|a| Value::String(a.clone())));
+    spec["process"]["args"] = Value::Array(args);
+    spec["process"]["user"] = serde_json::json!({"uid": plan.uid, "gid": plan.gid});
+    spec["process"]["noNewPrivileges"] = Value::Bool(plan.no_new_privileges);
+    let file = work.join(format!("{id}.json"));
+    std::fs::write(&file, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(file)
+}
+
+/// Starts a container from a spec file; its output goes to `<id>.log`.
+fn start(ctr: &Containerd, spec: &Path, id: &str, work: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(work.join(format!("{id}.log")))?;
+    let child = ctr
+        .command()
+        .args(["run", "--cgroup", "", "--config"])
+        .arg(spec)
+        .args([IMAGE, id])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    Ok(child)
+}
+
+fn log_of(work: &Path, id: &str) -> String {
+    std::fs::read_to_string(work.join(format!("{id}.log"))).unwrap_or_default()
+}
+
+/// A `Key:\tvalue` line of /proc/PID/status.
+fn status_field(pid: u32, key: &str) -> anyhow::Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_owned())
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+/// Checks what the kernel enforces on the running container's process.
+fn check_confinement(pid: u32, plan: &Plan) -> anyhow::Result<String> {
+    let eff = u64::from_str_radix(&status_field(pid, "CapEff")?, 16)?;
+    let bnd = u64::from_str_radix(&status_field(pid, "CapBnd")?, 16)?;
+    if plan.privileged {
+        ensure!(eff.count_ones() >= 38, "privileged container with only CapEff {eff:x}");
+    } else {
+        let want = plan.caps.iter().fold(0u64, |m, c| m | 1 << c);
+        ensure!(eff == want, "CapEff {eff:x}, the manifest gives exactly {want:x}");
+        ensure!(bnd == want, "CapBnd {bnd:x}, the manifest gives exactly {want:x}");
+    }
+    let nnp = status_field(pid, "NoNewPrivs")?;
+    ensure!((nnp == "1") == plan.no_new_privileges, "NoNewPrivs {nnp}");
+    let seccomp = status_field(pid, "Seccomp")?;
+    ensure!((seccomp == "2") == plan.seccomp, "Seccomp mode {seccomp}");
+    let uid = status_field(pid, "Uid")?;
+    ensure!(uid.split_whitespace().all(|u| u == plan.uid.to_string()), "Uid {uid}, the manifest says {}", plan.uid);
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let root = mountinfo.lines().find(|l| l.split_whitespace().nth(4) == Some("/")).context("no / in mountinfo")?;
+    let ro = root.split_whitespace().nth(5).is_some_and(|o| o.split(',').any(|x| x == "ro"));
+    ensure!(ro == plan.read_only_root, "root mounted {root}");
+    Ok(format!("CapEff={eff:x} NoNewPrivs={nnp} Seccomp={seccomp} Uid={} root={}", plan.uid, if ro { "ro" } else { "rw" }))
+}
+
+fn rows_of(pg: &ThrowawayPostgres, node: &str) -> u64 {
+    pg.psql("features", &format!("SELECT count(*) FROM node_features WHERE node = '{node}'"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs a DaemonSet's agent container until it has written `rows` rows, checks its confinement,
+/// stops it with SIGTERM and checks it exited 0. Returns the confinement summary.
+fn check_daemonset(
+    ctr: &Containerd,
+    pg: &ThrowawayPostgres,
+    ds: &Value,
+    id: &str,
+    work: &Path,
+) -> anyhow::Result<String> {
+    let spool = work.join(format!("{id}-spool"));
+    std::fs::create_dir_all(&spool)?;
+    let overrides = [
+        ("DB_HOST", "127.0.0.1".to_owned()),
+        ("DB_PORT", pg.port().to_string()),
+        ("NODE_NAME", id.to_owned()),
+        ("INTERVAL", "1".to_owned()),
+        ("LISTEN", "127.0.0.1:0".to_owned()),
+    ];
+    let plan = plan(ds, work, &overrides, &spool)?;
+    let spec = spec_file(ctr, &plan, id, &[], work)?;
+    let mut child = start(ctr, &spec, id, work)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows_of(pg, id) < 3 {
+        if let Some(status) = child.try_wait()? {
+            bail!("{id} exited ({status}) before writing rows:\n{}", log_of(work, id));
+        }
+        ensure!(Instant::now() < deadline, "{id} wrote no rows within 60 s:\n{}", log_of(work, id));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let summary = check_confinement(ctr.pid(id)?, &plan).with_context(|| format!("{id}:\n{}", log_of(work, id)))?;
+    ctr.ctr(&["task", "kill", "-s", "SIGTERM", id])?;
+    let status = child.wait()?;
+    let log = log_of(work, id);
+    ensure!(status.success(), "{id} did not exit 0 after SIGTERM ({status}):\n{log}");
+    ensure!(log.contains("eBPF programs attached programs=10"), "{id}: not every program attached:\n{log}");
+    ensure!(!log.contains("could not be attached"), "{id}: a program failed:\n{log}");
+    ctr.remove(id);
+    Ok(summary)
+}
+
+/// Installs containerd, runc and umoci from Debian's packages if they are missing.
+fn install_runtime() -> anyhow::Result<()> {
+    let have = |c: &str| Command::new("sh").arg("-c").arg(format!("command -v {c}")).output().is_ok_and(|o| o.status.success());
+    if ["containerd", "ctr", "runc", "umoci"].iter().all(|c| have(c)) {
+        return Ok(());
+    }
+    eprintln!("runtime-check: installing containerd, runc and umoci");
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "containerd", "runc", "umoci", "ca-certificates"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}
+
+pub fn runtime_check(root: &Path, python: &Path, agent: &Path) -> anyhow::Result<()> {
+    install_runtime()?;
+    let base = render(python, root, "deploy/base")?;
+    let privileged = render(python, root, "deploy/overlays/privileged")?;
+    let work = root.join("target/runtime-check");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let (entrypoint, cmd) = dockerfile_command(root)?;
+    let tar = build_image(&work, agent, &entrypoint, &cmd)?;
+    let ctr = Containerd::start()?;
+    ctr.ctr(&["image", "import", "--base-name", "localhost/feature-agent", "--digests", "--all-platforms", tar.to_str().context("path")?])
+        .or_else(|_| ctr.ctr(&["image", "import", tar.to_str().context("path")?]))?;
+    let images = ctr.ctr(&["image", "ls", "-q"])?;
+    let imported = images.lines().next().context("no image imported")?.to_owned();
+    if imported != IMAGE {
+        ctr.ctr(&["image", "tag", &imported, IMAGE])?;
+    }
+    eprintln!("runtime-check: image built with umoci and imported into a private containerd");
+
+    let pg = ThrowawayPostgres::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    pg.create_database("features").map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    // The migrate Job: no host network, so the throwaway Postgres' socket directory is bound in.
+    let job = find(&base, "Job", "feature-agent-migrate")?;
+    let socket_dir = pg.socket_dir().display().to_string();
+    let overrides = [("DB_HOST", "/run/postgresql-check".to_owned()), ("DB_PORT", pg.port().to_string())];
+    let plan_job = plan(job, &work, &overrides, &work)?;
+    ensure!(plan_job.uid != 0, "the migrate Job must run as non-root");
+    let mount = format!("type=bind,src={socket_dir},dst=/run/postgresql-check,options=rbind:rw");
+    let spec = spec_file(&ctr, &plan_job, "migrate", &[mount], &work)?;
+    let status = start(&ctr, &spec, "migrate", &work)?.wait()?;
+    let log = log_of(&work, "migrate");
+    ensure!(status.success() && log.contains("migrations up to date"), "the migrate Job failed ({status}):\n{log}");
+    ctr.remove("migrate");
+    eprintln!("runtime-check: migrate Job ok (uid {}, read-only root, no capabilities)", plan_job.uid);
+    pg.psql("features", "CREATE ROLE agent LOGIN IN ROLE feature_writer").map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let ds = find(&base, "DaemonSet", "feature-agent")?;
+    let summary = check_daemonset(&ctr, &pg, ds, "base", &work)?;
+    eprintln!("runtime-check: base DaemonSet ok: 10 programs, rows written, {summary}");
+    let ds = find(&privileged, "DaemonSet", "feature-agent")?;
+    let summary = check_daemonset(&ctr, &pg, ds, "privileged", &work)?;
+    eprintln!("runtime-check: privileged overlay ok: 10 programs, rows written, {summary}");
+
+    // Without PERFMON the programs cannot attach: the runtime really enforces the capability set.
+    let mut weakened = find(&base, "DaemonSet", "feature-agent")?.clone();
+    let add = &mut weakened["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"];
+    *add = Value::Array(vec![Value::String("BPF".into())]);
+    weakened["spec"]["template"]["spec"]["containers"][0]["args"] =
+        serde_json::json!(["print", "--records", "1", "--require-ebpf"]);
+    let plan_weak = plan(&weakened, &work, &[("NODE_NAME", "weak".to_owned())], &work.join("weak-spool"))?;
+    let spec = spec_file(&ctr, &plan_weak, "weakened", &[], &work)?;
+    let status = start(&ctr, &spec, "weakened", &work)?.wait()?;
+    let log = log_of(&work, "weakened");
+    ensure!(
+        !status.success() && log.contains("--require-ebpf"),
+        "without CAP_PERFMON the agent attached its programs ({status}):\n{log}"
+    );
+    ctr.remove("weakened");
+    eprintln!("runtime-check: without PERFMON the programs do not attach (as expected)");
+    eprintln!("runtime-check: ok");
+    Ok(())
+}
