@@ -214,7 +214,9 @@ fn a_corrupt_spool_record_is_skipped_and_the_rest_replayed() {
     pg.restart_server().unwrap();
     let args = ["--interval", "0.2", "--node-name", "corrupt", "--no-ebpf"];
     let agent = Agent::start(&url, &spool, &args, &[]);
-    wait_for("the replay and a new row", Duration::from_secs(20), || count_if_up(&pg, "corrupt").is_some_and(|n| n >= 10));
+    wait_for("the replay and a new row", Duration::from_secs(20), || {
+        count_if_up(&pg, "corrupt").is_some_and(|n| n >= 10)
+    });
     assert_eq!(agent.metric("feature_agent_rows_dropped_total{reason=corrupt}"), 1.0);
     assert_eq!(agent.metric("feature_agent_rows_spooled"), 0.0);
     let out = agent.stop();

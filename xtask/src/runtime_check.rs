@@ -1,8 +1,9 @@
 //! `cargo xtask runtime-check`: the Kubernetes containers of deploy/ run by a real container
 //! runtime (containerd 1.6 with runc, what kubelets drive), with every security setting taken
 //! from the rendered manifests rather than typed again here: capabilities, privileged,
-//! allowPrivilegeEscalation, readOnlyRootFilesystem, the seccomp profile, the user, host
-//! network, volumes and their mount paths, env and args.
+//! allowPrivilegeEscalation, readOnlyRootFilesystem, the seccomp profile, the user (ctr 1.6 has
+//! no --user: the user is set on a tag of the same image), host network, volumes and their
+//! mount paths, env and args.
 //!
 //! The image is built without a daemon the way the Dockerfile builds it (the static binary on an
 //! empty base with what distroless/static gives it: CA certificates, passwd, group,
@@ -14,12 +15,14 @@
 //!   adds, no_new_privs, a seccomp filter and a read-only root;
 //! - the same for the privileged overlay (every capability, no seccomp filter);
 //! - a DaemonSet without PERFMON cannot attach its programs (the enforcement is real).
+//!
 //! What differs from a cluster, on purpose: the agent reaches the throwaway Postgres (TCP on the
 //! host network, or its Unix socket bound in for the Job, which has no host network) instead of
 //! the Service; NODE_NAME (downward API) is set by the check; INTERVAL is 1 s; the spool's
-//! hostPath is a temporary directory; Secrets are files written by the check. Containers run
-//! without cgroups of their own (this machine's v1 hierarchy must not be changed), so resource
-//! limits are not enforced here.
+//! hostPath is a temporary directory; Secrets are files written by the check. The containers'
+//! cgroups path is left empty (runc then makes them relative to its caller's own, and removes
+//! them with the container), and resource limits are not applied: the check does not change
+//! this machine's cgroup hierarchies beyond that.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -33,8 +36,6 @@ use throwaway_pg::ThrowawayPostgres;
 
 const NAMESPACE: &str = "feature-agent-check";
 const IMAGE: &str = "localhost/feature-agent:check";
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
@@ -50,7 +51,10 @@ fn render(python: &Path, root: &Path, dir: &str) -> anyhow::Result<Vec<Value>> {
     let file = std::env::temp_dir().join(format!("runtime-check-{}.yaml", std::process::id()));
     std::fs::write(&file, yaml)?;
     let json = run(Command::new(python)
-        .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))"])
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+        ])
         .arg(&file));
     let _ = std::fs::remove_file(&file);
     Ok(serde_json::from_str(&json?)?)
@@ -66,17 +70,20 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> anyhow::Result<&'a Val
 fn dockerfile_command(root: &Path) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let text = std::fs::read_to_string(root.join("Dockerfile"))?;
     let last = |key: &str| -> anyhow::Result<Vec<String>> {
-        let line = text
-            .lines()
-            .rfind(|l| l.starts_with(key))
-            .with_context(|| format!("no {key} in the Dockerfile"))?;
+        let line = text.lines().rfind(|l| l.starts_with(key)).with_context(|| format!("no {key} in the Dockerfile"))?;
         serde_json::from_str(line[key.len()..].trim()).with_context(|| format!("{key} is not a JSON array"))
     };
     Ok((last("ENTRYPOINT")?, last("CMD")?))
 }
 
 /// The image, as an OCI layout tarball made by umoci; returns its path.
-fn build_image(work: &Path, agent: &Path, entrypoint: &[String], cmd: &[String]) -> anyhow::Result<PathBuf> {
+fn build_image(
+    work: &Path,
+    agent: &Path,
+    entrypoint: &[String],
+    cmd: &[String],
+    uids: &[u32],
+) -> anyhow::Result<PathBuf> {
     let layout = work.join("oci");
     let bundle = work.join("bundle");
     let tag = format!("{}:check", layout.display());
@@ -90,7 +97,10 @@ fn build_image(work: &Path, agent: &Path, entrypoint: &[String], cmd: &[String])
     std::fs::copy(agent, rootfs.join(entrypoint[0].trim_start_matches('/')))?;
     std::fs::copy("/etc/ssl/certs/ca-certificates.crt", rootfs.join("etc/ssl/certs/ca-certificates.crt"))
         .context("copying the CA certificates (ca-certificates)")?;
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")?;
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
+    )?;
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnonroot:x:65532:\n")?;
     std::fs::write(rootfs.join("etc/nsswitch.conf"), "hosts: files dns\n")?;
     run(Command::new("chmod").arg("1777").arg(rootfs.join("tmp")))?;
@@ -104,6 +114,12 @@ fn build_image(work: &Path, agent: &Path, entrypoint: &[String], cmd: &[String])
         config.args(["--config.cmd", c]);
     }
     run(&mut config)?;
+    // ctr has no --user: a manifest's runAsUser becomes the user of a tag of the same image.
+    for uid in uids {
+        run(Command::new("umoci")
+            .args(["config", "--image", &tag, "--tag", &format!("check-uid-{uid}"), "--config.user"])
+            .arg(uid.to_string()))?;
+    }
     let tar = work.join("image.tar");
     run(Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&tar).arg("."))?;
     Ok(tar)
@@ -190,7 +206,10 @@ impl Drop for Containerd {
         let _ = self.child.wait();
         let _ = Command::new("sh")
             .arg("-c")
-            .arg(format!("grep -o ' {0}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l", self.dir.display()))
+            .arg(format!(
+                "grep -o ' {0}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
+                self.dir.display()
+            ))
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -212,20 +231,54 @@ struct Plan {
     seccomp: bool,
 }
 
+/// Linux capabilities by number (capability.h), 0 to 40.
+const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
 fn cap_number(name: &str) -> anyhow::Result<u32> {
-    Ok(match name.trim_start_matches("CAP_") {
-        "CHOWN" => 0,
-        "DAC_OVERRIDE" => 1,
-        "NET_BIND_SERVICE" => 10,
-        "NET_ADMIN" => 12,
-        "NET_RAW" => 13,
-        "SYS_PTRACE" => 19,
-        "SYS_ADMIN" => 21,
-        "SYS_RESOURCE" => 24,
-        "PERFMON" => CAP_PERFMON,
-        "BPF" => CAP_BPF,
-        other => bail!("capability {other} is not known to runtime-check; add its number"),
-    })
+    let name = name.trim_start_matches("CAP_");
+    CAPABILITIES.iter().position(|c| *c == name).map(|n| n as u32).with_context(|| format!("unknown capability {name}"))
 }
 
 /// Translates a pod template's first container into a [`Plan`]: every setting from the
@@ -257,16 +310,27 @@ fn plan(pod: &Value, work: &Path, overrides: &[(&str, String)], spool: &Path) ->
         p.flags.push("--read-only".into());
     }
     p.no_new_privileges = sc["allowPrivilegeEscalation"] == false;
-    for d in sc["capabilities"]["drop"].as_array().into_iter().flatten() {
-        let d = d.as_str().context("a capability name")?;
-        p.flags.push("--cap-drop".into());
-        p.flags.push(format!("CAP_{}", d.trim_start_matches("CAP_")));
-    }
+    // Kubernetes drops first, then adds; ctr applies --cap-drop after --cap-add and does not
+    // know "ALL" (it silently keeps its default set), so the drop list is spelled out, less what
+    // is added.
     for a in sc["capabilities"]["add"].as_array().into_iter().flatten() {
         let a = a.as_str().context("a capability name")?;
-        p.flags.push("--cap-add".into());
-        p.flags.push(format!("CAP_{}", a.trim_start_matches("CAP_")));
         p.caps.push(cap_number(a)?);
+    }
+    let mut drop = Vec::new();
+    for d in sc["capabilities"]["drop"].as_array().into_iter().flatten() {
+        match d.as_str().context("a capability name")? {
+            "ALL" => drop.extend(0..CAPABILITIES.len() as u32),
+            name => drop.push(cap_number(name)?),
+        }
+    }
+    for n in drop.into_iter().filter(|n| !p.caps.contains(n)) {
+        p.flags.push("--cap-drop".into());
+        p.flags.push(format!("CAP_{}", CAPABILITIES[n as usize]));
+    }
+    for n in &p.caps {
+        p.flags.push("--cap-add".into());
+        p.flags.push(format!("CAP_{}", CAPABILITIES[*n as usize]));
     }
     p.uid = sc["runAsUser"].as_u64().or(psc["runAsUser"].as_u64()).unwrap_or(0) as u32;
     p.gid = sc["runAsGroup"].as_u64().or(psc["runAsGroup"].as_u64()).unwrap_or(0) as u32;
@@ -320,48 +384,50 @@ fn plan(pod: &Value, work: &Path, overrides: &[(&str, String)], spool: &Path) ->
     Ok(p)
 }
 
-/// The OCI spec ctr generates for the plan's flags, with what ctr 1.6 has no flag for (the
-/// user, no_new_privileges, the arguments) set as the kubelet would; written to a file.
-fn spec_file(ctr: &Containerd, plan: &Plan, id: &str, extra_mounts: &[String], work: &Path) -> anyhow::Result<PathBuf> {
-    let probe = format!("{id}-spec");
-    let mut create = ctr.command();
-    create.args(["container", "create", "--cgroup", ""]).args(&plan.flags);
-    for m in extra_mounts {
-        create.args(["--mount", m]);
-    }
-    for (k, v) in &plan.env {
-        create.args(["--env", &format!("{k}={v}")]);
-    }
-    create.args([IMAGE, &probe]);
-    run(&mut create)?;
-    let info: Value = serde_json::from_str(&ctr.ctr(&["container", "info", &probe])?)?;
-    ctr.ctr(&["container", "delete", &probe])?;
-    let mut spec = info["Spec"].clone();
-    ensure!(spec.is_object(), "no spec in ctr's container info");
-    let entry = spec["process"]["args"][0].clone();
-    let mut args = vec![entry];
-    args.extend(plan.args.iter().map(|a| Value::String(a.clone())));
-    spec["process"]["args"] = Value::Array(args);
-    spec["process"]["user"] = serde_json::json!({"uid": plan.uid, "gid": plan.gid});
-    spec["process"]["noNewPrivileges"] = Value::Bool(plan.no_new_privileges);
-    let file = work.join(format!("{id}.json"));
-    std::fs::write(&file, serde_json::to_vec_pretty(&spec)?)?;
-    Ok(file)
+/// The Job's runAsUser (pod or container level).
+fn plan_job_uid(job: &Value) -> u64 {
+    let spec = &job["spec"]["template"]["spec"];
+    spec["containers"][0]["securityContext"]["runAsUser"]
+        .as_u64()
+        .or(spec["securityContext"]["runAsUser"].as_u64())
+        .unwrap_or(0)
 }
 
-/// Starts a container from a spec file; its output goes to `<id>.log`.
-fn start(ctr: &Containerd, spec: &Path, id: &str, work: &Path) -> anyhow::Result<Child> {
+/// The image a plan runs: the image itself, or its tag whose user is the manifest's runAsUser.
+fn image_for(plan: &Plan) -> String {
+    if plan.uid == 0 {
+        IMAGE.to_owned()
+    } else {
+        format!("{IMAGE}-uid-{}", plan.uid)
+    }
+}
+
+/// Starts a container for a plan (`ctr run`); its output goes to `<id>.log`. The process
+/// arguments are the image's entrypoint followed by the manifest's args, as the kubelet does.
+fn start(
+    ctr: &Containerd,
+    plan: &Plan,
+    id: &str,
+    entrypoint: &[String],
+    extra_mounts: &[String],
+    work: &Path,
+) -> anyhow::Result<Child> {
     let log = std::fs::File::create(work.join(format!("{id}.log")))?;
-    let child = ctr
-        .command()
-        .args(["run", "--cgroup", "", "--config"])
-        .arg(spec)
-        .args([IMAGE, id])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    Ok(child)
+    let mut cmd = ctr.command();
+    // An empty cgroups path: runc makes the container's cgroups relative to its caller's own,
+    // not under a containerd namespace of its own, and removes them with the container.
+    cmd.args(["run", "--cgroup", ""]).args(&plan.flags);
+    if !plan.no_new_privileges {
+        cmd.arg("--allow-new-privs");
+    }
+    for m in extra_mounts {
+        cmd.args(["--mount", m]);
+    }
+    for (k, v) in &plan.env {
+        cmd.args(["--env", &format!("{k}={v}")]);
+    }
+    cmd.arg(image_for(plan)).arg(id).args(entrypoint).args(&plan.args);
+    Ok(cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?)
 }
 
 fn log_of(work: &Path, id: &str) -> String {
@@ -399,7 +465,11 @@ fn check_confinement(pid: u32, plan: &Plan) -> anyhow::Result<String> {
     let root = mountinfo.lines().find(|l| l.split_whitespace().nth(4) == Some("/")).context("no / in mountinfo")?;
     let ro = root.split_whitespace().nth(5).is_some_and(|o| o.split(',').any(|x| x == "ro"));
     ensure!(ro == plan.read_only_root, "root mounted {root}");
-    Ok(format!("CapEff={eff:x} NoNewPrivs={nnp} Seccomp={seccomp} Uid={} root={}", plan.uid, if ro { "ro" } else { "rw" }))
+    Ok(format!(
+        "CapEff={eff:x} NoNewPrivs={nnp} Seccomp={seccomp} Uid={} root={}",
+        plan.uid,
+        if ro { "ro" } else { "rw" }
+    ))
 }
 
 fn rows_of(pg: &ThrowawayPostgres, node: &str) -> u64 {
@@ -416,6 +486,7 @@ fn check_daemonset(
     pg: &ThrowawayPostgres,
     ds: &Value,
     id: &str,
+    entrypoint: &[String],
     work: &Path,
 ) -> anyhow::Result<String> {
     let spool = work.join(format!("{id}-spool"));
@@ -428,8 +499,7 @@ fn check_daemonset(
         ("LISTEN", "127.0.0.1:0".to_owned()),
     ];
     let plan = plan(ds, work, &overrides, &spool)?;
-    let spec = spec_file(ctr, &plan, id, &[], work)?;
-    let mut child = start(ctr, &spec, id, work)?;
+    let mut child = start(ctr, &plan, id, entrypoint, &[], work)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while rows_of(pg, id) < 3 {
         if let Some(status) = child.try_wait()? {
@@ -451,7 +521,9 @@ fn check_daemonset(
 
 /// Installs containerd, runc and umoci from Debian's packages if they are missing.
 fn install_runtime() -> anyhow::Result<()> {
-    let have = |c: &str| Command::new("sh").arg("-c").arg(format!("command -v {c}")).output().is_ok_and(|o| o.status.success());
+    let have = |c: &str| {
+        Command::new("sh").arg("-c").arg(format!("command -v {c}")).output().is_ok_and(|o| o.status.success())
+    };
     if ["containerd", "ctr", "runc", "umoci"].iter().all(|c| have(c)) {
         return Ok(());
     }
@@ -471,14 +543,14 @@ pub fn runtime_check(root: &Path, python: &Path, agent: &Path) -> anyhow::Result
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let (entrypoint, cmd) = dockerfile_command(root)?;
-    let tar = build_image(&work, agent, &entrypoint, &cmd)?;
+    let job = find(&base, "Job", "feature-agent-migrate")?;
+    let job_uid = plan_job_uid(job) as u32;
+    let tar = build_image(&work, agent, &entrypoint, &cmd, &[job_uid])?;
     let ctr = Containerd::start()?;
-    ctr.ctr(&["image", "import", "--base-name", "localhost/feature-agent", "--digests", "--all-platforms", tar.to_str().context("path")?])
-        .or_else(|_| ctr.ctr(&["image", "import", tar.to_str().context("path")?]))?;
+    ctr.ctr(&["image", "import", "--base-name", "localhost/feature-agent", tar.to_str().context("path")?])?;
     let images = ctr.ctr(&["image", "ls", "-q"])?;
-    let imported = images.lines().next().context("no image imported")?.to_owned();
-    if imported != IMAGE {
-        ctr.ctr(&["image", "tag", &imported, IMAGE])?;
+    for want in [IMAGE.to_owned(), format!("{IMAGE}-uid-{job_uid}")] {
+        ensure!(images.lines().any(|l| l == want), "{want} was not imported: {images}");
     }
     eprintln!("runtime-check: image built with umoci and imported into a private containerd");
 
@@ -486,25 +558,31 @@ pub fn runtime_check(root: &Path, python: &Path, agent: &Path) -> anyhow::Result
     pg.create_database("features").map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // The migrate Job: no host network, so the throwaway Postgres' socket directory is bound in.
-    let job = find(&base, "Job", "feature-agent-migrate")?;
-    let socket_dir = pg.socket_dir().display().to_string();
+    // The socket is linked into a directory only the Job's uid may enter (mode 0700): the Job
+    // reaches the database only if it really runs as that uid (it has no CAP_DAC_OVERRIDE).
+    let socket_dir = work.join("job-socket");
+    std::fs::create_dir_all(&socket_dir)?;
+    let socket = format!(".s.PGSQL.{}", pg.port());
+    std::fs::hard_link(pg.socket_dir().join(&socket), socket_dir.join(&socket)).context("linking the socket")?;
+    run(Command::new("chown").arg(format!("{}:0", plan_job_uid(job))).arg(&socket_dir))?;
+    run(Command::new("chmod").arg("0700").arg(&socket_dir))?;
+    let socket_dir = socket_dir.display().to_string();
     let overrides = [("DB_HOST", "/run/postgresql-check".to_owned()), ("DB_PORT", pg.port().to_string())];
     let plan_job = plan(job, &work, &overrides, &work)?;
     ensure!(plan_job.uid != 0, "the migrate Job must run as non-root");
     let mount = format!("type=bind,src={socket_dir},dst=/run/postgresql-check,options=rbind:rw");
-    let spec = spec_file(&ctr, &plan_job, "migrate", &[mount], &work)?;
-    let status = start(&ctr, &spec, "migrate", &work)?.wait()?;
+    let status = start(&ctr, &plan_job, "migrate", &entrypoint, &[mount], &work)?.wait()?;
     let log = log_of(&work, "migrate");
     ensure!(status.success() && log.contains("migrations up to date"), "the migrate Job failed ({status}):\n{log}");
     ctr.remove("migrate");
-    eprintln!("runtime-check: migrate Job ok (uid {}, read-only root, no capabilities)", plan_job.uid);
+    eprintln!("runtime-check: migrate Job ok: schema applied through a socket only uid {} can reach", plan_job.uid);
     pg.psql("features", "CREATE ROLE agent LOGIN IN ROLE feature_writer").map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let ds = find(&base, "DaemonSet", "feature-agent")?;
-    let summary = check_daemonset(&ctr, &pg, ds, "base", &work)?;
+    let summary = check_daemonset(&ctr, &pg, ds, "base", &entrypoint, &work)?;
     eprintln!("runtime-check: base DaemonSet ok: 10 programs, rows written, {summary}");
     let ds = find(&privileged, "DaemonSet", "feature-agent")?;
-    let summary = check_daemonset(&ctr, &pg, ds, "privileged", &work)?;
+    let summary = check_daemonset(&ctr, &pg, ds, "privileged", &entrypoint, &work)?;
     eprintln!("runtime-check: privileged overlay ok: 10 programs, rows written, {summary}");
 
     // Without PERFMON the programs cannot attach: the runtime really enforces the capability set.
@@ -514,8 +592,7 @@ pub fn runtime_check(root: &Path, python: &Path, agent: &Path) -> anyhow::Result
     weakened["spec"]["template"]["spec"]["containers"][0]["args"] =
         serde_json::json!(["print", "--records", "1", "--require-ebpf"]);
     let plan_weak = plan(&weakened, &work, &[("NODE_NAME", "weak".to_owned())], &work.join("weak-spool"))?;
-    let spec = spec_file(&ctr, &plan_weak, "weakened", &[], &work)?;
-    let status = start(&ctr, &spec, "weakened", &work)?.wait()?;
+    let status = start(&ctr, &plan_weak, "weakened", &entrypoint, &[], &work)?.wait()?;
     let log = log_of(&work, "weakened");
     ensure!(
         !status.success() && log.contains("--require-ebpf"),
