@@ -11,6 +11,7 @@ mod inet_sock_set_state;
 mod sched_process_exec;
 mod sched_process_exit;
 mod sched_process_fork;
+mod sock_create;
 mod sys_socket;
 mod tcp_receive_reset;
 mod tcp_send_reset;

@@ -95,6 +95,11 @@ pub struct SamplingArgs {
     /// loads (a fallback for kernels whose BTF tracepoints misbehave).
     #[arg(long, env = "CLASSIC_TRACEPOINTS")]
     pub classic_tracepoints: bool,
+    /// Where socket creations (sock_alloc_*) are counted: auto = fexit on __sock_create, else a
+    /// kprobe, else not at all (NULL); syscalls = the syscall-tracepoint fallback, which slows
+    /// every syscall on the node; fexit / kprobe = only that; off = not counted.
+    #[arg(long, env = "SOCKET_HOOK", value_enum, default_value_t = crate::ebpf::SocketHook::Auto)]
+    pub socket_hook: crate::ebpf::SocketHook,
     /// Do not load eBPF programs: eBPF columns are NULL, est_conn/lis_conn come from a dump.
     #[arg(long, env = "NO_EBPF")]
     pub no_ebpf: bool,
@@ -329,7 +334,8 @@ impl SamplingArgs {
             return Ok(None);
         }
         crate::ebpf::ensure_tracefs();
-        let options = crate::ebpf::LoadOptions { classic_tracepoints: self.classic_tracepoints };
+        let options =
+            crate::ebpf::LoadOptions { classic_tracepoints: self.classic_tracepoints, socket_hook: self.socket_hook };
         match EbpfCounters::load_with(options) {
             Ok(counters) => {
                 for f in counters.failures() {
@@ -343,6 +349,15 @@ impl SamplingArgs {
                 }
                 let hooks: Vec<String> = counters.hooks().iter().map(|(p, k)| format!("{p}:{k}")).collect();
                 info!(programs = counters.attached(), hooks = hooks.join(","), "eBPF programs attached");
+                for p in counters.programs() {
+                    info!(
+                        program = p.program,
+                        hook = p.hook,
+                        target = p.target,
+                        columns = p.columns.join(","),
+                        "eBPF program"
+                    );
+                }
                 Ok(Some(counters))
             }
             Err(e) if self.require_ebpf => Err(e).context("--require-ebpf: cannot load the eBPF programs"),
@@ -406,6 +421,7 @@ async fn sample_loop(
 ) -> anyhow::Result<Option<&'static str>> {
     let (attached, failed) = sampler.programs();
     metrics.programs_attached.store(attached as u64, Relaxed);
+    let _ = metrics.program_info.set(sampler.program_infos());
     metrics.programs_failed.store(failed as u64, Relaxed);
     let mut ticker = aligned_ticker(Duration::from_secs_f64(args.interval));
     let mut detector = Detector::new(args.detector.options(args.interval));

@@ -7,10 +7,10 @@ use agent_common::{
 };
 use aya::{
     maps::{MapData, PerCpuArray},
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FExit, KProbe, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use tracing::debug;
+use tracing::{debug, info};
 
 /// The compiled programs, built by build.rs from agent-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf.o"));
@@ -45,6 +45,10 @@ impl EbpfError {
 enum Hook {
     Raw(&'static str),
     Classic(&'static str, &'static str),
+    /// fexit on a kernel function (needs BTF and fentry/fexit support).
+    FExit(&'static str),
+    /// kprobe on a kernel function (needs CONFIG_KPROBES).
+    KProbe(&'static str),
     /// A BTF raw tracepoint, or when that cannot load (no kernel BTF, kernel < 5.5) the named
     /// classic-tracepoint program of the same logic.
     BtfOr {
@@ -78,6 +82,22 @@ const PROBES: &[Probe] = &[
     },
     Probe { program: "tcp_send_reset", hook: Hook::Raw("tcp_send_reset"), feeds: &[Event::TcpRstSent] },
     Probe { program: "tcp_receive_reset", hook: Hook::Raw("tcp_receive_reset"), feeds: &[Event::TcpRstRecv] },
+];
+
+/// Socket creations, counted where they happen: fexit on `__sock_create`.
+const SOCKET_FEXIT: &[Probe] =
+    &[Probe { program: "sock_create_fexit", hook: Hook::FExit("__sock_create"), feeds: SOCKET_EVENTS }];
+
+/// Socket creations on kernels with kprobes but no fexit.
+const SOCKET_KPROBE: &[Probe] = &[Probe {
+    program: "sock_post_create_kprobe",
+    hook: Hook::KProbe("security_socket_post_create"),
+    feeds: SOCKET_EVENTS,
+}];
+
+/// The syscall-tracepoint fallback: four hooks and a hash map, and every syscall of every
+/// thread on the node takes the kernel's slow path while any syscall tracepoint is enabled.
+const SOCKET_SYSCALLS: &[Probe] = &[
     // Exit hooks first: an enter hook without its exit would fill the in-flight map.
     Probe { program: "sys_exit_socket", hook: Hook::Classic("syscalls", "sys_exit_socket"), feeds: SOCKET_EVENTS },
     Probe {
@@ -125,6 +145,37 @@ pub struct EbpfCounters {
     failures: Vec<EbpfError>,
     /// How each attached program is hooked, e.g. ("inet_sock_set_state", "tp_btf").
     hooks: Vec<(&'static str, &'static str)>,
+    /// Every attached program: (program, hook kind, attach point, columns it feeds).
+    programs: Vec<ProgramInfo>,
+}
+
+/// An attached program, for the log and /metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramInfo {
+    pub program: &'static str,
+    /// "raw_tp", "tracepoint", "tp_btf", "fexit" or "kprobe".
+    pub hook: &'static str,
+    /// The kernel event or function.
+    pub target: &'static str,
+    pub columns: Vec<&'static str>,
+}
+
+/// Where socket creations (the sock_alloc_* columns) are counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SocketHook {
+    /// fexit on `__sock_create`, else a kprobe on `security_socket_post_create`, else not
+    /// counted (the columns are NULL; the syscall fallback is never chosen by itself).
+    #[default]
+    Auto,
+    /// Only the fexit program.
+    Fexit,
+    /// Only the kprobe program.
+    Kprobe,
+    /// The syscall-tracepoint fallback (sys_enter/exit_socket{,pair}): works on any kernel with
+    /// tracefs, and slows every syscall on the node (BENCHMARKS.md).
+    Syscalls,
+    /// Not counted.
+    Off,
 }
 
 /// How to load the programs.
@@ -133,7 +184,11 @@ pub struct LoadOptions {
     /// Use classic tracepoints even where a BTF tracepoint would load (for kernels whose BTF
     /// tracepoints misbehave, and to test the fallback).
     pub classic_tracepoints: bool,
+    pub socket_hook: SocketHook,
 }
+
+/// What `--socket-hook auto` tells the user on a kernel where neither socket hook loads.
+pub const SOCKET_HOOK_UNAVAILABLE: &str = "socket creations are not counted (sock_alloc_* columns NULL): this kernel allows neither fexit nor kprobes; --socket-hook syscalls counts them with syscall tracepoints, which slow every syscall on the node (about +30 % for a cheap syscall, BENCHMARKS.md)";
 
 impl EbpfCounters {
     /// Loads the object and attaches every program it can. Fails only when nothing can be
@@ -149,30 +204,69 @@ impl EbpfCounters {
         let mut ebpf = EbpfLoader::new().btf(btf.as_ref()).load(OBJECT).map_err(EbpfError::Load)?;
         let mut live = [false; EVENT_COUNT];
         let mut failures = Vec::new();
-        let mut hooks = Vec::new();
-        for probe in PROBES {
-            match attach(&mut ebpf, probe, options, btf.as_ref()) {
-                Ok(kind) => {
-                    hooks.push((probe.program, kind));
+        let mut programs = Vec::new();
+        let mut attach_all = |ebpf: &mut Ebpf, probes: &[Probe], failures: &mut Vec<EbpfError>| -> bool {
+            let mut all = true;
+            let mut attached = Vec::new();
+            for probe in probes {
+                match attach(ebpf, probe, options, btf.as_ref()) {
+                    Ok(kind) => attached.push((probe, kind)),
+                    Err(e) => {
+                        failures.push(e);
+                        all = false;
+                    }
+                }
+            }
+            // A group feeds its columns only when every program of it is attached.
+            for (probe, kind) in attached {
+                programs.push(ProgramInfo {
+                    program: probe.program,
+                    hook: kind,
+                    target: probe.target(),
+                    columns: probe.feeds.iter().map(|e| e.column()).collect(),
+                });
+                if all {
                     for e in probe.feeds {
                         live[*e as usize] = true;
                     }
                 }
-                Err(e) => failures.push(e),
             }
+            all
+        };
+        for probe in PROBES {
+            attach_all(&mut ebpf, std::slice::from_ref(probe), &mut failures);
         }
-        // The socket counters need all four syscall hooks; with one missing they would be partial.
-        if failures.iter().any(|f| matches!(f, EbpfError::Program { program, .. } if program.starts_with("sys_"))) {
-            for ev in SOCKET_EVENTS {
-                live[*ev as usize] = false;
+        match options.socket_hook {
+            SocketHook::Auto => {
+                // Each try's failure is expected on some kernels: logged at debug, not a failure.
+                let mut tried = Vec::new();
+                let ok =
+                    attach_all(&mut ebpf, SOCKET_FEXIT, &mut tried) || attach_all(&mut ebpf, SOCKET_KPROBE, &mut tried);
+                for e in &tried {
+                    debug!(error = %e, "socket hook unavailable");
+                }
+                if !ok {
+                    info!("{SOCKET_HOOK_UNAVAILABLE}");
+                }
             }
+            SocketHook::Fexit => {
+                attach_all(&mut ebpf, SOCKET_FEXIT, &mut failures);
+            }
+            SocketHook::Kprobe => {
+                attach_all(&mut ebpf, SOCKET_KPROBE, &mut failures);
+            }
+            SocketHook::Syscalls => {
+                attach_all(&mut ebpf, SOCKET_SYSCALLS, &mut failures);
+            }
+            SocketHook::Off => info!("socket creations are not counted (--socket-hook off): sock_alloc_* columns NULL"),
         }
+        let hooks = programs.iter().map(|p| (p.program, p.hook)).collect();
         drop(btf);
         release_freed_memory();
         let tcp_states_live = live[Event::TcpToEstablished as usize];
         let events = take_map(&mut ebpf, MAP_EVENT_COUNTS)?;
         let balance = take_map(&mut ebpf, MAP_TCP_STATE_BALANCE)?;
-        Ok(EbpfCounters { _ebpf: ebpf, events, balance, live, tcp_states_live, failures, hooks })
+        Ok(EbpfCounters { _ebpf: ebpf, events, balance, live, tcp_states_live, failures, hooks, programs })
     }
 
     /// How each attached program is hooked: (program, "raw_tp" | "tracepoint" | "tp_btf").
@@ -197,7 +291,12 @@ impl EbpfCounters {
 
     /// Number of attached programs.
     pub fn attached(&self) -> usize {
-        PROBES.len() - self.failures.len()
+        self.programs.len()
+    }
+
+    /// Every attached program, with its hook and the columns it feeds.
+    pub fn programs(&self) -> &[ProgramInfo] {
+        &self.programs
     }
 
     /// Sums every CPU's counters: two map lookups in all.
@@ -227,11 +326,27 @@ fn take_map<V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<PerCpuAr
     PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
+impl Probe {
+    /// The kernel event or function the probe attaches to.
+    fn target(&self) -> &'static str {
+        match self.hook {
+            Hook::Raw(t) | Hook::Classic(_, t) | Hook::FExit(t) | Hook::KProbe(t) => t,
+            Hook::BtfOr { tracepoint, .. } => tracepoint,
+        }
+    }
+}
+
 /// Attaches one probe; returns the kind of hook used.
 fn attach(ebpf: &mut Ebpf, probe: &Probe, options: LoadOptions, btf: Option<&Btf>) -> Result<&'static str, EbpfError> {
     match probe.hook {
         Hook::Raw(tp) => attach_raw(ebpf, probe.program, tp).map(|()| "raw_tp"),
         Hook::Classic(category, name) => attach_classic(ebpf, probe.program, category, name).map(|()| "tracepoint"),
+        Hook::FExit(function) => {
+            let btf = btf
+                .ok_or(EbpfError::Program { program: probe.program, source: aya::programs::ProgramError::NotLoaded })?;
+            attach_fexit(ebpf, probe.program, function, btf).map(|()| "fexit")
+        }
+        Hook::KProbe(function) => attach_kprobe(ebpf, probe.program, function).map(|()| "kprobe"),
         Hook::BtfOr { tracepoint, classic_program, category } => {
             if let (false, Some(btf)) = (options.classic_tracepoints, btf) {
                 match attach_btf(ebpf, probe.program, tracepoint, btf) {
@@ -263,6 +378,22 @@ fn attach_classic(ebpf: &mut Ebpf, name: &'static str, category: &str, tp: &str)
     let p: &mut TracePoint = program(ebpf, name)?.try_into().map_err(err)?;
     p.load().map_err(err)?;
     p.attach(category, tp).map_err(err)?;
+    Ok(())
+}
+
+fn attach_fexit(ebpf: &mut Ebpf, name: &'static str, function: &str, btf: &Btf) -> Result<(), EbpfError> {
+    let err = |source| EbpfError::Program { program: name, source };
+    let p: &mut FExit = program(ebpf, name)?.try_into().map_err(err)?;
+    p.load(function, btf).map_err(err)?;
+    p.attach().map_err(err)?;
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, name: &'static str, function: &str) -> Result<(), EbpfError> {
+    let err = |source| EbpfError::Program { program: name, source };
+    let p: &mut KProbe = program(ebpf, name)?.try_into().map_err(err)?;
+    p.load().map_err(err)?;
+    p.attach(function, 0).map_err(err)?;
     Ok(())
 }
 

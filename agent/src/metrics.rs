@@ -66,6 +66,8 @@ pub struct Metrics {
     pub database_up: AtomicBool,
     /// False once an eBPF map read fails (the programs no longer answer).
     pub programs_ok: AtomicBool,
+    /// The attached eBPF programs, set once at start.
+    pub program_info: std::sync::OnceLock<Vec<crate::ebpf::ProgramInfo>>,
     /// The sampling interval, for /healthz's staleness check.
     pub interval_s: f64,
 }
@@ -180,6 +182,29 @@ impl Metrics {
             "gauge",
             "eBPF programs that could not be attached.",
             &[("", c(&self.programs_failed))],
+        );
+        let info: Vec<(String, f64)> = self
+            .program_info
+            .get()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let labels = format!(
+                    "{{program=\"{}\",hook=\"{}\",target=\"{}\",columns=\"{}\"}}",
+                    p.program,
+                    p.hook,
+                    p.target,
+                    p.columns.join(",")
+                );
+                (labels, 1.0)
+            })
+            .collect();
+        let info: Vec<(&str, f64)> = info.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        put(
+            "feature_agent_ebpf_program_info",
+            "gauge",
+            "One series per attached eBPF program: its hook type (raw_tp, tp_btf, tracepoint, fexit, kprobe), the kernel event or function, and the columns it feeds.",
+            &info,
         );
         put(
             "feature_agent_collection_duration_seconds",

@@ -94,6 +94,11 @@ impl Sampler {
         self.ebpf_ok
     }
 
+    /// The attached eBPF programs (none without eBPF).
+    pub fn program_infos(&self) -> Vec<crate::ebpf::ProgramInfo> {
+        self.ebpf.as_ref().map_or_else(Vec::new, |e| e.programs().to_vec())
+    }
+
     /// eBPF programs attached and failed (0, 0 without eBPF).
     pub fn programs(&self) -> (usize, usize) {
         self.ebpf.as_ref().map_or((0, 0), |e| (e.attached(), e.failures().len()))

@@ -5,6 +5,11 @@
 //!   3. RSS of the real agent binary after 360 rows (an hour at 10 s) written to a real Postgres
 //!   4. slowdown of a fork+exit loop and of a loopback connect/close loop with the programs
 //!      attached, against the same loop with nothing attached, interleaved in one run
+//!   5. the syscall tax: a loop of syscalls the agent never counts (getppid, a one-byte read of
+//!      /dev/zero) with the default programs attached and with the syscall-tracepoint socket
+//!      fallback (--socket-hook syscalls), against nothing attached, interleaved
+//!   6. each program's own cost per event (kernel.bpf_stats_enabled: run_time_ns / run_cnt from
+//!      the program's fdinfo) under a known workload of forks, connections and sockets
 //!
 //! Needs root. Prints a Markdown table.
 use std::{
@@ -16,7 +21,7 @@ use std::{
 
 use agent::{
     collector::{DiskSelector, InterfaceSelector, Roots, Sources},
-    ebpf::EbpfCounters,
+    ebpf::{EbpfCounters, LoadOptions, SocketHook},
     sampler::Sampler,
     tcp_diag::TcpDiag,
 };
@@ -112,7 +117,11 @@ fn connect_close_loop(l: &TcpListener, n: u32) -> Duration {
 
 /// Ratio of median loop time with the programs attached to median time without, over
 /// interleaved rounds so that drift of the machine hits both alike.
-fn slowdown(rounds: usize, mut body: impl FnMut() -> Duration) -> (f64, Duration, Duration) {
+fn slowdown(rounds: usize, body: impl FnMut() -> Duration) -> (f64, Duration, Duration) {
+    slowdown_with(LoadOptions::default(), rounds, body)
+}
+
+fn slowdown_with(options: LoadOptions, rounds: usize, mut body: impl FnMut() -> Duration) -> (f64, Duration, Duration) {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     body(); // warm-up
     for round in 0..rounds {
@@ -120,7 +129,7 @@ fn slowdown(rounds: usize, mut body: impl FnMut() -> Duration) -> (f64, Duration
         if round % 2 == 0 {
             off.push(body());
         }
-        let attached = EbpfCounters::load().expect("eBPF loads");
+        let attached = EbpfCounters::load_with(options).expect("eBPF loads");
         on.push(body());
         drop(attached);
         if std::env::var_os("BENCH_VERBOSE").is_some() {
@@ -173,6 +182,36 @@ fn rss_after_hour_of_rows() -> (u64, u64) {
 
 /// Runs one measured loop in a fresh helper process (so the process that forks or connects is
 /// the same small process whether or not programs are attached) and returns its elapsed time.
+fn syscall_loop(n: u32, mut call: impl FnMut()) -> Duration {
+    let t0 = Instant::now();
+    for _ in 0..n {
+        call();
+    }
+    t0.elapsed()
+}
+
+/// Each loaded program's run time per event, from /proc/self/fdinfo of its descriptor
+/// (run_time_ns and run_cnt, counted while kernel.bpf_stats_enabled is on), by program name.
+fn program_costs() -> Vec<(String, u64, f64)> {
+    let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
+        .collect();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(id), Some(ns), Some(cnt)) = (field("prog_id:"), field("run_time_ns:"), field("run_cnt:")) {
+            let name = names.get(&(id as u32)).cloned().unwrap_or_else(|| format!("id {id}"));
+            if !out.iter().any(|(n, _, _): &(String, u64, f64)| *n == name) && cnt > 0 {
+                out.push((name, cnt, ns as f64 / cnt as f64));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 fn loop_in_helper(kind: &str, n: u32) -> Duration {
     let out = Command::new(std::env::current_exe().unwrap())
         .env("BENCH_LOOP", kind)
@@ -193,6 +232,19 @@ fn main() {
         let elapsed = match kind.as_str() {
             "fork" => fork_exit_loop(n),
             "connect" => connect_close_loop(&TcpListener::bind("127.0.0.1:0").unwrap(), n),
+            "getppid" => syscall_loop(n, || {
+                // SAFETY: getppid has no preconditions.
+                unsafe { libc::getppid() };
+            }),
+            "read" => {
+                let f = std::fs::File::open("/dev/zero").unwrap();
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+                let mut b = [0u8; 1];
+                syscall_loop(n, || {
+                    // SAFETY: reading one byte into a valid buffer from an open descriptor.
+                    unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+                })
+            }
             other => panic!("unknown loop {other}"),
         };
         println!("{}", elapsed.as_nanos());
@@ -277,6 +329,37 @@ fn main() {
         "loopback connect/accept/close loop, 5000 iterations: attached / detached".to_string(),
         format!("{ratio:.3} ({:.1} ms vs {:.1} ms)", on.as_secs_f64() * 1e3, off.as_secs_f64() * 1e3),
     ));
+
+    // The syscall tax: syscalls nobody counts, with the programs attached and without.
+    let fallback = LoadOptions { socket_hook: SocketHook::Syscalls, ..LoadOptions::default() };
+    for (kind, n) in [("getppid", 2_000_000u32), ("read", 1_000_000)] {
+        let per_call = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(n);
+        let (ratio, off, on) = slowdown(9, || loop_in_helper(kind, n));
+        rows.push((
+            format!("{kind}() loop, {n} calls: default programs attached / nothing attached"),
+            format!("{ratio:.3} ({:.0} ns vs {:.0} ns per call)", per_call(on), per_call(off)),
+        ));
+        let (ratio, off, on) = slowdown_with(fallback, 9, || loop_in_helper(kind, n));
+        rows.push((
+            format!("{kind}() loop, {n} calls: with --socket-hook syscalls / nothing attached"),
+            format!("{ratio:.3} ({:.0} ns vs {:.0} ns per call)", per_call(on), per_call(off)),
+        ));
+    }
+
+    // Each program's own cost per event, under forks, connections and socket creations.
+    {
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("kernel.bpf_stats_enabled");
+        let _default = EbpfCounters::load().expect("eBPF loads");
+        let _fallback = EbpfCounters::load_with(fallback).expect("eBPF loads");
+        loop_in_helper("fork", 2000);
+        loop_in_helper("connect", 2000);
+        for _ in 0..5000 {
+            drop(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        }
+        for (name, cnt, ns) in program_costs() {
+            rows.push((format!("program {name}: cost per event ({cnt} events)"), format!("{ns:.0} ns")));
+        }
+    }
 
     println!("\n| measurement | result |\n|---|---|");
     for (what, value) in rows {

@@ -130,7 +130,10 @@ fn cap_bpf_and_cap_perfmon_are_enough() {
     let out = std::process::Command::new("setpriv")
         .args(["--bounding-set=-all,+bpf,+perfmon", "--inh-caps=-all", "--"])
         .arg(&bin)
+        // The syscall-tracepoint socket hooks, so that every kind of hook is attached here (this
+        // kernel allows neither fexit nor kprobes).
         .args(["print", "--records", "2", "--interval", "0.3", "--node-name", "two-caps", "--require-ebpf"])
+        .args(["--socket-hook", "syscalls"])
         .env("RUST_LOG", "info")
         .output()
         .unwrap();
@@ -149,4 +152,34 @@ fn cap_bpf_and_cap_perfmon_are_enough() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--require-ebpf"), "{}", stderr(&out));
+}
+
+/// With the default `--socket-hook auto` on this kernel (no fexit, no kprobes), the syscall
+/// fallback is not attached: the six other programs are, the sock_alloc_* columns are NULL, and
+/// one startup line says why and what the fallback would cost. /metrics and the log name every
+/// program's hook.
+#[test]
+fn socket_columns_are_null_by_default_without_fexit_or_kprobes() {
+    if !have_root("socket_columns_are_null_by_default_without_fexit_or_kprobes") {
+        return;
+    }
+    let out = std::process::Command::new(tests::agent_bin())
+        .args(["print", "--records", "2", "--interval", "0.3", "--node-name", "no-socket-hook", "--require-ebpf"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("eBPF programs attached programs=6"), "{err}");
+    assert_eq!(err.matches("socket creations are not counted").count(), 1, "{err}");
+    assert!(err.contains("--socket-hook syscalls"), "{err}");
+    assert!(!err.contains("sys_enter_socket"), "{err}");
+    assert!(err.contains("program=\"inet_sock_set_state\" hook=\"tp_btf\""), "{err}");
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().expect("rows")).unwrap();
+    for c in ["sock_alloc_tcp", "sock_alloc_udp", "sock_alloc_unix", "sock_alloc_raw", "sock_alloc_other"] {
+        assert!(last[c].is_null(), "{c}: {last}");
+    }
+    assert!(last["ebpf_forks"].is_number() && last["tcp_to_est"].is_number(), "{last}");
 }

@@ -9,6 +9,8 @@
 //!   build-static  the fully static release binary the Dockerfile ships (glibc, static-pie)
 //!   image-check   build-static, then run that binary in an empty root directory (what the
 //!               distroless/static image gives it): eBPF loads and a row is taken
+//!   kernel-test   boot Debian's 6.1 and 6.12 kernels under QEMU and run the eBPF truth tests
+//!               inside each (kernel_test.rs)
 //!   runtime-check run deploy/'s containers under a private containerd with the manifests'
 //!               security settings (runtime_check.rs)
 //!   deploy-check  validate deploy/ offline against the Kubernetes schemas and scan it with
@@ -23,6 +25,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use throwaway_pg::ThrowawayPostgres;
 
+mod kernel_test;
 mod runtime_check;
 
 #[derive(Parser)]
@@ -63,6 +66,9 @@ enum Task {
     /// Validate deploy/ (base and overlays, rendered offline) against the Kubernetes schemas
     /// and scan it with checkov; any finding without a written reason fails.
     DeployCheck,
+    /// Boot Debian's 6.1 and 6.12 cloud kernels under QEMU and run the eBPF truth tests and the
+    /// agent's hook checks inside each; see kernel_test.rs.
+    KernelTest,
     /// Run the Kubernetes containers of deploy/ (migrate Job, DaemonSet, privileged overlay)
     /// under a private containerd with the manifests' security settings; see runtime_check.rs.
     RuntimeCheck,
@@ -111,6 +117,28 @@ fn build_static() -> anyhow::Result<PathBuf> {
         .args(["--target-dir", "target/static"])
         .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static"))?;
     Ok(root().join("target/static").join(target).join("release/feature-agent"))
+}
+
+/// Builds one integration test of the tests crate as a static binary (as build_static builds
+/// the agent, sharing its target directory); returns its path.
+fn build_static_test(test: &str) -> anyhow::Result<PathBuf> {
+    let target = "x86_64-unknown-linux-gnu";
+    let out = cargo()
+        .args(["test", "--release", "--locked", "--package", "tests", "--test", test, "--no-run", "--target", target])
+        .args(["--target-dir", "target/static", "--message-format=json"])
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the static test binary")?;
+    if !out.status.success() {
+        bail!("building the static {test} test binary failed");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["target"]["name"] == test)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo named no executable for the {test} test"))
 }
 
 /// Runs the static binary in an empty root with only /proc and /sys bound in.
@@ -319,6 +347,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::ImageCheck => image_check(),
+        Task::KernelTest => {
+            setup()?;
+            let agent = build_static()?;
+            let truth = build_static_test("ebpf_truth")?;
+            kernel_test::kernel_test(&root(), &agent, &truth)
+        }
         Task::RuntimeCheck => {
             setup()?;
             let agent = build_static()?;
