@@ -294,6 +294,18 @@ impl EbpfCounters {
         self.programs.len()
     }
 
+    /// The kernel's id of each attached program, by our program name (the kernel keeps only
+    /// 15 characters of a name), for reading its statistics.
+    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
+        self.programs
+            .iter()
+            .filter_map(|p| {
+                let id = self._ebpf.program(p.program)?.info().ok()?.id();
+                Some((p.program, id))
+            })
+            .collect()
+    }
+
     /// Every attached program, with its hook and the columns it feeds.
     pub fn programs(&self) -> &[ProgramInfo] {
         &self.programs

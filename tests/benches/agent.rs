@@ -190,25 +190,23 @@ fn syscall_loop(n: u32, mut call: impl FnMut()) -> Duration {
     t0.elapsed()
 }
 
-/// Each loaded program's run time per event, from /proc/self/fdinfo of its descriptor
-/// (run_time_ns and run_cnt, counted while kernel.bpf_stats_enabled is on), by program name.
-fn program_costs() -> Vec<(String, u64, f64)> {
-    let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
-        .collect();
+/// Each of our programs' run time per event, from /proc/self/fdinfo of its descriptor
+/// (run_time_ns and run_cnt, counted while kernel.bpf_stats_enabled is on).
+fn program_costs(counters: &EbpfCounters) -> Vec<(&'static str, u64, f64)> {
+    let ids = counters.program_ids();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
         let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
         let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok());
         if let (Some(id), Some(ns), Some(cnt)) = (field("prog_id:"), field("run_time_ns:"), field("run_cnt:")) {
-            let name = names.get(&(id as u32)).cloned().unwrap_or_else(|| format!("id {id}"));
-            if !out.iter().any(|(n, _, _): &(String, u64, f64)| *n == name) && cnt > 0 {
-                out.push((name, cnt, ns as f64 / cnt as f64));
+            if let Some((name, _)) = ids.iter().find(|(_, i)| u64::from(*i) == id) {
+                if !out.iter().any(|(n, _, _): &(&str, u64, f64)| n == name) {
+                    out.push((*name, cnt, if cnt > 0 { ns as f64 / cnt as f64 } else { 0.0 }));
+                }
             }
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by(|a, b| a.0.cmp(b.0));
     out
 }
 
@@ -256,79 +254,83 @@ fn main() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmarks load eBPF programs: run as root");
     let mut rows = Vec::new();
+    // BENCH_ONLY=kernel: only the syscall tax and the per-program costs.
+    let only_kernel = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "kernel");
 
-    let mut with_ebpf = sampler(true);
-    let mut without = sampler(false);
-    let idle_ebpf = cpu_per_row(&mut with_ebpf, 2000);
-    let idle_dump = cpu_per_row(&mut without, 500);
-    rows.push((
-        "CPU per row, idle node, eBPF gauges (the default)".to_string(),
-        format!("{:.1} µs", idle_ebpf.as_secs_f64() * 1e6),
-    ));
-    rows.push((
-        "CPU per row, idle node, no eBPF (sock_diag dump each row)".to_string(),
-        format!("{:.1} µs", idle_dump.as_secs_f64() * 1e6),
-    ));
+    if !only_kernel {
+        let mut with_ebpf = sampler(true);
+        let mut without = sampler(false);
+        let idle_ebpf = cpu_per_row(&mut with_ebpf, 2000);
+        let idle_dump = cpu_per_row(&mut without, 500);
+        rows.push((
+            "CPU per row, idle node, eBPF gauges (the default)".to_string(),
+            format!("{:.1} µs", idle_ebpf.as_secs_f64() * 1e6),
+        ));
+        rows.push((
+            "CPU per row, idle node, no eBPF (sock_diag dump each row)".to_string(),
+            format!("{:.1} µs", idle_dump.as_secs_f64() * 1e6),
+        ));
 
-    // 10,000 connections: 10,000 client ends here, 10,000 server ends in a helper process.
-    const CONNS: usize = 10_000;
-    raise_nofile();
-    let mut helper = Command::new(std::env::current_exe().unwrap())
-        .env("BENCH_HOLD_SERVER", CONNS.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(helper.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let port: u16 = line.trim().parse().unwrap();
-    let clients: Vec<TcpStream> = (0..CONNS).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), format!("held {CONNS}"));
-    let busy_ebpf = cpu_per_row(&mut with_ebpf, 2000);
-    let busy_dump = cpu_per_row(&mut without, 100);
-    let row = with_ebpf.sample();
-    let mut diag = TcpDiag::open().unwrap();
-    let t0 = thread_cpu();
-    let dump = diag.count().unwrap();
-    let dump_cost = thread_cpu() - t0;
-    assert_eq!(row.est_conn, Some(dump.established as i32), "gauge agrees with the kernel's table");
-    rows.push((
-        format!("CPU per row, {CONNS} open connections, eBPF gauges (est_conn = {})", dump.established),
-        format!("{:.1} µs", busy_ebpf.as_secs_f64() * 1e6),
-    ));
-    rows.push((
-        format!("CPU per row, {CONNS} open connections, no eBPF (dump each row)"),
-        format!("{:.1} µs", busy_dump.as_secs_f64() * 1e6),
-    ));
-    rows.push((
-        format!("one re-check dump at {CONNS} connections (every 300 s by default)"),
-        format!("{:.2} ms", dump_cost.as_secs_f64() * 1e3),
-    ));
-    drop(clients);
-    drop(helper.stdin.take());
-    helper.wait().unwrap();
-    drop(with_ebpf);
-    drop(without);
+        // 10,000 connections: 10,000 client ends here, 10,000 server ends in a helper process.
+        const CONNS: usize = 10_000;
+        raise_nofile();
+        let mut helper = Command::new(std::env::current_exe().unwrap())
+            .env("BENCH_HOLD_SERVER", CONNS.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(helper.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let port: u16 = line.trim().parse().unwrap();
+        let clients: Vec<TcpStream> = (0..CONNS).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), format!("held {CONNS}"));
+        let busy_ebpf = cpu_per_row(&mut with_ebpf, 2000);
+        let busy_dump = cpu_per_row(&mut without, 100);
+        let row = with_ebpf.sample();
+        let mut diag = TcpDiag::open().unwrap();
+        let t0 = thread_cpu();
+        let dump = diag.count().unwrap();
+        let dump_cost = thread_cpu() - t0;
+        assert_eq!(row.est_conn, Some(dump.established as i32), "gauge agrees with the kernel's table");
+        rows.push((
+            format!("CPU per row, {CONNS} open connections, eBPF gauges (est_conn = {})", dump.established),
+            format!("{:.1} µs", busy_ebpf.as_secs_f64() * 1e6),
+        ));
+        rows.push((
+            format!("CPU per row, {CONNS} open connections, no eBPF (dump each row)"),
+            format!("{:.1} µs", busy_dump.as_secs_f64() * 1e6),
+        ));
+        rows.push((
+            format!("one re-check dump at {CONNS} connections (every 300 s by default)"),
+            format!("{:.2} ms", dump_cost.as_secs_f64() * 1e3),
+        ));
+        drop(clients);
+        drop(helper.stdin.take());
+        helper.wait().unwrap();
+        drop(with_ebpf);
+        drop(without);
 
-    let (rss, hwm) = rss_after_hour_of_rows();
-    rows.push((
-        "agent RSS after 360 rows written to Postgres (peak)".to_string(),
-        format!("{:.1} MB ({:.1} MB)", rss as f64 / 1024.0, hwm as f64 / 1024.0),
-    ));
+        let (rss, hwm) = rss_after_hour_of_rows();
+        rows.push((
+            "agent RSS after 360 rows written to Postgres (peak)".to_string(),
+            format!("{:.1} MB ({:.1} MB)", rss as f64 / 1024.0, hwm as f64 / 1024.0),
+        ));
 
-    let (ratio, off, on) = slowdown(9, || loop_in_helper("fork", 2000));
-    rows.push((
-        "fork+exit loop, 2000 iterations: attached / detached".to_string(),
-        format!("{ratio:.3} ({:.1} ms vs {:.1} ms)", on.as_secs_f64() * 1e3, off.as_secs_f64() * 1e3),
-    ));
-    let (ratio, off, on) = slowdown(11, || loop_in_helper("connect", 5000));
-    rows.push((
-        "loopback connect/accept/close loop, 5000 iterations: attached / detached".to_string(),
-        format!("{ratio:.3} ({:.1} ms vs {:.1} ms)", on.as_secs_f64() * 1e3, off.as_secs_f64() * 1e3),
-    ));
+        let (ratio, off, on) = slowdown(9, || loop_in_helper("fork", 2000));
+        rows.push((
+            "fork+exit loop, 2000 iterations: attached / detached".to_string(),
+            format!("{ratio:.3} ({:.1} ms vs {:.1} ms)", on.as_secs_f64() * 1e3, off.as_secs_f64() * 1e3),
+        ));
+        let (ratio, off, on) = slowdown(11, || loop_in_helper("connect", 5000));
+        rows.push((
+            "loopback connect/accept/close loop, 5000 iterations: attached / detached".to_string(),
+            format!("{ratio:.3} ({:.1} ms vs {:.1} ms)", on.as_secs_f64() * 1e3, off.as_secs_f64() * 1e3),
+        ));
+    }
 
     // The syscall tax: syscalls nobody counts, with the programs attached and without.
     let fallback = LoadOptions { socket_hook: SocketHook::Syscalls, ..LoadOptions::default() };
@@ -349,15 +351,19 @@ fn main() {
     // Each program's own cost per event, under forks, connections and socket creations.
     {
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("kernel.bpf_stats_enabled");
-        let _default = EbpfCounters::load().expect("eBPF loads");
-        let _fallback = EbpfCounters::load_with(fallback).expect("eBPF loads");
+        // Every program: the default set and the syscall fallback.
+        let counters = EbpfCounters::load_with(fallback).expect("eBPF loads");
         loop_in_helper("fork", 2000);
         loop_in_helper("connect", 2000);
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        for _ in 0..2000 {
+            let _ = TcpStream::connect(closed);
+        }
         for _ in 0..5000 {
             drop(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
         }
-        for (name, cnt, ns) in program_costs() {
-            rows.push((format!("program {name}: cost per event ({cnt} events)"), format!("{ns:.0} ns")));
+        for (name, cnt, ns) in program_costs(&counters) {
+            rows.push((format!("program {name}: run time per event ({cnt} events)"), format!("{ns:.0} ns")));
         }
     }
 
