@@ -89,8 +89,12 @@ fn fetch_kernel(cache: &Path, package: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(cache)?;
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("kernel-test: downloading {package}");
-    run(Command::new("apt-get").args(["download", package]).current_dir(cache))
-        .with_context(|| format!("downloading {package} from Debian's archive"))?;
+    let download = || run(Command::new("apt-get").args(["download", package]).current_dir(cache));
+    if download().is_err() {
+        // A stale package index names files the archive no longer has: refresh it once.
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        download().with_context(|| format!("downloading {package} from Debian's archive"))?;
+    }
     let deb = std::fs::read_dir(cache)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
