@@ -351,20 +351,26 @@ impl Spool {
         Ok(())
     }
 
-    /// Sequence number of the first record at or after segment index `i`: from its header,
-    /// or the first whole record header in it, or the next segment's, or `next_seq`.
+    /// Sequence number of the first record at or after segment index `i`: from its header, or
+    /// (header damaged) the first whole record header in it less one for every damaged frame
+    /// before that record (which may be records: counting them keeps a loss from going
+    /// uncounted, at the price of counting the damaged header too), or the next segment's, or
+    /// `next_seq`.
     fn seq_at(&self, i: usize) -> u64 {
         for s in &self.segments[i.min(self.segments.len())..] {
             if let Some(f) = s.first_seq {
                 return f;
             }
             if let Ok(data) = read_capped(&segment_path(&self.dir, s.id), MAX_SEGMENT_READ) {
-                let mut at = 0;
+                let (mut at, mut damaged) = (0, 0u64);
                 while at < data.len() {
                     match format::frame(&data[at..]) {
-                        Frame::Record { seq, .. } | Frame::BadPayload { seq, .. } => return seq,
+                        Frame::Record { seq, .. } | Frame::BadPayload { seq, .. } => return seq.saturating_sub(damaged),
                         Frame::Torn { .. } => break,
-                        Frame::Damaged => at += format::next_marker(&data[at..]).unwrap_or(data.len() - at),
+                        Frame::Damaged => {
+                            damaged += 1;
+                            at += format::next_marker(&data[at..]).unwrap_or(data.len() - at);
+                        }
                     }
                 }
             }

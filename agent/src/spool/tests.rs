@@ -505,3 +505,18 @@ proptest! {
         run_sequence(max_bytes, &ops);
     }
 }
+
+/// Found by the model test: with the segment header and the first record damaged, a damaged
+/// `ack` made the replay start after the first record's number, and its loss went uncounted.
+#[test]
+fn regression_damaged_header_first_record_and_ack() {
+    run_sequence(
+        16 * 1024,
+        &[
+            Op::Append(9),
+            Op::DamageSegment(0, 1_747_963_674, 1),
+            Op::DamageSegment(0, 1_452_263_605, 1),
+            Op::DamageAck(0, 1),
+        ],
+    );
+}
