@@ -158,13 +158,15 @@ fn a_crash_between_commit_and_ack_writes_each_row_once() {
     let before = count(&pg, "commit-ack");
     std::fs::remove_file(filler).unwrap();
 
-    // Agent 3 replays the same 8 rows: all already there.
+    // Agent 3 replays the same rows: all already there.
     let out = Agent::start(&url, &spool, &[&node[..], &["--records", "1", "--interval", "0.2"]].concat(), &[])
         .stop_after_flush();
     let e3 = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{e3}");
     let batch = e3.lines().find(|l| l.contains("caught up a batch of rows")).unwrap_or_else(|| panic!("{e3}"));
-    assert_eq!(field(batch, "rows"), "8", "{e3}");
+    // The 8 rows of agent 1, and any agent 2 spooled before the disk filled.
+    let replayed: u64 = field(batch, "rows").parse().unwrap();
+    assert!(replayed >= 8, "{e3}");
     assert_eq!(field(batch, "new"), "0", "every replayed row was already in the database: {e3}");
     assert_eq!(count(&pg, "commit-ack"), before + 1);
     assert_eq!(duplicates(&pg, "commit-ack"), 0);
