@@ -10,6 +10,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_node_features.sql", include_str!("../../migrations/0001_node_features.sql")),
     (2, "0002_analysis.sql", include_str!("../../migrations/0002_analysis.sql")),
     (3, "0003_roles.sql", include_str!("../../migrations/0003_roles.sql")),
+    (4, "0004_zscores_only_node.sql", include_str!("../../migrations/0004_zscores_only_node.sql")),
 ];
 
 /// Key of the advisory lock held while migrating ("feature-agent migrate" in ASCII, truncated).
@@ -19,6 +20,8 @@ const LOCK_KEY: i64 = 0x6665_6174_7572_6561;
 pub async fn apply(client: &mut Client) -> anyhow::Result<usize> {
     let tx = client.transaction().await.context("starting the migration transaction")?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await.context("taking the migration lock")?;
+    // "already exists, skipping" and the like are not news to whoever runs migrate.
+    tx.batch_execute("SET LOCAL client_min_messages = warning").await.context("setting client_min_messages")?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    integer PRIMARY KEY,

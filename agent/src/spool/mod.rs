@@ -365,7 +365,9 @@ impl Spool {
                 let (mut at, mut damaged) = (0, 0u64);
                 while at < data.len() {
                     match format::frame(&data[at..]) {
-                        Frame::Record { seq, .. } | Frame::BadPayload { seq, .. } => return seq.saturating_sub(damaged),
+                        Frame::Record { seq, .. } | Frame::BadPayload { seq, .. } => {
+                            return seq.saturating_sub(damaged)
+                        }
                         Frame::Torn { .. } => break,
                         Frame::Damaged => {
                             damaged += 1;

@@ -1,0 +1,86 @@
+//! Upgrades in place: a database made by each earlier released schema (tests/fixtures/schemas:
+//! the migrations/ of every release that changed them, as they shipped), holding rows, is brought
+//! to the current schema by `feature-agent migrate`, and what reads it through the analysis
+//! functions works afterwards. The release that changed 0002 in place (fc19417) left databases
+//! migrated before it with z-score functions that export, plot and evaluate no longer call;
+//! migration 0004 repairs them.
+use std::{path::Path, time::Duration};
+
+use tests::{fresh_database, have_root, run_agent, sql};
+
+fn fixture(name: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/schemas");
+    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A row of the columns every released schema has, for node `node` at second `i`.
+fn row_sql(node: &str, i: u32) -> String {
+    format!(
+        "INSERT INTO node_features (node, ts, cpu_sec_idle, forks_total, load1, open_fds) \
+         VALUES ('{node}', timestamptz '2026-01-01 00:00:00Z' + interval '{} s', {}, {}, 0.5, {});",
+        i * 10,
+        100 + i,
+        1000 + i * 3,
+        300 + i % 4
+    )
+}
+
+#[test]
+fn every_released_schema_upgrades_in_place() {
+    if !have_root("every_released_schema_upgrades_in_place") {
+        return;
+    }
+    let releases = fixture("releases.txt");
+    for line in releases.lines() {
+        let mut fields = line.split_whitespace();
+        let release = fields.next().unwrap();
+        let files: Vec<&str> = fields.collect();
+        let db = format!("schema_{release}");
+        let url = fresh_database(&db);
+        // The schema as that release left it: its migrations, recorded as applied.
+        let mut setup = String::from(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now());",
+        );
+        for (i, f) in files.iter().enumerate() {
+            setup += &fixture(f);
+            let name = format!("{}.sql", f.split('.').next().unwrap());
+            setup += &format!("\nINSERT INTO schema_migrations (version, name) VALUES ({}, '{name}');", i + 1);
+        }
+        setup += "SELECT ensure_node_partition('old-node');";
+        for i in 0..12 {
+            setup += &row_sql("old-node", i);
+        }
+        sql(&db, &setup);
+
+        let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{release}: {stderr}");
+        assert!(!stderr.contains("NOTICE"), "{release}: {stderr}");
+        assert_eq!(
+            sql(&db, "SELECT max(version) FROM schema_migrations"),
+            agent::migrate::MIGRATIONS.len().to_string(),
+            "{release}"
+        );
+        // One z-score function of each name, the current one (with only_node), and the views.
+        assert_eq!(
+            sql(&db, "SELECT string_agg(pronargs::text, ',' ORDER BY proname) FROM pg_proc WHERE proname IN ('node_feature_zscores', 'node_feature_flags')"),
+            "5,5",
+            "{release}"
+        );
+        assert_eq!(sql(&db, "SELECT count(*) FROM node_feature_flags(2.0, NULL, NULL, false, 'old-node')"), "12");
+        assert_eq!(sql(&db, "SELECT count(*) FROM node_anomalies WHERE node = 'old-node'"), "0");
+        assert_eq!(sql(&db, "SELECT count(*) FROM node_features"), "12", "{release}: the rows are kept");
+        // And the commands that call them work on the upgraded database.
+        let out = run_agent(
+            &["export", "--format", "csv", "--output", "-", "--node", "old-node", "--normalized"],
+            &[("DATABASE_URL", &url)],
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{release}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 13, "{release}");
+        // A second migrate has nothing to do.
+        let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("applied=0"), "{release}");
+    }
+}
