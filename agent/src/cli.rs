@@ -390,14 +390,22 @@ impl SamplingArgs {
 
 /// Ticks at every multiple of `period` since the Unix epoch, skipping ticks that were missed
 /// (a stalled process does not produce a burst of rows), so an hour at 10 s is 360 ticks.
-fn aligned_ticker(period: Duration) -> tokio::time::Interval {
+/// Returns the ticker and the wall-clock time (since the epoch) of its first tick.
+fn aligned_ticker(period: Duration) -> (tokio::time::Interval, tokio::time::Instant, Duration) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let periods = (now.as_nanos() / period.as_nanos()) + 1;
     let next = Duration::from_nanos((periods * period.as_nanos()) as u64);
     let start = tokio::time::Instant::now() + next.saturating_sub(now);
     let mut ticker = tokio::time::interval_at(start, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    ticker
+    (ticker, start, next)
+}
+
+/// The scheduled boundary of a tick as wall-clock time: a multiple of the period since the
+/// epoch, the same on every node, whatever the tick's latency.
+fn scheduled_ts(tick: tokio::time::Instant, start: tokio::time::Instant, start_wall: Duration, period: Duration) -> SystemTime {
+    let periods = ((tick - start).as_nanos() + period.as_nanos() / 2) / period.as_nanos();
+    UNIX_EPOCH + start_wall + Duration::from_nanos((periods * period.as_nanos()) as u64)
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -423,7 +431,7 @@ async fn sample_loop(
     metrics.programs_attached.store(attached as u64, Relaxed);
     let _ = metrics.program_info.set(sampler.program_infos());
     metrics.programs_failed.store(failed as u64, Relaxed);
-    let mut ticker = aligned_ticker(Duration::from_secs_f64(args.interval));
+    let (mut ticker, start, start_wall) = aligned_ticker(Duration::from_secs_f64(args.interval));
     let mut detector = Detector::new(args.detector.options(args.interval));
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -443,6 +451,9 @@ async fn sample_loop(
                 }
                 let started = std::time::Instant::now();
                 let mut row = sampler.sample();
+                // Stored at the scheduled boundary, so rows of every node share their ts exactly
+                // and a label window BETWEEN two boundaries holds the rows it names.
+                row.ts = scheduled_ts(tick, start, start_wall, period);
                 detector.judge(&mut row);
                 metrics.observe_collection(started.elapsed().as_secs_f64());
                 metrics.programs_ok.store(sampler.ebpf_ok(), Relaxed);

@@ -92,8 +92,15 @@ fn run_writes_rows_with_every_feature_in_range() {
         sql("db_rows", "SELECT count(*) FROM node_features WHERE interval_s BETWEEN 0.5 AND 1.5 AND ebpf_forks >= 0 AND tcp_to_est >= 0"),
         "2"
     );
-    // Rows sit on the aligned schedule: whole seconds apart.
-    assert_eq!(sql("db_rows", "SELECT round(extract(epoch FROM max(ts) - min(ts))) FROM node_features"), "2");
+    // Rows sit on the aligned schedule: each ts is exactly a whole second (the scheduled
+    // boundary, not the moment the sample was taken), and they are whole seconds apart.
+    assert_eq!(
+        sql("db_rows", "SELECT count(*) FROM node_features WHERE date_trunc('second', ts) <> ts"),
+        "0",
+        "{}",
+        sql("db_rows", "SELECT string_agg(ts::text, ', ') FROM node_features")
+    );
+    assert_eq!(sql("db_rows", "SELECT extract(epoch FROM max(ts) - min(ts)) FROM node_features"), "2.000000");
     // The node's partition exists and holds the rows.
     let part = sql("db_rows", "SELECT node_features_partition_name('node-a')");
     assert!(part.starts_with("node_features_node_a_"), "{part}");
