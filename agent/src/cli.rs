@@ -89,11 +89,11 @@ pub struct SamplingArgs {
     #[arg(long, env = "NET_DEVICES", value_parser = parse_regex)]
     pub net_devices: Option<Regex>,
     /// Exit with an error if any eBPF program cannot be loaded, instead of leaving its columns NULL.
-    #[arg(long, env = "REQUIRE_EBPF", conflicts_with = "no_ebpf")]
+    #[arg(long, env = "REQUIRE_EBPF", conflicts_with = "no_ebpf", value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub require_ebpf: bool,
     /// Hook TCP state changes with the classic tracepoint even where the cheaper BTF tracepoint
     /// loads (a fallback for kernels whose BTF tracepoints misbehave).
-    #[arg(long, env = "CLASSIC_TRACEPOINTS")]
+    #[arg(long, env = "CLASSIC_TRACEPOINTS", value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub classic_tracepoints: bool,
     /// Where socket creations (sock_alloc_*) are counted: auto = fexit on __sock_create, else a
     /// kprobe, else not at all (NULL); syscalls = the syscall-tracepoint fallback, which slows
@@ -101,7 +101,7 @@ pub struct SamplingArgs {
     #[arg(long, env = "SOCKET_HOOK", value_enum, default_value_t = crate::ebpf::SocketHook::Auto)]
     pub socket_hook: crate::ebpf::SocketHook,
     /// Do not load eBPF programs: eBPF columns are NULL, est_conn/lis_conn come from a dump.
-    #[arg(long, env = "NO_EBPF")]
+    #[arg(long, env = "NO_EBPF", value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub no_ebpf: bool,
     /// Seconds between checks of the eBPF TCP connection gauges against a sock_diag dump.
     #[arg(long, env = "TCP_RECHECK_INTERVAL", default_value_t = 300.0, value_parser = parse_interval)]
@@ -217,6 +217,12 @@ impl NodeArgs {
         validate_node_name(&name)?;
         Ok(name)
     }
+}
+
+/// The parser of every boolean option and environment variable: 1/0, true/false, yes/no,
+/// on/off (any case), so `NO_EBPF=1` means what it says.
+pub fn boolish() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
 }
 
 pub fn parse_interval(s: &str) -> Result<f64, String> {
@@ -403,7 +409,12 @@ fn aligned_ticker(period: Duration) -> (tokio::time::Interval, tokio::time::Inst
 
 /// The scheduled boundary of a tick as wall-clock time: a multiple of the period since the
 /// epoch, the same on every node, whatever the tick's latency.
-fn scheduled_ts(tick: tokio::time::Instant, start: tokio::time::Instant, start_wall: Duration, period: Duration) -> SystemTime {
+fn scheduled_ts(
+    tick: tokio::time::Instant,
+    start: tokio::time::Instant,
+    start_wall: Duration,
+    period: Duration,
+) -> SystemTime {
     let periods = ((tick - start).as_nanos() + period.as_nanos() / 2) / period.as_nanos();
     UNIX_EPOCH + start_wall + Duration::from_nanos((periods * period.as_nanos()) as u64)
 }
@@ -588,15 +599,28 @@ pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
     let sampler = args.sampler()?;
     let stdout = std::io::stdout();
     let metrics = Metrics::new(args.interval);
-    sample_loop(&args, sampler, &metrics, |row| {
+    let result = sample_loop(&args, sampler, &metrics, |row| {
         let mut out = stdout.lock();
         serde_json::to_writer(&mut out, &row)?;
         out.write_all(b"\n")?;
         out.flush()?;
         Ok(())
     })
-    .await?;
-    Ok(())
+    .await;
+    match result {
+        // The reader went away (`print | head -1`): stop quietly, as Unix tools do.
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>().and_then(|j| j.io_error_kind())
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 pub async fn migrate_only(args: DatabaseArgs) -> anyhow::Result<()> {

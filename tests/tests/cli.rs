@@ -183,3 +183,45 @@ fn socket_columns_are_null_by_default_without_fexit_or_kprobes() {
     }
     assert!(last["ebpf_forks"].is_number() && last["tcp_to_est"].is_number(), "{last}");
 }
+
+/// Boolean environment variables take the usual spellings: NO_EBPF=1 (or yes, on, true) turns
+/// eBPF off, 0 (no, off, false) leaves it on; anything else is a clear error before any work.
+#[test]
+fn boolean_environment_variables_take_the_usual_spellings() {
+    let bin = tests::agent_bin();
+    for (value, off) in [("1", true), ("yes", true), ("TRUE", true), ("on", true), ("0", false), ("no", false)] {
+        let out = std::process::Command::new(&bin)
+            .args(["print", "--records", "1", "--interval", "0.1", "--node-name", "bool-env"])
+            .env("NO_EBPF", value)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(out.status.success(), "NO_EBPF={value}: {err}");
+        assert_eq!(err.contains("eBPF disabled (--no-ebpf)"), off, "NO_EBPF={value}: {err}");
+    }
+    let out =
+        std::process::Command::new(&bin).args(["print", "--records", "1"]).env("NO_EBPF", "maybe").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("value was not a boolean"), "{}", stderr(&out));
+}
+
+/// `print | head -1`: when the reader goes away the agent stops quietly with exit 0, as Unix
+/// tools do, instead of logging "Broken pipe" and failing.
+#[test]
+fn print_into_a_closed_pipe_exits_quietly() {
+    let mut child = std::process::Command::new(tests::agent_bin())
+        .args(["print", "--records", "5", "--interval", "0.1", "--no-ebpf", "--node-name", "pipe"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("ERROR") && !err.contains("Broken pipe"), "{err}");
+}
