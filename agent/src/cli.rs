@@ -192,7 +192,7 @@ pub struct RunArgs {
     #[arg(long, env = "QUEUE_MAX_ROWS", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
     pub queue_max_rows: u64,
     /// Address of the HTTP listener for /metrics, /healthz and /readyz; "off" disables it.
-    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:9100")]
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:9100", value_parser = parse_listen)]
     pub listen: String,
     /// Seconds to keep flushing queued rows after SIGTERM or the last record.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 5.0, value_parser = parse_interval)]
@@ -216,6 +216,20 @@ impl NodeArgs {
         };
         validate_node_name(&name)?;
         Ok(name)
+    }
+}
+
+/// `--listen`: "off", or HOST:PORT (an address or a name that resolves), checked before any
+/// work starts.
+fn parse_listen(s: &str) -> Result<String, String> {
+    if s == "off" {
+        return Ok(s.to_owned());
+    }
+    let resolves = std::net::ToSocketAddrs::to_socket_addrs(s).is_ok_and(|mut a| a.next().is_some());
+    if resolves {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not ADDRESS:PORT (e.g. 0.0.0.0:9100) or \"off\""))
     }
 }
 

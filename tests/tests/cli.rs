@@ -25,6 +25,8 @@ fn bad_flags_and_values_are_rejected_clearly() {
         (&["run", "--no-ebpf"], 1, "no database configured"),
         (&["run", "--no-ebpf", "--database-url", "host=x port=notaport"], 1, "not a valid connection string"),
         (&["print", "--require-ebpf", "--no-ebpf"], 2, "cannot be used with"),
+        (&["run", "--listen", "garbage"], 2, "is not ADDRESS:PORT"),
+        (&["run", "--listen", "127.0.0.1:99999"], 2, "is not ADDRESS:PORT"),
     ];
     for (args, code, needle) in cases {
         let out = run_agent(args, &[], LIMIT);
