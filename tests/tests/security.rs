@@ -221,9 +221,12 @@ fn tls_verifies_the_server_certificate_and_fails_clearly_when_it_does_not() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TLS certificate did not verify"), "{stderr}");
-    // Without a CA file the agent does not use TLS, and this server refuses plain TCP.
+    // Without a CA file the agent does not use TLS, and this server refuses plain TCP: the
+    // refusal is the server's, for want of encryption (not some other failure).
     let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    assert!(stderr.contains("pg_hba.conf rejects connection") && stderr.contains("no encryption"), "{stderr}");
     // A CA file that is not one.
     let out =
         run_agent(&["migrate"], &[("DATABASE_URL", &url), ("DB_CA_FILE", "/etc/hostname")], Duration::from_secs(30));
@@ -276,6 +279,35 @@ fn passwords_stay_off_the_command_line_and_out_of_the_logs() {
         assert!(all.contains("database unavailable"), "{all}");
         assert!(!all.contains(secret), "the password was printed: {all}");
     }
+    // And the password really comes from DB_PASSWORD or the file: against a server that asks
+    // for it (SCRAM), the right one writes a row, a wrong one is refused, neither is printed.
+    let mut pg = ThrowawayPostgres::start().unwrap();
+    pg.configure(&[], &["host all pwuser 127.0.0.1/32 scram-sha-256"]).unwrap();
+    pg.psql("postgres", &format!("CREATE ROLE pwuser LOGIN SUPERUSER PASSWORD '{secret}'")).unwrap();
+    let port = pg.port().to_string();
+    let wrong = std::env::temp_dir().join(format!("feature-agent-pw-wrong-{}", std::process::id()));
+    std::fs::write(&wrong, "not-the-battery\n").unwrap();
+    let base = [("DB_HOST", "127.0.0.1"), ("DB_PORT", port.as_str()), ("DB_USER", "pwuser"), ("DB_NAME", "postgres")];
+    for (extra, ok) in [
+        (("DB_PASSWORD", secret), true),
+        (("DB_PASSWORD_FILE", file.to_str().unwrap()), true),
+        (("DB_PASSWORD_FILE", wrong.to_str().unwrap()), false),
+    ] {
+        let mut env = base.to_vec();
+        env.push(extra);
+        let args = ["run", "--records", "1", "--interval", "0.2", "--no-ebpf", "--shutdown-timeout", "1", "--node-name", "pw"];
+        let out = run_agent(&args, &env, Duration::from_secs(30));
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.success(), ok, "{extra:?}: {all}");
+        if ok {
+            assert!(all.contains("row written"), "{extra:?}: {all}");
+        } else {
+            assert!(all.contains("password authentication failed"), "{extra:?}: {all}");
+        }
+        assert!(!all.contains(secret) && !all.contains("not-the-battery"), "a password was printed: {all}");
+    }
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM node_features WHERE node = 'pw'").unwrap().trim(), "2");
+    let _ = std::fs::remove_file(wrong);
     // --help does not show the password's value either.
     let out = agent_command().args(["run", "--help"]).env("DB_PASSWORD", secret).output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
