@@ -95,8 +95,19 @@ fn the_daemonset_is_least_privilege() {
     ] {
         assert!(ds.contains(needed), "daemonset.yaml lacks {needed:?}");
     }
-    // Every added capability has its reason right above it.
+    // Exactly these capabilities are added (an added SYS_ADMIN fails here, not only in the
+    // runtime check), each with its reason right above it.
     let lines: Vec<&str> = ds.lines().collect();
+    let add = lines.iter().position(|l| l.trim() == "add:").expect("capabilities.add");
+    let added: Vec<&str> = lines[add + 1..]
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.starts_with('#'))
+        .take_while(|l| l.starts_with("- "))
+        .map(|l| l.trim_start_matches("- "))
+        .collect();
+    assert_eq!(added, ["BPF", "PERFMON"]);
+    assert_eq!(lines.iter().filter(|l| l.trim() == "add:" || l.trim().starts_with("add: ")).count(), 1);
     for (i, l) in lines.iter().enumerate() {
         if l.trim() == "- BPF" || l.trim() == "- PERFMON" {
             assert!(lines[i - 1].trim().starts_with('#'), "no reason given above {l:?}");
