@@ -156,8 +156,12 @@ pub struct DatabaseArgs {
     /// Database host (or a Unix socket directory), as the paper's deployment sets it.
     #[arg(long, env = "DB_HOST")]
     pub db_host: Option<String>,
+    /// Database port (with --db-host).
     #[arg(long, env = "DB_PORT", default_value_t = 5432)]
     pub db_port: u16,
+    /// Database user (with --db-host) [default: postgres]. The password comes from the DB_PASSWORD
+    /// environment variable (never the command line, where every user of the node can read
+    /// it) or --db-password-file.
     #[arg(long, env = "DB_USER")]
     pub db_user: Option<String>,
     /// The password; accepted from the environment only (DB_PASSWORD), never on the command
@@ -171,6 +175,7 @@ pub struct DatabaseArgs {
     /// (sslmode=require unless the URL says verify-full or another mode).
     #[arg(long, env = "DB_CA_FILE")]
     pub db_ca_file: Option<PathBuf>,
+    /// Database name (with --db-host).
     #[arg(long, env = "DB_NAME")]
     pub db_name: Option<String>,
 }
@@ -216,6 +221,14 @@ impl NodeArgs {
         };
         validate_node_name(&name)?;
         Ok(name)
+    }
+}
+
+/// A finite number above zero (a threshold).
+pub fn parse_positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number above 0")),
     }
 }
 
@@ -639,7 +652,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 pub async fn migrate_only(args: DatabaseArgs) -> anyhow::Result<()> {
     let mut client = args.connect().await?;
-    let applied = migrate::apply(&mut client).await?;
+    let applied = migrate::apply(&mut client).await.map_err(migrate::explain)?;
     info!(applied, "migrations up to date");
     Ok(())
 }

@@ -25,7 +25,7 @@ pub struct EvaluateArgs {
     #[command(flatten)]
     pub window: TimeWindow,
     /// |z| threshold of the SQL flags (the paper's 2.0 by default).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = crate::cli::parse_positive, allow_negative_numbers = true)]
     pub sql_threshold: f64,
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -55,6 +55,15 @@ impl TimeWindow {
             Some(v) => Some(timestamp(client, "--to", v).await?),
             None => None,
         };
+        if let (Some(f), Some(t)) = (from, to) {
+            if f > t {
+                anyhow::bail!(
+                    "--from {} is later than --to {}: the window is empty",
+                    self.from.as_deref().unwrap_or_default(),
+                    self.to.as_deref().unwrap_or_default()
+                );
+            }
+        }
         Ok((from, to))
     }
 }

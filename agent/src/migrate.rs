@@ -54,6 +54,25 @@ pub async fn apply(client: &mut Client) -> anyhow::Result<usize> {
     Ok(count)
 }
 
+/// Adds what Postgres said, and what to do, to a migration that failed for want of privilege
+/// (a writer role running `migrate`): tokio-postgres' own text is only "db error".
+pub fn explain(e: anyhow::Error) -> anyhow::Error {
+    let db = e.chain().find_map(|c| c.downcast_ref::<tokio_postgres::Error>());
+    match db {
+        Some(pg) if pg.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            let text = crate::db::describe(pg);
+            e.context(format!(
+                "{text}; this role may not change the schema: run `feature-agent migrate` as the schema's owner (the role that created it), and the agents as writers"
+            ))
+        }
+        Some(pg) => {
+            let text = crate::db::describe(pg);
+            e.context(text)
+        }
+        None => e,
+    }
+}
+
 /// Fails with a clear message unless every migration has been applied (for the commands that
 /// read or label rows and must not change the schema themselves).
 pub async fn require_current(client: &Client) -> anyhow::Result<()> {

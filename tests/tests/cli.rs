@@ -26,6 +26,8 @@ fn bad_flags_and_values_are_rejected_clearly() {
         (&["run", "--no-ebpf", "--database-url", "host=x port=notaport"], 1, "not a valid connection string"),
         (&["print", "--require-ebpf", "--no-ebpf"], 2, "cannot be used with"),
         (&["run", "--listen", "garbage"], 2, "is not ADDRESS:PORT"),
+        (&["evaluate", "--sql-threshold", "-1"], 2, "is not a number above 0"),
+        (&["evaluate", "--sql-threshold", "NaN"], 2, "is not a number above 0"),
         (&["run", "--listen", "127.0.0.1:99999"], 2, "is not ADDRESS:PORT"),
     ];
     for (args, code, needle) in cases {
@@ -226,4 +228,17 @@ fn print_into_a_closed_pipe_exits_quietly() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("ERROR") && !err.contains("Broken pipe"), "{err}");
+}
+
+/// `--help` documents every database option, and says where the password comes from.
+#[test]
+fn help_documents_the_database_options_and_the_password() {
+    let out = std::process::Command::new(tests::agent_bin()).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in ["--db-port", "--db-user", "--db-name"] {
+        let line = help.lines().position(|l| l.trim_start().starts_with(option)).unwrap_or_else(|| panic!("{option}"));
+        let text = help.lines().nth(line + 1).unwrap_or_default();
+        assert!(text.trim().len() > 10, "{option} has no help text: {help}");
+    }
+    assert!(help.contains("DB_PASSWORD environment variable"), "{help}");
 }

@@ -290,4 +290,16 @@ fn export_writes_only_regular_files_or_stdout() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&target).unwrap().lines().count() as i64, 1 + 2 * ROWS);
     std::fs::remove_dir_all(&dir).unwrap();
+
+    // A window whose start is after its end is named as such.
+    for command in ["export", "evaluate"] {
+        let mut args = vec![command, "--from", "2026-01-02", "--to", "2026-01-01"];
+        if command == "export" {
+            args.extend(["--format", "csv", "--output", "-"]);
+        }
+        let out = run_agent(&args, &env, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
+        assert!(stderr.contains("--from 2026-01-02 is later than --to 2026-01-01"), "{command}: {stderr}");
+    }
 }

@@ -295,7 +295,8 @@ fn passwords_stay_off_the_command_line_and_out_of_the_logs() {
     ] {
         let mut env = base.to_vec();
         env.push(extra);
-        let args = ["run", "--records", "1", "--interval", "0.2", "--no-ebpf", "--shutdown-timeout", "1", "--node-name", "pw"];
+        let args =
+            ["run", "--records", "1", "--interval", "0.2", "--no-ebpf", "--shutdown-timeout", "1", "--node-name", "pw"];
         let out = run_agent(&args, &env, Duration::from_secs(30));
         let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.success(), ok, "{extra:?}: {all}");
@@ -312,4 +313,24 @@ fn passwords_stay_off_the_command_line_and_out_of_the_logs() {
     let out = agent_command().args(["run", "--help"]).env("DB_PASSWORD", secret).output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
     let _ = std::fs::remove_file(file);
+}
+
+/// `migrate` as a role that may not change the schema says what Postgres refused and what to
+/// do, instead of a bare "permission denied".
+#[test]
+fn migrating_as_a_writer_explains_itself() {
+    if !have_root("migrating_as_a_writer_explains_itself") {
+        return;
+    }
+    let url = tests::migrated_database("migrate_as_writer");
+    tests::sql("migrate_as_writer", "DO $$ BEGIN CREATE ROLE writer_login LOGIN IN ROLE feature_writer; EXCEPTION WHEN duplicate_object THEN NULL; END $$");
+    let fresh = tests::fresh_database("migrate_as_writer_fresh");
+    let as_writer = fresh.replace("user=postgres", "user=writer_login");
+    assert_ne!(as_writer, fresh);
+    let out = run_agent(&["migrate"], &[("DATABASE_URL", &as_writer)], Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(stderr.contains("run `feature-agent migrate` as the schema's owner"), "{stderr}");
+    let _ = url;
 }
