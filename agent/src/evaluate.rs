@@ -60,6 +60,7 @@ pub struct Run {
 pub struct Score {
     pub tp: u64,
     pub fp: u64,
+    #[serde(rename = "fn")]
     pub fn_: u64,
     pub precision: Option<f64>,
     pub recall: Option<f64>,
@@ -198,7 +199,7 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 /// The scores as a Markdown table (the README's table is this output).
 pub fn table(scores: &[ScenarioScore], sql_threshold: f64) -> String {
     let mut out = format!(
-        "| scenario | runs | rows | detector F1 | detector P / R | detector delay s | detected | SQL |z|>{sql_threshold} F1 | SQL P / R | SQL delay s |\n\
+        "| scenario | runs | rows | detector F1 | detector P / R | detector delay s | detected | SQL \\|z\\|>{sql_threshold} F1 | SQL P / R | SQL delay s |\n\
          |---|---|---|---|---|---|---|---|---|---|\n"
     );
     for s in scores {
