@@ -250,3 +250,22 @@ fn drill_detects_every_scenario() {
     // Anomalous rows are logged as warnings by the agent.
     assert!(String::from_utf8_lossy(&out.stderr).contains("anomalous row"));
 }
+
+/// A scenario with no agent writing the node's rows fails clearly and records nothing (it used
+/// to exit 0 with a run of 0 rows); --no-label still records the window on purpose.
+#[test]
+fn a_scenario_without_an_agent_fails_and_records_nothing() {
+    if !have_root("a_scenario_without_an_agent_fails_and_records_nothing") {
+        return;
+    }
+    let url = tests::migrated_database("scenario_no_agent");
+    let args = ["scenario", "fork-storm", "--duration", "1", "--interval", "1", "--node-name", "nobody-writes"];
+    let out = run_agent(&args, &[("DATABASE_URL", &url)], Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no row of node \"nobody-writes\" covers the scenario's end"), "{stderr}");
+    assert_eq!(tests::sql("scenario_no_agent", "SELECT count(*) FROM scenario_runs"), "0");
+    let out = run_agent(&[&args[..], &["--no-label"]].concat(), &[("DATABASE_URL", &url)], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tests::sql("scenario_no_agent", "SELECT count(*) FROM scenario_runs"), "1");
+}

@@ -23,7 +23,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 use tokio_postgres::Client;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     cli::{parse_interval, DatabaseArgs, NodeArgs},
@@ -173,6 +173,9 @@ pub async fn run(client: &Client, spec: &RunSpec, node: &str) -> anyhow::Result<
         .with_context(|| format!("scenario {}", scenario.name()))?;
     let ended = SystemTime::now();
     let interval = spec.interval_s;
+    if spec.label {
+        wait_for_cover(client, node, ended, interval).await?;
+    }
     let id: i64 = client
         .query_one(
             "INSERT INTO scenario_runs (node, name, started_at, ended_at, interval_s, details)
@@ -182,7 +185,7 @@ pub async fn run(client: &Client, spec: &RunSpec, node: &str) -> anyhow::Result<
         .await
         .context("recording the scenario run")?
         .get(0);
-    let rows_labelled = if !spec.label { 0 } else { label_window(client, id, node, ended, interval).await? };
+    let rows_labelled = if !spec.label { 0 } else { label_window(client, id).await? };
     info!(scenario = scenario.name(), rows_labelled, %details, "scenario done");
     Ok(ScenarioReport {
         id,
@@ -195,8 +198,9 @@ pub async fn run(client: &Client, spec: &RunSpec, node: &str) -> anyhow::Result<
     })
 }
 
-/// Waits for the row covering the window's end, then labels the rows overlapping the window.
-async fn label_window(client: &Client, id: i64, node: &str, ended: SystemTime, interval: f64) -> anyhow::Result<u64> {
+/// Waits for the row covering the window's end (an interval plus a grace period). Without it
+/// no agent is writing this node's rows: the run is an error, and nothing is recorded.
+async fn wait_for_cover(client: &Client, node: &str, ended: SystemTime, interval: f64) -> anyhow::Result<()> {
     let grace = Duration::from_secs_f64(interval.min(5.0) + 2.0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(interval) + grace;
     loop {
@@ -205,14 +209,20 @@ async fn label_window(client: &Client, id: i64, node: &str, ended: SystemTime, i
             .await
             .context("looking for the agent's rows")?
             .get(0);
-        if covered || tokio::time::Instant::now() >= deadline {
-            if !covered {
-                warn!(node, "no row of this node covers the scenario's end yet; is the agent running with this node name and interval?");
-            }
-            break;
+        if covered {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "no row of node {node:?} covers the scenario's end: is an agent writing this node's rows (--node-name) at a {interval} s interval (--interval)? The run was not recorded (--no-label records a window without rows)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Labels the rows overlapping a recorded run's window.
+async fn label_window(client: &Client, id: i64) -> anyhow::Result<u64> {
     let n = client
         .execute(
             "WITH r AS (SELECT * FROM scenario_runs WHERE id = $1)
