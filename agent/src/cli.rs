@@ -324,6 +324,13 @@ impl DatabaseArgs {
 
     /// The connection settings: DATABASE_URL, or the paper's DB_HOST/DB_PORT/... variables.
     pub fn config(&self) -> anyhow::Result<tokio_postgres::Config> {
+        if self.database_url.is_some() && self.db_host.is_some() {
+            // Often one comes from the environment and the other from the command line: say
+            // which one is used rather than resolve it silently.
+            warn!(
+                "both --database-url / DATABASE_URL and --db-host / DB_HOST are set: the URL is used, DB_HOST, DB_PORT, DB_USER and DB_NAME are ignored"
+            );
+        }
         let mut config = if let Some(url) = &self.database_url {
             url.parse::<tokio_postgres::Config>()
                 .map_err(|e| anyhow::anyhow!("--database-url / DATABASE_URL is not a valid connection string: {e}"))?

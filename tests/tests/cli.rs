@@ -242,3 +242,19 @@ fn help_documents_the_database_options_and_the_password() {
     }
     assert!(help.contains("DB_PASSWORD environment variable"), "{help}");
 }
+
+/// A URL and DB_HOST both set (one in the environment, one on the command line) is not resolved
+/// silently: a log line says the URL wins.
+#[test]
+fn a_url_and_a_db_host_together_say_which_wins() {
+    let out = std::process::Command::new(tests::agent_bin())
+        .args(["migrate", "--db-host", "/nonexistent-socket-dir"])
+        .env("DATABASE_URL", "host=127.0.0.1 port=1 user=x dbname=y")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the URL is used, DB_HOST, DB_PORT, DB_USER and DB_NAME are ignored"), "{err}");
+    assert!(err.contains("Connection refused"), "the URL's address was tried: {err}");
+}
