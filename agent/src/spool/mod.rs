@@ -381,34 +381,42 @@ impl Spool {
     }
 
     /// The sequence number the next append gets: one past the newest record whose header
-    /// holds, plus one for each damaged span after it (records whose bytes were damaged; a
-    /// record torn at the very end was never appended and is not counted).
+    /// holds, plus one for each damaged frame after it (records whose bytes were damaged; a
+    /// record torn at the very end was never appended and is not counted). The scan starts at
+    /// the newest segment whose own header holds, so a damaged header never hides the numbers
+    /// of the records before it.
     fn scan_next_seq(&self) -> std::io::Result<u64> {
         let mut next = self.acked.seq;
         for s in &self.segments {
             next = next.max(s.first_seq.unwrap_or(0));
         }
-        let Some(last) = self.segments.last() else { return Ok(next) };
-        let data = read_capped(&segment_path(&self.dir, last.id), MAX_SEGMENT_READ)?;
-        let mut at = format::parse_segment_header(&data).map_or(0, |(_, n)| n);
+        let from = self.segments.iter().rposition(|s| s.first_seq.is_some()).unwrap_or(0);
         let mut damaged_after = 0;
         let mut newest = None;
-        while at < data.len() {
-            match format::frame(&data[at..]) {
-                Frame::Record { seq, len, .. } | Frame::BadPayload { seq, len } => {
-                    newest = Some(newest.map_or(seq, |n: u64| n.max(seq)));
-                    damaged_after = 0;
-                    at += len;
-                }
-                Frame::Torn { seq } => {
-                    if let Some(seq) = seq {
-                        next = next.max(seq);
+        for seg in self.segments.get(from..).unwrap_or_default() {
+            let data = read_capped(&segment_path(&self.dir, seg.id), MAX_SEGMENT_READ)?;
+            let mut at = match format::parse_segment_header(&data) {
+                Ok((_, n)) => n,
+                Err(_) if data.is_empty() => continue,
+                Err(_) => 0,
+            };
+            while at < data.len() {
+                match format::frame(&data[at..]) {
+                    Frame::Record { seq, len, .. } | Frame::BadPayload { seq, len } => {
+                        newest = Some(newest.map_or(seq, |n: u64| n.max(seq)));
+                        damaged_after = 0;
+                        at += len;
                     }
-                    break;
-                }
-                Frame::Damaged => {
-                    damaged_after += 1;
-                    at += format::next_marker(&data[at..]).unwrap_or(data.len() - at);
+                    Frame::Torn { seq } => {
+                        if let Some(seq) = seq {
+                            next = next.max(seq);
+                        }
+                        break;
+                    }
+                    Frame::Damaged => {
+                        damaged_after += 1;
+                        at += format::next_marker(&data[at..]).unwrap_or(data.len() - at);
+                    }
                 }
             }
         }

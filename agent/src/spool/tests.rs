@@ -520,3 +520,20 @@ fn regression_damaged_header_first_record_and_ack() {
         ],
     );
 }
+
+/// Found by the model test: the newest segment's header and its only record damaged; the next
+/// number was taken from the older segments' headers and the damaged record went uncounted.
+#[test]
+fn regression_damaged_newest_header_and_record() {
+    run_sequence(
+        48 * 1024,
+        &[
+            Op::Append(2),
+            Op::CleanRestart,
+            Op::Append(1),
+            Op::DamageSegment(33589, 3_150_478_102, 1),
+            Op::DamageSegment(12179, 973_677_255, 1),
+            Op::Append(1),
+        ],
+    );
+}
