@@ -194,7 +194,7 @@ impl Metrics {
                     p.program,
                     p.hook,
                     p.target,
-                    p.columns.join(",")
+                    p.columns.join(" ")
                 );
                 (labels, 1.0)
             })
@@ -203,7 +203,7 @@ impl Metrics {
         put(
             "feature_agent_ebpf_program_info",
             "gauge",
-            "One series per attached eBPF program: its hook type (raw_tp, tp_btf, tracepoint, fexit, kprobe), the kernel event or function, and the columns it feeds.",
+            "One series per attached eBPF program: its hook type (raw_tp, tp_btf, tracepoint, fexit, kprobe), the kernel event or function, and the columns it feeds (space-separated).",
             &info,
         );
         put(

@@ -59,6 +59,16 @@ fn a_30_s_outage_loses_nothing_and_metrics_match_the_rows() {
             assert_eq!(after["feature_agent_spool_ack_damaged_total"], 0.0);
             assert!(after["feature_agent_last_write_timestamp_seconds"] > 1.7e9);
             assert!(after["feature_agent_ebpf_programs_attached"] >= 1.0);
+            // One info series per attached program, naming its hook and columns.
+            let info: Vec<&String> =
+                after.keys().filter(|k| k.starts_with("feature_agent_ebpf_program_info{")).collect();
+            assert_eq!(info.len() as f64, after["feature_agent_ebpf_programs_attached"], "{info:?}");
+            assert!(
+                info.iter().any(|k| k.contains("program=inet_sock_set_state")
+                    && k.contains("hook=tp_btf")
+                    && k.contains("columns=tcp_to_est tcp_to_syn_sent")),
+                "{info:?}"
+            );
             checked = true;
             break;
         }
