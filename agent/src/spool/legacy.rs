@@ -94,6 +94,21 @@ pub fn decode_row(payload: &[u8]) -> Result<FeatureRow, DecodeError> {
     Ok(row)
 }
 
+/// Whether a segment that starts with format 1's marker really is one: its first record
+/// verifies, or (damaged) nothing in it is a format-2 record. One flipped byte turns format 2's
+/// segment magic `FASG` into `FAS1`; such a segment must not be read, and deleted, as format 1.
+pub fn looks_like_format_1(head: &[u8]) -> bool {
+    if !head.starts_with(MAGIC) {
+        return false;
+    }
+    let first_verifies = head.len() >= HEADER && {
+        let len = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+        len <= MAX_PAYLOAD && head.get(HEADER..HEADER + len).is_some_and(|p| crc32(p) == crc)
+    };
+    first_verifies || !head.windows(4).any(|w| w == super::format::RECORD_MAGIC)
+}
+
 /// The rows of a format-1 segment, and how many records were lost to damage (each damaged
 /// span counts the record markers in it, at least one; a record cut short at the very end is a
 /// write torn by a crash, not a row that was ever spooled).

@@ -148,7 +148,7 @@ fn read_capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
 /// the records found damaged. For fuzzing the decoders: it must never panic or allocate without
 /// bound, whatever the bytes.
 pub fn decode_segment_bytes(data: &[u8]) -> (Vec<FeatureRow>, u64) {
-    if data.starts_with(legacy::MAGIC) {
+    if legacy::looks_like_format_1(data) {
         return legacy::read_segment(data);
     }
     let (decoder, mut at) = match format::parse_segment_header(data) {
@@ -269,7 +269,7 @@ impl Spool {
                 .and_then(|f| f.take(format::MAX_HEADER_BODY as u64 + 64).read_to_end(&mut head))
                 .map_err(&io)?;
             let len = fs::metadata(&path).map_err(&io)?.len();
-            let kind = if head.starts_with(legacy::MAGIC) { Kind::V1 } else { Kind::V2 };
+            let kind = if legacy::looks_like_format_1(&head) { Kind::V1 } else { Kind::V2 };
             match kind {
                 _ if len == 0 => {
                     // Created by a start that crashed before writing its header: no rows.

@@ -537,3 +537,10 @@ fn regression_damaged_newest_header_and_record() {
         ],
     );
 }
+
+/// Found by the model test: one flipped bit turned the segment magic FASG into format 1's
+/// FAS1, and the segment was read (and deleted) as format 1.
+#[test]
+fn regression_a_damaged_magic_is_not_format_1() {
+    run_sequence(48 * 1024, &[Op::Append(4), Op::DamageSegment(0, 1_054_148_763, 118)]);
+}
