@@ -492,7 +492,7 @@ fn run_sequence(max_bytes: u64, ops: &[Op]) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("SPOOL_MODEL_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000),
+        cases: std::env::var("SPOOL_MODEL_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(5000),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
