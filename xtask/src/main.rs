@@ -297,6 +297,8 @@ fn demo(interval: f64, records: u64) -> anyhow::Result<()> {
 /// streams its output, and closes with one `N passed, N failed` line summed over every binary.
 fn test(args: &[String]) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader};
+    // The benches are built (not run) with the tests, so they cannot rot unnoticed.
+    run(cargo().args(["test", "--no-run", "--benches", "--package", "tests"]))?;
     let mut child = cargo()
         .args(["test", "--no-fail-fast", "--lib", "--bins", "--tests"])
         .args(args)
