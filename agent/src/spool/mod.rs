@@ -128,6 +128,10 @@ pub struct Spool {
     /// The decoder of the segment being read, by segment id.
     decoder: Option<(u64, Option<Decoder>)>,
     stats: SpoolStats,
+    /// Tests only: the next append writes this many bytes of its record, then fails as a full
+    /// disk would.
+    #[cfg(test)]
+    fail_next_append_after: Option<usize>,
 }
 
 /// The most of a segment file that is ever read. The agent's segments stay under 1 MiB plus one
@@ -295,6 +299,8 @@ impl Spool {
             acked: Cursor { segment: 0, offset: 0, seq: 0, lost: 0 },
             read: Cursor { segment: 0, offset: 0, seq: 0, lost: 0 },
             decoder: None,
+            #[cfg(test)]
+            fail_next_append_after: None,
             stats: SpoolStats::default(),
         };
         match ack {
@@ -488,7 +494,16 @@ impl Spool {
         }
         let writer = self.writer.as_mut().expect("a segment is open");
         let last = self.segments.last_mut().expect("the open segment");
-        if let Err(e) = writer.write_all(&record).and_then(|()| writer.sync_data()) {
+        #[cfg(test)]
+        let result = match self.fail_next_append_after.take() {
+            Some(cut) => writer
+                .write_all(&record[..cut.min(record.len())])
+                .and_then(|()| Err(std::io::Error::from_raw_os_error(libc::ENOSPC))),
+            None => writer.write_all(&record).and_then(|()| writer.sync_data()),
+        };
+        #[cfg(not(test))]
+        let result = writer.write_all(&record).and_then(|()| writer.sync_data());
+        if let Err(e) = result {
             // Never append after a partial record: the next append starts a new segment, and
             // reuses this record's sequence number (the row was not spooled).
             self.writer = None;
@@ -605,6 +620,13 @@ impl Spool {
                 match format::frame(&data[at..end]) {
                     Frame::Record { seq, payload, len } => {
                         at += len;
+                        if seq < self.read.seq {
+                            // A second copy of a record already read: an append whose write
+                            // reached the disk but reported an error (a failed fdatasync) was
+                            // retried under the same number.
+                            self.read.offset = at as u64;
+                            continue;
+                        }
                         let decoded = decoder.as_ref().map(|d| d.decode(payload));
                         match decoded {
                             Some(Ok((row, unconverted))) => {

@@ -325,6 +325,9 @@ enum Op {
     DamageSegment(u16, u32, u8),
     /// One byte of `ack` flipped while the agent was stopped.
     DamageAck(u8, u8),
+    /// An append fails after `cut` bytes of its record (a full disk, or a failing fdatasync
+    /// when `cut` is the whole record); the writer keeps the row and appends it again.
+    FailedAppend(u16),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -341,6 +344,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u16..600).prop_map(Op::CrashDuringAppend),
         1 => (any::<u16>(), any::<u32>(), 1u8..=255).prop_map(|(s, p, x)| Op::DamageSegment(s, p, x)),
         1 => (any::<u8>(), 1u8..=255).prop_map(|(p, x)| Op::DamageAck(p, x)),
+        1 => (0u16..700).prop_map(Op::FailedAppend),
     ]
 }
 
@@ -452,6 +456,13 @@ fn run_sequence(max_bytes: u64, ops: &[Op]) {
                     }
                 }
                 s = Spool::open(&dir, max_bytes).unwrap();
+            }
+            Op::FailedAppend(cut) => {
+                s.fail_next_append_after = Some(*cut as usize);
+                assert!(s.append(&row(m.next_id)).unwrap_err().is_no_space());
+                s.append(&row(m.next_id)).unwrap();
+                m.appended.insert(m.next_id);
+                m.next_id += 1;
             }
             Op::DamageAck(pos, xor) => {
                 m.close(s);
