@@ -363,12 +363,15 @@ impl Spool {
     /// uncounted, at the price of counting the damaged header too), or the next segment's, or
     /// `next_seq`.
     fn seq_at(&self, i: usize) -> u64 {
+        // Damaged frames met on the way, in segments without a good header or record: any of
+        // them may be a record, so the answer is lowered by their number.
+        let mut damaged = 0u64;
         for s in &self.segments[i.min(self.segments.len())..] {
             if let Some(f) = s.first_seq {
-                return f;
+                return f.saturating_sub(damaged);
             }
             if let Ok(data) = read_capped(&segment_path(&self.dir, s.id), MAX_SEGMENT_READ) {
-                let (mut at, mut damaged) = (0, 0u64);
+                let mut at = 0;
                 while at < data.len() {
                     match format::frame(&data[at..]) {
                         Frame::Record { seq, .. } | Frame::BadPayload { seq, .. } => {
@@ -383,7 +386,7 @@ impl Spool {
                 }
             }
         }
-        self.next_seq
+        self.next_seq.saturating_sub(damaged)
     }
 
     /// The sequence number the next append gets: one past the newest record whose header

@@ -555,3 +555,19 @@ fn regression_damaged_newest_header_and_record() {
 fn regression_a_damaged_magic_is_not_format_1() {
     run_sequence(48 * 1024, &[Op::Append(4), Op::DamageSegment(0, 1_054_148_763, 118)]);
 }
+
+/// Found by the model test: an oldest segment whose header and only record were damaged, then a
+/// damaged `ack`: the replay started at the next segment's number, and the loss went uncounted.
+#[test]
+fn regression_a_wholly_damaged_oldest_segment_and_ack() {
+    run_sequence(
+        16 * 1024,
+        &[
+            Op::Append(1),
+            Op::DamageSegment(0, 10_733_077, 1),
+            Op::DamageSegment(0, 16_064_067, 1),
+            Op::Append(1),
+            Op::DamageAck(0, 1),
+        ],
+    );
+}
