@@ -182,11 +182,28 @@ fn explain_connect_error(e: tokio_postgres::Error) -> anyhow::Error {
     } else {
         None
     };
+    let explained = anyhow::Error::new(ConnectError { text, code: e.code().cloned() });
     match hint {
-        Some(h) => anyhow::anyhow!("{text}").context(h),
-        None => anyhow::anyhow!("{text}"),
+        Some(h) => explained.context(h),
+        None => explained,
     }
 }
+
+/// A failed connection, described as Postgres described it, with its SQLSTATE kept so that the
+/// writer can tell a server that is starting up from one that refuses.
+#[derive(Debug)]
+struct ConnectError {
+    text: String,
+    code: Option<SqlState>,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for ConnectError {}
 
 /// Whether an error concerns the rows' data (retrying cannot help), rather than the connection.
 fn is_row_error(e: &tokio_postgres::Error) -> bool {
@@ -250,6 +267,16 @@ async fn reachable(config: &Config) -> bool {
         }
     }
     false
+}
+
+/// Whether a failed connection was refused because the server is starting up or shutting down
+/// (SQLSTATE 57P03 / 57P01): it will take connections in a moment.
+fn starting_up(e: &anyhow::Error) -> bool {
+    let transient = |c: &SqlState| *c == SqlState::CANNOT_CONNECT_NOW || *c == SqlState::ADMIN_SHUTDOWN;
+    e.chain().any(|c| {
+        c.downcast_ref::<ConnectError>().is_some_and(|c| c.code.as_ref().is_some_and(transient))
+            || c.downcast_ref::<tokio_postgres::Error>().is_some_and(|pg| pg.code().is_some_and(transient))
+    })
 }
 
 /// How often an unreachable database's address is probed between backoff steps.
@@ -501,7 +528,10 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
                     metrics.database_up.store(false, Relaxed);
                     let wait = backoff.step();
                     next_attempt = tokio::time::Instant::now() + wait;
-                    probing = !reachable(&opts.target.config).await;
+                    // Probe between attempts while nothing accepts connections, or while the
+                    // server is still starting up (it accepts, then says "cannot connect now"):
+                    // otherwise a server back a moment later would wait out the backoff.
+                    probing = starting_up(&e) || !reachable(&opts.target.config).await;
                     // Log the first failures in full, then every tenth, so an outage is visible
                     // without flooding the log.
                     if failures_logged < 3 || failures_logged.is_multiple_of(10) {
