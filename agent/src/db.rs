@@ -455,8 +455,10 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
     let mut migrated = false;
     let mut backoff = Backoff::new();
     let mut next_attempt = tokio::time::Instant::now();
-    // The last attempt failed because nothing accepted connections at the address.
+    // The last attempt failed because nothing accepted connections at the address (or the
+    // server was starting up): probe it every PROBE_EVERY, at `next_probe`.
     let mut probing = false;
+    let mut next_probe = tokio::time::Instant::now();
     let mut closed_at: Option<tokio::time::Instant> = None;
     let mut failures_logged = 0u32;
 
@@ -490,20 +492,25 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
             backlog.publish(&metrics);
             let now = tokio::time::Instant::now();
             if now < next_attempt {
+                // The probe keeps its own schedule: rows arriving every interval must not keep
+                // postponing it (with a 1 s interval they would, forever).
+                if probing && now >= next_probe {
+                    next_probe = now + PROBE_EVERY;
+                    if reachable(&opts.target.config).await {
+                        debug!("the database's address accepts connections again");
+                        next_attempt = tokio::time::Instant::now();
+                        continue;
+                    }
+                }
                 let mut until = next_attempt;
                 if probing {
-                    until = until.min(now + PROBE_EVERY);
+                    until = until.min(next_probe);
                 }
                 if let Some(d) = deadline {
                     until = until.min(d);
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {
-                        if probing && until < next_attempt && reachable(&opts.target.config).await {
-                            debug!("the database's address accepts connections again");
-                            next_attempt = tokio::time::Instant::now();
-                        }
-                    }
+                    _ = tokio::time::sleep_until(until) => {}
                     r = rx.recv(), if closed_at.is_none() => match r {
                         Some(row) => backlog.push(row),
                         None => {
