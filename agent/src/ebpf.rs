@@ -143,8 +143,6 @@ pub struct EbpfCounters {
     live: [bool; EVENT_COUNT],
     tcp_states_live: bool,
     failures: Vec<EbpfError>,
-    /// How each attached program is hooked, e.g. ("inet_sock_set_state", "tp_btf").
-    hooks: Vec<(&'static str, &'static str)>,
     /// Every attached program: (program, hook kind, attach point, columns it feeds).
     programs: Vec<ProgramInfo>,
 }
@@ -260,18 +258,17 @@ impl EbpfCounters {
             }
             SocketHook::Off => info!("socket creations are not counted (--socket-hook off): sock_alloc_* columns NULL"),
         }
-        let hooks = programs.iter().map(|p| (p.program, p.hook)).collect();
         drop(btf);
         release_freed_memory();
         let tcp_states_live = live[Event::TcpToEstablished as usize];
         let events = take_map(&mut ebpf, MAP_EVENT_COUNTS)?;
         let balance = take_map(&mut ebpf, MAP_TCP_STATE_BALANCE)?;
-        Ok(EbpfCounters { _ebpf: ebpf, events, balance, live, tcp_states_live, failures, hooks, programs })
+        Ok(EbpfCounters { _ebpf: ebpf, events, balance, live, tcp_states_live, failures, programs })
     }
 
     /// How each attached program is hooked: (program, "raw_tp" | "tracepoint" | "tp_btf").
-    pub fn hooks(&self) -> &[(&'static str, &'static str)] {
-        &self.hooks
+    pub fn hooks(&self) -> Vec<(&'static str, &'static str)> {
+        self.programs.iter().map(|p| (p.program, p.hook)).collect()
     }
 
     /// Programs that could not be attached.

@@ -240,11 +240,8 @@ fn database_restart_mid_run_loses_no_row() {
     // A server of its own, since this test stops it.
     let mut pg = tests::ThrowawayPostgres::start().unwrap();
     let url = pg.url("postgres");
-    let count = |pg: &tests::ThrowawayPostgres| {
-        pg.psql("postgres", "SELECT count(*) FROM node_features")
-            .map(|s| s.trim().parse::<u64>().unwrap_or(0))
-            .unwrap_or(0)
-    };
+    // While the server is down (or the table not yet made) the count is unknown: 0 for the waits.
+    let count = |pg: &tests::ThrowawayPostgres| tests::process::count_if_up(pg, "outage").unwrap_or(0);
     let child = spawn_run(&url, &["--interval", "0.25", "--node-name", "outage", "--no-ebpf"]);
     let deadline = Instant::now() + LIMIT;
     while count(&pg) < 4 {
@@ -255,7 +252,7 @@ fn database_restart_mid_run_loses_no_row() {
     std::thread::sleep(Duration::from_secs(3));
     pg.restart_server().unwrap();
     // Rows sampled during the outage arrive from the agent's queue.
-    let before = count(&pg);
+    let before = tests::process::count(&pg, "outage");
     while count(&pg) < before + 8 {
         assert!(Instant::now() < deadline, "rows did not resume after the restart");
         std::thread::sleep(Duration::from_millis(100));
