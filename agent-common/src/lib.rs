@@ -1,6 +1,7 @@
 //! The contract between the eBPF programs (`agent-ebpf`) and the userspace agent: map names,
 //! counter indices and the `#[repr(C)]` values stored in the maps. Both sides compile this file,
-//! so a counter or map can never be renamed on one side only.
+//! so a counter can never be renumbered on one side only. It names no database column: which
+//! column an event feeds is declared with the columns (feature-schema).
 #![no_std]
 
 /// Per-CPU array with one [`EventCounts`] entry: every kernel event we count.
@@ -14,52 +15,70 @@ pub const MAP_SOCKET_CALLS_IN_FLIGHT: &str = "SOCKET_CALLS_IN_FLIGHT";
 /// Capacity of [`MAP_SOCKET_CALLS_IN_FLIGHT`]: concurrent socket() calls, one per thread at most.
 pub const SOCKET_CALLS_IN_FLIGHT_MAX: u32 = 16384;
 
-/// Index of each counter in [`EventCounts::counts`]. The order is part of the map layout.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    Fork = 0,
-    Exec,
-    Exit,
-    TcpToEstablished,
-    TcpToSynSent,
-    TcpToSynRecv,
-    TcpToClose,
-    TcpToListen,
-    TcpConnFailed,
-    TcpRstSent,
-    TcpRstRecv,
-    SockAllocTcp,
-    SockAllocUdp,
-    SockAllocUnix,
-    SockAllocRaw,
-    SockAllocOther,
+/// Declares [`Event`] (index and name of each counter, in map order), [`EVENT_COUNT`],
+/// [`Event::ALL`] and [`Event::name`] from one list.
+macro_rules! events {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
+        /// Index of each counter in [`EventCounts::counts`]. The order is part of the map layout.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Event {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        /// Number of [`Event`] variants.
+        pub const EVENT_COUNT: usize = [$($name),*].len();
+
+        impl Event {
+            /// Every event, in map order.
+            pub const ALL: [Event; EVENT_COUNT] = [$(Event::$variant),*];
+
+            /// The event's name, for logs and metrics.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Event::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-/// Number of [`Event`] variants.
-pub const EVENT_COUNT: usize = 16;
+events! {
+    /// sched:sched_process_fork (processes and threads).
+    Fork = "fork",
+    /// sched:sched_process_exec.
+    Exec = "exec",
+    /// sched:sched_process_exit.
+    Exit = "exit",
+    /// A TCP socket entered ESTABLISHED.
+    TcpToEstablished = "tcp_to_established",
+    /// A TCP socket entered SYN_SENT.
+    TcpToSynSent = "tcp_to_syn_sent",
+    /// A TCP socket entered SYN_RECV.
+    TcpToSynRecv = "tcp_to_syn_recv",
+    /// A TCP socket entered CLOSE.
+    TcpToClose = "tcp_to_close",
+    /// A TCP socket entered LISTEN.
+    TcpToListen = "tcp_to_listen",
+    /// SYN_SENT -> CLOSE: a connect that failed.
+    TcpConnFailed = "tcp_conn_failed",
+    /// tcp:tcp_send_reset.
+    TcpRstSent = "tcp_rst_sent",
+    /// tcp:tcp_receive_reset.
+    TcpRstRecv = "tcp_rst_recv",
+    /// A socket created: inet stream.
+    SockAllocTcp = "sock_alloc_tcp",
+    /// A socket created: inet datagram.
+    SockAllocUdp = "sock_alloc_udp",
+    /// A socket created: AF_UNIX.
+    SockAllocUnix = "sock_alloc_unix",
+    /// A socket created: SOCK_RAW or AF_PACKET.
+    SockAllocRaw = "sock_alloc_raw",
+    /// A socket created: anything else.
+    SockAllocOther = "sock_alloc_other",
+}
 
 impl Event {
-    /// Every event, in map order.
-    pub const ALL: [Event; EVENT_COUNT] = [
-        Event::Fork,
-        Event::Exec,
-        Event::Exit,
-        Event::TcpToEstablished,
-        Event::TcpToSynSent,
-        Event::TcpToSynRecv,
-        Event::TcpToClose,
-        Event::TcpToListen,
-        Event::TcpConnFailed,
-        Event::TcpRstSent,
-        Event::TcpRstRecv,
-        Event::SockAllocTcp,
-        Event::SockAllocUdp,
-        Event::SockAllocUnix,
-        Event::SockAllocRaw,
-        Event::SockAllocOther,
-    ];
-
     /// The counters fed by the TCP state-change hook.
     pub const TCP_STATE: [Event; 6] = [
         Event::TcpToEstablished,
@@ -73,28 +92,6 @@ impl Event {
     /// The counters fed by the socket-creation hooks.
     pub const SOCKET_ALLOC: [Event; 5] =
         [Event::SockAllocTcp, Event::SockAllocUdp, Event::SockAllocUnix, Event::SockAllocRaw, Event::SockAllocOther];
-
-    /// The database column this counter feeds (see shared/spec/features.md).
-    pub const fn column(self) -> &'static str {
-        match self {
-            Event::Fork => "ebpf_forks",
-            Event::Exec => "ebpf_execs",
-            Event::Exit => "ebpf_exits",
-            Event::TcpToEstablished => "tcp_to_est",
-            Event::TcpToSynSent => "tcp_to_syn_sent",
-            Event::TcpToSynRecv => "tcp_to_syn_recv",
-            Event::TcpToClose => "tcp_to_close",
-            Event::TcpToListen => "tcp_to_listen",
-            Event::TcpConnFailed => "tcp_conn_failed",
-            Event::TcpRstSent => "tcp_rst_sent",
-            Event::TcpRstRecv => "tcp_rst_recv",
-            Event::SockAllocTcp => "sock_alloc_tcp",
-            Event::SockAllocUdp => "sock_alloc_udp",
-            Event::SockAllocUnix => "sock_alloc_unix",
-            Event::SockAllocRaw => "sock_alloc_raw",
-            Event::SockAllocOther => "sock_alloc_other",
-        }
-    }
 }
 
 /// Cumulative event counts of one CPU since the programs were loaded.

@@ -470,7 +470,7 @@ async fn sample_loop(
     args: &SamplingArgs,
     mut sampler: Sampler,
     metrics: &Metrics,
-    mut emit: impl FnMut(crate::row::FeatureRow) -> anyhow::Result<()>,
+    mut emit: impl FnMut(feature_schema::FeatureRow) -> anyhow::Result<()>,
 ) -> anyhow::Result<Option<&'static str>> {
     let (attached, failed) = sampler.programs();
     metrics.programs_attached.store(attached as u64, Relaxed);
@@ -502,12 +502,12 @@ async fn sample_loop(
                 detector.judge(&mut row);
                 metrics.observe_collection(started.elapsed().as_secs_f64());
                 metrics.programs_ok.store(sampler.ebpf_ok(), Relaxed);
-                if row.verdict.is_anomalous() {
+                if row.is_anomalous() {
                     metrics.rows_anomalous.fetch_add(1, Relaxed);
                     warn!(
-                        ts = %crate::timefmt::rfc3339_micros(row.ts),
-                        score = row.verdict.anomaly_score,
-                        features = row.verdict.anomalous_features.as_deref().unwrap_or_default().join(","),
+                        ts = %feature_schema::timefmt::rfc3339_micros(row.ts),
+                        score = row.anomaly_score,
+                        features = row.anomalous_features.as_deref().unwrap_or_default().join(","),
                         "anomalous row"
                     );
                 }

@@ -19,10 +19,9 @@ use tracing::{debug, error, info, warn};
 use crate::{
     metrics::Metrics,
     migrate,
-    row::{insert_sql, FeatureRow},
     spool::{Cursor, Spool},
 };
-use agent_common::Event;
+use feature_schema::{insert_sql, FeatureRow};
 
 /// Where and how to connect: the libpq-style settings, and the TLS connector when a CA file
 /// was given (TLS with certificate and host name verification).
@@ -610,7 +609,7 @@ async fn write_rows(
             if rows.len() == 1 {
                 log_row(&rows[0], inserted);
             } else {
-                info!(rows = rows.len(), new = inserted, first = %crate::timefmt::rfc3339_micros(rows[0].ts), "caught up a batch of rows");
+                info!(rows = rows.len(), new = inserted, first = %feature_schema::timefmt::rfc3339_micros(rows[0].ts), "caught up a batch of rows");
             }
             Ok(())
         }
@@ -625,7 +624,7 @@ async fn write_rows(
                     }
                     Err(e) if is_row_error(&e) => {
                         report.rejected += 1;
-                        error!(error = describe(&e), ts = %crate::timefmt::rfc3339_micros(row.ts), "the database refused a row; it is dropped");
+                        error!(error = describe(&e), ts = %feature_schema::timefmt::rfc3339_micros(row.ts), "the database refused a row; it is dropped");
                     }
                     Err(e) => return Err(e),
                 }
@@ -637,9 +636,9 @@ async fn write_rows(
 }
 
 fn log_row(row: &FeatureRow, inserted: u64) {
-    let p = &row.procfs;
+    let p = row;
     info!(
-        ts = %crate::timefmt::rfc3339_micros(row.ts),
+        ts = %feature_schema::timefmt::rfc3339_micros(row.ts),
         new = inserted == 1,
         cpu_sec_idle = p.cpu_sec_idle,
         mem_av_per = p.mem_av_per,
@@ -647,9 +646,9 @@ fn log_row(row: &FeatureRow, inserted: u64) {
         forks_total = p.forks_total,
         est_conn = row.est_conn,
         lis_conn = row.lis_conn,
-        ebpf_forks = row.ebpf_count(Event::Fork),
-        ebpf_execs = row.ebpf_count(Event::Exec),
-        tcp_to_est = row.ebpf_count(Event::TcpToEstablished),
+        ebpf_forks = row.ebpf_forks,
+        ebpf_execs = row.ebpf_execs,
+        tcp_to_est = row.tcp_to_est,
         "row written"
     );
 }

@@ -18,10 +18,7 @@
 //!   on the node), that feature alone is re-anchored on the median and MAD of those rows and
 //!   the re-anchoring is logged. Without this a slow drift past the threshold would freeze the
 //!   baseline and flag every later row.
-use crate::{
-    features::{Kind, FEATURES, FEATURE_COUNT},
-    row::{FeatureRow, Verdict},
-};
+use feature_schema::{FeatureRow, Kind, Verdict, FEATURES, FEATURE_COUNT};
 
 /// Spread floor relative to the baseline mean.
 const RELATIVE_SPREAD_FLOOR: f64 = 0.05;
@@ -80,7 +77,7 @@ impl Detector {
         let scored = self.scored(&values);
         self.previous = Some(values);
         self.rows += 1;
-        row.verdict = self.judge_values(&scored);
+        row.set_verdict(self.judge_values(&scored));
     }
 
     /// The values that are scored: counters become deltas against the previous row.
@@ -211,21 +208,20 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::{collector::ProcfsFeatures, features::index_of};
+    use feature_schema::features::index_of;
 
     fn row(load1: f64, forks_total: i64, execs: i64) -> FeatureRow {
-        let mut ebpf = [Some(0); agent_common::EVENT_COUNT];
-        ebpf[agent_common::Event::Exec as usize] = Some(execs);
-        FeatureRow {
-            node: "n".into(),
-            ts: SystemTime::UNIX_EPOCH,
-            interval_s: Some(1.0),
-            procfs: ProcfsFeatures { load1: Some(load1), forks_total: Some(forks_total), ..Default::default() },
-            est_conn: Some(3),
-            lis_conn: Some(2),
-            ebpf,
-            verdict: Verdict::default(),
+        let mut r = FeatureRow::empty("n".into(), SystemTime::UNIX_EPOCH);
+        for e in agent_common::Event::ALL {
+            r.set_event(e, Some(0));
         }
+        r.ebpf_execs = Some(execs);
+        r.interval_s = Some(1.0);
+        r.load1 = Some(load1);
+        r.forks_total = Some(forks_total);
+        r.est_conn = Some(3);
+        r.lis_conn = Some(2);
+        r
     }
 
     fn detector(warmup_rows: usize) -> Detector {
@@ -238,12 +234,12 @@ mod tests {
         for k in 0..5 {
             let mut r = row(1.0, 100 + 10 * k, 0);
             d.judge(&mut r);
-            assert_eq!(r.verdict, Verdict::default(), "row {k}");
+            assert_eq!(r.verdict(), Verdict::default(), "row {k}");
         }
         let mut r = row(1.0, 150, 0);
         d.judge(&mut r);
-        assert_eq!(r.verdict.anomalous_features, Some(vec![]));
-        assert!(r.verdict.anomaly_score.unwrap() < 1.0, "{:?}", r.verdict);
+        assert_eq!(r.anomalous_features, Some(vec![]));
+        assert!(r.anomaly_score.unwrap() < 1.0, "{:?}", r.verdict());
     }
 
     #[test]
@@ -258,11 +254,11 @@ mod tests {
         forks += 10;
         let mut r = row(1.0, forks, 0);
         d.judge(&mut r);
-        assert!(!r.verdict.is_anomalous(), "{:?}", r.verdict);
+        assert!(!r.is_anomalous(), "{:?}", r.verdict());
         forks += 400;
         let mut r = row(1.0, forks, 0);
         d.judge(&mut r);
-        assert_eq!(r.verdict.anomalous_features.as_deref(), Some(&["forks_total".to_owned()][..]));
+        assert_eq!(r.anomalous_features.as_deref(), Some(&["forks_total".to_owned()][..]));
     }
 
     #[test]
@@ -274,13 +270,13 @@ mod tests {
         // execs flat at 0: floor 5, threshold 4 -> 20 execs is not anomalous, 21 is.
         let mut r = row(1.0, 0, 20);
         d.judge(&mut r);
-        assert!(!r.verdict.is_anomalous(), "{:?}", r.verdict);
+        assert!(!r.is_anomalous(), "{:?}", r.verdict());
         let before = d.baseline[index_of("ebpf_execs").unwrap()].unwrap().mean;
         for _ in 0..50 {
             let mut r = row(1.0, 0, 1000);
             d.judge(&mut r);
-            assert_eq!(r.verdict.anomalous_features.as_deref(), Some(&["ebpf_execs".to_owned()][..]));
-            assert!((r.verdict.anomaly_score.unwrap() - (1000.0 - before) / 5.0).abs() < 1e-9);
+            assert_eq!(r.anomalous_features.as_deref(), Some(&["ebpf_execs".to_owned()][..]));
+            assert!((r.anomaly_score.unwrap() - (1000.0 - before) / 5.0).abs() < 1e-9);
         }
         assert_eq!(d.baseline[index_of("ebpf_execs").unwrap()].unwrap().mean, before);
     }
@@ -294,8 +290,8 @@ mod tests {
         let mut r = row(11.0, 0, 30);
         d.judge(&mut r);
         // load1: (11 - 1) / 0.25 = 40; execs: 30 / 5 = 6.
-        assert_eq!(r.verdict.anomalous_features, Some(vec!["load1".to_owned(), "ebpf_execs".to_owned()]));
-        assert_eq!(r.verdict.anomaly_score, Some(40.0));
+        assert_eq!(r.anomalous_features, Some(vec!["load1".to_owned(), "ebpf_execs".to_owned()]));
+        assert_eq!(r.anomaly_score, Some(40.0));
     }
 }
 
@@ -307,15 +303,10 @@ mod adapt_tests {
     fn a_lasting_shift_becomes_normal_after_adapt_rows() {
         let mut d =
             Detector::new(DetectorOptions { threshold: 4.0, warmup_rows: 5, half_life_rows: 1000.0, adapt_rows: 10 });
-        let row = |load5: f64| FeatureRow {
-            node: "n".into(),
-            ts: std::time::SystemTime::UNIX_EPOCH,
-            interval_s: None,
-            procfs: crate::collector::ProcfsFeatures { load5: Some(load5), ..Default::default() },
-            est_conn: None,
-            lis_conn: None,
-            ebpf: [None; agent_common::EVENT_COUNT],
-            verdict: Verdict::default(),
+        let row = |load5: f64| {
+            let mut r = FeatureRow::empty("n".into(), std::time::SystemTime::UNIX_EPOCH);
+            r.load5 = Some(load5);
+            r
         };
         for _ in 0..5 {
             d.judge(&mut row(1.5));
@@ -324,14 +315,14 @@ mod adapt_tests {
         for k in 0..10 {
             let mut r = row(0.3);
             d.judge(&mut r);
-            assert!(r.verdict.is_anomalous(), "row {k}");
+            assert!(r.is_anomalous(), "row {k}");
         }
         let mut r = row(0.3);
         d.judge(&mut r);
-        assert!(!r.verdict.is_anomalous(), "{:?}", r.verdict);
+        assert!(!r.is_anomalous(), "{:?}", r.verdict());
         // A short burst is still flagged, and does not re-anchor anything.
         let mut r = row(3.0);
         d.judge(&mut r);
-        assert!(r.verdict.is_anomalous());
+        assert!(r.is_anomalous());
     }
 }

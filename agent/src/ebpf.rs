@@ -221,7 +221,11 @@ impl EbpfCounters {
                     program: probe.program,
                     hook: kind,
                     target: probe.target(),
-                    columns: probe.feeds.iter().map(|e| e.column()).collect(),
+                    columns: probe
+                        .feeds
+                        .iter()
+                        .map(|e| feature_schema::COLUMNS[feature_schema::event_column(*e)])
+                        .collect(),
                 });
                 if all {
                     for e in probe.feeds {

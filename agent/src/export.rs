@@ -22,12 +22,8 @@ use parquet::{
 };
 use tokio_postgres::Client;
 
-use crate::{
-    cli::DatabaseArgs,
-    features::{Kind, FEATURES},
-    label::TimeWindow,
-    timefmt::rfc3339_micros,
-};
+use crate::{cli::DatabaseArgs, label::TimeWindow};
+use feature_schema::{timefmt::rfc3339_micros, Kind, FEATURES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -421,7 +417,8 @@ mod tests {
     #[test]
     fn schema_parses_with_every_column() {
         let cols = value_columns(true);
-        assert_eq!(cols.len(), 40 + 10 + 40);
+        let counters = FEATURES.iter().filter(|f| f.kind == Kind::Counter).count();
+        assert_eq!(cols.len(), FEATURES.len() + counters + FEATURES.len());
         let schema = parse_message_type(&parquet_schema(&cols)).unwrap();
         assert_eq!(schema.get_fields().len(), META_COLUMNS.len() + cols.len());
     }

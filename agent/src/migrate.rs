@@ -1,6 +1,8 @@
 //! Applies the SQL files of migrations/ (embedded at build time) in order, once each, recorded in
-//! schema_migrations. An advisory lock serialises agents that start at the same moment, so
-//! re-running, or running from many nodes at once, is a no-op.
+//! schema_migrations; then the generated SQL (migrations/generated/analysis.sql: the feature
+//! catalog and the views that list columns, written from the column declaration), whenever it
+//! differs from the copy recorded in schema_generated. An advisory lock serialises agents that
+//! start at the same moment, so re-running, or running from many nodes at once, is a no-op.
 use anyhow::Context;
 use tokio_postgres::Client;
 use tracing::info;
@@ -11,7 +13,12 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "0002_analysis.sql", include_str!("../../migrations/0002_analysis.sql")),
     (3, "0003_roles.sql", include_str!("../../migrations/0003_roles.sql")),
     (4, "0004_zscores_only_node.sql", include_str!("../../migrations/0004_zscores_only_node.sql")),
+    (5, "0005_generated_analysis.sql", include_str!("../../migrations/0005_generated_analysis.sql")),
 ];
+
+/// The generated SQL, as committed (a test in feature-schema keeps it equal to what the
+/// declaration gives), and its name in schema_generated.
+pub const GENERATED: (&str, &str) = ("analysis", include_str!("../../migrations/generated/analysis.sql"));
 
 /// Key of the advisory lock held while migrating ("feature-agent migrate" in ASCII, truncated).
 const LOCK_KEY: i64 = 0x6665_6174_7572_6561;
@@ -50,8 +57,33 @@ pub async fn apply(client: &mut Client) -> anyhow::Result<usize> {
         info!(migration = name, "applied");
         count += 1;
     }
+    let (name, sql) = GENERATED;
+    let recorded: Option<String> = tx
+        .query_opt("SELECT sql FROM schema_generated WHERE name = $1", &[&name])
+        .await
+        .context("reading schema_generated")?
+        .map(|r| r.get(0));
+    let newest_applied = applied.iter().copied().max().unwrap_or(0);
+    // A binary older than the schema leaves the newer views alone.
+    if recorded.as_deref() != Some(sql) && newest_applied <= latest_version() {
+        tx.batch_execute(sql).await.context("applying the generated SQL (migrations/generated/analysis.sql)")?;
+        tx.execute(
+            "INSERT INTO schema_generated (name, sql) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET sql = EXCLUDED.sql, applied_at = now()",
+            &[&name, &sql],
+        )
+        .await
+        .context("recording the generated SQL")?;
+        info!(generated = name, "applied");
+        count += 1;
+    }
     tx.commit().await.context("committing migrations")?;
     Ok(count)
+}
+
+/// The version of the newest numbered migration.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
 }
 
 /// Adds what Postgres said, and what to do, to a migration that failed for want of privilege
@@ -76,14 +108,29 @@ pub fn explain(e: anyhow::Error) -> anyhow::Error {
 /// Fails with a clear message unless every migration has been applied (for the commands that
 /// read or label rows and must not change the schema themselves).
 pub async fn require_current(client: &Client) -> anyhow::Result<()> {
-    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    let latest = latest_version();
     let have: Option<i32> = match client.query_one("SELECT max(version) FROM schema_migrations", &[]).await {
         Ok(row) => row.get(0),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
         Err(e) => return Err(e).context("reading schema_migrations"),
     };
     match have {
-        Some(v) if v >= latest => Ok(()),
+        Some(v) if v > latest => Ok(()),
+        Some(v) if v == latest => {
+            let (name, sql) = GENERATED;
+            let recorded: Option<String> = client
+                .query_opt("SELECT sql FROM schema_generated WHERE name = $1", &[&name])
+                .await
+                .context("reading schema_generated")?
+                .map(|r| r.get(0));
+            if recorded.as_deref() == Some(sql) {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "the database's analysis views differ from this agent's column declaration: run `feature-agent migrate`"
+                )
+            }
+        }
         Some(v) => anyhow::bail!(
             "the database schema is at version {v}, this agent needs {latest}: run `feature-agent migrate`"
         ),

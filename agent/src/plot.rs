@@ -15,12 +15,8 @@ use clap::Args;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::{
-    cli::DatabaseArgs,
-    features::{index_of, Kind, FEATURES},
-    label::TimeWindow,
-    timefmt::rfc3339_micros,
-};
+use crate::{cli::DatabaseArgs, label::TimeWindow};
+use feature_schema::{features::index_of, timefmt::rfc3339_micros, Kind, FEATURES};
 
 pub const DEFAULT_FEATURES: &str =
     "cpu_sec_idle,load1,forks_total,ebpf_execs,tcp_conn_failed,tcp_to_est,sock_alloc_raw,disk_write";

@@ -6,13 +6,13 @@
 //! is seen, corrected and logged. Without eBPF they come from a dump every interval (~2 ms).
 use std::time::{Duration, Instant, SystemTime};
 
-use agent_common::{Event, EVENT_COUNT};
+use agent_common::Event;
+use feature_schema::FeatureRow;
 use tracing::{info, warn};
 
 use crate::{
     collector::Sources,
     ebpf::{EbpfCounters, EbpfSnapshot},
-    row::FeatureRow,
     tcp_diag::{TcpConnCounts, TcpDiag},
 };
 
@@ -187,7 +187,8 @@ impl Sampler {
     pub fn sample(&mut self) -> FeatureRow {
         let ts = SystemTime::now();
         let now = Instant::now();
-        let (procfs, errors) = self.sources.collect();
+        let mut row = FeatureRow::empty(self.node.clone(), ts);
+        let errors = self.sources.collect(&mut row);
         let failing: Vec<String> = errors.iter().map(ToString::to_string).collect();
         if failing != self.failing {
             for e in failing.iter().filter(|e| !self.failing.contains(e)) {
@@ -209,30 +210,21 @@ impl Sampler {
         let (est_conn, lis_conn) = self.gauges(snap.as_ref());
         self.ebpf_ok = self.ebpf.is_none() || snap.is_some();
 
-        let mut ebpf = [None; EVENT_COUNT];
-        let mut interval_s = None;
+        row.est_conn = est_conn;
+        row.lis_conn = lis_conn;
         if let Some((prev_at, prev_snap)) = self.previous {
-            interval_s = Some(now.duration_since(prev_at).as_secs_f64());
+            row.interval_s = Some(now.duration_since(prev_at).as_secs_f64());
             if let (Some(ebpf_counters), Some(cur), Some(prev)) =
                 (self.ebpf.as_ref(), snap.as_ref(), prev_snap.as_ref())
             {
                 for e in Event::ALL {
                     if ebpf_counters.is_live(e) {
-                        ebpf[e as usize] = Some(cur.get(e).wrapping_sub(prev.get(e)) as i64);
+                        row.set_event(e, Some(cur.get(e).wrapping_sub(prev.get(e)) as i64));
                     }
                 }
             }
         }
         self.previous = Some((now, snap));
-        FeatureRow {
-            node: self.node.clone(),
-            ts,
-            interval_s,
-            procfs,
-            est_conn,
-            lis_conn,
-            ebpf,
-            verdict: Default::default(),
-        }
+        row
     }
 }

@@ -17,9 +17,9 @@ use std::{
 use agent::{
     collector::{DiskSelector, InterfaceSelector, Roots, Sources},
     db::{self, Target},
-    row::insert_sql,
     sampler::Sampler,
 };
+use feature_schema::insert_sql;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

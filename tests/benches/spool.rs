@@ -31,11 +31,11 @@ fn main() {
     let mut sampler = Sampler::new("bench-node".into(), sources, None, Duration::from_secs(3600));
     // A row as the agent writes it with eBPF: every counter and a verdict present.
     let mut template = sampler.sample();
-    for (i, c) in template.ebpf.iter_mut().enumerate() {
-        *c = Some(i as i64 * 37);
+    for (i, e) in agent_common::Event::ALL.iter().enumerate() {
+        template.set_event(*e, Some(i as i64 * 37));
     }
-    template.verdict.anomaly_score = Some(1.25);
-    template.verdict.anomalous_features = Some(Vec::new());
+    template.anomaly_score = Some(1.25);
+    template.anomalous_features = Some(Vec::new());
     let pg = throwaway_pg::ThrowawayPostgres::start_with(true).expect("throwaway Postgres");
     let url = pg.url("postgres");
     let bin = agent_bin();

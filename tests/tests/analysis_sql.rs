@@ -152,6 +152,6 @@ fn feature_catalog_matches_the_agent() {
     migrated_database(db);
     let in_db = sql(db, "SELECT feature || ':' || kind FROM feature_catalog ORDER BY ordinal");
     let in_agent: Vec<String> =
-        agent::features::FEATURES.iter().map(|f| format!("{}:{}", f.column, f.kind.as_str())).collect();
+        feature_schema::FEATURES.iter().map(|f| format!("{}:{}", f.column, f.kind.as_str())).collect();
     assert_eq!(in_db, in_agent.join("\n"));
 }

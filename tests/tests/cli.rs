@@ -3,7 +3,7 @@
 //! still runs on procfs alone (or refuses to, with --require-ebpf).
 use std::{path::Path, time::Duration};
 
-use agent::row::COLUMNS;
+use feature_schema::COLUMNS;
 use tests::{have_root, run_agent};
 
 const LIMIT: Duration = Duration::from_secs(60);

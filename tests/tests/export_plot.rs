@@ -3,7 +3,8 @@
 //! has one line per row under a header, and the PNG decodes and is shaded where labels are.
 use std::{collections::HashMap, fs::File, time::Duration};
 
-use agent::{export::value_columns, features::FEATURES};
+use agent::export::value_columns;
+use feature_schema::FEATURES;
 use parquet::{
     file::reader::{FileReader, SerializedFileReader},
     record::RowAccessor,
@@ -75,7 +76,7 @@ fn parquet_round_trip_equals_the_rows_and_csv_has_every_row() {
 
     // What the database holds, in the export's order. Separator \x1f: node names contain commas.
     let raw: Vec<String> = FEATURES.iter().map(|f| format!("{}::float8", f.column)).collect();
-    let deltas: Vec<String> = value_columns(false)[40..].iter().map(|c| format!("{c}::float8")).collect();
+    let deltas: Vec<String> = value_columns(false)[FEATURES.len()..].iter().map(|c| format!("{c}::float8")).collect();
     let expected = sql(
         db,
         &format!(
@@ -271,7 +272,10 @@ fn export_writes_only_regular_files_or_stdout() {
     let bad = [("DATABASE_URL", url.as_str())];
     // A role that passes the schema check but may not read the rows: the export fails after
     // its temporary file was created.
-    sql("export_targets", "CREATE ROLE export_nobody LOGIN; GRANT SELECT ON schema_migrations TO export_nobody");
+    sql(
+        "export_targets",
+        "CREATE ROLE export_nobody LOGIN; GRANT SELECT ON schema_migrations, schema_generated TO export_nobody",
+    );
     let nobody = url.replace("user=postgres", "user=export_nobody");
     assert_ne!(nobody, url, "the test URL names its user: {url}");
     let out = run_agent(

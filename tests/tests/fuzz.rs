@@ -14,10 +14,10 @@ use agent::{
     collector::{
         diskstats, file_nr, loadavg, meminfo, netdev, sockstat, stat, vmstat, DiskSelector, InterfaceSelector,
     },
-    row::FeatureRow,
     spool::{decode_segment_bytes, Spool},
     tcp_diag::{parse_messages, TcpConnCounts},
 };
+use feature_schema::FeatureRow;
 use proptest::prelude::*;
 
 fn cases() -> u32 {
@@ -42,9 +42,9 @@ fn real_segment() -> &'static [u8] {
         for i in 0..6u64 {
             let mut r =
                 FeatureRow::empty(format!("nöde-{i}'\"FAR2FASG"), UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i));
-            r.procfs.load1 = Some(i as f64);
-            r.ebpf[2] = Some(i as i64);
-            r.verdict.anomalous_features = Some(vec!["load1".into(); i as usize]);
+            r.load1 = Some(i as f64);
+            r.ebpf_exits = Some(i as i64);
+            r.anomalous_features = Some(vec!["load1".into(); i as usize]);
             s.append(&r).unwrap();
         }
         drop(s);

@@ -3,7 +3,9 @@
 //! to the current schema by `feature-agent migrate`, and what reads it through the analysis
 //! functions works afterwards. The release that changed 0002 in place (fc19417) left databases
 //! migrated before it with z-score functions that export, plot and evaluate no longer call;
-//! migration 0004 repairs them.
+//! migration 0004 repairs them. After the upgrade the table, the views and the catalog are
+//! exactly what the column declaration (feature-schema) says, so a column added by a later
+//! migration reaches every view.
 use std::{path::Path, time::Duration};
 
 use tests::{fresh_database, have_root, run_agent, sql};
@@ -62,6 +64,7 @@ fn every_released_schema_upgrades_in_place() {
             agent::migrate::MIGRATIONS.len().to_string(),
             "{release}"
         );
+        assert_eq!(sql(&db, "SELECT sql FROM schema_generated"), agent::migrate::GENERATED.1.trim_end(), "{release}");
         // One z-score function of each name, the current one (with only_node), and the views.
         assert_eq!(
             sql(&db, "SELECT string_agg(pronargs::text, ',' ORDER BY proname) FROM pg_proc WHERE proname IN ('node_feature_zscores', 'node_feature_flags')"),
@@ -71,6 +74,7 @@ fn every_released_schema_upgrades_in_place() {
         assert_eq!(sql(&db, "SELECT count(*) FROM node_feature_flags(2.0, NULL, NULL, false, 'old-node')"), "12");
         assert_eq!(sql(&db, "SELECT count(*) FROM node_anomalies WHERE node = 'old-node'"), "0");
         assert_eq!(sql(&db, "SELECT count(*) FROM node_features"), "12", "{release}: the rows are kept");
+        assert_schema_is_the_declaration(&db, release);
         // And the commands that call them work on the upgraded database.
         let out = run_agent(
             &["export", "--format", "csv", "--output", "-", "--node", "old-node", "--normalized"],
@@ -82,5 +86,67 @@ fn every_released_schema_upgrades_in_place() {
         // A second migrate has nothing to do.
         let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
         assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("applied=0"), "{release}");
+
+        // Views of an older declaration (same numbered migrations): the readers refuse clearly,
+        // and migrate re-applies the generated SQL.
+        sql(&db, "UPDATE schema_generated SET sql = '-- an older declaration'");
+        let export = ["export", "--format", "csv", "--output", "-", "--node", "old-node"];
+        let out = run_agent(&export, &[("DATABASE_URL", &url)], Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("differ from this agent's column declaration"), "{stderr}");
+        let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("applied=1"), "{release}");
+        assert!(run_agent(&export, &[("DATABASE_URL", &url)], Duration::from_secs(60)).status.success());
     }
+}
+
+/// The migrated table has exactly the declared columns with their SQL types (plus the labels),
+/// both views carry every declared column, and the catalog is the scored-feature list.
+fn assert_schema_is_the_declaration(db: &str, release: &str) {
+    use feature_schema::{Kind, FEATURES, LABEL_COLUMNS, SCHEMA};
+    let columns_of = |relation: &str| {
+        sql(
+            db,
+            &format!(
+                "SELECT string_agg(column_name || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY attnum) \
+                 FROM information_schema.columns c JOIN pg_attribute a \
+                   ON a.attrelid = '{relation}'::regclass AND a.attname = c.column_name \
+                 WHERE c.table_name = '{relation}' AND c.table_schema = 'public'"
+            ),
+        )
+    };
+    // Postgres spells timestamptz out.
+    let mut want: Vec<String> = SCHEMA
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.ty.sql().replace("timestamptz", "timestamp with time zone")))
+        .collect();
+    want.extend(LABEL_COLUMNS.iter().map(|(name, ty, _)| format!("{name} {}", ty.split_whitespace().next().unwrap())));
+    want.sort();
+    let mut have: Vec<String> = columns_of("node_features").split(", ").map(str::to_owned).collect();
+    have.sort();
+    assert_eq!(have, want, "{release}: node_features is not the declaration");
+    let deltas = columns_of("node_feature_deltas");
+    for c in SCHEMA.iter() {
+        assert!(
+            deltas.split(", ").any(|d| d.starts_with(&format!("{} ", c.name))),
+            "{release}: deltas lacks {}",
+            c.name
+        );
+    }
+    for f in FEATURES.iter().filter(|f| f.kind == Kind::Counter) {
+        assert!(deltas.contains(&format!("{}_delta ", f.column)), "{release}: no {}_delta", f.column);
+    }
+    let catalog = sql(
+        db,
+        "SELECT string_agg(feature || ':' || kind || ':' || min_spread, ',' ORDER BY ordinal) FROM feature_catalog",
+    );
+    let want: Vec<String> =
+        FEATURES.iter().map(|f| format!("{}:{}:{}", f.column, f.kind.as_str(), f.min_spread)).collect();
+    assert_eq!(catalog, want.join(","), "{release}");
+    // One line per row and feature in the long view.
+    assert_eq!(
+        sql(db, "SELECT count(DISTINCT feature) FROM node_feature_values"),
+        FEATURES.len().to_string(),
+        "{release}"
+    );
 }

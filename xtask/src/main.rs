@@ -1,4 +1,6 @@
 //! Developer tasks, run as `cargo xtask <task>`:
+//!   gen         write what follows from the column declaration (feature-schema): the
+//!               generated SQL and the README's schema table; `--check` fails when they are stale
 //!   setup       install what building and testing need (scripts/setup.sh; a no-op when done)
 //!   build-ebpf  build the eBPF object alone (the same code agent/build.rs runs)
 //!   demo        set up, start a throwaway Postgres, run the agent against it, show the rows
@@ -37,6 +39,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Write the files generated from feature-schema/src/columns.rs (migrations/generated/
+    /// analysis.sql, README.md's schema table); with --check, only say whether they are current.
+    Gen {
+        /// Change nothing; fail when a generated file differs from what the declaration gives.
+        #[arg(long)]
+        check: bool,
+    },
     /// Install the rust-src component, bpf-linker, tracefs and the PostgreSQL server if missing.
     Setup,
     /// Build the eBPF object (target/ebpf/bpfel-unknown-none/release/agent-ebpf).
@@ -328,8 +337,37 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes (or with `check`, compares) every file generated from the column declaration.
+fn generate(check: bool) -> anyhow::Result<()> {
+    use feature_schema::generate;
+    let readme_path = root().join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).context("reading README.md")?;
+    let Some(new_readme) = generate::readme_with_table(&readme) else {
+        bail!("README.md lacks the schema table markers:\n{}\n{}", generate::README_BEGIN, generate::README_END);
+    };
+    let files = [(root().join(generate::ANALYSIS_SQL_PATH), generate::analysis_sql()), (readme_path, new_readme)];
+    let mut stale = Vec::new();
+    for (path, text) in files {
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        if check {
+            stale.push(path.display().to_string());
+        } else {
+            std::fs::create_dir_all(path.parent().expect("a file in the workspace"))?;
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+    }
+    if !stale.is_empty() {
+        bail!("generated files are stale (run `cargo xtask gen` and commit): {}", stale.join(", "));
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
+        Task::Gen { check } => generate(check),
         Task::Setup => setup(),
         Task::BuildEbpf => {
             let object = ebpf_build::build(&root())?;

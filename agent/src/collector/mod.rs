@@ -21,7 +21,7 @@ use std::{
     path::PathBuf,
 };
 
-use serde::Serialize;
+use feature_schema::FeatureRow;
 
 pub use devices::{DiskSelector, InterfaceSelector};
 
@@ -80,33 +80,6 @@ pub(crate) fn number<T: std::str::FromStr>(field: &str, text: Option<&str>) -> R
     text.parse().map_err(|_| Malformed(format!("{field} is not a number: {text:?}")))
 }
 
-/// The procfs features of one row. `None` where the source failed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ProcfsFeatures {
-    pub cpu_sec_idle: Option<f64>,
-    pub disk_av_per: Option<f64>,
-    pub disk_read: Option<i64>,
-    pub disk_write: Option<i64>,
-    pub net_receive: Option<i64>,
-    pub mem_pressure: Option<i64>,
-    pub mem_av_per: Option<f64>,
-    pub forks_total: Option<i64>,
-    pub intr: Option<i64>,
-    pub load1: Option<f64>,
-    pub load5: Option<f64>,
-    pub load15: Option<f64>,
-    pub receive_drop: Option<i64>,
-    pub receive_errs: Option<i64>,
-    pub transmit_packets: Option<i64>,
-    pub tcp_sock_alloc: Option<i32>,
-    pub tcp_sock_inuse: Option<i32>,
-    pub tcp_sock_mem: Option<i32>,
-    pub udp_sock_inuse: Option<i32>,
-    pub udp_sock_mem: Option<i32>,
-    pub ipv4_sock_inuse: Option<i32>,
-    pub open_fds: Option<i64>,
-}
-
 /// Where the host's files are.
 #[derive(Debug, Clone)]
 pub struct Roots {
@@ -158,10 +131,9 @@ impl Sources {
         parse(&self.buf, &mut ctx).map_err(|m| CollectError::Malformed { path, reason: m.0 })
     }
 
-    /// Collects every procfs feature. Returns the features that could be read and the errors of
-    /// the sources that could not.
-    pub fn collect(&mut self) -> (ProcfsFeatures, Vec<CollectError>) {
-        let mut f = ProcfsFeatures::default();
+    /// Collects every procfs feature into `f`'s columns. Returns the errors of the sources that
+    /// could not be read (their columns are left as they were: NULL in a new row).
+    pub fn collect(&mut self, f: &mut FeatureRow) -> Vec<CollectError> {
         let mut errors = Vec::new();
         let mut keep = |r: Result<(), CollectError>| {
             if let Err(e) = r {
@@ -207,7 +179,7 @@ impl Sources {
             f.ipv4_sock_inuse = Some(s.sockets_used);
         }));
         keep(self.read("sys/fs/file-nr", |t, _| file_nr::parse(t)).map(|n| f.open_fds = Some(n)));
-        (f, errors)
+        errors
     }
 }
 

@@ -25,10 +25,8 @@ use serde_json::Value;
 use tokio_postgres::Client;
 use tracing::info;
 
-use crate::{
-    cli::{parse_interval, DatabaseArgs, NodeArgs},
-    timefmt::rfc3339_micros,
-};
+use crate::cli::{parse_interval, DatabaseArgs, NodeArgs};
+use feature_schema::timefmt::rfc3339_micros;
 
 /// The scenarios, by the names the command line and the labels use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -16,7 +16,7 @@
 //! the segment lacks is NULL. A change that cannot be expressed that way needs a new version.
 use bytes::{Buf, BufMut, BytesMut};
 
-use crate::row::{column_index, column_types, ColumnType, FeatureRow, Value, COLUMNS};
+use feature_schema::{column_index, column_types, ColumnType, FeatureRow, Value, COLUMNS};
 
 pub const SEGMENT_MAGIC: &[u8; 4] = b"FASG";
 pub const FORMAT_VERSION: u16 = 2;

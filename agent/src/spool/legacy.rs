@@ -2,7 +2,7 @@
 //! segments of `b"FAS1" | payload length u32 | CRC-32 u32 | payload` records whose payload is a
 //! row in a fixed column order. [`Spool::open`](super::Spool::open) turns such segments into
 //! format 2 ones, by column name like any other segment, then deletes them.
-use crate::row::{column_index, column_types, ColumnType, FeatureRow, Value};
+use feature_schema::{column_index, column_types, ColumnType, FeatureRow, Value};
 
 use super::format::{blank_row, crc32, decode_value, set_converted, Cursor, DecodeError};
 
@@ -164,7 +164,7 @@ mod tests {
         let expected = std::fs::read_to_string(format!("{FIXTURE}/rows.jsonl")).unwrap();
         let got: Vec<String> = rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
         assert_eq!(got, expected.lines().collect::<Vec<_>>());
-        assert!(rows.iter().any(|r| r.verdict.anomaly_score.is_some() && r.ebpf[0].is_some()));
+        assert!(rows.iter().any(|r| r.anomaly_score.is_some() && r.ebpf_forks.is_some()));
     }
 
     #[test]

@@ -39,7 +39,7 @@ use bytes::BytesMut;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::row::FeatureRow;
+use feature_schema::FeatureRow;
 use format::{Decoder, Frame};
 
 #[derive(Debug, Error)]

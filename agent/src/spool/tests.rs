@@ -14,21 +14,21 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 
 use super::*;
-use crate::row::{FeatureRow, Verdict};
+use feature_schema::{FeatureRow, Verdict};
 
 /// Row number `i`: its id is in ts and in a counter, so a decoded row shows which it was.
 fn row(i: u64) -> FeatureRow {
     let mut r = FeatureRow::empty(format!("node-{}", i % 3), UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i * 10));
-    r.ebpf[3] = Some(i as i64);
+    r.tcp_to_est = Some(i as i64);
     r.interval_s = Some(10.0);
-    r.procfs.load1 = Some(i as f64 / 3.0);
-    r.procfs.tcp_sock_mem = Some(7);
-    r.verdict = Verdict { anomaly_score: Some(1.5), anomalous_features: Some(vec!["load1".into(), "ünï".into()]) };
+    r.load1 = Some(i as f64 / 3.0);
+    r.tcp_sock_mem = Some(7);
+    r.set_verdict(Verdict { anomaly_score: Some(1.5), anomalous_features: Some(vec!["load1".into(), "ünï".into()]) });
     r
 }
 
 fn id_of(r: &FeatureRow) -> u64 {
-    r.ebpf[3].expect("test rows carry their id") as u64
+    r.tcp_to_est.expect("test rows carry their id") as u64
 }
 
 /// A fresh directory on a tmpfs when there is one (fdatasync is then free, so thousands of
@@ -71,14 +71,14 @@ fn crc32_known_value() {
 fn records_round_trip_and_every_column_lands_in_its_own_place() {
     let dir = tempdir("roundtrip");
     let mut s = Spool::open(&dir, 1 << 20).unwrap();
-    let distinct = crate::row::tests::distinct_row();
+    let distinct = feature_schema::distinct_row();
     s.append(&distinct).unwrap();
     for i in 0..5 {
         s.append(&row(i)).unwrap();
     }
     let mut negative = row(9);
     negative.ts = UNIX_EPOCH - Duration::from_micros(5);
-    negative.verdict = Verdict::default();
+    negative.set_verdict(Verdict::default());
     s.append(&negative).unwrap();
     let got = drain(&mut s);
     assert_eq!(got[0], distinct);
@@ -295,7 +295,7 @@ fn a_segment_with_other_columns_is_read_by_name() {
     let mut s = Spool::open(&dir, 1 << 20).unwrap();
     let got = drain(&mut s);
     let mut want = FeatureRow::empty("n1".into(), UNIX_EPOCH + Duration::from_secs(1_700_000_000));
-    want.procfs.load1 = Some(0.5);
+    want.load1 = Some(0.5);
     assert_eq!(got, vec![want]);
     assert_eq!((s.stats().dropped, s.stats().corrupt), (0, 0));
     fs::remove_dir_all(&dir).unwrap();

@@ -1,0 +1,206 @@
+//! THE declaration of a node_features row: one line per column, in table order. Each line is
+//! `name: Rust type = role, unit, source;` under a doc comment saying what the value means.
+//! The Rust type gives the SQL type (`Option<f64>` double precision, `Option<i64>` bigint,
+//! `Option<i32>` integer, `Option<Vec<String>>` text[]); the role says whether and how the
+//! column is scored (see features.rs). Everything else is generated from this list: see lib.rs.
+//! `attack` and `attack_type` are the labellers' ([`crate::LABEL_COLUMNS`]), never the agent's.
+use std::time::SystemTime;
+
+use agent_common::Event;
+use tokio_postgres::types::ToSql;
+
+use crate::{
+    features::{counter, events, gauge, identity, sample, verdict, FEATURES, FEATURE_COUNT},
+    Column, ColumnValue, Value,
+};
+
+/// Generates, from one list of columns: [`FeatureRow`], [`COLUMNS`], [`SCHEMA`],
+/// [`COLUMN_COUNT`], and the row's `empty`, `params`, `values`, `get`, `set` and
+/// `feature_values`.
+macro_rules! columns {
+    ($(
+        $(#[doc = $doc:literal])+
+        $name:ident : $ty:ty = $role:expr, $unit:literal, $source:literal;
+    )*) => {
+        /// One row of node_features.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct FeatureRow {
+            $( $(#[doc = $doc])+ pub $name: $ty, )*
+        }
+
+        /// Column names in table and INSERT order.
+        pub const COLUMNS: [&str; [$(stringify!($name)),*].len()] = [$(stringify!($name)),*];
+
+        /// Number of columns the agent writes.
+        pub const COLUMN_COUNT: usize = COLUMNS.len();
+
+        /// Every column's declaration, in [`COLUMNS`] order.
+        pub const SCHEMA: [Column; COLUMN_COUNT] = [$(Column {
+            name: stringify!($name),
+            ty: <$ty as ColumnValue>::TYPE,
+            role: $role,
+            unit: $unit,
+            source: $source,
+            meaning: concat!($($doc),+).trim_ascii(),
+        }),*];
+
+        impl FeatureRow {
+            /// A row of `node` at `ts` with every other column NULL.
+            pub fn empty(node: String, ts: SystemTime) -> Self {
+                let mut row = FeatureRow { $($name: ColumnValue::empty()),* };
+                row.node = node;
+                row.ts = ts;
+                row
+            }
+
+            /// The row's values in [`COLUMNS`] order, as bound parameters.
+            pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+                vec![$(&self.$name as &(dyn ToSql + Sync)),*]
+            }
+
+            /// The row's values in [`COLUMNS`] order.
+            pub fn values(&self) -> [Value; COLUMN_COUNT] {
+                [$(ColumnValue::to_value(&self.$name)),*]
+            }
+
+            /// Column `index` of [`COLUMNS`]; NULL past the last.
+            pub fn get(&self, index: usize) -> Value {
+                let mut i = 0usize;
+                $(
+                    if i == index {
+                        return ColumnValue::to_value(&self.$name);
+                    }
+                    i += 1;
+                )*
+                let _ = i;
+                Value::Null
+            }
+
+            /// Sets column `index` of [`COLUMNS`]; false if the value is not of its type.
+            pub fn set(&mut self, index: usize, value: Value) -> bool {
+                let mut i = 0usize;
+                $(
+                    if i == index {
+                        return match ColumnValue::from_value(value) {
+                            Some(v) => {
+                                self.$name = v;
+                                true
+                            }
+                            None => false,
+                        };
+                    }
+                    i += 1;
+                )*
+                let _ = i;
+                false
+            }
+
+            /// The scored features' raw values, in [`FEATURES`] order.
+            pub fn feature_values(&self) -> [Option<f64>; FEATURE_COUNT] {
+                let all = [$(ColumnValue::as_f64(&self.$name)),*];
+                FEATURES.map(|f| all[f.index])
+            }
+        }
+    };
+}
+
+columns! {
+    /// The node's name, verbatim; `(node, ts)` is the primary key.
+    node: String = identity(), "", "--node-name / NODE_NAME (the downward API), else the hostname";
+    /// The interval's scheduled boundary (UTC): every node's rows of one interval share it.
+    ts: SystemTime = identity(), "", "the agent's clock, on the interval boundary";
+    /// Seconds since this agent's previous sample; NULL on the first row after start.
+    interval_s: Option<f64> = sample(), "s", "the agent's monotonic clock";
+
+    // The 24 features of the reference paper (shared/spec/features.md), counters cumulative
+    // since boot as the kernel reports them, gauges as sampled.
+    /// Idle CPU time per CPU, cumulative.
+    cpu_sec_idle: Option<f64> = counter(0.05), "s", "/proc/stat `cpuN` idle ticks / USER_HZ, averaged over CPUs";
+    /// Free space on the root filesystem, percent.
+    disk_av_per: Option<f64> = gauge(0.5), "%", "statvfs(rootfs): 100 x f_bavail / f_blocks";
+    /// Bytes read from the selected disks, cumulative.
+    disk_read: Option<i64> = counter(1048576.0), "bytes", "/proc/diskstats sectors read x 512, selected disks";
+    /// Bytes written to the selected disks, cumulative.
+    disk_write: Option<i64> = counter(1048576.0), "bytes", "/proc/diskstats sectors written x 512, selected disks";
+    /// Bytes received on the selected interfaces, cumulative.
+    net_receive: Option<i64> = counter(65536.0), "bytes", "/proc/net/dev receive bytes, selected interfaces";
+    /// Major page faults, cumulative.
+    mem_pressure: Option<i64> = counter(10.0), "faults", "/proc/vmstat pgmajfault";
+    /// Available memory, percent.
+    mem_av_per: Option<f64> = gauge(0.5), "%", "/proc/meminfo: 100 x MemAvailable / MemTotal";
+    /// Processes and threads created, cumulative.
+    forks_total: Option<i64> = counter(5.0), "forks", "/proc/stat `processes`";
+    /// Interrupts serviced, cumulative.
+    intr: Option<i64> = counter(1000.0), "interrupts", "/proc/stat `intr`, first number";
+    /// Load average over 1 minute.
+    load1: Option<f64> = gauge(0.25), "", "/proc/loadavg";
+    /// Load average over 5 minutes.
+    load5: Option<f64> = gauge(0.25), "", "/proc/loadavg";
+    /// Load average over 15 minutes.
+    load15: Option<f64> = gauge(0.25), "", "/proc/loadavg";
+    /// Received packets dropped, cumulative.
+    receive_drop: Option<i64> = counter(1.0), "packets", "/proc/net/dev receive drop, selected interfaces";
+    /// Receive errors, cumulative.
+    receive_errs: Option<i64> = counter(1.0), "errors", "/proc/net/dev receive errs, selected interfaces";
+    /// Packets transmitted, cumulative.
+    transmit_packets: Option<i64> = counter(100.0), "packets", "/proc/net/dev transmit packets, selected interfaces";
+    /// TCP sockets allocated.
+    tcp_sock_alloc: Option<i32> = gauge(2.0), "sockets", "/proc/net/sockstat `TCP: alloc`";
+    /// TCP sockets in use.
+    tcp_sock_inuse: Option<i32> = gauge(2.0), "sockets", "/proc/net/sockstat `TCP: inuse`";
+    /// Memory held by TCP sockets.
+    tcp_sock_mem: Option<i32> = gauge(4.0), "pages", "/proc/net/sockstat `TCP: mem`";
+    /// UDP sockets in use.
+    udp_sock_inuse: Option<i32> = gauge(2.0), "sockets", "/proc/net/sockstat `UDP: inuse`";
+    /// Memory held by UDP sockets.
+    udp_sock_mem: Option<i32> = gauge(4.0), "pages", "/proc/net/sockstat `UDP: mem`";
+    /// Sockets in use, all families (the paper's name is kept).
+    ipv4_sock_inuse: Option<i32> = gauge(2.0), "sockets", "/proc/net/sockstat `sockets: used`";
+    /// TCP sockets in ESTABLISHED, IPv4 + IPv6.
+    est_conn: Option<i32> = gauge(2.0), "sockets", "eBPF state balance, checked against sock_diag";
+    /// TCP sockets in LISTEN, IPv4 + IPv6.
+    lis_conn: Option<i32> = gauge(1.0), "sockets", "eBPF state balance, checked against sock_diag";
+    /// File handles allocated node-wide.
+    open_fds: Option<i64> = gauge(16.0), "handles", "/proc/sys/fs/file-nr, first field";
+
+    // Exact kernel event counts during the row's interval (deltas), counted by eBPF; NULL on the
+    // first row after start and when the program behind the column is not loaded.
+    /// Processes and threads forked during the interval.
+    ebpf_forks: Option<i64> = events(Event::Fork, 5.0), "events", "sched:sched_process_fork";
+    /// Programs executed during the interval.
+    ebpf_execs: Option<i64> = events(Event::Exec, 5.0), "events", "sched:sched_process_exec";
+    /// Processes and threads that exited during the interval.
+    ebpf_exits: Option<i64> = events(Event::Exit, 5.0), "events", "sched:sched_process_exit";
+    /// TCP sockets entering ESTABLISHED.
+    tcp_to_est: Option<i64> = events(Event::TcpToEstablished, 2.0), "events", "sock:inet_sock_set_state";
+    /// TCP sockets entering SYN_SENT (active opens).
+    tcp_to_syn_sent: Option<i64> = events(Event::TcpToSynSent, 2.0), "events", "sock:inet_sock_set_state";
+    /// TCP sockets entering SYN_RECV (passive handshakes).
+    tcp_to_syn_recv: Option<i64> = events(Event::TcpToSynRecv, 2.0), "events", "sock:inet_sock_set_state";
+    /// TCP sockets entering CLOSE.
+    tcp_to_close: Option<i64> = events(Event::TcpToClose, 2.0), "events", "sock:inet_sock_set_state";
+    /// TCP sockets entering LISTEN.
+    tcp_to_listen: Option<i64> = events(Event::TcpToListen, 1.0), "events", "sock:inet_sock_set_state";
+    /// SYN_SENT -> CLOSE: refused or timed-out connects (scans).
+    tcp_conn_failed: Option<i64> = events(Event::TcpConnFailed, 1.0), "events", "sock:inet_sock_set_state";
+    /// TCP resets sent.
+    tcp_rst_sent: Option<i64> = events(Event::TcpRstSent, 1.0), "events", "tcp:tcp_send_reset";
+    /// TCP resets received.
+    tcp_rst_recv: Option<i64> = events(Event::TcpRstRecv, 1.0), "events", "tcp:tcp_receive_reset";
+    /// Sockets created: AF_INET/AF_INET6 stream.
+    sock_alloc_tcp: Option<i64> = events(Event::SockAllocTcp, 2.0), "events", "socket creation hook (README \"Kernels\")";
+    /// Sockets created: AF_INET/AF_INET6 datagram.
+    sock_alloc_udp: Option<i64> = events(Event::SockAllocUdp, 2.0), "events", "socket creation hook";
+    /// Sockets created: AF_UNIX.
+    sock_alloc_unix: Option<i64> = events(Event::SockAllocUnix, 4.0), "events", "socket creation hook";
+    /// Sockets created: SOCK_RAW of any family, and AF_PACKET.
+    sock_alloc_raw: Option<i64> = events(Event::SockAllocRaw, 1.0), "events", "socket creation hook";
+    /// Sockets created: every other family and type.
+    sock_alloc_other: Option<i64> = events(Event::SockAllocOther, 1.0), "events", "socket creation hook";
+
+    // The agent's streaming detector (README "Detection").
+    /// Largest |z| over the features; NULL during warm-up.
+    anomaly_score: Option<f64> = verdict(), "|z|", "the agent's detector";
+    /// The features whose |z| exceeded the threshold, largest first; empty for a normal row.
+    anomalous_features: Option<Vec<String>> = verdict(), "", "the agent's detector";
+}

@@ -1,0 +1,122 @@
+//! Value-level test of every path a row takes. A row whose every column holds a value no other
+//! column holds (feature_schema::distinct_row) goes through the spool, then the real INSERT
+//! into Postgres, then `export` as CSV and as Parquet; at each step it is read back by column
+//! name and compared with the original, so two columns swapped anywhere (in the declaration,
+//! the INSERT's parameters, the spool codec, the views or the export) fail here.
+use std::{collections::HashMap, fs::File, time::Duration};
+
+use agent::spool::Spool;
+use feature_schema::{column_index, distinct_row, FeatureRow, Value, FEATURES, SCHEMA};
+use parquet::{
+    file::reader::{FileReader, SerializedFileReader},
+    record::Field,
+};
+use tests::{fresh_spool_dir, have_root, migrated_database, run_agent, sql};
+
+const NODE: &str = "value-node";
+
+/// The row's value of `column` as a number, for the export's float8 columns.
+fn number(row: &FeatureRow, column: &str) -> Option<f64> {
+    match row.get(column_index(column).unwrap_or_else(|| panic!("no column {column}"))) {
+        Value::Float8(f) => Some(f),
+        Value::Int8(i) => Some(i as f64),
+        Value::Int4(i) => Some(i.into()),
+        Value::Null => None,
+        v => panic!("{column} is not numeric: {v:?}"),
+    }
+}
+
+#[test]
+fn a_distinct_row_reads_back_by_name_through_spool_insert_csv_and_parquet() {
+    if !have_root("a_distinct_row_reads_back_by_name_through_spool_insert_csv_and_parquet") {
+        return;
+    }
+    let mut original = distinct_row();
+    original.node = NODE.into();
+
+    // 1. The spool: append, read back, equal.
+    let dir = fresh_spool_dir();
+    let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+    spool.append(&original).unwrap();
+    let batch = spool.read_batch(10).unwrap();
+    assert_eq!(batch.rows, vec![original.clone()], "the spool changed the row");
+    drop(spool);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // 2. The INSERT every row goes through, with the row the spool gave back.
+    let url = migrated_database("row_values");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.query_one("SELECT ensure_node_partition($1)", &[&NODE]).await.unwrap();
+        let n = client.execute(&feature_schema::insert_sql(1), &batch.rows[0].params()).await.unwrap();
+        assert_eq!(n, 1);
+    });
+    // Read back by name: Postgres' own JSON of the stored row against the original's values.
+    let stored: serde_json::Value = serde_json::from_str(&sql(
+        "row_values",
+        "SELECT row_to_json(f) FROM (SELECT *, extract(epoch FROM ts)::numeric * 1000000 AS ts_us FROM node_features) f",
+    ))
+    .unwrap();
+    for (i, column) in SCHEMA.iter().enumerate() {
+        let got = &stored[column.name];
+        let ok = match original.get(i) {
+            Value::Text(t) => got == &serde_json::Value::String(t),
+            Value::Timestamp(us) => stored["ts_us"].as_f64() == Some(us as f64),
+            Value::Float8(f) => got.as_f64() == Some(f),
+            Value::Int8(n) => got.as_i64() == Some(n),
+            Value::Int4(n) => got.as_i64() == Some(n.into()),
+            Value::TextArray(a) => got == &serde_json::json!(a),
+            Value::Null => got.is_null(),
+        };
+        assert!(ok, "column {} holds {got} after the INSERT, not {:?}", column.name, original.get(i));
+    }
+
+    // 3. CSV export, read by the header's names.
+    let out = run_agent(
+        &["export", "--format", "csv", "--output", "-", "--node", NODE],
+        &[("DATABASE_URL", &url)],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let line = lines.next().expect("one row");
+    assert!(lines.next().is_none());
+    // The only field with commas is anomalous_features (quoted); split around it.
+    let (before, rest) = line.split_once(",\"").unwrap();
+    let (features_field, after) = rest.split_once("\",").unwrap();
+    let mut fields: Vec<String> = before.split(',').map(str::to_owned).collect();
+    fields.push(features_field.replace("\"\"", "\""));
+    fields.extend(after.split(',').map(str::to_owned));
+    assert_eq!(fields.len(), header.len(), "{line}");
+    let csv: HashMap<&str, &str> = header.iter().copied().zip(fields.iter().map(String::as_str)).collect();
+    assert_eq!(csv["node"], NODE);
+    assert_eq!(csv["anomaly_score"].parse::<f64>().ok(), original.anomaly_score);
+    assert_eq!(csv["anomalous_features"], original.anomalous_features.clone().unwrap().join(","));
+    for f in FEATURES {
+        assert_eq!(csv[f.column].parse::<f64>().ok(), number(&original, f.column), "CSV column {}", f.column);
+    }
+
+    // 4. Parquet export, read by the schema's names.
+    let path = std::env::temp_dir().join(format!("row-values-{}.parquet", std::process::id()));
+    let out = run_agent(
+        &["export", "--format", "parquet", "--output", path.to_str().unwrap(), "--node", NODE],
+        &[("DATABASE_URL", &url)],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+    let rows: Vec<_> = reader.get_row_iter(None).unwrap().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 1);
+    let parquet: HashMap<String, Field> = rows[0].get_column_iter().map(|(n, f)| (n.clone(), f.clone())).collect();
+    assert_eq!(parquet["node"], Field::Str(NODE.into()));
+    assert_eq!(parquet["anomaly_score"], Field::Double(original.anomaly_score.unwrap()));
+    for f in FEATURES {
+        let want = number(&original, f.column).map_or(Field::Null, Field::Double);
+        assert_eq!(parquet[f.column], want, "Parquet column {}", f.column);
+    }
+    std::fs::remove_file(&path).unwrap();
+}
