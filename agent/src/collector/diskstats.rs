@@ -12,6 +12,13 @@ pub struct DiskTotals {
     pub written_bytes: i64,
 }
 
+impl super::Fill for DiskTotals {
+    fn fill(&self, row: &mut feature_schema::FeatureRow) {
+        row.disk_read = Some(self.read_bytes);
+        row.disk_write = Some(self.written_bytes);
+    }
+}
+
 pub fn parse(text: &str, disks: &mut DiskSelector) -> Result<DiskTotals, Malformed> {
     let stats = DiskStats::from_read(text.as_bytes())?;
     disks.start_sample();

@@ -8,6 +8,14 @@ pub struct LoadAvg {
     pub load15: f64,
 }
 
+impl super::Fill for LoadAvg {
+    fn fill(&self, row: &mut feature_schema::FeatureRow) {
+        row.load1 = Some(self.load1);
+        row.load5 = Some(self.load5);
+        row.load15 = Some(self.load15);
+    }
+}
+
 pub fn parse(text: &str) -> Result<LoadAvg, Malformed> {
     let mut f = text.split_ascii_whitespace();
     Ok(LoadAvg {

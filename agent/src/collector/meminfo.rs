@@ -7,6 +7,12 @@ pub struct MemInfo {
     pub available_percent: f64,
 }
 
+impl super::Fill for MemInfo {
+    fn fill(&self, row: &mut feature_schema::FeatureRow) {
+        row.mem_av_per = Some(self.available_percent);
+    }
+}
+
 pub fn parse(text: &str) -> Result<MemInfo, Malformed> {
     let total: u64 = number("MemTotal", keyed_value(text, "MemTotal"))?;
     let available: u64 = number("MemAvailable (kernel 3.14 or later)", keyed_value(text, "MemAvailable"))?;

@@ -80,6 +80,11 @@ pub(crate) fn number<T: std::str::FromStr>(field: &str, text: Option<&str>) -> R
     text.parse().map_err(|_| Malformed(format!("{field} is not a number: {text:?}")))
 }
 
+/// A parsed source puts its values in their columns of the row; each source file says which.
+pub trait Fill {
+    fn fill(&self, row: &mut FeatureRow);
+}
+
 /// Where the host's files are.
 #[derive(Debug, Clone)]
 pub struct Roots {
@@ -141,43 +146,24 @@ impl Sources {
             }
         };
 
-        keep(self.read("stat", |t, c| stat::parse(t, c.user_hz)).map(|s| {
-            f.cpu_sec_idle = Some(s.cpu_sec_idle);
-            f.forks_total = Some(s.forks_total);
-            f.intr = Some(s.intr);
-        }));
+        keep(self.read("stat", |t, c| stat::parse(t, c.user_hz)).map(|s| s.fill(f)));
         keep(rootfs::available_percent(&self.roots.rootfs).map(|p| f.disk_av_per = Some(p)));
-        keep(self.disks.available().and_then(|()| self.read("diskstats", |t, c| diskstats::parse(t, c.disks))).map(
-            |d| {
-                f.disk_read = Some(d.read_bytes);
-                f.disk_write = Some(d.written_bytes);
-            },
-        ));
         keep(
-            self.interfaces.available().and_then(|()| self.read("net/dev", |t, c| netdev::parse(t, c.interfaces))).map(
-                |n| {
-                    f.net_receive = Some(n.receive_bytes);
-                    f.receive_drop = Some(n.receive_drop);
-                    f.receive_errs = Some(n.receive_errs);
-                    f.transmit_packets = Some(n.transmit_packets);
-                },
-            ),
+            self.disks
+                .available()
+                .and_then(|()| self.read("diskstats", |t, c| diskstats::parse(t, c.disks)))
+                .map(|d| d.fill(f)),
         );
-        keep(self.read("vmstat", |t, _| vmstat::parse(t)).map(|v| f.mem_pressure = Some(v.pgmajfault)));
-        keep(self.read("meminfo", |t, _| meminfo::parse(t)).map(|m| f.mem_av_per = Some(m.available_percent)));
-        keep(self.read("loadavg", |t, _| loadavg::parse(t)).map(|l| {
-            f.load1 = Some(l.load1);
-            f.load5 = Some(l.load5);
-            f.load15 = Some(l.load15);
-        }));
-        keep(self.read("net/sockstat", |t, _| sockstat::parse(t)).map(|s| {
-            f.tcp_sock_alloc = Some(s.tcp_alloc);
-            f.tcp_sock_inuse = Some(s.tcp_inuse);
-            f.tcp_sock_mem = Some(s.tcp_mem);
-            f.udp_sock_inuse = Some(s.udp_inuse);
-            f.udp_sock_mem = Some(s.udp_mem);
-            f.ipv4_sock_inuse = Some(s.sockets_used);
-        }));
+        keep(
+            self.interfaces
+                .available()
+                .and_then(|()| self.read("net/dev", |t, c| netdev::parse(t, c.interfaces)))
+                .map(|n| n.fill(f)),
+        );
+        keep(self.read("vmstat", |t, _| vmstat::parse(t)).map(|v| v.fill(f)));
+        keep(self.read("meminfo", |t, _| meminfo::parse(t)).map(|m| m.fill(f)));
+        keep(self.read("loadavg", |t, _| loadavg::parse(t)).map(|l| l.fill(f)));
+        keep(self.read("net/sockstat", |t, _| sockstat::parse(t)).map(|s| s.fill(f)));
         keep(self.read("sys/fs/file-nr", |t, _| file_nr::parse(t)).map(|n| f.open_fds = Some(n)));
         errors
     }

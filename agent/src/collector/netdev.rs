@@ -12,6 +12,15 @@ pub struct NetTotals {
     pub transmit_packets: i64,
 }
 
+impl super::Fill for NetTotals {
+    fn fill(&self, row: &mut feature_schema::FeatureRow) {
+        row.net_receive = Some(self.receive_bytes);
+        row.receive_drop = Some(self.receive_drop);
+        row.receive_errs = Some(self.receive_errs);
+        row.transmit_packets = Some(self.transmit_packets);
+    }
+}
+
 pub fn parse(text: &str, interfaces: &mut InterfaceSelector) -> Result<NetTotals, Malformed> {
     if !text.starts_with("Inter-|") {
         return Err(Malformed::new("missing the two header lines"));

@@ -29,6 +29,17 @@ fn field(protocol: &str, pairs: &str, key: &str) -> Result<i32, Malformed> {
     Err(Malformed::new(format!("no {key} in the {protocol} line")))
 }
 
+impl super::Fill for SockStat {
+    fn fill(&self, row: &mut feature_schema::FeatureRow) {
+        row.tcp_sock_alloc = Some(self.tcp_alloc);
+        row.tcp_sock_inuse = Some(self.tcp_inuse);
+        row.tcp_sock_mem = Some(self.tcp_mem);
+        row.udp_sock_inuse = Some(self.udp_inuse);
+        row.udp_sock_mem = Some(self.udp_mem);
+        row.ipv4_sock_inuse = Some(self.sockets_used);
+    }
+}
+
 pub fn parse(text: &str) -> Result<SockStat, Malformed> {
     let (mut sockets, mut tcp, mut udp) = (None, None, None);
     for line in text.lines() {

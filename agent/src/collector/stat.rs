@@ -9,6 +9,14 @@ pub struct Stat {
     pub intr: i64,
 }
 
+impl super::Fill for Stat {
+    fn fill(&self, row: &mut feature_schema::FeatureRow) {
+        row.cpu_sec_idle = Some(self.cpu_sec_idle);
+        row.forks_total = Some(self.forks_total);
+        row.intr = Some(self.intr);
+    }
+}
+
 pub fn parse(text: &str, user_hz: f64) -> Result<Stat, Malformed> {
     let (mut idle_ticks, mut cpus) = (0u64, 0u32);
     let (mut forks, mut intr) = (None, None);

@@ -7,6 +7,12 @@ pub struct VmStat {
     pub pgmajfault: i64,
 }
 
+impl super::Fill for VmStat {
+    fn fill(&self, row: &mut feature_schema::FeatureRow) {
+        row.mem_pressure = Some(self.pgmajfault);
+    }
+}
+
 pub fn parse(text: &str) -> Result<VmStat, Malformed> {
     let value = keyed_value(text, "pgmajfault").ok_or_else(|| Malformed::new("no pgmajfault line"))?;
     Ok(VmStat { pgmajfault: number("pgmajfault", Some(value))? })
