@@ -1,5 +1,6 @@
-//! Command line and environment of `feature-agent`, and the three commands: `run` (sample and
-//! write to Postgres), `print` (sample to stdout as JSON lines) and `migrate`.
+//! Command line and environment of `feature-agent`, the node daemon, and its three commands:
+//! `run` (sample and write to Postgres), `print` (sample to stdout as JSON lines) and `migrate`.
+//! The research tools (label, scenario, evaluate, export, plot, drill) are `feature-lab`.
 //! Every option has an environment variable fallback, so a DaemonSet configures it with `env:`.
 use std::{
     io::Write,
@@ -15,19 +16,17 @@ use regex::Regex;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use feature_db::{boolish, migrate, parse_interval, refuse_secrets_on_command_line, DatabaseArgs, NodeArgs};
+
 use crate::{
     collector::{DiskSelector, InterfaceSelector, Roots, Sources},
     db::{self, WriterOptions},
     detector::{Detector, DetectorOptions},
     ebpf::EbpfCounters,
     metrics::Metrics,
-    migrate,
     sampler::Sampler,
     spool::Spool,
 };
-
-/// Longest node name accepted (bytes). Kubernetes allows 253; we store longer ones verbatim too.
-pub const NODE_NAME_MAX_BYTES: usize = 1024;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,23 +42,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Sample every interval and write the rows to Postgres (applies migrations first).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Sample every interval and print the rows as JSON lines on stdout; no database.
     Print(SamplingArgs),
     /// Apply the migrations in migrations/ and exit. Re-running is a no-op.
     Migrate(DatabaseArgs),
-    /// Mark the rows of a time window as an attack (or, with --clear, as normal again).
-    Label(crate::label::LabelArgs),
-    /// Run a bounded attack-like workload on this node and label the rows it covers.
-    Scenario(crate::scenario::ScenarioArgs),
-    /// Score the detector's verdicts and the SQL z-score flags against the labels, per scenario.
-    Evaluate(crate::evaluate::EvaluateArgs),
-    /// Write the rows (raw, deltas, z-scores with --normalized, labels) as CSV or Parquet.
-    Export(crate::export::ExportArgs),
-    /// Render a node's features, labelled windows, detections and z-scores as a PNG.
-    Plot(crate::plot::PlotArgs),
-    /// Scripted detection run: start the agent, run the scenarios between normal periods, evaluate.
-    Drill(crate::drill::DrillArgs),
 }
 
 #[derive(Debug, Args)]
@@ -149,38 +136,6 @@ fn parse_threshold(s: &str) -> Result<f64, String> {
 }
 
 #[derive(Debug, Args)]
-pub struct DatabaseArgs {
-    /// Postgres connection string (URL or key=value). Takes precedence over the DB_* options.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Database host (or a Unix socket directory), as the paper's deployment sets it.
-    #[arg(long, env = "DB_HOST")]
-    pub db_host: Option<String>,
-    /// Database port (with --db-host).
-    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
-    pub db_port: u16,
-    /// Database user (with --db-host) [default: postgres]. The password comes from the DB_PASSWORD
-    /// environment variable (never the command line, where every user of the node can read
-    /// it) or --db-password-file.
-    #[arg(long, env = "DB_USER")]
-    pub db_user: Option<String>,
-    /// The password; accepted from the environment only (DB_PASSWORD), never on the command
-    /// line where every user of the node can read it. See --db-password-file.
-    #[arg(long, env = "DB_PASSWORD", hide_env_values = true, hide = true)]
-    pub db_password: Option<String>,
-    /// File holding the password (e.g. a mounted Kubernetes Secret); trailing newline ignored.
-    #[arg(long, env = "DB_PASSWORD_FILE", conflicts_with = "db_password")]
-    pub db_password_file: Option<PathBuf>,
-    /// CA certificate(s) (PEM) to verify the server's TLS certificate with; turns TLS on
-    /// (sslmode=require unless the URL says verify-full or another mode).
-    #[arg(long, env = "DB_CA_FILE")]
-    pub db_ca_file: Option<PathBuf>,
-    /// Database name (with --db-host).
-    #[arg(long, env = "DB_NAME")]
-    pub db_name: Option<String>,
-}
-
-#[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -204,34 +159,6 @@ pub struct RunArgs {
     pub shutdown_timeout: f64,
 }
 
-/// The node's name, as `run` and `scenario` take it.
-#[derive(Debug, Args)]
-pub struct NodeArgs {
-    /// Node name stored with every row [default: the hostname].
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: Option<String>,
-}
-
-impl NodeArgs {
-    /// The given name, or the hostname; validated.
-    pub fn resolve(&self) -> anyhow::Result<String> {
-        let name = match &self.node_name {
-            Some(n) => n.clone(),
-            None => hostname()?,
-        };
-        validate_node_name(&name)?;
-        Ok(name)
-    }
-}
-
-/// A finite number above zero (a threshold).
-pub fn parse_positive(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number above 0")),
-    }
-}
-
 /// `--listen`: "off", or HOST:PORT (an address or a name that resolves), checked before any
 /// work starts.
 fn parse_listen(s: &str) -> Result<String, String> {
@@ -246,124 +173,8 @@ fn parse_listen(s: &str) -> Result<String, String> {
     }
 }
 
-/// The parser of every boolean option and environment variable: 1/0, true/false, yes/no,
-/// on/off (any case), so `NO_EBPF=1` means what it says.
-pub fn boolish() -> clap::builder::BoolishValueParser {
-    clap::builder::BoolishValueParser::new()
-}
-
-pub fn parse_interval(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !v.is_finite() || !(0.01..=86_400.0).contains(&v) {
-        return Err(format!("{v} is out of range: give seconds between 0.01 and 86400"));
-    }
-    Ok(v)
-}
-
 fn parse_regex(s: &str) -> Result<Regex, String> {
     Regex::new(s).map_err(|e| format!("invalid regex: {e}"))
-}
-
-/// Checks a node name: any text, stored verbatim, but not empty, without NUL (Postgres text
-/// cannot hold it) and of bounded length.
-pub fn validate_node_name(name: &str) -> anyhow::Result<()> {
-    if name.is_empty() {
-        bail!("the node name is empty; set --node-name or NODE_NAME");
-    }
-    if name.contains('\0') {
-        bail!("the node name contains a NUL character, which Postgres text cannot store");
-    }
-    if name.len() > NODE_NAME_MAX_BYTES {
-        bail!("the node name is {} bytes long; the limit is {NODE_NAME_MAX_BYTES}", name.len());
-    }
-    Ok(())
-}
-
-fn hostname() -> anyhow::Result<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is writable for its length; gethostname NUL-terminates within it on success.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("gethostname");
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
-}
-
-impl DatabaseArgs {
-    /// The settings as the environment variables a child agent reads (secrets stay off
-    /// command lines).
-    pub fn to_env(&self) -> Vec<(&'static str, String)> {
-        let mut env = vec![("DB_PORT", self.db_port.to_string())];
-        let optional = [
-            ("DATABASE_URL", &self.database_url),
-            ("DB_HOST", &self.db_host),
-            ("DB_USER", &self.db_user),
-            ("DB_PASSWORD", &self.db_password),
-            ("DB_NAME", &self.db_name),
-        ];
-        env.extend(optional.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k, v))));
-        let files = [("DB_PASSWORD_FILE", &self.db_password_file), ("DB_CA_FILE", &self.db_ca_file)];
-        env.extend(files.into_iter().filter_map(|(k, v)| v.as_ref().map(|p| (k, p.display().to_string()))));
-        env
-    }
-
-    /// Where to connect, with TLS when --db-ca-file is given.
-    pub fn target(&self) -> anyhow::Result<db::Target> {
-        let config = self.config()?;
-        let tls = match &self.db_ca_file {
-            Some(f) => Some(db::tls_connector(f)?),
-            None => None,
-        };
-        Ok(db::Target { config, tls })
-    }
-
-    /// Connects (for the commands other than `run`, which keeps its own connection).
-    pub async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
-        db::open(&self.target()?).await
-    }
-
-    /// The connection settings: DATABASE_URL, or the paper's DB_HOST/DB_PORT/... variables.
-    pub fn config(&self) -> anyhow::Result<tokio_postgres::Config> {
-        if self.database_url.is_some() && self.db_host.is_some() {
-            // Often one comes from the environment and the other from the command line: say
-            // which one is used rather than resolve it silently.
-            warn!(
-                "both --database-url / DATABASE_URL and --db-host / DB_HOST are set: the URL is used, DB_HOST, DB_PORT, DB_USER and DB_NAME are ignored"
-            );
-        }
-        let mut config = if let Some(url) = &self.database_url {
-            url.parse::<tokio_postgres::Config>()
-                .map_err(|e| anyhow::anyhow!("--database-url / DATABASE_URL is not a valid connection string: {e}"))?
-        } else if let Some(host) = &self.db_host {
-            let mut c = tokio_postgres::Config::new();
-            c.host(host).port(self.db_port);
-            c
-        } else {
-            bail!("no database configured: set --database-url / DATABASE_URL, or DB_HOST (with DB_PORT, DB_USER, DB_PASSWORD, DB_NAME)");
-        };
-        if let Some(u) = &self.db_user {
-            config.user(u);
-        }
-        if let Some(p) = &self.db_password {
-            config.password(p);
-        }
-        if let Some(f) = &self.db_password_file {
-            let p = std::fs::read_to_string(f).with_context(|| format!("--db-password-file {}", f.display()))?;
-            config.password(p.trim_end_matches(['\r', '\n']));
-        }
-        if self.db_ca_file.is_some() && config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable {
-            config.ssl_mode(tokio_postgres::config::SslMode::Require);
-        }
-        if let Some(n) = &self.db_name {
-            config.dbname(n);
-        }
-        if config.get_user().is_none() {
-            config.user("postgres");
-        }
-        config.application_name("feature-agent");
-        config.connect_timeout(Duration::from_secs(10));
-        Ok(config)
-    }
 }
 
 impl SamplingArgs {
@@ -664,29 +475,6 @@ pub async fn migrate_only(args: DatabaseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses a password given on the command line (visible to every user in ps and
-/// /proc/PID/cmdline) when the environment or a file can carry it.
-pub fn refuse_secrets_on_command_line(matches: &clap::ArgMatches) -> Result<(), String> {
-    let Some((_, sub)) = matches.subcommand() else { return Ok(()) };
-    let from_cli = |id: &str| {
-        sub.try_contains_id(id).unwrap_or(false) && sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
-    };
-    if from_cli("db_password") {
-        return Err("refusing --db-password on the command line, where every user of the node can read it: \
-                    set DB_PASSWORD in the environment or use --db-password-file"
-            .into());
-    }
-    if from_cli("database_url") {
-        let url: Option<&String> = sub.get_one("database_url");
-        if url.and_then(|u| u.parse::<tokio_postgres::Config>().ok()).is_some_and(|c| c.get_password().is_some()) {
-            return Err("refusing a --database-url with a password on the command line: set DATABASE_URL in the \
-                        environment, or leave the password out and use DB_PASSWORD or --db-password-file"
-                .into());
-        }
-    }
-    Ok(())
-}
-
 /// Entry point of the binary: parses arguments, sets up logging on stderr, runs the command.
 pub fn main() -> std::process::ExitCode {
     use clap::{CommandFactory, FromArgMatches};
@@ -716,15 +504,9 @@ pub fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(a) => run(a).await,
+            Command::Run(a) => run(*a).await,
             Command::Print(a) => print(a).await,
             Command::Migrate(a) => migrate_only(a).await,
-            Command::Label(a) => crate::label::command(a).await,
-            Command::Scenario(a) => crate::scenario::command(a).await,
-            Command::Evaluate(a) => crate::evaluate::command(a).await,
-            Command::Drill(a) => crate::drill::command(a).await,
-            Command::Export(a) => crate::export::command(a).await,
-            Command::Plot(a) => crate::plot::command(a).await,
         }
     });
     match result {

@@ -16,8 +16,11 @@ use std::{
 
 use agent::{
     collector::{DiskSelector, InterfaceSelector, Roots, Sources},
-    db::{self, Target},
     sampler::Sampler,
+};
+use feature_db::{
+    connect::{self as db},
+    Target,
 };
 use feature_schema::insert_sql;
 
@@ -46,7 +49,7 @@ fn main() {
     runtime.block_on(async {
         let target = Target::plain(url.parse().unwrap());
         let mut client = db::connect(&target).await.unwrap();
-        agent::migrate::apply(&mut client).await.unwrap();
+        feature_db::migrate::apply(&mut client).await.unwrap();
         for &nodes in &node_counts {
             let written = Arc::new(AtomicU64::new(0));
             let deadline = Instant::now() + Duration::from_secs(seconds);

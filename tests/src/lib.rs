@@ -79,27 +79,35 @@ pub fn sql(db: &str, query: &str) -> String {
     postgres().psql(db, query).unwrap_or_else(|e| panic!("{e}")).trim_end().to_owned()
 }
 
-/// The feature-agent binary, built (if stale) by cargo for this workspace.
+/// A binary of this workspace, built (if stale) by cargo with the tests' profile.
+fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps").to_path_buf();
+    let target_dir = profile_dir.parent().expect("target").to_path_buf();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root).args(["build", "--quiet", "--package", package, "--bin", bin]);
+    cmd.arg("--target-dir").arg(&target_dir);
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().unwrap_or_else(|e| panic!("running cargo build for {bin}: {e}"));
+    assert!(status.success(), "building {bin} failed");
+    profile_dir.join(bin)
+}
+
+/// The feature-agent binary (the node daemon), built (if stale) by cargo for this workspace.
 pub fn agent_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> -> target/<profile>
-        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps").to_path_buf();
-        let target_dir = profile_dir.parent().expect("target").to_path_buf();
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(&root).args(["build", "--quiet", "--package", "agent", "--bin", "feature-agent"]);
-        cmd.arg("--target-dir").arg(&target_dir);
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("running cargo build for the agent");
-        assert!(status.success(), "building feature-agent failed");
-        profile_dir.join("feature-agent")
-    })
-    .clone()
+    BIN.get_or_init(|| workspace_bin("agent", "feature-agent")).clone()
+}
+
+/// The feature-lab binary (the research tools), built (if stale) by cargo for this workspace.
+pub fn lab_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("lab", "feature-lab")).clone()
 }
 
 /// A fresh, empty spool directory for one agent process (agents must not share one).
@@ -123,25 +131,43 @@ pub fn agent_command() -> Command {
     cmd
 }
 
-/// Runs the agent to completion with a time limit; returns its output.
+/// Runs `feature-agent` to completion with a time limit; returns its output.
 pub fn run_agent(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
-    let mut cmd = agent_command();
+    run_to_completion(agent_command(), args, env, limit)
+}
+
+/// Runs `feature-lab` to completion with a time limit (with the same clean environment as the
+/// agent's, and FEATURE_AGENT pointing at the workspace's agent for `drill`); returns its output.
+pub fn run_lab(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
+    run_to_completion(lab_command(), args, env, limit)
+}
+
+/// The lab binary as a command with the test defaults (see [`run_lab`]).
+pub fn lab_command() -> Command {
+    let mut cmd = Command::new(lab_bin());
+    cmd.env_remove("DATABASE_URL").env_remove("NODE_NAME");
+    cmd.env("FEATURE_AGENT", agent_bin());
+    cmd
+}
+
+fn run_to_completion(mut cmd: Command, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
+    let program = cmd.get_program().to_string_lossy().into_owned();
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.env("RUST_LOG", "info");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("starting feature-agent");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {program}: {e}"));
     let deadline = Instant::now() + limit;
     loop {
-        if child.try_wait().expect("waiting for feature-agent").is_some() {
+        if child.try_wait().expect("waiting for the child").is_some() {
             return child.wait_with_output().expect("collecting output");
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().expect("collecting output");
             panic!(
-                "feature-agent {args:?} did not finish within {limit:?}\nstderr:\n{}",
+                "{program} {args:?} did not finish within {limit:?}\nstderr:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }

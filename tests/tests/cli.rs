@@ -4,7 +4,7 @@
 use std::{path::Path, time::Duration};
 
 use feature_schema::COLUMNS;
-use tests::{have_root, run_agent};
+use tests::{have_root, run_agent, run_lab};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -26,12 +26,22 @@ fn bad_flags_and_values_are_rejected_clearly() {
         (&["run", "--no-ebpf", "--database-url", "host=x port=notaport"], 1, "not a valid connection string"),
         (&["print", "--require-ebpf", "--no-ebpf"], 2, "cannot be used with"),
         (&["run", "--listen", "garbage"], 2, "is not ADDRESS:PORT"),
-        (&["evaluate", "--sql-threshold", "-1"], 2, "is not a number above 0"),
-        (&["evaluate", "--sql-threshold", "NaN"], 2, "is not a number above 0"),
         (&["run", "--listen", "127.0.0.1:99999"], 2, "is not ADDRESS:PORT"),
     ];
-    for (args, code, needle) in cases {
-        let out = run_agent(args, &[], LIMIT);
+    let lab_cases: &[(&[&str], i32, &str)] = &[
+        (&["evaluate", "--sql-threshold", "-1"], 2, "is not a number above 0"),
+        (&["evaluate", "--sql-threshold", "NaN"], 2, "is not a number above 0"),
+        (&["export", "--format", "xml"], 2, "invalid value 'xml'"),
+        (&["run"], 2, "unrecognized subcommand 'run'"),
+    ];
+    let agent_cases: &[(&[&str], i32, &str)] = &[(&["export"], 2, "unrecognized subcommand 'export'")];
+    let runs = cases
+        .iter()
+        .map(|c| (c, false))
+        .chain(lab_cases.iter().map(|c| (c, true)))
+        .chain(agent_cases.iter().map(|c| (c, false)));
+    for ((args, code, needle), lab) in runs {
+        let out = if lab { run_lab(args, &[], LIMIT) } else { run_agent(args, &[], LIMIT) };
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(*code), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: expected {needle:?} in:\n{err}");
@@ -43,9 +53,9 @@ fn bad_flags_and_values_are_rejected_clearly() {
 fn node_name_with_nul_is_refused() {
     // NUL cannot travel in argv; it can in a file the user points NODE_NAME at via the
     // environment only if the shell lets it, so test the validator directly.
-    assert!(agent::cli::validate_node_name("a\0b").unwrap_err().to_string().contains("NUL"));
-    assert!(agent::cli::validate_node_name(&"x".repeat(1025)).is_err());
-    assert!(agent::cli::validate_node_name("ok; DROP TABLE x; --").is_ok());
+    assert!(feature_db::validate_node_name("a\0b").unwrap_err().to_string().contains("NUL"));
+    assert!(feature_db::validate_node_name(&"x".repeat(1025)).is_err());
+    assert!(feature_db::validate_node_name("ok; DROP TABLE x; --").is_ok());
 }
 
 #[test]

@@ -150,7 +150,7 @@ fn migrations_twice_are_a_no_op_and_rows_are_unique_per_node_and_ts() {
     }
     assert_eq!(
         sql("db_migrate", "SELECT count(*) FROM schema_migrations"),
-        agent::migrate::MIGRATIONS.len().to_string()
+        feature_db::migrate::MIGRATIONS.len().to_string()
     );
     // (node, ts) is the primary key: the same row twice is one row, and ON CONFLICT keeps it so.
     sql("db_migrate", "SELECT ensure_node_partition('n')");

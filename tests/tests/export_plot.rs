@@ -3,13 +3,13 @@
 //! has one line per row under a header, and the PNG decodes and is shaded where labels are.
 use std::{collections::HashMap, fs::File, time::Duration};
 
-use agent::export::value_columns;
 use feature_schema::FEATURES;
+use lab::export::value_columns;
 use parquet::{
     file::reader::{FileReader, SerializedFileReader},
     record::RowAccessor,
 };
-use tests::{have_root, migrated_database, run_agent, sql};
+use tests::{have_root, migrated_database, run_lab, sql};
 
 const NODES: [&str; 2] = ["plain-node", "it's, \"hostile\""];
 const ROWS: i64 = 40;
@@ -66,7 +66,7 @@ fn parquet_round_trip_equals_the_rows_and_csv_has_every_row() {
     let url = synthetic(db);
     let dir = tempdir("export");
     let parquet = dir.join("rows.parquet");
-    let out = run_agent(
+    let out = run_lab(
         &["export", "--format", "parquet", "--output", parquet.to_str().unwrap(), "--normalized"],
         &[("DATABASE_URL", &url)],
         Duration::from_secs(60),
@@ -132,7 +132,7 @@ fn parquet_round_trip_equals_the_rows_and_csv_has_every_row() {
 
     // CSV: a header and one line per row; the hostile node name is quoted.
     let csv = dir.join("rows.csv");
-    let out = run_agent(
+    let out = run_lab(
         &["export", "--format", "csv", "--output", csv.to_str().unwrap(), "--node", NODES[1]],
         &[("DATABASE_URL", &url)],
         Duration::from_secs(60),
@@ -165,7 +165,7 @@ fn plot_png_decodes_and_is_shaded_where_the_labels_are() {
     let url = synthetic(db);
     let dir = tempdir("plot");
     let png_path = dir.join("run.png");
-    let out = run_agent(
+    let out = run_lab(
         &["plot", "--node", NODES[1], "--output", png_path.to_str().unwrap()],
         &[("DATABASE_URL", &url)],
         Duration::from_secs(60),
@@ -186,7 +186,7 @@ fn plot_png_decodes_and_is_shaded_where_the_labels_are() {
         let i = ((y * info.width + x) * 3) as usize;
         [buf[i], buf[i + 1], buf[i + 2]]
     };
-    let shade = agent::plot::SHADE;
+    let shade = lab::plot::SHADE;
     let (top, bottom) =
         (summary["panels_top"].as_u64().unwrap() as u32, summary["panels_bottom"].as_u64().unwrap() as u32);
     // One labelled window (rows 20..25 of 40): one shaded run about a sixth of the width wide.
@@ -208,13 +208,13 @@ fn plot_png_decodes_and_is_shaded_where_the_labels_are() {
     assert_eq!(summary["detections"], 8);
 
     // Bad input: an unknown feature, an unknown node.
-    let out = run_agent(
+    let out = run_lab(
         &["plot", "--node", NODES[1], "--output", "/tmp/x.png", "--features", "load1,nope"],
         &[("DATABASE_URL", &url)],
         Duration::from_secs(30),
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope\" is not a feature column"));
-    let out = run_agent(
+    let out = run_lab(
         &["plot", "--node", "ghost", "--output", "/tmp/x.png"],
         &[("DATABASE_URL", &url)],
         Duration::from_secs(30),
@@ -249,7 +249,7 @@ fn export_writes_only_regular_files_or_stdout() {
         (dir.to_str().unwrap(), "a directory"),
         (link.to_str().unwrap(), "a symbolic link"),
     ] {
-        let out = run_agent(&["export", "--format", "csv", "--output", path], &env, Duration::from_secs(60));
+        let out = run_lab(&["export", "--format", "csv", "--output", path], &env, Duration::from_secs(60));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{path}: {stderr}");
         assert!(stderr.contains(&format!("is {what}")), "{path}: {stderr}");
@@ -261,7 +261,7 @@ fn export_writes_only_regular_files_or_stdout() {
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
 
     // "-" is standard output: the CSV itself, header and one line per row.
-    let out = run_agent(&["export", "--format", "csv", "--output", "-"], &env, Duration::from_secs(60));
+    let out = run_lab(&["export", "--format", "csv", "--output", "-"], &env, Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let csv = String::from_utf8(out.stdout).unwrap();
     assert!(csv.starts_with("node,ts,attack,"), "{csv}");
@@ -278,7 +278,7 @@ fn export_writes_only_regular_files_or_stdout() {
     );
     let nobody = url.replace("user=postgres", "user=export_nobody");
     assert_ne!(nobody, url, "the test URL names its user: {url}");
-    let out = run_agent(
+    let out = run_lab(
         &["export", "--format", "csv", "--output", target.to_str().unwrap()],
         &[("DATABASE_URL", nobody.as_str())],
         Duration::from_secs(60),
@@ -290,7 +290,7 @@ fn export_writes_only_regular_files_or_stdout() {
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 3, "a partial file was left: {left:?}");
     let out =
-        run_agent(&["export", "--format", "csv", "--output", target.to_str().unwrap()], &bad, Duration::from_secs(60));
+        run_lab(&["export", "--format", "csv", "--output", target.to_str().unwrap()], &bad, Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&target).unwrap().lines().count() as i64, 1 + 2 * ROWS);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -301,7 +301,7 @@ fn export_writes_only_regular_files_or_stdout() {
         if command == "export" {
             args.extend(["--format", "csv", "--output", "-"]);
         }
-        let out = run_agent(&args, &env, Duration::from_secs(60));
+        let out = run_lab(&args, &env, Duration::from_secs(60));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
         assert!(stderr.contains("--from 2026-01-02 is later than --to 2026-01-01"), "{command}: {stderr}");

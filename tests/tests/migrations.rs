@@ -8,7 +8,7 @@
 //! migration reaches every view.
 use std::{path::Path, time::Duration};
 
-use tests::{fresh_database, have_root, run_agent, sql};
+use tests::{fresh_database, have_root, run_agent, run_lab, sql};
 
 fn fixture(name: &str) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/schemas");
@@ -61,10 +61,14 @@ fn every_released_schema_upgrades_in_place() {
         assert!(!stderr.contains("NOTICE"), "{release}: {stderr}");
         assert_eq!(
             sql(&db, "SELECT max(version) FROM schema_migrations"),
-            agent::migrate::MIGRATIONS.len().to_string(),
+            feature_db::migrate::MIGRATIONS.len().to_string(),
             "{release}"
         );
-        assert_eq!(sql(&db, "SELECT sql FROM schema_generated"), agent::migrate::GENERATED.1.trim_end(), "{release}");
+        assert_eq!(
+            sql(&db, "SELECT sql FROM schema_generated"),
+            feature_db::migrate::GENERATED.1.trim_end(),
+            "{release}"
+        );
         // One z-score function of each name, the current one (with only_node), and the views.
         assert_eq!(
             sql(&db, "SELECT string_agg(pronargs::text, ',' ORDER BY proname) FROM pg_proc WHERE proname IN ('node_feature_zscores', 'node_feature_flags')"),
@@ -76,7 +80,7 @@ fn every_released_schema_upgrades_in_place() {
         assert_eq!(sql(&db, "SELECT count(*) FROM node_features"), "12", "{release}: the rows are kept");
         assert_schema_is_the_declaration(&db, release);
         // And the commands that call them work on the upgraded database.
-        let out = run_agent(
+        let out = run_lab(
             &["export", "--format", "csv", "--output", "-", "--node", "old-node", "--normalized"],
             &[("DATABASE_URL", &url)],
             Duration::from_secs(60),
@@ -91,12 +95,12 @@ fn every_released_schema_upgrades_in_place() {
         // and migrate re-applies the generated SQL.
         sql(&db, "UPDATE schema_generated SET sql = '-- an older declaration'");
         let export = ["export", "--format", "csv", "--output", "-", "--node", "old-node"];
-        let out = run_agent(&export, &[("DATABASE_URL", &url)], Duration::from_secs(60));
+        let out = run_lab(&export, &[("DATABASE_URL", &url)], Duration::from_secs(60));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("differ from this agent's column declaration"), "{stderr}");
         let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
         assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("applied=1"), "{release}");
-        assert!(run_agent(&export, &[("DATABASE_URL", &url)], Duration::from_secs(60)).status.success());
+        assert!(run_lab(&export, &[("DATABASE_URL", &url)], Duration::from_secs(60)).status.success());
     }
 }
 

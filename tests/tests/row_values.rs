@@ -11,7 +11,7 @@ use parquet::{
     file::reader::{FileReader, SerializedFileReader},
     record::Field,
 };
-use tests::{fresh_spool_dir, have_root, migrated_database, run_agent, sql};
+use tests::{fresh_spool_dir, have_root, migrated_database, run_lab, sql};
 
 const NODE: &str = "value-node";
 
@@ -74,7 +74,7 @@ fn a_distinct_row_reads_back_by_name_through_spool_insert_csv_and_parquet() {
     }
 
     // 3. CSV export, read by the header's names.
-    let out = run_agent(
+    let out = run_lab(
         &["export", "--format", "csv", "--output", "-", "--node", NODE],
         &[("DATABASE_URL", &url)],
         Duration::from_secs(60),
@@ -102,7 +102,7 @@ fn a_distinct_row_reads_back_by_name_through_spool_insert_csv_and_parquet() {
 
     // 4. Parquet export, read by the schema's names.
     let path = std::env::temp_dir().join(format!("row-values-{}.parquet", std::process::id()));
-    let out = run_agent(
+    let out = run_lab(
         &["export", "--format", "parquet", "--output", path.to_str().unwrap(), "--node", NODE],
         &[("DATABASE_URL", &url)],
         Duration::from_secs(60),

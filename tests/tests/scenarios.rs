@@ -7,7 +7,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{exclusive, fresh_database, have_root, migrated_database, run_agent, sql};
+use tests::{exclusive, fresh_database, have_root, migrated_database, run_agent, run_lab, sql};
 
 const NODE: &str = "scenario-node";
 
@@ -47,7 +47,7 @@ fn start_agent(db: &str, url: &str) -> Agent {
 }
 
 fn scenario(url: &str, name: &str) -> Value {
-    let out = run_agent(
+    let out = run_lab(
         &["scenario", name, "--duration", "3", "--interval", "1", "--node-name", NODE],
         &[("DATABASE_URL", url)],
         Duration::from_secs(60),
@@ -167,7 +167,7 @@ fn label_marks_and_clears_a_window() {
     let label = |args: &[&str]| {
         let mut a = vec!["label"];
         a.extend_from_slice(args);
-        run_agent(&a, &[("DATABASE_URL", &url)], Duration::from_secs(30))
+        run_lab(&a, &[("DATABASE_URL", &url)], Duration::from_secs(30))
     };
     let out = label(&[
         "--node",
@@ -214,7 +214,7 @@ fn drill_detects_every_scenario() {
     }
     let _serial = exclusive();
     let url = fresh_database("drill");
-    let out = run_agent(
+    let out = run_lab(
         &[
             "drill",
             "--gap",
@@ -260,12 +260,12 @@ fn a_scenario_without_an_agent_fails_and_records_nothing() {
     }
     let url = tests::migrated_database("scenario_no_agent");
     let args = ["scenario", "fork-storm", "--duration", "1", "--interval", "1", "--node-name", "nobody-writes"];
-    let out = run_agent(&args, &[("DATABASE_URL", &url)], Duration::from_secs(60));
+    let out = run_lab(&args, &[("DATABASE_URL", &url)], Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no row of node \"nobody-writes\" covers the scenario's end"), "{stderr}");
     assert_eq!(tests::sql("scenario_no_agent", "SELECT count(*) FROM scenario_runs"), "0");
-    let out = run_agent(&[&args[..], &["--no-label"]].concat(), &[("DATABASE_URL", &url)], Duration::from_secs(60));
+    let out = run_lab(&[&args[..], &["--no-label"]].concat(), &[("DATABASE_URL", &url)], Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(tests::sql("scenario_no_agent", "SELECT count(*) FROM scenario_runs"), "1");
 }

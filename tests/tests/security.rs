@@ -4,7 +4,7 @@
 //! out of logs.
 use std::{path::Path, process::Command, time::Duration};
 
-use tests::{agent_command, have_root, run_agent, ThrowawayPostgres};
+use tests::{agent_command, have_root, run_agent, run_lab, ThrowawayPostgres};
 
 fn migrated_pg() -> ThrowawayPostgres {
     let pg = ThrowawayPostgres::start().unwrap_or_else(|e| panic!("{e}"));
@@ -85,7 +85,7 @@ fn roles_allow_only_what_each_needs_and_the_agent_runs_as_the_writer() {
     }
     // `label` as the labeller works end to end.
     let url = format!("host={} port={} user=labeller dbname=postgres", pg.socket_dir().display(), pg.port());
-    let out = run_agent(
+    let out = run_lab(
         &["label", "--clear", "--from", "2000-01-01Z", "--to", "2100-01-01Z"],
         &[("DATABASE_URL", &url)],
         Duration::from_secs(30),

@@ -6,7 +6,7 @@
 //!   demo        set up, start a throwaway Postgres, run the agent against it, show the rows
 //!   test        set up and run the whole test suite (what .ci/run calls)
 //!   bench       set up and run the benchmarks of BENCHMARKS.md
-//!   detection   set up, start a throwaway Postgres, run `feature-agent drill` (the README's
+//!   detection   set up, start a throwaway Postgres, run `feature-lab drill` (the README's
 //!               detection table)
 //!   build-static  the fully static release binary the Dockerfile ships (glibc, static-pie)
 //!   image-check   build-static, then run that binary in an empty root directory (what the
@@ -83,7 +83,7 @@ enum Task {
     RuntimeCheck,
     /// Scripted detection run against a throwaway Postgres: prints F1 and delay per scenario.
     Detection {
-        /// Extra arguments for `feature-agent drill` (e.g. --rounds 3 --gap 20).
+        /// Extra arguments for `feature-lab drill` (e.g. --rounds 3 --gap 20).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -115,6 +115,13 @@ fn setup() -> anyhow::Result<()> {
 fn release_agent() -> anyhow::Result<PathBuf> {
     run(cargo().args(["build", "--release", "--package", "agent", "--bin", "feature-agent"]))?;
     Ok(root().join("target/release/feature-agent"))
+}
+
+/// Builds the release research tools (beside the agent, where `drill` finds it); returns the
+/// path of feature-lab.
+fn release_lab() -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--release", "--package", "lab", "--bin", "feature-lab"]))?;
+    Ok(root().join("target/release/feature-lab"))
 }
 
 /// Builds feature-agent as a static-pie glibc binary (glibc >= 2.34 has the files and dns name
@@ -243,21 +250,28 @@ fn deploy_check() -> anyhow::Result<()> {
 fn detection(args: &[String]) -> anyhow::Result<()> {
     setup()?;
     let agent = release_agent()?;
+    let lab = release_lab()?;
     let pg = ThrowawayPostgres::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let url = pg.url("postgres");
     eprintln!("detection: throwaway database {url}");
-    run(Command::new(&agent).args(["drill", "--node-name", "drill"]).args(args).env("DATABASE_URL", &url))?;
+    run(Command::new(&lab)
+        .arg("drill")
+        .arg("--agent")
+        .arg(&agent)
+        .args(["--node-name", "drill"])
+        .args(args)
+        .env("DATABASE_URL", &url))?;
     // Keep what the run produced: the plot, and the labelled dataset.
     let out = root().join("target/detection");
     std::fs::create_dir_all(&out)?;
     let png = out.join("drill.png");
     let parquet = out.join("drill.parquet");
-    run(Command::new(&agent)
+    run(Command::new(&lab)
         .args(["plot", "--node", "drill", "--output"])
         .arg(&png)
         .env("DATABASE_URL", &url)
         .stdout(std::process::Stdio::null()))?;
-    run(Command::new(&agent)
+    run(Command::new(&lab)
         .args(["export", "--format", "parquet", "--normalized", "--output"])
         .arg(&parquet)
         .env("DATABASE_URL", &url))?;

@@ -7,18 +7,13 @@ use anyhow::Context;
 use tokio_postgres::Client;
 use tracing::info;
 
-/// (version, file name, SQL), in the order they apply.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "0001_node_features.sql", include_str!("../../migrations/0001_node_features.sql")),
-    (2, "0002_analysis.sql", include_str!("../../migrations/0002_analysis.sql")),
-    (3, "0003_roles.sql", include_str!("../../migrations/0003_roles.sql")),
-    (4, "0004_zscores_only_node.sql", include_str!("../../migrations/0004_zscores_only_node.sql")),
-    (5, "0005_generated_analysis.sql", include_str!("../../migrations/0005_generated_analysis.sql")),
-];
+/// (version, file name, SQL), in the order they apply: every migrations/NNNN_*.sql, listed by
+/// build.rs.
+pub const MIGRATIONS: &[(i32, &str, &str)] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
 /// The generated SQL, as committed (a test in feature-schema keeps it equal to what the
 /// declaration gives), and its name in schema_generated.
-pub const GENERATED: (&str, &str) = ("analysis", include_str!("../../migrations/generated/analysis.sql"));
+pub const GENERATED: (&str, &str) = ("analysis", include!(concat!(env!("OUT_DIR"), "/generated.rs")));
 
 /// Key of the advisory lock held while migrating ("feature-agent migrate" in ASCII, truncated).
 const LOCK_KEY: i64 = 0x6665_6174_7572_6561;
@@ -92,13 +87,13 @@ pub fn explain(e: anyhow::Error) -> anyhow::Error {
     let db = e.chain().find_map(|c| c.downcast_ref::<tokio_postgres::Error>());
     match db {
         Some(pg) if pg.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
-            let text = crate::db::describe(pg);
+            let text = crate::connect::describe(pg);
             e.context(format!(
                 "{text}; this role may not change the schema: run `feature-agent migrate` as the schema's owner (the role that created it), and the agents as writers"
             ))
         }
         Some(pg) => {
-            let text = crate::db::describe(pg);
+            let text = crate::connect::describe(pg);
             e.context(text)
         }
         None => e,

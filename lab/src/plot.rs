@@ -1,4 +1,4 @@
-//! `feature-agent plot`: renders one node's run as a PNG. One panel per chosen feature (its
+//! `feature-lab plot`: renders one node's run as a PNG. One panel per chosen feature (its
 //! scored value: counters as per-interval deltas, each panel scaled to its own range), labelled
 //! attack windows shaded across every panel, the agent's detections marked as red ticks above
 //! the panels, and beneath them a panel of the SQL z-scores of the same features with the
@@ -15,7 +15,8 @@ use clap::Args;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::{cli::DatabaseArgs, label::TimeWindow};
+use crate::window::TimeWindow;
+use feature_db::DatabaseArgs;
 use feature_schema::{features::index_of, timefmt::rfc3339_micros, Kind, FEATURES};
 
 pub const DEFAULT_FEATURES: &str =
@@ -371,14 +372,14 @@ async fn load(
 pub async fn command(args: PlotArgs) -> anyhow::Result<()> {
     for f in &args.features {
         if index_of(f).is_none() {
-            bail!("--features: {f:?} is not a feature column (see `feature-agent export` or the README for the list)");
+            bail!("--features: {f:?} is not a feature column (see `feature-lab export` or the README for the list)");
         }
     }
     if args.features.is_empty() || args.features.len() > 16 {
         bail!("--features: give 1 to 16 features");
     }
     let client = args.database.connect().await?;
-    crate::migrate::require_current(&client).await?;
+    feature_db::migrate::require_current(&client).await?;
     let (from, to) = args.window.resolve(&client).await?;
     let data = load(&client, &args.node, &args.features, from, to).await?;
     if data.ts.len() < 2 {

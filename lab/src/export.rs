@@ -1,4 +1,4 @@
-//! `feature-agent export`: writes the rows as a dataset for pandas or scikit-learn, in CSV or
+//! `feature-lab export`: writes the rows as a dataset for pandas or scikit-learn, in CSV or
 //! Parquet. Columns: node, ts, attack, attack_type, anomaly_score, anomalous_features
 //! (comma-joined), the 40 raw features, the per-interval deltas of the 10 cumulative counters
 //! (`<counter>_delta`, NULL across a counter reset), and with --normalized the z-score of every
@@ -22,7 +22,8 @@ use parquet::{
 };
 use tokio_postgres::Client;
 
-use crate::{cli::DatabaseArgs, label::TimeWindow};
+use crate::window::TimeWindow;
+use feature_db::DatabaseArgs;
 use feature_schema::{timefmt::rfc3339_micros, Kind, FEATURES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -388,7 +389,7 @@ async fn write_rows(
 
 pub async fn command(args: ExportArgs) -> anyhow::Result<()> {
     let mut client = args.database.connect().await?;
-    crate::migrate::require_current(&client).await?;
+    feature_db::migrate::require_current(&client).await?;
     let (from, to) = args.window.resolve(&client).await?;
     if args.output != std::path::Path::new("-") {
         check_output(&args.output)?;

@@ -1,4 +1,4 @@
-//! `feature-agent scenario NAME`: runs a bounded, reproducible attack-like workload on this
+//! `feature-lab scenario NAME`: runs a bounded, reproducible attack-like workload on this
 //! node (loopback and a temporary file only), records its window in `scenario_runs`, and labels
 //! the node's rows whose interval overlaps it (attack = 1, attack_type = NAME).
 //!
@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio_postgres::Client;
 use tracing::info;
 
-use crate::cli::{parse_interval, DatabaseArgs, NodeArgs};
+use feature_db::{parse_interval, DatabaseArgs, NodeArgs};
 use feature_schema::timefmt::rfc3339_micros;
 
 /// The scenarios, by the names the command line and the labels use.
@@ -145,7 +145,7 @@ pub struct RunSpec {
 pub async fn command(args: ScenarioArgs) -> anyhow::Result<()> {
     let node = args.node.resolve()?;
     let client = args.database.connect().await?;
-    crate::migrate::require_current(&client).await?;
+    feature_db::migrate::require_current(&client).await?;
     let spec = RunSpec {
         scenario: args.scenario,
         duration_s: args.duration,

@@ -1,4 +1,4 @@
-//! `feature-agent evaluate`: compares verdicts with labels over a window, per scenario.
+//! `feature-lab evaluate`: compares verdicts with labels over a window, per scenario.
 //!
 //! Two detectors are scored: the agent's streaming detector (a row is positive when its
 //! `anomalous_features` is non-empty; rows still in warm-up are left out) and the SQL z-score
@@ -15,7 +15,8 @@ use clap::Args;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::{cli::DatabaseArgs, label::TimeWindow};
+use crate::window::TimeWindow;
+use feature_db::DatabaseArgs;
 
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
@@ -25,7 +26,7 @@ pub struct EvaluateArgs {
     #[command(flatten)]
     pub window: TimeWindow,
     /// |z| threshold of the SQL flags (the paper's 2.0 by default).
-    #[arg(long, default_value_t = 2.0, value_parser = crate::cli::parse_positive, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 2.0, value_parser = feature_db::parse_positive, allow_negative_numbers = true)]
     pub sql_threshold: f64,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -225,11 +226,11 @@ pub fn table(scores: &[ScenarioScore], sql_threshold: f64) -> String {
 
 pub async fn command(args: EvaluateArgs) -> anyhow::Result<()> {
     let client = args.database.connect().await?;
-    crate::migrate::require_current(&client).await?;
+    feature_db::migrate::require_current(&client).await?;
     let (from, to) = args.window.resolve(&client).await?;
     let (rows, runs) = load(&client, args.node.as_deref(), from, to, args.sql_threshold).await?;
     if runs.is_empty() {
-        anyhow::bail!("no scenario runs in this window: run `feature-agent scenario` (or `drill`) first");
+        anyhow::bail!("no scenario runs in this window: run `feature-lab scenario` (or `drill`) first");
     }
     let scores = evaluate(&rows, &runs);
     if args.json {

@@ -1,5 +1,5 @@
-//! `feature-agent drill`: a scripted, reproducible detection run on this node. It starts the
-//! real agent (this binary's `run`, as a child process) against the database, waits for its
+//! `feature-lab drill`: a scripted, reproducible detection run on this node. It starts the
+//! real agent (`feature-agent run`, as a child process; --agent says which binary) against the database, waits for its
 //! detector to warm up, runs every scenario in turn with normal periods between them
 //! (normal, attack, normal, ...), stops the agent, and prints `evaluate`'s table for the run.
 //! The README's detection table is this command's output.
@@ -12,9 +12,10 @@ use anyhow::Context;
 use clap::Args;
 use tracing::info;
 
+use feature_db::{migrate, parse_interval, DatabaseArgs, NodeArgs};
+
 use crate::{
-    cli::{parse_interval, DatabaseArgs, NodeArgs},
-    evaluate, migrate,
+    evaluate,
     scenario::{self, parse_duration, RunSpec, Scenario},
 };
 
@@ -50,6 +51,10 @@ pub struct DrillArgs {
     /// Print the evaluation as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The feature-agent binary to run [default: the feature-agent beside this binary, else
+    /// the one on PATH].
+    #[arg(long, env = "FEATURE_AGENT")]
+    pub agent: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub node: NodeArgs,
     #[command(flatten)]
@@ -72,8 +77,8 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     migrate::apply(&mut client).await?;
     let scenarios = if args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { args.scenarios.clone() };
 
-    // /proc/self/exe: this very binary, even if its file was replaced since it started.
-    let mut cmd = Command::new("/proc/self/exe");
+    let agent_bin = args.agent.clone().unwrap_or_else(default_agent);
+    let mut cmd = Command::new(&agent_bin);
     cmd.args(["run", "--node-name", &node])
         .arg("--interval")
         .arg(args.interval.to_string())
@@ -91,7 +96,7 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
         cmd.env(k, v);
     }
     let started = SystemTime::now();
-    let agent = AgentChild(cmd.spawn().context("starting the agent")?);
+    let agent = AgentChild(cmd.spawn().with_context(|| format!("starting the agent {}", agent_bin.display()))?);
     info!(node, warmup_s = args.warmup, "drill: agent started, warming up");
     tokio::time::sleep(Duration::from_secs_f64(args.warmup + 2.0 * args.interval + args.gap)).await;
 
@@ -119,4 +124,14 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
         print!("{}", evaluate::table(&scores, 2.0));
     }
     Ok(())
+}
+
+/// `feature-agent` in this binary's directory (where cargo and the README's set-up put both),
+/// else whatever PATH finds.
+fn default_agent() -> std::path::PathBuf {
+    let beside = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join("feature-agent")));
+    match beside {
+        Some(p) if p.is_file() => p,
+        _ => "feature-agent".into(),
+    }
 }

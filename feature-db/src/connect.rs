@@ -1,0 +1,144 @@
+//! Connecting to Postgres: the target (libpq-style settings plus TLS that verifies the server
+//! against a given CA), the connection itself, the node's partition, and error descriptions that
+//! say what Postgres said and what to check.
+use std::{path::Path, sync::Arc};
+
+use anyhow::{bail, Context};
+use tokio_postgres::{error::SqlState, Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tracing::warn;
+
+/// Where and how to connect: the libpq-style settings, and the TLS connector when a CA file
+/// was given (TLS with certificate and host name verification).
+#[derive(Clone)]
+pub struct Target {
+    pub config: Config,
+    pub tls: Option<MakeRustlsConnect>,
+}
+
+impl Target {
+    pub fn plain(config: Config) -> Self {
+        Target { config, tls: None }
+    }
+}
+
+/// A TLS connector that trusts only the CA certificate(s) in `ca_file` (PEM).
+pub fn tls_connector(ca_file: &Path) -> anyhow::Result<MakeRustlsConnect> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| anyhow::anyhow!("--db-ca-file {}: {e}", ca_file.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| anyhow::anyhow!("--db-ca-file {}: {e}", ca_file.display()))?;
+        roots.add(cert).with_context(|| format!("--db-ca-file {}: not a usable CA certificate", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("--db-ca-file {}: no certificate in it", ca_file.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Drives a connection on the runtime until the server goes away; the client then reports
+/// `is_closed()`.
+pub fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(error = %e, "database connection lost");
+        }
+    });
+}
+
+/// Opens a connection (TLS when the target has a connector).
+pub async fn connect(target: &Target) -> Result<Client, tokio_postgres::Error> {
+    match &target.tls {
+        None => {
+            let (client, connection) = target.config.connect(NoTls).await?;
+            drive(connection);
+            Ok(client)
+        }
+        Some(tls) => {
+            let (client, connection) = target.config.connect(tls.clone()).await?;
+            drive(connection);
+            Ok(client)
+        }
+    }
+}
+
+/// [`connect`] with an explained error, for the commands.
+pub async fn open(target: &Target) -> anyhow::Result<Client> {
+    connect(target).await.map_err(explain_connect_error).context("connecting to the database")
+}
+
+/// Creates (if needed) the partition of `node`; returns its table name.
+pub async fn ensure_partition(client: &Client, node: &str) -> Result<String, tokio_postgres::Error> {
+    let row = client.query_one("SELECT ensure_node_partition($1)", &[&node]).await?;
+    Ok(row.get(0))
+}
+
+/// A database error with what Postgres said (message, detail, hint) or its cause: the
+/// error's own Display is only "db error" or "error performing TLS handshake".
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            s += &format!(" ({d})");
+        }
+        if let Some(h) = db.hint() {
+            s += &format!(" hint: {h}");
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s += &format!(": {cause}");
+        source = cause.source();
+    }
+    s
+}
+
+/// Adds what the user should check to errors whose cause is not obvious from Postgres' text.
+pub fn explain_connect_error(e: tokio_postgres::Error) -> anyhow::Error {
+    let text = describe(&e);
+    let hint = if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("InvalidCertificate")
+    {
+        Some("the server's TLS certificate did not verify against --db-ca-file (or the host name does not match it)")
+    } else if e.code() == Some(&SqlState::INVALID_PASSWORD) {
+        Some("wrong password: check DB_PASSWORD / --db-password-file")
+    } else if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) {
+        Some("the database does not exist: check DB_NAME / the URL")
+    } else {
+        None
+    };
+    let explained = anyhow::Error::new(ConnectError { text, code: e.code().cloned() });
+    match hint {
+        Some(h) => explained.context(h),
+        None => explained,
+    }
+}
+
+/// A failed connection, described as Postgres described it, with its SQLSTATE kept so that the
+/// writer can tell a server that is starting up from one that refuses.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub text: String,
+    pub code: Option<SqlState>,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for ConnectError {}

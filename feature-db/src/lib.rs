@@ -1,0 +1,13 @@
+//! What both binaries (the `feature-agent` daemon and the `feature-lab` research tools) need of
+//! the database: its options ([`args`]), connecting with TLS and clear errors ([`connect`]), and
+//! the schema ([`migrate`]: the numbered migrations in migrations/, found by build.rs, and the
+//! SQL generated from the column declaration).
+pub mod args;
+pub mod connect;
+pub mod migrate;
+
+pub use args::{
+    boolish, parse_interval, parse_positive, refuse_secrets_on_command_line, validate_node_name, DatabaseArgs,
+    NodeArgs, NODE_NAME_MAX_BYTES,
+};
+pub use connect::{connect, describe, ensure_partition, open, tls_connector, Target};

@@ -1,0 +1,59 @@
+//! The time window `evaluate`, `export` and `plot` take (--from, --to), and timestamps parsed by
+//! Postgres (RFC 3339, or any timestamptz input it accepts), naming the option in the error.
+use std::time::SystemTime;
+
+use anyhow::bail;
+use clap::Args;
+
+/// An optional time window, as `evaluate`, `export` and `plot` take it.
+#[derive(Debug, Args)]
+pub struct TimeWindow {
+    /// Start of the window [default: the first row].
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the window [default: the last row].
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+impl TimeWindow {
+    /// The bounds, parsed by Postgres.
+    pub async fn resolve(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> anyhow::Result<(Option<SystemTime>, Option<SystemTime>)> {
+        let from = match &self.from {
+            Some(v) => Some(timestamp(client, "--from", v).await?),
+            None => None,
+        };
+        let to = match &self.to {
+            Some(v) => Some(timestamp(client, "--to", v).await?),
+            None => None,
+        };
+        if let (Some(f), Some(t)) = (from, to) {
+            if f > t {
+                anyhow::bail!(
+                    "--from {} is later than --to {}: the window is empty",
+                    self.from.as_deref().unwrap_or_default(),
+                    self.to.as_deref().unwrap_or_default()
+                );
+            }
+        }
+        Ok((from, to))
+    }
+}
+
+/// Parses a timestamp with Postgres, naming the option in the error.
+pub async fn timestamp(
+    client: &tokio_postgres::Client,
+    option: &str,
+    value: &str,
+) -> anyhow::Result<std::time::SystemTime> {
+    match client.query_one("SELECT $1::text::timestamptz", &[&value]).await {
+        Ok(row) => Ok(row.get(0)),
+        Err(e) => bail!(
+            "{option} {value:?} is not a timestamp: {}",
+            e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())
+        ),
+    }
+}
