@@ -1,4 +1,4 @@
-//! `feature-agent export` and `plot` on a synthetic table: the Parquet file read back equals the
+//! `feature-lab export` and `plot` on a synthetic table: the Parquet file read back equals the
 //! rows (raw, deltas, z-scores, labels, verdicts; NULLs where the database has them), the CSV
 //! has one line per row under a header, and the PNG decodes and is shaded where labels are.
 use std::{collections::HashMap, fs::File, time::Duration};

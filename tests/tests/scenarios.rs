@@ -1,6 +1,6 @@
-//! `feature-agent scenario` for real on this machine, with an agent running beside it: each
+//! `feature-lab scenario` for real on this machine, with an agent running beside it: each
 //! scenario moves the eBPF and procfs columns it should by at least what it did, and its rows
-//! are labelled with its name. Also `feature-agent label` and `--clear`.
+//! are labelled with its name. Also `feature-lab label` and `--clear`.
 use std::{
     process::{Child, Stdio},
     time::{Duration, Instant},
