@@ -30,7 +30,7 @@ pub struct PlotArgs {
     /// The PNG file to write.
     #[arg(long)]
     pub output: PathBuf,
-    /// Features to draw, comma-separated (any of the 40 feature columns).
+    /// Features to draw, comma-separated (any scored feature column: see the README schema table).
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_FEATURES)]
     pub features: Vec<String>,
     #[command(flatten)]

@@ -97,7 +97,7 @@ fn parquet_round_trip_equals_the_rows_and_csv_has_every_row() {
         ((p[0].to_owned(), p[1].parse().unwrap(), p[2].to_owned()), parse_opt(p[3]))
     })
     .collect();
-    assert_eq!(z.len(), 80 * 40);
+    assert_eq!(z.len(), 80 * FEATURES.len());
     assert!(z.values().filter(|v| v.is_some()).count() > 1000, "the synthetic rows give real z-scores");
 
     let reader = SerializedFileReader::new(File::open(&parquet).unwrap()).unwrap();
@@ -140,9 +140,9 @@ fn parquet_round_trip_equals_the_rows_and_csv_has_every_row() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 1 + 40);
+    assert_eq!(lines.len() as i64, 1 + ROWS);
     assert!(lines[0].starts_with("node,ts,attack,attack_type,anomaly_score,anomalous_features,cpu_sec_idle,"));
-    assert_eq!(lines[0].split(',').count(), 6 + 50);
+    assert_eq!(lines[0].split(',').count(), 6 + value_columns(false).len());
     assert!(lines[1].starts_with("\"it's, \"\"hostile\"\"\",2026-01-01T00:00:00.000000Z,0,,,,"), "{}", lines[1]);
     assert!(lines[2].contains(",5.5,\"tcp_rst_sent,load1\","), "{}", lines[2]);
     assert!(!dir.join("rows.partial").exists());
