@@ -100,7 +100,7 @@ pub struct SamplingArgs {
 /// The streaming detector that judges every row (see detector.rs).
 #[derive(Debug, Args)]
 pub struct DetectorArgs {
-    /// |z| above which a feature makes a row anomalous. The score is the largest |z| over 40
+    /// |z| above which a feature makes a row anomalous. The score is the largest |z| over 43
     /// features, so a per-feature 2.0 would flag most normal rows; 4.0 is the default.
     #[arg(long, env = "ANOMALY_THRESHOLD", default_value_t = 4.0, value_parser = parse_threshold)]
     pub anomaly_threshold: f64,

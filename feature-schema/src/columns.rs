@@ -163,6 +163,14 @@ columns! {
     /// File handles allocated node-wide.
     open_fds: Option<i64> = gauge(16.0), "handles", "/proc/sys/fs/file-nr, first field";
 
+    // Added after the paper, from files the agent already reads each interval.
+    /// Threads runnable (running or waiting for a CPU) at the sample.
+    procs_running: Option<i32> = gauge(2.0), "threads", "/proc/stat `procs_running`";
+    /// Threads blocked waiting for I/O at the sample.
+    procs_blocked: Option<i32> = gauge(1.0), "threads", "/proc/stat `procs_blocked`";
+    /// Context switches, cumulative.
+    ctxt: Option<i64> = counter(10000.0), "switches", "/proc/stat `ctxt`";
+
     // Exact kernel event counts during the row's interval (deltas), counted by eBPF; NULL on the
     // first row after start and when the program behind the column is not loaded.
     /// Processes and threads forked during the interval.

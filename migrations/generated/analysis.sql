@@ -38,22 +38,25 @@ INSERT INTO feature_catalog (feature, kind, ordinal, min_spread, unit, meaning) 
     ('est_conn', 'gauge', 22, 2.0, 'sockets', 'TCP sockets in ESTABLISHED, IPv4 + IPv6.'),
     ('lis_conn', 'gauge', 23, 1.0, 'sockets', 'TCP sockets in LISTEN, IPv4 + IPv6.'),
     ('open_fds', 'gauge', 24, 16.0, 'handles', 'File handles allocated node-wide.'),
-    ('ebpf_forks', 'events', 25, 5.0, 'events', 'Processes and threads forked during the interval.'),
-    ('ebpf_execs', 'events', 26, 5.0, 'events', 'Programs executed during the interval.'),
-    ('ebpf_exits', 'events', 27, 5.0, 'events', 'Processes and threads that exited during the interval.'),
-    ('tcp_to_est', 'events', 28, 2.0, 'events', 'TCP sockets entering ESTABLISHED.'),
-    ('tcp_to_syn_sent', 'events', 29, 2.0, 'events', 'TCP sockets entering SYN_SENT (active opens).'),
-    ('tcp_to_syn_recv', 'events', 30, 2.0, 'events', 'TCP sockets entering SYN_RECV (passive handshakes).'),
-    ('tcp_to_close', 'events', 31, 2.0, 'events', 'TCP sockets entering CLOSE.'),
-    ('tcp_to_listen', 'events', 32, 1.0, 'events', 'TCP sockets entering LISTEN.'),
-    ('tcp_conn_failed', 'events', 33, 1.0, 'events', 'SYN_SENT -> CLOSE: refused or timed-out connects (scans).'),
-    ('tcp_rst_sent', 'events', 34, 1.0, 'events', 'TCP resets sent.'),
-    ('tcp_rst_recv', 'events', 35, 1.0, 'events', 'TCP resets received.'),
-    ('sock_alloc_tcp', 'events', 36, 2.0, 'events', 'Sockets created: AF_INET/AF_INET6 stream.'),
-    ('sock_alloc_udp', 'events', 37, 2.0, 'events', 'Sockets created: AF_INET/AF_INET6 datagram.'),
-    ('sock_alloc_unix', 'events', 38, 4.0, 'events', 'Sockets created: AF_UNIX.'),
-    ('sock_alloc_raw', 'events', 39, 1.0, 'events', 'Sockets created: SOCK_RAW of any family, and AF_PACKET.'),
-    ('sock_alloc_other', 'events', 40, 1.0, 'events', 'Sockets created: every other family and type.');
+    ('procs_running', 'gauge', 25, 2.0, 'threads', 'Threads runnable (running or waiting for a CPU) at the sample.'),
+    ('procs_blocked', 'gauge', 26, 1.0, 'threads', 'Threads blocked waiting for I/O at the sample.'),
+    ('ctxt', 'counter', 27, 10000.0, 'switches', 'Context switches, cumulative.'),
+    ('ebpf_forks', 'events', 28, 5.0, 'events', 'Processes and threads forked during the interval.'),
+    ('ebpf_execs', 'events', 29, 5.0, 'events', 'Programs executed during the interval.'),
+    ('ebpf_exits', 'events', 30, 5.0, 'events', 'Processes and threads that exited during the interval.'),
+    ('tcp_to_est', 'events', 31, 2.0, 'events', 'TCP sockets entering ESTABLISHED.'),
+    ('tcp_to_syn_sent', 'events', 32, 2.0, 'events', 'TCP sockets entering SYN_SENT (active opens).'),
+    ('tcp_to_syn_recv', 'events', 33, 2.0, 'events', 'TCP sockets entering SYN_RECV (passive handshakes).'),
+    ('tcp_to_close', 'events', 34, 2.0, 'events', 'TCP sockets entering CLOSE.'),
+    ('tcp_to_listen', 'events', 35, 1.0, 'events', 'TCP sockets entering LISTEN.'),
+    ('tcp_conn_failed', 'events', 36, 1.0, 'events', 'SYN_SENT -> CLOSE: refused or timed-out connects (scans).'),
+    ('tcp_rst_sent', 'events', 37, 1.0, 'events', 'TCP resets sent.'),
+    ('tcp_rst_recv', 'events', 38, 1.0, 'events', 'TCP resets received.'),
+    ('sock_alloc_tcp', 'events', 39, 2.0, 'events', 'Sockets created: AF_INET/AF_INET6 stream.'),
+    ('sock_alloc_udp', 'events', 40, 2.0, 'events', 'Sockets created: AF_INET/AF_INET6 datagram.'),
+    ('sock_alloc_unix', 'events', 41, 4.0, 'events', 'Sockets created: AF_UNIX.'),
+    ('sock_alloc_raw', 'events', 42, 1.0, 'events', 'Sockets created: SOCK_RAW of any family, and AF_PACKET.'),
+    ('sock_alloc_other', 'events', 43, 1.0, 'events', 'Sockets created: every other family and type.');
 
 -- Every row with the per-interval delta (<counter>_delta) and per-second rate (<counter>_rate)
 -- of each cumulative counter, against the previous row of the same node. elapsed_s is the time
@@ -86,6 +89,9 @@ WITH paired AS (
            f.est_conn,
            f.lis_conn,
            f.open_fds,
+           f.procs_running,
+           f.procs_blocked,
+           f.ctxt,
            f.ebpf_forks,
            f.ebpf_execs,
            f.ebpf_exits,
@@ -114,7 +120,8 @@ WITH paired AS (
            counter_delta(f.intr, lag(f.intr) OVER w) AS intr_delta,
            counter_delta(f.receive_drop, lag(f.receive_drop) OVER w) AS receive_drop_delta,
            counter_delta(f.receive_errs, lag(f.receive_errs) OVER w) AS receive_errs_delta,
-           counter_delta(f.transmit_packets, lag(f.transmit_packets) OVER w) AS transmit_packets_delta
+           counter_delta(f.transmit_packets, lag(f.transmit_packets) OVER w) AS transmit_packets_delta,
+           counter_delta(f.ctxt, lag(f.ctxt) OVER w) AS ctxt_delta
     FROM node_features f
     WINDOW w AS (PARTITION BY f.node ORDER BY f.ts)
 )
@@ -129,6 +136,7 @@ SELECT p.*
      , p.receive_drop_delta / nullif(p.elapsed_s, 0) AS receive_drop_rate
      , p.receive_errs_delta / nullif(p.elapsed_s, 0) AS receive_errs_rate
      , p.transmit_packets_delta / nullif(p.elapsed_s, 0) AS transmit_packets_rate
+     , p.ctxt_delta / nullif(p.elapsed_s, 0) AS ctxt_rate
 FROM paired p;
 
 -- One line per row and feature: the raw value, and the value that is scored (the delta for a
@@ -161,6 +169,9 @@ CROSS JOIN LATERAL (VALUES
     ('est_conn', d.est_conn::float8, d.est_conn::float8),
     ('lis_conn', d.lis_conn::float8, d.lis_conn::float8),
     ('open_fds', d.open_fds::float8, d.open_fds::float8),
+    ('procs_running', d.procs_running::float8, d.procs_running::float8),
+    ('procs_blocked', d.procs_blocked::float8, d.procs_blocked::float8),
+    ('ctxt', d.ctxt::float8, d.ctxt_delta::float8),
     ('ebpf_forks', d.ebpf_forks::float8, d.ebpf_forks::float8),
     ('ebpf_execs', d.ebpf_execs::float8, d.ebpf_execs::float8),
     ('ebpf_exits', d.ebpf_exits::float8, d.ebpf_exits::float8),

@@ -1,5 +1,7 @@
-//! /proc/stat: cpu_sec_idle (idle seconds averaged over CPUs), forks_total (`processes`) and
-//! intr (first number of `intr`). Our own parser: procfs's KernelStats has no `intr`.
+//! /proc/stat: cpu_sec_idle (idle seconds averaged over CPUs), forks_total (`processes`), intr
+//! (first number of `intr`), ctxt, procs_running and procs_blocked. Our own parser: procfs's
+//! KernelStats has no `intr`. The last three are in every kernel since 2.6; a file without them
+//! leaves their columns NULL rather than failing the source.
 use super::{number, Malformed};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -7,6 +9,9 @@ pub struct Stat {
     pub cpu_sec_idle: f64,
     pub forks_total: i64,
     pub intr: i64,
+    pub ctxt: Option<i64>,
+    pub procs_running: Option<i32>,
+    pub procs_blocked: Option<i32>,
 }
 
 impl super::Fill for Stat {
@@ -14,12 +19,16 @@ impl super::Fill for Stat {
         row.cpu_sec_idle = Some(self.cpu_sec_idle);
         row.forks_total = Some(self.forks_total);
         row.intr = Some(self.intr);
+        row.ctxt = self.ctxt;
+        row.procs_running = self.procs_running;
+        row.procs_blocked = self.procs_blocked;
     }
 }
 
 pub fn parse(text: &str, user_hz: f64) -> Result<Stat, Malformed> {
     let (mut idle_ticks, mut cpus) = (0u64, 0u32);
     let (mut forks, mut intr) = (None, None);
+    let (mut ctxt, mut running, mut blocked) = (None, None, None);
     for line in text.lines() {
         let mut fields = line.split_ascii_whitespace();
         let Some(key) = fields.next() else { continue };
@@ -39,6 +48,12 @@ pub fn parse(text: &str, user_hz: f64) -> Result<Stat, Malformed> {
             forks = Some(number("processes", fields.next())?);
         } else if key == "intr" {
             intr = Some(number("intr", fields.next())?);
+        } else if key == "ctxt" {
+            ctxt = Some(number("ctxt", fields.next())?);
+        } else if key == "procs_running" {
+            running = Some(number("procs_running", fields.next())?);
+        } else if key == "procs_blocked" {
+            blocked = Some(number("procs_blocked", fields.next())?);
         }
     }
     if cpus == 0 {
@@ -48,6 +63,9 @@ pub fn parse(text: &str, user_hz: f64) -> Result<Stat, Malformed> {
         cpu_sec_idle: idle_ticks as f64 / user_hz / cpus as f64,
         forks_total: forks.ok_or_else(|| Malformed::new("no processes line"))?,
         intr: intr.ok_or_else(|| Malformed::new("no intr line"))?,
+        ctxt,
+        procs_running: running,
+        procs_blocked: blocked,
     })
 }
 
@@ -70,6 +88,7 @@ mod tests {
         assert_eq!(s.cpu_sec_idle, 1.5);
         assert_eq!(s.forks_total, 4242);
         assert_eq!(s.intr, 12345);
+        assert_eq!((s.ctxt, s.procs_running, s.procs_blocked), (Some(99), Some(1), None));
     }
 
     #[test]
@@ -80,5 +99,6 @@ mod tests {
         assert!(parse("cpu0 1 2 3 4\nintr 1\n", 100.0).unwrap_err().0.contains("processes"));
         assert!(parse("cpu0 1 2 3 4\nprocesses 1\n", 100.0).unwrap_err().0.contains("intr"));
         assert!(parse("cpuX 1 2 3 4\n", 100.0).is_err());
+        assert!(parse("cpu0 1 2 3 4\nprocesses 1\nintr 1\nctxt x\n", 100.0).unwrap_err().0.contains("ctxt"));
     }
 }
