@@ -18,10 +18,7 @@ use feature_db::{
     describe, ensure_partition, migrate, Target,
 };
 
-use crate::{
-    metrics::Metrics,
-    spool::{Cursor, Spool},
-};
+use crate::{metrics::Metrics, spool::Spool};
 use feature_schema::{insert_sql, FeatureRow};
 
 /// An open connection ready to insert rows.
@@ -188,8 +185,8 @@ struct Backlog {
     memory: VecDeque<FeatureRow>,
     memory_max: usize,
     dropped_memory: u64,
-    /// The spool's batch in flight: its end position.
-    pending: Option<Cursor>,
+    /// The rows last peeked came from the spool (which keeps their position).
+    pending: bool,
     /// The spool failed on the last spill (logged once until it works again).
     spool_failing: bool,
 }
@@ -240,13 +237,13 @@ impl Backlog {
         if let Some(spool) = self.spool.as_mut() {
             if spool.has_unread() {
                 match spool.read_batch(n) {
-                    Ok(batch) if !batch.rows.is_empty() => {
-                        self.pending = Some(batch.end);
-                        return batch.rows;
+                    Ok(rows) if !rows.is_empty() => {
+                        self.pending = true;
+                        return rows;
                     }
-                    Ok(batch) => {
+                    Ok(_) => {
                         // Only damaged records were left: they are skipped (and counted) for good.
-                        if let Err(e) = spool.ack(batch.end) {
+                        if let Err(e) = spool.commit(0) {
                             error!(error = %e, "cannot record progress in the spool");
                         }
                     }
@@ -254,15 +251,15 @@ impl Backlog {
                 }
             }
         }
-        self.pending = None;
+        self.pending = false;
         self.memory.iter().take(n).cloned().collect()
     }
 
     /// The peeked rows are in the database (or refused for good).
     fn commit(&mut self, n: usize) {
-        match (self.pending.take(), self.spool.as_mut()) {
-            (Some(end), Some(spool)) => {
-                if let Err(e) = spool.ack(end) {
+        match (std::mem::take(&mut self.pending), self.spool.as_mut()) {
+            (true, Some(spool)) => {
+                if let Err(e) = spool.commit(n) {
                     error!(error = %e, "cannot record progress in the spool; its rows may be written again (without duplicates)");
                 }
             }
@@ -274,7 +271,7 @@ impl Backlog {
 
     /// The peeked rows were not written; they are read again next time.
     fn abort(&mut self) {
-        if self.pending.take().is_some() {
+        if std::mem::take(&mut self.pending) {
             if let Some(spool) = self.spool.as_mut() {
                 spool.rewind();
             }
@@ -310,7 +307,7 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
         memory: VecDeque::new(),
         memory_max: opts.queue_max_rows,
         dropped_memory: 0,
-        pending: None,
+        pending: false,
         spool_failing: false,
     };
     if !backlog.is_empty() {

@@ -7,10 +7,12 @@
 //! benchmarks drive the same code.
 pub mod cli;
 pub mod collector;
+pub mod config;
 pub mod db;
 pub mod detector;
 pub mod ebpf;
 pub mod metrics;
+pub mod pipeline;
 pub mod sampler;
 pub mod spool;
 pub mod tcp_diag;

@@ -38,8 +38,8 @@ fn a_distinct_row_reads_back_by_name_through_spool_insert_csv_and_parquet() {
     let dir = fresh_spool_dir();
     let mut spool = Spool::open(&dir, 1 << 20).unwrap();
     spool.append(&original).unwrap();
-    let batch = spool.read_batch(10).unwrap();
-    assert_eq!(batch.rows, vec![original.clone()], "the spool changed the row");
+    let spooled = spool.read_batch(10).unwrap();
+    assert_eq!(spooled, vec![original.clone()], "the spool changed the row");
     drop(spool);
     std::fs::remove_dir_all(&dir).unwrap();
 
@@ -50,7 +50,7 @@ fn a_distinct_row_reads_back_by_name_through_spool_insert_csv_and_parquet() {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         client.query_one("SELECT ensure_node_partition($1)", &[&NODE]).await.unwrap();
-        let n = client.execute(&feature_schema::insert_sql(1), &batch.rows[0].params()).await.unwrap();
+        let n = client.execute(&feature_schema::insert_sql(1), &spooled[0].params()).await.unwrap();
         assert_eq!(n, 1);
     });
     // Read back by name: Postgres' own JSON of the stored row against the original's values.

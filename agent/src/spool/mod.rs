@@ -70,20 +70,20 @@ impl SpoolError {
 /// next record expected there. `lost` counts the records found missing by reading up to here
 /// since the spool was opened (so acknowledging a position counts them exactly once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Cursor {
-    pub segment: u64,
-    pub offset: u64,
-    pub seq: u64,
+struct Cursor {
+    segment: u64,
+    offset: u64,
+    seq: u64,
     lost: u64,
 }
 
 /// Rows read from the spool: `ends[i]` is the position right after `rows[i]`, `end` the
 /// position after everything read (damaged records included).
 #[derive(Debug)]
-pub struct Batch {
-    pub rows: Vec<FeatureRow>,
-    pub ends: Vec<Cursor>,
-    pub end: Cursor,
+struct Batch {
+    rows: Vec<FeatureRow>,
+    ends: Vec<Cursor>,
+    end: Cursor,
 }
 
 /// Counters of what the spool did since it was opened.
@@ -125,6 +125,9 @@ pub struct Spool {
     acked: Cursor,
     /// Where the next read starts (at or after `acked`).
     read: Cursor,
+    /// The positions after each row of the batch last read and not yet committed, and after
+    /// the whole batch: the spool alone keeps its cursors.
+    in_flight: Option<(Vec<Cursor>, Cursor)>,
     /// The decoder of the segment being read, by segment id.
     decoder: Option<(u64, Option<Decoder>)>,
     stats: SpoolStats,
@@ -298,6 +301,7 @@ impl Spool {
             next_seq: 0,
             acked: Cursor { segment: 0, offset: 0, seq: 0, lost: 0 },
             read: Cursor { segment: 0, offset: 0, seq: 0, lost: 0 },
+            in_flight: None,
             decoder: None,
             #[cfg(test)]
             fail_next_append_after: None,
@@ -542,8 +546,29 @@ impl Spool {
     }
 
     /// Reads up to `max_rows` rows from the read position, skipping damaged records (counted
-    /// when the batch's end is acknowledged). The rows stay pending until [`Spool::ack`].
-    pub fn read_batch(&mut self, max_rows: usize) -> Result<Batch, SpoolError> {
+    /// when the batch is committed). The rows stay pending until [`Spool::commit`]; an empty
+    /// batch that passed damaged records is committed like any other (so they are skipped).
+    pub fn read_batch(&mut self, max_rows: usize) -> Result<Vec<FeatureRow>, SpoolError> {
+        let batch = self.read_rows(max_rows)?;
+        self.in_flight = Some((batch.ends, batch.end));
+        Ok(batch.rows)
+    }
+
+    /// The first `rows` rows of the batch last read are in the database (or refused for good):
+    /// they are acknowledged durably and never read again. All of them (`rows` = the batch's
+    /// length) also passes the damaged records at its end. The rest are read again after
+    /// [`Spool::rewind`]. Nothing in flight: nothing to do.
+    pub fn commit(&mut self, rows: usize) -> Result<(), SpoolError> {
+        let Some((ends, end)) = self.in_flight.take() else { return Ok(()) };
+        let upto = match rows {
+            n if n >= ends.len() => end,
+            0 => return Ok(()),
+            n => ends[n - 1],
+        };
+        self.ack(upto)
+    }
+
+    fn read_rows(&mut self, max_rows: usize) -> Result<Batch, SpoolError> {
         let mut batch = Batch { rows: Vec::new(), ends: Vec::new(), end: self.read };
         while batch.rows.len() < max_rows {
             let Some(i) = self.segments.iter().position(|s| s.id >= self.read.segment) else {
@@ -705,7 +730,7 @@ impl Spool {
 
     /// Marks everything before `end` as in the database; counts the damaged rows passed on the
     /// way; deletes finished segments (but not the one being written).
-    pub fn ack(&mut self, end: Cursor) -> Result<(), SpoolError> {
+    fn ack(&mut self, end: Cursor) -> Result<(), SpoolError> {
         let lost = end.lost.saturating_sub(self.acked.lost);
         self.acked = end;
         if self.read < end {
@@ -738,6 +763,7 @@ impl Spool {
 
     /// Rewinds reading to the acknowledged position (after a failed write of a batch).
     pub fn rewind(&mut self) {
+        self.in_flight = None;
         self.read = self.acked;
     }
 }

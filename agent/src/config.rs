@@ -1,0 +1,208 @@
+//! The daemon's options (every one with an environment fallback, so a DaemonSet configures it with
+//! `env:`): what to sample and where from (`SamplingArgs`), the detector (`DetectorArgs`), and
+//! `run`'s database, spool, queue and listener (`RunArgs`); and what they build: the eBPF
+//! programs as asked and the sampler.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use feature_db::{boolish, parse_interval, DatabaseArgs, NodeArgs};
+use regex::Regex;
+use tracing::{info, warn};
+
+use crate::{
+    collector::{DiskSelector, InterfaceSelector, Roots, Sources},
+    detector::DetectorOptions,
+    ebpf::EbpfCounters,
+    sampler::Sampler,
+};
+
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Seconds between samples (fractions allowed). Samples are aligned to multiples of the
+    /// interval since the Unix epoch.
+    #[arg(long, env = "INTERVAL", default_value_t = 10.0, value_parser = parse_interval)]
+    pub interval: f64,
+    /// Stop after this many rows; 0 runs until SIGTERM/SIGINT.
+    #[arg(long, env = "RECORDS_NUM", default_value_t = 0)]
+    pub records: u64,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Root of the host's procfs (/host/proc in a pod).
+    #[arg(long, env = "PROCFS_ROOT", default_value = "/proc")]
+    pub procfs: PathBuf,
+    /// Root of the host's sysfs (/host/sys in a pod).
+    #[arg(long, env = "SYSFS_ROOT", default_value = "/sys")]
+    pub sysfs: PathBuf,
+    /// The host's root filesystem, for disk_av_per (/host/root in a pod).
+    #[arg(long, env = "ROOTFS_ROOT", default_value = "/")]
+    pub rootfs: PathBuf,
+    /// Regex of the disks to sum [default: whole devices except loop, ram, zram, fd, dm-, md].
+    #[arg(long, env = "DISK_DEVICES", value_parser = parse_regex)]
+    pub disk_devices: Option<Regex>,
+    /// Regex of the interfaces to sum [default: physical ones, not under /sys/devices/virtual].
+    #[arg(long, env = "NET_DEVICES", value_parser = parse_regex)]
+    pub net_devices: Option<Regex>,
+    /// Exit with an error if any eBPF program cannot be loaded, instead of leaving its columns NULL.
+    #[arg(long, env = "REQUIRE_EBPF", conflicts_with = "no_ebpf", value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub require_ebpf: bool,
+    /// Hook TCP state changes with the classic tracepoint even where the cheaper BTF tracepoint
+    /// loads (a fallback for kernels whose BTF tracepoints misbehave).
+    #[arg(long, env = "CLASSIC_TRACEPOINTS", value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub classic_tracepoints: bool,
+    /// Where socket creations (sock_alloc_*) are counted: auto = fexit on __sock_create, else a
+    /// kprobe, else not at all (NULL); syscalls = the syscall-tracepoint fallback, which slows
+    /// every syscall on the node; fexit / kprobe = only that; off = not counted.
+    #[arg(long, env = "SOCKET_HOOK", value_enum, default_value_t = crate::ebpf::SocketHook::Auto)]
+    pub socket_hook: crate::ebpf::SocketHook,
+    /// Do not load eBPF programs: eBPF columns are NULL, est_conn/lis_conn come from a dump.
+    #[arg(long, env = "NO_EBPF", value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub no_ebpf: bool,
+    /// Seconds between checks of the eBPF TCP connection gauges against a sock_diag dump.
+    #[arg(long, env = "TCP_RECHECK_INTERVAL", default_value_t = 300.0, value_parser = parse_interval)]
+    pub tcp_recheck_interval: f64,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
+}
+
+/// The streaming detector that judges every row (see detector.rs).
+#[derive(Debug, Args)]
+pub struct DetectorArgs {
+    /// |z| above which a feature makes a row anomalous. The score is the largest |z| over every
+    /// scored feature, so a per-feature 2.0 would flag most normal rows; 4.0 is the default.
+    #[arg(long, env = "ANOMALY_THRESHOLD", default_value_t = 4.0, value_parser = parse_threshold)]
+    pub anomaly_threshold: f64,
+    /// Seconds of rows used to start the baseline; the verdict is NULL meanwhile.
+    #[arg(long, env = "DETECTOR_WARMUP", default_value_t = 300.0, value_parser = parse_interval)]
+    pub detector_warmup: f64,
+    /// Seconds after which a normal row's weight in the baseline has halved.
+    #[arg(long, env = "DETECTOR_HALF_LIFE", default_value_t = 3600.0, value_parser = parse_interval)]
+    pub detector_half_life: f64,
+    /// Seconds a feature must stay anomalous before its shift is taken as the new normal (its
+    /// baseline is re-anchored and the event logged).
+    #[arg(long, env = "DETECTOR_ADAPT", default_value_t = 600.0, value_parser = parse_interval)]
+    pub detector_adapt: f64,
+}
+
+impl DetectorArgs {
+    pub fn options(&self, interval_s: f64) -> DetectorOptions {
+        DetectorOptions {
+            threshold: self.anomaly_threshold,
+            warmup_rows: ((self.detector_warmup / interval_s).ceil() as usize).max(3),
+            half_life_rows: self.detector_half_life / interval_s,
+            adapt_rows: ((self.detector_adapt / interval_s).ceil() as usize).max(1),
+        }
+    }
+}
+
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("{v} is not a positive threshold"));
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Directory of the on-disk spool that keeps rows while the database is unreachable, across
+    /// restarts and crashes. "off": no spool, rows wait in memory only (--queue-max-rows).
+    #[arg(long, env = "SPOOL_DIR", default_value = "/var/lib/feature-agent/spool")]
+    pub spool_dir: PathBuf,
+    /// Bytes the spool may use; beyond it the oldest rows are dropped (about 400 bytes a row).
+    #[arg(long, env = "SPOOL_MAX_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(16384..))]
+    pub spool_max_bytes: u64,
+    /// Rows held in memory when there is no spool (or it fails); the oldest are dropped beyond it.
+    #[arg(long, env = "QUEUE_MAX_ROWS", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_max_rows: u64,
+    /// Address of the HTTP listener for /metrics, /healthz and /readyz; "off" disables it.
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:9100", value_parser = parse_listen)]
+    pub listen: String,
+    /// Seconds to keep flushing queued rows after SIGTERM or the last record.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 5.0, value_parser = parse_interval)]
+    pub shutdown_timeout: f64,
+}
+
+/// `--listen`: "off", or HOST:PORT (an address or a name that resolves), checked before any
+/// work starts.
+fn parse_listen(s: &str) -> Result<String, String> {
+    if s == "off" {
+        return Ok(s.to_owned());
+    }
+    let resolves = std::net::ToSocketAddrs::to_socket_addrs(s).is_ok_and(|mut a| a.next().is_some());
+    if resolves {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not ADDRESS:PORT (e.g. 0.0.0.0:9100) or \"off\""))
+    }
+}
+
+fn parse_regex(s: &str) -> Result<Regex, String> {
+    Regex::new(s).map_err(|e| format!("invalid regex: {e}"))
+}
+
+impl SamplingArgs {
+    /// Loads eBPF as asked: not at all, best effort (one warning per failure), or required.
+    fn load_ebpf(&self) -> anyhow::Result<Option<EbpfCounters>> {
+        if self.no_ebpf {
+            info!("eBPF disabled (--no-ebpf): eBPF columns will be NULL");
+            return Ok(None);
+        }
+        crate::ebpf::ensure_tracefs();
+        let options =
+            crate::ebpf::LoadOptions { classic_tracepoints: self.classic_tracepoints, socket_hook: self.socket_hook };
+        match EbpfCounters::load_with(options) {
+            Ok(counters) => {
+                for f in counters.failures() {
+                    warn!(error = %f, hint = f.hint(), "an eBPF program could not be attached; the columns it feeds will be NULL");
+                }
+                if self.require_ebpf && !counters.failures().is_empty() {
+                    bail!(
+                        "--require-ebpf: {} of the eBPF programs could not be attached (see above)",
+                        counters.failures().len()
+                    );
+                }
+                let hooks: Vec<String> = counters.hooks().iter().map(|(p, k)| format!("{p}:{k}")).collect();
+                info!(programs = counters.attached(), hooks = hooks.join(","), "eBPF programs attached");
+                for p in counters.programs() {
+                    info!(
+                        program = p.program,
+                        hook = p.hook,
+                        target = p.target,
+                        columns = p.columns.join(","),
+                        "eBPF program"
+                    );
+                }
+                Ok(Some(counters))
+            }
+            Err(e) if self.require_ebpf => Err(e).context("--require-ebpf: cannot load the eBPF programs"),
+            Err(e) => {
+                warn!(error = %e, hint = e.hint(), "eBPF programs not loaded; writing procfs features only, eBPF columns will be NULL");
+                Ok(None)
+            }
+        }
+    }
+
+    pub fn sampler(&self) -> anyhow::Result<Sampler> {
+        let node = self.node.resolve()?;
+        let roots = Roots { procfs: self.procfs.clone(), sysfs: self.sysfs.clone(), rootfs: self.rootfs.clone() };
+        let disks = match &self.disk_devices {
+            Some(re) => DiskSelector::matching(re.clone()),
+            None => DiskSelector::default_for(&roots.sysfs),
+        };
+        let interfaces = match &self.net_devices {
+            Some(re) => InterfaceSelector::matching(re.clone()),
+            None => InterfaceSelector::physical(&roots.sysfs),
+        };
+        if !roots.procfs.join("stat").exists() {
+            bail!("{} does not look like a procfs root (no stat file); check --procfs", roots.procfs.display());
+        }
+        let ebpf = self.load_ebpf()?;
+        let recheck = Duration::from_secs_f64(self.tcp_recheck_interval);
+        Ok(Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck))
+    }
+}
