@@ -1,9 +1,12 @@
 //! Self-monitoring: the agent's own counters and the HTTP listener (`--listen`) that serves
 //! them. `/metrics` is the Prometheus text format (version 0.0.4), `/healthz` says the process
 //! samples on schedule and its eBPF programs answer, `/readyz` says the database is reachable.
-//! The server is a few lines of HTTP/1.1 on tokio (GET only, one request per connection,
-//! bounded request size and time): the agent needs no web framework for three fixed pages.
+//! The exposition is encoded by prometheus-client (label values escaped, OpenMetrics text) and
+//! served by hyper (GET and HEAD, one request per connection, bounded request size, time and
+//! connections): the listener sits on a privileged host-network port, so no parser of ours.
 use std::{
+    convert::Infallible,
+    fmt,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc,
@@ -11,10 +14,23 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming,
+    header::{HeaderValue, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, histogram::Histogram, MetricType},
+    registry::Registry,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::debug;
 
 /// An f64 in an atomic.
@@ -34,7 +50,7 @@ impl AtomicF64 {
 }
 
 /// Everything /metrics reports; shared by the sampler, the writer and the server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub rows_written: AtomicU64,
     pub rows_anomalous: AtomicU64,
@@ -60,7 +76,8 @@ pub struct Metrics {
     pub last_sample_unix: AtomicF64,
     pub programs_attached: AtomicU64,
     pub programs_failed: AtomicU64,
-    pub collection_seconds_sum: AtomicF64,
+    /// Time to take one row.
+    pub collection_seconds: Histogram,
     pub collection_count: AtomicU64,
     pub last_collection_seconds: AtomicF64,
     pub database_up: AtomicBool,
@@ -78,146 +95,52 @@ pub fn now_unix() -> f64 {
 
 impl Metrics {
     pub fn new(interval_s: f64) -> Arc<Self> {
-        let m = Metrics { interval_s, ..Metrics::default() };
-        m.programs_ok.store(true, Relaxed);
-        Arc::new(m)
+        Arc::new(Metrics {
+            rows_written: AtomicU64::default(),
+            rows_anomalous: AtomicU64::default(),
+            rows_queued: AtomicU64::default(),
+            rows_spooled: AtomicU64::default(),
+            spool_bytes: AtomicU64::default(),
+            rows_dropped_queue_full: AtomicU64::default(),
+            rows_dropped_channel_full: AtomicU64::default(),
+            rows_dropped_spool_full: AtomicU64::default(),
+            rows_rejected: AtomicU64::default(),
+            rows_dropped_corrupt: AtomicU64::default(),
+            rows_dropped_shutdown: AtomicU64::default(),
+            spool_ack_damaged: AtomicU64::default(),
+            samples_skipped: AtomicU64::default(),
+            last_write_unix: AtomicF64::default(),
+            last_sample_unix: AtomicF64::default(),
+            programs_attached: AtomicU64::default(),
+            programs_failed: AtomicU64::default(),
+            // 0.1 ms to about 3 s: a row takes about 0.1 ms; the first, with the BTF parse, more.
+            collection_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.0001, 2.0, 16,
+            )),
+            collection_count: AtomicU64::default(),
+            last_collection_seconds: AtomicF64::default(),
+            database_up: AtomicBool::default(),
+            programs_ok: AtomicBool::new(true),
+            program_info: std::sync::OnceLock::new(),
+            interval_s,
+        })
     }
 
     pub fn observe_collection(&self, seconds: f64) {
-        self.collection_seconds_sum.add(seconds);
+        self.collection_seconds.observe(seconds);
         self.collection_count.fetch_add(1, Relaxed);
         self.last_collection_seconds.set(seconds);
         self.last_sample_unix.set(now_unix());
     }
 
-    /// The Prometheus text exposition.
-    /// (The summary's `_sum`/`_count` samples are written with their suffix as the "labels"
-    /// argument, which is where the suffix goes in the exposition.)
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let mut put = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
-            for (labels, v) in samples {
-                out += &format!("{name}{labels} {v}\n");
-            }
-        };
-        let c = |a: &AtomicU64| a.load(Relaxed) as f64;
-        put(
-            "feature_agent_build_info",
-            "gauge",
-            "Version of the running agent.",
-            &[(&format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1.0)],
-        );
-        // Every sampled row is one collection: the same counter.
-        put("feature_agent_rows_sampled_total", "counter", "Rows sampled.", &[("", c(&self.collection_count))]);
-        put(
-            "feature_agent_rows_written_total",
-            "counter",
-            "Rows the database acknowledged.",
-            &[("", c(&self.rows_written))],
-        );
-        put(
-            "feature_agent_rows_anomalous_total",
-            "counter",
-            "Rows the streaming detector judged anomalous.",
-            &[("", c(&self.rows_anomalous))],
-        );
-        put(
-            "feature_agent_rows_queued",
-            "gauge",
-            "Rows waiting in memory for the database.",
-            &[("", c(&self.rows_queued))],
-        );
-        put(
-            "feature_agent_rows_spooled",
-            "gauge",
-            "Rows waiting in the on-disk spool for the database.",
-            &[("", c(&self.rows_spooled))],
-        );
-        put("feature_agent_spool_bytes", "gauge", "Bytes of spool segments on disk.", &[("", c(&self.spool_bytes))]);
-        put(
-            "feature_agent_rows_dropped_total",
-            "counter",
-            "Rows sampled that will never reach the database: the memory queue or the spool was full (oldest dropped), spool records were damaged, the database refused the row's content, or at shutdown neither the database nor the spool took them.",
-            &[
-                ("{reason=\"queue_full\"}", c(&self.rows_dropped_queue_full) + c(&self.rows_dropped_channel_full)),
-                ("{reason=\"spool_full\"}", c(&self.rows_dropped_spool_full)),
-                ("{reason=\"corrupt\"}", c(&self.rows_dropped_corrupt)),
-                ("{reason=\"rejected\"}", c(&self.rows_rejected)),
-                ("{reason=\"shutdown\"}", c(&self.rows_dropped_shutdown)),
-            ],
-        );
-        put(
-            "feature_agent_samples_skipped_total",
-            "counter",
-            "Scheduled samples not taken because the agent was late for them (the row of that interval does not exist).",
-            &[("", c(&self.samples_skipped))],
-        );
-        put(
-            "feature_agent_spool_ack_damaged_total",
-            "counter",
-            "Times the spool's ack file was found damaged or missing; its rows were replayed from the oldest (duplicates are skipped by the database).",
-            &[("", c(&self.spool_ack_damaged))],
-        );
-        put(
-            "feature_agent_last_write_timestamp_seconds",
-            "gauge",
-            "Unix time of the last successful database write (0: none yet).",
-            &[("", self.last_write_unix.get())],
-        );
-        put(
-            "feature_agent_database_up",
-            "gauge",
-            "1 if the last database operation succeeded.",
-            &[("", f64::from(u8::from(self.database_up.load(Relaxed))))],
-        );
-        put(
-            "feature_agent_ebpf_programs_attached",
-            "gauge",
-            "eBPF programs attached.",
-            &[("", c(&self.programs_attached))],
-        );
-        put(
-            "feature_agent_ebpf_programs_failed",
-            "gauge",
-            "eBPF programs that could not be attached.",
-            &[("", c(&self.programs_failed))],
-        );
-        let info: Vec<(String, f64)> = self
-            .program_info
-            .get()
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                let labels = format!(
-                    "{{program=\"{}\",hook=\"{}\",target=\"{}\",columns=\"{}\"}}",
-                    p.program,
-                    p.hook,
-                    p.target,
-                    p.columns.join(" ")
-                );
-                (labels, 1.0)
-            })
-            .collect();
-        let info: Vec<(&str, f64)> = info.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        put(
-            "feature_agent_ebpf_program_info",
-            "gauge",
-            "One series per attached eBPF program: its hook type (raw_tp, tp_btf, tracepoint, fexit, kprobe), the kernel event or function, and the columns it feeds (space-separated).",
-            &info,
-        );
-        put(
-            "feature_agent_collection_duration_seconds",
-            "summary",
-            "Time to take one row (procfs, eBPF maps, detector).",
-            &[("_sum", self.collection_seconds_sum.get()), ("_count", c(&self.collection_count))],
-        );
-        put(
-            "feature_agent_last_collection_duration_seconds",
-            "gauge",
-            "Time the last row took to collect.",
-            &[("", self.last_collection_seconds.get())],
-        );
+    /// The exposition, in the OpenMetrics text format (which Prometheus scrapes), encoded by
+    /// prometheus-client from the atomics at the moment of the scrape.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposition(self.clone())));
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 
@@ -237,64 +160,199 @@ impl Metrics {
     }
 }
 
-/// Serves /metrics, /healthz and /readyz until the task is dropped.
+/// Connections served at once (each holds at most an 8 KiB buffer); beyond it new connections
+/// are closed at once, so idle clients cannot grow the agent's memory or its accept queue.
+const MAX_CONNECTIONS: usize = 256;
+/// Time a client has to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a whole connection may take.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head read (hyper's smallest buffer).
+const MAX_REQUEST_BYTES: usize = 8192;
+
+/// Serves /metrics, /healthz and /readyz until the task is dropped: HTTP/1.1 by hyper, one
+/// request per connection, at most [`MAX_CONNECTIONS`] at once (more are closed unanswered), a
+/// request head of at most [`MAX_REQUEST_BYTES`] within [`HEADER_TIMEOUT`], a connection within
+/// [`CONNECTION_TIMEOUT`].
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     let started = now_unix();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!("metrics listener at its connection limit; closing a new connection");
+            drop(stream);
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), handle(stream, &metrics, started)).await {
-                debug!(error = %e, "metrics request timed out");
+            let _slot = slot;
+            let service = service_fn(move |req: Request<Incoming>| {
+                let response = respond(&metrics, req.method(), req.uri().path(), started);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_BYTES)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Err(e)) => debug!(error = %e, "metrics connection failed"),
+                Err(_) => debug!("metrics connection timed out"),
+                Ok(Ok(())) => {}
             }
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics, started: f64) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || buf.len() + n > 8192 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let request_line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = request_line.split(|&b| b == b' ');
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+/// The answer to one request. HEAD gets the same head without the body (hyper drops it).
+fn respond(metrics: &Arc<Metrics>, method: &Method, path: &str, started: f64) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
     let (status, content_type, body) = match (method, path) {
-        (b"GET" | b"HEAD", b"/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
-        (b"GET" | b"HEAD", b"/healthz") => match metrics.healthy(started) {
-            Ok(()) => ("200 OK", "text/plain", "ok\n".to_owned()),
-            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.render())
+        }
+        (&Method::GET | &Method::HEAD, "/healthz") => match metrics.healthy(started) {
+            Ok(()) => (StatusCode::OK, TEXT, "ok\n".to_owned()),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
         },
-        (b"GET" | b"HEAD", b"/readyz") => {
+        (&Method::GET | &Method::HEAD, "/readyz") => {
             if metrics.database_up.load(Relaxed) {
-                ("200 OK", "text/plain", "ok\n".to_owned())
+                (StatusCode::OK, TEXT, "ok\n".to_owned())
             } else {
-                ("503 Service Unavailable", "text/plain", "database not reachable\n".to_owned())
+                (StatusCode::SERVICE_UNAVAILABLE, TEXT, "database not reachable\n".to_owned())
             }
         }
-        (b"GET" | b"HEAD", _) => {
-            ("404 Not Found", "text/plain", "not found: try /metrics, /healthz, /readyz\n".to_owned())
+        (&Method::GET | &Method::HEAD, _) => {
+            (StatusCode::NOT_FOUND, TEXT, "not found: try /metrics, /healthz, /readyz\n".to_owned())
         }
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_owned()),
+        _ => (StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n".to_owned()),
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    if method != b"HEAD" {
-        stream.write_all(body.as_bytes()).await?;
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// What /metrics shows, read from [`Metrics`] at each scrape.
+#[derive(Debug)]
+struct Exposition(Arc<Metrics>);
+
+/// One metric without labels.
+fn single(enc: &mut DescriptorEncoder, name: &str, help: &str, metric: impl EncodeMetric) -> fmt::Result {
+    let m = enc.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(m)
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let m = &self.0;
+        let c = |a: &AtomicU64| ConstCounter::new(a.load(Relaxed));
+        let g = |a: &AtomicU64| ConstGauge::new(a.load(Relaxed) as i64);
+        let mut info = enc.encode_descriptor(
+            "feature_agent_build_info",
+            "Version of the running agent.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1).encode(info.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        // Every sampled row is one collection: the same counter.
+        single(&mut enc, "feature_agent_rows_sampled", "Rows sampled.", c(&m.collection_count))?;
+        single(&mut enc, "feature_agent_rows_written", "Rows the database acknowledged.", c(&m.rows_written))?;
+        single(
+            &mut enc,
+            "feature_agent_rows_anomalous",
+            "Rows the streaming detector judged anomalous.",
+            c(&m.rows_anomalous),
+        )?;
+        single(&mut enc, "feature_agent_rows_queued", "Rows waiting in memory for the database.", g(&m.rows_queued))?;
+        single(
+            &mut enc,
+            "feature_agent_rows_spooled",
+            "Rows waiting in the on-disk spool for the database.",
+            g(&m.rows_spooled),
+        )?;
+        single(&mut enc, "feature_agent_spool_bytes", "Bytes of spool segments on disk.", g(&m.spool_bytes))?;
+        let mut dropped = enc.encode_descriptor(
+            "feature_agent_rows_dropped",
+            "Rows sampled that will never reach the database: the memory queue or the spool was full (oldest dropped), spool records were damaged, the database refused the row's content, or at shutdown neither the database nor the spool took them.",
+            None,
+            MetricType::Counter,
+        )?;
+        let queue_full = m.rows_dropped_queue_full.load(Relaxed) + m.rows_dropped_channel_full.load(Relaxed);
+        for (reason, n) in [
+            ("queue_full", queue_full),
+            ("spool_full", m.rows_dropped_spool_full.load(Relaxed)),
+            ("corrupt", m.rows_dropped_corrupt.load(Relaxed)),
+            ("rejected", m.rows_rejected.load(Relaxed)),
+            ("shutdown", m.rows_dropped_shutdown.load(Relaxed)),
+        ] {
+            ConstCounter::new(n).encode(dropped.encode_family(&[("reason", reason)])?)?;
+        }
+        single(
+            &mut enc,
+            "feature_agent_samples_skipped",
+            "Scheduled samples not taken because the agent was late for them (the row of that interval does not exist).",
+            c(&m.samples_skipped),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_spool_ack_damaged",
+            "Times the spool's ack file was found damaged or missing; its rows were replayed from the oldest (duplicates are skipped by the database).",
+            c(&m.spool_ack_damaged),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_last_write_timestamp_seconds",
+            "Unix time of the last successful database write (0: none yet).",
+            ConstGauge::new(m.last_write_unix.get()),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_database_up",
+            "1 if the last database operation succeeded.",
+            ConstGauge::new(i64::from(m.database_up.load(Relaxed))),
+        )?;
+        single(&mut enc, "feature_agent_ebpf_programs_attached", "eBPF programs attached.", g(&m.programs_attached))?;
+        single(
+            &mut enc,
+            "feature_agent_ebpf_programs_failed",
+            "eBPF programs that could not be attached.",
+            g(&m.programs_failed),
+        )?;
+        let mut programs = enc.encode_descriptor(
+            "feature_agent_ebpf_program_info",
+            "One series per attached eBPF program: its hook type (raw_tp, tp_btf, tracepoint, fexit, kprobe), the kernel event or function, and the columns it feeds (space-separated).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in m.program_info.get().into_iter().flatten() {
+            let labels = [
+                ("program", p.program.to_string()),
+                ("hook", p.hook.to_string()),
+                ("target", p.target.to_string()),
+                ("columns", p.columns.join(" ")),
+            ];
+            ConstGauge::new(1).encode(programs.encode_family(&labels)?)?;
+        }
+        let h = enc.encode_descriptor(
+            "feature_agent_collection_duration_seconds",
+            "Time to take one row (procfs, eBPF maps, detector).",
+            None,
+            MetricType::Histogram,
+        )?;
+        m.collection_seconds.encode(h)?;
+        single(
+            &mut enc,
+            "feature_agent_last_collection_duration_seconds",
+            "Time the last row took to collect.",
+            ConstGauge::new(m.last_collection_seconds.get()),
+        )
     }
-    stream.shutdown().await
 }
 
 #[cfg(test)]
@@ -308,11 +366,14 @@ mod tests {
         m.rows_dropped_spool_full.store(2, Relaxed);
         m.observe_collection(0.25);
         let text = m.render();
-        assert!(text.contains("# TYPE feature_agent_rows_written_total counter\nfeature_agent_rows_written_total 7\n"));
-        assert!(text.contains("feature_agent_rows_dropped_total{reason=\"spool_full\"} 2\n"));
-        assert!(text.contains(
-            "feature_agent_collection_duration_seconds_sum 0.25\nfeature_agent_collection_duration_seconds_count 1\n"
-        ));
+        assert!(
+            text.contains("# TYPE feature_agent_rows_written counter\nfeature_agent_rows_written_total 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("feature_agent_rows_dropped_total{reason=\"spool_full\"} 2\n"), "{text}");
+        assert!(text.contains("feature_agent_collection_duration_seconds_sum 0.25\n"), "{text}");
+        assert!(text.contains("feature_agent_collection_duration_seconds_count 1\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(m.healthy(now_unix()).is_ok());
         m.programs_ok.store(false, Relaxed);
         assert!(m.healthy(now_unix()).unwrap_err().contains("eBPF"));
