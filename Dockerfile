@@ -12,7 +12,7 @@ RUN rustup component add rust-src \
 WORKDIR /src
 COPY . .
 RUN cargo xtask build-static \
- && cp target/static/x86_64-unknown-linux-gnu/release/feature-agent /feature-agent
+ && cp target/static/x86_64-unknown-linux-gnu/dist/feature-agent /feature-agent
 
 FROM gcr.io/distroless/static-debian12:latest
 COPY --from=build /feature-agent /feature-agent

@@ -125,14 +125,16 @@ fn release_lab() -> anyhow::Result<PathBuf> {
 }
 
 /// Builds feature-agent as a static-pie glibc binary (glibc >= 2.34 has the files and dns name
-/// services built in, so it resolves names without any shared library); returns its path.
+/// services built in, so it resolves names without any shared library) with the `dist` profile
+/// (fat LTO, one codegen unit, symbols stripped); returns its path.
 fn build_static() -> anyhow::Result<PathBuf> {
     let target = "x86_64-unknown-linux-gnu";
     run(cargo()
-        .args(["build", "--release", "--locked", "--package", "agent", "--bin", "feature-agent", "--target", target])
+        .args(["build", "--profile", "dist", "--locked", "--package", "agent", "--bin", "feature-agent"])
+        .args(["--target", target])
         .args(["--target-dir", "target/static"])
         .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static"))?;
-    Ok(root().join("target/static").join(target).join("release/feature-agent"))
+    Ok(root().join("target/static").join(target).join("dist/feature-agent"))
 }
 
 /// Builds one integration test of the tests crate as a static binary (as build_static builds
@@ -282,6 +284,7 @@ fn detection(args: &[String]) -> anyhow::Result<()> {
 fn demo(interval: f64, records: u64) -> anyhow::Result<()> {
     setup()?;
     let agent = release_agent()?;
+    let lab = release_lab()?;
     eprintln!("demo: starting a throwaway PostgreSQL");
     let pg = ThrowawayPostgres::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let url = pg.url("postgres");
@@ -291,7 +294,7 @@ fn demo(interval: f64, records: u64) -> anyhow::Result<()> {
     // Ctrl-C reaches the agent (same process group), which flushes and exits; we stay to clean up.
     // SAFETY: ignoring SIGINT in this process only.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let status = Command::new(agent)
+    let status = Command::new(&agent)
         .args(["run", "--interval", &interval.to_string(), "--records", &records.to_string()])
         .env("DATABASE_URL", &url)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -309,6 +312,16 @@ fn demo(interval: f64, records: u64) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("ts|interval_s|cpu_idle|mem_av|load1|forks_delta|ebpf_forks|ebpf_execs|est_conn|lis_conn|tcp_to_est|sock_alloc_unix");
     print!("{summary}");
+    // The research tools, on the same rows: the dataset as CSV.
+    let csv = root().join("target/demo/rows.csv");
+    std::fs::create_dir_all(csv.parent().expect("a directory"))?;
+    run(Command::new(&lab).args(["export", "--format", "csv", "--output"]).arg(&csv).env("DATABASE_URL", &url))?;
+    eprintln!(
+        "demo: `feature-lab export` wrote {}; the binaries are {} and {}",
+        csv.display(),
+        agent.display(),
+        lab.display()
+    );
     eprintln!("demo: the throwaway database is removed now");
     if !status.success() {
         bail!("feature-agent exited with {status}");
