@@ -1,18 +1,20 @@
-//! The maps every program writes to, and the two operations on them. Map names come from
-//! agent-common, which the agent uses to find them.
+//! The maps every program writes to, and the two operations on them. A map is named by its
+//! static's identifier, which must equal agent-common's MAP_* constant that the agent looks it
+//! up by (`#[map]` takes no constant); agent/src/ebpf.rs's tests check the built object holds
+//! every MAP_* name, so a rename on one side only fails `cargo test`.
 use agent_common::{tcp_state, Event, EventCounts, SocketCall, TcpStateBalance, SOCKET_CALLS_IN_FLIGHT_MAX};
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
 
-#[map(name = "EVENT_COUNTS")]
+#[map]
 static EVENT_COUNTS: PerCpuArray<EventCounts> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "TCP_STATE_BALANCE")]
+#[map]
 static TCP_STATE_BALANCE: PerCpuArray<TcpStateBalance> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "SOCKET_CALLS_IN_FLIGHT")]
+#[map]
 pub static SOCKET_CALLS_IN_FLIGHT: HashMap<u64, SocketCall> = HashMap::with_max_entries(SOCKET_CALLS_IN_FLIGHT_MAX, 0);
 
 /// Adds `n` to this CPU's counter for `event`.

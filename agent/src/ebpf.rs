@@ -447,3 +447,17 @@ pub fn ensure_tracefs() {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not mount tracefs");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use agent_common::{MAP_EVENT_COUNTS, MAP_SOCKET_CALLS_IN_FLIGHT, MAP_TCP_STATE_BALANCE};
+
+    /// The embedded object names every map the agent looks up (as a NUL-terminated symbol).
+    #[test]
+    fn the_object_holds_every_map_the_agent_looks_up() {
+        for name in [MAP_EVENT_COUNTS, MAP_TCP_STATE_BALANCE, MAP_SOCKET_CALLS_IN_FLIGHT] {
+            let symbol = [name.as_bytes(), b"\0"].concat();
+            assert!(super::OBJECT.windows(symbol.len()).any(|w| w == symbol), "no map {name} in the eBPF object");
+        }
+    }
+}
