@@ -165,8 +165,12 @@ fn cap_bpf_and_cap_perfmon_are_enough() {
         .args(["print", "--records", "1", "--interval", "0.3", "--node-name", "one-cap", "--require-ebpf"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--require-ebpf"), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Refused by the kernel for want of privilege, every program, and said so.
+    assert!(err.contains("--require-ebpf: 6 of the eBPF programs could not be attached"), "{err}");
+    assert_eq!(err.matches("BPF_PROG_LOAD syscall returned Operation not permitted").count(), 6, "{err}");
+    assert!(err.contains("CAP_BPF + CAP_PERFMON"), "{err}");
 }
 
 /// With the default `--socket-hook auto` on this kernel (no fexit, no kprobes), the syscall

@@ -163,19 +163,31 @@ fn migrations_twice_are_a_no_op_and_rows_are_unique_per_node_and_ts() {
         "INSERT INTO node_features (node, ts) VALUES ('n', '2026-01-01T00:00:00Z') ON CONFLICT (node, ts) DO NOTHING",
     );
     assert_eq!(sql("db_migrate", "SELECT count(*) FROM node_features"), "1");
-    // DB_HOST/DB_* (the paper's variables) work as well as DATABASE_URL.
+    // DB_HOST/DB_* (the paper's variables) work as well as DATABASE_URL: on an empty database
+    // they migrate it from nothing.
     let pg = tests::postgres();
+    fresh_database("db_migrate_env");
     let out = run_agent(
         &["migrate"],
         &[
             ("DB_HOST", pg.socket_dir().to_str().unwrap()),
             ("DB_PORT", &pg.port().to_string()),
             ("DB_USER", "postgres"),
-            ("DB_NAME", "db_migrate"),
+            ("DB_NAME", "db_migrate_env"),
         ],
         LIMIT,
     );
     assert_success(&out);
+    let applied = feature_db::migrate::MIGRATIONS.len() + 1; // and the generated SQL
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("applied={applied}")), "{}", stderr_of(&out));
+    assert_eq!(
+        sql("db_migrate_env", "SELECT count(*) FROM schema_migrations"),
+        feature_db::migrate::MIGRATIONS.len().to_string()
+    );
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
