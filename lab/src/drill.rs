@@ -117,13 +117,7 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     drop(agent);
 
     let (rows, runs) = evaluate::load(&client, Some(&node), Some(started), None, 2.0).await?;
-    let scores = evaluate::evaluate(&rows, &runs);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&scores)?);
-    } else {
-        print!("{}", evaluate::table(&scores, 2.0));
-    }
-    Ok(())
+    evaluate::print_report(&rows, &runs, 2.0, args.json)
 }
 
 /// `feature-agent` in this binary's directory (where cargo and the README's set-up put both),

@@ -8,6 +8,10 @@
 //! precision, recall and F1 from those. Detection delay = first flagged row of a run's window
 //! minus the run's start (a row stamped ts covers the interval ending at ts), averaged over
 //! the runs detected.
+//!
+//! False alarms are reported on their own, per detector: the normal rows it judged, how many it
+//! flagged, that as a rate and as alarms per node-hour at a 10 s interval (rate x 360: the unit
+//! an on-call engineer feels), and which features raised them.
 use std::{collections::BTreeMap, time::SystemTime};
 
 use anyhow::Context;
@@ -45,6 +49,9 @@ pub struct JudgedRow {
     /// None while the agent's detector warmed up.
     pub detector: Option<bool>,
     pub sql: bool,
+    /// The features each detector flagged on this row.
+    pub detector_features: Vec<String>,
+    pub sql_features: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +124,57 @@ fn score(rows: &[JudgedRow], runs: &[&Run], name: &str, verdict: impl Fn(&Judged
     s
 }
 
+/// One detector's false alarms: flagged rows labelled normal.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FalseAlarms {
+    /// Normal rows the detector judged.
+    pub normal_rows: u64,
+    pub false_alarms: u64,
+    /// false_alarms / normal_rows.
+    pub rate: Option<f64>,
+    /// The rate as alarms per node-hour at a 10 s interval (360 rows an hour).
+    pub per_hour_at_10s: Option<f64>,
+    /// Feature -> false alarms it took part in, most first.
+    pub by_feature: Vec<(String, u64)>,
+}
+
+/// Both detectors' false alarms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FalseAlarmReport {
+    pub detector: FalseAlarms,
+    pub sql: FalseAlarms,
+}
+
+fn false_alarms<'r>(rows: impl Iterator<Item = (Option<bool>, &'r [String])>) -> FalseAlarms {
+    let mut fa = FalseAlarms::default();
+    let mut by: BTreeMap<&str, u64> = BTreeMap::new();
+    for (verdict, features) in rows {
+        let Some(flagged) = verdict else { continue };
+        fa.normal_rows += 1;
+        if flagged {
+            fa.false_alarms += 1;
+            for f in features {
+                *by.entry(f).or_default() += 1;
+            }
+        }
+    }
+    fa.rate = ratio(fa.false_alarms, fa.normal_rows);
+    fa.per_hour_at_10s = fa.rate.map(|r| r * 360.0);
+    let mut by: Vec<(String, u64)> = by.into_iter().map(|(f, n)| (f.to_owned(), n)).collect();
+    by.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    fa.by_feature = by;
+    fa
+}
+
+/// The false alarms of both detectors over the normal rows.
+pub fn false_alarm_report(rows: &[JudgedRow]) -> FalseAlarmReport {
+    let normal = || rows.iter().filter(|r| !r.attack);
+    FalseAlarmReport {
+        detector: false_alarms(normal().map(|r| (r.detector, r.detector_features.as_slice()))),
+        sql: false_alarms(normal().map(|r| (Some(r.sql), r.sql_features.as_slice()))),
+    }
+}
+
 /// Scores both detectors per scenario name found in `runs` (in first-run order).
 pub fn evaluate(rows: &[JudgedRow], runs: &[Run]) -> Vec<ScenarioScore> {
     let mut by_name: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
@@ -155,7 +213,8 @@ pub async fn load(
             "SELECT f.node, f.ts, f.attack, f.attack_type,
                     CASE WHEN f.anomaly_score IS NULL THEN NULL
                          ELSE coalesce(cardinality(f.anomalous_features), 0) > 0 END,
-                    coalesce(z.anomalous, false)
+                    coalesce(z.anomalous, false),
+                    coalesce(f.anomalous_features, '{}'), coalesce(z.anomalous_features, '{}')
              FROM node_features f
              LEFT JOIN node_feature_flags($1, $3, $4, false, $2) z ON z.node = f.node AND z.ts = f.ts
              WHERE ($2::text IS NULL OR f.node = $2)
@@ -174,6 +233,8 @@ pub async fn load(
             attack_type: r.get(3),
             detector: r.get(4),
             sql: r.get(5),
+            detector_features: r.get(6),
+            sql_features: r.get(7),
         })
         .collect();
     let runs = client
@@ -195,6 +256,22 @@ pub async fn load(
 
 fn fmt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+/// The false alarms as two lines under the table.
+pub fn false_alarm_lines(report: &FalseAlarmReport, sql_threshold: f64) -> String {
+    let line = |who: &str, fa: &FalseAlarms| {
+        let features: Vec<String> = fa.by_feature.iter().take(6).map(|(f, n)| format!("{f} {n}")).collect();
+        format!(
+            "{who}: {} false alarms in {} normal rows ({} %, {} per node-hour at 10 s){}\n",
+            fa.false_alarms,
+            fa.normal_rows,
+            fmt(fa.rate.map(|r| r * 100.0), 2),
+            fmt(fa.per_hour_at_10s, 1),
+            if features.is_empty() { String::new() } else { format!("; by feature: {}", features.join(", ")) }
+        )
+    };
+    line("detector", &report.detector) + &line(&format!("SQL |z|>{sql_threshold}"), &report.sql)
 }
 
 /// The scores as a Markdown table (the README's table is this output).
@@ -232,11 +309,19 @@ pub async fn command(args: EvaluateArgs) -> anyhow::Result<()> {
     if runs.is_empty() {
         anyhow::bail!("no scenario runs in this window: run `feature-lab scenario` (or `drill`) first");
     }
-    let scores = evaluate(&rows, &runs);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&scores)?);
+    print_report(&rows, &runs, args.sql_threshold, args.json)
+}
+
+/// Prints the per-scenario scores and the false alarms, as a table and two lines or as JSON
+/// (`{"scenarios": [...], "false_alarms": {"detector": ..., "sql": ...}}`).
+pub fn print_report(rows: &[JudgedRow], runs: &[Run], sql_threshold: f64, json: bool) -> anyhow::Result<()> {
+    let scores = evaluate(rows, runs);
+    let fa = false_alarm_report(rows);
+    if json {
+        let report = serde_json::json!({ "scenarios": scores, "false_alarms": fa });
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", table(&scores, args.sql_threshold));
+        print!("{}\n{}", table(&scores, sql_threshold), false_alarm_lines(&fa, sql_threshold));
     }
     Ok(())
 }
@@ -259,6 +344,8 @@ mod tests {
             attack_type: label.map(str::to_owned),
             detector,
             sql,
+            detector_features: if detector == Some(true) { vec!["load1".into()] } else { vec![] },
+            sql_features: if sql { vec!["open_fds".into(), "load1".into()] } else { vec![] },
         }
     }
 
@@ -294,6 +381,16 @@ mod tests {
         assert_eq!((q.tp, q.fp, q.fn_), (2, 1, 1));
         assert_eq!(q.mean_delay_s, Some(0.5));
         assert!(table(std::slice::from_ref(s), 2.0).contains("| x | 1 | 3 | 0.67 |"));
+        // False alarms: the detector judged 3 normal rows (row 1 was warm-up) and flagged one;
+        // SQL judged 4 and flagged one (row 1).
+        let fa = false_alarm_report(&rows);
+        assert_eq!((fa.detector.normal_rows, fa.detector.false_alarms), (3, 1));
+        assert_eq!(fa.detector.per_hour_at_10s, Some(120.0));
+        assert_eq!(fa.detector.by_feature, vec![("load1".to_owned(), 1)]);
+        assert_eq!((fa.sql.normal_rows, fa.sql.false_alarms), (4, 1));
+        assert_eq!(fa.sql.by_feature, vec![("load1".to_owned(), 1), ("open_fds".to_owned(), 1)]);
+        let lines = false_alarm_lines(&fa, 2.0);
+        assert!(lines.contains("detector: 1 false alarms in 3 normal rows (33.33 %, 120.0 per node-hour at 10 s); by feature: load1 1"), "{lines}");
     }
 
     #[test]
