@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing feature-agent needs on Debian 12 (run as root):
 # the rust-src component and bpf-linker (to build the eBPF object), tracefs mounted (classic
-# tracepoints), and the PostgreSQL server binaries (the throwaway database of the demo and the
-# tests). Each step checks first, so running it again is a quick no-op.
+# tracepoints), the PostgreSQL server binaries (the throwaway database of the demo and the
+# tests), and the drill's background workloads (nginx, ab, make, gcc). Each step checks first, so running it again is a quick no-op.
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*" >&2; }
@@ -39,9 +39,26 @@ missing=""
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
+# The drill's background workloads (feature-lab drill --background): nginx and ab for `web`,
+# make and gcc for `build` (pgbench comes with the PostgreSQL server).
+command -v nginx >/dev/null 2>&1 || missing="$missing nginx-light"
+command -v ab >/dev/null 2>&1 || missing="$missing apache2-utils"
+command -v make >/dev/null 2>&1 || missing="$missing make"
+command -v cc >/dev/null 2>&1 || missing="$missing gcc"
 if [ -n "$missing" ]; then
     say "installing$missing"
     apt-get update -q
+    # Packages that ship a service (nginx) must not start it: nothing may run in the background
+    # of the tests and measurements but what they start themselves.
+    policy=/usr/sbin/policy-rc.d
+    created_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && created_policy=1
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing
+    [ -n "$created_policy" ] && rm -f "$policy"
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled nginx >/dev/null 2>&1; then
+        systemctl disable --now nginx >/dev/null 2>&1 || true
+    fi
 fi
 say "ready"

@@ -15,6 +15,7 @@ use tracing::info;
 use feature_db::{migrate, parse_interval, DatabaseArgs, NodeArgs};
 
 use crate::{
+    background::{self, Background},
     evaluate,
     scenario::{self, parse_duration, RunSpec, Scenario},
 };
@@ -51,6 +52,10 @@ pub struct DrillArgs {
     /// Print the evaluation as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// A real workload kept running for the whole drill (warm-up included), so false alarms are
+    /// measured against a busy node's normal: quiet, web, database or build (see background/).
+    #[arg(long, value_enum, default_value = "quiet")]
+    pub background: Background,
     /// The feature-agent binary to run [default: the feature-agent beside this binary, else
     /// the one on PATH].
     #[arg(long, env = "FEATURE_AGENT")]
@@ -77,6 +82,10 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     migrate::apply(&mut client).await?;
     let scenarios = if args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { args.scenarios.clone() };
 
+    // The background first: the detector's warm-up must see it as the node's normal.
+    let workload = background::start(args.background, &args.scratch_dir)
+        .with_context(|| format!("starting the {} background", args.background.name()))?;
+    info!(background = args.background.name(), "drill: background running");
     let agent_bin = args.agent.clone().unwrap_or_else(default_agent);
     let mut cmd = Command::new(&agent_bin);
     cmd.args(["run", "--node-name", &node])
@@ -115,6 +124,7 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
         }
     }
     drop(agent);
+    drop(workload);
 
     let (rows, runs) = evaluate::load(&client, Some(&node), Some(started), None, 2.0).await?;
     evaluate::print_report(&rows, &runs, 2.0, args.json)

@@ -390,7 +390,12 @@ mod tests {
         assert_eq!((fa.sql.normal_rows, fa.sql.false_alarms), (4, 1));
         assert_eq!(fa.sql.by_feature, vec![("load1".to_owned(), 1), ("open_fds".to_owned(), 1)]);
         let lines = false_alarm_lines(&fa, 2.0);
-        assert!(lines.contains("detector: 1 false alarms in 3 normal rows (33.33 %, 120.0 per node-hour at 10 s); by feature: load1 1"), "{lines}");
+        assert!(
+            lines.contains(
+                "detector: 1 false alarms in 3 normal rows (33.33 %, 120.0 per node-hour at 10 s); by feature: load1 1"
+            ),
+            "{lines}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! datasets (CSV, Parquet) and plot a node's features. None of it runs on the DaemonSet: the
 //! node image ships `feature-agent` alone. The modules are public so the tests drive the same
 //! code.
+pub mod background;
 pub mod cli;
 pub mod drill;
 pub mod evaluate;

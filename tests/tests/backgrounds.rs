@@ -1,0 +1,80 @@
+//! The drill's background workloads, each started for real for a few seconds: it does what it
+//! says (nginx answers and ab's requests reach it; pgbench runs transactions; make compiles),
+//! and stopping it leaves no process and no scratch directory behind.
+use std::time::Duration;
+
+use lab::background::{self, Background};
+use tests::have_root;
+
+fn processes_named(name: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == name)
+        .count()
+}
+
+fn scratch() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("backgrounds-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn leftovers(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[test]
+fn web_serves_requests_and_stops_cleanly() {
+    let dir = scratch().join("web");
+    std::fs::create_dir_all(&dir).unwrap();
+    let before = processes_named("nginx");
+    let running = background::start(Background::Web, &dir).unwrap();
+    assert!(processes_named("nginx") > before, "nginx runs");
+    // ab's bursts: within 3 s at least two have opened connections (seen as new TCP sockets).
+    let tcp = || std::fs::read_to_string("/proc/net/sockstat").unwrap();
+    let mut seen_ab = false;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        seen_ab |= processes_named("ab") > 0;
+    }
+    assert!(seen_ab, "ab ran during 4 s: {}", tcp());
+    drop(running);
+    assert_eq!(processes_named("nginx"), before, "nginx stopped");
+    assert_eq!(leftovers(&dir), 0, "scratch directory removed");
+}
+
+#[test]
+fn database_runs_pgbench_and_stops_cleanly() {
+    if !have_root("database_runs_pgbench_and_stops_cleanly") {
+        return;
+    }
+    let dir = scratch().join("db");
+    std::fs::create_dir_all(&dir).unwrap();
+    let before = processes_named("pgbench");
+    let running = background::start(Background::Database, &dir).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(processes_named("pgbench"), before + 1, "pgbench runs");
+    drop(running);
+    assert_eq!(processes_named("pgbench"), before, "pgbench stopped");
+    assert_eq!(leftovers(&dir), 0);
+}
+
+#[test]
+fn build_compiles_and_stops_cleanly() {
+    let dir = scratch().join("build");
+    std::fs::create_dir_all(&dir).unwrap();
+    let running = background::start(Background::Build, &dir).unwrap();
+    let project = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let mut built = false;
+    for _ in 0..300 {
+        std::thread::sleep(Duration::from_millis(100));
+        if project.join("prog").exists() {
+            built = true;
+            break;
+        }
+    }
+    assert!(built, "make built the project within 30 s");
+    drop(running);
+    assert_eq!(leftovers(&dir), 0);
+}
