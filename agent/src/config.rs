@@ -68,8 +68,9 @@ pub struct SamplingArgs {
 /// The streaming detector that judges every row (see detector.rs).
 #[derive(Debug, Args)]
 pub struct DetectorArgs {
-    /// |z| above which a feature makes a row anomalous. The score is the largest |z| over every
-    /// scored feature, so a per-feature 2.0 would flag most normal rows; 4.0 is the default.
+    /// z (seen from the feature's attack direction) above which a feature counts towards an
+    /// alarm. The score is the largest over every scored feature, so a per-feature 2.0 would
+    /// flag most normal rows; 4.0 is the default.
     #[arg(long, env = "ANOMALY_THRESHOLD", default_value_t = 4.0, value_parser = parse_threshold)]
     pub anomaly_threshold: f64,
     /// Seconds of rows used to start the baseline; the verdict is NULL meanwhile.
@@ -82,6 +83,10 @@ pub struct DetectorArgs {
     /// baseline is re-anchored and the event logged).
     #[arg(long, env = "DETECTOR_ADAPT", default_value_t = 600.0, value_parser = parse_interval)]
     pub detector_adapt: f64,
+    /// Features that must exceed the threshold together for a row to be anomalous; a single
+    /// feature still makes it anomalous beyond twice the threshold. 1: any feature alone.
+    #[arg(long, env = "DETECTOR_AGREEMENT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub detector_agreement: u32,
 }
 
 impl DetectorArgs {
@@ -91,6 +96,8 @@ impl DetectorArgs {
             warmup_rows: ((self.detector_warmup / interval_s).ceil() as usize).max(3),
             half_life_rows: self.detector_half_life / interval_s,
             adapt_rows: ((self.detector_adapt / interval_s).ceil() as usize).max(1),
+            agreement: self.detector_agreement as usize,
+            interval_s,
         }
     }
 }

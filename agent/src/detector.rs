@@ -1,18 +1,27 @@
 //! The agent's real-time detector: a streaming per-feature baseline that judges every row as
 //! it is sampled, before it is written.
 //!
-//! - Features are scored as in SQL (features.rs): gauges and eBPF counts as they are,
-//!   cumulative counters on their delta since the previous row (NULL after a reset).
+//! - What is scored (features.rs declares it per feature): a gauge as it is, or, for a drifting
+//!   gauge (memory, sockets held, load averages), its change since the previous row; a
+//!   cumulative counter as its delta, and an eBPF count as it is, both as a rate per nominal
+//!   interval (scaled by the row's real elapsed time), so a late or skipped sample is no spike.
 //! - Warm-up: for the first `warmup_rows` rows the verdict is NULL and every value is kept. The
 //!   baseline then starts from the median and the MAD (scaled to a standard deviation), which
 //!   the agent's own start-up (its first deltas, the BTF parse, the first connection) cannot
 //!   drag the way a mean would.
 //! - After warm-up, a row scores `z = (x - mean) / spread` per feature, where spread is the
 //!   baseline's standard deviation floored at the feature's `min_spread` and at 5 % of |mean|,
-//!   so a feature that was flat in the baseline does not flag on noise or divide by zero. The
-//!   anomaly score is the largest |z|; the features above the threshold are listed, largest
-//!   first. Only rows judged normal update the baseline (exponentially weighted, with a
-//!   half-life in rows), so an attack does not teach the detector that it is normal.
+//!   so a feature that was flat in the baseline does not flag on noise or divide by zero. Each
+//!   z is seen from the feature's attack direction (an attack raises forks, lowers idle time):
+//!   a node quieter than usual is no alarm.
+//! - A row is anomalous when at least `agreement` features exceed the threshold together, or
+//!   one exceeds twice the threshold: one feature drifting past the threshold on a busy node is
+//!   the common false alarm, while attacks move several features at once or one by far. The
+//!   anomaly score is the largest directed z; the features above the threshold are listed,
+//!   largest first, on anomalous rows.
+//! - Rows judged normal update the baseline (exponentially weighted, with a half-life in rows),
+//!   except in the features that were above the threshold; an anomalous row teaches nothing, so
+//!   an attack does not teach the detector that it is normal.
 //! - A shift that lasts becomes the new normal: when one feature has been flagged on every one
 //!   of the last `adapt_rows` rows (a load average still settling after start, a new workload
 //!   on the node), that feature alone is re-anchored on the median and MAD of those rows and
@@ -35,6 +44,11 @@ pub struct DetectorOptions {
     pub half_life_rows: f64,
     /// Consecutive flagged rows after which a feature's shift is taken as its new normal.
     pub adapt_rows: usize,
+    /// Features that must exceed the threshold together for an alarm (one feature alone
+    /// raises it beyond twice the threshold).
+    pub agreement: usize,
+    /// The sampling interval: counters and event counts are scored per this many seconds.
+    pub interval_s: f64,
 }
 
 /// One feature's running baseline.
@@ -74,23 +88,35 @@ impl Detector {
     /// Judges a row and records the verdict in it.
     pub fn judge(&mut self, row: &mut FeatureRow) {
         let values = row.feature_values();
-        let scored = self.scored(&values);
+        let scored = self.scored(&values, row.interval_s);
         self.previous = Some(values);
         self.rows += 1;
         row.set_verdict(self.judge_values(&scored));
     }
 
-    /// The values that are scored: counters become deltas against the previous row.
-    fn scored(&self, values: &[Option<f64>; FEATURE_COUNT]) -> [Option<f64>; FEATURE_COUNT] {
+    /// The values that are scored: counters become deltas against the previous row and, with
+    /// event counts, rates per nominal interval; drifting gauges become changes.
+    fn scored(&self, values: &[Option<f64>; FEATURE_COUNT], elapsed_s: Option<f64>) -> [Option<f64>; FEATURE_COUNT] {
+        // A row's counts cover its real interval; scaled to the nominal one.
+        let per_interval = match elapsed_s {
+            Some(e) if e > 0.0 && e.is_finite() => self.options.interval_s / e,
+            _ => 1.0,
+        };
         let mut out = *values;
         for (i, f) in FEATURES.iter().enumerate() {
-            if f.kind == Kind::Counter {
-                let prev = self.previous.as_ref().and_then(|p| p[i]);
-                out[i] = match (values[i], prev) {
-                    (Some(cur), Some(prev)) if cur >= prev => Some(cur - prev),
+            let prev = self.previous.as_ref().and_then(|p| p[i]);
+            out[i] = match (f.kind, f.on_change) {
+                (Kind::Counter, _) => match (values[i], prev) {
+                    (Some(cur), Some(prev)) if cur >= prev => Some((cur - prev) * per_interval),
                     _ => None,
-                };
-            }
+                },
+                (Kind::Events, _) => values[i].map(|v| v * per_interval),
+                (Kind::Gauge, true) => match (values[i], prev) {
+                    (Some(cur), Some(prev)) => Some(cur - prev),
+                    _ => None,
+                },
+                (Kind::Gauge, false) => values[i],
+            };
         }
         out
     }
@@ -105,24 +131,31 @@ impl Detector {
             }
             return Verdict::default();
         }
+        let threshold = self.options.threshold;
         let mut score: f64 = 0.0;
         let mut flagged: Vec<(f64, &'static str)> = Vec::new();
+        let mut above = [false; FEATURE_COUNT];
         for (i, v) in scored.iter().enumerate() {
             let (Some(x), Some(b)) = (v, self.baseline[i]) else {
                 self.streak[i].clear();
                 continue;
             };
-            let z = (x - b.mean) / spread(b, FEATURES[i].min_spread);
-            score = score.max(z.abs());
-            if z.abs() > self.options.threshold {
-                flagged.push((z.abs(), FEATURES[i].column));
+            let z = FEATURES[i].direction.toward_attack((x - b.mean) / spread(b, FEATURES[i].min_spread));
+            score = score.max(z);
+            if z > threshold {
+                above[i] = true;
+                flagged.push((z, FEATURES[i].column));
                 self.streak[i].push(*x);
             } else {
                 self.streak[i].clear();
             }
         }
-        if flagged.is_empty() {
-            self.learn(scored);
+        let alarm = flagged.len() >= self.options.agreement.max(1) || flagged.iter().any(|(z, _)| *z > 2.0 * threshold);
+        if alarm {
+            // An attack row teaches nothing.
+        } else {
+            flagged.clear();
+            self.learn(scored, &above);
         }
         self.adapt();
         flagged.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -164,11 +197,12 @@ impl Detector {
         }
     }
 
-    /// Exponentially weighted update of mean and variance from a normal row.
-    fn learn(&mut self, scored: &[Option<f64>; FEATURE_COUNT]) {
+    /// Exponentially weighted update of mean and variance from the features of a row that were
+    /// not above the threshold (`skip`).
+    fn learn(&mut self, scored: &[Option<f64>; FEATURE_COUNT], skip: &[bool; FEATURE_COUNT]) {
         let a = self.alpha;
-        for (b, v) in self.baseline.iter_mut().zip(scored) {
-            let Some(x) = v.filter(|x| x.is_finite()) else { continue };
+        for ((b, v), skip) in self.baseline.iter_mut().zip(scored).zip(skip) {
+            let Some(x) = v.filter(|x| x.is_finite() && !skip) else { continue };
             match b {
                 Some(b) => {
                     let diff = x - b.mean;
@@ -225,7 +259,14 @@ mod tests {
     }
 
     fn detector(warmup_rows: usize) -> Detector {
-        Detector::new(DetectorOptions { threshold: 4.0, warmup_rows, half_life_rows: 100.0, adapt_rows: 1000 })
+        Detector::new(DetectorOptions {
+            threshold: 4.0,
+            warmup_rows,
+            half_life_rows: 100.0,
+            adapt_rows: 1000,
+            agreement: 1,
+            interval_s: 1.0,
+        })
     }
 
     #[test]
@@ -301,28 +342,144 @@ mod adapt_tests {
 
     #[test]
     fn a_lasting_shift_becomes_normal_after_adapt_rows() {
-        let mut d =
-            Detector::new(DetectorOptions { threshold: 4.0, warmup_rows: 5, half_life_rows: 1000.0, adapt_rows: 10 });
-        let row = |load5: f64| {
+        let mut d = Detector::new(DetectorOptions {
+            threshold: 4.0,
+            warmup_rows: 5,
+            half_life_rows: 1000.0,
+            adapt_rows: 10,
+            agreement: 1,
+            interval_s: 1.0,
+        });
+        // procs_running, a level scored as it is: a new workload keeps 11 threads runnable.
+        let row = |running: i32| {
             let mut r = FeatureRow::empty("n".into(), std::time::SystemTime::UNIX_EPOCH);
-            r.load5 = Some(load5);
+            r.procs_running = Some(running);
             r
         };
         for _ in 0..5 {
-            d.judge(&mut row(1.5));
+            d.judge(&mut row(1));
         }
-        // load5 settles at 0.3: flagged for 10 rows, then the new level is normal.
+        // Flagged for 10 rows, then the new level is normal.
         for k in 0..10 {
-            let mut r = row(0.3);
+            let mut r = row(11);
             d.judge(&mut r);
             assert!(r.is_anomalous(), "row {k}");
         }
-        let mut r = row(0.3);
+        let mut r = row(11);
         d.judge(&mut r);
         assert!(!r.is_anomalous(), "{:?}", r.verdict());
         // A short burst is still flagged, and does not re-anchor anything.
-        let mut r = row(3.0);
+        let mut r = row(30);
         d.judge(&mut r);
         assert!(r.is_anomalous());
+    }
+}
+
+#[cfg(test)]
+mod scoring_tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn detector(agreement: usize) -> Detector {
+        Detector::new(DetectorOptions {
+            threshold: 4.0,
+            warmup_rows: 5,
+            half_life_rows: 1000.0,
+            adapt_rows: 1000,
+            agreement,
+            interval_s: 1.0,
+        })
+    }
+
+    fn quiet(forks_total: i64) -> FeatureRow {
+        let mut r = FeatureRow::empty("n".into(), SystemTime::UNIX_EPOCH);
+        r.interval_s = Some(1.0);
+        r.forks_total = Some(forks_total);
+        r.cpu_sec_idle = Some(forks_total as f64);
+        r.tcp_sock_mem = Some(10);
+        r.ebpf_execs = Some(0);
+        r.ebpf_forks = Some(0);
+        r
+    }
+
+    fn warm(d: &mut Detector) -> i64 {
+        for k in 0..5 {
+            d.judge(&mut quiet(k * 10));
+        }
+        40
+    }
+
+    /// Idle time growing faster than usual (a quieter node) is no alarm; idle time stopping
+    /// (every CPU busy) is.
+    #[test]
+    fn only_the_attack_direction_alarms() {
+        let mut d = detector(1);
+        let at = warm(&mut d);
+        let mut r = quiet(at + 10);
+        r.cpu_sec_idle = Some(at as f64 + 10.0 + 5.0);
+        d.judge(&mut r);
+        assert!(!r.is_anomalous(), "{:?}", r.verdict());
+        let mut r = quiet(at + 20);
+        r.cpu_sec_idle = Some(at as f64 + 15.0 + 0.5);
+        d.judge(&mut r);
+        assert_eq!(r.anomalous_features, Some(vec!["cpu_sec_idle".to_owned()]));
+    }
+
+    /// One feature a little past the threshold is no alarm with agreement 2; two together are,
+    /// and one alone beyond twice the threshold is.
+    #[test]
+    fn an_alarm_needs_agreement_or_one_strong_feature() {
+        let mut d = detector(2);
+        warm(&mut d);
+        // ebpf_execs: floor 5, threshold 4: 25 execs is z = 5, alone.
+        let mut r = quiet(50);
+        r.ebpf_execs = Some(25);
+        d.judge(&mut r);
+        assert_eq!(r.anomalous_features, Some(vec![]), "{:?}", r.verdict());
+        assert!((r.anomaly_score.unwrap() - 5.0).abs() < 1e-9);
+        // With forks too: two features agree.
+        let mut r = quiet(50 + 10 + 25);
+        r.ebpf_execs = Some(25);
+        r.ebpf_forks = Some(25);
+        d.judge(&mut r);
+        assert_eq!(r.anomalous_features.as_ref().map(Vec::len), Some(3), "{:?}", r.verdict());
+        // Alone beyond 2 x 4: z = 9.
+        let mut r = quiet(50 + 10 + 25 + 10);
+        r.ebpf_execs = Some(45);
+        d.judge(&mut r);
+        assert_eq!(r.anomalous_features, Some(vec!["ebpf_execs".to_owned()]));
+    }
+
+    /// A late sample (20 s instead of 1 s) carries 20 intervals' worth of forks: scored as a
+    /// rate it is normal; the same count in one interval is not.
+    #[test]
+    fn counts_are_scored_per_nominal_interval() {
+        let mut d = detector(1);
+        let at = warm(&mut d);
+        let mut r = quiet(at + 200);
+        r.interval_s = Some(20.0);
+        r.cpu_sec_idle = Some(at as f64 + 200.0);
+        d.judge(&mut r);
+        assert!(!r.is_anomalous(), "{:?}", r.verdict());
+        let mut r = quiet(at + 400);
+        r.cpu_sec_idle = Some(at as f64 + 210.0);
+        d.judge(&mut r);
+        assert!(r.anomalous_features.as_ref().unwrap().contains(&"forks_total".to_owned()), "{:?}", r.verdict());
+    }
+
+    /// tcp_sock_mem jumps and stays high (the kernel keeps the pages after a flood): flagged
+    /// on the jump, not on every row after it.
+    #[test]
+    fn a_drifting_gauge_alarms_on_its_change_once() {
+        let mut d = detector(1);
+        let mut at = warm(&mut d);
+        for k in 0..5 {
+            at += 10;
+            let mut r = quiet(at);
+            r.tcp_sock_mem = Some(400);
+            d.judge(&mut r);
+            assert_eq!(r.is_anomalous(), k == 0, "row {k}: {:?}", r.verdict());
+        }
     }
 }

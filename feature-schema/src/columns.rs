@@ -2,7 +2,9 @@
 //! `name: Rust type = role, unit, source;` under a doc comment saying what the value means.
 //! The Rust type gives the SQL type (`Option<f64>` double precision, `Option<i64>` bigint,
 //! `Option<i32>` integer, `Option<Vec<String>>` text[]); the role says whether and how the
-//! column is scored (see features.rs). Everything else is generated from this list: see lib.rs.
+//! column is scored (see features.rs): `gauge`, `counter` or `events` with the smallest change
+//! that counts, `.down()` when an attack lowers it, `.on_change()` for a drifting gauge the
+//! agent's detector scores on its change since the previous row. Everything else is generated from this list: see lib.rs.
 //! `attack` and `attack_type` are the labellers' ([`crate::LABEL_COLUMNS`]), never the agent's.
 use std::time::SystemTime;
 
@@ -115,9 +117,9 @@ columns! {
     // The 24 features of the reference paper (shared/spec/features.md), counters cumulative
     // since boot as the kernel reports them, gauges as sampled.
     /// Idle CPU time per CPU, cumulative.
-    cpu_sec_idle: Option<f64> = counter(0.05), "s", "/proc/stat `cpuN` idle ticks / USER_HZ, averaged over CPUs";
+    cpu_sec_idle: Option<f64> = counter(0.05).down(), "s", "/proc/stat `cpuN` idle ticks / USER_HZ, averaged over CPUs";
     /// Free space on the root filesystem, percent.
-    disk_av_per: Option<f64> = gauge(0.5), "%", "statvfs(rootfs): 100 x f_bavail / f_blocks";
+    disk_av_per: Option<f64> = gauge(0.5).down().on_change(), "%", "statvfs(rootfs): 100 x f_bavail / f_blocks";
     /// Bytes read from the selected disks, cumulative.
     disk_read: Option<i64> = counter(1048576.0), "bytes", "/proc/diskstats sectors read x 512, selected disks";
     /// Bytes written to the selected disks, cumulative.
@@ -127,17 +129,17 @@ columns! {
     /// Major page faults, cumulative.
     mem_pressure: Option<i64> = counter(10.0), "faults", "/proc/vmstat pgmajfault";
     /// Available memory, percent.
-    mem_av_per: Option<f64> = gauge(0.5), "%", "/proc/meminfo: 100 x MemAvailable / MemTotal";
+    mem_av_per: Option<f64> = gauge(0.5).down().on_change(), "%", "/proc/meminfo: 100 x MemAvailable / MemTotal";
     /// Processes and threads created, cumulative.
     forks_total: Option<i64> = counter(5.0), "forks", "/proc/stat `processes`";
     /// Interrupts serviced, cumulative.
     intr: Option<i64> = counter(1000.0), "interrupts", "/proc/stat `intr`, first number";
     /// Load average over 1 minute.
-    load1: Option<f64> = gauge(0.25), "", "/proc/loadavg";
+    load1: Option<f64> = gauge(0.25).on_change(), "", "/proc/loadavg";
     /// Load average over 5 minutes.
-    load5: Option<f64> = gauge(0.25), "", "/proc/loadavg";
+    load5: Option<f64> = gauge(0.25).on_change(), "", "/proc/loadavg";
     /// Load average over 15 minutes.
-    load15: Option<f64> = gauge(0.25), "", "/proc/loadavg";
+    load15: Option<f64> = gauge(0.25).on_change(), "", "/proc/loadavg";
     /// Received packets dropped, cumulative.
     receive_drop: Option<i64> = counter(1.0), "packets", "/proc/net/dev receive drop, selected interfaces";
     /// Receive errors, cumulative.
@@ -145,23 +147,23 @@ columns! {
     /// Packets transmitted, cumulative.
     transmit_packets: Option<i64> = counter(100.0), "packets", "/proc/net/dev transmit packets, selected interfaces";
     /// TCP sockets allocated.
-    tcp_sock_alloc: Option<i32> = gauge(2.0), "sockets", "/proc/net/sockstat `TCP: alloc`";
+    tcp_sock_alloc: Option<i32> = gauge(2.0).on_change(), "sockets", "/proc/net/sockstat `TCP: alloc`";
     /// TCP sockets in use.
-    tcp_sock_inuse: Option<i32> = gauge(2.0), "sockets", "/proc/net/sockstat `TCP: inuse`";
+    tcp_sock_inuse: Option<i32> = gauge(2.0).on_change(), "sockets", "/proc/net/sockstat `TCP: inuse`";
     /// Memory held by TCP sockets.
-    tcp_sock_mem: Option<i32> = gauge(4.0), "pages", "/proc/net/sockstat `TCP: mem`";
+    tcp_sock_mem: Option<i32> = gauge(4.0).on_change(), "pages", "/proc/net/sockstat `TCP: mem`";
     /// UDP sockets in use.
-    udp_sock_inuse: Option<i32> = gauge(2.0), "sockets", "/proc/net/sockstat `UDP: inuse`";
+    udp_sock_inuse: Option<i32> = gauge(2.0).on_change(), "sockets", "/proc/net/sockstat `UDP: inuse`";
     /// Memory held by UDP sockets.
-    udp_sock_mem: Option<i32> = gauge(4.0), "pages", "/proc/net/sockstat `UDP: mem`";
+    udp_sock_mem: Option<i32> = gauge(4.0).on_change(), "pages", "/proc/net/sockstat `UDP: mem`";
     /// Sockets in use, all families (the paper's name is kept).
-    ipv4_sock_inuse: Option<i32> = gauge(2.0), "sockets", "/proc/net/sockstat `sockets: used`";
+    ipv4_sock_inuse: Option<i32> = gauge(2.0).on_change(), "sockets", "/proc/net/sockstat `sockets: used`";
     /// TCP sockets in ESTABLISHED, IPv4 + IPv6.
-    est_conn: Option<i32> = gauge(2.0), "sockets", "eBPF state balance, checked against sock_diag";
+    est_conn: Option<i32> = gauge(2.0).on_change(), "sockets", "eBPF state balance, checked against sock_diag";
     /// TCP sockets in LISTEN, IPv4 + IPv6.
-    lis_conn: Option<i32> = gauge(1.0), "sockets", "eBPF state balance, checked against sock_diag";
+    lis_conn: Option<i32> = gauge(1.0).on_change(), "sockets", "eBPF state balance, checked against sock_diag";
     /// File handles allocated node-wide.
-    open_fds: Option<i64> = gauge(16.0), "handles", "/proc/sys/fs/file-nr, first field";
+    open_fds: Option<i64> = gauge(16.0).on_change(), "handles", "/proc/sys/fs/file-nr, first field";
 
     // Added after the paper, from files the agent already reads each interval.
     /// Threads runnable (running or waiting for a CPU) at the sample.
@@ -207,7 +209,7 @@ columns! {
     sock_alloc_other: Option<i64> = events(Event::SockAllocOther, 1.0), "events", "socket creation hook";
 
     // The agent's streaming detector (README "Detection").
-    /// Largest |z| over the features; NULL during warm-up.
+    /// Largest z over the features, each seen from its attack direction; NULL during warm-up.
     anomaly_score: Option<f64> = verdict(), "|z|", "the agent's detector";
     /// The features whose |z| exceeded the threshold, largest first; empty for a normal row.
     anomalous_features: Option<Vec<String>> = verdict(), "", "the agent's detector";

@@ -27,6 +27,34 @@ impl Kind {
     }
 }
 
+/// Which way a feature moves under attack: the agent's detector flags only that way (a node
+/// quieter than usual, or a load average decaying after a busy spell, is no alarm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+    Both,
+}
+
+impl Direction {
+    /// The z-score seen from the attack's side: positive when the feature moved that way.
+    pub fn toward_attack(self, z: f64) -> f64 {
+        match self {
+            Direction::Up => z,
+            Direction::Down => -z,
+            Direction::Both => z.abs(),
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+            Direction::Both => "both",
+        }
+    }
+}
+
 /// What a column is for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Role {
@@ -43,6 +71,12 @@ pub enum Role {
         min_spread: f64,
         /// The eBPF event counted into this column, if it is one.
         event: Option<Event>,
+        /// Which way an attack moves it (the agent's detector flags that way only).
+        direction: Direction,
+        /// A gauge that drifts (memory, sockets held, load averages): the agent's detector scores
+        /// its change since the previous row, not its level, so a level that stays high after a
+        /// burst (the kernel keeps TCP pages) is flagged once, not on every row until it decays.
+        on_change: bool,
     },
     /// The agent's detector's verdict on the row.
     Verdict,
@@ -56,17 +90,39 @@ pub const fn identity() -> Role {
 pub const fn sample() -> Role {
     Role::Sample
 }
-/// A level, scored as sampled.
+/// A level, scored as sampled; an attack raises it.
 pub const fn gauge(min_spread: f64) -> Role {
-    Role::Feature { kind: Kind::Gauge, min_spread, event: None }
+    Role::Feature { kind: Kind::Gauge, min_spread, event: None, direction: Direction::Up, on_change: false }
 }
-/// Cumulative since boot, scored on its per-interval delta.
+/// Cumulative since boot, scored on its per-interval delta; an attack raises it.
 pub const fn counter(min_spread: f64) -> Role {
-    Role::Feature { kind: Kind::Counter, min_spread, event: None }
+    Role::Feature { kind: Kind::Counter, min_spread, event: None, direction: Direction::Up, on_change: false }
 }
-/// Exact count of `event` during the interval, counted by eBPF.
+/// Exact count of `event` during the interval, counted by eBPF; an attack raises it.
 pub const fn events(event: Event, min_spread: f64) -> Role {
-    Role::Feature { kind: Kind::Events, min_spread, event: Some(event) }
+    Role::Feature { kind: Kind::Events, min_spread, event: Some(event), direction: Direction::Up, on_change: false }
+}
+
+impl Role {
+    /// An attack lowers this feature (idle time, free memory, free disk).
+    pub const fn down(self) -> Role {
+        match self {
+            Role::Feature { kind, min_spread, event, on_change, .. } => {
+                Role::Feature { kind, min_spread, event, direction: Direction::Down, on_change }
+            }
+            other => other,
+        }
+    }
+
+    /// A drifting gauge: the agent's detector scores its change since the previous row.
+    pub const fn on_change(self) -> Role {
+        match self {
+            Role::Feature { kind, min_spread, event, direction, .. } => {
+                Role::Feature { kind, min_spread, event, direction, on_change: true }
+            }
+            other => other,
+        }
+    }
 }
 /// The detector's verdict.
 pub const fn verdict() -> Role {
@@ -79,6 +135,9 @@ pub struct Feature {
     pub column: &'static str,
     pub kind: Kind,
     pub min_spread: f64,
+    pub direction: Direction,
+    /// Scored by the agent's detector on its change since the previous row (drifting gauges).
+    pub on_change: bool,
     /// Its index in [`crate::COLUMNS`].
     pub index: usize,
 }
@@ -98,12 +157,20 @@ pub const FEATURE_COUNT: usize = {
 
 /// The scored features, in column order.
 pub const FEATURES: [Feature; FEATURE_COUNT] = {
-    let mut out = [Feature { column: "", kind: Kind::Gauge, min_spread: 0.0, index: 0 }; FEATURE_COUNT];
+    let mut out = [Feature {
+        column: "",
+        kind: Kind::Gauge,
+        min_spread: 0.0,
+        direction: Direction::Up,
+        on_change: false,
+        index: 0,
+    }; FEATURE_COUNT];
     let (mut i, mut k) = (0, 0);
     while i < SCHEMA.len() {
-        if let Role::Feature { kind, min_spread, .. } = SCHEMA[i].role {
+        if let Role::Feature { kind, min_spread, direction, on_change, .. } = SCHEMA[i].role {
             assert!(min_spread > 0.0, "every feature needs a positive min_spread");
-            out[k] = Feature { column: SCHEMA[i].name, kind, min_spread, index: i };
+            assert!(!on_change || matches!(kind, Kind::Gauge), "only gauges are scored on their change");
+            out[k] = Feature { column: SCHEMA[i].name, kind, min_spread, direction, on_change, index: i };
             k += 1;
         }
         i += 1;

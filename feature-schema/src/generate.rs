@@ -4,7 +4,7 @@
 //! when a committed copy differs from what the declaration gives.
 use std::fmt::Write;
 
-use crate::{Kind, Role, FEATURES, LABEL_COLUMNS, SCHEMA};
+use crate::{Direction, Kind, Role, FEATURES, LABEL_COLUMNS, SCHEMA};
 
 /// Path of the generated SQL, relative to the workspace root.
 pub const ANALYSIS_SQL_PATH: &str = "migrations/generated/analysis.sql";
@@ -66,24 +66,48 @@ INSERT INTO feature_catalog (feature, kind, ordinal, min_spread, unit, meaning) 
 -- of each cumulative counter, against the previous row of the same node. elapsed_s is the time
 -- since that row. A counter that went backwards (reboot, reset) gives a NULL delta, never a
 -- negative spike. cpu_sec_idle_rate is the fraction of time the CPUs were idle (0..1).
+-- Gaps: after_gap is true when the previous row is not this agent run's previous sample (the
+-- row's interval_s is NULL: the agent restarted) or more than 1.5 intervals passed since it
+-- (rows are missing, or the agent stalled; the interval is the previous row's interval_s). A
+-- delta across a gap is NULL, so a restart or an outage is never a spike; the rate stays, as
+-- the average over the gap.
 CREATE VIEW node_feature_deltas AS
 WITH paired AS (
     SELECT f.node, f.ts, f.interval_s, {},",
         LABEL_COLUMNS.map(|(name, _, _)| format!("f.{name}")).join(", ")
     );
-    for c in SCHEMA.iter().filter(|c| !matches!(c.role, Role::Identity) && c.name != "interval_s") {
-        let _ = writeln!(w, "           f.{},", c.name);
+    let body: Vec<&str> =
+        SCHEMA.iter().filter(|c| !matches!(c.role, Role::Identity) && c.name != "interval_s").map(|c| c.name).collect();
+    for c in &body {
+        let _ = writeln!(w, "           f.{c},");
     }
-    let _ = write!(w, "           extract(epoch FROM f.ts - lag(f.ts) OVER w)::double precision AS elapsed_s");
+    let _ = writeln!(w, "           extract(epoch FROM f.ts - lag(f.ts) OVER w)::double precision AS elapsed_s,");
+    let _ = write!(w, "           coalesce(lag(f.interval_s) OVER w, f.interval_s) AS expected_s");
     for c in &counters {
-        let _ = write!(w, ",\n           counter_delta(f.{c}, lag(f.{c}) OVER w) AS {c}_delta");
+        let _ = write!(w, ",\n           counter_delta(f.{c}, lag(f.{c}) OVER w) AS {c}_step");
     }
-    let _ =
-        writeln!(w, "\n    FROM node_features f\n    WINDOW w AS (PARTITION BY f.node ORDER BY f.ts)\n)\nSELECT p.*");
+    let _ = writeln!(
+        w,
+        "\n    FROM node_features f\n    WINDOW w AS (PARTITION BY f.node ORDER BY f.ts)\n),\ngapped AS (\n    \
+         SELECT p.*, (p.elapsed_s IS NULL OR p.interval_s IS NULL OR p.elapsed_s > 1.5 * p.expected_s) AS after_gap\n    \
+         FROM paired p\n)"
+    );
+    let _ = write!(
+        w,
+        "SELECT g.node, g.ts, g.interval_s, {}",
+        LABEL_COLUMNS.map(|(name, _, _)| format!("g.{name}")).join(", ")
+    );
+    for c in &body {
+        let _ = write!(w, ",\n       g.{c}");
+    }
+    let _ = write!(w, ",\n       g.elapsed_s,\n       g.after_gap");
     for c in &counters {
-        let _ = writeln!(w, "     , p.{c}_delta / nullif(p.elapsed_s, 0) AS {c}_rate");
+        let _ = write!(w, ",\n       CASE WHEN g.after_gap THEN NULL ELSE g.{c}_step END AS {c}_delta");
     }
-    let _ = writeln!(w, "FROM paired p;\n");
+    for c in &counters {
+        let _ = write!(w, ",\n       g.{c}_step / nullif(g.elapsed_s, 0) AS {c}_rate");
+    }
+    let _ = writeln!(w, "\nFROM gapped g;\n");
 
     let _ = writeln!(
         w,
@@ -128,8 +152,20 @@ pub fn readme_table() -> String {
             _ => c.ty.sql().to_owned(),
         };
         let scored = match c.role {
-            Role::Feature { kind: Kind::Counter, min_spread, .. } => format!("delta (counter), ≥ {min_spread}"),
-            Role::Feature { kind, min_spread, .. } => format!("value ({}), ≥ {min_spread}", kind.as_str()),
+            Role::Feature { kind, min_spread, direction, on_change, .. } => {
+                let what = match (kind, on_change) {
+                    (Kind::Counter, _) => "delta per interval (counter)".to_owned(),
+                    (Kind::Gauge, true) => "change (drifting gauge)".to_owned(),
+                    (k, false) => format!("value ({})", k.as_str()),
+                    (k, true) => format!("change ({})", k.as_str()),
+                };
+                let arrow = match direction {
+                    Direction::Up => "↑",
+                    Direction::Down => "↓",
+                    Direction::Both => "↕",
+                };
+                format!("{what} {arrow}, ≥ {min_spread}")
+            }
             _ => String::new(),
         };
         line(c.name, &ty, c.unit, &scored, c.meaning, c.source);
@@ -187,9 +223,11 @@ mod tests {
         for f in FEATURES {
             assert!(sql.contains(&format!("('{0}', d.{0}::float8", f.column)), "{}", f.column);
             assert!(sql.contains(&format!("           f.{},", f.column)), "{}", f.column);
+            assert!(sql.contains(&format!("       g.{},", f.column)), "{}", f.column);
         }
-        assert!(sql.contains("counter_delta(f.forks_total, lag(f.forks_total) OVER w) AS forks_total_delta"));
-        assert!(sql.contains("p.forks_total_delta / nullif(p.elapsed_s, 0) AS forks_total_rate"));
+        assert!(sql.contains("counter_delta(f.forks_total, lag(f.forks_total) OVER w) AS forks_total_step"));
+        assert!(sql.contains("CASE WHEN g.after_gap THEN NULL ELSE g.forks_total_step END AS forks_total_delta"));
+        assert!(sql.contains("g.forks_total_step / nullif(g.elapsed_s, 0) AS forks_total_rate"));
         assert!(!sql.contains("load1_delta"));
     }
 }

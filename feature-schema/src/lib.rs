@@ -20,7 +20,7 @@ pub mod timefmt;
 mod value;
 
 pub use columns::*;
-pub use features::{event_column, Feature, Kind, Role, FEATURES, FEATURE_COUNT};
+pub use features::{event_column, Direction, Feature, Kind, Role, FEATURES, FEATURE_COUNT};
 pub use value::{ColumnType, ColumnValue, Value};
 
 /// One column's declaration, as [`columns!`] records it.

@@ -1,10 +1,15 @@
 //! `feature-lab export`: writes the rows as a dataset for pandas or scikit-learn, in CSV or
-//! Parquet. Columns: node, ts, attack, attack_type, anomaly_score, anomalous_features
-//! (comma-joined), the 40 raw features, the per-interval deltas of the 10 cumulative counters
-//! (`<counter>_delta`, NULL across a counter reset), and with --normalized the z-score of every
-//! feature (`z_<feature>`, as node_feature_zscores() computes it, baseline = the exported
-//! window's rows labelled normal). Rows stream from a server-side portal in batches, so the
-//! export's memory does not grow with the table.
+//! Parquet. Columns: node, ts, attack, attack_type, anomaly_score, anomalous_features, every
+//! scored feature, the per-interval delta of every cumulative counter (`<counter>_delta`, NULL
+//! across a counter reset or a gap), and with --normalized the z-score of every feature
+//! (`z_<feature>`, as node_feature_zscores() computes it, baseline = the exported window's rows
+//! labelled normal). Rows stream from a server-side portal in batches, so the export's memory
+//! does not grow with the table.
+//!
+//! Types as a data scientist expects them: in Parquet an integer column stays an integer
+//! (INT32/INT64, from the declaration), anomalous_features is a list of strings, ts a UTC
+//! timestamp. In CSV NULL is an empty field and anomalous_features a JSON array, so a verdict
+//! still warming up (empty field) differs from a row judged normal (`[]`).
 use std::{
     fs::File,
     io::{BufWriter, Write},
@@ -24,7 +29,7 @@ use tokio_postgres::Client;
 
 use crate::window::TimeWindow;
 use feature_db::DatabaseArgs;
-use feature_schema::{timefmt::rfc3339_micros, Kind, FEATURES};
+use feature_schema::{timefmt::rfc3339_micros, ColumnType, Kind, Value, FEATURES, SCHEMA};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -68,6 +73,18 @@ pub fn value_columns(normalized: bool) -> Vec<String> {
     cols
 }
 
+/// Each numeric column's type, in [`value_columns`] order: a feature's and its delta's as the
+/// declaration says, z-scores double.
+pub fn value_types(normalized: bool) -> Vec<ColumnType> {
+    let ty = |f: &feature_schema::Feature| SCHEMA[f.index].ty;
+    let mut types: Vec<ColumnType> = FEATURES.iter().map(ty).collect();
+    types.extend(FEATURES.iter().filter(|f| f.kind == Kind::Counter).map(ty));
+    if normalized {
+        types.extend(FEATURES.iter().map(|_| ColumnType::Float8));
+    }
+    types
+}
+
 /// One exported row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportRow {
@@ -76,13 +93,14 @@ pub struct ExportRow {
     pub attack: i16,
     pub attack_type: Option<String>,
     pub anomaly_score: Option<f64>,
-    pub anomalous_features: Option<String>,
-    pub values: Vec<Option<f64>>,
+    pub anomalous_features: Option<Vec<String>>,
+    /// In [`value_columns`] order, each of its [`value_types`] type (or NULL).
+    pub values: Vec<Value>,
 }
 
 fn select_sql(normalized: bool) -> String {
-    let mut cols: Vec<String> = FEATURES.iter().map(|f| format!("d.{}::float8", f.column)).collect();
-    cols.extend(FEATURES.iter().filter(|f| f.kind == Kind::Counter).map(|f| format!("d.{}_delta::float8", f.column)));
+    let mut cols: Vec<String> = FEATURES.iter().map(|f| format!("d.{}", f.column)).collect();
+    cols.extend(FEATURES.iter().filter(|f| f.kind == Kind::Counter).map(|f| format!("d.{}_delta", f.column)));
     let mut from = String::from("node_feature_deltas d");
     if normalized {
         cols.extend(FEATURES.iter().map(|f| format!("z.z_{}", f.column)));
@@ -95,7 +113,7 @@ fn select_sql(normalized: bool) -> String {
         );
     }
     format!(
-        "SELECT d.node, d.ts, d.attack, d.attack_type, d.anomaly_score, array_to_string(d.anomalous_features, ','), {} \
+        "SELECT d.node, d.ts, d.attack, d.attack_type, d.anomaly_score, d.anomalous_features, {} \
          FROM {from} \
          WHERE ($1::text IS NULL OR d.node = $1) AND ($2::timestamptz IS NULL OR d.ts >= $2) \
            AND ($3::timestamptz IS NULL OR d.ts <= $3) \
@@ -171,7 +189,8 @@ trait Sink {
     fn finish(self: Box<Self>) -> anyhow::Result<()>;
 }
 
-/// RFC 4180 CSV: a header line, NULL as an empty field, text quoted when it needs to be.
+/// RFC 4180 CSV: a header line, NULL as an empty field, text quoted when it needs to be,
+/// anomalous_features as a JSON array.
 struct CsvSink(BufWriter<Output>);
 
 fn csv_text(s: &str) -> String {
@@ -193,17 +212,23 @@ impl CsvSink {
 
 impl Sink for CsvSink {
     fn write_batch(&mut self, rows: &[ExportRow]) -> anyhow::Result<()> {
-        let num = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
+        let num = |v: &Value| match v {
+            Value::Int8(i) => i.to_string(),
+            Value::Int4(i) => i.to_string(),
+            Value::Float8(f) => f.to_string(),
+            _ => String::new(),
+        };
         for r in rows {
+            let list = |l: &Vec<String>| csv_text(&serde_json::to_string(l).unwrap_or_default());
             let mut fields = vec![
                 csv_text(&r.node),
                 rfc3339_micros(r.ts),
                 r.attack.to_string(),
                 r.attack_type.as_deref().map_or_else(String::new, csv_text),
-                num(r.anomaly_score),
-                r.anomalous_features.as_deref().map_or_else(String::new, csv_text),
+                r.anomaly_score.map_or_else(String::new, |v| v.to_string()),
+                r.anomalous_features.as_ref().map_or_else(String::new, list),
             ];
-            fields.extend(r.values.iter().map(|v| num(*v)));
+            fields.extend(r.values.iter().map(num));
             writeln!(self.0, "{}", fields.join(","))?;
         }
         Ok(())
@@ -215,28 +240,36 @@ impl Sink for CsvSink {
     }
 }
 
-/// Parquet: ts as TIMESTAMP(MICROS, UTC), attack as INT32, text as UTF8, numbers as DOUBLE,
-/// everything but node/ts/attack optional. One row group per batch, Snappy-compressed.
-struct ParquetSink(SerializedFileWriter<Output>);
+/// Parquet: ts as TIMESTAMP(MICROS, UTC), attack as INT32 (INT16 logical), text as UTF8,
+/// anomalous_features as a LIST of UTF8, each number as its column's type (INT64, INT32 or
+/// DOUBLE); everything but node/ts/attack optional. One row group per batch, Snappy-compressed.
+struct ParquetSink(SerializedFileWriter<Output>, Vec<ColumnType>);
 
 /// The file's schema in Parquet's message syntax.
-pub fn parquet_schema(columns: &[String]) -> String {
+pub fn parquet_schema(columns: &[String], types: &[ColumnType]) -> String {
     let mut s = String::from(
         "message node_features {\n  REQUIRED BYTE_ARRAY node (UTF8);\n  REQUIRED INT64 ts (TIMESTAMP(MICROS,true));\n  \
          REQUIRED INT32 attack (INTEGER(16,true));\n  OPTIONAL BYTE_ARRAY attack_type (UTF8);\n  \
-         OPTIONAL DOUBLE anomaly_score;\n  OPTIONAL BYTE_ARRAY anomalous_features (UTF8);\n",
+         OPTIONAL DOUBLE anomaly_score;\n  \
+         OPTIONAL group anomalous_features (LIST) {\n    REPEATED group list {\n      REQUIRED BYTE_ARRAY element (UTF8);\n    }\n  }\n",
     );
-    for c in columns {
-        s += &format!("  OPTIONAL DOUBLE {c};\n");
+    for (c, t) in columns.iter().zip(types) {
+        let physical = match t {
+            ColumnType::Int8 => "INT64",
+            ColumnType::Int4 => "INT32",
+            _ => "DOUBLE",
+        };
+        s += &format!("  OPTIONAL {physical} {c};\n");
     }
     s + "}"
 }
 
 impl ParquetSink {
-    fn new(file: Output, columns: &[String]) -> anyhow::Result<Self> {
-        let schema = Arc::new(parse_message_type(&parquet_schema(columns)).context("building the Parquet schema")?);
+    fn new(file: Output, columns: &[String], types: &[ColumnType]) -> anyhow::Result<Self> {
+        let schema =
+            Arc::new(parse_message_type(&parquet_schema(columns, types)).context("building the Parquet schema")?);
         let props = Arc::new(WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build());
-        Ok(Self(SerializedFileWriter::new(file, schema, props)?))
+        Ok(Self(SerializedFileWriter::new(file, schema, props)?, types.to_vec()))
     }
 }
 
@@ -276,19 +309,65 @@ impl Sink for ParquetSink {
                     let v: Vec<i32> = rows.iter().map(|r| i32::from(r.attack)).collect();
                     col.typed::<Int32Type>().write_batch(&v, None, None)?;
                 }
-                3 | 5 => {
-                    let text =
-                        |r: &ExportRow| if index == 3 { r.attack_type.clone() } else { r.anomalous_features.clone() };
-                    let (v, def) = optional(rows.iter().map(|r| text(r).map(|s| ByteArray::from(s.as_str()))));
+                3 => {
+                    let (v, def) = optional(rows.iter().map(|r| r.attack_type.as_deref().map(|s| ByteArray::from(s))));
                     col.typed::<ByteArrayType>().write_batch(&v, Some(&def), None)?;
                 }
                 4 => {
                     let (v, def) = optional(rows.iter().map(|r| r.anomaly_score));
                     col.typed::<DoubleType>().write_batch(&v, Some(&def), None)?;
                 }
+                5 => {
+                    // A LIST: definition level 0 = NULL list, 1 = empty list, 2 = an element;
+                    // repetition level 0 starts a row's list, 1 continues it.
+                    let (mut v, mut def, mut rep) = (Vec::new(), Vec::new(), Vec::new());
+                    for r in rows {
+                        match &r.anomalous_features {
+                            None => {
+                                def.push(0);
+                                rep.push(0);
+                            }
+                            Some(l) if l.is_empty() => {
+                                def.push(1);
+                                rep.push(0);
+                            }
+                            Some(l) => {
+                                for (k, f) in l.iter().enumerate() {
+                                    v.push(ByteArray::from(f.as_str()));
+                                    def.push(2);
+                                    rep.push(i16::from(k > 0));
+                                }
+                            }
+                        }
+                    }
+                    col.typed::<ByteArrayType>().write_batch(&v, Some(&def), Some(&rep))?;
+                }
                 i => {
-                    let (v, def) = optional(rows.iter().map(|r| r.values[i - META_COLUMNS.len()]));
-                    col.typed::<DoubleType>().write_batch(&v, Some(&def), None)?;
+                    let k = i - META_COLUMNS.len();
+                    let cells = rows.iter().map(|r| &r.values[k]);
+                    match self.1[k] {
+                        ColumnType::Int8 => {
+                            let (v, def) = optional(cells.map(|c| match c {
+                                Value::Int8(x) => Some(*x),
+                                _ => None,
+                            }));
+                            col.typed::<Int64Type>().write_batch(&v, Some(&def), None)?;
+                        }
+                        ColumnType::Int4 => {
+                            let (v, def) = optional(cells.map(|c| match c {
+                                Value::Int4(x) => Some(*x),
+                                _ => None,
+                            }));
+                            col.typed::<Int32Type>().write_batch(&v, Some(&def), None)?;
+                        }
+                        _ => {
+                            let (v, def) = optional(cells.map(|c| match c {
+                                Value::Float8(x) => Some(*x),
+                                _ => None,
+                            }));
+                            col.typed::<DoubleType>().write_batch(&v, Some(&def), None)?;
+                        }
+                    }
                 }
             }
             col.close()?;
@@ -316,9 +395,10 @@ pub async fn export(
     to: Option<SystemTime>,
 ) -> anyhow::Result<u64> {
     let columns = value_columns(normalized);
+    let types = value_types(normalized);
     if output == std::path::Path::new("-") {
-        return write_rows(client, format, Output::Stdout(std::io::stdout()), &columns, normalized, node, from, to)
-            .await;
+        let out = Output::Stdout(std::io::stdout());
+        return write_rows(client, format, out, (&columns, &types), normalized, node, from, to).await;
     }
     check_output(output)?;
     // Written under a temporary name beside it and renamed at the end: a failed export leaves
@@ -331,8 +411,9 @@ pub async fn export(
         .create_new(true)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    let result =
-        write_rows(client, format, Output::File(file), &columns, normalized, node, from, to).await.and_then(|n| {
+    let result = write_rows(client, format, Output::File(file), (&columns, &types), normalized, node, from, to)
+        .await
+        .and_then(|n| {
             std::fs::rename(&tmp, output)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
             Ok(n)
@@ -348,7 +429,7 @@ async fn write_rows(
     client: &mut Client,
     format: Format,
     out: Output,
-    columns: &[String],
+    (columns, types): (&[String], &[ColumnType]),
     normalized: bool,
     node: Option<&str>,
     from: Option<SystemTime>,
@@ -356,7 +437,7 @@ async fn write_rows(
 ) -> anyhow::Result<u64> {
     let mut sink: Box<dyn Sink> = match format {
         Format::Csv => Box::new(CsvSink::new(out, columns)?),
-        Format::Parquet => Box::new(ParquetSink::new(out, columns)?),
+        Format::Parquet => Box::new(ParquetSink::new(out, columns, types)?),
     };
     let tx = client.transaction().await?;
     let statement = tx.prepare(&select_sql(normalized)).await.context("preparing the export query")?;
@@ -376,7 +457,18 @@ async fn write_rows(
                 attack_type: r.get(3),
                 anomaly_score: r.get(4),
                 anomalous_features: r.get(5),
-                values: (META_COLUMNS.len()..META_COLUMNS.len() + columns.len()).map(|i| r.get(i)).collect(),
+                values: types
+                    .iter()
+                    .enumerate()
+                    .map(|(k, t)| {
+                        let i = META_COLUMNS.len() + k;
+                        match t {
+                            ColumnType::Int8 => r.get::<_, Option<i64>>(i).map_or(Value::Null, Value::Int8),
+                            ColumnType::Int4 => r.get::<_, Option<i32>>(i).map_or(Value::Null, Value::Int4),
+                            _ => r.get::<_, Option<f64>>(i).map_or(Value::Null, Value::Float8),
+                        }
+                    })
+                    .collect(),
             })
             .collect();
         sink.write_batch(&rows).context("writing the export")?;
@@ -420,7 +512,7 @@ mod tests {
         let cols = value_columns(true);
         let counters = FEATURES.iter().filter(|f| f.kind == Kind::Counter).count();
         assert_eq!(cols.len(), FEATURES.len() + counters + FEATURES.len());
-        let schema = parse_message_type(&parquet_schema(&cols)).unwrap();
+        let schema = parse_message_type(&parquet_schema(&cols, &value_types(true))).unwrap();
         assert_eq!(schema.get_fields().len(), META_COLUMNS.len() + cols.len());
     }
 }

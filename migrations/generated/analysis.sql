@@ -62,6 +62,11 @@ INSERT INTO feature_catalog (feature, kind, ordinal, min_spread, unit, meaning) 
 -- of each cumulative counter, against the previous row of the same node. elapsed_s is the time
 -- since that row. A counter that went backwards (reboot, reset) gives a NULL delta, never a
 -- negative spike. cpu_sec_idle_rate is the fraction of time the CPUs were idle (0..1).
+-- Gaps: after_gap is true when the previous row is not this agent run's previous sample (the
+-- row's interval_s is NULL: the agent restarted) or more than 1.5 intervals passed since it
+-- (rows are missing, or the agent stalled; the interval is the previous row's interval_s). A
+-- delta across a gap is NULL, so a restart or an outage is never a spike; the rate stays, as
+-- the average over the gap.
 CREATE VIEW node_feature_deltas AS
 WITH paired AS (
     SELECT f.node, f.ts, f.interval_s, f.attack, f.attack_type,
@@ -111,33 +116,96 @@ WITH paired AS (
            f.anomaly_score,
            f.anomalous_features,
            extract(epoch FROM f.ts - lag(f.ts) OVER w)::double precision AS elapsed_s,
-           counter_delta(f.cpu_sec_idle, lag(f.cpu_sec_idle) OVER w) AS cpu_sec_idle_delta,
-           counter_delta(f.disk_read, lag(f.disk_read) OVER w) AS disk_read_delta,
-           counter_delta(f.disk_write, lag(f.disk_write) OVER w) AS disk_write_delta,
-           counter_delta(f.net_receive, lag(f.net_receive) OVER w) AS net_receive_delta,
-           counter_delta(f.mem_pressure, lag(f.mem_pressure) OVER w) AS mem_pressure_delta,
-           counter_delta(f.forks_total, lag(f.forks_total) OVER w) AS forks_total_delta,
-           counter_delta(f.intr, lag(f.intr) OVER w) AS intr_delta,
-           counter_delta(f.receive_drop, lag(f.receive_drop) OVER w) AS receive_drop_delta,
-           counter_delta(f.receive_errs, lag(f.receive_errs) OVER w) AS receive_errs_delta,
-           counter_delta(f.transmit_packets, lag(f.transmit_packets) OVER w) AS transmit_packets_delta,
-           counter_delta(f.ctxt, lag(f.ctxt) OVER w) AS ctxt_delta
+           coalesce(lag(f.interval_s) OVER w, f.interval_s) AS expected_s,
+           counter_delta(f.cpu_sec_idle, lag(f.cpu_sec_idle) OVER w) AS cpu_sec_idle_step,
+           counter_delta(f.disk_read, lag(f.disk_read) OVER w) AS disk_read_step,
+           counter_delta(f.disk_write, lag(f.disk_write) OVER w) AS disk_write_step,
+           counter_delta(f.net_receive, lag(f.net_receive) OVER w) AS net_receive_step,
+           counter_delta(f.mem_pressure, lag(f.mem_pressure) OVER w) AS mem_pressure_step,
+           counter_delta(f.forks_total, lag(f.forks_total) OVER w) AS forks_total_step,
+           counter_delta(f.intr, lag(f.intr) OVER w) AS intr_step,
+           counter_delta(f.receive_drop, lag(f.receive_drop) OVER w) AS receive_drop_step,
+           counter_delta(f.receive_errs, lag(f.receive_errs) OVER w) AS receive_errs_step,
+           counter_delta(f.transmit_packets, lag(f.transmit_packets) OVER w) AS transmit_packets_step,
+           counter_delta(f.ctxt, lag(f.ctxt) OVER w) AS ctxt_step
     FROM node_features f
     WINDOW w AS (PARTITION BY f.node ORDER BY f.ts)
+),
+gapped AS (
+    SELECT p.*, (p.elapsed_s IS NULL OR p.interval_s IS NULL OR p.elapsed_s > 1.5 * p.expected_s) AS after_gap
+    FROM paired p
 )
-SELECT p.*
-     , p.cpu_sec_idle_delta / nullif(p.elapsed_s, 0) AS cpu_sec_idle_rate
-     , p.disk_read_delta / nullif(p.elapsed_s, 0) AS disk_read_rate
-     , p.disk_write_delta / nullif(p.elapsed_s, 0) AS disk_write_rate
-     , p.net_receive_delta / nullif(p.elapsed_s, 0) AS net_receive_rate
-     , p.mem_pressure_delta / nullif(p.elapsed_s, 0) AS mem_pressure_rate
-     , p.forks_total_delta / nullif(p.elapsed_s, 0) AS forks_total_rate
-     , p.intr_delta / nullif(p.elapsed_s, 0) AS intr_rate
-     , p.receive_drop_delta / nullif(p.elapsed_s, 0) AS receive_drop_rate
-     , p.receive_errs_delta / nullif(p.elapsed_s, 0) AS receive_errs_rate
-     , p.transmit_packets_delta / nullif(p.elapsed_s, 0) AS transmit_packets_rate
-     , p.ctxt_delta / nullif(p.elapsed_s, 0) AS ctxt_rate
-FROM paired p;
+SELECT g.node, g.ts, g.interval_s, g.attack, g.attack_type,
+       g.cpu_sec_idle,
+       g.disk_av_per,
+       g.disk_read,
+       g.disk_write,
+       g.net_receive,
+       g.mem_pressure,
+       g.mem_av_per,
+       g.forks_total,
+       g.intr,
+       g.load1,
+       g.load5,
+       g.load15,
+       g.receive_drop,
+       g.receive_errs,
+       g.transmit_packets,
+       g.tcp_sock_alloc,
+       g.tcp_sock_inuse,
+       g.tcp_sock_mem,
+       g.udp_sock_inuse,
+       g.udp_sock_mem,
+       g.ipv4_sock_inuse,
+       g.est_conn,
+       g.lis_conn,
+       g.open_fds,
+       g.procs_running,
+       g.procs_blocked,
+       g.ctxt,
+       g.ebpf_forks,
+       g.ebpf_execs,
+       g.ebpf_exits,
+       g.tcp_to_est,
+       g.tcp_to_syn_sent,
+       g.tcp_to_syn_recv,
+       g.tcp_to_close,
+       g.tcp_to_listen,
+       g.tcp_conn_failed,
+       g.tcp_rst_sent,
+       g.tcp_rst_recv,
+       g.sock_alloc_tcp,
+       g.sock_alloc_udp,
+       g.sock_alloc_unix,
+       g.sock_alloc_raw,
+       g.sock_alloc_other,
+       g.anomaly_score,
+       g.anomalous_features,
+       g.elapsed_s,
+       g.after_gap,
+       CASE WHEN g.after_gap THEN NULL ELSE g.cpu_sec_idle_step END AS cpu_sec_idle_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.disk_read_step END AS disk_read_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.disk_write_step END AS disk_write_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.net_receive_step END AS net_receive_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.mem_pressure_step END AS mem_pressure_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.forks_total_step END AS forks_total_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.intr_step END AS intr_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.receive_drop_step END AS receive_drop_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.receive_errs_step END AS receive_errs_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.transmit_packets_step END AS transmit_packets_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.ctxt_step END AS ctxt_delta,
+       g.cpu_sec_idle_step / nullif(g.elapsed_s, 0) AS cpu_sec_idle_rate,
+       g.disk_read_step / nullif(g.elapsed_s, 0) AS disk_read_rate,
+       g.disk_write_step / nullif(g.elapsed_s, 0) AS disk_write_rate,
+       g.net_receive_step / nullif(g.elapsed_s, 0) AS net_receive_rate,
+       g.mem_pressure_step / nullif(g.elapsed_s, 0) AS mem_pressure_rate,
+       g.forks_total_step / nullif(g.elapsed_s, 0) AS forks_total_rate,
+       g.intr_step / nullif(g.elapsed_s, 0) AS intr_rate,
+       g.receive_drop_step / nullif(g.elapsed_s, 0) AS receive_drop_rate,
+       g.receive_errs_step / nullif(g.elapsed_s, 0) AS receive_errs_rate,
+       g.transmit_packets_step / nullif(g.elapsed_s, 0) AS transmit_packets_rate,
+       g.ctxt_step / nullif(g.elapsed_s, 0) AS ctxt_rate
+FROM gapped g;
 
 -- One line per row and feature: the raw value, and the value that is scored (the delta for a
 -- cumulative counter, the value itself otherwise).

@@ -22,17 +22,21 @@ fn synthetic(db: &str) {
         (50, 1, 390, 9.0, 70.0),
     ];
     let mut q = String::from("SELECT ensure_node_partition('a'); SELECT ensure_node_partition('b');");
+    // interval_s is the agent's: NULL on the first row after its start, 10 s after that.
+    let interval = |s: i32| if s == 0 { "NULL".to_owned() } else { "10".to_owned() };
     for (s, attack, disk, load, mem) in rows_a {
         q += &format!(
-            "INSERT INTO node_features (node, ts, attack, disk_read, load1, mem_av_per) \
-             VALUES ('a', timestamptz '{T0}' + interval '{s} s', {attack}, {disk}, {load}, {mem});"
+            "INSERT INTO node_features (node, ts, interval_s, attack, disk_read, load1, mem_av_per) \
+             VALUES ('a', timestamptz '{T0}' + interval '{s} s', {}, {attack}, {disk}, {load}, {mem});",
+            interval(s)
         );
     }
     // node b: a flat load1; its baseline must not mix with a's.
     for s in [0, 10, 20] {
         q += &format!(
-            "INSERT INTO node_features (node, ts, disk_read, load1) \
-             VALUES ('b', timestamptz '{T0}' + interval '{s} s', 7, 10.0);"
+            "INSERT INTO node_features (node, ts, interval_s, disk_read, load1) \
+             VALUES ('b', timestamptz '{T0}' + interval '{s} s', {}, 7, 10.0);",
+            interval(s)
         );
     }
     sql(db, &q);
@@ -54,6 +58,51 @@ fn assert_close(got: &[Option<f64>], want: &[Option<f64>], what: &str) {
             _ => panic!("{what}: got {got:?}, want {want:?}"),
         }
     }
+}
+
+/// A delta across a gap is NULL: after an agent restart (interval_s NULL), after missing rows,
+/// and after a stalled agent (elapsed more than 1.5 times the previous interval); the rate stays
+/// as the average over the gap.
+#[test]
+fn deltas_across_gaps_are_null() {
+    if !have_root("deltas_across_gaps_are_null") {
+        return;
+    }
+    let db = "analysis_gaps";
+    migrated_database(db);
+    // (second, interval_s, forks_total): steady 10 s rows with 10 forks each; a restart at 60
+    // (16 s gap, 160 forks meanwhile); missing rows (90 -> 130); a stall (interval 30 s).
+    let rows = [
+        (0, None, 0),
+        (10, Some(10), 10),
+        (20, Some(10), 20),
+        (36, None, 180),
+        (46, Some(10), 190),
+        (56, Some(10), 200),
+        (96, Some(10), 600),
+        (106, Some(10), 610),
+        (136, Some(30), 640),
+        (146, Some(10), 650),
+    ];
+    let mut q = String::from("SELECT ensure_node_partition('g');");
+    for (s, interval, forks) in rows {
+        let interval = interval.map_or("NULL".to_owned(), |i: i32| i.to_string());
+        q += &format!(
+            "INSERT INTO node_features (node, ts, interval_s, forks_total) \
+             VALUES ('g', timestamptz '{T0}' + interval '{s} s', {interval}, {forks});"
+        );
+    }
+    sql(db, &q);
+    let deltas = floats(db, "SELECT forks_total_delta FROM node_feature_deltas ORDER BY ts");
+    let want = [None, Some(10.0), Some(10.0), None, Some(10.0), Some(10.0), None, Some(10.0), None, Some(10.0)];
+    assert_close(&deltas, &want, "forks_total_delta");
+    let gaps = sql(db, "SELECT string_agg(after_gap::text, ',' ORDER BY ts) FROM node_feature_deltas");
+    assert_eq!(gaps, "true,false,false,true,false,false,true,false,true,false");
+    let rates = floats(db, "SELECT forks_total_rate FROM node_feature_deltas WHERE after_gap ORDER BY ts");
+    assert_close(&rates, &[None, Some(10.0), Some(10.0), Some(1.0)], "forks_total_rate after gaps");
+    // The z-scores never see a gap's delta.
+    let scored = sql(db, "SELECT count(*) FROM node_feature_values WHERE feature = 'forks_total' AND scored > 10");
+    assert_eq!(scored, "0");
 }
 
 #[test]

@@ -3,11 +3,12 @@
 //! has one line per row under a header, and the PNG decodes and is shaded where labels are.
 use std::{collections::HashMap, fs::File, time::Duration};
 
+use feature_schema::ColumnType;
 use feature_schema::FEATURES;
-use lab::export::value_columns;
+use lab::export::{value_columns, value_types};
 use parquet::{
     file::reader::{FileReader, SerializedFileReader},
-    record::RowAccessor,
+    record::{Field, RowAccessor},
 };
 use tests::{have_root, migrated_database, run_lab, sql};
 
@@ -117,9 +118,31 @@ fn parquet_round_trip_equals_the_rows_and_csv_has_every_row() {
         assert_eq!(text(3), want[3]);
         let num = |i: usize| if row.is_null(i).unwrap() { None } else { Some(row.get_double(i).unwrap()) };
         assert_eq!(num(4), parse_opt(want[4]));
-        assert_eq!(text(5), want[5]);
+        // anomalous_features is a list of strings: NULL, empty or its elements.
+        let list = match &row.get_column_iter().nth(5).unwrap().1 {
+            Field::Null => String::new(),
+            Field::ListInternal(l) => l
+                .elements()
+                .iter()
+                .map(|e| if let Field::Str(s) = e { s.clone() } else { panic!("{e:?}") })
+                .collect::<Vec<_>>()
+                .join(","),
+            other => panic!("anomalous_features is {other:?}"),
+        };
+        assert_eq!(list, want[5]);
+        // Each number in its declared type: integers stay integers.
+        let types = value_types(true);
+        let typed = |i: usize| -> Option<f64> {
+            match (&row.get_column_iter().nth(i).unwrap().1, types[i - 6]) {
+                (Field::Null, _) => None,
+                (Field::Long(x), ColumnType::Int8) => Some(*x as f64),
+                (Field::Int(x), ColumnType::Int4) => Some(f64::from(*x)),
+                (Field::Double(x), ColumnType::Float8) => Some(*x),
+                (f, t) => panic!("column {} holds {f:?}, declared {t:?}", columns[i - 6]),
+            }
+        };
         for (k, c) in columns.iter().enumerate() {
-            let got = num(6 + k);
+            let got = typed(6 + k);
             let expect = match c.strip_prefix("z_") {
                 Some(f) => z[&(node.clone(), ts, f.to_owned())],
                 None => parse_opt(want[6 + k]),
@@ -144,7 +167,9 @@ fn parquet_round_trip_equals_the_rows_and_csv_has_every_row() {
     assert!(lines[0].starts_with("node,ts,attack,attack_type,anomaly_score,anomalous_features,cpu_sec_idle,"));
     assert_eq!(lines[0].split(',').count(), 6 + value_columns(false).len());
     assert!(lines[1].starts_with("\"it's, \"\"hostile\"\"\",2026-01-01T00:00:00.000000Z,0,,,,"), "{}", lines[1]);
-    assert!(lines[2].contains(",5.5,\"tcp_rst_sent,load1\","), "{}", lines[2]);
+    // anomalous_features as a JSON array: NULL (warm-up) an empty field, judged normal `[]`.
+    assert!(lines[2].contains(",5.5,\"[\"\"tcp_rst_sent\"\",\"\"load1\"\"]\","), "{}", lines[2]);
+    assert!(lines[3].contains(",0.25,[],"), "{}", lines[3]);
     assert!(!dir.join("rows.partial").exists());
 }
 

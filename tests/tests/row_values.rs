@@ -81,21 +81,14 @@ fn a_distinct_row_reads_back_by_name_through_spool_insert_csv_and_parquet() {
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let line = lines.next().expect("one row");
-    assert!(lines.next().is_none());
-    // The only field with commas is anomalous_features (quoted); split around it.
-    let (before, rest) = line.split_once(",\"").unwrap();
-    let (features_field, after) = rest.split_once("\",").unwrap();
-    let mut fields: Vec<String> = before.split(',').map(str::to_owned).collect();
-    fields.push(features_field.replace("\"\"", "\""));
-    fields.extend(after.split(',').map(str::to_owned));
-    assert_eq!(fields.len(), header.len(), "{line}");
-    let csv: HashMap<&str, &str> = header.iter().copied().zip(fields.iter().map(String::as_str)).collect();
+    let records = tests::csv_records(&text);
+    assert_eq!(records.len(), 2, "a header and one row: {text}");
+    let csv: HashMap<&str, &str> =
+        records[0].iter().map(String::as_str).zip(records[1].iter().map(String::as_str)).collect();
     assert_eq!(csv["node"], NODE);
     assert_eq!(csv["anomaly_score"].parse::<f64>().ok(), original.anomaly_score);
-    assert_eq!(csv["anomalous_features"], original.anomalous_features.clone().unwrap().join(","));
+    let features: Vec<String> = serde_json::from_str(csv["anomalous_features"]).unwrap();
+    assert_eq!(Some(features), original.anomalous_features);
     for f in FEATURES {
         assert_eq!(csv[f.column].parse::<f64>().ok(), number(&original, f.column), "CSV column {}", f.column);
     }
@@ -114,8 +107,20 @@ fn a_distinct_row_reads_back_by_name_through_spool_insert_csv_and_parquet() {
     let parquet: HashMap<String, Field> = rows[0].get_column_iter().map(|(n, f)| (n.clone(), f.clone())).collect();
     assert_eq!(parquet["node"], Field::Str(NODE.into()));
     assert_eq!(parquet["anomaly_score"], Field::Double(original.anomaly_score.unwrap()));
+    let Field::ListInternal(list) = &parquet["anomalous_features"] else {
+        panic!("{:?}", parquet["anomalous_features"])
+    };
+    let list: Vec<Field> = list.elements().to_vec();
+    let want: Vec<Field> = original.anomalous_features.clone().unwrap().into_iter().map(Field::Str).collect();
+    assert_eq!(list, want);
+    // Every feature by name, in its declared type.
     for f in FEATURES {
-        let want = number(&original, f.column).map_or(Field::Null, Field::Double);
+        let want = match original.get(f.index) {
+            Value::Int8(x) => Field::Long(x),
+            Value::Int4(x) => Field::Int(x),
+            Value::Float8(x) => Field::Double(x),
+            v => panic!("{v:?}"),
+        };
         assert_eq!(parquet[f.column], want, "Parquet column {}", f.column);
     }
     std::fs::remove_file(&path).unwrap();
