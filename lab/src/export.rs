@@ -310,7 +310,7 @@ impl Sink for ParquetSink {
                     col.typed::<Int32Type>().write_batch(&v, None, None)?;
                 }
                 3 => {
-                    let (v, def) = optional(rows.iter().map(|r| r.attack_type.as_deref().map(|s| ByteArray::from(s))));
+                    let (v, def) = optional(rows.iter().map(|r| r.attack_type.as_deref().map(ByteArray::from)));
                     col.typed::<ByteArrayType>().write_batch(&v, Some(&def), None)?;
                 }
                 4 => {
