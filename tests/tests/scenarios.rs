@@ -255,6 +255,39 @@ fn drill_detects_every_scenario() {
     }
     // Anomalous rows are logged as warnings by the agent.
     assert!(String::from_utf8_lossy(&out.stderr).contains("anomalous row"));
+
+    // The machine-learning baseline runs on the drill's dataset (examples/isolation_forest.py,
+    // in the venv `cargo xtask test` makes), on the same rows as the two detectors.
+    let parquet = std::env::temp_dir().join(format!("drill-{}.parquet", std::process::id()));
+    let out = run_lab(
+        &["export", "--format", "parquet", "--normalized", "--output", parquet.to_str().unwrap()],
+        &[("DATABASE_URL", &url)],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let python = root.join("target/ml-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: `cargo xtask test` (or `cargo xtask detection`) makes it",
+        python.display()
+    );
+    let out = std::process::Command::new(&python)
+        .arg(root.join("examples/isolation_forest.py"))
+        .arg(&parquet)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ml: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let attack_rows = ml["attack_rows"].as_u64().unwrap();
+    assert!(ml["rows"].as_u64().unwrap() > attack_rows && attack_rows > 0, "{ml}");
+    for detector in ["detector", "sql_abs_z_gt_2", "isolation_forest"] {
+        let s = &ml[detector];
+        assert_eq!(s["tp"].as_u64().unwrap() + s["fn"].as_u64().unwrap(), attack_rows, "{detector}: {s}");
+        assert!(s["false_alarm_rate"].as_f64().is_some(), "{detector}: {s}");
+    }
+    let _ = std::fs::remove_file(parquet);
 }
 
 /// A scenario with no agent writing the node's rows fails clearly and records nothing (it used

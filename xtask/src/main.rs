@@ -7,7 +7,7 @@
 //!   test        set up and run the whole test suite (what .ci/run calls)
 //!   bench       set up and run the benchmarks of BENCHMARKS.md
 //!   detection   set up, start a throwaway Postgres, run `feature-lab drill` (the README's
-//!               detection table)
+//!               detection table), then the IsolationForest baseline on its dataset
 //!   build-static  the fully static release binary the Dockerfile ships (glibc, static-pie)
 //!   image-check   build-static, then run that binary in an empty root directory (what the
 //!               distroless/static image gives it): eBPF loads and a row is taken
@@ -197,6 +197,26 @@ unshare --mount --propagation private sh -c '
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.34.0"];
 const PYTHON_TOOLS: [&str; 2] = ["checkov==3.3.30", "kubernetes-validate==1.37.0"];
 
+/// What examples/isolation_forest.py needs, from PyPI. Ranges rather than pins: pip picks the
+/// newest release that supports the machine's Python (Debian 12: 3.11).
+const ML_TOOLS: [&str; 3] = ["pandas>=2.2,<4", "pyarrow>=15", "scikit-learn>=1.4,<2"];
+
+/// The Python venv of the machine-learning baseline (pandas, pyarrow, scikit-learn), made if
+/// missing; returns its python. The tests run the example with it.
+fn ml_venv() -> anyhow::Result<PathBuf> {
+    let venv = root().join("target/ml-venv");
+    let stamp = venv.join("installed.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(&ML_TOOLS.join("\n")) {
+        eprintln!("setup: installing {} into {}", ML_TOOLS.join(", "), venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(ML_TOOLS))?;
+        std::fs::write(&stamp, ML_TOOLS.join("\n"))?;
+    }
+    Ok(venv.join("bin/python"))
+}
+
 /// The Python venv of the deploy tools (checkov, kubernetes-validate, PyYAML), made if
 /// missing; returns its bin directory.
 fn deploy_venv() -> anyhow::Result<PathBuf> {
@@ -253,6 +273,7 @@ fn detection(args: &[String]) -> anyhow::Result<()> {
     setup()?;
     let agent = release_agent()?;
     let lab = release_lab()?;
+    let python = ml_venv()?;
     let pg = ThrowawayPostgres::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let url = pg.url("postgres");
     eprintln!("detection: throwaway database {url}");
@@ -278,6 +299,8 @@ fn detection(args: &[String]) -> anyhow::Result<()> {
         .arg(&parquet)
         .env("DATABASE_URL", &url))?;
     eprintln!("detection: plot {}, dataset {}", png.display(), parquet.display());
+    // The machine-learning baseline on the same rows (examples/isolation_forest.py).
+    run(Command::new(&python).arg(root().join("examples/isolation_forest.py")).arg(&parquet))?;
     Ok(())
 }
 
@@ -404,6 +427,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { interval, records } => demo(interval, records),
         Task::Test { args } => {
             setup()?;
+            ml_venv()?;
             test(&args)
         }
         Task::Detection { args } => detection(&args),
