@@ -10,6 +10,8 @@
 //!      fallback (--socket-hook syscalls), against nothing attached, interleaved
 //!   6. each program's own cost per event (kernel.bpf_stats_enabled: run_time_ns / run_cnt from
 //!      the program's fdinfo) under a known workload of forks, connections and sockets
+//!   7. the streaming detector's CPU per row (judging real sampled rows after its warm-up);
+//!      BENCH_ONLY=detector runs this one alone
 //!
 //! Needs root. Prints a Markdown table.
 use std::{
@@ -21,6 +23,7 @@ use std::{
 
 use agent::{
     collector::{DiskSelector, InterfaceSelector, Roots, Sources},
+    detector::{Detector, DetectorOptions},
     ebpf::{EbpfCounters, LoadOptions, SocketHook},
     sampler::Sampler,
     tcp_diag::TcpDiag,
@@ -42,6 +45,36 @@ fn sampler(ebpf: bool) -> Sampler {
         EbpfCounters::load().expect("eBPF loads")
     });
     Sampler::new("bench".into(), sources, counters, Duration::from_secs(3600))
+}
+
+/// Mean CPU time the detector takes to judge one row, over `n` rows: 64 real rows sampled 20 ms
+/// apart (cycled, each a fresh clone), after a warm-up of 32.
+fn detector_cpu_per_row(n: u32) -> Duration {
+    let mut s = sampler(false);
+    let rows: Vec<_> = (0..64)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            s.sample()
+        })
+        .collect();
+    let options = DetectorOptions {
+        threshold: 4.0,
+        warmup_rows: 32,
+        half_life_rows: 360.0,
+        adapt_rows: 60,
+        agreement: 2,
+        interval_s: 0.02,
+    };
+    let mut d = Detector::new(options);
+    for r in &rows[..32] {
+        d.judge(&mut r.clone());
+    }
+    let mut copies: Vec<_> = (0..n as usize).map(|i| rows[i % rows.len()].clone()).collect();
+    let t0 = thread_cpu();
+    for r in &mut copies {
+        d.judge(r);
+    }
+    (thread_cpu() - t0) / n
 }
 
 /// Mean CPU time of one row over `n` rows, after a warm-up.
@@ -256,6 +289,17 @@ fn main() {
     let mut rows = Vec::new();
     // BENCH_ONLY=kernel: only the syscall tax and the per-program costs.
     let only_kernel = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "kernel");
+    let detector = detector_cpu_per_row(20_000);
+    rows.push((
+        "detector CPU per row (judging a sampled row)".to_string(),
+        format!("{:.2} µs", detector.as_secs_f64() * 1e6),
+    ));
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "detector") {
+        for (what, value) in &rows {
+            println!("| {what} | {value} |");
+        }
+        return;
+    }
 
     if !only_kernel {
         let mut with_ebpf = sampler(true);
