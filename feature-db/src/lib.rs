@@ -1,9 +1,11 @@
 //! What both binaries (the `feature-agent` daemon and the `feature-lab` research tools) need of
 //! the database: its options ([`args`]), connecting with TLS and clear errors ([`connect`]), and
 //! the schema ([`migrate`]: the numbered migrations in migrations/, found by build.rs, and the
-//! SQL generated from the column declaration).
+//! SQL generated from the column declaration), and the binaries' shared entry point
+//! ([`entry::main`]: arguments, logging, runtime, exit status).
 pub mod args;
 pub mod connect;
+pub mod entry;
 pub mod migrate;
 
 pub use args::{

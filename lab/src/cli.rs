@@ -2,7 +2,6 @@
 //! and drill. Database options are the daemon's (feature-db), with the same environment
 //! fallbacks, so one DATABASE_URL serves both binaries.
 use clap::{Parser, Subcommand};
-use tracing::error;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,34 +31,10 @@ pub enum Command {
     Drill(crate::drill::DrillArgs),
 }
 
-/// Entry point of the binary: parses arguments, sets up logging on stderr, runs the command.
+/// Entry point of the binary: feature-db's shared entry (arguments, logging, runtime, exit
+/// status) around this binary's commands.
 pub fn main() -> std::process::ExitCode {
-    use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().get_matches();
-    if let Err(e) = feature_db::refuse_secrets_on_command_line(&matches) {
-        eprintln!("error: {e}");
-        return std::process::ExitCode::from(2);
-    }
-    let cli = match Cli::from_arg_matches(&matches) {
-        Ok(c) => c,
-        Err(e) => e.exit(),
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the async runtime");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    feature_db::entry::main(|cli: Cli| async move {
         match cli.command {
             Command::Label(a) => crate::label::command(a).await,
             Command::Scenario(a) => crate::scenario::command(a).await,
@@ -68,12 +43,5 @@ pub fn main() -> std::process::ExitCode {
             Command::Export(a) => crate::export::command(a).await,
             Command::Plot(a) => crate::plot::command(a).await,
         }
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -201,37 +201,30 @@ const PYTHON_TOOLS: [&str; 2] = ["checkov==3.3.30", "kubernetes-validate==1.37.0
 /// newest release that supports the machine's Python (Debian 12: 3.11).
 const ML_TOOLS: [&str; 3] = ["pandas>=2.2,<4", "pyarrow>=15", "scikit-learn>=1.4,<2"];
 
-/// The Python venv of the machine-learning baseline (pandas, pyarrow, scikit-learn), made if
-/// missing; returns its python. The tests run the example with it.
-fn ml_venv() -> anyhow::Result<PathBuf> {
-    let venv = root().join("target/ml-venv");
+/// A Python venv under target/ with `packages` from PyPI, made (or remade) when its list of
+/// packages changed; returns its bin directory.
+fn venv(name: &str, packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let venv = root().join("target").join(name);
     let stamp = venv.join("installed.txt");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(&ML_TOOLS.join("\n")) {
-        eprintln!("setup: installing {} into {}", ML_TOOLS.join(", "), venv.display());
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(&packages.join("\n")) {
+        eprintln!("setup: installing {} into {}", packages.join(", "), venv.display());
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
         run(Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(ML_TOOLS))?;
-        std::fs::write(&stamp, ML_TOOLS.join("\n"))?;
+            .args(packages))?;
+        std::fs::write(&stamp, packages.join("\n"))?;
     }
-    Ok(venv.join("bin/python"))
+    Ok(venv.join("bin"))
 }
 
-/// The Python venv of the deploy tools (checkov, kubernetes-validate, PyYAML), made if
-/// missing; returns its bin directory.
+/// The venv of the machine-learning baseline (examples/isolation_forest.py); returns its python.
+fn ml_venv() -> anyhow::Result<PathBuf> {
+    Ok(venv("ml-venv", &ML_TOOLS)?.join("python"))
+}
+
+/// The venv of the deploy tools (checkov, kubernetes-validate, PyYAML); returns its bin directory.
 fn deploy_venv() -> anyhow::Result<PathBuf> {
-    let venv = root().join("target/deploy-venv");
-    let bin = venv.join("bin");
-    let stamp = venv.join("installed.txt");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(&PYTHON_TOOLS.join("\n")) {
-        eprintln!("deploy-check: installing {} into {}", PYTHON_TOOLS.join(", "), venv.display());
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run(Command::new(bin.join("pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(PYTHON_TOOLS))?;
-        std::fs::write(&stamp, PYTHON_TOOLS.join("\n"))?;
-    }
-    Ok(bin)
+    venv("deploy-venv", &PYTHON_TOOLS)
 }
 
 fn deploy_check() -> anyhow::Result<()> {

@@ -1,0 +1,47 @@
+//! The entry point both binaries share: parse the command line (refusing a password on it),
+//! log to stderr (RUST_LOG, default info), run the command on a single-threaded runtime, and
+//! turn its error into one logged line and exit status 1.
+use std::{future::Future, process::ExitCode};
+
+use clap::{CommandFactory, FromArgMatches};
+use tracing::error;
+
+/// Runs the binary whose command line is `C`, with `command` doing the work.
+pub fn main<C, F, Fut>(command: F) -> ExitCode
+where
+    C: CommandFactory + FromArgMatches,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let matches = C::command().get_matches();
+    if let Err(e) = crate::refuse_secrets_on_command_line(&matches) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = match C::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
