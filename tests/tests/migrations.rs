@@ -100,7 +100,9 @@ fn every_released_schema_upgrades_in_place() {
         assert!(!out.status.success() && stderr.contains("differ from this agent's column declaration"), "{stderr}");
         let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
         assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("applied=1"), "{release}");
-        assert!(run_lab(&export, &[("DATABASE_URL", &url)], Duration::from_secs(60)).status.success());
+        let out = run_lab(&export, &[("DATABASE_URL", &url)], Duration::from_secs(60));
+        assert!(out.status.success(), "{release}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 13, "{release}: a header and the 12 rows");
     }
 }
 

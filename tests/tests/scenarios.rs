@@ -198,10 +198,14 @@ fn label_marks_and_clears_a_window() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--from \"yesterday-ish\" is not a timestamp"));
     let out = label(&["--from", "2026-01-02T00:00:00Z", "--to", "2026-01-01T00:00:00Z"]);
+    assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is after --to"), "{}", String::from_utf8_lossy(&out.stderr));
     let out =
         label(&["--clear", "--attack-type", "x", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:00:09Z"]);
     assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("'--clear' cannot be used with '--attack-type"), "{stderr}");
+    assert_eq!(sql(db, "SELECT count(*) FROM node_features WHERE attack = 1 OR attack_type IS NOT NULL"), "0");
 }
 
 /// The scripted run (normal, attack, normal, ...): the agent's detector flags every scenario,
