@@ -185,8 +185,6 @@ struct Backlog {
     memory: VecDeque<FeatureRow>,
     memory_max: usize,
     dropped_memory: u64,
-    /// The rows last peeked came from the spool (which keeps their position).
-    pending: bool,
     /// The spool failed on the last spill (logged once until it works again).
     spool_failing: bool,
 }
@@ -237,10 +235,7 @@ impl Backlog {
         if let Some(spool) = self.spool.as_mut() {
             if spool.has_unread() {
                 match spool.read_batch(n) {
-                    Ok(rows) if !rows.is_empty() => {
-                        self.pending = true;
-                        return rows;
-                    }
+                    Ok(rows) if !rows.is_empty() => return rows,
                     Ok(_) => {
                         // Only damaged records were left: they are skipped (and counted) for good.
                         if let Err(e) = spool.commit(0) {
@@ -251,14 +246,14 @@ impl Backlog {
                 }
             }
         }
-        self.pending = false;
         self.memory.iter().take(n).cloned().collect()
     }
 
     /// The peeked rows are in the database (or refused for good).
     fn commit(&mut self, n: usize) {
-        match (std::mem::take(&mut self.pending), self.spool.as_mut()) {
-            (true, Some(spool)) => {
+        // The rows came from the spool when it has a batch in flight (it keeps their position).
+        match self.spool.as_mut().filter(|s| s.in_flight()) {
+            Some(spool) => {
                 if let Err(e) = spool.commit(n) {
                     error!(error = %e, "cannot record progress in the spool; its rows may be written again (without duplicates)");
                 }
@@ -271,8 +266,8 @@ impl Backlog {
 
     /// The peeked rows were not written; they are read again next time.
     fn abort(&mut self) {
-        if std::mem::take(&mut self.pending) {
-            if let Some(spool) = self.spool.as_mut() {
+        if let Some(spool) = self.spool.as_mut() {
+            if spool.in_flight() {
                 spool.rewind();
             }
         }
@@ -307,7 +302,6 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
         memory: VecDeque::new(),
         memory_max: opts.queue_max_rows,
         dropped_memory: 0,
-        pending: false,
         spool_failing: false,
     };
     if !backlog.is_empty() {
@@ -499,14 +493,13 @@ async fn write_rows(
 }
 
 fn log_row(row: &FeatureRow, inserted: u64) {
-    let p = row;
     info!(
         ts = %feature_schema::timefmt::rfc3339_micros(row.ts),
         new = inserted == 1,
-        cpu_sec_idle = p.cpu_sec_idle,
-        mem_av_per = p.mem_av_per,
-        load1 = p.load1,
-        forks_total = p.forks_total,
+        cpu_sec_idle = row.cpu_sec_idle,
+        mem_av_per = row.mem_av_per,
+        load1 = row.load1,
+        forks_total = row.forks_total,
         est_conn = row.est_conn,
         lis_conn = row.lis_conn,
         ebpf_forks = row.ebpf_forks,

@@ -151,9 +151,9 @@ impl Detector {
             }
         }
         let alarm = flagged.len() >= self.options.agreement.max(1) || flagged.iter().any(|(z, _)| *z > 2.0 * threshold);
-        if alarm {
-            // An attack row teaches nothing.
-        } else {
+        // A normal row teaches the features that were below the threshold; an anomalous row
+        // teaches nothing.
+        if !alarm {
             flagged.clear();
             self.learn(scored, &above);
         }

@@ -4,7 +4,7 @@
 //! differs from the copy recorded in schema_generated. An advisory lock serialises agents that
 //! start at the same moment, so re-running, or running from many nodes at once, is a no-op.
 use anyhow::Context;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 use tracing::info;
 
 /// (version, file name, SQL), in the order they apply: every migrations/NNNN_*.sql, listed by
@@ -53,11 +53,7 @@ pub async fn apply(client: &mut Client) -> anyhow::Result<usize> {
         count += 1;
     }
     let (name, sql) = GENERATED;
-    let recorded: Option<String> = tx
-        .query_opt("SELECT sql FROM schema_generated WHERE name = $1", &[&name])
-        .await
-        .context("reading schema_generated")?
-        .map(|r| r.get(0));
+    let recorded = recorded_generated(&tx).await?;
     let newest_applied = applied.iter().copied().max().unwrap_or(0);
     // A binary older than the schema leaves the newer views alone.
     if recorded.as_deref() != Some(sql) && newest_applied <= latest_version() {
@@ -74,6 +70,15 @@ pub async fn apply(client: &mut Client) -> anyhow::Result<usize> {
     }
     tx.commit().await.context("committing migrations")?;
     Ok(count)
+}
+
+/// The generated SQL the database last applied (None before any).
+async fn recorded_generated(client: &impl GenericClient) -> anyhow::Result<Option<String>> {
+    Ok(client
+        .query_opt("SELECT sql FROM schema_generated WHERE name = $1", &[&GENERATED.0])
+        .await
+        .context("reading schema_generated")?
+        .map(|r| r.get(0)))
 }
 
 /// The version of the newest numbered migration.
@@ -112,13 +117,7 @@ pub async fn require_current(client: &Client) -> anyhow::Result<()> {
     match have {
         Some(v) if v > latest => Ok(()),
         Some(v) if v == latest => {
-            let (name, sql) = GENERATED;
-            let recorded: Option<String> = client
-                .query_opt("SELECT sql FROM schema_generated WHERE name = $1", &[&name])
-                .await
-                .context("reading schema_generated")?
-                .map(|r| r.get(0));
-            if recorded.as_deref() == Some(sql) {
+            if recorded_generated(client).await?.as_deref() == Some(GENERATED.1) {
                 Ok(())
             } else {
                 anyhow::bail!(

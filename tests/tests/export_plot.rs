@@ -15,8 +15,9 @@ use tests::{have_root, migrated_database, run_lab, sql};
 const NODES: [&str; 2] = ["plain-node", "it's, \"hostile\""];
 const ROWS: i64 = 40;
 
-/// A migrated database with two nodes of synthetic rows: every feature set (some NULL, counters
-/// that reset), an attack window, and detector verdicts on some rows.
+/// A migrated database with two nodes of synthetic rows 10 s apart, as one agent run writes them
+/// (interval_s NULL on the first, 10 after it): every feature set (some NULL, counters that
+/// reset), an attack window, and detector verdicts on some rows.
 fn synthetic(db: &str) -> String {
     let url = migrated_database(db);
     let cols: Vec<&str> = FEATURES.iter().map(|f| f.column).collect();
@@ -42,10 +43,11 @@ fn synthetic(db: &str) -> String {
                 _ => ("0.25", "'{}'::text[]"),
             };
             q += &format!(
-                "INSERT INTO node_features (node, ts, attack, attack_type, anomaly_score, anomalous_features, {}) \
-                 VALUES ({lit}, timestamptz '2026-01-01 00:00:00Z' + interval '{} s', {attack}, {attack_type}, {score}, {feats}, {});",
+                "INSERT INTO node_features (node, ts, interval_s, attack, attack_type, anomaly_score, anomalous_features, {}) \
+                 VALUES ({lit}, timestamptz '2026-01-01 00:00:00Z' + interval '{} s', {}, {attack}, {attack_type}, {score}, {feats}, {});",
                 cols.join(", "),
                 r * 10,
+                if r == 0 { "NULL" } else { "10" },
                 values.join(", ")
             );
         }

@@ -106,6 +106,26 @@ fn every_released_schema_upgrades_in_place() {
     }
 }
 
+/// A binary older than the database's schema (a later release migrated it) neither downgrades the
+/// views nor refuses to run: migrate applies nothing, the newer generated SQL stays.
+#[test]
+fn an_older_binary_leaves_a_newer_schema_alone() {
+    if !have_root("an_older_binary_leaves_a_newer_schema_alone") {
+        return;
+    }
+    let db = "schema_newer";
+    let url = tests::migrated_database(db);
+    sql(db, "INSERT INTO schema_migrations (version, name) VALUES (999, '0999_from_the_future.sql'); UPDATE schema_generated SET sql = '-- a newer declaration'");
+    let out = run_agent(&["migrate"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("applied=0"), "{stderr}");
+    assert_eq!(sql(db, "SELECT sql FROM schema_generated"), "-- a newer declaration");
+    let out =
+        run_lab(&["export", "--format", "csv", "--output", "-"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("node,ts,"), "a header, and no rows");
+}
+
 /// The migrated table has exactly the declared columns with their SQL types (plus the labels),
 /// both views carry every declared column, and the catalog is the scored-feature list.
 fn assert_schema_is_the_declaration(db: &str, release: &str) {

@@ -568,6 +568,12 @@ impl Spool {
         self.ack(upto)
     }
 
+    /// Whether a batch read by [`Spool::read_batch`] awaits [`Spool::commit`] or
+    /// [`Spool::rewind`].
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
     fn read_rows(&mut self, max_rows: usize) -> Result<Batch, SpoolError> {
         let mut batch = Batch { rows: Vec::new(), ends: Vec::new(), end: self.read };
         while batch.rows.len() < max_rows {
