@@ -1,9 +1,21 @@
-//! `feature-lab plot`: renders one node's run as a PNG. One panel per chosen feature (its
-//! scored value: counters as per-interval deltas, each panel scaled to its own range), labelled
-//! attack windows shaded across every panel, the agent's detections marked as red ticks above
-//! the panels, and beneath them a panel of the SQL z-scores of the same features with the
-//! threshold drawn. The drawing is our own (a few primitives and the public-domain 8x8 font),
-//! so the plot needs no system fonts or graphics libraries.
+//! `feature-lab plot`: renders one node's run as a PNG a researcher can put in a paper, drawn
+//! with plotters and our embedded DejaVu Sans (lab/assets; no system fonts or fontconfig).
+//! From the top:
+//! - a verdict strip: the agent's alarms (red bars), rows it did not judge (warm-up: grey), gaps
+//!   in the run, and each labelled window named by its attack type;
+//! - one panel per chosen feature: its scored value (counters as per-interval deltas, by the
+//!   SQL view's gap rule) with y ticks in the column's unit;
+//! - a panel of the SQL |z| of the same features with the threshold drawn and a legend; a NULL
+//!   z is a gap in its line, and the legend says in how many rows it was NULL.
+//!
+//! Every panel shares one time axis (ticks labelled with UTC clock time); labelled windows are
+//! shaded and warm-up rows greyed across all panels; a line never crosses a missing row or a gap
+//! longer than 1.5 intervals.
+use plotters::{
+    coord::{types::RangedCoordf64, Shift},
+    prelude::*,
+    style::FontStyle,
+};
 use std::{
     io::BufWriter,
     path::{Path, PathBuf},
@@ -50,10 +62,39 @@ pub struct PlotArgs {
 pub struct PlotData {
     pub ts: Vec<f64>,
     pub attack: Vec<bool>,
+    pub attack_type: Vec<Option<String>>,
+    /// The agent gave a verdict (false: warm-up, or written without a detector).
+    pub judged: Vec<bool>,
     pub detected: Vec<bool>,
     /// Per feature, per row.
     pub values: Vec<Vec<Option<f64>>>,
     pub z: Vec<Vec<Option<f64>>>,
+}
+
+/// Labelled attack windows (exact colour, so a test can find the shading).
+pub const SHADE: RGBColor = RGBColor(255, 214, 214);
+/// Rows the agent did not judge (warm-up).
+const WARMUP: RGBColor = RGBColor(232, 232, 232);
+const ALARM: RGBColor = RGBColor(214, 39, 40);
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
+];
+const FONT: &str = "sans-serif";
+static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// A window of consecutive labelled rows, as drawn.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shaded {
+    pub x0: u32,
+    pub x1: u32,
+    pub attack_type: String,
 }
 
 /// Where things ended up in the image; printed as JSON so a reader (or a test) can find them.
@@ -63,111 +104,26 @@ pub struct PlotSummary {
     pub width: u32,
     pub height: u32,
     pub rows: usize,
-    /// Pixel rows spanned by the feature panels (shading runs through them).
+    /// Pixel rows spanned by the feature panels' plotting areas (shading runs through them).
     pub panels_top: u32,
     pub panels_bottom: u32,
-    /// Pixel columns [x0, x1] of each shaded (labelled) window.
-    pub shaded: Vec<(u32, u32)>,
+    /// Pixel columns of the time axis' start and end.
+    pub plot_left: u32,
+    pub plot_right: u32,
+    /// Each labelled window: its pixel columns and attack type.
+    pub shaded: Vec<Shaded>,
+    /// Rows the agent judged anomalous.
     pub detections: usize,
+    /// Rows the agent did not judge (warm-up, or no verdict).
+    pub unjudged: usize,
+    /// Breaks in the time axis: row spacing over 1.5 times the typical interval.
+    pub gaps: usize,
+    /// Per feature drawn, the rows whose SQL z-score is NULL (drawn as gaps).
+    pub z_null: Vec<(String, usize)>,
 }
 
-const WHITE: [u8; 3] = [255, 255, 255];
-const BLACK: [u8; 3] = [0, 0, 0];
-const GREY: [u8; 3] = [200, 200, 200];
-pub const SHADE: [u8; 3] = [255, 214, 214];
-const RED: [u8; 3] = [220, 20, 20];
-const PALETTE: [[u8; 3]; 8] = [
-    [31, 119, 180],
-    [255, 127, 14],
-    [44, 160, 44],
-    [148, 103, 189],
-    [140, 86, 75],
-    [227, 119, 194],
-    [23, 190, 207],
-    [188, 189, 34],
-];
-
-/// An RGB image with the few primitives the plot needs.
-struct Canvas {
-    w: u32,
-    h: u32,
-    px: Vec<u8>,
-}
-
-impl Canvas {
-    fn new(w: u32, h: u32) -> Self {
-        Self { w, h, px: WHITE.repeat((w * h) as usize) }
-    }
-
-    fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
-        if x >= 0 && y >= 0 && (x as u32) < self.w && (y as u32) < self.h {
-            let i = ((y as u32 * self.w + x as u32) * 3) as usize;
-            self.px[i..i + 3].copy_from_slice(&c);
-        }
-    }
-
-    fn rect(&mut self, x0: u32, y0: u32, x1: u32, y1: u32, c: [u8; 3]) {
-        for y in y0..=y1 {
-            for x in x0..=x1 {
-                self.set(i64::from(x), i64::from(y), c);
-            }
-        }
-    }
-
-    fn line(&mut self, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: [u8; 3]) {
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-        loop {
-            self.set(x, y, c);
-            self.set(x, y + 1, c);
-            if x == x1 && y == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-
-    /// 8x8 text, ASCII only (others drawn as '?').
-    fn text(&mut self, x: u32, y: u32, s: &str, c: [u8; 3]) {
-        for (k, ch) in s.chars().enumerate() {
-            let code = if ch.is_ascii() { ch as usize } else { '?' as usize };
-            let glyph = font8x8::legacy::BASIC_LEGACY[code];
-            for (row, bits) in glyph.iter().enumerate() {
-                for col in 0..8 {
-                    if bits & (1 << col) != 0 {
-                        self.set(i64::from(x) + (k * 8 + col) as i64, i64::from(y) + row as i64, c);
-                    }
-                }
-            }
-        }
-    }
-
-    #[cfg(test)]
-    fn get(&self, x: u32, y: u32) -> [u8; 3] {
-        let i = ((y * self.w + x) * 3) as usize;
-        [self.px[i], self.px[i + 1], self.px[i + 2]]
-    }
-
-    fn write_png(&self, path: &Path) -> anyhow::Result<()> {
-        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        let mut enc = png::Encoder::new(BufWriter::new(file), self.w, self.h);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header()?;
-        writer.write_image_data(&self.px)?;
-        writer.finish()?;
-        Ok(())
-    }
-}
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+type DrawError = DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>;
 
 fn fmt_value(v: f64) -> String {
     let a = v.abs();
@@ -184,139 +140,376 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-/// Draws the plot; returns the canvas and where the shading went.
-fn render(data: &PlotData, names: &[String], node: &str, threshold: f64, width: u32) -> (Canvas, PlotSummary) {
-    const LEFT: u32 = 150;
-    const RIGHT: u32 = 20;
-    const TOP: u32 = 56;
-    const PANEL: u32 = 72;
-    const GAP: u32 = 8;
-    const ZPANEL: u32 = 200;
-    let k = names.len() as u32;
-    let panels_bottom = TOP + k * (PANEL + GAP) - GAP;
-    let z_top = panels_bottom + 30;
-    let height = z_top + ZPANEL + 40;
-    let mut c = Canvas::new(width, height);
-    let plot_w = width - LEFT - RIGHT;
-    let (t0, t1) = (data.ts.first().copied().unwrap_or(0.0), data.ts.last().copied().unwrap_or(1.0));
-    let span = (t1 - t0).max(1e-9);
-    let x_of = |t: f64| LEFT + (((t - t0) / span) * f64::from(plot_w - 1)).round() as u32;
-    // Each row covers the interval since the previous row (the first: the median spacing).
-    let mut steps: Vec<f64> = data.ts.windows(2).map(|w| w[1] - w[0]).collect();
-    steps.sort_by(f64::total_cmp);
-    let typical = steps.get(steps.len() / 2).copied().unwrap_or(1.0);
+/// The y-axis description of a feature: its unit, per interval for counters.
+fn axis_unit(name: &str) -> String {
+    let Some(i) = index_of(name) else { return String::new() };
+    let f = FEATURES[i];
+    let unit = feature_schema::SCHEMA[f.index].unit;
+    match (f.kind, unit) {
+        (Kind::Counter, "") => "per interval".to_owned(),
+        (Kind::Counter, u) => format!("{u} / interval"),
+        (_, u) => u.to_owned(),
+    }
+}
 
-    c.text(10, 10, &format!("node {node}: {} rows, {} to {}", data.ts.len(), iso(t0), iso(t1)), BLACK);
-    c.text(10, 26, "shaded: labelled attack   red ticks: agent detections   counters: per-interval deltas", BLACK);
+/// The run's time geometry: x is seconds since the first row; each row covers the interval
+/// since the previous one (the first row, the typical interval).
+struct Timeline {
+    t0: f64,
+    span: f64,
+    typical: f64,
+    /// Per row: true when it follows a gap (spacing over 1.5 typical intervals).
+    after_gap: Vec<bool>,
+}
 
-    // Shading of labelled windows, merged into runs, over the panels and the z panel.
-    let mut shaded = Vec::new();
-    let mut i = 0;
-    while i < data.ts.len() {
-        if !data.attack[i] {
-            i += 1;
-            continue;
-        }
-        let start = data.ts[i] - if i > 0 { data.ts[i] - data.ts[i - 1] } else { typical };
-        let mut j = i;
-        while j + 1 < data.ts.len() && data.attack[j + 1] {
-            j += 1;
-        }
-        let (x0, x1) = (x_of(start.max(t0)), x_of(data.ts[j]));
-        c.rect(x0, TOP, x1, panels_bottom, SHADE);
-        c.rect(x0, z_top, x1, z_top + ZPANEL, SHADE);
-        shaded.push((x0, x1));
-        i = j + 1;
+impl Timeline {
+    fn new(ts: &[f64]) -> Self {
+        let t0 = ts.first().copied().unwrap_or(0.0);
+        let span = (ts.last().copied().unwrap_or(1.0) - t0).max(1e-9);
+        let mut steps: Vec<f64> = ts.windows(2).map(|w| w[1] - w[0]).collect();
+        steps.sort_by(f64::total_cmp);
+        let typical = steps.get(steps.len() / 2).copied().unwrap_or(1.0).max(1e-9);
+        let after_gap = (0..ts.len()).map(|i| i > 0 && ts[i] - ts[i - 1] > 1.5 * typical).collect();
+        Self { t0, span, typical, after_gap }
     }
 
-    // Feature panels.
-    for (p, name) in names.iter().enumerate() {
-        let top = TOP + p as u32 * (PANEL + GAP);
-        let bottom = top + PANEL;
-        let colour = PALETTE[p % PALETTE.len()];
-        let vals = &data.values[p];
-        let present: Vec<f64> = vals.iter().flatten().copied().collect();
-        let (lo, hi) = present.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
-        c.line((i64::from(LEFT), i64::from(bottom)), (i64::from(width - RIGHT), i64::from(bottom)), GREY);
-        c.line((i64::from(LEFT), i64::from(top)), (i64::from(LEFT), i64::from(bottom)), GREY);
-        c.text(8, top + 4, &name.chars().take(17).collect::<String>(), colour);
-        if present.is_empty() {
-            c.text(8, top + 20, "no data", GREY);
-            continue;
+    /// [start, end] in x of row `i`: from the previous row (or one interval back) to itself.
+    fn cell(&self, ts: &[f64], i: usize) -> (f64, f64) {
+        let start = if i > 0 && !self.after_gap[i] { ts[i - 1] } else { ts[i] - self.typical };
+        ((start - self.t0).max(0.0), ts[i] - self.t0)
+    }
+
+    /// Runs [i, j] of consecutive rows (no gap between them) where `pick(row)` holds.
+    fn runs(&self, n: usize, pick: impl Fn(usize) -> bool) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < n {
+            if !pick(i) {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j + 1 < n && pick(j + 1) && !self.after_gap[j + 1] {
+                j += 1;
+            }
+            out.push((i, j));
+            i = j + 1;
         }
-        c.text(8, top + 20, &format!("max {}", fmt_value(hi)), BLACK);
-        c.text(8, top + 36, &format!("min {}", fmt_value(lo)), BLACK);
-        let range = (hi - lo).max(1e-12);
-        let y_of = |v: f64| i64::from(bottom - 2) - (((v - lo) / range) * f64::from(PANEL - 6)).round() as i64;
-        let mut prev: Option<(i64, i64)> = None;
-        for (t, v) in data.ts.iter().zip(vals) {
-            match v {
-                Some(v) => {
-                    let pt = (i64::from(x_of(*t)), y_of(*v));
-                    c.line(prev.unwrap_or(pt), pt, colour);
-                    prev = Some(pt);
-                }
-                None => prev = None,
+        out
+    }
+
+    /// The points of `values` as line segments: broken at NULLs and at gaps.
+    fn segments(&self, ts: &[f64], values: &[Option<f64>]) -> Vec<Vec<(f64, f64)>> {
+        let mut out: Vec<Vec<(f64, f64)>> = Vec::new();
+        let mut current = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            if (v.is_none() || self.after_gap[i]) && !current.is_empty() {
+                out.push(std::mem::take(&mut current));
+            }
+            if let Some(v) = v {
+                current.push((ts[i] - self.t0, *v));
             }
         }
-    }
-    // Detections: ticks in the band above the panels.
-    let mut detections = 0;
-    for (t, d) in data.ts.iter().zip(&data.detected) {
-        if *d {
-            let x = x_of(*t);
-            c.rect(x.saturating_sub(1), TOP - 14, x + 1, TOP - 3, RED);
-            detections += 1;
+        if !current.is_empty() {
+            out.push(current);
         }
+        out
     }
+}
 
-    // z-score panel: |z| of each feature, clipped at 4x the threshold, threshold line dashed.
-    let z_bottom = z_top + ZPANEL;
-    let zmax = threshold * 4.0;
-    let y_of_z = |z: f64| i64::from(z_bottom) - ((z.abs().min(zmax) / zmax) * f64::from(ZPANEL - 4)).round() as i64;
-    c.text(8, z_top + 4, "|z| (SQL)", BLACK);
-    c.text(8, z_top + 20, &format!("clip {}", fmt_value(zmax)), BLACK);
-    c.line((i64::from(LEFT), i64::from(z_bottom)), (i64::from(width - RIGHT), i64::from(z_bottom)), GREY);
-    c.line((i64::from(LEFT), i64::from(z_top)), (i64::from(LEFT), i64::from(z_bottom)), GREY);
-    let ty = y_of_z(threshold);
-    c.text(8, ty.max(0) as u32 - 4, &format!("|z|={threshold}"), RED);
-    for x in (LEFT..width - RIGHT).step_by(8) {
-        c.rect(x, ty as u32, (x + 3).min(width - RIGHT), ty as u32, RED);
-    }
-    for (p, zs) in data.z.iter().enumerate() {
-        let colour = PALETTE[p % PALETTE.len()];
-        let mut prev: Option<(i64, i64)> = None;
-        for (t, z) in data.ts.iter().zip(zs) {
-            match z {
-                Some(z) => {
-                    let pt = (i64::from(x_of(*t)), y_of_z(*z));
-                    c.line(prev.unwrap_or(pt), pt, colour);
-                    prev = Some(pt);
-                }
-                None => prev = None,
-            }
-        }
-    }
-    c.text(LEFT, z_bottom + 12, &iso(t0), BLACK);
-    let end_label = iso(t1);
-    c.text(width - RIGHT - 8 * end_label.len() as u32, z_bottom + 12, &end_label, BLACK);
-
-    let summary = PlotSummary {
-        output: String::new(),
-        width,
-        height,
-        rows: data.ts.len(),
-        panels_top: TOP,
-        panels_bottom,
-        shaded,
-        detections,
-    };
-    (c, summary)
+fn clock(t: f64) -> String {
+    let ts = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
+    rfc3339_micros(ts).chars().skip(11).take(8).collect()
 }
 
 fn iso(t: f64) -> String {
     let ts = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
     rfc3339_micros(ts).chars().take(19).collect::<String>().replace('T', " ")
+}
+
+/// Registers the embedded font under the family name the plot uses (once per process).
+fn register_font() -> anyhow::Result<()> {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *DONE.get_or_init(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, DEJAVU_SANS).is_ok()
+            && plotters::style::register_font(FONT, FontStyle::Bold, DEJAVU_SANS).is_ok()
+    });
+    if !ok {
+        bail!("the embedded font could not be loaded");
+    }
+    Ok(())
+}
+
+/// Draws the plot into an RGB buffer; returns the buffer's height and where things went.
+fn render(
+    data: &PlotData,
+    names: &[String],
+    node: &str,
+    threshold: f64,
+    width: u32,
+) -> anyhow::Result<(Vec<u8>, PlotSummary)> {
+    register_font()?;
+    const TITLE: u32 = 56;
+    const STRIP: u32 = 46;
+    const PANEL: u32 = 120;
+    const ZPANEL: u32 = 260;
+    const Y_LABELS: u32 = 110;
+    const RIGHT: u32 = 24;
+    let k = names.len() as u32;
+    let height = TITLE + STRIP + k * PANEL + ZPANEL;
+    let mut buf = vec![255u8; (width * height * 3) as usize];
+    let summary = {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        draw(&root, data, names, node, threshold, (TITLE, STRIP, PANEL, Y_LABELS, RIGHT))
+            .map_err(|e| anyhow::anyhow!("drawing the plot: {e}"))?
+    };
+    root_present(&buf)?;
+    Ok((buf, PlotSummary { width, height, ..summary }))
+}
+
+/// A drawn image is never all white: a sanity check that the backend wrote into the buffer.
+fn root_present(buf: &[u8]) -> anyhow::Result<()> {
+    if buf.iter().all(|b| *b == 255) {
+        bail!("drawing the plot produced an empty image");
+    }
+    Ok(())
+}
+
+fn draw(
+    root: &Area<'_>,
+    data: &PlotData,
+    names: &[String],
+    node: &str,
+    threshold: f64,
+    (title_h, strip_h, panel_h, y_labels, right): (u32, u32, u32, u32, u32),
+) -> Result<PlotSummary, DrawError> {
+    let n = data.ts.len();
+    let line = Timeline::new(&data.ts);
+    let xs = 0.0..line.span;
+    let ts = &data.ts;
+
+    let (title, rest) = root.split_vertically(title_h);
+    let (t0, t1) = (ts[0], ts[n - 1]);
+    title.draw(&Text::new(
+        format!("node {node}: {n} rows, {} to {} UTC", iso(t0), iso(t1)),
+        (12, 8),
+        (FONT, 20).into_font().style(FontStyle::Bold),
+    ))?;
+    title.draw(&Text::new(
+        format!(
+            "counters as deltas per interval (typical {:.0} s); shaded: labelled attack; grey: not judged (warm-up)",
+            line.typical
+        ),
+        (12, 33),
+        (FONT, 14),
+    ))?;
+    let (strip, rest) = rest.split_vertically(strip_h);
+    let mut panels = Vec::with_capacity(names.len());
+    let mut rest = rest;
+    for _ in names {
+        let (p, r) = rest.split_vertically(panel_h);
+        panels.push(p);
+        rest = r;
+    }
+    let z_area = rest;
+
+    let attack_runs = line.runs(n, |i| data.attack[i]);
+    let unjudged_runs = line.runs(n, |i| !data.judged[i]);
+    // Background bands shared by every panel: warm-up grey, labelled windows shaded.
+    let bands =
+        |chart: &mut ChartContext<'_, BitMapBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+         lo: f64,
+         hi: f64|
+         -> Result<(), DrawError> {
+            for (style, runs) in [(WARMUP, &unjudged_runs), (SHADE, &attack_runs)] {
+                chart.draw_series(runs.iter().map(|&(i, j)| {
+                    Rectangle::new([(line.cell(ts, i).0, lo), (line.cell(ts, j).1, hi)], style.filled())
+                }))?;
+            }
+            Ok(())
+        };
+    let time_label = |x: &f64| clock(t0 + x);
+
+    // Verdict strip.
+    let mut chart = ChartBuilder::on(&strip)
+        .margin_right(right)
+        .y_label_area_size(y_labels)
+        .build_cartesian_2d(xs.clone(), 0.0..1.0)?;
+    chart.configure_mesh().disable_mesh().disable_x_axis().y_labels(0).draw()?;
+    strip.draw(&Text::new("agent alarms", (8, 16), (FONT, 13).into_font().style(FontStyle::Bold)))?;
+    bands(&mut chart, 0.0, 1.0)?;
+    chart.draw_series(
+        (0..n)
+            .filter(|&i| data.detected[i])
+            .map(|i| Rectangle::new([(line.cell(ts, i).0, 0.0), (line.cell(ts, i).1, 0.55)], ALARM.filled())),
+    )?;
+    let label_font = (FONT, 13).into_font().color(&BLACK);
+    for &(i, _) in &attack_runs {
+        let name = data.attack_type[i].clone().unwrap_or_else(|| "attack (no type)".to_owned());
+        chart.draw_series(std::iter::once(Text::new(name, (line.cell(ts, i).0, 0.95), label_font.clone())))?;
+    }
+    for i in (0..n).filter(|&i| line.after_gap[i]) {
+        let x = (ts[i - 1] + ts[i]) / 2.0 - t0;
+        chart.draw_series(std::iter::once(Text::new("gap", (x, 0.95), label_font.clone())))?;
+    }
+    let (plot_x, _) = chart.plotting_area().get_pixel_range();
+
+    // Feature panels.
+    let mut panels_top = u32::MAX;
+    let mut panels_bottom = 0;
+    let mut shaded = Vec::new();
+    for (p, (name, area)) in names.iter().zip(&panels).enumerate() {
+        let colour = PALETTE[p % PALETTE.len()];
+        let present: Vec<f64> = data.values[p].iter().flatten().copied().collect();
+        let (mut lo, mut hi) =
+            present.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
+        if present.is_empty() {
+            (lo, hi) = (0.0, 1.0);
+        } else if hi - lo < 1e-9 {
+            (lo, hi) = (lo - 1.0, hi + 1.0);
+        } else {
+            let pad = (hi - lo) * 0.08;
+            (lo, hi) = (lo - pad, hi + pad);
+        }
+        let mut chart = ChartBuilder::on(area)
+            .margin_top(4)
+            .margin_right(right)
+            .y_label_area_size(y_labels)
+            .build_cartesian_2d(xs.clone(), lo..hi)?;
+        chart
+            .configure_mesh()
+            .x_labels(10)
+            .y_labels(4)
+            .x_label_formatter(&time_label)
+            .y_label_formatter(&|v| fmt_value(*v))
+            .label_style((FONT, 12))
+            .light_line_style(WHITE)
+            .bold_line_style(RGBColor(235, 235, 235))
+            .draw()?;
+        bands(&mut chart, lo, hi)?;
+        for seg in line.segments(ts, &data.values[p]) {
+            if seg.len() == 1 {
+                chart.draw_series(std::iter::once(Circle::new(seg[0], 2, colour.filled())))?;
+            } else {
+                chart.draw_series(LineSeries::new(seg, colour.stroke_width(2)))?;
+            }
+        }
+        let unit = axis_unit(name);
+        let caption = match (present.is_empty(), unit.is_empty()) {
+            (true, _) => format!("{name} (no data)"),
+            (false, true) => name.clone(),
+            (false, false) => format!("{name} ({unit})"),
+        };
+        let (px, py) = chart.plotting_area().get_pixel_range();
+        area.draw(&Text::new(
+            caption,
+            (px.start - area.get_base_pixel().0 + 6, py.start - area.get_base_pixel().1 + 3),
+            (FONT, 14).into_font().style(FontStyle::Bold).color(&colour),
+        ))?;
+        panels_top = panels_top.min(py.start as u32);
+        panels_bottom = panels_bottom.max(py.end as u32);
+        if p == 0 {
+            for &(i, j) in &attack_runs {
+                let (x0, _) = chart.backend_coord(&(line.cell(ts, i).0, lo));
+                let (x1, _) = chart.backend_coord(&(line.cell(ts, j).1, lo));
+                let attack_type = data.attack_type[i].clone().unwrap_or_default();
+                shaded.push(Shaded { x0: x0 as u32, x1: x1 as u32, attack_type });
+            }
+        }
+    }
+
+    // |z| panel: each feature's SQL z-score, clipped at 4x the threshold, threshold dashed.
+    let zmax = threshold * 4.0;
+    let mut chart = ChartBuilder::on(&z_area)
+        .margin_top(8)
+        .margin_right(right)
+        .margin_bottom(6)
+        .y_label_area_size(y_labels)
+        .x_label_area_size(44)
+        .build_cartesian_2d(xs.clone(), 0.0..zmax)?;
+    chart
+        .configure_mesh()
+        .x_labels(10)
+        .y_labels(5)
+        .x_label_formatter(&time_label)
+        .y_label_formatter(&|v| fmt_value(*v))
+        .x_desc(format!("time (UTC, {})", iso(t0).chars().take(10).collect::<String>()))
+        .y_desc(format!("SQL |z| (clipped at {})", fmt_value(zmax)))
+        .label_style((FONT, 12))
+        .axis_desc_style((FONT, 13))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(235, 235, 235))
+        .draw()?;
+    bands(&mut chart, 0.0, zmax)?;
+    let dash = line.span / 120.0;
+    chart
+        .draw_series((0..120).step_by(2).map(|d| {
+            let x = f64::from(d) * dash;
+            PathElement::new(vec![(x, threshold), (x + dash, threshold)], ALARM.stroke_width(1))
+        }))?
+        .label(format!("|z| = {threshold}"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 8, y), (x + 12, y), (x + 20, y)], ALARM));
+    let mut z_null = Vec::new();
+    for (p, name) in names.iter().enumerate() {
+        let colour = PALETTE[p % PALETTE.len()];
+        let clipped: Vec<Option<f64>> = data.z[p].iter().map(|z| z.map(|z| z.abs().min(zmax))).collect();
+        let nulls = clipped.iter().filter(|z| z.is_none()).count();
+        z_null.push((name.clone(), nulls));
+        let label = if nulls > 0 { format!("{name} (z NULL in {nulls} rows)") } else { name.clone() };
+        let segments = line.segments(ts, &clipped);
+        // An empty series still carries the legend entry, so a feature never vanishes.
+        let mut labelled = false;
+        for seg in segments.into_iter().chain(std::iter::once(Vec::new())) {
+            if labelled && seg.is_empty() {
+                continue;
+            }
+            let ann = if seg.len() == 1 {
+                chart.draw_series(std::iter::once(Circle::new(seg[0], 2, colour.filled())))?
+            } else {
+                chart.draw_series(LineSeries::new(seg, colour.stroke_width(2)))?
+            };
+            if !labelled {
+                ann.label(label.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+                labelled = true;
+            }
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(160, 160, 160))
+        .label_font((FONT, 12))
+        .draw()?;
+    let plot_right = chart.backend_coord(&(line.span, 0.0)).0 as u32;
+
+    Ok(PlotSummary {
+        output: String::new(),
+        width: 0,
+        height: 0,
+        rows: n,
+        panels_top,
+        panels_bottom,
+        plot_left: plot_x.start as u32,
+        plot_right,
+        shaded,
+        detections: data.detected.iter().filter(|d| **d).count(),
+        unjudged: data.judged.iter().filter(|j| !**j).count(),
+        gaps: line.after_gap.iter().filter(|g| **g).count(),
+        z_null,
+    })
+}
+
+fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut enc = png::Encoder::new(BufWriter::new(file), width, height);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header()?;
+    writer.write_image_data(rgb)?;
+    writer.finish()?;
+    Ok(())
 }
 
 /// Reads the node's rows, the scored values of `names` and their z-scores.
@@ -340,11 +533,12 @@ async fn load(
         .collect();
     let zs: Vec<String> = names.iter().map(|n| format!("max(z.z) FILTER (WHERE z.feature = '{n}')")).collect();
     let sql = format!(
-        "SELECT extract(epoch FROM d.ts)::float8, d.attack = 1, coalesce(cardinality(d.anomalous_features), 0) > 0, {}, {}
+        "SELECT extract(epoch FROM d.ts)::float8, d.attack = 1, d.attack_type, d.anomalous_features IS NOT NULL,
+                coalesce(cardinality(d.anomalous_features), 0) > 0, {}, {}
          FROM node_feature_deltas d
          LEFT JOIN node_feature_zscores(2.0, $2, $3, false, $1) z ON z.node = d.node AND z.ts = d.ts
          WHERE d.node = $1 AND ($2::timestamptz IS NULL OR d.ts >= $2) AND ($3::timestamptz IS NULL OR d.ts <= $3)
-         GROUP BY d.node, d.ts, d.attack, d.anomalous_features, {}
+         GROUP BY d.node, d.ts, d.attack, d.attack_type, d.anomalous_features, {}
          ORDER BY d.ts",
         cols.join(", "),
         zs.join(", "),
@@ -360,10 +554,12 @@ async fn load(
     for r in &rows {
         data.ts.push(r.get(0));
         data.attack.push(r.get(1));
-        data.detected.push(r.get(2));
+        data.attack_type.push(r.get(2));
+        data.judged.push(r.get(3));
+        data.detected.push(r.get(4));
         for p in 0..k {
-            data.values[p].push(r.get(3 + p));
-            data.z[p].push(r.get(3 + k + p));
+            data.values[p].push(r.get(5 + p));
+            data.z[p].push(r.get(5 + k + p));
         }
     }
     Ok(data)
@@ -385,8 +581,8 @@ pub async fn command(args: PlotArgs) -> anyhow::Result<()> {
     if data.ts.len() < 2 {
         bail!("node {:?} has {} rows in this window; a plot needs at least 2", args.node, data.ts.len());
     }
-    let (canvas, mut summary) = render(&data, &args.features, &args.node, args.threshold, args.width);
-    canvas.write_png(&args.output)?;
+    let (rgb, mut summary) = render(&data, &args.features, &args.node, args.threshold, args.width)?;
+    write_png(&args.output, summary.width, summary.height, &rgb)?;
     summary.output = args.output.display().to_string();
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
@@ -396,25 +592,70 @@ pub async fn command(args: PlotArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn shading_covers_the_labelled_rows_only() {
-        let n = 20;
-        let data = PlotData {
-            ts: (0..n).map(|i| f64::from(i) * 10.0).collect(),
+    fn pixel(buf: &[u8], width: u32, x: u32, y: u32) -> RGBColor {
+        let i = ((y * width + x) * 3) as usize;
+        RGBColor(buf[i], buf[i + 1], buf[i + 2])
+    }
+
+    fn data(n: u32) -> PlotData {
+        PlotData {
+            ts: (0..n).map(|i| 1_767_225_600.0 + f64::from(i) * 10.0).collect(),
             attack: (0..n).map(|i| (8..12).contains(&i)).collect(),
+            attack_type: (0..n).map(|i| (8..12).contains(&i).then(|| "port-scan".to_owned())).collect(),
+            judged: (0..n).map(|i| i >= 3).collect(),
             detected: (0..n).map(|i| i == 9).collect(),
             values: vec![(0..n).map(|i| Some(f64::from(i % 5))).collect()],
-            z: vec![(0..n).map(|i| Some(f64::from(i) / 4.0)).collect()],
-        };
-        let (c, s) = render(&data, &["load1".to_owned()], "n", 2.0, 800);
+            z: vec![(0..n).map(|i| (i != 15).then(|| f64::from(i) / 4.0)).collect()],
+        }
+    }
+
+    #[test]
+    fn shading_covers_the_labelled_rows_only_and_warmup_is_grey() {
+        let d = data(20);
+        let (buf, s) = render(&d, &["load1".to_owned()], "n", 2.0, 800).unwrap();
+        assert_eq!(buf.len() as u32, s.width * s.height * 3);
         assert_eq!(s.shaded.len(), 1);
-        let (x0, x1) = s.shaded[0];
-        let mid = (x0 + x1) / 2;
-        let in_shade = (s.panels_top..s.panels_bottom).filter(|&y| c.get(mid, y) == SHADE).count();
-        assert!(in_shade as u32 > (s.panels_bottom - s.panels_top) / 2);
-        let outside = (s.panels_top..s.panels_bottom).filter(|&y| c.get(x0 - 20, y) == SHADE).count();
-        assert_eq!(outside, 0);
-        assert_eq!(s.detections, 1);
-        assert_eq!(c.get(799, 0), WHITE);
+        assert_eq!(s.shaded[0].attack_type, "port-scan");
+        let Shaded { x0, x1, .. } = s.shaded[0];
+        let column = |x: u32, c: RGBColor| {
+            (s.panels_top..s.panels_bottom).filter(|&y| pixel(&buf, 800, x, y) == c).count() as u32
+        };
+        assert!(column((x0 + x1) / 2, SHADE) > (s.panels_bottom - s.panels_top) / 2);
+        assert_eq!(column(x0 - 20, SHADE), 0);
+        // Rows 0..3 not judged: grey at the start of the axis.
+        assert!(column(s.plot_left + 3, WARMUP) > (s.panels_bottom - s.panels_top) / 2);
+        assert_eq!((s.detections, s.unjudged, s.gaps), (1, 3, 0));
+        assert_eq!(s.z_null, vec![("load1".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn a_gap_breaks_the_lines_and_is_counted() {
+        let mut d = data(20);
+        for t in &mut d.ts[10..] {
+            *t += 300.0;
+        }
+        let (_, s) = render(&d, &["load1".to_owned()], "n", 2.0, 800).unwrap();
+        assert_eq!(s.gaps, 1);
+        let line = Timeline::new(&d.ts);
+        let segments = line.segments(&d.ts, &d.values[0]);
+        assert_eq!(segments.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10]);
+        let z = line.segments(&d.ts, &d.z[0]);
+        assert_eq!(z.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 5, 4]);
+    }
+
+    #[test]
+    fn a_feature_with_no_value_still_gets_its_panel_and_legend() {
+        let mut d = data(12);
+        d.values.push(vec![None; 12]);
+        d.z.push(vec![None; 12]);
+        let (_, s) = render(&d, &["load1".to_owned(), "tcp_conn_failed".to_owned()], "n", 2.0, 800).unwrap();
+        assert_eq!(s.z_null[1], ("tcp_conn_failed".to_owned(), 12));
+    }
+
+    #[test]
+    fn units_on_the_axes() {
+        assert_eq!(axis_unit("forks_total"), "forks / interval");
+        assert_eq!(axis_unit("cpu_sec_idle"), "s / interval");
+        assert_eq!(axis_unit("load1"), "");
     }
 }

@@ -214,23 +214,32 @@ fn plot_png_decodes_and_is_shaded_where_the_labels_are() {
         [buf[i], buf[i + 1], buf[i + 2]]
     };
     let shade = lab::plot::SHADE;
-    let (top, bottom) =
-        (summary["panels_top"].as_u64().unwrap() as u32, summary["panels_bottom"].as_u64().unwrap() as u32);
-    // One labelled window (rows 20..25 of 40): one shaded run about a sixth of the width wide.
+    let shade = [shade.0, shade.1, shade.2];
+    let at = |k: &str| summary[k].as_u64().unwrap() as u32;
+    let (top, bottom, left, right) = (at("panels_top"), at("panels_bottom"), at("plot_left"), at("plot_right"));
+    // One labelled window (rows 20..25 of 40, each row covering the 10 s before it): one shaded
+    // run, named by its attack type, six intervals of the 39 the axis spans wide.
     let shaded = summary["shaded"].as_array().unwrap();
     assert_eq!(shaded.len(), 1, "{summary}");
-    let (x0, x1) = (shaded[0][0].as_u64().unwrap() as u32, shaded[0][1].as_u64().unwrap() as u32);
-    let plot_w = f64::from(info.width - 170);
-    let expected_w = plot_w * 6.0 / 39.0;
-    assert!((f64::from(x1 - x0) - expected_w).abs() < 4.0, "{x0}..{x1} vs {expected_w}");
+    assert_eq!(shaded[0]["attack_type"], "port-scan");
+    let (x0, x1) = (shaded[0]["x0"].as_u64().unwrap() as u32, shaded[0]["x1"].as_u64().unwrap() as u32);
+    let expected_w = f64::from(right - left) * 6.0 / 39.0;
+    assert!((f64::from(x1 - x0) - expected_w).abs() < 3.0, "{x0}..{x1} vs {expected_w}");
     // Inside: mostly shade (lines cross it); outside: no shade at all.
     let column = |x: u32| (top..bottom).filter(|&y| px(x, y) == shade).count() as u32;
     assert!(column((x0 + x1) / 2) > (bottom - top) / 2);
-    for x in (171..info.width - 21).step_by(7) {
+    for x in (left + 1..right).step_by(7) {
         if x + 1 < x0 || x > x1 + 1 {
             assert_eq!(column(x), 0, "shade at x={x} outside {x0}..{x1}");
         }
     }
+    // Rows with r % 5 == 0 have no verdict; the default features' z is NULL where their
+    // values are (every 13th row by the synthetic pattern) or their delta is.
+    assert_eq!(summary["unjudged"], 8);
+    assert_eq!(summary["gaps"], 0);
+    let z_null = summary["z_null"].as_array().unwrap();
+    assert_eq!(z_null.len(), lab::plot::DEFAULT_FEATURES.split(',').count());
+    assert!(z_null.iter().all(|f| f[1].as_u64().unwrap() >= 1), "{summary}");
     // Detector flags on every 5th row (r % 5 == 1): 8 ticks.
     assert_eq!(summary["detections"], 8);
 
