@@ -15,6 +15,77 @@ pub const MAP_SOCKET_CALLS_IN_FLIGHT: &str = "SOCKET_CALLS_IN_FLIGHT";
 /// Capacity of [`MAP_SOCKET_CALLS_IN_FLIGHT`]: concurrent socket() calls, one per thread at most.
 pub const SOCKET_CALLS_IN_FLIGHT_MAX: u32 = 16384;
 
+/// Per-CPU hash from cgroup v2 id to that cgroup's [`EventCounts`]: every event counted per node
+/// is also counted here, under the cgroup of the task that caused it (process context) or of the
+/// socket's owner (TCP state changes and resets, which the kernel often handles in softirq).
+pub const MAP_CGROUP_EVENT_COUNTS: &str = "CGROUP_EVENT_COUNTS";
+/// Default capacity of [`MAP_CGROUP_EVENT_COUNTS`] (the agent's --cgroup-map-entries).
+pub const CGROUP_EVENT_COUNTS_DEFAULT_MAX: u32 = 4096;
+/// Per-CPU array with one [`EventCounts`] entry: events of cgroups that found
+/// [`MAP_CGROUP_EVENT_COUNTS`] full. They belong to the "other" row, so the node total still
+/// equals the sum of the per-cgroup rows; the agent exports the count.
+pub const MAP_CGROUP_OVERFLOW: &str = "CGROUP_OVERFLOW";
+/// Hash from cgroup v2 id to its path, written by the cgroup_mkdir hook so that a cgroup that
+/// lives less than an interval is still named. The agent removes each entry once it has read it.
+pub const MAP_CGROUP_NAMES: &str = "CGROUP_NAMES";
+/// Capacity of [`MAP_CGROUP_NAMES`]: cgroups created in one interval.
+pub const CGROUP_NAMES_MAX: u32 = 1024;
+/// Per-CPU scratch slot the cgroup_mkdir hook builds a [`CgroupName`] in (too big for the stack).
+pub const MAP_CGROUP_NAME_SCRATCH: &str = "CGROUP_NAME_SCRATCH";
+/// Hash from [`KernelCondition`] to a flag, inserted the first time the condition happens, so
+/// it is logged once, never again.
+pub const MAP_CONDITIONS_LOGGED: &str = "CONDITIONS_LOGGED";
+
+/// The global the agent sets before loading: what per-cgroup counting needs (see
+/// [`CgroupCounting`]).
+pub const GLOBAL_CGROUP_COUNTING: &str = "CGROUP_COUNTING";
+
+/// Longest cgroup path the cgroup_mkdir hook keeps (kubelet's are under 250 bytes).
+pub const CGROUP_PATH_MAX: usize = 512;
+
+/// A cgroup's path relative to the cgroup v2 root, as the cgroup_mkdir tracepoint reports it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupName {
+    /// Bytes of `path` used, without the NUL.
+    pub len: u32,
+    pub level: u32,
+    pub path: [u8; CGROUP_PATH_MAX],
+}
+
+/// Per-cgroup counting settings, written into the object by the agent before it loads it.
+/// Offsets come from the kernel's BTF; a zero `socket_owner_known` means the TCP hooks cannot
+/// tell a socket's owner, and count nothing per cgroup (those pod columns are NULL).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupCounting {
+    /// Non-zero: count events per cgroup at all.
+    pub enabled: u32,
+    /// Non-zero: the offsets below are valid.
+    pub socket_owner_known: u32,
+    /// Offset in `struct sock` of `__sk_common.skc_state` (u8).
+    pub sk_state: u32,
+    /// Offset in `struct sock` of `sk_cgrp_data.cgroup` (a `struct cgroup *`).
+    pub sk_cgroup: u32,
+    /// Offset in `struct cgroup` of `kn` (a `struct kernfs_node *`).
+    pub cgroup_kn: u32,
+    /// Offset in `struct kernfs_node` of `id` (u64: the cgroup id, the directory's inode).
+    pub kernfs_id: u32,
+}
+
+/// Rare kernel-side conditions, each logged once through aya-log.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelCondition {
+    /// [`MAP_CGROUP_EVENT_COUNTS`] is full: new cgroups' events go to the overflow counts.
+    CgroupMapFull = 0,
+    /// [`MAP_CGROUP_NAMES`] is full: a new cgroup's path was not recorded.
+    CgroupNamesFull = 1,
+}
+
+/// Number of [`KernelCondition`]s.
+pub const KERNEL_CONDITION_COUNT: u32 = 2;
+
 /// Declares [`Event`] (index and name of each counter, in map order), [`EVENT_COUNT`],
 /// [`Event::ALL`] and [`Event::name`] from one list.
 macro_rules! events {
@@ -172,6 +243,9 @@ mod pod {
     unsafe impl aya::Pod for super::EventCounts {}
     unsafe impl aya::Pod for super::TcpStateBalance {}
     unsafe impl aya::Pod for super::SocketCall {}
+    unsafe impl aya::Pod for super::CgroupCounting {}
+    // SAFETY: u32, u32, then a byte array: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::CgroupName {}
 }
 
 #[cfg(test)]

@@ -15,9 +15,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use crate::maps::{count, move_tcp_state};
+use aya_ebpf::EbpfContext;
+
+use crate::maps::{count_socket, move_tcp_state};
 
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
+const SKADDR_OFFSET: usize = 8;
 const OLDSTATE_OFFSET: usize = 16;
 const NEWSTATE_OFFSET: usize = 20;
 const PROTOCOL_OFFSET: usize = 30;
@@ -31,7 +34,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if unsafe { bpf_skc_to_tcp_sock(sk) }.is_null() {
         return 0;
     }
-    tcp_state_changed(old, new);
+    tcp_state_changed(&ctx, sk as u64, old, new);
     0
 }
 
@@ -39,16 +42,23 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets of this tracepoint's fixed-layout record.
     let fields = unsafe {
-        (ctx.read_at::<u16>(PROTOCOL_OFFSET), ctx.read_at::<i32>(OLDSTATE_OFFSET), ctx.read_at::<i32>(NEWSTATE_OFFSET))
+        (
+            ctx.read_at::<u16>(PROTOCOL_OFFSET),
+            ctx.read_at::<i32>(OLDSTATE_OFFSET),
+            ctx.read_at::<i32>(NEWSTATE_OFFSET),
+            ctx.read_at::<u64>(SKADDR_OFFSET),
+        )
     };
-    if let (Ok(IPPROTO_TCP), Ok(old), Ok(new)) = fields {
-        tcp_state_changed(old, new);
+    if let (Ok(IPPROTO_TCP), Ok(old), Ok(new), Ok(sk)) = fields {
+        tcp_state_changed(&ctx, sk, old, new);
     }
     0
 }
 
+/// Counts the transition for the node and for the socket's owner (most transitions after the
+/// first happen in softirq, on behalf of no particular task).
 #[inline(always)]
-fn tcp_state_changed(old: i32, new: i32) {
+fn tcp_state_changed<C: EbpfContext>(ctx: &C, sk: u64, old: i32, new: i32) {
     move_tcp_state(old, new);
     let entered = match new {
         tcp_state::ESTABLISHED => Some(Event::TcpToEstablished),
@@ -59,9 +69,9 @@ fn tcp_state_changed(old: i32, new: i32) {
         _ => None,
     };
     if let Some(event) = entered {
-        count(event, 1);
+        count_socket(ctx, sk, event, 1);
     }
     if old == tcp_state::SYN_SENT && new == tcp_state::CLOSE {
-        count(Event::TcpConnFailed, 1);
+        count_socket(ctx, sk, Event::TcpConnFailed, 1);
     }
 }

@@ -1,12 +1,14 @@
 //! The feature agent's kernel-side programs. Each one counts a kernel event into the per-CPU
-//! maps of `maps.rs`; the agent sums the CPUs each interval. One hook per file, named after the
-//! kernel event it attaches to. Nothing here logs: every program runs once per event, and the
-//! counters themselves are the diagnostics the agent reads.
+//! maps of `maps.rs`, for the node and for the cgroup the event belongs to; the agent sums the
+//! CPUs each interval. One hook per file, named after the kernel event it attaches to. Nothing
+//! logs on the per-event path: rare conditions (a full map) are logged once each through
+//! aya-log, and the counters themselves are the diagnostics the agent reads.
 #![no_std]
 #![no_main]
 
 mod maps;
 
+mod cgroup_mkdir;
 mod inet_sock_set_state;
 mod sched_process_exec;
 mod sched_process_exit;

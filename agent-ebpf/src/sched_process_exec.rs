@@ -3,10 +3,10 @@
 use agent_common::Event;
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::maps::count;
+use crate::maps::count_task;
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
-    count(Event::Exec, 1);
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    count_task(&ctx, Event::Exec, 1);
     0
 }

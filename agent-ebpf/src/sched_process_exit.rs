@@ -3,10 +3,10 @@
 use agent_common::Event;
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::maps::count;
+use crate::maps::count_task;
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
-    count(Event::Exit, 1);
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    count_task(&ctx, Event::Exit, 1);
     0
 }

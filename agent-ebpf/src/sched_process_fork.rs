@@ -3,10 +3,10 @@
 use agent_common::Event;
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::maps::count;
+use crate::maps::count_task;
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
-pub fn sched_process_fork(_ctx: RawTracePointContext) -> i32 {
-    count(Event::Fork, 1);
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    count_task(&ctx, Event::Fork, 1);
     0
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::{FExitContext, ProbeContext},
 };
 
-use crate::maps::count;
+use crate::maps::count_task;
 
 #[fexit(function = "__sock_create")]
 pub fn sock_create_fexit(ctx: FExitContext) -> i32 {
@@ -23,7 +23,7 @@ pub fn sock_create_fexit(ctx: FExitContext) -> i32 {
     // no bpf_get_func_ret, so kernels before 5.17 work too).
     let ret: i32 = ctx.arg(6);
     if kern == 0 && ret == 0 {
-        count(classify_socket(family as u32, sock_type as u32), 1);
+        count_task(&ctx, classify_socket(family as u32, sock_type as u32), 1);
     }
     0
 }
@@ -34,7 +34,7 @@ pub fn sock_post_create_kprobe(ctx: ProbeContext) -> u32 {
         return 0;
     };
     if kern == 0 {
-        count(classify_socket(family as u32, sock_type as u32), 1);
+        count_task(&ctx, classify_socket(family as u32, sock_type as u32), 1);
     }
     0
 }

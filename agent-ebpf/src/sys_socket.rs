@@ -5,7 +5,7 @@
 use agent_common::{classify_socket, SocketCall};
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
 
-use crate::maps::{count, SOCKET_CALLS_IN_FLIGHT};
+use crate::maps::{count_task, SOCKET_CALLS_IN_FLIGHT};
 
 // Field offsets from /sys/kernel/tracing/events/syscalls/sys_{enter,exit}_socket/format
 // (socketpair has the same first fields).
@@ -57,7 +57,7 @@ fn count_created(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = SOCKET_CALLS_IN_FLIGHT.remove(key);
     let ret: i64 = unsafe { ctx.read_at(RET_OFFSET)? };
     if ret >= 0 {
-        count(classify_socket(call.family, call.sock_type), call.sockets as u64);
+        count_task(ctx, classify_socket(call.family, call.sock_type), call.sockets as u64);
     }
     Ok(())
 }

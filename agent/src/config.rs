@@ -61,6 +61,16 @@ pub struct SamplingArgs {
     /// Seconds between checks of the eBPF TCP connection gauges against a sock_diag dump.
     #[arg(long, env = "TCP_RECHECK_INTERVAL", default_value_t = 300.0, value_parser = parse_interval)]
     pub tcp_recheck_interval: f64,
+    /// Also count every eBPF event per cgroup (pods, containers, host services), for per-pod
+    /// rows. Costs one per-CPU hash update per event (BENCHMARKS.md).
+    #[arg(long, env = "POD_ROWS", value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub pod_rows: bool,
+    /// Cgroups the per-cgroup map holds (each takes 136 bytes per possible CPU, preallocated).
+    /// Events of cgroups beyond it are counted in the "other" row and in
+    /// feature_agent_cgroup_overflow_events_total.
+    #[arg(long, env = "CGROUP_MAP_ENTRIES", default_value_t = agent_common::CGROUP_EVENT_COUNTS_DEFAULT_MAX,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub cgroup_map_entries: u32,
     #[command(flatten)]
     pub detector: DetectorArgs,
 }
@@ -160,8 +170,11 @@ impl SamplingArgs {
             return Ok(None);
         }
         crate::ebpf::ensure_tracefs();
-        let options =
-            crate::ebpf::LoadOptions { classic_tracepoints: self.classic_tracepoints, socket_hook: self.socket_hook };
+        let options = crate::ebpf::LoadOptions {
+            classic_tracepoints: self.classic_tracepoints,
+            socket_hook: self.socket_hook,
+            cgroup_map_entries: self.pod_rows.then_some(self.cgroup_map_entries),
+        };
         match EbpfCounters::load_with(options) {
             Ok(counters) => {
                 for f in counters.failures() {

@@ -2,15 +2,18 @@
 //!
 //! Each program feeds a known set of columns. A program that fails to attach leaves its columns
 //! NULL and is named in one warning; the rest keep counting (unless --require-ebpf).
+use std::collections::HashMap as StdHashMap;
+
 use agent_common::{
-    tcp_state, Event, EventCounts, TcpStateBalance, EVENT_COUNT, MAP_EVENT_COUNTS, MAP_TCP_STATE_BALANCE,
+    tcp_state, CgroupCounting, CgroupName, Event, EventCounts, TcpStateBalance, EVENT_COUNT, GLOBAL_CGROUP_COUNTING,
+    MAP_CGROUP_EVENT_COUNTS, MAP_CGROUP_NAMES, MAP_CGROUP_OVERFLOW, MAP_EVENT_COUNTS, MAP_TCP_STATE_BALANCE,
 };
 use aya::{
-    maps::{MapData, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePoint, FExit, KProbe, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// The compiled programs, built by build.rs from agent-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf.o"));
@@ -84,6 +87,10 @@ const PROBES: &[Probe] = &[
     Probe { program: "tcp_receive_reset", hook: Hook::Raw("tcp_receive_reset"), feeds: &[Event::TcpRstRecv] },
 ];
 
+/// Names cgroups as they are created (per-cgroup counting only).
+const CGROUP_NAMER: &[Probe] =
+    &[Probe { program: "cgroup_mkdir", hook: Hook::Classic("cgroup", "cgroup_mkdir"), feeds: &[] }];
+
 /// Socket creations, counted where they happen: fexit on `__sock_create`.
 const SOCKET_FEXIT: &[Probe] =
     &[Probe { program: "sock_create_fexit", hook: Hook::FExit("__sock_create"), feeds: SOCKET_EVENTS }];
@@ -145,6 +152,19 @@ pub struct EbpfCounters {
     failures: Vec<EbpfError>,
     /// Every attached program: (program, hook kind, attach point, columns it feeds).
     programs: Vec<ProgramInfo>,
+    cgroups: Option<CgroupMaps>,
+}
+
+/// What per-cgroup counting covers on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerCgroup {
+    /// TCP state changes and resets are attributed to the socket's owner (needs kernel BTF).
+    pub socket_events: bool,
+}
+
+/// The events counted by socket owner rather than by the running task.
+pub fn is_socket_event(e: Event) -> bool {
+    Event::TCP_STATE.contains(&e) || matches!(e, Event::TcpRstSent | Event::TcpRstRecv)
 }
 
 /// An attached program, for the log and /metrics.
@@ -183,6 +203,77 @@ pub struct LoadOptions {
     /// tracepoints misbehave, and to test the fallback).
     pub classic_tracepoints: bool,
     pub socket_hook: SocketHook,
+    /// Count every event per cgroup too, in a map of this many cgroups (None: node counts only).
+    pub cgroup_map_entries: Option<u32>,
+}
+
+/// Cumulative per-cgroup counts, summed over CPUs, from one pass over the map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupSnapshot {
+    /// By cgroup v2 id (0: events whose socket had no owner).
+    pub by_cgroup: StdHashMap<u64, [u64; EVENT_COUNT]>,
+    /// Events of cgroups that found the map full (they belong to the "other" row).
+    pub overflow: [u64; EVENT_COUNT],
+    /// Final counts of cgroups the agent has removed from the map (see [`EbpfCounters::retire`]).
+    pub retired: [u64; EVENT_COUNT],
+}
+
+impl CgroupSnapshot {
+    /// The node-wide total of `e`: every cgroup's, the overflow and the retired counts.
+    pub fn total(&self, e: Event) -> u64 {
+        let i = e as usize;
+        self.by_cgroup.values().fold(self.overflow[i].wrapping_add(self.retired[i]), |sum, c| sum.wrapping_add(c[i]))
+    }
+}
+
+/// The per-cgroup maps, when per-cgroup counting is on.
+struct CgroupMaps {
+    counts: PerCpuHashMap<MapData, u64, EventCounts>,
+    overflow: PerCpuArray<MapData, EventCounts>,
+    names: HashMap<MapData, u64, CgroupName>,
+    /// Counts of entries removed from `counts`, so the totals never go backwards.
+    retired: [u64; EVENT_COUNT],
+    socket_owner_known: bool,
+    /// Forwards the programs' aya-log records (rare conditions) to our log.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// The cgroup_mkdir record layout the program was written against (format file fields).
+const CGROUP_MKDIR_FIELDS: [(&str, &str); 4] = [
+    ("int root", "offset:8;"),
+    ("int level", "offset:12;"),
+    ("u64 id", "offset:16;"),
+    ("__data_loc char[] path", "offset:24;"),
+];
+
+/// Whether this kernel's cgroup_mkdir tracepoint has the layout the program reads.
+fn cgroup_mkdir_layout_matches() -> bool {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|root| std::fs::read_to_string(format!("{root}/events/cgroup/cgroup_mkdir/format")).ok());
+    let Some(format) = format else { return false };
+    CGROUP_MKDIR_FIELDS
+        .iter()
+        .all(|(field, offset)| format.lines().any(|l| l.contains(&format!("field:{field};")) && l.contains(offset)))
+}
+
+/// The per-cgroup settings for this kernel: the socket-owner offsets from its BTF, if it has them.
+fn cgroup_counting() -> CgroupCounting {
+    let mut c = CgroupCounting { enabled: 1, ..Default::default() };
+    match std::fs::read("/sys/kernel/btf/vmlinux")
+        .map_err(|e| e.to_string())
+        .and_then(|raw| crate::btf::socket_owner_offsets(&raw).map_err(|e| e.to_string()))
+    {
+        Ok(o) => {
+            c.socket_owner_known = 1;
+            (c.sk_state, c.sk_cgroup, c.cgroup_kn, c.kernfs_id) = (o.sk_state, o.sk_cgroup, o.cgroup_kn, o.kernfs_id);
+        }
+        Err(e) => warn!(
+            error = %e,
+            "per-pod TCP and reset counts unavailable: the kernel's BTF does not say where a socket's cgroup is (those pod columns are NULL)"
+        ),
+    }
+    c
 }
 
 /// What `--socket-hook auto` tells the user on a kernel where neither socket hook loads.
@@ -199,7 +290,16 @@ impl EbpfCounters {
         // The kernel's BTF (several MB parsed into much more) is read once, used by the loader
         // and the BTF tracepoint, and dropped before we return.
         let btf = Btf::from_sys_fs().map_err(|e| debug!(error = %e, "no kernel BTF; BTF tracepoints unavailable")).ok();
-        let mut ebpf = EbpfLoader::new().btf(btf.as_ref()).load(OBJECT).map_err(EbpfError::Load)?;
+        let counting = match options.cgroup_map_entries {
+            Some(_) => cgroup_counting(),
+            None => CgroupCounting::default(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader.btf(btf.as_ref()).override_global(GLOBAL_CGROUP_COUNTING, &counting, true);
+        if let Some(entries) = options.cgroup_map_entries {
+            loader.map_max_entries(MAP_CGROUP_EVENT_COUNTS, entries.max(1));
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(EbpfError::Load)?;
         let mut live = [false; EVENT_COUNT];
         let mut failures = Vec::new();
         let mut programs = Vec::new();
@@ -262,12 +362,122 @@ impl EbpfCounters {
             }
             SocketHook::Off => info!("socket creations are not counted (--socket-hook off): sock_alloc_* columns NULL"),
         }
+        let cgroups = match options.cgroup_map_entries {
+            Some(_) => {
+                if cgroup_mkdir_layout_matches() {
+                    attach_all(&mut ebpf, CGROUP_NAMER, &mut failures);
+                } else {
+                    warn!("the cgroup_mkdir tracepoint is missing or has another layout: a cgroup removed within one interval may go unnamed (its counts go to the other row)");
+                }
+                let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        debug!(error = %e, "no aya-log records from the programs");
+                        None
+                    }
+                };
+                Some(CgroupMaps {
+                    counts: take(&mut ebpf, MAP_CGROUP_EVENT_COUNTS)?,
+                    overflow: take_map(&mut ebpf, MAP_CGROUP_OVERFLOW)?,
+                    names: take(&mut ebpf, MAP_CGROUP_NAMES)?,
+                    retired: [0; EVENT_COUNT],
+                    socket_owner_known: counting.socket_owner_known != 0,
+                    logger,
+                })
+            }
+            None => None,
+        };
         drop(btf);
         release_freed_memory();
         let tcp_states_live = live[Event::TcpToEstablished as usize];
         let events = take_map(&mut ebpf, MAP_EVENT_COUNTS)?;
         let balance = take_map(&mut ebpf, MAP_TCP_STATE_BALANCE)?;
-        Ok(EbpfCounters { _ebpf: ebpf, events, balance, live, tcp_states_live, failures, programs })
+        Ok(EbpfCounters { _ebpf: ebpf, events, balance, live, tcp_states_live, failures, programs, cgroups })
+    }
+
+    /// Whether events are counted per cgroup, and whether the TCP/reset events among them are
+    /// (they need the socket-owner offsets from BTF).
+    pub fn per_cgroup(&self) -> Option<PerCgroup> {
+        self.cgroups.as_ref().map(|c| PerCgroup { socket_events: c.socket_owner_known })
+    }
+
+    /// Whether `event` is counted per cgroup.
+    pub fn is_counted_per_cgroup(&self, event: Event) -> bool {
+        match &self.cgroups {
+            None => false,
+            Some(c) => c.socket_owner_known || !is_socket_event(event),
+        }
+    }
+
+    /// Reads the node's counters and, with per-cgroup counting on, every cgroup's. The node's
+    /// count of each per-cgroup event is the sum over the cgroups in the same read, so the
+    /// per-cgroup rows add up to the node row exactly.
+    pub fn read_all(&mut self) -> Result<(EbpfSnapshot, Option<CgroupSnapshot>), EbpfError> {
+        let mut node = self.read()?;
+        let Some(maps) = self.cgroups.as_mut() else {
+            return Ok((node, None));
+        };
+        if let Some(logger) = maps.logger.as_mut() {
+            logger.flush();
+        }
+        let mut snap = CgroupSnapshot { retired: maps.retired, ..Default::default() };
+        for entry in maps.counts.iter() {
+            // An entry removed between the key walk and its lookup is skipped.
+            let Ok((id, per_cpu)) = entry else { continue };
+            let mut sum = [0u64; EVENT_COUNT];
+            for cpu in per_cpu.iter() {
+                for (s, v) in sum.iter_mut().zip(cpu.counts) {
+                    *s = s.wrapping_add(v);
+                }
+            }
+            snap.by_cgroup.insert(id, sum);
+        }
+        let per_cpu =
+            maps.overflow.get(&0, 0).map_err(|source| EbpfError::Read { name: MAP_CGROUP_OVERFLOW, source })?;
+        for cpu in per_cpu.iter() {
+            for (s, v) in snap.overflow.iter_mut().zip(cpu.counts) {
+                *s = s.wrapping_add(v);
+            }
+        }
+        for e in Event::ALL {
+            if maps.socket_owner_known || !is_socket_event(e) {
+                node.events[e as usize] = snap.total(e);
+            }
+        }
+        Ok((node, Some(snap)))
+    }
+
+    /// Removes cgroups from the map (gone, and quiet for a whole interval), keeping their final
+    /// counts in the retired totals so that no total goes backwards.
+    pub fn retire(&mut self, ids: &[u64]) {
+        let Some(maps) = self.cgroups.as_mut() else { return };
+        for id in ids {
+            if let Ok(per_cpu) = maps.counts.get(id, 0) {
+                if maps.counts.remove(id).is_ok() {
+                    for cpu in per_cpu.iter() {
+                        for (r, v) in maps.retired.iter_mut().zip(cpu.counts) {
+                            *r = r.wrapping_add(v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Paths of cgroups created since the last call (from the cgroup_mkdir hook), relative to
+    /// the cgroup v2 root; each is removed from the map once read.
+    pub fn take_new_cgroups(&mut self) -> Vec<(u64, String)> {
+        let Some(maps) = self.cgroups.as_mut() else { return Vec::new() };
+        let ids: Vec<u64> = maps.names.keys().filter_map(Result::ok).collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(name) = maps.names.get(&id, 0) {
+                let len = (name.len as usize).min(name.path.len());
+                out.push((id, String::from_utf8_lossy(&name.path[..len]).into_owned()));
+            }
+            let _ = maps.names.remove(&id);
+        }
+        out
     }
 
     /// How each attached program is hooked: (program, "raw_tp" | "tracepoint" | "tp_btf").
@@ -330,6 +540,17 @@ impl EbpfCounters {
         }
         Ok(snap)
     }
+}
+
+/// Takes map `name` out of the object as the map type `M`.
+fn take<M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<M, EbpfError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(EbpfError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+    M::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
 fn take_map<V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, V>, EbpfError> {
@@ -450,12 +671,25 @@ pub fn ensure_tracefs() {
 
 #[cfg(test)]
 mod tests {
-    use agent_common::{MAP_EVENT_COUNTS, MAP_SOCKET_CALLS_IN_FLIGHT, MAP_TCP_STATE_BALANCE};
+    use agent_common::{
+        MAP_CGROUP_EVENT_COUNTS, MAP_CGROUP_NAMES, MAP_CGROUP_NAME_SCRATCH, MAP_CGROUP_OVERFLOW, MAP_CONDITIONS_LOGGED,
+        MAP_EVENT_COUNTS, MAP_SOCKET_CALLS_IN_FLIGHT, MAP_TCP_STATE_BALANCE,
+    };
 
     /// The embedded object names every map the agent looks up (as a NUL-terminated symbol).
     #[test]
     fn the_object_holds_every_map_the_agent_looks_up() {
-        for name in [MAP_EVENT_COUNTS, MAP_TCP_STATE_BALANCE, MAP_SOCKET_CALLS_IN_FLIGHT] {
+        for name in [
+            MAP_EVENT_COUNTS,
+            MAP_TCP_STATE_BALANCE,
+            MAP_SOCKET_CALLS_IN_FLIGHT,
+            MAP_CGROUP_EVENT_COUNTS,
+            MAP_CGROUP_OVERFLOW,
+            MAP_CGROUP_NAMES,
+            MAP_CGROUP_NAME_SCRATCH,
+            MAP_CONDITIONS_LOGGED,
+            agent_common::GLOBAL_CGROUP_COUNTING,
+        ] {
             let symbol = [name.as_bytes(), b"\0"].concat();
             assert!(super::OBJECT.windows(symbol.len()).any(|w| w == symbol), "no map {name} in the eBPF object");
         }

@@ -5,6 +5,8 @@
 //! -> detector.rs (verdict) -> db.rs (memory queue, else spool/) -> node_features. The binary (main.rs) is a
 //! thin wrapper around [`cli::main`]; the modules are public so the integration tests and the
 //! benchmarks drive the same code.
+pub mod btf;
+pub mod cgroups;
 pub mod cli;
 pub mod collector;
 pub mod config;

@@ -1,0 +1,320 @@
+//! Who a cgroup belongs to, without the API server: the host's cgroup v2 tree (found in
+//! mountinfo, pure v2 or hybrid), kubelet's cgroup naming for both cgroup drivers and the common
+//! runtimes (pod UID, QoS class, container ID), host services by systemd unit, and pod
+//! namespaces and names from kubelet's /var/log/pods directories.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+/// Where the cgroup v2 tree is mounted, from a mountinfo text: the cgroup2 mount of the tree's
+/// root, preferring /sys/fs/cgroup (pure v2) over any other (hybrid: /sys/fs/cgroup/unified).
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let fstype = right.split(' ').next();
+        if fstype == Some("cgroup2") && fields.len() >= 5 && fields[3] == "/" {
+            found.push(PathBuf::from(unescape_mount_path(fields[4])));
+        }
+    }
+    found.sort_by_key(|p| p != Path::new("/sys/fs/cgroup"));
+    found.into_iter().next()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup v2 tree of the host the agent runs on (this process's mount namespace).
+pub fn cgroup2_root_of_this_host() -> Option<PathBuf> {
+    cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+/// Kubernetes QoS class, from the cgroup path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Qos {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+impl Qos {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Qos::Guaranteed => "Guaranteed",
+            Qos::Burstable => "Burstable",
+            Qos::BestEffort => "BestEffort",
+        }
+    }
+}
+
+/// Who a cgroup belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// A pod (its own cgroup, or one of its containers').
+    Pod { uid: String, qos: Qos, container: Option<Container> },
+    /// A host service: a systemd unit under system.slice.
+    Service { unit: String },
+    /// Anything else: the root, user sessions, kubepods' own slices, unknown layouts.
+    Other,
+}
+
+/// A container's runtime and ID, from its cgroup's name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Container {
+    pub runtime: &'static str,
+    pub id: String,
+}
+
+fn is_uid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+}
+
+/// A container ID: 64 hex digits (containerd, CRI-O, Docker all use the full SHA-256).
+fn container_id(s: &str) -> Option<String> {
+    (s.len() == 64 && s.bytes().all(|c| c.is_ascii_hexdigit())).then(|| s.to_owned())
+}
+
+/// The runtime and ID in a systemd-driver scope name (`cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `docker-<id>.scope`) or a cgroupfs-driver directory (`<id>`, or
+/// `cri-containerd-<id>` / `crio-<id>` / `docker-<id>`).
+fn container(component: &str) -> Option<Container> {
+    let name = component.strip_suffix(".scope").unwrap_or(component);
+    for (prefix, runtime) in [("cri-containerd-", "containerd"), ("crio-", "cri-o"), ("docker-", "docker")] {
+        if let Some(id) = name.strip_prefix(prefix).and_then(container_id) {
+            return Some(Container { runtime, id });
+        }
+    }
+    container_id(name).map(|id| Container { runtime: "unknown", id })
+}
+
+/// The pod UID and QoS of a pod cgroup's own directory name, for either driver:
+/// systemd `kubepods-burstable-pod<uid with _>.slice`, `kubepods-pod<uid>.slice` (guaranteed);
+/// cgroupfs `pod<uid>` under `kubepods/burstable`, `kubepods/besteffort` or `kubepods`.
+fn pod(component: &str, parent: Option<&str>) -> Option<(String, Qos)> {
+    if let Some(slice) = component.strip_suffix(".slice") {
+        let (qos, rest) = if let Some(r) = slice.strip_prefix("kubepods-burstable-pod") {
+            (Qos::Burstable, r)
+        } else if let Some(r) = slice.strip_prefix("kubepods-besteffort-pod") {
+            (Qos::BestEffort, r)
+        } else if let Some(r) = slice.strip_prefix("kubepods-pod") {
+            (Qos::Guaranteed, r)
+        } else {
+            return None;
+        };
+        let uid = rest.replace('_', "-");
+        return is_uid(&uid).then_some((uid, qos));
+    }
+    let uid = component.strip_prefix("pod")?;
+    if !is_uid(uid) {
+        return None;
+    }
+    let qos = match parent {
+        Some("burstable") => Qos::Burstable,
+        Some("besteffort") => Qos::BestEffort,
+        _ => Qos::Guaranteed,
+    };
+    Some((uid.to_owned(), qos))
+}
+
+/// Who owns the cgroup at `path` (relative to the v2 root, with or without a leading '/').
+pub fn classify(path: &str) -> Owner {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let parent = i.checked_sub(1).map(|p| parts[p]);
+        if let Some((uid, qos)) = pod(part, parent) {
+            // kubelet puts pods only under a kubepods parent.
+            if !parts[..i].iter().any(|p| p.contains("kubepods")) {
+                continue;
+            }
+            let container = parts.get(i + 1).and_then(|c| container(c));
+            return Owner::Pod { uid, qos, container };
+        }
+    }
+    if parts.first() == Some(&"system.slice") {
+        if let Some(unit) = parts.get(1) {
+            return Owner::Service { unit: (*unit).to_owned() };
+        }
+    }
+    Owner::Other
+}
+
+/// A pod's namespace and name, from kubelet's log directory name `<namespace>_<pod>_<uid>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodName {
+    pub namespace: String,
+    pub name: String,
+    /// Container names (the directory's subdirectories), sorted.
+    pub containers: Vec<String>,
+}
+
+/// Reads `/var/log/pods` (or the directory given): pod UID -> names. Directories whose name is
+/// not `<namespace>_<pod>_<uid>` are skipped. Namespaces and pod names cannot contain '_', so the
+/// split is unambiguous; anything else in them (quotes, unicode) is kept as it is.
+pub fn pod_names(dir: &Path) -> HashMap<String, PodName> {
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        let Some((namespace, name, uid)) = split_log_dir(&file_name) else { continue };
+        let mut containers: Vec<String> = std::fs::read_dir(entry.path())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        containers.sort();
+        out.insert(uid.to_owned(), PodName { namespace: namespace.to_owned(), name: name.to_owned(), containers });
+    }
+    out
+}
+
+fn split_log_dir(s: &str) -> Option<(&str, &str, &str)> {
+    let mut it = s.splitn(3, '_');
+    let (ns, pod, uid) = (it.next()?, it.next()?, it.next()?);
+    (!ns.is_empty() && !pod.is_empty() && is_uid(uid)).then_some((ns, pod, uid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "1f2e3d4c-5b6a-4789-8abc-0123456789ab";
+
+    #[test]
+    fn finds_the_v2_tree_pure_or_hybrid() {
+        let hybrid = "25 30 0:22 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate\n\
+                      27 25 0:24 / /sys/fs/cgroup/memory rw shared:11 - cgroup cgroup rw,memory\n";
+        assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let pure = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n\
+                    31 1 0:26 / /host/sys\\040fs rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(pure), Some(PathBuf::from("/sys/fs/cgroup")));
+        let only_host = "31 1 0:26 / /host/sys\\040fs rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(only_host), Some(PathBuf::from("/host/sys fs")));
+        // A container's own view (root is not "/") and v1-only hosts have none.
+        assert_eq!(cgroup2_mount("40 1 0:26 /kubepods/x /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"), None);
+        assert_eq!(cgroup2_mount("27 25 0:24 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"), None);
+        assert_eq!(cgroup2_mount("garbage\n\n - \n"), None);
+    }
+
+    #[test]
+    fn systemd_driver_pods_and_containers() {
+        let u = UID.replace('-', "_");
+        let id = "ab".repeat(32);
+        let path = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{id}.scope"
+        );
+        assert_eq!(
+            classify(&path),
+            Owner::Pod {
+                uid: UID.into(),
+                qos: Qos::Burstable,
+                container: Some(Container { runtime: "containerd", id: id.clone() })
+            }
+        );
+        let path = format!("kubepods.slice/kubepods-pod{u}.slice/crio-{id}.scope");
+        assert_eq!(
+            classify(&path),
+            Owner::Pod {
+                uid: UID.into(),
+                qos: Qos::Guaranteed,
+                container: Some(Container { runtime: "cri-o", id: id.clone() })
+            }
+        );
+        let path = format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice");
+        assert_eq!(classify(&path), Owner::Pod { uid: UID.into(), qos: Qos::BestEffort, container: None });
+        // Nested under a kubelet slice (kind, some distributions).
+        let path = format!("/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/docker-{id}.scope");
+        assert!(matches!(
+            classify(&path),
+            Owner::Pod { qos: Qos::BestEffort, container: Some(Container { runtime: "docker", .. }), .. }
+        ));
+    }
+
+    #[test]
+    fn cgroupfs_driver_pods_and_containers() {
+        let id = "cd".repeat(32);
+        assert_eq!(
+            classify(&format!("/kubepods/burstable/pod{UID}/{id}")),
+            Owner::Pod {
+                uid: UID.into(),
+                qos: Qos::Burstable,
+                container: Some(Container { runtime: "unknown", id: id.clone() })
+            }
+        );
+        assert_eq!(
+            classify(&format!("/kubepods/pod{UID}")),
+            Owner::Pod { uid: UID.into(), qos: Qos::Guaranteed, container: None }
+        );
+        assert!(matches!(
+            classify(&format!("/kubepods/besteffort/pod{UID}/crio-{id}")),
+            Owner::Pod { qos: Qos::BestEffort, .. }
+        ));
+    }
+
+    #[test]
+    fn services_and_everything_else() {
+        assert_eq!(classify("/system.slice/kubelet.service"), Owner::Service { unit: "kubelet.service".into() });
+        assert_eq!(
+            classify("/system.slice/containerd.service/sub"),
+            Owner::Service { unit: "containerd.service".into() }
+        );
+        for other in [
+            "/",
+            "",
+            "/user.slice/user-0.slice/session-1.scope",
+            "/kubepods.slice",
+            "/kubepods/burstable",
+            "/kubepods/burstable/podnot-a-uid",
+            &format!("/elsewhere/pod{UID}"),
+            "/init.scope",
+            "/system.slice",
+        ] {
+            assert_eq!(classify(other), Owner::Other, "{other}");
+        }
+    }
+
+    #[test]
+    fn pod_names_from_log_directories_hostile_ones_included() {
+        let dir = std::env::temp_dir().join(format!("feature-agent-pod-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The longest pod name a log directory can hold: the whole name is at most 255 bytes.
+        let long = "p".repeat(255 - "kube-system__".len() - 36);
+        let names = [
+            ("default", "web-7d9f", "2f2e3d4c-5b6a-4789-8abc-0123456789ab"),
+            ("it's \"quoted\"", "pöd-ü-名前", "3f2e3d4c-5b6a-4789-8abc-0123456789ab"),
+            ("kube-system", long.as_str(), "4f2e3d4c-5b6a-4789-8abc-0123456789ab"),
+        ];
+        for (ns, pod, uid) in names {
+            std::fs::create_dir_all(dir.join(format!("{ns}_{pod}_{uid}")).join("app")).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("not-a-pod")).unwrap();
+        std::fs::create_dir_all(dir.join("ns_pod_not-a-uid")).unwrap();
+        let got = pod_names(&dir);
+        assert_eq!(got.len(), 3);
+        for (ns, pod, uid) in names {
+            assert_eq!(got[uid], PodName { namespace: ns.into(), name: pod.into(), containers: vec!["app".into()] });
+        }
+        assert!(pod_names(&dir.join("missing")).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

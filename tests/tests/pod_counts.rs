@@ -1,0 +1,265 @@
+//! Per-cgroup eBPF counts against known workloads run inside kubelet-style cgroups made on this
+//! machine's cgroup v2 tree (platform.md: on this hybrid host, only v2 membership changes). Each
+//! workload is a child process moved into its cgroup before it execs. Checked exactly:
+//! fork/exec/exit per cgroup; TCP transitions, failed connects and resets attributed to the
+//! socket's owner even when the kernel handles them in softirq (client and server in different
+//! cgroups); and the node total equal to the sum over every cgroup (two independent counters).
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use agent::ebpf::{CgroupSnapshot, EbpfCounters, EbpfSnapshot, LoadOptions};
+use agent_common::{Event, EVENT_COUNT};
+use tests::{exclusive, have_root};
+
+const ATTEMPTS: usize = 5;
+
+/// A cgroup made for one test under the v2 root, removed (with its children) on drop.
+struct TestCgroup {
+    top: PathBuf,
+    leaves: Vec<PathBuf>,
+}
+
+impl TestCgroup {
+    fn new(name: &str, leaves: &[&str]) -> Self {
+        let root = agent::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree is mounted");
+        let top = root.join(format!("feature-agent-test-{name}-{}", std::process::id()));
+        let _ = Self::remove_tree(&top);
+        let leaves = leaves.iter().map(|l| top.join(l)).collect::<Vec<_>>();
+        for l in &leaves {
+            std::fs::create_dir_all(l).unwrap_or_else(|e| panic!("mkdir {}: {e}", l.display()));
+        }
+        TestCgroup { top, leaves }
+    }
+
+    fn remove_tree(dir: &Path) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                Self::remove_tree(&entry.path())?;
+            }
+        }
+        std::fs::remove_dir(dir)
+    }
+
+    fn id(&self, leaf: usize) -> u64 {
+        std::fs::metadata(&self.leaves[leaf]).unwrap().ino()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = Self::remove_tree(&self.top);
+    }
+}
+
+/// A command whose process joins `cgroup` before it execs.
+fn in_cgroup(program: &str, args: &[&str], cgroup: &Path) -> Command {
+    let procs = cgroup.join("cgroup.procs");
+    let mut c = Command::new(program);
+    c.args(args);
+    // SAFETY: only async-signal-safe work between fork and exec: open, write, close.
+    unsafe {
+        c.pre_exec(move || std::fs::write(&procs, b"0"));
+    }
+    c
+}
+
+fn load() -> EbpfCounters {
+    agent::ebpf::ensure_tracefs();
+    let c = EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(4096), ..LoadOptions::default() })
+        .expect("the eBPF programs load into this kernel");
+    assert!(c.failures().is_empty(), "every program attaches: {:?}", c.failures());
+    assert_eq!(c.per_cgroup().map(|p| p.socket_events), Some(true), "this kernel's BTF names socket owners");
+    c
+}
+
+fn delta(a: &CgroupSnapshot, b: &CgroupSnapshot, id: u64, e: Event) -> u64 {
+    let get = |s: &CgroupSnapshot| s.by_cgroup.get(&id).map_or(0, |c| c[e as usize]);
+    get(b) - get(a)
+}
+
+/// The node map's own count against the sum over cgroups, over one window: equal for every
+/// event the window's activity touched (both are read at nearly the same instant, so a window
+/// is retried when something else on the machine raced the two reads).
+fn node_equals_sum(
+    n0: &EbpfSnapshot,
+    n1: &EbpfSnapshot,
+    c0: &CgroupSnapshot,
+    c1: &CgroupSnapshot,
+) -> Result<(), String> {
+    for e in Event::ALL {
+        let node = n1.get(e) - n0.get(e);
+        let sum = c1.total(e) - c0.total(e);
+        if node != sum {
+            return Err(format!("{}: node map {node}, sum over cgroups {sum}", e.name()));
+        }
+    }
+    Ok(())
+}
+
+fn read(ebpf: &mut EbpfCounters) -> (EbpfSnapshot, CgroupSnapshot) {
+    let raw = ebpf.read().unwrap();
+    let (_, cg) = ebpf.read_all().unwrap();
+    (raw, cg.unwrap())
+}
+
+fn exactly(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match check() {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("{what}: attempt {attempt}: {e}");
+                last = e;
+            }
+        }
+    }
+    panic!("{what}: not exact in {ATTEMPTS} windows; last: {last}");
+}
+
+const SYSTEMD_POD: &str =
+    "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1f2e3d4c_5b6a_4789_8abc_0123456789ab.slice";
+const CGROUPFS_POD: &str = "kubepods/besteffort/pod9a8b7c6d-5e4f-4321-9fed-cba987654321";
+
+#[test]
+fn forks_execs_and_exits_are_counted_in_the_pod_that_made_them() {
+    if !have_root("forks_execs_and_exits_per_cgroup") {
+        return;
+    }
+    let _g = exclusive();
+    let cg = TestCgroup::new(
+        "procs",
+        &[
+            &format!("{SYSTEMD_POD}/cri-containerd-{}.scope", "a".repeat(64)),
+            &format!("{CGROUPFS_POD}/{}", "b".repeat(64)),
+        ],
+    );
+    let mut ebpf = load();
+    const N: u64 = 100;
+    const M: u64 = 7;
+    let loop_of = |n: u64| format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
+    exactly("forks per cgroup", || {
+        let (n0, c0) = read(&mut ebpf);
+        let a = in_cgroup("/bin/sh", &["-c", &loop_of(N)], &cg.leaves[0]).status().unwrap();
+        let b = in_cgroup("/bin/sh", &["-c", &loop_of(M)], &cg.leaves[1]).status().unwrap();
+        assert!(a.success() && b.success());
+        let (n1, c1) = read(&mut ebpf);
+        // Each /bin/true: one fork by the shell, one exec, one exit; plus the shell's own exec
+        // (after it joined) and exit. The fork that made the shell was the test's.
+        for (leaf, n) in [(0, N), (1, M)] {
+            let id = cg.id(leaf);
+            let got = [Event::Fork, Event::Exec, Event::Exit].map(|e| delta(&c0, &c1, id, e));
+            if got != [n, n + 1, n + 1] {
+                return Err(format!("cgroup {leaf}: fork/exec/exit {got:?}, expected [{n}, {}, {}]", n + 1, n + 1));
+            }
+        }
+        node_equals_sum(&n0, &n1, &c0, &c1)
+    });
+}
+
+#[test]
+fn tcp_events_are_attributed_to_the_socket_owner_on_both_ends() {
+    if !have_root("tcp_events_per_cgroup") {
+        return;
+    }
+    let _g = exclusive();
+    let cg = TestCgroup::new(
+        "tcp",
+        &[&format!("{SYSTEMD_POD}/crio-{}.scope", "c".repeat(64)), &format!("{CGROUPFS_POD}/{}", "d".repeat(64))],
+    );
+    let mut ebpf = load();
+    const OK: u64 = 20;
+    const REFUSED: u64 = 10;
+    // The server (cgroup 1) accepts OK connections; the client (cgroup 0) makes them, then
+    // REFUSED connects to a port nobody listens on.
+    let server_code = format!(
+        "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(64)\nprint(s.getsockname()[1],flush=True)\n\
+         for _ in range({OK}):\n    c,_=s.accept()\n    c.recv(1)\n    c.close()\n"
+    );
+    let client_code = |port: u16, closed: u16| {
+        format!(
+            "import socket\nfor _ in range({OK}):\n    c=socket.create_connection(('127.0.0.1',{port}))\n    c.send(b'x')\n    c.close()\n\
+             for _ in range({REFUSED}):\n    c=socket.socket()\n    try:\n        c.connect(('127.0.0.1',{closed}))\n    except ConnectionRefusedError:\n        pass\n    c.close()\n"
+        )
+    };
+    exactly("tcp per cgroup", || {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let (n0, c0) = read(&mut ebpf);
+        let mut server =
+            in_cgroup("/usr/bin/python3", &["-c", &server_code], &cg.leaves[1]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port: u16 = line.trim().parse().unwrap();
+        let client =
+            in_cgroup("/usr/bin/python3", &["-c", &client_code(port, closed)], &cg.leaves[0]).status().unwrap();
+        assert!(client.success());
+        assert!(server.wait().unwrap().success());
+        // Let the last FIN/ACK exchanges settle before reading.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (n1, c1) = read(&mut ebpf);
+        let (client_id, server_id) = (cg.id(0), cg.id(1));
+        let want = [
+            (client_id, Event::TcpToSynSent, OK + REFUSED),
+            (client_id, Event::TcpToEstablished, OK),
+            (client_id, Event::TcpConnFailed, REFUSED),
+            (client_id, Event::TcpRstRecv, REFUSED),
+            (client_id, Event::TcpToListen, 0),
+            (server_id, Event::TcpToListen, 1),
+            (server_id, Event::TcpToSynRecv, OK),
+            (server_id, Event::TcpToEstablished, OK),
+            (server_id, Event::TcpToSynSent, 0),
+            (server_id, Event::TcpConnFailed, 0),
+        ];
+        for (id, e, n) in want {
+            let got = delta(&c0, &c1, id, e);
+            if got != n {
+                let who = if id == client_id { "client" } else { "server" };
+                return Err(format!("{who} {}: {got}, expected {n}", e.name()));
+            }
+        }
+        // The resets for the closed port were sent on behalf of no socket: the "other" id 0.
+        if delta(&c0, &c1, 0, Event::TcpRstSent) < REFUSED {
+            return Err(format!("rst_sent under id 0: {}", delta(&c0, &c1, 0, Event::TcpRstSent)));
+        }
+        node_equals_sum(&n0, &n1, &c0, &c1)
+    });
+}
+
+#[test]
+fn a_full_map_sends_new_cgroups_to_overflow_and_totals_still_add_up() {
+    if !have_root("cgroup_map_overflow") {
+        return;
+    }
+    let _g = exclusive();
+    let leaves: Vec<String> = (0..4).map(|i| format!("{CGROUPFS_POD}/c{i}")).collect();
+    let cg = TestCgroup::new("overflow", &leaves.iter().map(String::as_str).collect::<Vec<_>>());
+    agent::ebpf::ensure_tracefs();
+    // Two entries: the machine's own activity fills them at once; the test cgroups cannot get one.
+    let mut ebpf =
+        EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(2), ..LoadOptions::default() }).unwrap();
+    exactly("overflow", || {
+        let (n0, c0) = read(&mut ebpf);
+        for leaf in &cg.leaves {
+            assert!(in_cgroup("/bin/true", &[], leaf).status().unwrap().success());
+        }
+        let (n1, c1) = read(&mut ebpf);
+        if c1.by_cgroup.len() > 2 {
+            return Err(format!("{} entries in a map of 2", c1.by_cgroup.len()));
+        }
+        // At most two cgroups hold entries, so at least two of the four test cgroups have none:
+        // their exec and exit went to the overflow counts.
+        let without_entry = (0..cg.leaves.len()).filter(|&l| !c1.by_cgroup.contains_key(&cg.id(l))).count() as u64;
+        let overflow: u64 = (0..EVENT_COUNT).map(|i| c1.overflow[i] - c0.overflow[i]).sum();
+        if without_entry < 2 || overflow < 2 * without_entry {
+            return Err(format!("{without_entry} test cgroups without an entry, overflow grew by {overflow}"));
+        }
+        node_equals_sum(&n0, &n1, &c0, &c1)
+    });
+}
