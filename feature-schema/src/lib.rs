@@ -16,6 +16,7 @@
 mod columns;
 pub mod features;
 pub mod generate;
+pub mod pods;
 pub mod timefmt;
 mod value;
 

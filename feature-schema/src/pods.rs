@@ -1,0 +1,263 @@
+//! THE declaration of a pod_features row: one row per pod, host service and "other" per node
+//! per interval. Its eBPF columns are the node row's event columns (same names, per-interval
+//! counts; the node row's count equals their sum over the interval's pod rows), so they are
+//! derived from [`crate::SCHEMA`], not repeated; its resource columns are declared once in
+//! [`RESOURCES`]. From these come the INSERT, the column list export and the tests use.
+use std::time::SystemTime;
+
+use agent_common::{Event, EVENT_COUNT};
+use tokio_postgres::types::ToSql;
+
+use crate::{event_column, SCHEMA};
+
+/// What a pod row is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OwnerKind {
+    /// A Kubernetes pod (all its containers' cgroups).
+    Pod,
+    /// A systemd unit under system.slice (kubelet, containerd, sshd, ...).
+    Service,
+    /// Everything else on the node: the root cgroup, user sessions, sockets with no owner,
+    /// cgroups the agent could not name, and events of cgroups beyond the map's capacity.
+    Other,
+}
+
+impl OwnerKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OwnerKind::Pod => "pod",
+            OwnerKind::Service => "service",
+            OwnerKind::Other => "other",
+        }
+    }
+}
+
+/// A resource column read from the pod's (or unit's) cgroup v2 files each interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resource {
+    pub name: &'static str,
+    /// Cumulative counter (SQL deltas) or gauge.
+    pub counter: bool,
+    pub unit: &'static str,
+    pub source: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Index of each resource column in [`PodRow::resources`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Res {
+    CpuUsage,
+    CpuPressure,
+    MemoryPressure,
+    IoPressure,
+    MemoryCurrent,
+    OomKills,
+    PidsCurrent,
+    IoReadBytes,
+    IoWriteBytes,
+}
+
+/// The resource columns, in [`Res`] order. NULL where the file is absent (a controller not
+/// enabled, or a v1 controller on a hybrid host).
+pub const RESOURCES: [Resource; 9] = [
+    Resource {
+        name: "cpu_usage_usec",
+        counter: true,
+        unit: "µs",
+        source: "cpu.stat usage_usec",
+        meaning: "CPU time used by the pod's tasks, cumulative",
+    },
+    Resource {
+        name: "cpu_pressure_usec",
+        counter: true,
+        unit: "µs",
+        source: "cpu.pressure some total",
+        meaning: "time some of the pod's tasks waited for a CPU, cumulative",
+    },
+    Resource {
+        name: "memory_pressure_usec",
+        counter: true,
+        unit: "µs",
+        source: "memory.pressure some total",
+        meaning: "time some of the pod's tasks stalled on memory, cumulative",
+    },
+    Resource {
+        name: "io_pressure_usec",
+        counter: true,
+        unit: "µs",
+        source: "io.pressure some total",
+        meaning: "time some of the pod's tasks stalled on IO, cumulative",
+    },
+    Resource {
+        name: "memory_current",
+        counter: false,
+        unit: "bytes",
+        source: "memory.current",
+        meaning: "memory charged to the pod now",
+    },
+    Resource {
+        name: "oom_kills",
+        counter: true,
+        unit: "kills",
+        source: "memory.events oom_kill",
+        meaning: "processes of the pod killed by the OOM killer, cumulative",
+    },
+    Resource {
+        name: "pids_current",
+        counter: false,
+        unit: "tasks",
+        source: "pids.current",
+        meaning: "tasks in the pod now",
+    },
+    Resource {
+        name: "io_read_bytes",
+        counter: true,
+        unit: "bytes",
+        source: "io.stat rbytes, summed over devices",
+        meaning: "bytes the pod read from block devices, cumulative",
+    },
+    Resource {
+        name: "io_write_bytes",
+        counter: true,
+        unit: "bytes",
+        source: "io.stat wbytes, summed over devices",
+        meaning: "bytes the pod wrote to block devices, cumulative",
+    },
+];
+
+/// Number of resource columns.
+pub const RESOURCE_COUNT: usize = RESOURCES.len();
+
+/// The identity columns of a pod row, with their SQL types and meanings, in table order.
+pub const POD_IDENTITY: [(&str, &str, &str); 9] = [
+    ("node", "text NOT NULL", "the node's name, as in node_features"),
+    ("ts", "timestamptz NOT NULL", "the interval's boundary, the same as the node row's"),
+    ("interval_s", "double precision", "seconds since the agent's previous sample; NULL on the first row after start"),
+    ("kind", "text NOT NULL", "pod, service or other"),
+    ("owner", "text NOT NULL", "the pod's UID, the service's systemd unit, or 'other'"),
+    ("namespace", "text", "the pod's namespace (from /var/log/pods); NULL when unknown"),
+    ("pod", "text", "the pod's name (from /var/log/pods); NULL when unknown"),
+    ("qos", "text", "the pod's QoS class (Guaranteed, Burstable, BestEffort), from its cgroup path"),
+    ("cgroups", "integer", "cgroups whose counts this row adds up (the pod's own and its containers')"),
+];
+
+/// One pod's (or service's, or "other"'s) row for one interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodRow {
+    pub node: String,
+    pub ts: SystemTime,
+    pub interval_s: Option<f64>,
+    pub kind: OwnerKind,
+    pub owner: String,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub qos: Option<String>,
+    pub cgroups: Option<i32>,
+    /// Per-interval counts by [`Event`] index; NULL where the event is not counted per cgroup.
+    pub events: [Option<i64>; EVENT_COUNT],
+    /// By [`Res`] index.
+    pub resources: [Option<i64>; RESOURCE_COUNT],
+}
+
+impl PodRow {
+    pub fn event(&self, e: Event) -> Option<i64> {
+        self.events[e as usize]
+    }
+
+    pub fn resource(&self, r: Res) -> Option<i64> {
+        self.resources[r as usize]
+    }
+
+    /// The row's values in [`pod_columns`] order, as bound parameters.
+    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut p: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.node,
+            &self.ts,
+            &self.interval_s,
+            self.kind_param(),
+            &self.owner,
+            &self.namespace,
+            &self.pod,
+            &self.qos,
+            &self.cgroups,
+        ];
+        p.extend(self.events.iter().map(|v| v as &(dyn ToSql + Sync)));
+        p.extend(self.resources.iter().map(|v| v as &(dyn ToSql + Sync)));
+        p
+    }
+
+    fn kind_param(&self) -> &'static (dyn ToSql + Sync) {
+        static KINDS: [&str; 3] = ["pod", "service", "other"];
+        match self.kind {
+            OwnerKind::Pod => &KINDS[0],
+            OwnerKind::Service => &KINDS[1],
+            OwnerKind::Other => &KINDS[2],
+        }
+    }
+}
+
+/// The event column names of a pod row: the node row's, in [`Event`] order.
+pub fn event_columns() -> [&'static str; EVENT_COUNT] {
+    Event::ALL.map(|e| SCHEMA[event_column(e)].name)
+}
+
+/// Every column of a pod row the agent writes, with its SQL type, in table order.
+pub fn pod_columns() -> Vec<(&'static str, &'static str)> {
+    let mut cols: Vec<(&str, &str)> = POD_IDENTITY.iter().map(|(n, t, _)| (*n, *t)).collect();
+    cols.extend(event_columns().iter().map(|n| (*n, "bigint")));
+    cols.extend(RESOURCES.iter().map(|r| (r.name, "bigint")));
+    cols
+}
+
+/// The INSERT of `rows` pod rows; a retried row meets its own key and does nothing.
+pub fn pod_insert_sql(rows: usize) -> String {
+    let cols = pod_columns();
+    let n = cols.len();
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let p: Vec<String> = (1..=n).map(|i| format!("${}", r * n + i)).collect();
+            format!("({})", p.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO pod_features ({}) VALUES {} ON CONFLICT (node, ts, kind, owner) DO NOTHING",
+        cols.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", "),
+        tuples.join(", ")
+    )
+}
+
+/// Most rows one INSERT may carry (Postgres takes at most 65535 parameters).
+pub fn pod_rows_per_insert() -> usize {
+    65535 / pod_columns().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_unique_and_params_match() {
+        let cols = pod_columns();
+        let mut names: Vec<&str> = cols.iter().map(|c| c.0).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), cols.len());
+        let row = PodRow {
+            node: "n".into(),
+            ts: SystemTime::UNIX_EPOCH,
+            interval_s: None,
+            kind: OwnerKind::Other,
+            owner: "other".into(),
+            namespace: None,
+            pod: None,
+            qos: None,
+            cgroups: None,
+            events: [None; EVENT_COUNT],
+            resources: [None; RESOURCE_COUNT],
+        };
+        assert_eq!(row.params().len(), cols.len());
+        assert!(pod_insert_sql(2).contains(&format!("${}", 2 * cols.len())));
+        assert_eq!(event_columns()[Event::Fork as usize], "ebpf_forks");
+    }
+}

@@ -1,0 +1,71 @@
+//! The pod_features table against its declaration (feature-schema/src/pods.rs), its per-node,
+//! per-day partitions, and retention: drop_pod_features_before drops whole day partitions,
+//! keeping every row after the cut and none before it.
+use feature_schema::pods::pod_columns;
+use tests::{have_root, migrated_database, sql};
+
+#[test]
+fn the_table_has_exactly_the_declared_columns() {
+    if !have_root("pod_table_columns") {
+        return;
+    }
+    let db = "pod_table_columns";
+    migrated_database(db);
+    let got = sql(
+        db,
+        "SELECT string_agg(column_name || ' ' || data_type, ',' ORDER BY ordinal_position)
+         FROM information_schema.columns WHERE table_name = 'pod_features'",
+    );
+    let got: Vec<&str> = got.split(',').collect();
+    let mut want: Vec<String> = pod_columns()
+        .iter()
+        .map(|(name, ty)| {
+            let ty = ty.trim_end_matches(" NOT NULL");
+            let ty = match ty {
+                "timestamptz" => "timestamp with time zone",
+                other => other,
+            };
+            format!("{name} {ty}")
+        })
+        .collect();
+    // The labellers' columns sit after the identity, as in node_features.
+    want.insert(9, "attack smallint".into());
+    want.insert(10, "attack_type text".into());
+    assert_eq!(got, want);
+}
+
+#[test]
+fn retention_drops_whole_days_before_the_cut_and_keeps_the_rest() {
+    if !have_root("pod_retention") {
+        return;
+    }
+    let db = "pod_retention";
+    migrated_database(db);
+    // Three nodes (one with a hostile name) with rows every hour over five days.
+    let mut q = String::new();
+    for node in ["a", "b-node", "it's \"odd\" ü"] {
+        let lit = format!("'{}'", node.replace('\'', "''"));
+        for h in 0..(5 * 24) {
+            let ts = format!("timestamptz '2026-03-01 00:30:00Z' + interval '{h} hours'");
+            q += &format!(
+                "SELECT ensure_pod_partition({lit}, {ts});
+                 INSERT INTO pod_features (node, ts, kind, owner, ebpf_forks) VALUES ({lit}, {ts}, 'other', 'other', {h});"
+            );
+        }
+    }
+    sql(db, &q);
+    let parts = |db| {
+        sql(db, "SELECT count(*) FROM pg_inherits i JOIN pg_inherits n ON n.inhrelid = i.inhparent WHERE n.inhparent = 'pod_features'::regclass")
+    };
+    assert_eq!(parts(db), "15");
+    assert_eq!(sql(db, "SELECT count(*) FROM pod_features"), "360");
+    // Cut in the middle of March 3rd: March 1st and 2nd go, the 3rd (it ends after the cut) stays.
+    assert_eq!(sql(db, "SELECT drop_pod_features_before('2026-03-03 12:00:00Z')"), "6");
+    assert_eq!(parts(db), "9");
+    assert_eq!(sql(db, "SELECT count(*) FROM pod_features"), (3 * 3 * 24).to_string());
+    assert_eq!(sql(db, "SELECT min(ts) = '2026-03-03 00:30:00Z' FROM pod_features"), "t");
+    // Again: nothing more to drop; the node partitions stay for new days.
+    assert_eq!(sql(db, "SELECT drop_pod_features_before('2026-03-03 12:00:00Z')"), "0");
+    sql(db, "SELECT ensure_pod_partition('a', '2026-03-01 05:00:00Z')");
+    assert_eq!(parts(db), "10");
+}
