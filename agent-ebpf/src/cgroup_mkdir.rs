@@ -2,7 +2,7 @@
 //! CGROUP_NAMES, so the agent can name a cgroup (a pod, a container) that is created, runs and
 //! is removed within one interval, when its directory is already gone at the interval's end.
 //! It runs once per cgroup created, never per counted event.
-use agent_common::{KernelCondition, CGROUP_PATH_MAX};
+use agent_common::{CgroupName, KernelCondition, CGROUP_PATH_MAX};
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel_str_bytes, macros::tracepoint, programs::TracePointContext, EbpfContext,
 };
@@ -28,10 +28,10 @@ fn record(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: offsets of this tracepoint's fixed-layout record.
     let (root, level, id, loc) = unsafe {
         (
-            ctx.read_at::<i32>(ROOT_OFFSET).map_err(|e| e as i32)?,
-            ctx.read_at::<i32>(LEVEL_OFFSET).map_err(|e| e as i32)?,
-            ctx.read_at::<u64>(ID_OFFSET).map_err(|e| e as i32)?,
-            ctx.read_at::<u32>(PATH_OFFSET).map_err(|e| e as i32)?,
+            ctx.read_at::<i32>(ROOT_OFFSET)?,
+            ctx.read_at::<i32>(LEVEL_OFFSET)?,
+            ctx.read_at::<u64>(ID_OFFSET)?,
+            ctx.read_at::<u32>(PATH_OFFSET)?,
         )
     };
     // Hierarchy 0 is the cgroup v2 tree; v1 hierarchies (hybrid hosts) have their own ids.
@@ -46,7 +46,9 @@ fn record(ctx: &TracePointContext) -> Result<(), i32> {
     let len = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut name.path) }.map(|s| s.len()).unwrap_or(0);
     name.len = len.min(CGROUP_PATH_MAX) as u32;
     name.level = level as u32;
-    if CGROUP_NAMES.insert(id, &*name, 0).is_err() && first_time(KernelCondition::CgroupNamesFull) {
+    // Inserted by reference: a copy of the 520-byte value would not fit the BPF stack.
+    let name: &CgroupName = name;
+    if CGROUP_NAMES.insert(id, name, 0).is_err() && first_time(KernelCondition::CgroupNamesFull) {
         warn!(ctx, "cgroup name map full: a new cgroup's path was not recorded");
     }
     Ok(())

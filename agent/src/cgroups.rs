@@ -318,3 +318,84 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// The pod's (or unit's) resource columns from its cgroup v2 directory, in
+/// [`feature_schema::pods::Res`] order; NULL for each file that is absent or unreadable.
+pub fn read_resources(dir: &Path) -> [Option<i64>; feature_schema::pods::RESOURCE_COUNT] {
+    use feature_schema::pods::Res;
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    let mut r = [None; feature_schema::pods::RESOURCE_COUNT];
+    r[Res::CpuUsage as usize] = read("cpu.stat").and_then(|t| keyed(&t, "usage_usec"));
+    r[Res::CpuPressure as usize] = read("cpu.pressure").and_then(|t| pressure_some_total(&t));
+    r[Res::MemoryPressure as usize] = read("memory.pressure").and_then(|t| pressure_some_total(&t));
+    r[Res::IoPressure as usize] = read("io.pressure").and_then(|t| pressure_some_total(&t));
+    r[Res::MemoryCurrent as usize] = read("memory.current").and_then(|t| t.trim().parse().ok());
+    r[Res::OomKills as usize] = read("memory.events").and_then(|t| keyed(&t, "oom_kill"));
+    r[Res::PidsCurrent as usize] = read("pids.current").and_then(|t| t.trim().parse().ok());
+    if let Some((rbytes, wbytes)) = read("io.stat").and_then(|t| io_bytes(&t)) {
+        r[Res::IoReadBytes as usize] = Some(rbytes);
+        r[Res::IoWriteBytes as usize] = Some(wbytes);
+    }
+    r
+}
+
+/// `key value` lines (cpu.stat, memory.events): the value of `key`.
+pub fn keyed(text: &str, key: &str) -> Option<i64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// A PSI file's `some ... total=N` (microseconds stalled, cumulative).
+pub fn pressure_some_total(text: &str) -> Option<i64> {
+    let line = text.lines().find(|l| l.starts_with("some "))?;
+    line.split(' ').find_map(|f| f.strip_prefix("total=")).and_then(|v| v.trim().parse().ok())
+}
+
+/// io.stat (`MAJ:MIN rbytes=.. wbytes=.. ...` per device): read and written bytes summed over
+/// devices; Some((0, 0)) for an empty file (no IO yet), None if a line is malformed.
+pub fn io_bytes(text: &str) -> Option<(i64, i64)> {
+    let (mut r, mut w) = (0i64, 0i64);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut fields = line.split(' ');
+        fields.next()?.split_once(':')?;
+        for f in fields {
+            if let Some(v) = f.strip_prefix("rbytes=") {
+                r = r.checked_add(v.parse().ok()?)?;
+            } else if let Some(v) = f.strip_prefix("wbytes=") {
+                w = w.checked_add(v.parse().ok()?)?;
+            }
+        }
+    }
+    Some((r, w))
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_files_parse_and_malformed_ones_are_null() {
+        assert_eq!(keyed("usage_usec 1234\nuser_usec 1000\nsystem_usec 234\n", "usage_usec"), Some(1234));
+        assert_eq!(keyed("usage_usec x\n", "usage_usec"), None);
+        assert_eq!(keyed("low 0\nhigh 0\nmax 0\noom 2\noom_kill 3\noom_group_kill 0\n", "oom_kill"), Some(3));
+        let psi =
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=98765\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n";
+        assert_eq!(pressure_some_total(psi), Some(98765));
+        assert_eq!(pressure_some_total("full avg10=0.00 total=5\n"), None);
+        assert_eq!(pressure_some_total("some total=\n"), None);
+        let io = "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n259:0 rbytes=1 wbytes=2 rios=1 wios=1\n";
+        assert_eq!(io_bytes(io), Some((4097, 8194)));
+        assert_eq!(io_bytes(""), Some((0, 0)));
+        assert_eq!(io_bytes("garbage rbytes=1\n"), None);
+        assert_eq!(io_bytes("8:0 rbytes=x\n"), None);
+        assert_eq!(io_bytes(&format!("8:0 rbytes={}\n8:1 rbytes=1\n", i64::MAX)), None);
+    }
+
+    #[test]
+    fn a_directory_without_the_files_gives_nulls() {
+        let r = read_resources(Path::new("/nonexistent-cgroup"));
+        assert!(r.iter().all(Option::is_none));
+    }
+}

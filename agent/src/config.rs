@@ -14,6 +14,7 @@ use crate::{
     collector::{DiskSelector, InterfaceSelector, Roots, Sources},
     detector::DetectorOptions,
     ebpf::EbpfCounters,
+    pods::PodSampler,
     sampler::Sampler,
 };
 
@@ -71,6 +72,14 @@ pub struct SamplingArgs {
     #[arg(long, env = "CGROUP_MAP_ENTRIES", default_value_t = agent_common::CGROUP_EVENT_COUNTS_DEFAULT_MAX,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub cgroup_map_entries: u32,
+    /// The host's cgroup v2 tree (in a container: where the host's /sys/fs/cgroup is mounted).
+    /// Default: the cgroup2 mount found in /proc/self/mountinfo, /sys/fs/cgroup (pure v2) or
+    /// beside the v1 controllers (hybrid, e.g. /sys/fs/cgroup/unified).
+    #[arg(long, env = "CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+    /// kubelet's pod log directory, which names pods: /var/log/pods/<namespace>_<pod>_<uid>/.
+    #[arg(long, env = "POD_LOGS_DIR", default_value = "/var/log/pods")]
+    pub pod_logs: PathBuf,
     #[command(flatten)]
     pub detector: DetectorArgs,
 }
@@ -136,6 +145,10 @@ pub struct RunArgs {
     /// Rows held in memory when there is no spool (or it fails); the oldest are dropped beyond it.
     #[arg(long, env = "QUEUE_MAX_ROWS", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
     pub queue_max_rows: u64,
+    /// Per-pod rows held in memory while the database is away (--pod-rows); the oldest are
+    /// dropped beyond it. 100,000 is about 15 minutes of a node with 110 pods at 10 s.
+    #[arg(long, env = "POD_QUEUE_MAX_ROWS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub pod_queue_max_rows: u64,
     /// Address of the HTTP listener for /metrics, /healthz and /readyz; "off" disables it.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:9100", value_parser = parse_listen)]
     pub listen: String,
@@ -164,7 +177,7 @@ fn parse_regex(s: &str) -> Result<Regex, String> {
 
 impl SamplingArgs {
     /// Loads eBPF as asked: not at all, best effort (one warning per failure), or required.
-    fn load_ebpf(&self) -> anyhow::Result<Option<EbpfCounters>> {
+    fn load_ebpf(&self, per_cgroup: bool) -> anyhow::Result<Option<EbpfCounters>> {
         if self.no_ebpf {
             info!("eBPF disabled (--no-ebpf): eBPF columns will be NULL");
             return Ok(None);
@@ -173,7 +186,7 @@ impl SamplingArgs {
         let options = crate::ebpf::LoadOptions {
             classic_tracepoints: self.classic_tracepoints,
             socket_hook: self.socket_hook,
-            cgroup_map_entries: self.pod_rows.then_some(self.cgroup_map_entries),
+            cgroup_map_entries: per_cgroup.then_some(self.cgroup_map_entries),
         };
         match EbpfCounters::load_with(options) {
             Ok(counters) => {
@@ -221,8 +234,38 @@ impl SamplingArgs {
         if !roots.procfs.join("stat").exists() {
             bail!("{} does not look like a procfs root (no stat file); check --procfs", roots.procfs.display());
         }
-        let ebpf = self.load_ebpf()?;
+        let pods = self.pod_sampler()?;
+        let ebpf = self.load_ebpf(pods.is_some())?;
+        let pods = if ebpf.is_some() { pods } else { None };
         let recheck = Duration::from_secs_f64(self.tcp_recheck_interval);
-        Ok(Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck))
+        Ok(Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck).with_pods(pods))
+    }
+
+    /// The per-pod sampler, when --pod-rows is on and a cgroup v2 tree exists. On a v1-only
+    /// host: one warning, and node rows only.
+    fn pod_sampler(&self) -> anyhow::Result<Option<PodSampler>> {
+        if !self.pod_rows {
+            return Ok(None);
+        }
+        if self.no_ebpf {
+            warn!("--pod-rows needs eBPF; --no-ebpf is set, so no per-pod rows are written");
+            return Ok(None);
+        }
+        let root = match &self.cgroup_root {
+            Some(r) if r.join("cgroup.controllers").exists() => r.clone(),
+            Some(r) => bail!("--cgroup-root {}: not a cgroup v2 tree (no cgroup.controllers)", r.display()),
+            None => match crate::cgroups::cgroup2_root_of_this_host() {
+                Some(r) => r,
+                None => {
+                    warn!("no cgroup v2 tree is mounted (a cgroup v1-only host): per-pod rows are unavailable; node rows are unchanged");
+                    return Ok(None);
+                }
+            },
+        };
+        if !self.pod_logs.is_dir() {
+            warn!(dir = %self.pod_logs.display(), "the pod log directory is missing: pods get rows by UID, without namespace and name");
+        }
+        info!(cgroup_root = %root.display(), pod_logs = %self.pod_logs.display(), "per-pod rows on");
+        Ok(Some(PodSampler::new(root, self.pod_logs.clone())))
     }
 }

@@ -87,6 +87,13 @@ pub struct Metrics {
     pub program_info: std::sync::OnceLock<Vec<crate::ebpf::ProgramInfo>>,
     /// The sampling interval, for /healthz's staleness check.
     pub interval_s: f64,
+    /// Per-pod rows written, and dropped (their queue was full, or refused, or at shutdown).
+    pub pod_rows_written: AtomicU64,
+    pub pod_rows_dropped: AtomicU64,
+    /// Pod rows in the last interval.
+    pub pod_rows_last: AtomicU64,
+    /// Events counted under "other" because the per-cgroup map was full.
+    pub cgroup_overflow_events: AtomicU64,
 }
 
 pub fn now_unix() -> f64 {
@@ -123,6 +130,10 @@ impl Metrics {
             programs_ok: AtomicBool::new(true),
             program_info: std::sync::OnceLock::new(),
             interval_s,
+            pod_rows_written: AtomicU64::default(),
+            pod_rows_dropped: AtomicU64::default(),
+            pod_rows_last: AtomicU64::default(),
+            cgroup_overflow_events: AtomicU64::default(),
         })
     }
 
@@ -293,6 +304,30 @@ impl Collector for Exposition {
         ] {
             ConstCounter::new(n).encode(dropped.encode_family(&[("reason", reason)])?)?;
         }
+        single(
+            &mut enc,
+            "feature_agent_pod_rows_written",
+            "Per-pod rows written to pod_features.",
+            c(&m.pod_rows_written),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_pod_rows_dropped",
+            "Per-pod rows that will never reach the database (their memory queue was full, the database refused them, or the agent stopped first).",
+            c(&m.pod_rows_dropped),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_pod_rows_last",
+            "Per-pod rows in the last interval (pods, services and other).",
+            g(&m.pod_rows_last),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_cgroup_overflow_events",
+            "eBPF events counted in the other row because the per-cgroup map was full (raise --cgroup-map-entries).",
+            c(&m.cgroup_overflow_events),
+        )?;
         single(
             &mut enc,
             "feature_agent_samples_skipped",

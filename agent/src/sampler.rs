@@ -10,9 +10,12 @@ use agent_common::Event;
 use feature_schema::FeatureRow;
 use tracing::{info, warn};
 
+use feature_schema::pods::PodRow;
+
 use crate::{
     collector::Sources,
     ebpf::{EbpfCounters, EbpfSnapshot},
+    pods::PodSampler,
     tcp_diag::{TcpConnCounts, TcpDiag},
 };
 
@@ -62,9 +65,32 @@ pub struct Sampler {
     /// and its end is logged too, instead of repeating every interval.
     failing: Vec<String>,
     ebpf_ok: bool,
+    pods: Option<PodSampler>,
+    /// The last sample's per-pod rows, until the caller takes them.
+    pod_rows: Vec<PodRow>,
 }
 
 impl Sampler {
+    /// Also produces per-pod rows (needs eBPF loaded with per-cgroup counting).
+    pub fn with_pods(mut self, pods: Option<PodSampler>) -> Self {
+        self.pods = pods.filter(|_| self.ebpf.as_ref().is_some_and(|e| e.per_cgroup().is_some()));
+        self
+    }
+
+    /// Whether per-pod rows are produced.
+    pub fn pods_on(&self) -> bool {
+        self.pods.is_some()
+    }
+
+    /// The per-pod rows of the last sample, stamped with the node row's `ts`.
+    pub fn take_pod_rows(&mut self, ts: SystemTime) -> Vec<PodRow> {
+        let mut rows = std::mem::take(&mut self.pod_rows);
+        for r in &mut rows {
+            r.ts = ts;
+        }
+        rows
+    }
+
     pub fn new(node: String, sources: Sources, ebpf: Option<EbpfCounters>, recheck: Duration) -> Self {
         let diag = match TcpDiag::open() {
             Ok(d) => Some(d),
@@ -83,6 +109,8 @@ impl Sampler {
             previous: None,
             failing: Vec::new(),
             ebpf_ok: true,
+            pods: None,
+            pod_rows: Vec::new(),
         };
         s.seed_gauges();
         s
@@ -199,13 +227,15 @@ impl Sampler {
             }
             self.failing = failing;
         }
-        let snap = match self.ebpf.as_ref().map(EbpfCounters::read) {
-            Some(Ok(s)) => Some(s),
+        let pods_on = self.pods.is_some();
+        let read = self.ebpf.as_mut().map(|e| if pods_on { e.read_all() } else { e.read().map(|s| (s, None)) });
+        let (snap, cgroups) = match read {
+            Some(Ok((s, c))) => (Some(s), c),
             Some(Err(e)) => {
                 warn!(error = %e, "reading the eBPF counters failed; eBPF columns are empty in this row");
-                None
+                (None, None)
             }
-            None => None,
+            None => (None, None),
         };
         let (est_conn, lis_conn) = self.gauges(snap.as_ref());
         self.ebpf_ok = self.ebpf.is_none() || snap.is_some();
@@ -225,6 +255,9 @@ impl Sampler {
             }
         }
         self.previous = Some((now, snap));
+        if let (Some(pods), Some(ebpf), Some(cgroups)) = (self.pods.as_mut(), self.ebpf.as_mut(), cgroups.as_ref()) {
+            self.pod_rows = pods.sample(ebpf, cgroups, &self.node, ts, row.interval_s);
+        }
         row
     }
 }

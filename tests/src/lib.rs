@@ -4,6 +4,7 @@
 //! Tests need root (eBPF, and a Postgres started as the `postgres` user). Without it they FAIL,
 //! unless FEATURE_AGENT_TEST_ALLOW_SKIP=1 is set outside CI: then they print SKIPPED and pass.
 //! In CI (CI=true) skipping is never allowed.
+pub mod cgroup;
 use std::{
     path::PathBuf,
     process::{Command, Output, Stdio},

@@ -6,67 +6,17 @@
 //! cgroups); and the node total equal to the sum over every cgroup (two independent counters).
 use std::{
     io::{BufRead, BufReader},
-    os::unix::{fs::MetadataExt, process::CommandExt},
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
 };
 
 use agent::ebpf::{CgroupSnapshot, EbpfCounters, EbpfSnapshot, LoadOptions};
 use agent_common::{Event, EVENT_COUNT};
-use tests::{exclusive, have_root};
+use tests::{
+    cgroup::{in_cgroup, TestCgroup},
+    exclusive, have_root,
+};
 
 const ATTEMPTS: usize = 5;
-
-/// A cgroup made for one test under the v2 root, removed (with its children) on drop.
-struct TestCgroup {
-    top: PathBuf,
-    leaves: Vec<PathBuf>,
-}
-
-impl TestCgroup {
-    fn new(name: &str, leaves: &[&str]) -> Self {
-        let root = agent::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree is mounted");
-        let top = root.join(format!("feature-agent-test-{name}-{}", std::process::id()));
-        let _ = Self::remove_tree(&top);
-        let leaves = leaves.iter().map(|l| top.join(l)).collect::<Vec<_>>();
-        for l in &leaves {
-            std::fs::create_dir_all(l).unwrap_or_else(|e| panic!("mkdir {}: {e}", l.display()));
-        }
-        TestCgroup { top, leaves }
-    }
-
-    fn remove_tree(dir: &Path) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                Self::remove_tree(&entry.path())?;
-            }
-        }
-        std::fs::remove_dir(dir)
-    }
-
-    fn id(&self, leaf: usize) -> u64 {
-        std::fs::metadata(&self.leaves[leaf]).unwrap().ino()
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = Self::remove_tree(&self.top);
-    }
-}
-
-/// A command whose process joins `cgroup` before it execs.
-fn in_cgroup(program: &str, args: &[&str], cgroup: &Path) -> Command {
-    let procs = cgroup.join("cgroup.procs");
-    let mut c = Command::new(program);
-    c.args(args);
-    // SAFETY: only async-signal-safe work between fork and exec: open, write, close.
-    unsafe {
-        c.pre_exec(move || std::fs::write(&procs, b"0"));
-    }
-    c
-}
 
 fn load() -> EbpfCounters {
     agent::ebpf::ensure_tracefs();

@@ -1,0 +1,221 @@
+//! Per-pod rows: each interval, the per-cgroup eBPF counts turned into one row per pod, host
+//! service and "other", with each pod's (or unit's) cgroup v2 resource files.
+//!
+//! - Identity: a cgroup id is named by the cgroup_mkdir hook when it is created (so a pod that
+//!   lives less than an interval is still named), else by a walk of the host's cgroup v2 tree
+//!   (the id is the directory's inode). The path gives the pod UID and QoS or the systemd unit
+//!   (cgroups.rs); kubelet's /var/log/pods gives namespaces and names.
+//! - Exactness: the node row's count of every per-cgroup event is the total of the same map read
+//!   (ebpf.rs `read_all`), and each row's count is its cgroups' deltas; what belongs to no pod
+//!   or service (socket-less resets, the root, sessions, unnamed cgroups, map overflow) is the
+//!   "other" row, so the rows of an interval add up to the node row exactly.
+//! - Bounded: a cgroup whose directory is gone and that counted nothing for a whole interval is
+//!   removed from the kernel map, its final counts kept in the retired totals.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    os::unix::fs::{DirEntryExt, MetadataExt},
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use agent_common::{Event, EVENT_COUNT};
+use feature_schema::pods::{OwnerKind, PodRow, RESOURCE_COUNT};
+use tracing::debug;
+
+use crate::{
+    cgroups::{classify, pod_names, read_resources, Owner, PodName},
+    ebpf::{CgroupSnapshot, EbpfCounters},
+};
+
+/// Deepest cgroup level walked (kubelet's containers are at 4 or 5 below the root).
+const MAX_DEPTH: usize = 8;
+
+struct Previous {
+    by_cgroup: HashMap<u64, [u64; EVENT_COUNT]>,
+    overflow: [u64; EVENT_COUNT],
+    retired: [u64; EVENT_COUNT],
+}
+
+/// One row being added up.
+#[derive(Default)]
+struct Acc {
+    events: [u64; EVENT_COUNT],
+    cgroups: HashSet<u64>,
+    /// The pod's own cgroup (or the unit's), for the resource files, if it still exists.
+    dir: Option<PathBuf>,
+    qos: Option<&'static str>,
+}
+
+pub struct PodSampler {
+    root: PathBuf,
+    pod_logs: PathBuf,
+    /// Cgroup id -> owner, for every cgroup seen alive or named at creation.
+    known: HashMap<u64, Owner>,
+    names: HashMap<String, PodName>,
+    previous: Option<Previous>,
+}
+
+impl PodSampler {
+    /// `root`: the host's cgroup v2 tree; `pod_logs`: kubelet's /var/log/pods.
+    pub fn new(root: PathBuf, pod_logs: PathBuf) -> Self {
+        PodSampler { root, pod_logs, known: HashMap::new(), names: HashMap::new(), previous: None }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every live cgroup: id -> path relative to the root (the root itself is "").
+    fn walk(&self) -> HashMap<u64, String> {
+        let mut out = HashMap::new();
+        if let Ok(m) = std::fs::metadata(&self.root) {
+            out.insert(m.ino(), String::new());
+        }
+        let mut stack = vec![(self.root.clone(), String::new(), 0usize)];
+        while let Some((dir, rel, depth)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                out.insert(entry.ino(), path.clone());
+                if depth + 1 < MAX_DEPTH {
+                    stack.push((entry.path(), path, depth + 1));
+                }
+            }
+        }
+        out
+    }
+
+    /// The rows of one interval, from `snap` (read by the caller with the node row); none on the
+    /// first call, which only sets the baseline. Then retires cgroups that are gone and quiet.
+    pub fn sample(
+        &mut self,
+        ebpf: &mut EbpfCounters,
+        snap: &CgroupSnapshot,
+        node: &str,
+        ts: SystemTime,
+        interval_s: Option<f64>,
+    ) -> Vec<PodRow> {
+        // Named after the read: any cgroup in the snapshot was created before it.
+        for (id, path) in ebpf.take_new_cgroups() {
+            self.known.insert(id, classify(&path));
+        }
+        let live = self.walk();
+        for (id, path) in &live {
+            self.known.entry(*id).or_insert_with(|| classify(path));
+        }
+        let Some(prev) = self.previous.take() else {
+            self.previous =
+                Some(Previous { by_cgroup: snap.by_cgroup.clone(), overflow: snap.overflow, retired: snap.retired });
+            return Vec::new();
+        };
+
+        let key = |owner: &Owner| match owner {
+            Owner::Pod { uid, .. } => (OwnerKind::Pod, uid.clone()),
+            Owner::Service { unit } => (OwnerKind::Service, unit.clone()),
+            Owner::Other => (OwnerKind::Other, "other".to_owned()),
+        };
+        let mut rows: BTreeMap<(OwnerKind, String), Acc> = BTreeMap::new();
+        rows.entry((OwnerKind::Other, "other".to_owned())).or_default();
+        // Every live pod and service has a row, counting or not.
+        for (id, path) in &live {
+            let owner = &self.known[id];
+            let acc = rows.entry(key(owner)).or_default();
+            acc.cgroups.insert(*id);
+            match owner {
+                Owner::Pod { qos, container: None, .. } => {
+                    acc.dir = Some(self.root.join(path));
+                    acc.qos = Some(qos.as_str());
+                }
+                Owner::Pod { qos, .. } => acc.qos = acc.qos.or(Some(qos.as_str())),
+                Owner::Service { unit } if path == &format!("system.slice/{unit}") => {
+                    acc.dir = Some(self.root.join(path));
+                }
+                _ => {}
+            }
+        }
+        let mut quiet_and_gone = Vec::new();
+        for (id, cur) in &snap.by_cgroup {
+            let before = prev.by_cgroup.get(id);
+            let owner = self.known.get(id).cloned().unwrap_or(Owner::Other);
+            let acc = rows.entry(key(&owner)).or_default();
+            if let Owner::Pod { qos, .. } = &owner {
+                acc.qos = acc.qos.or(Some(qos.as_str()));
+            }
+            let mut moved = false;
+            for i in 0..EVENT_COUNT {
+                let d = cur[i].wrapping_sub(before.map_or(0, |b| b[i]));
+                acc.events[i] = acc.events[i].wrapping_add(d);
+                moved |= d != 0;
+            }
+            if moved {
+                acc.cgroups.insert(*id);
+            }
+            if !live.contains_key(id) && !moved && before.is_some() && *id != 0 {
+                quiet_and_gone.push(*id);
+            }
+        }
+        let other = rows.get_mut(&(OwnerKind::Other, "other".to_owned())).expect("inserted above");
+        for i in 0..EVENT_COUNT {
+            let d = snap.overflow[i]
+                .wrapping_sub(prev.overflow[i])
+                .wrapping_add(snap.retired[i].wrapping_sub(prev.retired[i]));
+            other.events[i] = other.events[i].wrapping_add(d);
+        }
+
+        if rows.keys().any(|(k, uid)| *k == OwnerKind::Pod && !self.names.contains_key(uid)) {
+            self.names = pod_names(&self.pod_logs);
+        }
+        let counted: [bool; EVENT_COUNT] = Event::ALL.map(|e| ebpf.is_live(e) && ebpf.is_counted_per_cgroup(e));
+        let out: Vec<PodRow> = rows
+            .into_iter()
+            .map(|((kind, owner), acc)| {
+                let name = (kind == OwnerKind::Pod).then(|| self.names.get(&owner)).flatten();
+                let resources = match &acc.dir {
+                    Some(dir) => read_resources(dir),
+                    None => [None; RESOURCE_COUNT],
+                };
+                let mut events = [None; EVENT_COUNT];
+                for i in 0..EVENT_COUNT {
+                    if counted[i] {
+                        events[i] = Some(acc.events[i] as i64);
+                    }
+                }
+                PodRow {
+                    node: node.to_owned(),
+                    ts,
+                    interval_s,
+                    kind,
+                    namespace: name.map(|n| n.namespace.clone()),
+                    pod: name.map(|n| n.name.clone()),
+                    qos: acc.qos.map(str::to_owned),
+                    cgroups: i32::try_from(acc.cgroups.len()).ok(),
+                    owner,
+                    events,
+                    resources,
+                }
+            })
+            .collect();
+
+        // Gone and quiet for a whole interval: out of the kernel map, its counts kept as
+        // retired (already counted in the rows up to now).
+        let mut next = Previous { by_cgroup: snap.by_cgroup.clone(), overflow: snap.overflow, retired: snap.retired };
+        if !quiet_and_gone.is_empty() {
+            debug!(cgroups = quiet_and_gone.len(), "retiring removed cgroups from the per-cgroup map");
+            ebpf.retire(&quiet_and_gone);
+            for id in &quiet_and_gone {
+                if let Some(counts) = next.by_cgroup.remove(id) {
+                    for (r, c) in next.retired.iter_mut().zip(counts) {
+                        *r = r.wrapping_add(c);
+                    }
+                }
+                self.known.remove(id);
+            }
+        }
+        self.previous = Some(next);
+        out
+    }
+}

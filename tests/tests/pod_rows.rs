@@ -1,0 +1,158 @@
+//! `feature-agent run --pod-rows` end to end, with the real eBPF programs and a real Postgres:
+//! kubelet-style cgroups made on this host (both drivers' naming, two QoS classes), matching
+//! /var/log/pods directories (a hostile namespace and name among them), known workloads run
+//! inside them. Checked in SQL: each pod's rows add up to exactly its workload's forks, execs,
+//! exits and failed connects; a pod whose cgroup is created, used and removed within one
+//! interval still has its row with exact counts; and at every interval, for every event
+//! column, the node row equals the sum of that interval's pod rows.
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use agent_common::Event;
+use feature_schema::pods::event_columns;
+use tests::{
+    agent_bin,
+    cgroup::{in_cgroup, TestCgroup},
+    exclusive, have_root, migrated_database, sql,
+};
+
+const UID_A: &str = "0a1b2c3d-1111-4222-8333-944455566677";
+const UID_B: &str = "0a1b2c3d-2222-4222-8333-944455566677";
+const UID_C: &str = "0a1b2c3d-3333-4222-8333-944455566677";
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn pod_rows_count_each_pods_workload_exactly_and_add_up_to_the_node_row() {
+    if !have_root("pod_rows_end_to_end") {
+        return;
+    }
+    let _g = exclusive();
+    let db = "pod_rows_e2e";
+    let url = migrated_database(db);
+    let logs = std::env::temp_dir().join(format!("feature-agent-pod-logs-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&logs);
+    for (ns, pod, uid) in
+        [("shop", "web-1", UID_A), ("it's \"ns\"", "pöd-名前", UID_B), ("batch", "short-lived", UID_C)]
+    {
+        std::fs::create_dir_all(logs.join(format!("{ns}_{pod}_{uid}")).join("main")).unwrap();
+    }
+    let a = format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{}.scope",
+        UID_A.replace('-', "_"),
+        "a".repeat(64)
+    );
+    let b = format!("kubepods/besteffort/pod{UID_B}/{}", "b".repeat(64));
+    let cg = TestCgroup::new("e2e", &[&a, &b]);
+
+    let interval = 2;
+    let agent = Command::new(agent_bin())
+        .args(["run", "--pod-rows", "--interval", &interval.to_string(), "--listen", "off", "--spool-dir", "off"])
+        .env("DATABASE_URL", &url)
+        .env("NODE_NAME", "pod-node")
+        .env("POD_LOGS_DIR", &logs)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first pod rows come with the second sample (the first sets the baseline).
+    wait_for("the first pod rows", Duration::from_secs(30), || sql(db, "SELECT count(*) > 0 FROM pod_features") == "t");
+
+    // Pod A: 100 forks of /bin/true; pod B: 7. Pod C: created, 100 forks and 20 refused connects
+    // from Python, removed, all well within one interval.
+    let loop_of = |n: u32| format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
+    assert!(in_cgroup("/bin/sh", &["-c", &loop_of(100)], &cg.leaves[0]).status().unwrap().success());
+    assert!(in_cgroup("/bin/sh", &["-c", &loop_of(7)], &cg.leaves[1]).status().unwrap().success());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let c = cg.top.join(format!("kubepods/burstable/pod{UID_C}"));
+    let started = Instant::now();
+    std::fs::create_dir_all(&c).unwrap();
+    let code = format!(
+        "import os,socket\nfor _ in range(100):\n    p=os.fork()\n    if p==0: os._exit(0)\n    os.waitpid(p,0)\n\
+         for _ in range(20):\n    s=socket.socket()\n    try:\n        s.connect(('127.0.0.1',{closed}))\n    except ConnectionRefusedError:\n        pass\n    s.close()\n"
+    );
+    assert!(in_cgroup("/usr/bin/python3", &["-c", &code], &c).status().unwrap().success());
+    std::fs::remove_dir(&c).unwrap();
+    let lived = started.elapsed();
+    assert!(lived < Duration::from_secs(interval), "pod C lived {lived:?}, longer than one interval");
+
+    // Two more intervals, then stop the agent (SIGTERM: it flushes and exits).
+    let rows_now: i64 = sql(db, "SELECT count(DISTINCT ts) FROM pod_features").parse().unwrap();
+    wait_for("two more intervals", Duration::from_secs(30), || {
+        sql(db, "SELECT count(DISTINCT ts) FROM pod_features").parse::<i64>().unwrap() >= rows_now + 2
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let out = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("per-pod rows on"), "{log}");
+
+    let total = |uid: &str, col: &str| {
+        sql(db, &format!("SELECT coalesce(sum({col}), -1) FROM pod_features WHERE owner = '{uid}'"))
+    };
+    assert_eq!(
+        [total(UID_A, "ebpf_forks"), total(UID_A, "ebpf_execs"), total(UID_A, "ebpf_exits")],
+        ["100", "101", "101"]
+    );
+    assert_eq!([total(UID_B, "ebpf_forks"), total(UID_B, "ebpf_execs"), total(UID_B, "ebpf_exits")], ["7", "8", "8"]);
+    // Python: its own exec after joining, 100 forked children exiting, and itself.
+    assert_eq!(
+        [
+            total(UID_C, "ebpf_forks"),
+            total(UID_C, "ebpf_execs"),
+            total(UID_C, "ebpf_exits"),
+            total(UID_C, "tcp_conn_failed"),
+            total(UID_C, "tcp_rst_recv")
+        ],
+        ["100", "1", "101", "20", "20"]
+    );
+    // Names from the log directories, QoS from the paths; the short-lived pod's row exists
+    // although its cgroup was gone when the row was taken.
+    assert_eq!(
+        sql(db, &format!("SELECT DISTINCT namespace || '|' || pod || '|' || qos || '|' || kind FROM pod_features WHERE owner = '{UID_B}'")),
+        "it's \"ns\"|pöd-名前|BestEffort|pod"
+    );
+    assert_eq!(
+        sql(db, &format!("SELECT DISTINCT pod || '|' || qos FROM pod_features WHERE owner = '{UID_A}'")),
+        "web-1|Burstable"
+    );
+    assert_eq!(
+        sql(
+            db,
+            &format!("SELECT DISTINCT pod || '|' || qos FROM pod_features WHERE owner = '{UID_C}' AND ebpf_forks > 0")
+        ),
+        "short-lived|Burstable"
+    );
+    // Resource columns: pod A's cgroup has cpu.stat on this host (NULL where the file is absent).
+    assert_eq!(
+        sql(db, &format!("SELECT bool_and(cpu_usage_usec IS NOT NULL) FROM pod_features WHERE owner = '{UID_A}'")),
+        "t"
+    );
+
+    // Every interval: node row == sum of pod rows, for every event column the node counts.
+    for (e, col) in Event::ALL.iter().zip(event_columns()) {
+        let mismatches = sql(
+            db,
+            &format!(
+                "SELECT count(*) FROM node_features n
+                 JOIN (SELECT ts, sum({col}) AS s, count({col}) AS k FROM pod_features GROUP BY ts) p USING (ts)
+                 WHERE n.node = 'pod-node' AND n.{col} IS DISTINCT FROM p.s AND NOT (n.{col} IS NULL AND p.k = 0)"
+            ),
+        );
+        assert_eq!(mismatches, "0", "{}: node rows differ from the sum of pod rows", e.name());
+    }
+    let joined =
+        sql(db, "SELECT count(*) FROM node_features n JOIN (SELECT DISTINCT ts FROM pod_features) p USING (ts)");
+    assert!(joined.parse::<i64>().unwrap() >= 3, "{joined}");
+    std::fs::remove_dir_all(&logs).unwrap();
+}
