@@ -20,7 +20,7 @@ pub const SOCKET_CALLS_IN_FLIGHT_MAX: u32 = 16384;
 /// socket's owner (TCP state changes and resets, which the kernel often handles in softirq).
 pub const MAP_CGROUP_EVENT_COUNTS: &str = "CGROUP_EVENT_COUNTS";
 /// Default capacity of [`MAP_CGROUP_EVENT_COUNTS`] (the agent's --cgroup-map-entries).
-pub const CGROUP_EVENT_COUNTS_DEFAULT_MAX: u32 = 4096;
+pub const CGROUP_EVENT_COUNTS_DEFAULT_MAX: u32 = 2048;
 /// Per-CPU array with one [`EventCounts`] entry: events of cgroups that found
 /// [`MAP_CGROUP_EVENT_COUNTS`] full. They belong to the "other" row, so the node total still
 /// equals the sum of the per-cgroup rows; the agent exports the count.

@@ -253,7 +253,13 @@ impl SamplingArgs {
         }
         let root = match &self.cgroup_root {
             Some(r) if r.join("cgroup.controllers").exists() => r.clone(),
-            Some(r) => bail!("--cgroup-root {}: not a cgroup v2 tree (no cgroup.controllers)", r.display()),
+            // The host's /sys/fs/cgroup of a hybrid host: the v2 tree is beside the v1 ones.
+            Some(r) if r.join("unified/cgroup.controllers").exists() => r.join("unified"),
+            Some(r) if r.is_dir() => {
+                warn!(dir = %r.display(), "--cgroup-root holds no cgroup v2 tree (a cgroup v1-only host): per-pod rows are unavailable; node rows are unchanged");
+                return Ok(None);
+            }
+            Some(r) => bail!("--cgroup-root {}: no such directory", r.display()),
             None => match crate::cgroups::cgroup2_root_of_this_host() {
                 Some(r) => r,
                 None => {

@@ -360,6 +360,11 @@ fn plan(pod: &Value, work: &Path, overrides: &[(&str, String)], spool: &Path) ->
             if host.starts_with("/var/lib/feature-agent") {
                 std::fs::create_dir_all(spool)?;
                 spool.to_path_buf()
+            } else if host == "/var/log/pods" && !Path::new(host).exists() {
+                // Not a kubelet node: a stand-in pod log directory, as kubelet lays it out.
+                let dir = work.join("pod-logs");
+                std::fs::create_dir_all(dir.join("default_web-0_5f2e3d4c-5b6a-4789-8abc-0123456789ab/web"))?;
+                dir
             } else {
                 PathBuf::from(host)
             }
@@ -473,7 +478,11 @@ fn check_confinement(pid: u32, plan: &Plan) -> anyhow::Result<String> {
 }
 
 fn rows_of(pg: &ThrowawayPostgres, node: &str) -> u64 {
-    pg.psql("features", &format!("SELECT count(*) FROM node_features WHERE node = '{node}'"))
+    count_of(pg, "node_features", node)
+}
+
+fn count_of(pg: &ThrowawayPostgres, table: &str, node: &str) -> u64 {
+    pg.psql("features", &format!("SELECT count(*) FROM {table} WHERE node = '{node}'"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
@@ -501,7 +510,13 @@ fn check_daemonset(
     let plan = plan(ds, work, &overrides, &spool)?;
     let mut child = start(ctr, &plan, id, entrypoint, &[], work)?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while rows_of(pg, id) < 3 {
+    // With POD_ROWS on, the container must also write per-pod rows from the host's cgroup tree.
+    let pod_rows = ds["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["name"] == "POD_ROWS" && e["value"] == "true");
+    while rows_of(pg, id) < 3 || (pod_rows && count_of(pg, "pod_features", id) == 0) {
         if let Some(status) = child.try_wait()? {
             bail!("{id} exited ({status}) before writing rows:\n{}", log_of(work, id));
         }
@@ -522,6 +537,13 @@ fn check_daemonset(
     // Six on a kernel without fexit and kprobes (this one), seven with the socket hook.
     ensure!(attached >= 6, "{id}: only {attached} eBPF programs attached:\n{log}");
     ensure!(!log.contains("could not be attached"), "{id}: a program failed:\n{log}");
+    if pod_rows {
+        ensure!(log.contains("per-pod rows on"), "{id}: per-pod rows are not on:\n{log}");
+        eprintln!(
+            "runtime-check: {id}: {} per-pod rows written from the host's cgroup tree",
+            count_of(pg, "pod_features", id)
+        );
+    }
     ctr.remove(id);
     Ok(summary)
 }
