@@ -36,6 +36,9 @@ pub fn analysis_sql() -> String {
 
 DROP VIEW IF EXISTS node_feature_values;
 DROP VIEW IF EXISTS node_feature_deltas;
+DROP VIEW IF EXISTS pod_feature_zscores;
+DROP VIEW IF EXISTS pod_feature_values;
+DROP VIEW IF EXISTS pod_feature_deltas;
 
 -- Every scored feature: how it is scored, its smallest meaningful change (the detector's spread
 -- floor), its unit and meaning.
@@ -127,12 +130,82 @@ CROSS JOIN LATERAL (VALUES"
         .collect();
     let _ =
         writeln!(w, "{}\n) AS v(feature, raw, scored)\nJOIN feature_catalog c USING (feature);\n", values.join(",\n"));
+    pod_views(w);
     let _ = writeln!(
         w,
         "-- Dropping a view drops its grants: give them back (the roles come from 0003_roles.sql).
-GRANT SELECT ON node_feature_deltas, node_feature_values TO feature_reader, feature_labeller;"
+GRANT SELECT ON node_feature_deltas, node_feature_values, pod_feature_deltas, pod_feature_values,
+                pod_feature_zscores TO feature_reader, feature_labeller;"
     );
     s
+}
+
+/// The views over pod_features: deltas of the cumulative resource counters (by the node views'
+/// gap rule, per pod), one line per row and feature, and z-scores against each pod's own
+/// normal rows.
+fn pod_views(w: &mut String) {
+    use crate::pods::{event_columns, pod_columns, RESOURCES};
+    let counters: Vec<&str> = RESOURCES.iter().filter(|r| r.counter).map(|r| r.name).collect();
+    let _ = writeln!(
+        w,
+        "-- Every pod row with <counter>_delta for each cumulative resource counter (cpu_usage_usec,
+-- the pressure totals, oom_kills, io bytes) against the same pod's previous row on the node, by
+-- the gap rule above (NULL across a gap, and on a pod's first row). The eBPF columns already
+-- are per-interval counts.
+CREATE VIEW pod_feature_deltas AS
+WITH paired AS (
+    SELECT f.*,
+           extract(epoch FROM f.ts - lag(f.ts) OVER w)::double precision AS elapsed_s,
+           coalesce(lag(f.interval_s) OVER w, f.interval_s) AS expected_s"
+    );
+    for c in &counters {
+        let _ = write!(w, ",\n           counter_delta(f.{c}, lag(f.{c}) OVER w) AS {c}_step");
+    }
+    let _ = write!(
+        w,
+        "\n    FROM pod_features f\n    WINDOW w AS (PARTITION BY f.node, f.kind, f.owner ORDER BY f.ts)\n),\ngapped AS (\n    \
+         SELECT p.*, (p.elapsed_s IS NULL OR p.interval_s IS NULL OR p.elapsed_s > 1.5 * p.expected_s) AS after_gap\n    \
+         FROM paired p\n)\nSELECT "
+    );
+    let mut cols: Vec<String> = pod_columns().iter().map(|(c, _)| format!("g.{c}")).collect();
+    cols.insert(9, "g.attack".into());
+    cols.insert(10, "g.attack_type".into());
+    let _ = write!(w, "{},\n       g.elapsed_s, g.after_gap", cols.join(", "));
+    for c in &counters {
+        let _ = write!(w, ",\n       CASE WHEN g.after_gap THEN NULL ELSE g.{c}_step END AS {c}_delta");
+    }
+    let _ = writeln!(w, "\nFROM gapped g;\n");
+
+    let mut values: Vec<String> = event_columns().iter().map(|c| format!("    ('{c}', d.{c}::float8)")).collect();
+    for r in RESOURCES {
+        let scored = if r.counter { format!("{}_delta", r.name) } else { r.name.to_owned() };
+        values.push(format!("    ('{}', d.{scored}::float8)", r.name));
+    }
+    let _ = writeln!(
+        w,
+        "-- One line per pod row and feature: the scored value (the per-interval count of an eBPF column,
+-- the delta of a cumulative resource counter, a gauge as it is).
+CREATE VIEW pod_feature_values AS
+SELECT d.node, d.ts, d.kind, d.owner, d.namespace, d.pod, d.attack, d.attack_type, v.feature, v.scored
+FROM pod_feature_deltas d
+CROSS JOIN LATERAL (VALUES
+{}
+) AS v(feature, scored);
+
+-- z-scores of each pod's features against that pod's own normal rows (attack = 0) on the same
+-- node; the spread is at least the feature's min_spread from the catalog (the eBPF columns'), so
+-- a pod that never forks does not turn one fork into an infinite z.
+CREATE VIEW pod_feature_zscores AS
+SELECT v.*, b.mean, b.sd,
+       (v.scored - b.mean) / nullif(greatest(b.sd, coalesce(c.min_spread, 0)), 0) AS z
+FROM pod_feature_values v
+JOIN (SELECT node, kind, owner, feature, avg(scored) AS mean, coalesce(stddev_samp(scored), 0) AS sd
+      FROM pod_feature_values WHERE attack = 0 AND scored IS NOT NULL
+      GROUP BY node, kind, owner, feature) b USING (node, kind, owner, feature)
+LEFT JOIN feature_catalog c USING (feature);
+",
+        values.join(",\n")
+    );
 }
 
 fn cell(s: &str) -> String {

@@ -1,5 +1,5 @@
-//! Command line of `feature-lab`, the research tools: label, scenario, evaluate, export, plot
-//! and drill. Database options are the daemon's (feature-db), with the same environment
+//! Command line of `feature-lab`, the research tools: label, scenario, evaluate, export, plot,
+//! prune and drill. Database options are the daemon's (feature-db), with the same environment
 //! fallbacks, so one DATABASE_URL serves both binaries.
 use clap::{Parser, Subcommand};
 
@@ -26,6 +26,8 @@ pub enum Command {
     Export(crate::export::ExportArgs),
     /// Render a node's features, labelled windows, detections and z-scores as a PNG.
     Plot(crate::plot::PlotArgs),
+    /// Retention: drop per-pod rows older than N days, a whole day partition at a time.
+    Prune(crate::prune::PruneArgs),
     /// Scripted detection run: start feature-agent, run the scenarios between normal periods,
     /// evaluate.
     Drill(crate::drill::DrillArgs),
@@ -42,6 +44,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Drill(a) => crate::drill::command(a).await,
             Command::Export(a) => crate::export::command(a).await,
             Command::Plot(a) => crate::plot::command(a).await,
+            Command::Prune(a) => crate::prune::command(a).await,
         }
     })
 }

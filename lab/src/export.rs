@@ -6,6 +6,10 @@
 //! labelled normal). Rows stream from a server-side portal in batches, so the export's memory
 //! does not grow with the table.
 //!
+//! With --pods, the per-pod rows (pod_features) instead: node, ts, kind, owner, namespace, pod,
+//! qos, attack, attack_type, every eBPF and resource column, and the per-interval delta of every
+//! cumulative resource counter (`<counter>_delta`, from pod_feature_deltas).
+//!
 //! Types as a data scientist expects them: in Parquet an integer column stays an integer
 //! (INT32/INT64, from the declaration), anomalous_features is a list of strings, ts a UTC
 //! timestamp. In CSV NULL is an empty field and anomalous_features a JSON array, so a verdict
@@ -51,6 +55,9 @@ pub struct ExportArgs {
     /// Only this node's rows [default: every node].
     #[arg(long)]
     pub node: Option<String>,
+    /// Export the per-pod rows (pod_features) instead of the node rows.
+    #[arg(long, conflicts_with = "normalized")]
+    pub pods: bool,
     #[command(flatten)]
     pub window: TimeWindow,
     #[command(flatten)]
@@ -60,8 +67,69 @@ pub struct ExportArgs {
 /// Rows fetched from the portal at a time (and rows per Parquet row group).
 const BATCH_ROWS: i32 = 8192;
 
-/// Identity and label columns, before the numeric ones.
-pub const META_COLUMNS: [&str; 6] = ["node", "ts", "attack", "attack_type", "anomaly_score", "anomalous_features"];
+/// Which rows an export holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dataset {
+    /// node_features: one row per node per interval.
+    Nodes,
+    /// pod_features: one row per pod, service and other per node per interval.
+    Pods,
+}
+
+/// How an identity or label column is typed in the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaKind {
+    /// Text that is never NULL.
+    Name,
+    Text,
+    Timestamp,
+    /// The attack label (smallint).
+    Label,
+    Score,
+    List,
+}
+
+/// Identity and label columns of node rows, before the numeric ones.
+pub const META_COLUMNS: [(&str, MetaKind); 6] = [
+    ("node", MetaKind::Name),
+    ("ts", MetaKind::Timestamp),
+    ("attack", MetaKind::Label),
+    ("attack_type", MetaKind::Text),
+    ("anomaly_score", MetaKind::Score),
+    ("anomalous_features", MetaKind::List),
+];
+
+/// Identity and label columns of pod rows, before the numeric ones.
+pub const POD_META_COLUMNS: [(&str, MetaKind); 9] = [
+    ("node", MetaKind::Name),
+    ("ts", MetaKind::Timestamp),
+    ("kind", MetaKind::Name),
+    ("owner", MetaKind::Name),
+    ("namespace", MetaKind::Text),
+    ("pod", MetaKind::Text),
+    ("qos", MetaKind::Text),
+    ("attack", MetaKind::Label),
+    ("attack_type", MetaKind::Text),
+];
+
+impl Dataset {
+    pub fn meta(self) -> &'static [(&'static str, MetaKind)] {
+        match self {
+            Dataset::Nodes => &META_COLUMNS,
+            Dataset::Pods => &POD_META_COLUMNS,
+        }
+    }
+}
+
+/// The numeric columns of pod rows: the eBPF columns, the resource columns, then the deltas of
+/// the cumulative resource counters; every one a bigint.
+pub fn pod_value_columns() -> Vec<String> {
+    use feature_schema::pods::{event_columns, RESOURCES};
+    let mut cols: Vec<String> = event_columns().iter().map(|c| (*c).to_owned()).collect();
+    cols.extend(RESOURCES.iter().map(|r| r.name.to_owned()));
+    cols.extend(RESOURCES.iter().filter(|r| r.counter).map(|r| format!("{}_delta", r.name)));
+    cols
+}
 
 /// The numeric columns after the meta columns, in file order.
 pub fn value_columns(normalized: bool) -> Vec<String> {
@@ -88,14 +156,24 @@ pub fn value_types(normalized: bool) -> Vec<ColumnType> {
 /// One exported row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportRow {
-    pub node: String,
-    pub ts: SystemTime,
-    pub attack: i16,
-    pub attack_type: Option<String>,
-    pub anomaly_score: Option<f64>,
-    pub anomalous_features: Option<Vec<String>>,
+    /// In the dataset's meta column order: Text, Timestamp (µs), Int4 (the label), Float8,
+    /// TextArray or Null.
+    pub meta: Vec<Value>,
     /// In [`value_columns`] order, each of its [`value_types`] type (or NULL).
     pub values: Vec<Value>,
+}
+
+fn pod_select_sql() -> String {
+    let meta: Vec<String> = POD_META_COLUMNS.iter().map(|(c, _)| format!("d.{c}")).collect();
+    let values: Vec<String> = pod_value_columns().iter().map(|c| format!("d.{c}")).collect();
+    format!(
+        "SELECT {}, {} FROM pod_feature_deltas d \
+         WHERE ($1::text IS NULL OR d.node = $1) AND ($2::timestamptz IS NULL OR d.ts >= $2) \
+           AND ($3::timestamptz IS NULL OR d.ts <= $3) \
+         ORDER BY d.node, d.ts, d.kind, d.owner",
+        meta.join(", "),
+        values.join(", ")
+    )
 }
 
 fn select_sql(normalized: bool) -> String {
@@ -202,9 +280,9 @@ fn csv_text(s: &str) -> String {
 }
 
 impl CsvSink {
-    fn new(file: Output, columns: &[String]) -> anyhow::Result<Self> {
+    fn new(file: Output, meta: &[(&str, MetaKind)], columns: &[String]) -> anyhow::Result<Self> {
         let mut w = BufWriter::new(file);
-        let header: Vec<&str> = META_COLUMNS.iter().copied().chain(columns.iter().map(String::as_str)).collect();
+        let header: Vec<&str> = meta.iter().map(|(c, _)| *c).chain(columns.iter().map(String::as_str)).collect();
         writeln!(w, "{}", header.join(","))?;
         Ok(Self(w))
     }
@@ -218,16 +296,14 @@ impl Sink for CsvSink {
             Value::Float8(f) => f.to_string(),
             _ => String::new(),
         };
+        let meta = |v: &Value| match v {
+            Value::Text(t) => csv_text(t),
+            Value::Timestamp(us) => rfc3339_micros(from_micros(*us)),
+            Value::TextArray(l) => csv_text(&serde_json::to_string(l).unwrap_or_default()),
+            other => num(other),
+        };
         for r in rows {
-            let list = |l: &Vec<String>| csv_text(&serde_json::to_string(l).unwrap_or_default());
-            let mut fields = vec![
-                csv_text(&r.node),
-                rfc3339_micros(r.ts),
-                r.attack.to_string(),
-                r.attack_type.as_deref().map_or_else(String::new, csv_text),
-                r.anomaly_score.map_or_else(String::new, |v| v.to_string()),
-                r.anomalous_features.as_ref().map_or_else(String::new, list),
-            ];
+            let mut fields: Vec<String> = r.meta.iter().map(meta).collect();
             fields.extend(r.values.iter().map(num));
             writeln!(self.0, "{}", fields.join(","))?;
         }
@@ -243,16 +319,23 @@ impl Sink for CsvSink {
 /// Parquet: ts as TIMESTAMP(MICROS, UTC), attack as INT32 (INT16 logical), text as UTF8,
 /// anomalous_features as a LIST of UTF8, each number as its column's type (INT64, INT32 or
 /// DOUBLE); everything but node/ts/attack optional. One row group per batch, Snappy-compressed.
-struct ParquetSink(SerializedFileWriter<Output>, Vec<ColumnType>);
+struct ParquetSink(SerializedFileWriter<Output>, Vec<MetaKind>, Vec<ColumnType>);
 
 /// The file's schema in Parquet's message syntax.
-pub fn parquet_schema(columns: &[String], types: &[ColumnType]) -> String {
-    let mut s = String::from(
-        "message node_features {\n  REQUIRED BYTE_ARRAY node (UTF8);\n  REQUIRED INT64 ts (TIMESTAMP(MICROS,true));\n  \
-         REQUIRED INT32 attack (INTEGER(16,true));\n  OPTIONAL BYTE_ARRAY attack_type (UTF8);\n  \
-         OPTIONAL DOUBLE anomaly_score;\n  \
-         OPTIONAL group anomalous_features (LIST) {\n    REPEATED group list {\n      REQUIRED BYTE_ARRAY element (UTF8);\n    }\n  }\n",
-    );
+pub fn parquet_schema(meta: &[(&str, MetaKind)], columns: &[String], types: &[ColumnType]) -> String {
+    let mut s = String::from("message features {\n");
+    for (c, kind) in meta {
+        s += &match kind {
+            MetaKind::Name => format!("  REQUIRED BYTE_ARRAY {c} (UTF8);\n"),
+            MetaKind::Text => format!("  OPTIONAL BYTE_ARRAY {c} (UTF8);\n"),
+            MetaKind::Timestamp => format!("  REQUIRED INT64 {c} (TIMESTAMP(MICROS,true));\n"),
+            MetaKind::Label => format!("  REQUIRED INT32 {c} (INTEGER(16,true));\n"),
+            MetaKind::Score => format!("  OPTIONAL DOUBLE {c};\n"),
+            MetaKind::List => format!(
+                "  OPTIONAL group {c} (LIST) {{\n    REPEATED group list {{\n      REQUIRED BYTE_ARRAY element (UTF8);\n    }}\n  }}\n"
+            ),
+        };
+    }
     for (c, t) in columns.iter().zip(types) {
         let physical = match t {
             ColumnType::Int8 => "INT64",
@@ -265,11 +348,15 @@ pub fn parquet_schema(columns: &[String], types: &[ColumnType]) -> String {
 }
 
 impl ParquetSink {
-    fn new(file: Output, columns: &[String], types: &[ColumnType]) -> anyhow::Result<Self> {
+    fn new(file: Output, meta: &[(&str, MetaKind)], columns: &[String], types: &[ColumnType]) -> anyhow::Result<Self> {
         let schema =
-            Arc::new(parse_message_type(&parquet_schema(columns, types)).context("building the Parquet schema")?);
+            Arc::new(parse_message_type(&parquet_schema(meta, columns, types)).context("building the Parquet schema")?);
         let props = Arc::new(WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build());
-        Ok(Self(SerializedFileWriter::new(file, schema, props)?, types.to_vec()))
+        Ok(Self(
+            SerializedFileWriter::new(file, schema, props)?,
+            meta.iter().map(|(_, k)| *k).collect(),
+            types.to_vec(),
+        ))
     }
 }
 
@@ -296,56 +383,76 @@ impl Sink for ParquetSink {
         let mut rg = self.0.next_row_group()?;
         let mut index = 0usize;
         while let Some(mut col) = rg.next_column()? {
-            match index {
-                0 => {
-                    let v: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(r.node.as_str())).collect();
+            let text = |r: &ExportRow| match &r.meta[index] {
+                Value::Text(t) => Some(ByteArray::from(t.as_str())),
+                _ => None,
+            };
+            match self.1.get(index).copied() {
+                Some(MetaKind::Name) => {
+                    let v: Vec<ByteArray> =
+                        rows.iter().map(|r| text(r).unwrap_or_else(|| ByteArray::from(""))).collect();
                     col.typed::<ByteArrayType>().write_batch(&v, None, None)?;
                 }
-                1 => {
-                    let v: Vec<i64> = rows.iter().map(|r| micros(r.ts)).collect();
-                    col.typed::<Int64Type>().write_batch(&v, None, None)?;
-                }
-                2 => {
-                    let v: Vec<i32> = rows.iter().map(|r| i32::from(r.attack)).collect();
-                    col.typed::<Int32Type>().write_batch(&v, None, None)?;
-                }
-                3 => {
-                    let (v, def) = optional(rows.iter().map(|r| r.attack_type.as_deref().map(ByteArray::from)));
+                Some(MetaKind::Text) => {
+                    let (v, def) = optional(rows.iter().map(text));
                     col.typed::<ByteArrayType>().write_batch(&v, Some(&def), None)?;
                 }
-                4 => {
-                    let (v, def) = optional(rows.iter().map(|r| r.anomaly_score));
+                Some(MetaKind::Timestamp) => {
+                    let v: Vec<i64> = rows
+                        .iter()
+                        .map(|r| match r.meta[index] {
+                            Value::Timestamp(us) => us,
+                            _ => 0,
+                        })
+                        .collect();
+                    col.typed::<Int64Type>().write_batch(&v, None, None)?;
+                }
+                Some(MetaKind::Label) => {
+                    let v: Vec<i32> = rows
+                        .iter()
+                        .map(|r| match r.meta[index] {
+                            Value::Int4(a) => a,
+                            _ => 0,
+                        })
+                        .collect();
+                    col.typed::<Int32Type>().write_batch(&v, None, None)?;
+                }
+                Some(MetaKind::Score) => {
+                    let (v, def) = optional(rows.iter().map(|r| match r.meta[index] {
+                        Value::Float8(f) => Some(f),
+                        _ => None,
+                    }));
                     col.typed::<DoubleType>().write_batch(&v, Some(&def), None)?;
                 }
-                5 => {
+                Some(MetaKind::List) => {
                     // A LIST: definition level 0 = NULL list, 1 = empty list, 2 = an element;
                     // repetition level 0 starts a row's list, 1 continues it.
                     let (mut v, mut def, mut rep) = (Vec::new(), Vec::new(), Vec::new());
                     for r in rows {
-                        match &r.anomalous_features {
-                            None => {
-                                def.push(0);
-                                rep.push(0);
-                            }
-                            Some(l) if l.is_empty() => {
+                        match &r.meta[index] {
+                            Value::TextArray(l) if l.is_empty() => {
                                 def.push(1);
                                 rep.push(0);
                             }
-                            Some(l) => {
+                            Value::TextArray(l) => {
                                 for (k, f) in l.iter().enumerate() {
                                     v.push(ByteArray::from(f.as_str()));
                                     def.push(2);
                                     rep.push(i16::from(k > 0));
                                 }
                             }
+                            _ => {
+                                def.push(0);
+                                rep.push(0);
+                            }
                         }
                     }
                     col.typed::<ByteArrayType>().write_batch(&v, Some(&def), Some(&rep))?;
                 }
-                i => {
-                    let k = i - META_COLUMNS.len();
+                None => {
+                    let k = index - self.1.len();
                     let cells = rows.iter().map(|r| &r.values[k]);
-                    match self.1[k] {
+                    match self.2[k] {
                         ColumnType::Int8 => {
                             let (v, def) = optional(cells.map(|c| match c {
                                 Value::Int8(x) => Some(*x),
@@ -385,8 +492,10 @@ impl Sink for ParquetSink {
 }
 
 /// Streams the selected rows into the file; returns how many were written.
+#[allow(clippy::too_many_arguments)]
 pub async fn export(
     client: &mut Client,
+    dataset: Dataset,
     format: Format,
     output: &std::path::Path,
     normalized: bool,
@@ -394,11 +503,22 @@ pub async fn export(
     from: Option<SystemTime>,
     to: Option<SystemTime>,
 ) -> anyhow::Result<u64> {
-    let columns = value_columns(normalized);
-    let types = value_types(normalized);
+    let (columns, types) = match dataset {
+        Dataset::Nodes => (value_columns(normalized), value_types(normalized)),
+        Dataset::Pods => {
+            let c = pod_value_columns();
+            let t = vec![ColumnType::Int8; c.len()];
+            (c, t)
+        }
+    };
+    let query = match dataset {
+        Dataset::Nodes => select_sql(normalized),
+        Dataset::Pods => pod_select_sql(),
+    };
+    let shape = Shape { meta: dataset.meta(), columns: &columns, types: &types, query: &query };
     if output == std::path::Path::new("-") {
         let out = Output::Stdout(std::io::stdout());
-        return write_rows(client, format, out, (&columns, &types), normalized, node, from, to).await;
+        return write_rows(client, format, out, &shape, node, from, to).await;
     }
     check_output(output)?;
     // Written under a temporary name beside it and renamed at the end: a failed export leaves
@@ -411,38 +531,50 @@ pub async fn export(
         .create_new(true)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    let result = write_rows(client, format, Output::File(file), (&columns, &types), normalized, node, from, to)
-        .await
-        .and_then(|n| {
-            std::fs::rename(&tmp, output)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
-            Ok(n)
-        });
+    let result = write_rows(client, format, Output::File(file), &shape, node, from, to).await.and_then(|n| {
+        std::fs::rename(&tmp, output).with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
+        Ok(n)
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What an export writes: its meta columns, numeric columns and their types, and its query.
+struct Shape<'a> {
+    meta: &'static [(&'static str, MetaKind)],
+    columns: &'a [String],
+    types: &'a [ColumnType],
+    query: &'a str,
+}
+
+fn from_micros(us: i64) -> SystemTime {
+    if us >= 0 {
+        UNIX_EPOCH + std::time::Duration::from_micros(us as u64)
+    } else {
+        UNIX_EPOCH - std::time::Duration::from_micros(us.unsigned_abs())
+    }
+}
+
 async fn write_rows(
     client: &mut Client,
     format: Format,
     out: Output,
-    (columns, types): (&[String], &[ColumnType]),
-    normalized: bool,
+    shape: &Shape<'_>,
     node: Option<&str>,
     from: Option<SystemTime>,
     to: Option<SystemTime>,
 ) -> anyhow::Result<u64> {
     let mut sink: Box<dyn Sink> = match format {
-        Format::Csv => Box::new(CsvSink::new(out, columns)?),
-        Format::Parquet => Box::new(ParquetSink::new(out, columns, types)?),
+        Format::Csv => Box::new(CsvSink::new(out, shape.meta, shape.columns)?),
+        Format::Parquet => Box::new(ParquetSink::new(out, shape.meta, shape.columns, shape.types)?),
     };
     let tx = client.transaction().await?;
-    let statement = tx.prepare(&select_sql(normalized)).await.context("preparing the export query")?;
+    let statement = tx.prepare(shape.query).await.context("preparing the export query")?;
     let portal = tx.bind(&statement, &[&node, &from, &to]).await.context("starting the export query")?;
     let mut total = 0u64;
+    let m = shape.meta.len();
     loop {
         let batch = tx.query_portal(&portal, BATCH_ROWS).await.context("reading rows")?;
         if batch.is_empty() {
@@ -451,17 +583,26 @@ async fn write_rows(
         let rows: Vec<ExportRow> = batch
             .iter()
             .map(|r| ExportRow {
-                node: r.get(0),
-                ts: r.get(1),
-                attack: r.get(2),
-                attack_type: r.get(3),
-                anomaly_score: r.get(4),
-                anomalous_features: r.get(5),
-                values: types
+                meta: shape
+                    .meta
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, kind))| match kind {
+                        MetaKind::Name | MetaKind::Text => {
+                            r.get::<_, Option<String>>(i).map_or(Value::Null, Value::Text)
+                        }
+                        MetaKind::Timestamp => Value::Timestamp(micros(r.get::<_, SystemTime>(i))),
+                        MetaKind::Label => Value::Int4(i32::from(r.get::<_, i16>(i))),
+                        MetaKind::Score => r.get::<_, Option<f64>>(i).map_or(Value::Null, Value::Float8),
+                        MetaKind::List => r.get::<_, Option<Vec<String>>>(i).map_or(Value::Null, Value::TextArray),
+                    })
+                    .collect(),
+                values: shape
+                    .types
                     .iter()
                     .enumerate()
                     .map(|(k, t)| {
-                        let i = META_COLUMNS.len() + k;
+                        let i = m + k;
                         match t {
                             ColumnType::Int8 => r.get::<_, Option<i64>>(i).map_or(Value::Null, Value::Int8),
                             ColumnType::Int4 => r.get::<_, Option<i32>>(i).map_or(Value::Null, Value::Int4),
@@ -486,7 +627,9 @@ pub async fn command(args: ExportArgs) -> anyhow::Result<()> {
     if args.output != std::path::Path::new("-") {
         check_output(&args.output)?;
     }
-    let n = export(&mut client, args.format, &args.output, args.normalized, args.node.as_deref(), from, to).await?;
+    let dataset = if args.pods { Dataset::Pods } else { Dataset::Nodes };
+    let n = export(&mut client, dataset, args.format, &args.output, args.normalized, args.node.as_deref(), from, to)
+        .await?;
     // With --output -, the rows are on stdout: the count goes to the log.
     if args.output == std::path::Path::new("-") {
         tracing::info!(rows = n, "rows written to standard output");
@@ -512,7 +655,11 @@ mod tests {
         let cols = value_columns(true);
         let counters = FEATURES.iter().filter(|f| f.kind == Kind::Counter).count();
         assert_eq!(cols.len(), FEATURES.len() + counters + FEATURES.len());
-        let schema = parse_message_type(&parquet_schema(&cols, &value_types(true))).unwrap();
+        let schema = parse_message_type(&parquet_schema(&META_COLUMNS, &cols, &value_types(true))).unwrap();
         assert_eq!(schema.get_fields().len(), META_COLUMNS.len() + cols.len());
+        let pods = pod_value_columns();
+        let schema =
+            parse_message_type(&parquet_schema(&POD_META_COLUMNS, &pods, &vec![ColumnType::Int8; pods.len()])).unwrap();
+        assert_eq!(schema.get_fields().len(), POD_META_COLUMNS.len() + pods.len());
     }
 }

@@ -10,5 +10,6 @@ pub mod evaluate;
 pub mod export;
 pub mod label;
 pub mod plot;
+pub mod prune;
 pub mod scenario;
 pub mod window;

@@ -33,6 +33,9 @@ use feature_schema::{features::index_of, timefmt::rfc3339_micros, Kind, FEATURES
 
 pub const DEFAULT_FEATURES: &str =
     "cpu_sec_idle,load1,forks_total,ebpf_execs,tcp_conn_failed,tcp_to_est,sock_alloc_raw,disk_write";
+/// The features drawn for one pod (--pod) unless --features says otherwise.
+pub const DEFAULT_POD_FEATURES: &str =
+    "ebpf_forks,ebpf_execs,tcp_conn_failed,tcp_to_est,tcp_rst_recv,cpu_usage_usec,memory_current";
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {
@@ -42,9 +45,14 @@ pub struct PlotArgs {
     /// The PNG file to write.
     #[arg(long)]
     pub output: PathBuf,
-    /// Features to draw, comma-separated (any scored feature column: see the README schema table).
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_FEATURES)]
+    /// Features to draw, comma-separated (any scored feature column: see the README schema
+    /// table; with --pod, any eBPF or resource column of pod_features) [default: a selection].
+    #[arg(long, value_delimiter = ',')]
     pub features: Vec<String>,
+    /// Plot this pod's rows (its UID, NAMESPACE/NAME, or a host service's unit) from
+    /// pod_features, with its own z-scores, instead of the node's.
+    #[arg(long)]
+    pub pod: Option<String>,
     #[command(flatten)]
     pub window: TimeWindow,
     /// |z| threshold drawn in the z-score panel.
@@ -142,6 +150,9 @@ fn fmt_value(v: f64) -> String {
 
 /// The y-axis description of a feature: its unit, per interval for counters.
 fn axis_unit(name: &str) -> String {
+    if let Some(r) = feature_schema::pods::RESOURCES.iter().find(|r| r.name == name) {
+        return if r.counter { format!("{} / interval", r.unit) } else { r.unit.to_owned() };
+    }
     let Some(i) = index_of(name) else { return String::new() };
     let f = FEATURES[i];
     let unit = feature_schema::SCHEMA[f.index].unit;
@@ -291,7 +302,7 @@ fn draw(
     let (title, rest) = root.split_vertically(title_h);
     let (t0, t1) = (ts[0], ts[n - 1]);
     title.draw(&Text::new(
-        format!("node {node}: {n} rows, {} to {} UTC", iso(t0), iso(t1)),
+        format!("{node}: {n} rows, {} to {} UTC", iso(t0), iso(t1)),
         (12, 8),
         (FONT, 20).into_font().style(FontStyle::Bold),
     ))?;
@@ -545,13 +556,51 @@ async fn load(
         cols.join(", ")
     );
     let rows = client.query(&sql, &[&node, &from, &to]).await.context("reading the node's rows")?;
-    let k = names.len();
+    Ok(plot_data(&rows, names.len()))
+}
+
+/// The pod's rows: its scored values (eBPF counts, resource deltas or gauges) and its z-scores
+/// against its own normal rows. Pods have no agent verdict: every row counts as judged, none
+/// as an alarm.
+async fn load_pod(
+    client: &Client,
+    node: &str,
+    pod: &str,
+    names: &[String],
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+) -> anyhow::Result<PlotData> {
+    let cols: Vec<String> = names
+        .iter()
+        .map(|n| match feature_schema::pods::RESOURCES.iter().find(|r| r.name == n) {
+            Some(r) if r.counter => format!("d.{n}_delta::float8"),
+            _ => format!("d.{n}::float8"),
+        })
+        .collect();
+    let zs: Vec<String> = names.iter().map(|n| format!("max(z.z) FILTER (WHERE z.feature = '{n}')")).collect();
+    let sql = format!(
+        "SELECT extract(epoch FROM d.ts)::float8, d.attack = 1, d.attack_type, true, false, {}, {}
+         FROM pod_feature_deltas d
+         LEFT JOIN pod_feature_zscores z ON z.node = d.node AND z.ts = d.ts AND z.kind = d.kind AND z.owner = d.owner
+         WHERE d.node = $1 AND (d.owner = $4 OR d.namespace || '/' || d.pod = $4)
+           AND ($2::timestamptz IS NULL OR d.ts >= $2) AND ($3::timestamptz IS NULL OR d.ts <= $3)
+         GROUP BY d.node, d.ts, d.kind, d.owner, d.attack, d.attack_type, {}
+         ORDER BY d.ts",
+        cols.join(", "),
+        zs.join(", "),
+        cols.join(", ")
+    );
+    let rows = client.query(&sql, &[&node, &from, &to, &pod]).await.context("reading the pod's rows")?;
+    Ok(plot_data(&rows, names.len()))
+}
+
+fn plot_data(rows: &[tokio_postgres::Row], k: usize) -> PlotData {
     let mut data = PlotData {
         values: vec![Vec::with_capacity(rows.len()); k],
         z: vec![Vec::with_capacity(rows.len()); k],
         ..Default::default()
     };
-    for r in &rows {
+    for r in rows {
         data.ts.push(r.get(0));
         data.attack.push(r.get(1));
         data.attack_type.push(r.get(2));
@@ -562,26 +611,40 @@ async fn load(
             data.z[p].push(r.get(5 + k + p));
         }
     }
-    Ok(data)
+    data
 }
 
-pub async fn command(args: PlotArgs) -> anyhow::Result<()> {
+pub async fn command(mut args: PlotArgs) -> anyhow::Result<()> {
+    if args.features.is_empty() {
+        let default = if args.pod.is_some() { DEFAULT_POD_FEATURES } else { DEFAULT_FEATURES };
+        args.features = default.split(',').map(str::to_owned).collect();
+    }
+    let pod_columns = feature_schema::pods::pod_columns();
     for f in &args.features {
-        if index_of(f).is_none() {
+        let known = match args.pod {
+            Some(_) => pod_columns.iter().skip(feature_schema::pods::POD_IDENTITY.len()).any(|(c, _)| c == f),
+            None => index_of(f).is_some(),
+        };
+        if !known {
             bail!("--features: {f:?} is not a feature column (see `feature-lab export` or the README for the list)");
         }
     }
-    if args.features.is_empty() || args.features.len() > 16 {
+    if args.features.len() > 16 {
         bail!("--features: give 1 to 16 features");
     }
     let client = args.database.connect().await?;
     feature_db::migrate::require_current(&client).await?;
     let (from, to) = args.window.resolve(&client).await?;
-    let data = load(&client, &args.node, &args.features, from, to).await?;
+    let (data, title) = match &args.pod {
+        None => (load(&client, &args.node, &args.features, from, to).await?, format!("node {}", args.node)),
+        Some(pod) => {
+            (load_pod(&client, &args.node, pod, &args.features, from, to).await?, format!("{} pod {pod}", args.node))
+        }
+    };
     if data.ts.len() < 2 {
-        bail!("node {:?} has {} rows in this window; a plot needs at least 2", args.node, data.ts.len());
+        bail!("{title} has {} rows in this window; a plot needs at least 2", data.ts.len());
     }
-    let (rgb, mut summary) = render(&data, &args.features, &args.node, args.threshold, args.width)?;
+    let (rgb, mut summary) = render(&data, &args.features, &title, args.threshold, args.width)?;
     write_png(&args.output, summary.width, summary.height, &rgb)?;
     summary.output = args.output.display().to_string();
     println!("{}", serde_json::to_string(&summary)?);

@@ -9,6 +9,9 @@
 
 DROP VIEW IF EXISTS node_feature_values;
 DROP VIEW IF EXISTS node_feature_deltas;
+DROP VIEW IF EXISTS pod_feature_zscores;
+DROP VIEW IF EXISTS pod_feature_values;
+DROP VIEW IF EXISTS pod_feature_deltas;
 
 -- Every scored feature: how it is scored, its smallest meaningful change (the detector's spread
 -- floor), its unit and meaning.
@@ -259,5 +262,86 @@ CROSS JOIN LATERAL (VALUES
 ) AS v(feature, raw, scored)
 JOIN feature_catalog c USING (feature);
 
+-- Every pod row with <counter>_delta for each cumulative resource counter (cpu_usage_usec,
+-- the pressure totals, oom_kills, io bytes) against the same pod's previous row on the node, by
+-- the gap rule above (NULL across a gap, and on a pod's first row). The eBPF columns already
+-- are per-interval counts.
+CREATE VIEW pod_feature_deltas AS
+WITH paired AS (
+    SELECT f.*,
+           extract(epoch FROM f.ts - lag(f.ts) OVER w)::double precision AS elapsed_s,
+           coalesce(lag(f.interval_s) OVER w, f.interval_s) AS expected_s
+,
+           counter_delta(f.cpu_usage_usec, lag(f.cpu_usage_usec) OVER w) AS cpu_usage_usec_step,
+           counter_delta(f.cpu_pressure_usec, lag(f.cpu_pressure_usec) OVER w) AS cpu_pressure_usec_step,
+           counter_delta(f.memory_pressure_usec, lag(f.memory_pressure_usec) OVER w) AS memory_pressure_usec_step,
+           counter_delta(f.io_pressure_usec, lag(f.io_pressure_usec) OVER w) AS io_pressure_usec_step,
+           counter_delta(f.oom_kills, lag(f.oom_kills) OVER w) AS oom_kills_step,
+           counter_delta(f.io_read_bytes, lag(f.io_read_bytes) OVER w) AS io_read_bytes_step,
+           counter_delta(f.io_write_bytes, lag(f.io_write_bytes) OVER w) AS io_write_bytes_step
+    FROM pod_features f
+    WINDOW w AS (PARTITION BY f.node, f.kind, f.owner ORDER BY f.ts)
+),
+gapped AS (
+    SELECT p.*, (p.elapsed_s IS NULL OR p.interval_s IS NULL OR p.elapsed_s > 1.5 * p.expected_s) AS after_gap
+    FROM paired p
+)
+SELECT g.node, g.ts, g.interval_s, g.kind, g.owner, g.namespace, g.pod, g.qos, g.cgroups, g.attack, g.attack_type, g.ebpf_forks, g.ebpf_execs, g.ebpf_exits, g.tcp_to_est, g.tcp_to_syn_sent, g.tcp_to_syn_recv, g.tcp_to_close, g.tcp_to_listen, g.tcp_conn_failed, g.tcp_rst_sent, g.tcp_rst_recv, g.sock_alloc_tcp, g.sock_alloc_udp, g.sock_alloc_unix, g.sock_alloc_raw, g.sock_alloc_other, g.cpu_usage_usec, g.cpu_pressure_usec, g.memory_pressure_usec, g.io_pressure_usec, g.memory_current, g.oom_kills, g.pids_current, g.io_read_bytes, g.io_write_bytes,
+       g.elapsed_s, g.after_gap,
+       CASE WHEN g.after_gap THEN NULL ELSE g.cpu_usage_usec_step END AS cpu_usage_usec_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.cpu_pressure_usec_step END AS cpu_pressure_usec_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.memory_pressure_usec_step END AS memory_pressure_usec_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.io_pressure_usec_step END AS io_pressure_usec_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.oom_kills_step END AS oom_kills_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.io_read_bytes_step END AS io_read_bytes_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.io_write_bytes_step END AS io_write_bytes_delta
+FROM gapped g;
+
+-- One line per pod row and feature: the scored value (the per-interval count of an eBPF column,
+-- the delta of a cumulative resource counter, a gauge as it is).
+CREATE VIEW pod_feature_values AS
+SELECT d.node, d.ts, d.kind, d.owner, d.namespace, d.pod, d.attack, d.attack_type, v.feature, v.scored
+FROM pod_feature_deltas d
+CROSS JOIN LATERAL (VALUES
+    ('ebpf_forks', d.ebpf_forks::float8),
+    ('ebpf_execs', d.ebpf_execs::float8),
+    ('ebpf_exits', d.ebpf_exits::float8),
+    ('tcp_to_est', d.tcp_to_est::float8),
+    ('tcp_to_syn_sent', d.tcp_to_syn_sent::float8),
+    ('tcp_to_syn_recv', d.tcp_to_syn_recv::float8),
+    ('tcp_to_close', d.tcp_to_close::float8),
+    ('tcp_to_listen', d.tcp_to_listen::float8),
+    ('tcp_conn_failed', d.tcp_conn_failed::float8),
+    ('tcp_rst_sent', d.tcp_rst_sent::float8),
+    ('tcp_rst_recv', d.tcp_rst_recv::float8),
+    ('sock_alloc_tcp', d.sock_alloc_tcp::float8),
+    ('sock_alloc_udp', d.sock_alloc_udp::float8),
+    ('sock_alloc_unix', d.sock_alloc_unix::float8),
+    ('sock_alloc_raw', d.sock_alloc_raw::float8),
+    ('sock_alloc_other', d.sock_alloc_other::float8),
+    ('cpu_usage_usec', d.cpu_usage_usec_delta::float8),
+    ('cpu_pressure_usec', d.cpu_pressure_usec_delta::float8),
+    ('memory_pressure_usec', d.memory_pressure_usec_delta::float8),
+    ('io_pressure_usec', d.io_pressure_usec_delta::float8),
+    ('memory_current', d.memory_current::float8),
+    ('oom_kills', d.oom_kills_delta::float8),
+    ('pids_current', d.pids_current::float8),
+    ('io_read_bytes', d.io_read_bytes_delta::float8),
+    ('io_write_bytes', d.io_write_bytes_delta::float8)
+) AS v(feature, scored);
+
+-- z-scores of each pod's features against that pod's own normal rows (attack = 0) on the same
+-- node; the spread is at least the feature's min_spread from the catalog (the eBPF columns'), so
+-- a pod that never forks does not turn one fork into an infinite z.
+CREATE VIEW pod_feature_zscores AS
+SELECT v.*, b.mean, b.sd,
+       (v.scored - b.mean) / nullif(greatest(b.sd, coalesce(c.min_spread, 0)), 0) AS z
+FROM pod_feature_values v
+JOIN (SELECT node, kind, owner, feature, avg(scored) AS mean, coalesce(stddev_samp(scored), 0) AS sd
+      FROM pod_feature_values WHERE attack = 0 AND scored IS NOT NULL
+      GROUP BY node, kind, owner, feature) b USING (node, kind, owner, feature)
+LEFT JOIN feature_catalog c USING (feature);
+
 -- Dropping a view drops its grants: give them back (the roles come from 0003_roles.sql).
-GRANT SELECT ON node_feature_deltas, node_feature_values TO feature_reader, feature_labeller;
+GRANT SELECT ON node_feature_deltas, node_feature_values, pod_feature_deltas, pod_feature_values,
+                pod_feature_zscores TO feature_reader, feature_labeller;

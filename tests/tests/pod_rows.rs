@@ -15,7 +15,7 @@ use feature_schema::pods::event_columns;
 use tests::{
     agent_bin,
     cgroup::{in_cgroup, TestCgroup},
-    exclusive, have_root, migrated_database, sql,
+    exclusive, have_root, migrated_database, run_lab, sql,
 };
 
 const UID_A: &str = "0a1b2c3d-1111-4222-8333-944455566677";
@@ -154,5 +154,86 @@ fn pod_rows_count_each_pods_workload_exactly_and_add_up_to_the_node_row() {
     let joined =
         sql(db, "SELECT count(*) FROM node_features n JOIN (SELECT DISTINCT ts FROM pod_features) p USING (ts)");
     assert!(joined.parse::<i64>().unwrap() >= 3, "{joined}");
+
+    research_tools_on_pod_rows(db, &url);
     std::fs::remove_dir_all(&logs).unwrap();
+}
+
+/// label --pod, the pod z-scores, export --pods, plot --pod and prune on the rows just written.
+fn research_tools_on_pod_rows(db: &str, url: &str) {
+    let env = [("DATABASE_URL", url)];
+    // Pod A's burst: label it as an attack on A's rows only, by NAMESPACE/NAME.
+    let burst = sql(db, &format!("SELECT ts FROM pod_features WHERE owner = '{UID_A}' AND ebpf_forks > 50"));
+    assert!(!burst.is_empty() && !burst.contains('\n'), "one interval holds A's burst: {burst:?}");
+    let out = run_lab(
+        &["label", "--pod", "shop/web-1", "--from", &burst, "--to", &burst, "--attack-type", "fork-bomb"],
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("1 pod rows labelled attack"), "{said}");
+    assert_eq!(sql(db, "SELECT count(*) FROM node_features WHERE attack = 1"), "0", "node rows untouched");
+    let out =
+        run_lab(&["label", "--pod", "nobody/nothing", "--from", &burst, "--to", &burst], &env, Duration::from_secs(60));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no rows of that pod"));
+    // It stands out in A's own z-scores, not in its neighbour B's at the same time.
+    let z = |uid: &str| {
+        sql(
+            db,
+            &format!(
+                "SELECT coalesce(max(abs(z)), 0) FROM pod_feature_zscores
+                 WHERE owner = '{uid}' AND ts = '{burst}' AND feature = 'ebpf_forks'"
+            ),
+        )
+    };
+    let (za, zb): (f64, f64) = (z(UID_A).parse().unwrap(), z(UID_B).parse().unwrap());
+    assert!(za > 4.0 && zb < 2.0, "z of ebpf_forks at the burst: pod A {za}, pod B {zb}");
+
+    // Export: every pod row, integers as integers, names as they are.
+    let dir = std::env::temp_dir().join(format!("feature-agent-pod-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("pods.csv");
+    let out = run_lab(
+        &["export", "--pods", "--format", "csv", "--output", csv.to_str().unwrap()],
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records = tests::csv_records(&std::fs::read_to_string(&csv).unwrap());
+    assert_eq!(records[0][..9], ["node", "ts", "kind", "owner", "namespace", "pod", "qos", "attack", "attack_type"]);
+    assert_eq!((records.len() - 1).to_string(), sql(db, "SELECT count(*) FROM pod_features"));
+    let forks = records[0].iter().position(|c| c == "ebpf_forks").unwrap();
+    let a_forks: i64 =
+        records.iter().skip(1).filter(|r| r[3] == UID_A).filter_map(|r| r[forks].parse::<i64>().ok()).sum();
+    assert_eq!(a_forks, 100);
+    assert!(records.iter().any(|r| r[4] == "it's \"ns\"" && r[5] == "pöd-名前"));
+    assert!(records.iter().any(|r| r[3] == UID_A && r[7] == "1" && r[8] == "fork-bomb"));
+    let parquet = dir.join("pods.parquet");
+    let out = run_lab(
+        &["export", "--pods", "--format", "parquet", "--output", parquet.to_str().unwrap()],
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("{} rows", records.len() - 1)));
+
+    // Plot of pod A: its labelled window shaded and named.
+    let png = dir.join("pod.png");
+    let out = run_lab(
+        &["plot", "--node", "pod-node", "--pod", UID_A, "--output", png.to_str().unwrap()],
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["shaded"][0]["attack_type"], "fork-bomb", "{summary}");
+    assert_eq!(summary["unjudged"], 0);
+
+    // Retention keeps today's rows.
+    let out = run_lab(&["prune", "--pod-days", "1"], &env, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("0 day partitions"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
