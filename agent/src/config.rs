@@ -139,16 +139,13 @@ pub struct RunArgs {
     /// restarts and crashes. "off": no spool, rows wait in memory only (--queue-max-rows).
     #[arg(long, env = "SPOOL_DIR", default_value = "/var/lib/feature-agent/spool")]
     pub spool_dir: PathBuf,
-    /// Bytes the spool may use; beyond it the oldest rows are dropped (about 400 bytes a row).
+    /// Bytes the spool may use; beyond it the oldest rows are dropped (about 400 bytes a row,
+    /// plus about 250 bytes per pod row of its interval with --pod-rows).
     #[arg(long, env = "SPOOL_MAX_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(16384..))]
     pub spool_max_bytes: u64,
     /// Rows held in memory when there is no spool (or it fails); the oldest are dropped beyond it.
     #[arg(long, env = "QUEUE_MAX_ROWS", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
     pub queue_max_rows: u64,
-    /// Per-pod rows held in memory while the database is away (--pod-rows); the oldest are
-    /// dropped beyond it. 100,000 is about 15 minutes of a node with 110 pods at 10 s.
-    #[arg(long, env = "POD_QUEUE_MAX_ROWS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub pod_queue_max_rows: u64,
     /// Address of the HTTP listener for /metrics, /healthz and /readyz; "off" disables it.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:9100", value_parser = parse_listen)]
     pub listen: String,

@@ -19,7 +19,11 @@ use feature_db::{
 };
 
 use crate::{metrics::Metrics, spool::Spool};
-use feature_schema::{insert_sql, FeatureRow};
+use feature_schema::{
+    insert_sql,
+    pods::{pod_insert_sql, pod_rows_per_insert, PodRow},
+    FeatureRow,
+};
 
 /// An open connection ready to insert rows.
 struct Session {
@@ -28,6 +32,8 @@ struct Session {
     inserts: HashMap<usize, Statement>,
     /// Nodes whose partition exists (spooled rows may belong to an earlier node name).
     partitions: HashSet<String>,
+    /// (node, UTC day) whose pod_features partition exists.
+    pod_partitions: HashSet<(String, u64)>,
 }
 
 impl Session {
@@ -38,7 +44,8 @@ impl Session {
         }
         let partition = ensure_partition(&client, node).await.context("creating this node's partition")?;
         debug!(partition, "node partition ready");
-        let mut s = Session { client, inserts: HashMap::new(), partitions: HashSet::new() };
+        let mut s =
+            Session { client, inserts: HashMap::new(), partitions: HashSet::new(), pod_partitions: HashSet::new() };
         s.partitions.insert(node.to_owned());
         s.statement(1).await.context("preparing the row INSERT")?;
         Ok(s)
@@ -53,7 +60,9 @@ impl Session {
         Ok(s)
     }
 
-    /// Inserts the rows in one statement; returns how many were new.
+    /// Inserts the rows in one statement, and their pod rows with them in the same transaction
+    /// (so the database never holds an interval's node row without its pod rows); returns how
+    /// many node rows were new.
     async fn write(&mut self, rows: &[FeatureRow]) -> Result<u64, tokio_postgres::Error> {
         for row in rows {
             if !self.partitions.contains(&row.node) {
@@ -63,8 +72,31 @@ impl Session {
         }
         let statement = self.statement(rows.len()).await?;
         let params: Vec<&(dyn ToSql + Sync)> = rows.iter().flat_map(FeatureRow::params).collect();
-        self.client.execute(&statement, &params).await
+        let pods: Vec<&PodRow> = rows.iter().flat_map(|r| &r.pods).collect();
+        if pods.is_empty() {
+            return self.client.execute(&statement, &params).await;
+        }
+        for p in &pods {
+            let key = (p.node.clone(), pod_day(p.ts));
+            if !self.pod_partitions.contains(&key) {
+                self.client.query_one("SELECT ensure_pod_partition($1, $2)", &[&p.node, &p.ts]).await?;
+                self.pod_partitions.insert(key);
+            }
+        }
+        let tx = self.client.transaction().await?;
+        let inserted = tx.execute(&statement, &params).await?;
+        for chunk in pods.chunks(pod_rows_per_insert()) {
+            let params: Vec<&(dyn ToSql + Sync)> = chunk.iter().flat_map(|p| p.params()).collect();
+            tx.execute(&pod_insert_sql(chunk.len()), &params).await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
     }
+}
+
+/// The UTC day of a timestamp: pod_features' partitions are per node and day.
+fn pod_day(ts: SystemTime) -> u64 {
+    ts.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400
 }
 
 /// Whether an error concerns the rows' data (retrying cannot help), rather than the connection.
@@ -148,6 +180,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriterReport {
     pub written: u64,
+    /// Pod rows written with them.
+    pub pod_rows_written: u64,
     /// Rows dropped because the memory queue or the spool was full (oldest first).
     pub dropped_full: u64,
     /// Rows the database refused for their content.
@@ -416,6 +450,7 @@ pub async fn run_writer(opts: WriterOptions, mut rx: mpsc::Receiver<FeatureRow>)
                 backoff.reset();
                 backlog.commit(rows.len());
                 metrics.rows_written.store(report.written, Relaxed);
+                metrics.pod_rows_written.store(report.pod_rows_written, Relaxed);
                 metrics.rows_rejected.store(report.rejected, Relaxed);
                 metrics.last_write_unix.set(crate::metrics::now_unix());
             }
@@ -463,6 +498,7 @@ async fn write_rows(
     match s.write(rows).await {
         Ok(inserted) => {
             report.written += rows.len() as u64;
+            report.pod_rows_written += rows.iter().map(|r| r.pods.len() as u64).sum::<u64>();
             if rows.len() == 1 {
                 log_row(&rows[0], inserted);
             } else {
@@ -477,6 +513,7 @@ async fn write_rows(
                 match s.write(std::slice::from_ref(row)).await {
                     Ok(inserted) => {
                         report.written += 1;
+                        report.pod_rows_written += row.pods.len() as u64;
                         log_row(row, inserted);
                     }
                     Err(e) if is_row_error(&e) => {
@@ -496,6 +533,7 @@ fn log_row(row: &FeatureRow, inserted: u64) {
     info!(
         ts = %feature_schema::timefmt::rfc3339_micros(row.ts),
         new = inserted == 1,
+        pod_rows = row.pods.len(),
         cpu_sec_idle = row.cpu_sec_idle,
         mem_av_per = row.mem_av_per,
         load1 = row.load1,

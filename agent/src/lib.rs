@@ -15,7 +15,6 @@ pub mod detector;
 pub mod ebpf;
 pub mod metrics;
 pub mod pipeline;
-pub mod pod_writer;
 pub mod pods;
 pub mod sampler;
 pub mod spool;

@@ -87,9 +87,8 @@ pub struct Metrics {
     pub program_info: std::sync::OnceLock<Vec<crate::ebpf::ProgramInfo>>,
     /// The sampling interval, for /healthz's staleness check.
     pub interval_s: f64,
-    /// Per-pod rows written, and dropped (their queue was full, or refused, or at shutdown).
+    /// Per-pod rows written (with their node rows: a dropped node row drops its pod rows).
     pub pod_rows_written: AtomicU64,
-    pub pod_rows_dropped: AtomicU64,
     /// Pod rows in the last interval.
     pub pod_rows_last: AtomicU64,
     /// Events counted under "other" because the per-cgroup map was full.
@@ -131,7 +130,6 @@ impl Metrics {
             program_info: std::sync::OnceLock::new(),
             interval_s,
             pod_rows_written: AtomicU64::default(),
-            pod_rows_dropped: AtomicU64::default(),
             pod_rows_last: AtomicU64::default(),
             cgroup_overflow_events: AtomicU64::default(),
         })
@@ -307,14 +305,8 @@ impl Collector for Exposition {
         single(
             &mut enc,
             "feature_agent_pod_rows_written",
-            "Per-pod rows written to pod_features.",
+            "Per-pod rows written to pod_features, in the same transaction as their node row (a node row counted in feature_agent_rows_dropped took its pod rows with it).",
             c(&m.pod_rows_written),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_pod_rows_dropped",
-            "Per-pod rows that will never reach the database (their memory queue was full, the database refused them, or the agent stopped first).",
-            c(&m.pod_rows_dropped),
         )?;
         single(
             &mut enc,

@@ -17,11 +17,9 @@ use crate::{
     db::{self, WriterOptions},
     detector::Detector,
     metrics::Metrics,
-    pod_writer::{self, PodWriterOptions},
     sampler::Sampler,
     spool::Spool,
 };
-use feature_schema::pods::PodRow;
 
 /// Ticks at every multiple of `period` since the Unix epoch, skipping ticks that were missed
 /// (a stalled process does not produce a burst of rows), so an hour at 10 s is 360 ticks.
@@ -65,7 +63,7 @@ async fn sample_loop(
     args: &SamplingArgs,
     mut sampler: Sampler,
     metrics: &Metrics,
-    mut emit: impl FnMut(feature_schema::FeatureRow, Vec<PodRow>) -> anyhow::Result<()>,
+    mut emit: impl FnMut(feature_schema::FeatureRow) -> anyhow::Result<()>,
 ) -> anyhow::Result<Option<&'static str>> {
     let (attached, failed) = sampler.programs();
     metrics.programs_attached.store(attached as u64, Relaxed);
@@ -106,11 +104,13 @@ async fn sample_loop(
                         "anomalous row"
                     );
                 }
-                let pods = sampler.take_pod_rows(row.ts);
+                // The interval's pod rows travel with its node row: one spool record, one
+                // transaction.
+                row.pods = sampler.take_pod_rows(row.ts);
                 if sampler.pods_on() {
-                    metrics.pod_rows_last.store(pods.len() as u64, Relaxed);
+                    metrics.pod_rows_last.store(row.pods.len() as u64, Relaxed);
                 }
-                emit(row, pods)?;
+                emit(row)?;
                 taken += 1;
             }
             s = &mut signal => {
@@ -185,52 +185,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             anyhow::Ok(runtime.block_on(db::run_writer(options, rx)))
         })
         .context("starting the writer thread")?;
-    // Per-pod rows have their own writer and connection (pod_writer.rs).
-    let (pod_tx, pod_writer) = if sampler.pods_on() {
-        let (pod_tx, pod_rx) = mpsc::channel::<Vec<PodRow>>(64);
-        let options = PodWriterOptions {
-            target: args.database.target()?,
-            queue_max_rows: args.pod_queue_max_rows as usize,
-            batch_rows: 1000,
-            shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
-            metrics: metrics.clone(),
-        };
-        let handle = std::thread::Builder::new()
-            .name("pod-writer".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                runtime.block_on(pod_writer::run(options, pod_rx));
-                anyhow::Ok(())
-            })
-            .context("starting the pod writer thread")?;
-        (Some(pod_tx), Some(handle))
-    } else {
-        (None, None)
-    };
-    let stopped_by = sample_loop(&args.sampling, sampler, &metrics, |row, pods| {
+    let stopped_by = sample_loop(&args.sampling, sampler, &metrics, |row| {
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(row) {
             let n = metrics.rows_dropped_channel_full.fetch_add(1, Relaxed) + 1;
             warn!(dropped_total = n, "the writer is behind by {capacity} rows; this row is dropped");
-        }
-        if let (Some(pod_tx), false) = (pod_tx.as_ref(), pods.is_empty()) {
-            let n = pods.len() as u64;
-            if let Err(mpsc::error::TrySendError::Full(_)) = pod_tx.try_send(pods) {
-                metrics.pod_rows_dropped.fetch_add(n, Relaxed);
-                warn!(rows = n, "the pod writer is behind; this interval's pod rows are dropped");
-            }
         }
         Ok(())
     })
     .await;
     drop(tx);
-    drop(pod_tx);
-    if let Some(handle) = pod_writer {
-        tokio::task::spawn_blocking(move || handle.join())
-            .await
-            .context("waiting for the pod writer thread")?
-            .map_err(|_| anyhow::anyhow!("the pod writer thread panicked"))?
-            .context("the pod writer's runtime")?;
-    }
     let report = tokio::task::spawn_blocking(move || writer.join())
         .await
         .context("waiting for the writer thread")?
@@ -269,7 +232,7 @@ pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
     let sampler = args.sampler()?;
     let stdout = std::io::stdout();
     let metrics = Metrics::new(args.interval);
-    let result = sample_loop(&args, sampler, &metrics, |row, _pods| {
+    let result = sample_loop(&args, sampler, &metrics, |row| {
         let mut out = stdout.lock();
         serde_json::to_writer(&mut out, &row)?;
         out.write_all(b"\n")?;

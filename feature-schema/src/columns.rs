@@ -24,10 +24,13 @@ macro_rules! columns {
         $(#[doc = $doc:literal])+
         $name:ident : $ty:ty = $role:expr, $unit:literal, $source:literal;
     )*) => {
-        /// One row of node_features.
+        /// One row of node_features, and the interval's per-pod rows that travel with it (spooled
+        /// in the same record, written in the same transaction).
         #[derive(Debug, Clone, PartialEq)]
         pub struct FeatureRow {
             $( $(#[doc = $doc])+ pub $name: $ty, )*
+            /// The interval's pod_features rows (empty without --pod-rows); not a column.
+            pub pods: Vec<crate::pods::PodRow>,
         }
 
         /// Column names in table and INSERT order.
@@ -49,7 +52,7 @@ macro_rules! columns {
         impl FeatureRow {
             /// A row of `node` at `ts` with every other column NULL.
             pub fn empty(node: String, ts: SystemTime) -> Self {
-                let mut row = FeatureRow { $($name: ColumnValue::empty()),* };
+                let mut row = FeatureRow { $($name: ColumnValue::empty(),)* pods: Vec::new() };
                 row.node = node;
                 row.ts = ts;
                 row

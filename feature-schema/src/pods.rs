@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use agent_common::{Event, EVENT_COUNT};
 use tokio_postgres::types::ToSql;
 
-use crate::{event_column, SCHEMA};
+use crate::{event_column, ColumnType, ColumnValue, Value, SCHEMA};
 
 /// What a pod row is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -197,6 +197,102 @@ impl PodRow {
     }
 }
 
+impl OwnerKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pod" => Some(OwnerKind::Pod),
+            "service" => Some(OwnerKind::Service),
+            "other" => Some(OwnerKind::Other),
+            _ => None,
+        }
+    }
+}
+
+impl PodRow {
+    /// A row with no identity yet, to be filled by [`PodRow::set`].
+    pub fn blank() -> Self {
+        PodRow {
+            node: String::new(),
+            ts: SystemTime::UNIX_EPOCH,
+            interval_s: None,
+            kind: OwnerKind::Other,
+            owner: String::new(),
+            namespace: None,
+            pod: None,
+            qos: None,
+            cgroups: None,
+            events: [None; EVENT_COUNT],
+            resources: [None; RESOURCE_COUNT],
+        }
+    }
+
+    /// The row's values in [`pod_columns`] order (the spool's encoding).
+    pub fn values(&self) -> Vec<Value> {
+        let mut v = vec![
+            ColumnValue::to_value(&self.node),
+            ColumnValue::to_value(&self.ts),
+            ColumnValue::to_value(&self.interval_s),
+            Value::Text(self.kind.as_str().to_owned()),
+            ColumnValue::to_value(&self.owner),
+            ColumnValue::to_value(&self.namespace),
+            ColumnValue::to_value(&self.pod),
+            ColumnValue::to_value(&self.qos),
+            ColumnValue::to_value(&self.cgroups),
+        ];
+        v.extend(self.events.iter().map(ColumnValue::to_value));
+        v.extend(self.resources.iter().map(ColumnValue::to_value));
+        v
+    }
+
+    /// Sets column `i` of [`pod_columns`]; false if the value is not of its type.
+    pub fn set(&mut self, i: usize, value: Value) -> bool {
+        fn put<T: ColumnValue>(slot: &mut T, value: Value) -> bool {
+            match T::from_value(value) {
+                Some(v) => {
+                    *slot = v;
+                    true
+                }
+                None => false,
+            }
+        }
+        let n = POD_IDENTITY.len();
+        match i {
+            0 => put(&mut self.node, value),
+            1 => put(&mut self.ts, value),
+            2 => put(&mut self.interval_s, value),
+            3 => match value {
+                Value::Text(t) => OwnerKind::parse(&t).map(|k| self.kind = k).is_some(),
+                _ => false,
+            },
+            4 => put(&mut self.owner, value),
+            5 => put(&mut self.namespace, value),
+            6 => put(&mut self.pod, value),
+            7 => put(&mut self.qos, value),
+            8 => put(&mut self.cgroups, value),
+            i if i < n + EVENT_COUNT => put(&mut self.events[i - n], value),
+            i if i < n + EVENT_COUNT + RESOURCE_COUNT => put(&mut self.resources[i - n - EVENT_COUNT], value),
+            _ => false,
+        }
+    }
+}
+
+/// Each pod column's type, in [`pod_columns`] order.
+pub fn pod_column_types() -> Vec<ColumnType> {
+    PodRow::blank()
+        .values()
+        .iter()
+        .zip(pod_columns())
+        .map(|(v, (_, sql))| match (v, sql) {
+            (Value::Text(_), _) => ColumnType::Text,
+            (Value::Timestamp(_), _) => ColumnType::Timestamp,
+            (_, "double precision") => ColumnType::Float8,
+            (_, "integer") => ColumnType::Int4,
+            (_, "text") => ColumnType::Text,
+            _ => ColumnType::Int8,
+        })
+        .collect()
+}
+
 /// The event column names of a pod row: the node row's, in [`Event`] order.
 pub fn event_columns() -> [&'static str; EVENT_COUNT] {
     Event::ALL.map(|e| SCHEMA[event_column(e)].name)
@@ -259,5 +355,31 @@ mod tests {
         assert_eq!(row.params().len(), cols.len());
         assert!(pod_insert_sql(2).contains(&format!("${}", 2 * cols.len())));
         assert_eq!(event_columns()[Event::Fork as usize], "ebpf_forks");
+    }
+
+    #[test]
+    fn values_and_set_round_trip_every_column() {
+        let mut row = PodRow::blank();
+        row.node = "n".into();
+        row.ts = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
+        row.interval_s = Some(10.5);
+        row.kind = OwnerKind::Pod;
+        row.owner = "uid".into();
+        row.namespace = Some("ns".into());
+        row.qos = Some("Burstable".into());
+        row.cgroups = Some(3);
+        for (i, e) in row.events.iter_mut().enumerate() {
+            *e = Some(100 + i as i64);
+        }
+        row.resources[2] = Some(7);
+        let mut back = PodRow::blank();
+        for (i, v) in row.values().into_iter().enumerate() {
+            assert!(back.set(i, v), "column {i}");
+        }
+        assert_eq!(back, row);
+        assert_eq!(pod_column_types().len(), pod_columns().len());
+        assert_eq!(pod_column_types()[3], ColumnType::Text);
+        assert_eq!(pod_column_types()[8], ColumnType::Int4);
+        assert!(!back.set(3, Value::Text("pets".into())));
     }
 }

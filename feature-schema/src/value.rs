@@ -161,4 +161,5 @@ nullable_column_value! {
     i64 => Int8, as_f64: |x: &i64| Some(*x as f64);
     i32 => Int4, as_f64: |x: &i32| Some(f64::from(*x));
     Vec<String> => TextArray, as_f64: |_: &Vec<String>| None;
+    String => Text, as_f64: |_: &String| None;
 }

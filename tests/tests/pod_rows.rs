@@ -237,3 +237,71 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("0 day partitions"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Pod rows share their node row's durability: taken while the database does not exist yet,
+/// spooled with their node rows, kept across a restart, and written (with exact counts) once it
+/// does.
+#[test]
+fn pod_rows_taken_during_an_outage_are_spooled_and_written_after_a_restart() {
+    if !have_root("pod_rows_outage") {
+        return;
+    }
+    let _g = exclusive();
+    let db = "pod_rows_outage";
+    // The database does not exist during the first run.
+    let url = tests::postgres().url(db);
+    let spool = std::env::temp_dir().join(format!("feature-agent-pod-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    const UID_D: &str = "0a1b2c3d-4444-4222-8333-944455566677";
+    let cg = TestCgroup::new("outage", &[&format!("kubepods/burstable/pod{UID_D}/{}", "d".repeat(64))]);
+    let start = |spool: &std::path::Path| {
+        Command::new(agent_bin())
+            .args(["run", "--pod-rows", "--interval", "1", "--listen", "off", "--shutdown-timeout", "1"])
+            .arg("--spool-dir")
+            .arg(spool)
+            .env("DATABASE_URL", &url)
+            .env("NODE_NAME", "outage-node")
+            .env("POD_LOGS_DIR", "/nonexistent")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let agent = start(&spool);
+    // Past the first sample (the pod baseline), then the workload, then two more samples.
+    std::thread::sleep(Duration::from_millis(2500));
+    let work = "i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done";
+    assert!(in_cgroup("/bin/sh", &["-c", work], &cg.leaves[0]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let out = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("kept in the spool") || log.contains("stopping with rows in the spool"), "{log}");
+
+    // The database appears; the next run writes the spooled intervals first, pod rows included.
+    tests::fresh_database(db);
+    let agent = start(&spool);
+    wait_for("the spooled pod rows", Duration::from_secs(60), || {
+        sql(db, "SELECT count(*) FROM pg_tables WHERE tablename = 'pod_features'") == "1"
+            && sql(db, &format!("SELECT coalesce(sum(ebpf_forks), 0) FROM pod_features WHERE owner = '{UID_D}'"))
+                == "50"
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let out = agent.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        sql(db, &format!("SELECT sum(ebpf_execs) || '/' || sum(ebpf_exits) FROM pod_features WHERE owner = '{UID_D}'")),
+        "51/51"
+    );
+    // Every interval of both runs: the node row equals the sum of its pod rows.
+    let mismatches = sql(
+        db,
+        "SELECT count(*) FROM node_features n
+         JOIN (SELECT ts, sum(ebpf_forks) AS s FROM pod_features GROUP BY ts) p USING (ts)
+         WHERE n.ebpf_forks IS DISTINCT FROM p.s",
+    );
+    assert_eq!(mismatches, "0");
+    let _ = std::fs::remove_dir_all(&spool);
+}

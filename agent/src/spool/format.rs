@@ -14,17 +14,31 @@
 //! A reader maps a segment's columns onto its own by name: a column it does not know is skipped
 //! (the header gives every value's width, so even a type added later can be skipped), a column
 //! the segment lacks is NULL. A change that cannot be expressed that way needs a new version.
+//!
+//! The last header column, `pod_rows` (type tag 0xF0, length-prefixed), holds the interval's
+//! per-pod rows, so a node row and its pod rows are spooled, dropped and written together. Its
+//! value is self-describing the same way: `column count u16 | per column: type tag, width,
+//! name length, name | row count u32 | per row, per column: 0 or 1 and the value`. A release
+//! that predates it skips the column like any unknown one.
 use bytes::{Buf, BufMut, BytesMut};
 
-use feature_schema::{column_index, column_types, ColumnType, FeatureRow, Value, COLUMNS};
+use feature_schema::{
+    column_index, column_types,
+    pods::{pod_column_types, pod_columns, PodRow},
+    ColumnType, FeatureRow, Value, COLUMNS,
+};
 
 pub const SEGMENT_MAGIC: &[u8; 4] = b"FASG";
 pub const FORMAT_VERSION: u16 = 2;
 pub const RECORD_MAGIC: &[u8; 4] = b"FAR2";
 /// Bytes before a record's payload.
 pub const RECORD_HEADER: usize = 24;
-/// Larger payloads are corrupt by definition (a row is well under 4 KiB).
-pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Larger payloads are corrupt by definition (a node row is well under 4 KiB; with its pod
+/// rows, about 250 bytes each, a few hundred KiB at most).
+pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+/// The header column that carries an interval's pod rows, and its type tag.
+pub const POD_ROWS_COLUMN: &str = "pod_rows";
+pub const POD_ROWS_TAG: u8 = 0xF0;
 /// Larger segment header bodies are corrupt by definition.
 pub const MAX_HEADER_BODY: usize = 64 * 1024;
 const SEGMENT_PREAMBLE: usize = 14;
@@ -63,13 +77,17 @@ fn width(t: ColumnType) -> u8 {
 pub fn segment_header(first_seq: u64) -> Vec<u8> {
     let mut body = BytesMut::with_capacity(1024);
     body.put_u64_le(first_seq);
-    body.put_u16_le(COLUMNS.len() as u16);
+    body.put_u16_le(COLUMNS.len() as u16 + 1);
     for (name, t) in COLUMNS.iter().zip(column_types()) {
         body.put_u8(t as u8);
         body.put_u8(width(t));
         body.put_u8(name.len() as u8);
         body.put_slice(name.as_bytes());
     }
+    body.put_u8(POD_ROWS_TAG);
+    body.put_u8(0);
+    body.put_u8(POD_ROWS_COLUMN.len() as u8);
+    body.put_slice(POD_ROWS_COLUMN.as_bytes());
     let mut out = Vec::with_capacity(SEGMENT_PREAMBLE + body.len());
     out.extend_from_slice(SEGMENT_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -88,6 +106,8 @@ struct SegmentColumn {
     width: u8,
     /// Index in this release's [`COLUMNS`] and its type there, if it has the column.
     target: Option<(usize, ColumnType)>,
+    /// The `pod_rows` column.
+    pods: bool,
 }
 
 /// How to turn one segment's records into rows.
@@ -158,6 +178,10 @@ pub fn parse_segment_header(data: &[u8]) -> Result<(Decoder, usize), HeaderError
         let width = r.u8().map_err(bad)?;
         let len = r.u8().map_err(bad)? as usize;
         let name = std::str::from_utf8(r.take(len).map_err(bad)?).map_err(|_| HeaderError::Malformed)?;
+        if name == POD_ROWS_COLUMN && tag == POD_ROWS_TAG && width == 0 {
+            decoder.columns.push(SegmentColumn { kind: None, width, target: None, pods: true });
+            continue;
+        }
         let kind = ColumnType::from_tag(tag);
         if kind.is_some_and(|k| self::width(k) != width) || !matches!(width, 0 | 1 | 2 | 4 | 8) {
             return Err(HeaderError::Malformed);
@@ -166,7 +190,7 @@ pub fn parse_segment_header(data: &[u8]) -> Result<(Decoder, usize), HeaderError
         if target.is_none() {
             decoder.unknown.push(name.to_owned());
         }
-        decoder.columns.push(SegmentColumn { kind, width, target: target.map(|i| (i, types[i])) });
+        decoder.columns.push(SegmentColumn { kind, width, target: target.map(|i| (i, types[i])), pods: false });
     }
     if !r.0.is_empty() {
         return Err(HeaderError::Malformed);
@@ -218,6 +242,7 @@ pub fn encode_record(row: &FeatureRow, seq: u64, b: &mut BytesMut) -> usize {
     for v in row.values() {
         put_value(b, &v);
     }
+    put_pods(b, &row.pods);
     let payload_len = b.len() - start - RECORD_HEADER;
     let payload_crc = crc32(&b[start + RECORD_HEADER..]);
     let h = &mut b[start..start + RECORD_HEADER];
@@ -228,6 +253,90 @@ pub fn encode_record(row: &FeatureRow, seq: u64, b: &mut BytesMut) -> usize {
     h[16..20].copy_from_slice(&header_crc.to_le_bytes());
     h[20..24].copy_from_slice(&payload_crc.to_le_bytes());
     payload_len
+}
+
+/// Appends the `pod_rows` value: NULL when there are none, else the self-describing block.
+fn put_pods(b: &mut BytesMut, pods: &[PodRow]) {
+    if pods.is_empty() {
+        b.put_u8(0);
+        return;
+    }
+    b.put_u8(1);
+    let at = b.len();
+    b.put_u32_le(0);
+    let columns = pod_columns();
+    b.put_u16_le(columns.len() as u16);
+    for ((name, _), t) in columns.iter().zip(pod_column_types()) {
+        b.put_u8(t as u8);
+        b.put_u8(width(t));
+        b.put_u8(name.len() as u8);
+        b.put_slice(name.as_bytes());
+    }
+    b.put_u32_le(pods.len() as u32);
+    for p in pods {
+        for v in p.values() {
+            put_value(b, &v);
+        }
+    }
+    let len = (b.len() - at - 4) as u32;
+    b[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Decodes a `pod_rows` block into this release's pod rows, by column name as for node rows.
+pub(crate) fn decode_pods(bytes: &[u8]) -> Result<Vec<PodRow>, DecodeError> {
+    let mut r = Cursor(bytes);
+    let n = r.u16()? as usize;
+    if n > bytes.len() / 3 {
+        return Err(DecodeError::Truncated);
+    }
+    let names = pod_columns();
+    let types = pod_column_types();
+    let mut columns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tag, width, len) = (r.u8()?, r.u8()?, r.u8()? as usize);
+        let name = std::str::from_utf8(r.take(len)?).map_err(|_| DecodeError::Utf8)?;
+        let kind = ColumnType::from_tag(tag);
+        if kind.is_some_and(|k| self::width(k) != width) || !matches!(width, 0 | 1 | 2 | 4 | 8) {
+            return Err(DecodeError::Tag(tag));
+        }
+        let target = names.iter().position(|(c, _)| *c == name).filter(|_| kind.is_some());
+        columns.push((kind, width, target));
+    }
+    let rows = r.u32()? as usize;
+    // Each row takes at least one presence byte per column.
+    if rows > r.0.len() / n.max(1) {
+        return Err(DecodeError::Truncated);
+    }
+    let mut out = Vec::with_capacity(rows);
+    for _ in 0..rows {
+        let mut row = PodRow::blank();
+        let (mut have_node, mut have_owner) = (false, false);
+        for (kind, width, target) in &columns {
+            if !r.tag()? {
+                continue;
+            }
+            let bytes = if *width == 0 {
+                let n = r.u32()? as usize;
+                r.take(n)?
+            } else {
+                r.take(*width as usize)?
+            };
+            let (Some(kind), Some(i)) = (kind, target) else { continue };
+            let value = decode_value(*kind, bytes)?;
+            if value.convert(types[*i]).is_some_and(|v| row.set(*i, v)) {
+                have_node |= *i == 0;
+                have_owner |= *i == 4;
+            }
+        }
+        if !(have_node && have_owner) {
+            return Err(DecodeError::NoIdentity);
+        }
+        out.push(row);
+    }
+    if !r.0.is_empty() {
+        return Err(DecodeError::Trailing(r.0.len()));
+    }
+    Ok(out)
 }
 
 /// What is at a position of a segment.
@@ -387,6 +496,10 @@ impl Decoder {
             } else {
                 r.take(c.width as usize)?
             };
+            if c.pods {
+                row.pods = decode_pods(bytes)?;
+                continue;
+            }
             let (Some(kind), Some(target)) = (c.kind, c.target) else { continue };
             let value = decode_value(kind, bytes)?;
             if set_converted(&mut row, target, value) {

@@ -24,7 +24,25 @@ fn row(i: u64) -> FeatureRow {
     r.load1 = Some(i as f64 / 3.0);
     r.tcp_sock_mem = Some(7);
     r.set_verdict(Verdict { anomaly_score: Some(1.5), anomalous_features: Some(vec!["load1".into(), "ünï".into()]) });
+    // Every sequence carries intervals with and without pod rows.
+    r.pods = (0..i % 3).map(|k| pod_row(&r, k)).collect();
     r
+}
+
+/// Pod row `k` of `row`'s interval, its values distinct per (row, k).
+fn pod_row(row: &FeatureRow, k: u64) -> feature_schema::pods::PodRow {
+    use feature_schema::pods::{OwnerKind, PodRow};
+    let mut p = PodRow::blank();
+    p.node = row.node.clone();
+    p.ts = row.ts;
+    p.interval_s = row.interval_s;
+    p.kind = if k == 0 { OwnerKind::Pod } else { OwnerKind::Service };
+    p.owner = format!("owner-{k}-\u{e9}\"'");
+    p.namespace = (k == 0).then(|| "ns".to_owned());
+    p.cgroups = Some(k as i32 + 1);
+    p.events[0] = row.tcp_to_est.map(|i| i * 10 + k as i64);
+    p.resources[4] = Some(1 << 40);
+    p
 }
 
 fn id_of(r: &FeatureRow) -> u64 {
@@ -156,8 +174,10 @@ fn full_spool_drops_the_oldest_rows_and_counts_them_exactly() {
 fn damaged_records_are_skipped_and_counted_in_rows() {
     let dir = tempdir("corrupt");
     let mut s = Spool::open(&dir, 1 << 20).unwrap();
+    // Records of one size (no pod rows), so the damage below lands where it says.
+    let bare = |i: u64| FeatureRow { pods: Vec::new(), ..row(i) };
     for i in 0..8 {
-        s.append(&row(i)).unwrap();
+        s.append(&bare(i)).unwrap();
     }
     drop(s);
     let seg = segment_files(&dir).pop().unwrap();
@@ -172,7 +192,7 @@ fn damaged_records_are_skipped_and_counted_in_rows() {
     let mut s = Spool::open(&dir, 1 << 20).unwrap();
     assert_eq!(s.pending_rows(), 8);
     let got = drain(&mut s);
-    assert_eq!(got, [0, 2, 5, 6].map(row).to_vec());
+    assert_eq!(got, [0, 2, 5, 6].map(bare).to_vec());
     assert_eq!(s.stats().corrupt, 4);
     fs::remove_dir_all(&dir).unwrap();
 }
