@@ -12,6 +12,10 @@
 //!      the program's fdinfo) under a known workload of forks, connections and sockets
 //!   7. the streaming detector's CPU per row (judging real sampled rows after its warm-up);
 //!      BENCH_ONLY=detector runs this one alone
+//!   8. per-pod rows (BENCH_ONLY=pods alone): CPU per interval with per-pod rows on and 0, 100
+//!      and 1,000 kubelet-style cgroups in the v2 tree; the fork and connect loops with
+//!      per-cgroup counting against node-only counting, interleaved in one run; each program's
+//!      cost per event with per-cgroup counting on
 //!
 //! Needs root. Prints a Markdown table.
 use std::{
@@ -34,6 +38,113 @@ fn thread_cpu() -> Duration {
     // SAFETY: ts is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A sampler with per-pod rows on over this host's cgroup v2 tree.
+fn pod_sampler() -> Sampler {
+    let roots = Roots::default();
+    let sources =
+        Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
+    agent::ebpf::ensure_tracefs();
+    let counters = EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(4096), ..LoadOptions::default() })
+        .expect("eBPF loads");
+    let root = agent::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree");
+    let pods = agent::pods::PodSampler::new(root, "/nonexistent".into());
+    Sampler::new("bench".into(), sources, Some(counters), Duration::from_secs(3600)).with_pods(Some(pods))
+}
+
+/// `n` cgroups in the v2 tree, kubelet-style: n/2 burstable pods with one container each.
+fn make_pod_cgroups(base: &std::path::Path, n: usize) {
+    for k in 0..n / 2 {
+        let uid = format!("0a1b2c3d-0000-4000-8000-{k:012}");
+        let pod = base.join("kubepods/burstable").join(format!("pod{uid}"));
+        std::fs::create_dir_all(pod.join(format!("{k:064x}"))).unwrap();
+    }
+}
+
+fn remove_cgroups(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroups(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Ratio of median loop time with `b` loaded to median time with `a` loaded, interleaved.
+fn compare(
+    a: LoadOptions,
+    b: LoadOptions,
+    rounds: usize,
+    mut body: impl FnMut() -> Duration,
+) -> (f64, Duration, Duration) {
+    let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
+    for round in 0..=rounds {
+        for first_a in [round % 2 == 0, round % 2 == 1] {
+            let opts = if first_a { a } else { b };
+            let loaded = EbpfCounters::load_with(opts).expect("eBPF loads");
+            let d = body();
+            drop(loaded);
+            if round > 0 {
+                // round 0 is the warm-up
+                if first_a {
+                    on_a.push(d)
+                } else {
+                    on_b.push(d)
+                }
+            }
+        }
+    }
+    let (a, b) = (median(on_a), median(on_b));
+    (b.as_secs_f64() / a.as_secs_f64(), a, b)
+}
+
+fn pod_benches(rows: &mut Vec<(String, String)>) {
+    let root = agent::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree");
+    let base = root.join(format!("feature-agent-bench-{}", std::process::id()));
+    for n in [0usize, 100, 1000] {
+        make_pod_cgroups(&base, n);
+        let mut s = pod_sampler();
+        let cpu = cpu_per_row(&mut s, 200);
+        let row = s.sample();
+        rows.push((
+            format!("CPU per interval with per-pod rows, {n} test cgroups ({} pod rows)", row.pods.len()),
+            format!("{:.1} µs", cpu.as_secs_f64() * 1e6),
+        ));
+        drop(s);
+        remove_cgroups(&base);
+    }
+    let node_only = LoadOptions::default();
+    let per_cgroup = LoadOptions { cgroup_map_entries: Some(2048), ..LoadOptions::default() };
+    let (ratio, a, b) = compare(node_only, per_cgroup, 9, || loop_in_helper("fork", 2000));
+    rows.push((
+        "fork+exit loop, 2000 iterations: per-cgroup counting / node-only counting".to_string(),
+        format!("{ratio:.3} ({:.1} ms vs {:.1} ms)", b.as_secs_f64() * 1e3, a.as_secs_f64() * 1e3),
+    ));
+    let (ratio, a, b) = compare(node_only, per_cgroup, 11, || loop_in_helper("connect", 5000));
+    rows.push((
+        "loopback connect/accept/close loop, 5000 iterations: per-cgroup counting / node-only counting".to_string(),
+        format!("{ratio:.3} ({:.1} ms vs {:.1} ms)", b.as_secs_f64() * 1e3, a.as_secs_f64() * 1e3),
+    ));
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("kernel.bpf_stats_enabled");
+    let counters = EbpfCounters::load_with(LoadOptions { socket_hook: SocketHook::Syscalls, ..per_cgroup }).unwrap();
+    loop_in_helper("fork", 2000);
+    loop_in_helper("connect", 2000);
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    for _ in 0..2000 {
+        let _ = TcpStream::connect(closed);
+    }
+    for _ in 0..5000 {
+        drop(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    }
+    for (name, cnt, ns) in program_costs(&counters) {
+        rows.push((
+            format!("program {name} with per-cgroup counting: run time per event ({cnt} events)"),
+            format!("{ns:.0} ns"),
+        ));
+    }
 }
 
 fn sampler(ebpf: bool) -> Sampler {
@@ -300,6 +411,15 @@ fn main() {
         }
         return;
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "pods") {
+        rows.clear();
+        pod_benches(&mut rows);
+        println!("\n| measurement | result |\n|---|---|");
+        for (what, value) in &rows {
+            println!("| {what} | {value} |");
+        }
+        return;
+    }
 
     if !only_kernel {
         let mut with_ebpf = sampler(true);
@@ -409,6 +529,10 @@ fn main() {
         for (name, cnt, ns) in program_costs(&counters) {
             rows.push((format!("program {name}: run time per event ({cnt} events)"), format!("{ns:.0} ns")));
         }
+    }
+
+    if !only_kernel {
+        pod_benches(&mut rows);
     }
 
     println!("\n| measurement | result |\n|---|---|");
