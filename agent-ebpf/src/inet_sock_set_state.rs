@@ -15,9 +15,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use aya_ebpf::EbpfContext;
-
-use crate::maps::{count_socket, move_tcp_state};
+use crate::maps::{move_tcp_state, Counter};
 
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
 const SKADDR_OFFSET: usize = 8;
@@ -34,7 +32,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if unsafe { bpf_skc_to_tcp_sock(sk) }.is_null() {
         return 0;
     }
-    tcp_state_changed(&ctx, sk as u64, old, new);
+    let counter = || Counter::for_btf_socket(&ctx, sk as *const u8);
+    tcp_state_changed(counter, old, new);
     0
 }
 
@@ -50,15 +49,17 @@ pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
         )
     };
     if let (Ok(IPPROTO_TCP), Ok(old), Ok(new), Ok(sk)) = fields {
-        tcp_state_changed(&ctx, sk, old, new);
+        // The tracepoint fires for full sockets only: no state check before reading the owner.
+        tcp_state_changed(|| Counter::for_socket(&ctx, sk, true), old, new);
     }
     0
 }
 
 /// Counts the transition for the node and for the socket's owner (most transitions after the
-/// first happen in softirq, on behalf of no particular task).
+/// first happen in softirq, on behalf of no particular task); `counter` resolves the owner,
+/// once, and only when something is counted.
 #[inline(always)]
-fn tcp_state_changed<C: EbpfContext>(ctx: &C, sk: u64, old: i32, new: i32) {
+fn tcp_state_changed(counter: impl FnOnce() -> Counter, old: i32, new: i32) {
     move_tcp_state(old, new);
     let entered = match new {
         tcp_state::ESTABLISHED => Some(Event::TcpToEstablished),
@@ -68,10 +69,15 @@ fn tcp_state_changed<C: EbpfContext>(ctx: &C, sk: u64, old: i32, new: i32) {
         tcp_state::LISTEN => Some(Event::TcpToListen),
         _ => None,
     };
-    if let Some(event) = entered {
-        count_socket(ctx, sk, event, 1);
+    let failed = old == tcp_state::SYN_SENT && new == tcp_state::CLOSE;
+    if entered.is_none() && !failed {
+        return;
     }
-    if old == tcp_state::SYN_SENT && new == tcp_state::CLOSE {
-        count_socket(ctx, sk, Event::TcpConnFailed, 1);
+    let counter = counter();
+    if let Some(event) = entered {
+        counter.add(event, 1);
+    }
+    if failed {
+        counter.add(Event::TcpConnFailed, 1);
     }
 }

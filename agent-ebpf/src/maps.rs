@@ -52,16 +52,6 @@ fn settings() -> CgroupCounting {
     unsafe { core::ptr::read_volatile(&CGROUP_COUNTING) }
 }
 
-/// Adds `n` to this CPU's counter for `event`.
-#[inline(always)]
-pub fn count(event: Event, n: u64) {
-    if let Some(counts) = EVENT_COUNTS.get_ptr_mut(0) {
-        // SAFETY: the per-CPU slot belongs to this CPU while the program runs, and the index is
-        // a valid Event discriminant, below EVENT_COUNT.
-        unsafe { (*counts).counts[event as usize] += n };
-    }
-}
-
 /// Moves one socket from `old` to `new` in this CPU's TCP state balance.
 #[inline(always)]
 pub fn move_tcp_state(old: i32, new: i32) {
@@ -84,34 +74,137 @@ pub fn move_tcp_state(old: i32, new: i32) {
     }
 }
 
-/// Counts `event` for the node and for the cgroup of the task it happens in (fork, exec, exit,
-/// socket creation: the hooks that run in the causing task's context).
-#[inline(always)]
-pub fn count_task<C: EbpfContext>(ctx: &C, event: Event, n: u64) {
-    count(event, n);
-    if settings().enabled != 0 {
+/// Where a hook's events go, resolved once per invocation: the node-wide counts (per-cgroup
+/// counting off, or a socket event without the owner offsets), a cgroup's entry, or the overflow
+/// counts (the cgroup map is full). When per-cgroup counting covers an event it is counted in
+/// the cgroup map only: the agent's node total is the sum of that map (and the overflow and the
+/// retired counts), which makes the per-pod rows add up to the node row exactly, and saves the
+/// node map's update on every event.
+pub enum Counter {
+    Node,
+    Cgroup(*mut EventCounts),
+    Overflow,
+}
+
+impl Counter {
+    /// Adds `n` to this CPU's count of `event` wherever the counter points.
+    #[inline(always)]
+    pub fn add(&self, event: Event, n: u64) {
+        let slot = match self {
+            Counter::Node => EVENT_COUNTS.get_ptr_mut(0),
+            Counter::Cgroup(p) => Some(*p),
+            Counter::Overflow => CGROUP_OVERFLOW.get_ptr_mut(0),
+        };
+        if let Some(counts) = slot {
+            // SAFETY: this CPU's copy of a map value that lives as long as the program; the
+            // index is a valid Event discriminant, below EVENT_COUNT.
+            unsafe { (*counts).counts[event as usize] += n };
+        }
+    }
+
+    /// The counter of the task running now (fork, exec, exit, socket creation: the hooks that
+    /// run in the causing task's context).
+    #[inline(always)]
+    pub fn for_task<C: EbpfContext>(ctx: &C) -> Counter {
+        if settings().enabled == 0 {
+            return Counter::Node;
+        }
         // SAFETY: no arguments; returns the current task's cgroup v2 id.
-        count_cgroup(ctx, unsafe { bpf_get_current_cgroup_id() }, event, n);
+        cgroup_counter(ctx, unsafe { bpf_get_current_cgroup_id() })
+    }
+
+    /// The counter of the cgroup that owns socket `sk` (TCP state changes and resets, which the
+    /// kernel often handles in softirq, on behalf of no particular task). `full` says the hook
+    /// only ever sees full sockets; otherwise a time-wait or request socket (which carry no
+    /// owner) is told apart by its state first. A socket without an owner (NULL, time-wait,
+    /// request, no cgroup) counts under id 0, the "other" row.
+    #[inline(always)]
+    pub fn for_socket<C: EbpfContext>(ctx: &C, sk: u64, full: bool) -> Counter {
+        let s = settings();
+        if s.enabled == 0 || s.socket_owner_known == 0 {
+            return Counter::Node;
+        }
+        cgroup_counter(ctx, socket_owner(&s, sk, full).unwrap_or(0))
     }
 }
 
-/// Counts `event` for the node and for the cgroup that owns socket `sk` (TCP state changes and
-/// resets, which the kernel often handles in softirq, on behalf of no particular task). A
-/// socket with no owner (NULL, a time-wait or request socket, no cgroup) counts under id 0, the
-/// "other" row. Without the BTF offsets nothing is counted per cgroup.
-#[inline(always)]
-pub fn count_socket<C: EbpfContext>(ctx: &C, sk: u64, event: Event, n: u64) {
-    count(event, n);
-    let s = settings();
-    if s.enabled != 0 && s.socket_owner_known != 0 {
-        count_cgroup(ctx, socket_owner(&s, sk).unwrap_or(0), event, n);
+impl Counter {
+    /// [`Counter::for_socket`] for a BTF-typed socket pointer (a tp_btf program's argument):
+    /// the owner is read with direct loads, which the verifier checks against the kernel's BTF
+    /// (the offsets are read-only globals, so it knows them), instead of three
+    /// bpf_probe_read_kernel calls. The hook must only see full sockets.
+    #[inline(always)]
+    pub fn for_btf_socket<C: EbpfContext>(ctx: &C, sk: *const u8) -> Counter {
+        // SAFETY: read-only globals the loader filled in.
+        let (enabled, known) = unsafe {
+            (
+                core::ptr::read_volatile(&CGROUP_COUNTING.enabled),
+                core::ptr::read_volatile(&CGROUP_COUNTING.socket_owner_known),
+            )
+        };
+        if enabled == 0 || known == 0 {
+            return Counter::Node;
+        }
+        cgroup_counter(ctx, btf_socket_owner(sk).unwrap_or(0))
     }
+
+    /// [`Counter::for_btf_socket`] for a hook that may see no socket, or a time-wait or request
+    /// socket (which carry no owner: "other"), told apart by their state first.
+    #[inline(always)]
+    pub fn for_btf_socket_any<C: EbpfContext>(ctx: &C, sk: *const u8) -> Counter {
+        const TCP_TIME_WAIT: u8 = 6;
+        const TCP_NEW_SYN_RECV: u8 = 12;
+        if sk.is_null() {
+            return Counter::for_btf_socket(ctx, sk);
+        }
+        // SAFETY: a direct load of `__sk_common.skc_state`, in every kind of socket, at a
+        // read-only offset the verifier matches against the kernel's BTF.
+        let state = unsafe { core::ptr::read(sk.add(core::ptr::read_volatile(&CGROUP_COUNTING.sk_state) as usize)) };
+        if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+            return Counter::for_btf_socket(ctx, core::ptr::null());
+        }
+        Counter::for_btf_socket(ctx, sk)
+    }
+}
+
+/// The owner's cgroup id of a BTF-typed full socket, by direct loads (see
+/// [`Counter::for_btf_socket`]).
+#[inline(always)]
+fn btf_socket_owner(sk: *const u8) -> Option<u64> {
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: `sk` is the verifier-tracked `struct sock *` of a BTF tracepoint; each load is at a
+    // constant offset the verifier matches against the kernel's BTF (a pointer member, then a
+    // pointer member, then the u64 id), and a fault on a bad pointer reads zero instead.
+    unsafe {
+        let (sk_cgroup, cgroup_kn, kernfs_id) = (
+            core::ptr::read_volatile(&CGROUP_COUNTING.sk_cgroup) as usize,
+            core::ptr::read_volatile(&CGROUP_COUNTING.cgroup_kn) as usize,
+            core::ptr::read_volatile(&CGROUP_COUNTING.kernfs_id) as usize,
+        );
+        let cgroup = core::ptr::read(sk.add(sk_cgroup) as *const *const u8);
+        if cgroup.is_null() {
+            return None;
+        }
+        let kn = core::ptr::read(cgroup.add(cgroup_kn) as *const *const u8);
+        if kn.is_null() {
+            return None;
+        }
+        Some(core::ptr::read(kn.add(kernfs_id) as *const u64))
+    }
+}
+
+/// Counts one event of the running task: [`Counter::for_task`] then [`Counter::add`].
+#[inline(always)]
+pub fn count_task<C: EbpfContext>(ctx: &C, event: Event, n: u64) {
+    Counter::for_task(ctx).add(event, n);
 }
 
 /// The cgroup v2 id of the task that created socket `sk` (sockets accepted from a listener
 /// inherit the listener's), read through the BTF offsets the agent supplied.
 #[inline(always)]
-fn socket_owner(s: &CgroupCounting, sk: u64) -> Option<u64> {
+fn socket_owner(s: &CgroupCounting, sk: u64, full: bool) -> Option<u64> {
     const TCP_TIME_WAIT: u8 = 6;
     const TCP_NEW_SYN_RECV: u8 = 12;
     if sk == 0 {
@@ -119,10 +212,12 @@ fn socket_owner(s: &CgroupCounting, sk: u64) -> Option<u64> {
     }
     // SAFETY: bpf_probe_read_kernel checks every address; a bad one is an error, not a fault.
     unsafe {
-        let state: u8 = bpf_probe_read_kernel((sk + u64::from(s.sk_state)) as *const u8).ok()?;
-        // Only full sockets carry sk_cgrp_data.
-        if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
-            return None;
+        if !full {
+            let state: u8 = bpf_probe_read_kernel((sk + u64::from(s.sk_state)) as *const u8).ok()?;
+            // Only full sockets carry sk_cgrp_data.
+            if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+                return None;
+            }
         }
         let cgroup: u64 = bpf_probe_read_kernel((sk + u64::from(s.sk_cgroup)) as *const u64).ok()?;
         if cgroup == 0 {
@@ -136,29 +231,23 @@ fn socket_owner(s: &CgroupCounting, sk: u64) -> Option<u64> {
     }
 }
 
+/// The entry of cgroup `id`, inserted on its first event; the overflow counts when the map is
+/// full (logged once).
 #[inline(always)]
-fn count_cgroup<C: EbpfContext>(ctx: &C, id: u64, event: Event, n: u64) {
+fn cgroup_counter<C: EbpfContext>(ctx: &C, id: u64) -> Counter {
     if let Some(counts) = CGROUP_EVENT_COUNTS.get_ptr_mut(id) {
-        // SAFETY: this CPU's copy of the entry; the index is a valid Event discriminant.
-        unsafe { (*counts).counts[event as usize] += n };
-        return;
+        return Counter::Cgroup(counts);
     }
     // First event of this cgroup (or since the agent removed its entry).
-    let zero = EventCounts::default();
-    let inserted = CGROUP_EVENT_COUNTS.insert(id, zero, u64::from(BPF_NOEXIST));
+    let inserted = CGROUP_EVENT_COUNTS.insert(id, EventCounts::default(), u64::from(BPF_NOEXIST));
+    // Another CPU may have inserted it first (EEXIST): the lookup finds it.
     if let Some(counts) = CGROUP_EVENT_COUNTS.get_ptr_mut(id) {
-        // SAFETY: as above. Another CPU may have inserted it first (EEXIST): the lookup finds it.
-        unsafe { (*counts).counts[event as usize] += n };
-        return;
-    }
-    // The map is full: the event goes to the overflow counts, which the agent adds to "other".
-    if let Some(counts) = CGROUP_OVERFLOW.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot.
-        unsafe { (*counts).counts[event as usize] += n };
+        return Counter::Cgroup(counts);
     }
     if inserted.is_err() && first_time(KernelCondition::CgroupMapFull) {
         warn!(ctx, "cgroup map full: events of new cgroups are counted as overflow (raise --cgroup-map-entries)");
     }
+    Counter::Overflow
 }
 
 /// True the first time `condition` is reported: a lookup answers every later call, and of CPUs

@@ -53,6 +53,12 @@ enum Hook {
     /// kprobe on a kernel function (needs CONFIG_KPROBES).
     KProbe(&'static str),
     /// A BTF raw tracepoint, or when that cannot load (no kernel BTF, kernel < 5.5) the named
+    /// raw-tracepoint program of the same logic.
+    BtfOrRaw {
+        tracepoint: &'static str,
+        raw_program: &'static str,
+    },
+    /// A BTF raw tracepoint, or when that cannot load (no kernel BTF, kernel < 5.5) the named
     /// classic-tracepoint program of the same logic.
     BtfOr {
         tracepoint: &'static str,
@@ -83,8 +89,16 @@ const PROBES: &[Probe] = &[
         },
         feeds: &Event::TCP_STATE,
     },
-    Probe { program: "tcp_send_reset", hook: Hook::Raw("tcp_send_reset"), feeds: &[Event::TcpRstSent] },
-    Probe { program: "tcp_receive_reset", hook: Hook::Raw("tcp_receive_reset"), feeds: &[Event::TcpRstRecv] },
+    Probe {
+        program: "tcp_send_reset",
+        hook: Hook::BtfOrRaw { tracepoint: "tcp_send_reset", raw_program: "tcp_send_reset_raw" },
+        feeds: &[Event::TcpRstSent],
+    },
+    Probe {
+        program: "tcp_receive_reset",
+        hook: Hook::BtfOrRaw { tracepoint: "tcp_receive_reset", raw_program: "tcp_receive_reset_raw" },
+        feeds: &[Event::TcpRstRecv],
+    },
 ];
 
 /// Names cgroups as they are created (per-cgroup counting only).
@@ -565,7 +579,7 @@ impl Probe {
     fn target(&self) -> &'static str {
         match self.hook {
             Hook::Raw(t) | Hook::Classic(_, t) | Hook::FExit(t) | Hook::KProbe(t) => t,
-            Hook::BtfOr { tracepoint, .. } => tracepoint,
+            Hook::BtfOr { tracepoint, .. } | Hook::BtfOrRaw { tracepoint, .. } => tracepoint,
         }
     }
 }
@@ -581,6 +595,17 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, options: LoadOptions, btf: Option<&Btf
             attach_fexit(ebpf, probe.program, function, btf).map(|()| "fexit")
         }
         Hook::KProbe(function) => attach_kprobe(ebpf, probe.program, function).map(|()| "kprobe"),
+        Hook::BtfOrRaw { tracepoint, raw_program } => {
+            if let (false, Some(btf)) = (options.classic_tracepoints, btf) {
+                match attach_btf(ebpf, probe.program, tracepoint, btf) {
+                    Ok(()) => return Ok("tp_btf"),
+                    Err(e) => {
+                        debug!(error = %e, fallback = raw_program, "BTF tracepoint unavailable; using the raw tracepoint")
+                    }
+                }
+            }
+            attach_raw(ebpf, raw_program, tracepoint).map(|()| "raw_tp")
+        }
         Hook::BtfOr { tracepoint, classic_program, category } => {
             if let (false, Some(btf)) = (options.classic_tracepoints, btf) {
                 match attach_btf(ebpf, probe.program, tracepoint, btf) {

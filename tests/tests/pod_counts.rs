@@ -3,7 +3,8 @@
 //! workload is a child process moved into its cgroup before it execs. Checked exactly:
 //! fork/exec/exit per cgroup; TCP transitions, failed connects and resets attributed to the
 //! socket's owner even when the kernel handles them in softirq (client and server in different
-//! cgroups); and the node total equal to the sum over every cgroup (two independent counters).
+//! cgroups); and the sum over every cgroup against the kernel's own count of forks
+//! (/proc/stat `processes`), the node total the agent reports.
 use std::{
     io::{BufRead, BufReader},
     process::Stdio,
@@ -19,11 +20,26 @@ use tests::{
 const ATTEMPTS: usize = 5;
 
 fn load() -> EbpfCounters {
+    load_with(false)
+}
+
+/// Per-cgroup counting on; with `fallbacks`, the classic and raw tracepoints (owner read with
+/// bpf_probe_read_kernel) instead of the BTF ones (owner read by direct loads).
+fn load_with(fallbacks: bool) -> EbpfCounters {
     agent::ebpf::ensure_tracefs();
-    let c = EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(4096), ..LoadOptions::default() })
-        .expect("the eBPF programs load into this kernel");
+    let options =
+        LoadOptions { cgroup_map_entries: Some(4096), classic_tracepoints: fallbacks, ..LoadOptions::default() };
+    let c = EbpfCounters::load_with(options).expect("the eBPF programs load into this kernel");
     assert!(c.failures().is_empty(), "every program attaches: {:?}", c.failures());
     assert_eq!(c.per_cgroup().map(|p| p.socket_events), Some(true), "this kernel's BTF names socket owners");
+    let want = |program: &'static str, btf: &'static str, fallback: &'static str| {
+        let hook = if fallbacks { fallback } else { btf };
+        assert!(c.hooks().contains(&(program, hook)), "{program} as {hook}: {:?}", c.hooks());
+    };
+    // The BTF programs read the owner by direct loads: the verifier accepted them.
+    want("inet_sock_set_state", "tp_btf", "tracepoint");
+    want("tcp_send_reset", "tp_btf", "raw_tp");
+    want("tcp_receive_reset", "tp_btf", "raw_tp");
     c
 }
 
@@ -32,29 +48,37 @@ fn delta(a: &CgroupSnapshot, b: &CgroupSnapshot, id: u64, e: Event) -> u64 {
     get(b) - get(a)
 }
 
-/// The node map's own count against the sum over cgroups, over one window: equal for every
-/// event the window's activity touched (both are read at nearly the same instant, so a window
-/// is retried when something else on the machine raced the two reads).
-fn node_equals_sum(
-    n0: &EbpfSnapshot,
+fn processes_total() -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap();
+    text.lines().find_map(|l| l.strip_prefix("processes ")).unwrap().trim().parse().unwrap()
+}
+
+/// The node total the agent reports (the sum over cgroups, the overflow and the retired counts)
+/// against the kernel's own fork count over the same window, and against read_all's node row.
+fn node_total_is_exact(
+    (p0, p1): (u64, u64),
     n1: &EbpfSnapshot,
     c0: &CgroupSnapshot,
     c1: &CgroupSnapshot,
 ) -> Result<(), String> {
+    let sum = c1.total(Event::Fork) - c0.total(Event::Fork);
+    if sum != p1 - p0 {
+        return Err(format!("forks: sum over cgroups {sum}, /proc/stat processes {}", p1 - p0));
+    }
     for e in Event::ALL {
-        let node = n1.get(e) - n0.get(e);
-        let sum = c1.total(e) - c0.total(e);
-        if node != sum {
-            return Err(format!("{}: node map {node}, sum over cgroups {sum}", e.name()));
+        if n1.get(e) != c1.total(e) {
+            return Err(format!("{}: node row {} is not the sum over cgroups {}", e.name(), n1.get(e), c1.total(e)));
         }
     }
     Ok(())
 }
 
-fn read(ebpf: &mut EbpfCounters) -> (EbpfSnapshot, CgroupSnapshot) {
-    let raw = ebpf.read().unwrap();
-    let (_, cg) = ebpf.read_all().unwrap();
-    (raw, cg.unwrap())
+/// The node row's eBPF counts and the per-cgroup counts, from one read, with /proc/stat's fork
+/// count taken just before.
+fn read(ebpf: &mut EbpfCounters) -> (u64, EbpfSnapshot, CgroupSnapshot) {
+    let p = processes_total();
+    let (node, cg) = ebpf.read_all().unwrap();
+    (p, node, cg.unwrap())
 }
 
 fn exactly(what: &str, mut check: impl FnMut() -> Result<(), String>) {
@@ -93,11 +117,11 @@ fn forks_execs_and_exits_are_counted_in_the_pod_that_made_them() {
     const M: u64 = 7;
     let loop_of = |n: u64| format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
     exactly("forks per cgroup", || {
-        let (n0, c0) = read(&mut ebpf);
+        let (p0, _, c0) = read(&mut ebpf);
         let a = in_cgroup("/bin/sh", &["-c", &loop_of(N)], &cg.leaves[0]).status().unwrap();
         let b = in_cgroup("/bin/sh", &["-c", &loop_of(M)], &cg.leaves[1]).status().unwrap();
         assert!(a.success() && b.success());
-        let (n1, c1) = read(&mut ebpf);
+        let (p1, n1, c1) = read(&mut ebpf);
         // Each /bin/true: one fork by the shell, one exec, one exit; plus the shell's own exec
         // (after it joined) and exit. The fork that made the shell was the test's.
         for (leaf, n) in [(0, N), (1, M)] {
@@ -107,7 +131,7 @@ fn forks_execs_and_exits_are_counted_in_the_pod_that_made_them() {
                 return Err(format!("cgroup {leaf}: fork/exec/exit {got:?}, expected [{n}, {}, {}]", n + 1, n + 1));
             }
         }
-        node_equals_sum(&n0, &n1, &c0, &c1)
+        node_total_is_exact((p0, p1), &n1, &c0, &c1)
     });
 }
 
@@ -117,11 +141,16 @@ fn tcp_events_are_attributed_to_the_socket_owner_on_both_ends() {
         return;
     }
     let _g = exclusive();
+    for fallbacks in [false, true] {
+        tcp_events_per_owner(load_with(fallbacks));
+    }
+}
+
+fn tcp_events_per_owner(mut ebpf: EbpfCounters) {
     let cg = TestCgroup::new(
         "tcp",
         &[&format!("{SYSTEMD_POD}/crio-{}.scope", "c".repeat(64)), &format!("{CGROUPFS_POD}/{}", "d".repeat(64))],
     );
-    let mut ebpf = load();
     const OK: u64 = 20;
     const REFUSED: u64 = 10;
     // The server (cgroup 1) accepts OK connections; the client (cgroup 0) makes them, then
@@ -141,7 +170,7 @@ fn tcp_events_are_attributed_to_the_socket_owner_on_both_ends() {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let (n0, c0) = read(&mut ebpf);
+        let (p0, _, c0) = read(&mut ebpf);
         let mut server =
             in_cgroup("/usr/bin/python3", &["-c", &server_code], &cg.leaves[1]).stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
@@ -153,7 +182,7 @@ fn tcp_events_are_attributed_to_the_socket_owner_on_both_ends() {
         assert!(server.wait().unwrap().success());
         // Let the last FIN/ACK exchanges settle before reading.
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let (n1, c1) = read(&mut ebpf);
+        let (p1, n1, c1) = read(&mut ebpf);
         let (client_id, server_id) = (cg.id(0), cg.id(1));
         let want = [
             (client_id, Event::TcpToSynSent, OK + REFUSED),
@@ -178,7 +207,7 @@ fn tcp_events_are_attributed_to_the_socket_owner_on_both_ends() {
         if delta(&c0, &c1, 0, Event::TcpRstSent) < REFUSED {
             return Err(format!("rst_sent under id 0: {}", delta(&c0, &c1, 0, Event::TcpRstSent)));
         }
-        node_equals_sum(&n0, &n1, &c0, &c1)
+        node_total_is_exact((p0, p1), &n1, &c0, &c1)
     });
 }
 
@@ -195,11 +224,11 @@ fn a_full_map_sends_new_cgroups_to_overflow_and_totals_still_add_up() {
     let mut ebpf =
         EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(2), ..LoadOptions::default() }).unwrap();
     exactly("overflow", || {
-        let (n0, c0) = read(&mut ebpf);
+        let (p0, _, c0) = read(&mut ebpf);
         for leaf in &cg.leaves {
             assert!(in_cgroup("/bin/true", &[], leaf).status().unwrap().success());
         }
-        let (n1, c1) = read(&mut ebpf);
+        let (p1, n1, c1) = read(&mut ebpf);
         if c1.by_cgroup.len() > 2 {
             return Err(format!("{} entries in a map of 2", c1.by_cgroup.len()));
         }
@@ -210,6 +239,6 @@ fn a_full_map_sends_new_cgroups_to_overflow_and_totals_still_add_up() {
         if without_entry < 2 || overflow < 2 * without_entry {
             return Err(format!("{without_entry} test cgroups without an entry, overflow grew by {overflow}"));
         }
-        node_equals_sum(&n0, &n1, &c0, &c1)
+        node_total_is_exact((p0, p1), &n1, &c0, &c1)
     });
 }
