@@ -65,6 +65,12 @@ impl PodSampler {
         &self.root
     }
 
+    /// Cgroups whose owner the sampler remembers (live ones, and removed ones until retired):
+    /// what its memory grows with.
+    pub fn tracked(&self) -> usize {
+        self.known.len()
+    }
+
     /// Every live cgroup: id -> path relative to the root (the root itself is "").
     fn walk(&self) -> HashMap<u64, String> {
         let mut out = HashMap::new();
@@ -107,6 +113,9 @@ impl PodSampler {
         for (id, path) in &live {
             self.known.entry(*id).or_insert_with(|| classify(path));
         }
+        // A cgroup that is gone and holds no counts is forgotten at once (one that counted is
+        // forgotten when it is retired below), so the sampler's memory follows the live tree.
+        self.known.retain(|id, _| live.contains_key(id) || snap.by_cgroup.contains_key(id));
         let Some(prev) = self.previous.take() else {
             self.previous =
                 Some(Previous { by_cgroup: snap.by_cgroup.clone(), overflow: snap.overflow, retired: snap.retired });

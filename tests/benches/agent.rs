@@ -130,6 +130,9 @@ fn pod_benches(rows: &mut Vec<(String, String)>) {
     ));
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("kernel.bpf_stats_enabled");
     let counters = EbpfCounters::load_with(LoadOptions { socket_hook: SocketHook::Syscalls, ..per_cgroup }).unwrap();
+    for _ in 0..500 {
+        Command::new("/bin/true").status().unwrap();
+    }
     loop_in_helper("fork", 2000);
     loop_in_helper("connect", 2000);
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();

@@ -242,3 +242,60 @@ fn a_full_map_sends_new_cgroups_to_overflow_and_totals_still_add_up() {
         node_total_is_exact((p0, p1), &n1, &c0, &c1)
     });
 }
+
+/// 1,000 kubelet-style cgroups (500 pods of one container), each running one process: every
+/// pod gets its row with its exact exec and exit; once they are removed, the agent retires them
+/// from the kernel map and forgets them, so neither the map nor the agent's memory keeps growing
+/// with cgroups that come and go.
+#[test]
+fn a_thousand_cgroups_get_their_rows_and_are_forgotten_once_removed() {
+    if !have_root("thousand_cgroups") {
+        return;
+    }
+    let _g = exclusive();
+    const PODS: usize = 500;
+    let uid = |k: usize| format!("0a1b2c3d-0000-4000-9000-{k:012}");
+    let leaves: Vec<String> = (0..PODS).map(|k| format!("kubepods/besteffort/pod{}/{k:064x}", uid(k))).collect();
+    let cg = TestCgroup::new("thousand", &leaves.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut ebpf = load();
+    let root = agent::cgroups::cgroup2_root_of_this_host().unwrap();
+    let mut pods = agent::pods::PodSampler::new(root, "/nonexistent".into());
+    let mut sample = |ebpf: &mut EbpfCounters, pods: &mut agent::pods::PodSampler| {
+        let (_, cgroups) = ebpf.read_all().unwrap();
+        let cgroups = cgroups.unwrap();
+        let rows = pods.sample(ebpf, &cgroups, "thousand", std::time::SystemTime::now(), Some(1.0));
+        (cgroups, rows)
+    };
+    sample(&mut ebpf, &mut pods);
+    for leaf in &cg.leaves {
+        assert!(in_cgroup("/bin/true", &[], leaf).status().unwrap().success());
+    }
+    let (_, rows) = sample(&mut ebpf, &mut pods);
+    for k in 0..PODS {
+        let row = rows.iter().find(|r| r.owner == uid(k)).unwrap_or_else(|| panic!("no row for pod {k}"));
+        assert_eq!(
+            (row.event(Event::Exec), row.event(Event::Exit), row.event(Event::Fork)),
+            (Some(1), Some(1), Some(0))
+        );
+        assert_eq!(row.cgroups, Some(2), "the pod's cgroup and its container's");
+    }
+    // The test's cgroups and their parents are tracked (the walk found them).
+    let with_them = pods.tracked();
+    assert!(with_them >= 2 * PODS);
+    let ids: Vec<u64> = (0..PODS).map(|l| cg.id(l)).collect();
+    drop(cg);
+    // Gone; then quiet for a whole interval; then retired.
+    for _ in 0..3 {
+        sample(&mut ebpf, &mut pods);
+    }
+    let (cgroups, rows) = sample(&mut ebpf, &mut pods);
+    assert!(ids.iter().all(|id| !cgroups.by_cgroup.contains_key(id)), "removed cgroups left in the kernel map");
+    assert!(!rows.iter().any(|r| r.owner.starts_with("0a1b2c3d-0000-4000-9000-")));
+    // The pods' cgroups (which counted) are retired and forgotten; the pod-level cgroups, which
+    // never counted anything, are forgotten as soon as they are gone.
+    assert!(
+        pods.tracked() + 2 * PODS <= with_them + 8,
+        "the agent still tracks {} cgroups ({with_them} with the test's)",
+        pods.tracked()
+    );
+}
