@@ -260,7 +260,7 @@ fn a_thousand_cgroups_get_their_rows_and_are_forgotten_once_removed() {
     let mut ebpf = load();
     let root = agent::cgroups::cgroup2_root_of_this_host().unwrap();
     let mut pods = agent::pods::PodSampler::new(root, "/nonexistent".into());
-    let mut sample = |ebpf: &mut EbpfCounters, pods: &mut agent::pods::PodSampler| {
+    let sample = |ebpf: &mut EbpfCounters, pods: &mut agent::pods::PodSampler| {
         let (_, cgroups) = ebpf.read_all().unwrap();
         let cgroups = cgroups.unwrap();
         let rows = pods.sample(ebpf, &cgroups, "thousand", std::time::SystemTime::now(), Some(1.0));
