@@ -299,3 +299,46 @@ fn a_thousand_cgroups_get_their_rows_and_are_forgotten_once_removed() {
         pods.tracked()
     );
 }
+
+/// Socket creations by kind, per pod, through the syscall-tracepoint hook (the only socket hook
+/// this kernel allows; fexit and kprobe count in the causing task's context the same way).
+#[test]
+fn sockets_created_in_a_pod_are_counted_there_by_kind() {
+    if !have_root("sockets_per_cgroup") {
+        return;
+    }
+    let _g = exclusive();
+    let cg = TestCgroup::new("sockets", &[&format!("{CGROUPFS_POD}/{}", "e".repeat(64))]);
+    agent::ebpf::ensure_tracefs();
+    let options = LoadOptions {
+        cgroup_map_entries: Some(4096),
+        socket_hook: agent::ebpf::SocketHook::Syscalls,
+        ..LoadOptions::default()
+    };
+    let mut ebpf = EbpfCounters::load_with(options).unwrap();
+    assert!(ebpf.failures().is_empty(), "{:?}", ebpf.failures());
+    let code = "import socket as s\n\
+                k=[s.socket(s.AF_INET,s.SOCK_STREAM) for _ in range(3)]\n\
+                k+=[s.socket(s.AF_INET6,s.SOCK_DGRAM) for _ in range(2)]\n\
+                k+=[s.socket(s.AF_UNIX,s.SOCK_STREAM) for _ in range(4)]\n\
+                k+=list(s.socketpair())\n\
+                k+=[s.socket(s.AF_INET,s.SOCK_RAW,1)]\n";
+    exactly("sockets per cgroup", || {
+        let (p0, _, c0) = read(&mut ebpf);
+        assert!(in_cgroup("/usr/bin/python3", &["-c", code], &cg.leaves[0]).status().unwrap().success());
+        let (p1, n1, c1) = read(&mut ebpf);
+        let id = cg.id(0);
+        let got = [
+            Event::SockAllocTcp,
+            Event::SockAllocUdp,
+            Event::SockAllocUnix,
+            Event::SockAllocRaw,
+            Event::SockAllocOther,
+        ]
+        .map(|e| delta(&c0, &c1, id, e));
+        if got != [3, 2, 6, 1, 0] {
+            return Err(format!("tcp/udp/unix/raw/other {got:?}, expected [3, 2, 6, 1, 0]"));
+        }
+        node_total_is_exact((p0, p1), &n1, &c0, &c1)
+    });
+}
