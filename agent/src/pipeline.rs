@@ -236,6 +236,12 @@ pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
         let mut out = stdout.lock();
         serde_json::to_writer(&mut out, &row)?;
         out.write_all(b"\n")?;
+        // With --pod-rows, the interval's pod rows follow their node row, one per line (they
+        // have a "kind" key; node rows do not).
+        for pod in &row.pods {
+            serde_json::to_writer(&mut out, pod)?;
+            out.write_all(b"\n")?;
+        }
         out.flush()?;
         Ok(())
     })

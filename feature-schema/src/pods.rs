@@ -276,6 +276,28 @@ impl PodRow {
     }
 }
 
+/// JSON object with exactly the [`pod_columns`] as keys, in order; ts as RFC 3339 UTC (what
+/// `feature-agent print --pod-rows` writes after each node row).
+impl serde::Serialize for PodRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let columns = pod_columns();
+        let mut m = s.serialize_map(Some(columns.len()))?;
+        for ((name, _), value) in columns.iter().zip(self.values()) {
+            match value {
+                Value::Null => m.serialize_entry(name, &None::<()>)?,
+                Value::Text(t) => m.serialize_entry(name, &t)?,
+                Value::Timestamp(_) => m.serialize_entry(name, &crate::timefmt::rfc3339_micros(self.ts))?,
+                Value::Float8(f) => m.serialize_entry(name, &f)?,
+                Value::Int8(i) => m.serialize_entry(name, &i)?,
+                Value::Int4(i) => m.serialize_entry(name, &i)?,
+                Value::TextArray(a) => m.serialize_entry(name, &a)?,
+            }
+        }
+        m.end()
+    }
+}
+
 /// Each pod column's type, in [`pod_columns`] order.
 pub fn pod_column_types() -> Vec<ColumnType> {
     PodRow::blank()

@@ -8,7 +8,11 @@
 //!   TCP-state attachments, sockets by kind through fexit, kprobe and the syscall fallback, the
 //!   automatic choice of socket hook, the connection gauges against sock_diag;
 //! - `feature-agent print --require-ebpf`: every program attaches; which hook feeds which columns;
-//! - an unprivileged run: eBPF not loaded, procfs rows still written; with --require-ebpf, exit 1.
+//! - an unprivileged run: eBPF not loaded, procfs rows still written; with --require-ebpf, exit 1;
+//! - per-pod rows on a pure cgroup v2 tree with every controller (what this machine's hybrid
+//!   layout cannot give): a kubelet-style pod cgroup with a process in its container, and
+//!   `feature-agent print --pod-rows` must name the pod from its log directory and fill the
+//!   memory, pids and io columns that are NULL on the host.
 //!
 //! Results go to target/kernel-test/matrix.md (the README's "Kernels" table). A kernel that
 //! cannot be downloaded or booted fails the task.
@@ -26,7 +30,7 @@ const KERNELS: [(&str, &str, bool); 2] =
     [("6.1", "linux-image-cloud-amd64", false), ("6.12", "linux-image-6.12-cloud-amd64", true)];
 
 /// The checks `/init` reports, in order, with `KT <name> ok|FAIL ...` lines.
-const CHECKS: [&str; 4] = ["truth", "require-ebpf", "unprivileged", "unprivileged-require"];
+const CHECKS: [&str; 5] = ["truth", "require-ebpf", "unprivileged", "unprivileged-require", "pod-rows"];
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
@@ -151,6 +155,27 @@ if [ $rc -eq 0 ] && [ "$(wc -l < /tmp/rows)" -eq 1 ] && grep -q 'eBPF programs n
 su -s /bin/sh nobody -c '/feature-agent print --records 1 --interval 0.5 --node-name vm --require-ebpf' > /tmp/rows 2> /tmp/log
 rc=$?
 if [ $rc -eq 1 ] && grep -q 'require-ebpf' /tmp/log; then echo "KT unprivileged-require ok"; else echo "KT unprivileged-require FAIL exit=$rc"; cat /tmp/log; fi
+# Per-pod rows on a pure cgroup v2 tree with the cpu, memory, pids and io controllers.
+mount -t cgroup2 none /sys/fs/cgroup
+UID=5f2e3d4c-5b6a-4789-8abc-0123456789ab
+P=/sys/fs/cgroup/kubepods/burstable/pod$UID
+C=$P/c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00
+mkdir -p $C /pods/vm-ns_web-0_$UID/web
+for d in /sys/fs/cgroup /sys/fs/cgroup/kubepods /sys/fs/cgroup/kubepods/burstable $P; do
+  echo "+cpu +memory +pids +io" > $d/cgroup.subtree_control
+done
+sh -c "echo 0 > $C/cgroup.procs; exec sleep 60" &
+sleep 1
+/feature-agent print --pod-rows --records 3 --interval 0.5 --cgroup-root /sys/fs/cgroup --pod-logs /pods --node-name vm > /tmp/pods 2> /tmp/log
+rc=$?
+grep "\"owner\":\"$UID\"" /tmp/pods | tail -1 > /tmp/pod
+sed 's/^/KT pod /' /tmp/pod
+ok=1
+for f in '"namespace":"vm-ns"' '"pod":"web-0"' '"qos":"Burstable"' '"memory_current":[0-9]' '"pids_current":[1-9]' '"io_read_bytes":[0-9]' '"cpu_usage_usec":[0-9]' '"memory_pressure_usec":[0-9]' '"oom_kills":[0-9]'; do
+  grep -q "$f" /tmp/pod || { ok=0; echo "KT missing $f"; }
+done
+kill %1
+if [ $rc -eq 0 ] && [ $ok -eq 1 ]; then echo "KT pod-rows ok"; else echo "KT pod-rows FAIL exit=$rc"; cat /tmp/log; fi
 echo "KT done"
 poweroff -f
 "#;
@@ -169,8 +194,10 @@ fn initramfs(
         std::fs::create_dir_all(root.join(d))?;
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))?;
-    for applet in ["sh", "mount", "insmod", "ip", "true", "poweroff", "su", "cat", "grep", "sed", "wc", "uname", "echo"]
-    {
+    for applet in [
+        "sh", "mount", "insmod", "ip", "true", "poweroff", "su", "cat", "grep", "sed", "wc", "uname", "echo", "mkdir",
+        "sleep", "kill", "tail",
+    ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
     std::fs::copy(agent, root.join("feature-agent"))?;
