@@ -109,6 +109,7 @@ async fn sample_loop(
                 row.pods = sampler.take_pod_rows(row.ts);
                 if sampler.pods_on() {
                     metrics.pod_rows_last.store(row.pods.len() as u64, Relaxed);
+                    metrics.cgroup_overflow_events.store(sampler.cgroup_overflow_events(), Relaxed);
                 }
                 emit(row)?;
                 taken += 1;

@@ -68,6 +68,8 @@ pub struct Sampler {
     pods: Option<PodSampler>,
     /// The last sample's per-pod rows, until the caller takes them.
     pod_rows: Vec<PodRow>,
+    /// Events counted as overflow (the per-cgroup map was full), since the programs were loaded.
+    cgroup_overflow: u64,
 }
 
 impl Sampler {
@@ -80,6 +82,12 @@ impl Sampler {
     /// Whether per-pod rows are produced.
     pub fn pods_on(&self) -> bool {
         self.pods.is_some()
+    }
+
+    /// Events the kernel could not attribute to their cgroup because the per-cgroup map was
+    /// full (they are in the "other" row), since the programs were loaded.
+    pub fn cgroup_overflow_events(&self) -> u64 {
+        self.cgroup_overflow
     }
 
     /// The per-pod rows of the last sample, stamped with the node row's `ts`.
@@ -111,6 +119,7 @@ impl Sampler {
             ebpf_ok: true,
             pods: None,
             pod_rows: Vec::new(),
+            cgroup_overflow: 0,
         };
         s.seed_gauges();
         s
@@ -255,6 +264,9 @@ impl Sampler {
             }
         }
         self.previous = Some((now, snap));
+        if let Some(c) = cgroups.as_ref() {
+            self.cgroup_overflow = c.overflow.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+        }
         if let (Some(pods), Some(ebpf), Some(cgroups)) = (self.pods.as_mut(), self.ebpf.as_mut(), cgroups.as_ref()) {
             self.pod_rows = pods.sample(ebpf, cgroups, &self.node, ts, row.interval_s);
         }

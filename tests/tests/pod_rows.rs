@@ -305,3 +305,46 @@ fn pod_rows_taken_during_an_outage_are_spooled_and_written_after_a_restart() {
     assert_eq!(mismatches, "0");
     let _ = std::fs::remove_dir_all(&spool);
 }
+
+/// A per-cgroup map too small for this machine: the kernel program reports it once through
+/// aya-log, forwarded to the agent's own log, and the events still reach the node row (through
+/// the other row); `print --pod-rows` writes the pod rows after each node row.
+#[test]
+fn a_full_cgroup_map_is_logged_once_and_nothing_is_lost() {
+    if !have_root("cgroup_map_full_logged") {
+        return;
+    }
+    let _g = exclusive();
+    let cg = TestCgroup::new("full", &["a", "b"]);
+    let agent = Command::new(agent_bin())
+        .args(["print", "--pod-rows", "--cgroup-map-entries", "1", "--records", "4", "--interval", "0.5"])
+        .env("POD_LOGS_DIR", "/nonexistent")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Events in two more cgroups while it runs: at most one of them finds room in the map.
+    std::thread::sleep(Duration::from_millis(700));
+    for leaf in &cg.leaves {
+        assert!(in_cgroup("/bin/true", &[], leaf).status().unwrap().success());
+    }
+    let out = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(log.matches("cgroup map full").count(), 1, "{log}");
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let node_rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("kind").is_none()).collect();
+    assert_eq!(node_rows.len(), 4);
+    // Every interval after the first: its pod rows add up to its node row.
+    for node in &node_rows[1..] {
+        let ts = &node["ts"];
+        let sum: i64 = lines
+            .iter()
+            .filter(|l| l.get("kind").is_some() && &l["ts"] == ts)
+            .map(|l| l["ebpf_execs"].as_i64().unwrap())
+            .sum();
+        assert_eq!(Some(sum), node["ebpf_execs"].as_i64(), "at {ts}");
+    }
+}
