@@ -106,7 +106,8 @@ impl Counter {
     /// run in the causing task's context).
     #[inline(always)]
     pub fn for_task<C: EbpfContext>(ctx: &C) -> Counter {
-        if settings().enabled == 0 {
+        // SAFETY: a read-only global the loader filled in; one field, not the whole struct.
+        if unsafe { core::ptr::read_volatile(&CGROUP_COUNTING.enabled) } == 0 {
             return Counter::Node;
         }
         // SAFETY: no arguments; returns the current task's cgroup v2 id.

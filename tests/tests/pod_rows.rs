@@ -1,7 +1,7 @@
 //! `feature-agent run --pod-rows` end to end, with the real eBPF programs and a real Postgres:
 //! kubelet-style cgroups made on this host (both drivers' naming, two QoS classes), matching
 //! /var/log/pods directories (a hostile namespace and name among them), known workloads run
-//! inside them. Checked in SQL: each pod's rows add up to exactly its workload's forks, execs,
+//! inside them (one pod with two containers). Checked in SQL: each pod's rows add up to exactly its workload's forks, execs,
 //! exits and failed connects; a pod whose cgroup is created, used and removed within one
 //! interval still has its row with exact counts; and at every interval, for every event
 //! column, the node row equals the sum of that interval's pod rows.
@@ -51,7 +51,9 @@ fn pod_rows_count_each_pods_workload_exactly_and_add_up_to_the_node_row() {
         "a".repeat(64)
     );
     let b = format!("kubepods/besteffort/pod{UID_B}/{}", "b".repeat(64));
-    let cg = TestCgroup::new("e2e", &[&a, &b]);
+    // Pod A has a second container.
+    let a2 = a.replace(&"a".repeat(64), &"f".repeat(64));
+    let cg = TestCgroup::new("e2e", &[&a, &b, &a2]);
 
     let interval = 2;
     let agent = Command::new(agent_bin())
@@ -72,6 +74,7 @@ fn pod_rows_count_each_pods_workload_exactly_and_add_up_to_the_node_row() {
     let loop_of = |n: u32| format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
     assert!(in_cgroup("/bin/sh", &["-c", &loop_of(100)], &cg.leaves[0]).status().unwrap().success());
     assert!(in_cgroup("/bin/sh", &["-c", &loop_of(7)], &cg.leaves[1]).status().unwrap().success());
+    assert!(in_cgroup("/bin/sh", &["-c", &loop_of(5)], &cg.leaves[2]).status().unwrap().success());
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let c = cg.top.join(format!("kubepods/burstable/pod{UID_C}"));
     let started = Instant::now();
@@ -100,10 +103,12 @@ fn pod_rows_count_each_pods_workload_exactly_and_add_up_to_the_node_row() {
     let total = |uid: &str, col: &str| {
         sql(db, &format!("SELECT coalesce(sum({col}), -1) FROM pod_features WHERE owner = '{uid}'"))
     };
+    // Pod A: its two containers' workloads together.
     assert_eq!(
         [total(UID_A, "ebpf_forks"), total(UID_A, "ebpf_execs"), total(UID_A, "ebpf_exits")],
-        ["100", "101", "101"]
+        ["105", "107", "107"]
     );
+    assert_eq!(sql(db, &format!("SELECT max(cgroups) FROM pod_features WHERE owner = '{UID_A}'")), "3");
     assert_eq!([total(UID_B, "ebpf_forks"), total(UID_B, "ebpf_execs"), total(UID_B, "ebpf_exits")], ["7", "8", "8"]);
     // Python: its own exec after joining, 100 forked children exiting, and itself.
     assert_eq!(
@@ -207,7 +212,7 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
     let forks = records[0].iter().position(|c| c == "ebpf_forks").unwrap();
     let a_forks: i64 =
         records.iter().skip(1).filter(|r| r[3] == UID_A).filter_map(|r| r[forks].parse::<i64>().ok()).sum();
-    assert_eq!(a_forks, 100);
+    assert_eq!(a_forks, 105);
     assert!(records.iter().any(|r| r[4] == "it's \"ns\"" && r[5] == "pöd-名前"));
     assert!(records.iter().any(|r| r[3] == UID_A && r[7] == "1" && r[8] == "fork-bomb"));
     let parquet = dir.join("pods.parquet");
