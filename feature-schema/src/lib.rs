@@ -61,17 +61,20 @@ pub fn column_types() -> [ColumnType; COLUMN_COUNT] {
 /// The INSERT of `rows` rows that every row goes through; a retried row meets its own
 /// (node, ts) and does nothing.
 pub fn insert_sql(rows: usize) -> String {
+    multi_row_insert("node_features", &COLUMNS, rows, "(node, ts)")
+}
+
+/// `INSERT INTO table (columns) VALUES ($1, ...), ... ON CONFLICT key DO NOTHING` for `rows`
+/// rows: the form both row types are written in.
+pub fn multi_row_insert(table: &str, columns: &[&str], rows: usize, key: &str) -> String {
+    let n = columns.len();
     let tuples: Vec<String> = (0..rows)
         .map(|r| {
-            let p: Vec<String> = (1..=COLUMN_COUNT).map(|i| format!("${}", r * COLUMN_COUNT + i)).collect();
+            let p: Vec<String> = (1..=n).map(|i| format!("${}", r * n + i)).collect();
             format!("({})", p.join(", "))
         })
         .collect();
-    format!(
-        "INSERT INTO node_features ({}) VALUES {} ON CONFLICT (node, ts) DO NOTHING",
-        COLUMNS.join(", "),
-        tuples.join(", ")
-    )
+    format!("INSERT INTO {table} ({}) VALUES {} ON CONFLICT {key} DO NOTHING", columns.join(", "), tuples.join(", "))
 }
 
 /// The detector's verdict on a row: both fields are None while it warms up.

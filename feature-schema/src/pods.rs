@@ -330,19 +330,8 @@ pub fn pod_columns() -> Vec<(&'static str, &'static str)> {
 
 /// The INSERT of `rows` pod rows; a retried row meets its own key and does nothing.
 pub fn pod_insert_sql(rows: usize) -> String {
-    let cols = pod_columns();
-    let n = cols.len();
-    let tuples: Vec<String> = (0..rows)
-        .map(|r| {
-            let p: Vec<String> = (1..=n).map(|i| format!("${}", r * n + i)).collect();
-            format!("({})", p.join(", "))
-        })
-        .collect();
-    format!(
-        "INSERT INTO pod_features ({}) VALUES {} ON CONFLICT (node, ts, kind, owner) DO NOTHING",
-        cols.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", "),
-        tuples.join(", ")
-    )
+    let cols: Vec<&str> = pod_columns().iter().map(|(c, _)| *c).collect();
+    crate::multi_row_insert("pod_features", &cols, rows, "(node, ts, kind, owner)")
 }
 
 /// Most rows one INSERT may carry (Postgres takes at most 65535 parameters).

@@ -183,6 +183,26 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How many measurement windows a check of node-wide kernel counts may take: the counts are
+/// node-wide, so anything else running on the machine adds to them; each check is exact and is
+/// retried until a window was quiet, and a real miscount fails every attempt.
+pub const ATTEMPTS: usize = 5;
+
+/// Runs `check` until it returns Ok, at most [`ATTEMPTS`] times; panics with the last complaint.
+pub fn exactly(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match check() {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("{what}: attempt {attempt}: {e}");
+                last = e;
+            }
+        }
+    }
+    panic!("{what}: not exact in {ATTEMPTS} windows; last: {last}");
+}
+
 /// Parses RFC 4180 CSV text (quoted fields with doubled quotes, commas and newlines inside
 /// quotes) into records of fields.
 pub fn csv_records(text: &str) -> Vec<Vec<String>> {

@@ -18,9 +18,7 @@ use agent::{
     tcp_diag::TcpDiag,
 };
 use agent_common::Event;
-use tests::{exclusive, have_root};
-
-const ATTEMPTS: usize = 5;
+use tests::{exactly, exclusive, have_root};
 
 fn load() -> EbpfCounters {
     load_with(LoadOptions::default())
@@ -37,21 +35,6 @@ fn load_with(options: LoadOptions) -> EbpfCounters {
 
 fn delta(before: &EbpfSnapshot, after: &EbpfSnapshot, e: Event) -> u64 {
     after.get(e) - before.get(e)
-}
-
-/// Runs `check` until it returns Ok, at most ATTEMPTS times; panics with the last complaint.
-fn exactly(what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let mut last = String::new();
-    for attempt in 1..=ATTEMPTS {
-        match check() {
-            Ok(()) => return,
-            Err(e) => {
-                eprintln!("{what}: attempt {attempt}: {e}");
-                last = e;
-            }
-        }
-    }
-    panic!("{what}: not exact in {ATTEMPTS} windows; last: {last}");
 }
 
 fn processes_total() -> i64 {

@@ -14,10 +14,8 @@ use agent::ebpf::{CgroupSnapshot, EbpfCounters, EbpfSnapshot, LoadOptions};
 use agent_common::{Event, EVENT_COUNT};
 use tests::{
     cgroup::{in_cgroup, TestCgroup},
-    exclusive, have_root,
+    exactly, exclusive, have_root,
 };
-
-const ATTEMPTS: usize = 5;
 
 fn load() -> EbpfCounters {
     load_with(false)
@@ -79,20 +77,6 @@ fn read(ebpf: &mut EbpfCounters) -> (u64, EbpfSnapshot, CgroupSnapshot) {
     let p = processes_total();
     let (node, cg) = ebpf.read_all().unwrap();
     (p, node, cg.unwrap())
-}
-
-fn exactly(what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let mut last = String::new();
-    for attempt in 1..=ATTEMPTS {
-        match check() {
-            Ok(()) => return,
-            Err(e) => {
-                eprintln!("{what}: attempt {attempt}: {e}");
-                last = e;
-            }
-        }
-    }
-    panic!("{what}: not exact in {ATTEMPTS} windows; last: {last}");
 }
 
 const SYSTEMD_POD: &str =
