@@ -305,13 +305,13 @@ fn demo(interval: f64, records: u64) -> anyhow::Result<()> {
     let pg = ThrowawayPostgres::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let url = pg.url("postgres");
     eprintln!("demo: database: {url}");
-    eprintln!("demo: running `feature-agent run --interval {interval} --records {records}`; each row is logged as it is written{}",
+    eprintln!("demo: running `feature-agent run --pod-rows --interval {interval} --records {records}`; each row is logged as it is written{}",
         if records == 0 { " (Ctrl-C to stop)" } else { "" });
     // Ctrl-C reaches the agent (same process group), which flushes and exits; we stay to clean up.
     // SAFETY: ignoring SIGINT in this process only.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let status = Command::new(&agent)
-        .args(["run", "--interval", &interval.to_string(), "--records", &records.to_string()])
+        .args(["run", "--pod-rows", "--interval", &interval.to_string(), "--records", &records.to_string()])
         .env("DATABASE_URL", &url)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .status()
@@ -328,6 +328,25 @@ fn demo(interval: f64, records: u64) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("ts|interval_s|cpu_idle|mem_av|load1|forks_delta|ebpf_forks|ebpf_execs|est_conn|lis_conn|tcp_to_est|sock_alloc_unix");
     print!("{summary}");
+    // The per-pod rows of the same intervals (on a machine without Kubernetes: host services
+    // and "other"), and the check that they add up to the node row.
+    let pods = pg
+        .psql(
+            "postgres",
+            "SELECT p.kind, p.owner, count(*) AS intervals, sum(p.ebpf_forks) AS forks, sum(p.ebpf_execs) AS execs, \
+             sum(p.tcp_to_est) AS tcp_to_est FROM pod_features p GROUP BY p.kind, p.owner ORDER BY forks DESC NULLS LAST LIMIT 10",
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("\nper-pod rows (kind|owner|intervals|forks|execs|tcp_to_est), busiest first:");
+    print!("{pods}");
+    let mismatched = pg
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM node_features n JOIN (SELECT ts, sum(ebpf_forks) AS s FROM pod_features GROUP BY ts) p \
+             USING (ts) WHERE n.ebpf_forks IS DISTINCT FROM p.s",
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("intervals whose pod rows do not add up to the node row's ebpf_forks: {}", mismatched.trim());
     // The research tools, on the same rows: the dataset as CSV.
     let csv = root().join("target/demo/rows.csv");
     std::fs::create_dir_all(csv.parent().expect("a directory"))?;
