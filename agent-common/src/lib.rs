@@ -71,6 +71,14 @@ pub struct CgroupCounting {
     pub cgroup_kn: u32,
     /// Offset in `struct kernfs_node` of `id` (u64: the cgroup id, the directory's inode).
     pub kernfs_id: u32,
+    /// Non-zero: the two offsets below are valid, and the task hooks read the running task's
+    /// cgroup id by direct loads instead of calling bpf_get_current_cgroup_id().
+    pub task_path_known: u32,
+    /// Offset in `struct task_struct` of `cgroups` (a `struct css_set *`).
+    pub task_cgroups: u32,
+    /// Offset in `struct css_set` of `dfl_cgrp` (the task's cgroup v2 `struct cgroup *`).
+    pub css_set_dfl_cgrp: u32,
+    pub _pad: u32,
 }
 
 /// Rare kernel-side conditions, each logged once through aya-log.

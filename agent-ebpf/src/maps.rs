@@ -8,7 +8,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     EbpfContext,
@@ -42,8 +42,18 @@ static CONDITIONS_LOGGED: HashMap<u32, u8> = HashMap::with_max_entries(KERNEL_CO
 
 /// Set by the agent before loading (agent-common's GLOBAL_CGROUP_COUNTING).
 #[unsafe(no_mangle)]
-static CGROUP_COUNTING: CgroupCounting =
-    CgroupCounting { enabled: 0, socket_owner_known: 0, sk_state: 0, sk_cgroup: 0, cgroup_kn: 0, kernfs_id: 0 };
+static CGROUP_COUNTING: CgroupCounting = CgroupCounting {
+    enabled: 0,
+    socket_owner_known: 0,
+    sk_state: 0,
+    sk_cgroup: 0,
+    cgroup_kn: 0,
+    kernfs_id: 0,
+    task_path_known: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    _pad: 0,
+};
 
 #[inline(always)]
 fn settings() -> CgroupCounting {
@@ -110,8 +120,7 @@ impl Counter {
         if unsafe { core::ptr::read_volatile(&CGROUP_COUNTING.enabled) } == 0 {
             return Counter::Node;
         }
-        // SAFETY: no arguments; returns the current task's cgroup v2 id.
-        cgroup_counter(ctx, unsafe { bpf_get_current_cgroup_id() })
+        cgroup_counter(ctx, current_cgroup_id())
     }
 
     /// The counter of the cgroup that owns socket `sk` (TCP state changes and resets, which the
@@ -165,6 +174,40 @@ impl Counter {
             return Counter::for_btf_socket(ctx, core::ptr::null());
         }
         Counter::for_btf_socket(ctx, sk)
+    }
+}
+
+/// The running task's cgroup v2 id: `current->cgroups->dfl_cgrp->kn->id` by direct loads the
+/// verifier checks against BTF (about 60 ns cheaper per event than bpf_get_current_cgroup_id()
+/// on this machine's kernel, BENCHMARKS.md), or the helper when the offsets are unknown.
+#[inline(always)]
+fn current_cgroup_id() -> u64 {
+    // SAFETY: read-only globals the loader filled in; `task` is the verifier-tracked current
+    // task, and each load is at a constant offset matched against BTF (a fault reads zero).
+    unsafe {
+        if core::ptr::read_volatile(&CGROUP_COUNTING.task_path_known) == 0 {
+            return bpf_get_current_cgroup_id();
+        }
+        let (task_cgroups, dfl_cgrp, cgroup_kn, kernfs_id) = (
+            core::ptr::read_volatile(&CGROUP_COUNTING.task_cgroups) as usize,
+            core::ptr::read_volatile(&CGROUP_COUNTING.css_set_dfl_cgrp) as usize,
+            core::ptr::read_volatile(&CGROUP_COUNTING.cgroup_kn) as usize,
+            core::ptr::read_volatile(&CGROUP_COUNTING.kernfs_id) as usize,
+        );
+        let task = bpf_get_current_task_btf() as *const u8;
+        let css_set = core::ptr::read(task.add(task_cgroups) as *const *const u8);
+        if css_set.is_null() {
+            return 0;
+        }
+        let cgroup = core::ptr::read(css_set.add(dfl_cgrp) as *const *const u8);
+        if cgroup.is_null() {
+            return 0;
+        }
+        let kn = core::ptr::read(cgroup.add(cgroup_kn) as *const *const u8);
+        if kn.is_null() {
+            return 0;
+        }
+        core::ptr::read(kn.add(kernfs_id) as *const u64)
     }
 }
 

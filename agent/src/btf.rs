@@ -205,6 +205,30 @@ pub struct SocketOwnerOffsets {
     pub kernfs_id: u32,
 }
 
+/// The offsets that lead from the running task to its cgroup v2: `task_struct.cgroups` and
+/// `css_set.dfl_cgrp` (then `cgroup.kn` and `kernfs_node.id`, as for sockets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskCgroupOffsets {
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+}
+
+/// Reads the task-path offsets from a kernel's BTF.
+pub fn task_cgroup_offsets(raw: &[u8]) -> Result<TaskCgroupOffsets, BtfError> {
+    let btf = Btf::parse(raw)?;
+    let pointer = |(off, ty): (u32, FieldType), field: &str| {
+        if ty == FieldType::Pointer {
+            Ok(off)
+        } else {
+            Err(BtfError::Type { field: field.to_owned(), want: "a pointer" })
+        }
+    };
+    Ok(TaskCgroupOffsets {
+        task_cgroups: pointer(btf.offset_of("task_struct", &["cgroups"])?, "task_struct.cgroups")?,
+        css_set_dfl_cgrp: pointer(btf.offset_of("css_set", &["dfl_cgrp"])?, "css_set.dfl_cgrp")?,
+    })
+}
+
 /// Reads the offsets from a kernel's BTF, checking each field has the type the programs read.
 pub fn socket_owner_offsets(raw: &[u8]) -> Result<SocketOwnerOffsets, BtfError> {
     let btf = Btf::parse(raw)?;
@@ -311,5 +335,7 @@ mod tests {
         let o = socket_owner_offsets(&raw).unwrap();
         assert!(o.sk_cgroup > o.sk_state, "{o:?}");
         assert!(o.kernfs_id > 0 && o.cgroup_kn > 0, "{o:?}");
+        let t = task_cgroup_offsets(&raw).unwrap();
+        assert!(t.task_cgroups > 0, "{t:?}");
     }
 }

@@ -271,16 +271,29 @@ fn cgroup_mkdir_layout_matches() -> bool {
         .all(|(field, offset)| format.lines().any(|l| l.contains(&format!("field:{field};")) && l.contains(offset)))
 }
 
-/// The per-cgroup settings for this kernel: the socket-owner offsets from its BTF, if it has them.
+/// The per-cgroup settings for this kernel: the socket-owner and task offsets from its BTF, if it
+/// has them.
 fn cgroup_counting() -> CgroupCounting {
     let mut c = CgroupCounting { enabled: 1, ..Default::default() };
-    match std::fs::read("/sys/kernel/btf/vmlinux")
-        .map_err(|e| e.to_string())
-        .and_then(|raw| crate::btf::socket_owner_offsets(&raw).map_err(|e| e.to_string()))
-    {
+    let raw = match std::fs::read("/sys/kernel/btf/vmlinux") {
+        Ok(raw) => raw,
+        Err(e) => {
+            warn!(error = %e, "per-pod TCP and reset counts unavailable: no kernel BTF to find a socket's cgroup (those pod columns are NULL)");
+            return c;
+        }
+    };
+    match crate::btf::socket_owner_offsets(&raw) {
         Ok(o) => {
             c.socket_owner_known = 1;
             (c.sk_state, c.sk_cgroup, c.cgroup_kn, c.kernfs_id) = (o.sk_state, o.sk_cgroup, o.cgroup_kn, o.kernfs_id);
+            // The task path ends in the same cgroup.kn -> kernfs_node.id.
+            match crate::btf::task_cgroup_offsets(&raw) {
+                Ok(t) => {
+                    c.task_path_known = 1;
+                    (c.task_cgroups, c.css_set_dfl_cgrp) = (t.task_cgroups, t.css_set_dfl_cgrp);
+                }
+                Err(e) => debug!(error = %e, "task cgroup path not in BTF; the task hooks call bpf_get_current_cgroup_id()"),
+            }
         }
         Err(e) => warn!(
             error = %e,
