@@ -292,7 +292,9 @@ fn cgroup_counting() -> CgroupCounting {
                     c.task_path_known = 1;
                     (c.task_cgroups, c.css_set_dfl_cgrp) = (t.task_cgroups, t.css_set_dfl_cgrp);
                 }
-                Err(e) => debug!(error = %e, "task cgroup path not in BTF; the task hooks call bpf_get_current_cgroup_id()"),
+                Err(e) => {
+                    debug!(error = %e, "task cgroup path not in BTF; the task hooks call bpf_get_current_cgroup_id()")
+                }
             }
         }
         Err(e) => warn!(
