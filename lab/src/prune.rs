@@ -19,9 +19,13 @@ pub struct PruneArgs {
 pub async fn command(args: PruneArgs) -> anyhow::Result<()> {
     let client = args.database.connect().await?;
     feature_db::migrate::require_current(&client).await?;
-    let days = f64::from(args.pod_days);
+    let days = i32::try_from(args.pod_days).context("--pod-days")?;
     let row = client
-        .query_one("SELECT drop_pod_features_before(now() - make_interval(days => $1::int)), now() - make_interval(days => $1::int)", &[&(args.pod_days as i32)])
+        .query_one(
+            "WITH c AS (SELECT now() - make_interval(days => $1) AS cutoff)
+             SELECT drop_pod_features_before(cutoff), cutoff FROM c",
+            &[&days],
+        )
         .await
         .context("dropping old pod partitions")?;
     let dropped: i32 = row.get(0);

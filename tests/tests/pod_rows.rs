@@ -352,4 +352,28 @@ fn a_full_cgroup_map_is_logged_once_and_nothing_is_lost() {
             .sum();
         assert_eq!(Some(sum), node["ebpf_execs"].as_i64(), "at {ts}");
     }
+
+    // The same through `run`: /metrics counts the overflow and the pod rows of an interval.
+    let port = tests::process::free_port();
+    let mut agent = Command::new(agent_bin())
+        .args(["run", "--pod-rows", "--cgroup-map-entries", "1", "--interval", "0.5", "--spool-dir", "off"])
+        .args(["--database-url", "host=/nonexistent-socket-dir", "--listen", &format!("127.0.0.1:{port}")])
+        .env("POD_LOGS_DIR", "/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tests::process::wait_for("the listener", Duration::from_secs(20), || {
+        tests::process::http_get(port, "/healthz").is_some()
+    });
+    tests::process::wait_for("overflow and pod rows in /metrics", Duration::from_secs(20), || {
+        for leaf in &cg.leaves {
+            assert!(in_cgroup("/bin/true", &[], leaf).status().unwrap().success());
+        }
+        let m = tests::process::metrics(port);
+        m.get("feature_agent_cgroup_overflow_events_total").is_some_and(|v| *v > 0.0)
+            && m.get("feature_agent_pod_rows_last").is_some_and(|v| *v >= 1.0)
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
 }
