@@ -55,11 +55,18 @@ static CGROUP_COUNTING: CgroupCounting = CgroupCounting {
     _pad: 0,
 };
 
+/// One field of [`CGROUP_COUNTING`] (one load, not the whole struct).
 #[inline(always)]
-fn settings() -> CgroupCounting {
-    // SAFETY: a plain global the loader fills in; read_volatile keeps the compiler from folding
-    // the zero initialiser into the code.
-    unsafe { core::ptr::read_volatile(&CGROUP_COUNTING) }
+fn setting(field: &u32) -> u32 {
+    // SAFETY: a field of a plain global the loader fills in; read_volatile keeps the compiler
+    // from folding the zero initialiser into the code.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// Whether socket events are counted per cgroup: counting is on and the owner offsets are known.
+#[inline(always)]
+fn socket_counting() -> bool {
+    setting(&CGROUP_COUNTING.enabled) != 0 && setting(&CGROUP_COUNTING.socket_owner_known) != 0
 }
 
 /// Moves one socket from `old` to `new` in this CPU's TCP state balance.
@@ -116,8 +123,7 @@ impl Counter {
     /// run in the causing task's context).
     #[inline(always)]
     pub fn for_task<C: EbpfContext>(ctx: &C) -> Counter {
-        // SAFETY: a read-only global the loader filled in; one field, not the whole struct.
-        if unsafe { core::ptr::read_volatile(&CGROUP_COUNTING.enabled) } == 0 {
+        if setting(&CGROUP_COUNTING.enabled) == 0 {
             return Counter::Node;
         }
         cgroup_counter(ctx, current_cgroup_id())
@@ -130,11 +136,10 @@ impl Counter {
     /// request, no cgroup) counts under id 0, the "other" row.
     #[inline(always)]
     pub fn for_socket<C: EbpfContext>(ctx: &C, sk: u64, full: bool) -> Counter {
-        let s = settings();
-        if s.enabled == 0 || s.socket_owner_known == 0 {
+        if !socket_counting() {
             return Counter::Node;
         }
-        cgroup_counter(ctx, socket_owner(&s, sk, full).unwrap_or(0))
+        cgroup_counter(ctx, socket_owner(sk, full).unwrap_or(0))
     }
 }
 
@@ -145,14 +150,7 @@ impl Counter {
     /// bpf_probe_read_kernel calls. The hook must only see full sockets.
     #[inline(always)]
     pub fn for_btf_socket<C: EbpfContext>(ctx: &C, sk: *const u8) -> Counter {
-        // SAFETY: read-only globals the loader filled in.
-        let (enabled, known) = unsafe {
-            (
-                core::ptr::read_volatile(&CGROUP_COUNTING.enabled),
-                core::ptr::read_volatile(&CGROUP_COUNTING.socket_owner_known),
-            )
-        };
-        if enabled == 0 || known == 0 {
+        if !socket_counting() {
             return Counter::Node;
         }
         cgroup_counter(ctx, btf_socket_owner(sk).unwrap_or(0))
@@ -169,7 +167,7 @@ impl Counter {
         }
         // SAFETY: a direct load of `__sk_common.skc_state`, in every kind of socket, at a
         // read-only offset the verifier matches against the kernel's BTF.
-        let state = unsafe { core::ptr::read(sk.add(core::ptr::read_volatile(&CGROUP_COUNTING.sk_state) as usize)) };
+        let state = unsafe { core::ptr::read(sk.add(setting(&CGROUP_COUNTING.sk_state) as usize)) };
         if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
             return Counter::for_btf_socket(ctx, core::ptr::null());
         }
@@ -185,14 +183,14 @@ fn current_cgroup_id() -> u64 {
     // SAFETY: read-only globals the loader filled in; `task` is the verifier-tracked current
     // task, and each load is at a constant offset matched against BTF (a fault reads zero).
     unsafe {
-        if core::ptr::read_volatile(&CGROUP_COUNTING.task_path_known) == 0 {
+        if setting(&CGROUP_COUNTING.task_path_known) == 0 {
             return bpf_get_current_cgroup_id();
         }
         let (task_cgroups, dfl_cgrp, cgroup_kn, kernfs_id) = (
-            core::ptr::read_volatile(&CGROUP_COUNTING.task_cgroups) as usize,
-            core::ptr::read_volatile(&CGROUP_COUNTING.css_set_dfl_cgrp) as usize,
-            core::ptr::read_volatile(&CGROUP_COUNTING.cgroup_kn) as usize,
-            core::ptr::read_volatile(&CGROUP_COUNTING.kernfs_id) as usize,
+            setting(&CGROUP_COUNTING.task_cgroups) as usize,
+            setting(&CGROUP_COUNTING.css_set_dfl_cgrp) as usize,
+            setting(&CGROUP_COUNTING.cgroup_kn) as usize,
+            setting(&CGROUP_COUNTING.kernfs_id) as usize,
         );
         let task = bpf_get_current_task_btf() as *const u8;
         let css_set = core::ptr::read(task.add(task_cgroups) as *const *const u8);
@@ -223,9 +221,9 @@ fn btf_socket_owner(sk: *const u8) -> Option<u64> {
     // pointer member, then the u64 id), and a fault on a bad pointer reads zero instead.
     unsafe {
         let (sk_cgroup, cgroup_kn, kernfs_id) = (
-            core::ptr::read_volatile(&CGROUP_COUNTING.sk_cgroup) as usize,
-            core::ptr::read_volatile(&CGROUP_COUNTING.cgroup_kn) as usize,
-            core::ptr::read_volatile(&CGROUP_COUNTING.kernfs_id) as usize,
+            setting(&CGROUP_COUNTING.sk_cgroup) as usize,
+            setting(&CGROUP_COUNTING.cgroup_kn) as usize,
+            setting(&CGROUP_COUNTING.kernfs_id) as usize,
         );
         let cgroup = core::ptr::read(sk.add(sk_cgroup) as *const *const u8);
         if cgroup.is_null() {
@@ -248,7 +246,7 @@ pub fn count_task<C: EbpfContext>(ctx: &C, event: Event, n: u64) {
 /// The cgroup v2 id of the task that created socket `sk` (sockets accepted from a listener
 /// inherit the listener's), read through the BTF offsets the agent supplied.
 #[inline(always)]
-fn socket_owner(s: &CgroupCounting, sk: u64, full: bool) -> Option<u64> {
+fn socket_owner(sk: u64, full: bool) -> Option<u64> {
     const TCP_TIME_WAIT: u8 = 6;
     const TCP_NEW_SYN_RECV: u8 = 12;
     if sk == 0 {
@@ -257,21 +255,24 @@ fn socket_owner(s: &CgroupCounting, sk: u64, full: bool) -> Option<u64> {
     // SAFETY: bpf_probe_read_kernel checks every address; a bad one is an error, not a fault.
     unsafe {
         if !full {
-            let state: u8 = bpf_probe_read_kernel((sk + u64::from(s.sk_state)) as *const u8).ok()?;
+            let state: u8 =
+                bpf_probe_read_kernel((sk + u64::from(setting(&CGROUP_COUNTING.sk_state))) as *const u8).ok()?;
             // Only full sockets carry sk_cgrp_data.
             if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
                 return None;
             }
         }
-        let cgroup: u64 = bpf_probe_read_kernel((sk + u64::from(s.sk_cgroup)) as *const u64).ok()?;
+        let cgroup: u64 =
+            bpf_probe_read_kernel((sk + u64::from(setting(&CGROUP_COUNTING.sk_cgroup))) as *const u64).ok()?;
         if cgroup == 0 {
             return None;
         }
-        let kn: u64 = bpf_probe_read_kernel((cgroup + u64::from(s.cgroup_kn)) as *const u64).ok()?;
+        let kn: u64 =
+            bpf_probe_read_kernel((cgroup + u64::from(setting(&CGROUP_COUNTING.cgroup_kn))) as *const u64).ok()?;
         if kn == 0 {
             return None;
         }
-        bpf_probe_read_kernel((kn + u64::from(s.kernfs_id)) as *const u64).ok()
+        bpf_probe_read_kernel((kn + u64::from(setting(&CGROUP_COUNTING.kernfs_id))) as *const u64).ok()
     }
 }
 

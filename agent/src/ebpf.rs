@@ -450,27 +450,24 @@ impl EbpfCounters {
             logger.flush();
         }
         let mut snap = CgroupSnapshot { retired: maps.retired, ..Default::default() };
+        // The node's totals, summed in the same pass: overflow, retired, every cgroup.
+        let mut total = [0u64; EVENT_COUNT];
         for entry in maps.counts.iter() {
             // An entry removed between the key walk and its lookup is skipped.
             let Ok((id, per_cpu)) = entry else { continue };
             let mut sum = [0u64; EVENT_COUNT];
-            for cpu in per_cpu.iter() {
-                for (s, v) in sum.iter_mut().zip(cpu.counts) {
-                    *s = s.wrapping_add(v);
-                }
-            }
+            add_cpus(&mut sum, &per_cpu);
+            add(&mut total, &sum);
             snap.by_cgroup.insert(id, sum);
         }
         let per_cpu =
             maps.overflow.get(&0, 0).map_err(|source| EbpfError::Read { name: MAP_CGROUP_OVERFLOW, source })?;
-        for cpu in per_cpu.iter() {
-            for (s, v) in snap.overflow.iter_mut().zip(cpu.counts) {
-                *s = s.wrapping_add(v);
-            }
-        }
+        add_cpus(&mut snap.overflow, &per_cpu);
+        add(&mut total, &snap.overflow);
+        add(&mut total, &snap.retired);
         for e in Event::ALL {
             if maps.socket_owner_known || !is_socket_event(e) {
-                node.events[e as usize] = snap.total(e);
+                node.events[e as usize] = total[e as usize];
             }
         }
         Ok((node, Some(snap)))
@@ -483,11 +480,7 @@ impl EbpfCounters {
         for id in ids {
             if let Ok(per_cpu) = maps.counts.get(id, 0) {
                 if maps.counts.remove(id).is_ok() {
-                    for cpu in per_cpu.iter() {
-                        for (r, v) in maps.retired.iter_mut().zip(cpu.counts) {
-                            *r = r.wrapping_add(v);
-                        }
-                    }
+                    add_cpus(&mut maps.retired, &per_cpu);
                 }
             }
         }
@@ -555,11 +548,7 @@ impl EbpfCounters {
     pub fn read(&self) -> Result<EbpfSnapshot, EbpfError> {
         let mut snap = EbpfSnapshot { events: [0; EVENT_COUNT], tcp_balance: [0; tcp_state::COUNT] };
         let per_cpu = self.events.get(&0, 0).map_err(|source| EbpfError::Read { name: MAP_EVENT_COUNTS, source })?;
-        for cpu in per_cpu.iter() {
-            for (sum, v) in snap.events.iter_mut().zip(cpu.counts) {
-                *sum = sum.wrapping_add(v);
-            }
-        }
+        add_cpus(&mut snap.events, &per_cpu);
         let per_cpu =
             self.balance.get(&0, 0).map_err(|source| EbpfError::Read { name: MAP_TCP_STATE_BALANCE, source })?;
         for cpu in per_cpu.iter() {
@@ -568,6 +557,19 @@ impl EbpfCounters {
             }
         }
         Ok(snap)
+    }
+}
+
+/// Adds every CPU's event counts into `into` (wrapping, like the kernel's counters).
+fn add_cpus(into: &mut [u64; EVENT_COUNT], per_cpu: &aya::maps::PerCpuValues<EventCounts>) {
+    for cpu in per_cpu.iter() {
+        add(into, &cpu.counts);
+    }
+}
+
+fn add(into: &mut [u64; EVENT_COUNT], counts: &[u64; EVENT_COUNT]) {
+    for (sum, v) in into.iter_mut().zip(counts) {
+        *sum = sum.wrapping_add(*v);
     }
 }
 

@@ -90,8 +90,10 @@ async fn sample_loop(
                 let started = std::time::Instant::now();
                 let mut row = sampler.sample();
                 // Stored at the scheduled boundary, so rows of every node share their ts exactly
-                // and a label window BETWEEN two boundaries holds the rows it names.
-                row.ts = scheduled_ts(tick, start, start_wall, period);
+                // and a label window BETWEEN two boundaries holds the rows it names. The
+                // interval's pod rows travel with the node row (one spool record, one
+                // transaction) and share its ts.
+                row.stamp(scheduled_ts(tick, start, start_wall, period));
                 detector.judge(&mut row);
                 metrics.observe_collection(started.elapsed().as_secs_f64());
                 metrics.programs_ok.store(sampler.ebpf_ok(), Relaxed);
@@ -104,9 +106,6 @@ async fn sample_loop(
                         "anomalous row"
                     );
                 }
-                // The interval's pod rows travel with its node row: one spool record, one
-                // transaction.
-                row.pods = sampler.take_pod_rows(row.ts);
                 if sampler.pods_on() {
                     metrics.pod_rows_last.store(row.pods.len() as u64, Relaxed);
                     metrics.cgroup_overflow_events.store(sampler.cgroup_overflow_events(), Relaxed);

@@ -15,7 +15,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     os::unix::fs::{DirEntryExt, MetadataExt},
     path::{Path, PathBuf},
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use agent_common::{Event, EVENT_COUNT};
@@ -29,6 +29,11 @@ use crate::{
 
 /// Deepest cgroup level walked (kubelet's containers are at 4 or 5 below the root).
 const MAX_DEPTH: usize = 8;
+
+/// How often /var/log/pods is read again for pods it did not name (kubelet makes a pod's log
+/// directory a moment after its cgroup; a pod may also have none). A pod not seen before is
+/// looked up at once.
+const NAMES_RETRY: Duration = Duration::from_secs(30);
 
 struct Previous {
     by_cgroup: HashMap<u64, [u64; EVENT_COUNT]>,
@@ -52,13 +57,24 @@ pub struct PodSampler {
     /// Cgroup id -> owner, for every cgroup seen alive or named at creation.
     known: HashMap<u64, Owner>,
     names: HashMap<String, PodName>,
+    /// When /var/log/pods was last read, and the pods it did not name then.
+    names_read: Option<Instant>,
+    unnamed: HashSet<String>,
     previous: Option<Previous>,
 }
 
 impl PodSampler {
     /// `root`: the host's cgroup v2 tree; `pod_logs`: kubelet's /var/log/pods.
     pub fn new(root: PathBuf, pod_logs: PathBuf) -> Self {
-        PodSampler { root, pod_logs, known: HashMap::new(), names: HashMap::new(), previous: None }
+        PodSampler {
+            root,
+            pod_logs,
+            known: HashMap::new(),
+            names: HashMap::new(),
+            names_read: None,
+            unnamed: HashSet::new(),
+            previous: None,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -95,12 +111,13 @@ impl PodSampler {
         out
     }
 
-    /// The rows of one interval, from `snap` (read by the caller with the node row); none on the
-    /// first call, which only sets the baseline. Then retires cgroups that are gone and quiet.
+    /// The rows of one interval, from `snap` (read by the caller with the node row, and kept as
+    /// the next interval's baseline); none on the first call, which only sets the baseline. Then
+    /// retires cgroups that are gone and quiet.
     pub fn sample(
         &mut self,
         ebpf: &mut EbpfCounters,
-        snap: &CgroupSnapshot,
+        snap: CgroupSnapshot,
         node: &str,
         ts: SystemTime,
         interval_s: Option<f64>,
@@ -118,7 +135,7 @@ impl PodSampler {
         self.known.retain(|id, _| live.contains_key(id) || snap.by_cgroup.contains_key(id));
         let Some(prev) = self.previous.take() else {
             self.previous =
-                Some(Previous { by_cgroup: snap.by_cgroup.clone(), overflow: snap.overflow, retired: snap.retired });
+                Some(Previous { by_cgroup: snap.by_cgroup, overflow: snap.overflow, retired: snap.retired });
             return Vec::new();
         };
 
@@ -140,7 +157,7 @@ impl PodSampler {
                     acc.qos = Some(qos.as_str());
                 }
                 Owner::Pod { qos, .. } => acc.qos = acc.qos.or(Some(qos.as_str())),
-                Owner::Service { unit } if path == &format!("system.slice/{unit}") => {
+                Owner::Service { unit } if path.strip_prefix("system.slice/") == Some(unit.as_str()) => {
                     acc.dir = Some(self.root.join(path));
                 }
                 _ => {}
@@ -175,8 +192,18 @@ impl PodSampler {
             other.events[i] = other.events[i].wrapping_add(d);
         }
 
-        if rows.keys().any(|(k, uid)| *k == OwnerKind::Pod && !self.names.contains_key(uid)) {
+        let unnamed = |names: &HashMap<String, PodName>| -> HashSet<String> {
+            rows.keys()
+                .filter(|(k, uid)| *k == OwnerKind::Pod && !names.contains_key(uid))
+                .map(|(_, uid)| uid.clone())
+                .collect()
+        };
+        let missing = unnamed(&self.names);
+        let retry = self.names_read.is_none_or(|t| t.elapsed() >= NAMES_RETRY);
+        if missing.iter().any(|uid| retry || !self.unnamed.contains(uid)) {
             self.names = pod_names(&self.pod_logs);
+            self.names_read = Some(Instant::now());
+            self.unnamed = unnamed(&self.names);
         }
         let counted: [bool; EVENT_COUNT] = Event::ALL.map(|e| ebpf.is_live(e) && ebpf.is_counted_per_cgroup(e));
         let out: Vec<PodRow> = rows
@@ -211,7 +238,7 @@ impl PodSampler {
 
         // Gone and quiet for a whole interval: out of the kernel map, its counts kept as
         // retired (already counted in the rows up to now).
-        let mut next = Previous { by_cgroup: snap.by_cgroup.clone(), overflow: snap.overflow, retired: snap.retired };
+        let mut next = Previous { by_cgroup: snap.by_cgroup, overflow: snap.overflow, retired: snap.retired };
         if !quiet_and_gone.is_empty() {
             debug!(cgroups = quiet_and_gone.len(), "retiring removed cgroups from the per-cgroup map");
             ebpf.retire(&quiet_and_gone);

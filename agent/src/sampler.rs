@@ -10,8 +10,6 @@ use agent_common::Event;
 use feature_schema::FeatureRow;
 use tracing::{info, warn};
 
-use feature_schema::pods::PodRow;
-
 use crate::{
     collector::Sources,
     ebpf::{EbpfCounters, EbpfSnapshot},
@@ -66,8 +64,6 @@ pub struct Sampler {
     failing: Vec<String>,
     ebpf_ok: bool,
     pods: Option<PodSampler>,
-    /// The last sample's per-pod rows, until the caller takes them.
-    pod_rows: Vec<PodRow>,
     /// Events counted as overflow (the per-cgroup map was full), since the programs were loaded.
     cgroup_overflow: u64,
 }
@@ -90,15 +86,6 @@ impl Sampler {
         self.cgroup_overflow
     }
 
-    /// The per-pod rows of the last sample, stamped with the node row's `ts`.
-    pub fn take_pod_rows(&mut self, ts: SystemTime) -> Vec<PodRow> {
-        let mut rows = std::mem::take(&mut self.pod_rows);
-        for r in &mut rows {
-            r.ts = ts;
-        }
-        rows
-    }
-
     pub fn new(node: String, sources: Sources, ebpf: Option<EbpfCounters>, recheck: Duration) -> Self {
         let diag = match TcpDiag::open() {
             Ok(d) => Some(d),
@@ -118,7 +105,6 @@ impl Sampler {
             failing: Vec::new(),
             ebpf_ok: true,
             pods: None,
-            pod_rows: Vec::new(),
             cgroup_overflow: 0,
         };
         s.seed_gauges();
@@ -220,7 +206,8 @@ impl Sampler {
         }
     }
 
-    /// Takes one row. Sources that fail leave their columns empty and are logged.
+    /// Takes one row (with --pod-rows, the interval's pod rows in `pods`). Sources that fail
+    /// leave their columns empty and are logged.
     pub fn sample(&mut self) -> FeatureRow {
         let ts = SystemTime::now();
         let now = Instant::now();
@@ -267,8 +254,8 @@ impl Sampler {
         if let Some(c) = cgroups.as_ref() {
             self.cgroup_overflow = c.overflow.iter().fold(0u64, |a, b| a.wrapping_add(*b));
         }
-        if let (Some(pods), Some(ebpf), Some(cgroups)) = (self.pods.as_mut(), self.ebpf.as_mut(), cgroups.as_ref()) {
-            self.pod_rows = pods.sample(ebpf, cgroups, &self.node, ts, row.interval_s);
+        if let (Some(pods), Some(ebpf), Some(cgroups)) = (self.pods.as_mut(), self.ebpf.as_mut(), cgroups) {
+            row.pods = pods.sample(ebpf, cgroups, &self.node, ts, row.interval_s);
         }
         row
     }

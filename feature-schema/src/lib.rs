@@ -101,6 +101,14 @@ impl FeatureRow {
         debug_assert!(set, "event columns are bigint");
     }
 
+    /// Puts the row, and the pod rows of its interval, on the interval's boundary `ts`.
+    pub fn stamp(&mut self, ts: std::time::SystemTime) {
+        self.ts = ts;
+        for pod in &mut self.pods {
+            pod.ts = ts;
+        }
+    }
+
     /// The detector's verdict on this row.
     pub fn verdict(&self) -> Verdict {
         Verdict { anomaly_score: self.anomaly_score, anomalous_features: self.anomalous_features.clone() }

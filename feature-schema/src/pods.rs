@@ -350,19 +350,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), cols.len());
-        let row = PodRow {
-            node: "n".into(),
-            ts: SystemTime::UNIX_EPOCH,
-            interval_s: None,
-            kind: OwnerKind::Other,
-            owner: "other".into(),
-            namespace: None,
-            pod: None,
-            qos: None,
-            cgroups: None,
-            events: [None; EVENT_COUNT],
-            resources: [None; RESOURCE_COUNT],
-        };
+        let row = PodRow { node: "n".into(), owner: "other".into(), ..PodRow::blank() };
         assert_eq!(row.params().len(), cols.len());
         assert!(pod_insert_sql(2).contains(&format!("${}", 2 * cols.len())));
         assert_eq!(event_columns()[Event::Fork as usize], "ebpf_forks");

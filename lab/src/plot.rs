@@ -523,6 +523,23 @@ fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> anyhow::Result
     Ok(())
 }
 
+/// The SQL of a plot's rows: time, label, whether judged and flagged (`verdict`), the scored
+/// values `columns` and the z-scores of `names`, from `from` (a deltas view `d` joined to its
+/// z-scores `z`) where `filter` holds, in the --from/--to window ($2, $3), grouped by `group`.
+fn series_sql(columns: &[String], names: &[String], verdict: &str, from: &str, filter: &str, group: &str) -> String {
+    let zs: Vec<String> = names.iter().map(|n| format!("max(z.z) FILTER (WHERE z.feature = '{n}')")).collect();
+    format!(
+        "SELECT extract(epoch FROM d.ts)::float8, d.attack = 1, d.attack_type, {verdict}, {}, {}
+         FROM {from}
+         WHERE {filter} AND ($2::timestamptz IS NULL OR d.ts >= $2) AND ($3::timestamptz IS NULL OR d.ts <= $3)
+         GROUP BY {group}, {}
+         ORDER BY d.ts",
+        columns.join(", "),
+        zs.join(", "),
+        columns.join(", ")
+    )
+}
+
 /// Reads the node's rows, the scored values of `names` and their z-scores.
 async fn load(
     client: &Client,
@@ -542,18 +559,14 @@ async fn load(
             }
         })
         .collect();
-    let zs: Vec<String> = names.iter().map(|n| format!("max(z.z) FILTER (WHERE z.feature = '{n}')")).collect();
-    let sql = format!(
-        "SELECT extract(epoch FROM d.ts)::float8, d.attack = 1, d.attack_type, d.anomalous_features IS NOT NULL,
-                coalesce(cardinality(d.anomalous_features), 0) > 0, {}, {}
-         FROM node_feature_deltas d
-         LEFT JOIN node_feature_zscores(2.0, $2, $3, false, $1) z ON z.node = d.node AND z.ts = d.ts
-         WHERE d.node = $1 AND ($2::timestamptz IS NULL OR d.ts >= $2) AND ($3::timestamptz IS NULL OR d.ts <= $3)
-         GROUP BY d.node, d.ts, d.attack, d.attack_type, d.anomalous_features, {}
-         ORDER BY d.ts",
-        cols.join(", "),
-        zs.join(", "),
-        cols.join(", ")
+    let sql = series_sql(
+        &cols,
+        names,
+        "d.anomalous_features IS NOT NULL, coalesce(cardinality(d.anomalous_features), 0) > 0",
+        "node_feature_deltas d
+         LEFT JOIN node_feature_zscores(2.0, $2, $3, false, $1) z ON z.node = d.node AND z.ts = d.ts",
+        "d.node = $1",
+        "d.node, d.ts, d.attack, d.attack_type, d.anomalous_features",
     );
     let rows = client.query(&sql, &[&node, &from, &to]).await.context("reading the node's rows")?;
     Ok(plot_data(&rows, names.len()))
@@ -577,18 +590,14 @@ async fn load_pod(
             _ => format!("d.{n}::float8"),
         })
         .collect();
-    let zs: Vec<String> = names.iter().map(|n| format!("max(z.z) FILTER (WHERE z.feature = '{n}')")).collect();
-    let sql = format!(
-        "SELECT extract(epoch FROM d.ts)::float8, d.attack = 1, d.attack_type, true, false, {}, {}
-         FROM pod_feature_deltas d
-         LEFT JOIN pod_feature_zscores z ON z.node = d.node AND z.ts = d.ts AND z.kind = d.kind AND z.owner = d.owner
-         WHERE d.node = $1 AND (d.owner = $4 OR d.namespace || '/' || d.pod = $4)
-           AND ($2::timestamptz IS NULL OR d.ts >= $2) AND ($3::timestamptz IS NULL OR d.ts <= $3)
-         GROUP BY d.node, d.ts, d.kind, d.owner, d.attack, d.attack_type, {}
-         ORDER BY d.ts",
-        cols.join(", "),
-        zs.join(", "),
-        cols.join(", ")
+    let sql = series_sql(
+        &cols,
+        names,
+        "true, false",
+        "pod_feature_deltas d
+         LEFT JOIN pod_feature_zscores z ON z.node = d.node AND z.ts = d.ts AND z.kind = d.kind AND z.owner = d.owner",
+        "d.node = $1 AND (d.owner = $4 OR d.namespace || '/' || d.pod = $4)",
+        "d.node, d.ts, d.kind, d.owner, d.attack, d.attack_type",
     );
     let rows = client.query(&sql, &[&node, &from, &to, &pod]).await.context("reading the pod's rows")?;
     Ok(plot_data(&rows, names.len()))

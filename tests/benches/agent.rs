@@ -108,7 +108,7 @@ fn pod_benches(rows: &mut Vec<(String, String)>) {
         make_pod_cgroups(&base, n);
         let mut s = pod_sampler();
         let cpu = cpu_per_row(&mut s, 200);
-        let pods = s.take_pod_rows(std::time::SystemTime::now());
+        let pods = s.sample().pods;
         rows.push((
             format!("CPU per interval with per-pod rows, {n} test cgroups ({} pod rows)", pods.len()),
             format!("{:.1} µs", cpu.as_secs_f64() * 1e6),
@@ -306,8 +306,8 @@ fn rss_after_hour_of_rows() -> (u64, u64) {
             .lines()
             .find(|l| l.starts_with(key))
             .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in /proc/PID/status"))
     };
     let (rss, hwm) = (kb("VmRSS:"), kb("VmHWM:"));
     // SAFETY: signalling our child.

@@ -83,14 +83,7 @@ fn main() {
                     latencies
                 }));
             }
-            let started = Instant::now();
-            let mut latencies = Vec::new();
-            for t in tasks {
-                latencies.extend(t.await.unwrap());
-            }
-            let rate = written.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-            latencies.sort();
-            let p99 = latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3;
+            let (rate, p99) = finish(tasks, &written).await;
             println!("| {nodes} | {rate:.0} | {:.0} | {:.0} | {p99:.1} |", rate * 10.0, rate);
         }
 
@@ -160,17 +153,23 @@ fn main() {
                     latencies
                 }));
             }
-            let started = Instant::now();
-            let mut latencies = Vec::new();
-            for t in tasks {
-                latencies.extend(t.await.unwrap());
-            }
-            let rate = written.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-            latencies.sort();
-            let p99 = latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3;
+            let (rate, p99) = finish(tasks, &written).await;
             println!("| {nodes} | {rate:.0} | {:.0} | {:.0} | {p99:.1} |", rate * pods as f64, rate * 10.0);
         }
     });
+}
+
+/// Waits for the writers; returns what they wrote per second (counted in `written`) and the
+/// 99th percentile of their write latencies, in ms.
+async fn finish(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, written: &AtomicU64) -> (f64, f64) {
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    let rate = written.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    latencies.sort();
+    (rate, latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3)
 }
 
 fn num_cpus() -> usize {

@@ -41,9 +41,13 @@ fn load_with(fallbacks: bool) -> EbpfCounters {
     c
 }
 
+/// The count of `e` in cgroup `id` between two reads. The cgroup must be in the later read (its
+/// workload ran, so it counted something); a cgroup missing from the earlier read had counted
+/// nothing yet.
 fn delta(a: &CgroupSnapshot, b: &CgroupSnapshot, id: u64, e: Event) -> u64 {
-    let get = |s: &CgroupSnapshot| s.by_cgroup.get(&id).map_or(0, |c| c[e as usize]);
-    get(b) - get(a)
+    let after = b.by_cgroup.get(&id).unwrap_or_else(|| panic!("cgroup {id} is not in the per-cgroup map"))[e as usize];
+    let before = a.by_cgroup.get(&id).map_or(0, |c| c[e as usize]);
+    after - before
 }
 
 fn processes_total() -> u64 {
@@ -247,7 +251,7 @@ fn a_thousand_cgroups_get_their_rows_and_are_forgotten_once_removed() {
     let sample = |ebpf: &mut EbpfCounters, pods: &mut agent::pods::PodSampler| {
         let (_, cgroups) = ebpf.read_all().unwrap();
         let cgroups = cgroups.unwrap();
-        let rows = pods.sample(ebpf, &cgroups, "thousand", std::time::SystemTime::now(), Some(1.0));
+        let rows = pods.sample(ebpf, cgroups.clone(), "thousand", std::time::SystemTime::now(), Some(1.0));
         (cgroups, rows)
     };
     sample(&mut ebpf, &mut pods);

@@ -12,6 +12,10 @@ use std::{
 
 use agent_common::Event;
 use feature_schema::pods::event_columns;
+use parquet::{
+    file::reader::{FileReader, SerializedFileReader},
+    record::RowAccessor,
+};
 use tests::{
     agent_bin,
     cgroup::{in_cgroup, TestCgroup},
@@ -187,12 +191,14 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
         sql(
             db,
             &format!(
-                "SELECT coalesce(max(abs(z)), 0) FROM pod_feature_zscores
+                "SELECT abs(z) FROM pod_feature_zscores
                  WHERE owner = '{uid}' AND ts = '{burst}' AND feature = 'ebpf_forks'"
             ),
         )
     };
-    let (za, zb): (f64, f64) = (z(UID_A).parse().unwrap(), z(UID_B).parse().unwrap());
+    // Each pod has exactly one row at that time, and a z-score on it (not NULL, not missing).
+    let parse = |uid: &str| z(uid).parse::<f64>().unwrap_or_else(|_| panic!("pod {uid}: no z at {burst}"));
+    let (za, zb) = (parse(UID_A), parse(UID_B));
     assert!(za > 4.0 && zb < 2.0, "z of ebpf_forks at the burst: pod A {za}, pod B {zb}");
 
     // Export: every pod row, integers as integers, names as they are.
@@ -223,6 +229,18 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("{} rows", records.len() - 1)));
+    // Read back: the same rows, the eBPF columns as INT64 (pod A's forks add up as in the CSV).
+    let reader = SerializedFileReader::new(std::fs::File::open(&parquet).unwrap()).unwrap();
+    let mut parquet_rows = 0;
+    let mut parquet_a_forks = 0i64;
+    for row in reader.get_row_iter(None).unwrap() {
+        let row = row.unwrap();
+        parquet_rows += 1;
+        if row.get_string(3).unwrap() == UID_A && !row.is_null(forks).unwrap() {
+            parquet_a_forks += row.get_long(forks).unwrap();
+        }
+    }
+    assert_eq!((parquet_rows, parquet_a_forks), (records.len() - 1, 105));
 
     // Plot of pod A: its labelled window shaded and named.
     let png = dir.join("pod.png");
@@ -237,9 +255,11 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
     assert_eq!(summary["unjudged"], 0);
 
     // Retention keeps today's rows.
+    let rows_before = sql(db, "SELECT count(*) FROM pod_features");
     let out = run_lab(&["prune", "--pod-days", "1"], &env, Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("0 day partitions"));
+    assert_eq!(sql(db, "SELECT count(*) FROM pod_features"), rows_before);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
