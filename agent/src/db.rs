@@ -507,8 +507,10 @@ async fn write_rows(
             Ok(())
         }
         Err(e) if is_row_error(&e) => {
-            // Perhaps a partition was dropped under us: forget what we know and go row by row.
+            // Perhaps a partition was dropped under us (retention drops pod day partitions):
+            // forget every partition we know and go row by row.
             s.partitions.clear();
+            s.pod_partitions.clear();
             for row in rows {
                 match s.write(std::slice::from_ref(row)).await {
                     Ok(inserted) => {

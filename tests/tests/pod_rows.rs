@@ -397,3 +397,48 @@ fn a_full_cgroup_map_is_logged_once_and_nothing_is_lost() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// Retention (or anything else) drops today's pod partition under a running agent: the next
+/// interval's write fails, the writer forgets the partitions it knew, creates them again and
+/// writes on; no node row and no pod row of those intervals is refused or lost.
+#[test]
+fn a_pod_partition_dropped_under_a_running_agent_is_made_again() {
+    if !have_root("pod_partition_dropped") {
+        return;
+    }
+    let _g = exclusive();
+    let db = "pod_partition_dropped";
+    let url = migrated_database(db);
+    let agent = Command::new(agent_bin())
+        .args(["run", "--pod-rows", "--interval", "0.5", "--listen", "off", "--spool-dir", "off"])
+        .env("DATABASE_URL", &url)
+        .env("NODE_NAME", "drop-node")
+        .env("POD_LOGS_DIR", "/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pod_intervals = || sql(db, "SELECT count(DISTINCT ts) FROM pod_features").parse::<i64>().unwrap();
+    wait_for("pod rows", Duration::from_secs(30), || pod_intervals() >= 2);
+    // Every day partition ends before the day after tomorrow: all of them go.
+    let dropped: i64 = sql(db, "SELECT drop_pod_features_before(now() + interval '2 days')").parse().unwrap();
+    assert!(dropped >= 1);
+    let node_before: i64 = sql(db, "SELECT count(*) FROM node_features").parse().unwrap();
+    wait_for("pod rows after the drop", Duration::from_secs(30), || pod_intervals() >= 4);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let out = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains("refused"), "{log}");
+    // Every node row written since the drop has its pod rows, and the other way round.
+    let node_after: i64 = sql(db, "SELECT count(*) FROM node_features").parse().unwrap();
+    assert!(node_after >= node_before + 2);
+    let unmatched = sql(
+        db,
+        "SELECT count(*) FROM node_features n WHERE n.interval_s IS NOT NULL
+           AND n.ts > (SELECT min(ts) FROM pod_features)
+           AND NOT EXISTS (SELECT 1 FROM pod_features p WHERE p.node = n.node AND p.ts = n.ts)",
+    );
+    assert_eq!(unmatched, "0");
+}
