@@ -138,20 +138,31 @@ fn pod_benches(rows: &mut Vec<(String, String)>) {
         LoadOptions { socket_hook: syscalls, ..per_cgroup },
         7,
     );
-    for (name, events, a, b, added) in costs {
+    for c in costs {
         rows.push((
-            format!("program {name}: run time per event, node-only / per-cgroup ({events} events per round)"),
-            format!("{a:.0} / {b:.0} ns (added {added:+.0} ns)"),
+            format!("program {}: run time per event, node-only / per-cgroup ({} events per round)", c.name, c.events),
+            format!("{:.0} / {:.0} ns (added {:+.0} ns)", c.with_a, c.with_b, c.added),
         ));
     }
 }
 
+/// One program's run time per event under two load options, from [`interleaved_program_costs`].
+struct ProgramCost {
+    name: &'static str,
+    /// Events in the last round with the second options.
+    events: u64,
+    /// Median ns per event with the first options, then with the second.
+    with_a: f64,
+    with_b: f64,
+    /// Median of the rounds' differences (second minus first).
+    added: f64,
+}
+
 /// Each program's run time per event (kernel.bpf_stats_enabled) under [`per_program_workload`]
-/// with `a` loaded, then `b`, alternating for `rounds` rounds: per program, its events in the
-/// last round, the median with `a`, the median with `b`, and the median of the rounds' b - a.
-fn interleaved_program_costs(a: LoadOptions, b: LoadOptions, rounds: usize) -> Vec<(&'static str, u64, f64, f64, f64)> {
+/// with `a` loaded, then `b`, alternating for `rounds` rounds.
+fn interleaved_program_costs(a: LoadOptions, b: LoadOptions, rounds: usize) -> Vec<ProgramCost> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("kernel.bpf_stats_enabled");
-    let mut per_round: Vec<[Vec<(&'static str, u64, f64)>; 2]> = Vec::new();
+    let mut per_round: Vec<[Costs; 2]> = Vec::new();
     for _ in 0..rounds {
         let one = |opts| {
             let counters = EbpfCounters::load_with(opts).expect("eBPF loads");
@@ -172,14 +183,12 @@ fn interleaved_program_costs(a: LoadOptions, b: LoadOptions, rounds: usize) -> V
         .filter_map(|(name, events)| {
             let ns = |costs: &[(&str, u64, f64)]| costs.iter().find(|(n, _, _)| *n == name).map(|(_, _, ns)| *ns);
             let pairs: Vec<(f64, f64)> = per_round.iter().filter_map(|[x, y]| Some((ns(x)?, ns(y)?))).collect();
-            (!pairs.is_empty()).then(|| {
-                (
-                    name,
-                    events,
-                    median_f(pairs.iter().map(|p| p.0).collect()),
-                    median_f(pairs.iter().map(|p| p.1).collect()),
-                    median_f(pairs.iter().map(|p| p.1 - p.0).collect()),
-                )
+            (!pairs.is_empty()).then(|| ProgramCost {
+                name,
+                events,
+                with_a: median_f(pairs.iter().map(|p| p.0).collect()),
+                with_b: median_f(pairs.iter().map(|p| p.1).collect()),
+                added: median_f(pairs.iter().map(|p| p.1 - p.0).collect()),
             })
         })
         .collect()
@@ -374,7 +383,10 @@ fn syscall_loop(n: u32, mut call: impl FnMut()) -> Duration {
 
 /// Each of our programs' run time per event, from /proc/self/fdinfo of its descriptor
 /// (run_time_ns and run_cnt, counted while kernel.bpf_stats_enabled is on).
-fn program_costs(counters: &EbpfCounters) -> Vec<(&'static str, u64, f64)> {
+/// Per attached program: its name, events run, and ns per event.
+type Costs = Vec<(&'static str, u64, f64)>;
+
+fn program_costs(counters: &EbpfCounters) -> Costs {
     let ids = counters.program_ids();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
