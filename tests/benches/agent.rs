@@ -15,8 +15,9 @@
 //!   8. per-pod rows (BENCH_ONLY=pods alone): CPU per interval with per-pod rows on and 0, 100
 //!      and 1,000 kubelet-style cgroups in the v2 tree; the fork and connect loops with
 //!      per-cgroup counting against node-only counting, interleaved in one run; each program's
-//!      cost per event with node-only and with per-cgroup counting, loaded in turn (7 rounds),
-//!      and the added cost (the median of the rounds' differences)
+//!      cost per event with node-only and with per-cgroup counting, loaded in turn (7 rounds,
+//!      which goes first alternating), and the added cost (the median of the rounds'
+//!      differences)
 //!
 //! Needs root. Prints a Markdown table.
 use std::{
@@ -159,22 +160,24 @@ struct ProgramCost {
 }
 
 /// Each program's run time per event (kernel.bpf_stats_enabled) under [`per_program_workload`]
-/// with `a` loaded, then `b`, alternating for `rounds` rounds.
+/// with `a` loaded and with `b`, for `rounds` rounds, the one loaded first alternating.
 fn interleaved_program_costs(a: LoadOptions, b: LoadOptions, rounds: usize) -> Vec<ProgramCost> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("kernel.bpf_stats_enabled");
     let mut per_round: Vec<[Costs; 2]> = Vec::new();
-    for _ in 0..rounds {
+    for round in 0..rounds {
         let one = |opts| {
             let counters = EbpfCounters::load_with(opts).expect("eBPF loads");
             per_program_workload();
             program_costs(&counters)
         };
-        per_round.push([one(a), one(b)]);
+        per_round.push(if round % 2 == 0 {
+            let with_a = one(a);
+            [with_a, one(b)]
+        } else {
+            let with_b = one(b);
+            [one(a), with_b]
+        });
     }
-    let median_f = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     // Programs the workload does not reach (socketpair) have nothing to report.
     let names: Vec<(&'static str, u64)> =
         per_round[rounds - 1][1].iter().filter(|(_, c, _)| *c > 0).map(|(n, c, _)| (*n, *c)).collect();
@@ -186,9 +189,9 @@ fn interleaved_program_costs(a: LoadOptions, b: LoadOptions, rounds: usize) -> V
             (!pairs.is_empty()).then(|| ProgramCost {
                 name,
                 events,
-                with_a: median_f(pairs.iter().map(|p| p.0).collect()),
-                with_b: median_f(pairs.iter().map(|p| p.1).collect()),
-                added: median_f(pairs.iter().map(|p| p.1 - p.0).collect()),
+                with_a: median(pairs.iter().map(|p| p.0).collect()),
+                with_b: median(pairs.iter().map(|p| p.1).collect()),
+                added: median(pairs.iter().map(|p| p.1 - p.0).collect()),
             })
         })
         .collect()
@@ -271,8 +274,9 @@ fn hold_server(n: usize) {
     let _ = std::io::stdin().read_line(&mut line);
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+/// The middle value (the upper one of an even count); the values must be ordered (no NaN).
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|x, y| x.partial_cmp(y).expect("comparable values"));
     v[v.len() / 2]
 }
 
@@ -381,11 +385,11 @@ fn syscall_loop(n: u32, mut call: impl FnMut()) -> Duration {
     t0.elapsed()
 }
 
-/// Each of our programs' run time per event, from /proc/self/fdinfo of its descriptor
-/// (run_time_ns and run_cnt, counted while kernel.bpf_stats_enabled is on).
 /// Per attached program: its name, events run, and ns per event.
 type Costs = Vec<(&'static str, u64, f64)>;
 
+/// Each of our programs' run time per event, from /proc/self/fdinfo of its descriptor
+/// (run_time_ns and run_cnt, counted while kernel.bpf_stats_enabled is on).
 fn program_costs(counters: &EbpfCounters) -> Costs {
     let ids = counters.program_ids();
     let mut out = Vec::new();

@@ -19,9 +19,10 @@ use tests::{agent_bin, fresh_spool_dir};
 
 /// Seconds since the epoch of a log line's RFC 3339 timestamp (its first field).
 fn log_time(line: &str) -> f64 {
-    let ts = line.split_whitespace().next().unwrap_or_default();
+    let ts = line.split_whitespace().next().unwrap_or_else(|| panic!("no timestamp in {line:?}"));
     let out = Command::new("date").args(["-u", "-d", ts, "+%s.%N"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(f64::NAN)
+    let secs = String::from_utf8_lossy(&out.stdout);
+    secs.trim().parse().unwrap_or_else(|_| panic!("date could not read {ts:?}: {secs:?}"))
 }
 
 fn main() {
@@ -97,7 +98,8 @@ fn main() {
             .unwrap();
         // The agent exits 1: its rows stay in the spool, as intended here.
         assert_eq!(status.code(), Some(1));
-        let text = std::fs::read_to_string(&summary).unwrap_or_default();
+        // A syscall strace never saw has no line: that count is 0.
+        let text = std::fs::read_to_string(&summary).expect("strace wrote its summary");
         let calls = |name: &str| -> u64 {
             text.lines()
                 .find(|l| l.split_whitespace().last() == Some(name))
