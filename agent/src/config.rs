@@ -82,6 +82,10 @@ pub struct SamplingArgs {
     pub pod_logs: PathBuf,
     #[command(flatten)]
     pub detector: DetectorArgs,
+    /// Tests only: a file holding seconds to add to the wall clock, read at every tick (see
+    /// clock.rs), to step a real agent's clock without touching the machine's.
+    #[arg(long, env = "FEATURE_AGENT_CLOCK_OFFSET_FILE", hide = true)]
+    pub clock_offset_file: Option<PathBuf>,
 }
 
 /// The streaming detector that judges every row (see detector.rs).
@@ -214,6 +218,14 @@ impl SamplingArgs {
                 warn!(error = %e, hint = e.hint(), "eBPF programs not loaded; writing procfs features only, eBPF columns will be NULL");
                 Ok(None)
             }
+        }
+    }
+
+    /// The wall clock the rows are stamped from.
+    pub fn clock(&self) -> Box<dyn crate::clock::WallClock> {
+        match &self.clock_offset_file {
+            Some(f) => Box::new(crate::clock::OffsetFileClock(f.clone())),
+            None => Box::new(crate::clock::SystemClock),
         }
     }
 

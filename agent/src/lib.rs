@@ -2,15 +2,15 @@
 //! eBPF event counts once per interval, judges each row, and writes one row per node to
 //! Postgres (through the spool when the database is away). A row flows: kernel hooks
 //! (agent-ebpf) -> per-CPU maps -> ebpf.rs + collector/ + tcp_diag.rs -> sampler.rs (one row)
-//! -> detector.rs (verdict) -> db.rs (memory queue, else spool/) -> node_features. The binary (main.rs) is a
+//! -> detector.rs (verdict) -> writer/ (memory queue, else spool/) -> node_features. The binary (main.rs) is a
 //! thin wrapper around [`cli::main`]; the modules are public so the integration tests and the
 //! benchmarks drive the same code.
 pub mod btf;
 pub mod cgroups;
 pub mod cli;
 pub mod collector;
+pub mod clock;
 pub mod config;
-pub mod db;
 pub mod detector;
 pub mod ebpf;
 pub mod metrics;
@@ -19,3 +19,4 @@ pub mod pods;
 pub mod sampler;
 pub mod spool;
 pub mod tcp_diag;
+pub mod writer;

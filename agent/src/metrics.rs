@@ -1,6 +1,6 @@
 //! Self-monitoring: the agent's own counters and the HTTP listener (`--listen`) that serves
 //! them. `/metrics` is the Prometheus text format (version 0.0.4), `/healthz` says the process
-//! samples on schedule and its eBPF programs answer, `/readyz` says the database is reachable.
+//! samples on schedule and its eBPF programs answer, `/readyz` says rows reach the database.
 //! The exposition is encoded by prometheus-client (label values escaped, OpenMetrics text) and
 //! served by hyper (GET and HEAD, one request per connection, bounded request size, time and
 //! connections): the listener sits on a privileged host-network port, so no parser of ours.
@@ -93,10 +93,30 @@ pub struct Metrics {
     pub pod_rows_last: AtomicU64,
     /// Events counted under "other" because the per-cgroup map was full.
     pub cgroup_overflow_events: AtomicU64,
+    /// Rows whose (node, ts) the database already held: not written.
+    pub rows_duplicate: AtomicU64,
+    /// Rows sampled at a boundary this process had already stamped (the wall clock stepped
+    /// back): not written, so no ts holds two rows.
+    pub rows_dropped_clock_step: AtomicU64,
+    /// Wall-clock steps seen between two samples, forward and back.
+    pub clock_steps_forward: AtomicU64,
+    pub clock_steps_backward: AtomicU64,
+    /// Database calls cut off by their deadline (the session was dropped).
+    pub database_timeouts: AtomicU64,
+    /// Another session holds this node name's writer lock: rows wait in the spool.
+    pub node_name_in_use: AtomicBool,
+    /// Connections refused because another agent writes under this node name.
+    pub node_name_conflicts: AtomicU64,
+    /// Sampled time (Unix seconds) of the oldest row not yet in the database; 0: none.
+    pub oldest_unwritten_unix: AtomicF64,
 }
 
 pub fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    unix_seconds(SystemTime::now())
+}
+
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
 impl Metrics {
@@ -132,6 +152,14 @@ impl Metrics {
             pod_rows_written: AtomicU64::default(),
             pod_rows_last: AtomicU64::default(),
             cgroup_overflow_events: AtomicU64::default(),
+            rows_duplicate: AtomicU64::default(),
+            rows_dropped_clock_step: AtomicU64::default(),
+            clock_steps_forward: AtomicU64::default(),
+            clock_steps_backward: AtomicU64::default(),
+            database_timeouts: AtomicU64::default(),
+            node_name_in_use: AtomicBool::default(),
+            node_name_conflicts: AtomicU64::default(),
+            oldest_unwritten_unix: AtomicF64::default(),
         })
     }
 
@@ -151,6 +179,40 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+
+    /// Seconds since the oldest row not yet in the database was sampled; 0 when none waits.
+    pub fn oldest_unwritten_age(&self) -> f64 {
+        let oldest = self.oldest_unwritten_unix.get();
+        if oldest > 0.0 {
+            (now_unix() - oldest).max(0.0)
+        } else {
+            0.0
+        }
+    }
+
+    /// How old the oldest unwritten row may grow before the agent says it is not ready: a
+    /// few intervals (three, plus 10 s for a write's own deadline).
+    pub fn readiness_limit(&self) -> f64 {
+        3.0 * self.interval_s + 10.0
+    }
+
+    /// Ready: rows reach the database. Not while it is unreachable, while another agent holds
+    /// this node name, or while a row has waited longer than [`Metrics::readiness_limit`]
+    /// (a database that takes connections but does not finish writes).
+    pub fn ready(&self) -> Result<(), String> {
+        if self.node_name_in_use.load(Relaxed) {
+            return Err("another agent is writing rows under this node name".into());
+        }
+        if !self.database_up.load(Relaxed) {
+            return Err("database not reachable".into());
+        }
+        let age = self.oldest_unwritten_age();
+        let limit = self.readiness_limit();
+        if age > limit {
+            return Err(format!("the oldest unwritten row was sampled {age:.0} s ago (limit {limit:.0} s)"));
+        }
+        Ok(())
     }
 
     /// Healthy: sampling on schedule (a row within three intervals, or still starting) and the
@@ -229,13 +291,10 @@ fn respond(metrics: &Arc<Metrics>, method: &Method, path: &str, started: f64) ->
             Ok(()) => (StatusCode::OK, TEXT, "ok\n".to_owned()),
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
         },
-        (&Method::GET | &Method::HEAD, "/readyz") => {
-            if metrics.database_up.load(Relaxed) {
-                (StatusCode::OK, TEXT, "ok\n".to_owned())
-            } else {
-                (StatusCode::SERVICE_UNAVAILABLE, TEXT, "database not reachable\n".to_owned())
-            }
-        }
+        (&Method::GET | &Method::HEAD, "/readyz") => match metrics.ready() {
+            Ok(()) => (StatusCode::OK, TEXT, "ok\n".to_owned()),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
+        },
         (&Method::GET | &Method::HEAD, _) => {
             (StatusCode::NOT_FOUND, TEXT, "not found: try /metrics, /healthz, /readyz\n".to_owned())
         }
@@ -299,8 +358,48 @@ impl Collector for Exposition {
             ("corrupt", m.rows_dropped_corrupt.load(Relaxed)),
             ("rejected", m.rows_rejected.load(Relaxed)),
             ("shutdown", m.rows_dropped_shutdown.load(Relaxed)),
+            ("clock_step", m.rows_dropped_clock_step.load(Relaxed)),
         ] {
             ConstCounter::new(n).encode(dropped.encode_family(&[("reason", reason)])?)?;
+        }
+        single(
+            &mut enc,
+            "feature_agent_rows_duplicate",
+            "Rows not written because the database already held a row of this node at their ts: a clock stepped back across a restart, a replay after a crash between commit and ack, or another agent with this node name.",
+            c(&m.rows_duplicate),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_oldest_unwritten_row_age_seconds",
+            "Seconds since the oldest row not yet in the database was sampled (0: none waits).",
+            ConstGauge::new(m.oldest_unwritten_age()),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_database_timeouts",
+            "Database calls (connect, write, migration, preparation) cut off by their deadline; the session was dropped and its rows kept.",
+            c(&m.database_timeouts),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_node_name_in_use",
+            "1 while another agent's session holds this node name's writer lock (rows wait in the spool).",
+            ConstGauge::new(i64::from(m.node_name_in_use.load(Relaxed))),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_node_name_conflicts",
+            "Connections that found another agent writing under this node name.",
+            c(&m.node_name_conflicts),
+        )?;
+        let mut steps = enc.encode_descriptor(
+            "feature_agent_clock_steps",
+            "Steps of the wall clock against the monotonic clock between two samples (more than 0.5 s), by direction.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, a) in [("forward", &m.clock_steps_forward), ("backward", &m.clock_steps_backward)] {
+            ConstCounter::new(a.load(Relaxed)).encode(steps.encode_family(&[("direction", direction)])?)?;
         }
         single(
             &mut enc,

@@ -1,60 +1,59 @@
 //! The daemon's pipeline: an aligned ticker and the signals drive sample -> judge -> hand to the
-//! writer thread (db.rs), which owns the memory queue and the spool. Also `print` (the same
+//! writer thread (writer/), which owns the memory queue and the spool. Also `print` (the same
 //! samples as JSON lines on stdout) and `migrate`.
 use std::{
     io::Write,
     sync::{atomic::Ordering::Relaxed, Arc},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{bail, Context};
 use feature_db::{migrate, DatabaseArgs};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::{
+    clock::{Stamp, Stamper},
     config::{RunArgs, SamplingArgs},
-    db::{self, WriterOptions},
+    writer::{self, WriterOptions},
     detector::Detector,
     metrics::Metrics,
     sampler::Sampler,
     spool::Spool,
 };
 
-/// Ticks at every multiple of `period` since the Unix epoch, skipping ticks that were missed
-/// (a stalled process does not produce a burst of rows), so an hour at 10 s is 360 ticks.
-/// Returns the ticker and the wall-clock time (since the epoch) of its first tick.
-fn aligned_ticker(period: Duration) -> (tokio::time::Interval, tokio::time::Instant, Duration) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let periods = (now.as_nanos() / period.as_nanos()) + 1;
-    let next = Duration::from_nanos((periods * period.as_nanos()) as u64);
-    let start = tokio::time::Instant::now() + next.saturating_sub(now);
-    let mut ticker = tokio::time::interval_at(start, period);
+/// Ticks at every multiple of `period` since the Unix epoch as the wall clock reads now,
+/// skipping ticks that were missed (a stalled process does not produce a burst of rows), so an
+/// hour at 10 s is 360 ticks. The ticks themselves run on the monotonic clock.
+fn aligned_ticker(period: Duration, wall: SystemTime) -> tokio::time::Interval {
+    let (_, until) = crate::clock::next_boundary(wall, period);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + until, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    (ticker, start, next)
+    ticker
 }
 
-/// The scheduled boundary of a tick as wall-clock time: a multiple of the period since the
-/// epoch, the same on every node, whatever the tick's latency.
-fn scheduled_ts(
-    tick: tokio::time::Instant,
-    start: tokio::time::Instant,
-    start_wall: Duration,
-    period: Duration,
-) -> SystemTime {
-    let periods = ((tick - start).as_nanos() + period.as_nanos() / 2) / period.as_nanos();
-    UNIX_EPOCH + start_wall + Duration::from_nanos((periods * period.as_nanos()) as u64)
+/// SIGTERM and SIGINT, listened to from start to exit (so a second one is never missed).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+impl Signals {
+    pub fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    pub async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 /// Runs the sampling schedule, handing each row to `emit`, until `records` rows or a signal.
@@ -63,17 +62,18 @@ async fn sample_loop(
     args: &SamplingArgs,
     mut sampler: Sampler,
     metrics: &Metrics,
+    signals: &mut Signals,
     mut emit: impl FnMut(feature_schema::FeatureRow) -> anyhow::Result<()>,
 ) -> anyhow::Result<Option<&'static str>> {
     let (attached, failed) = sampler.programs();
     metrics.programs_attached.store(attached as u64, Relaxed);
     let _ = metrics.program_info.set(sampler.program_infos());
     metrics.programs_failed.store(failed as u64, Relaxed);
-    let (mut ticker, start, start_wall) = aligned_ticker(Duration::from_secs_f64(args.interval));
-    let mut detector = Detector::new(args.detector.options(args.interval));
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
     let period = Duration::from_secs_f64(args.interval);
+    let clock = args.clock();
+    let mut ticker = aligned_ticker(period, clock.now());
+    let mut stamper = Stamper::new(period);
+    let mut detector = Detector::new(args.detector.options(args.interval));
     let mut taken = 0u64;
     let mut last_tick: Option<tokio::time::Instant> = None;
     while args.records == 0 || taken < args.records {
@@ -87,13 +87,35 @@ async fn sample_loop(
                         warn!(samples = missed - 1, skipped_total = total, "the agent was late for scheduled samples; their rows do not exist");
                     }
                 }
+                let reading = stamper.stamp(clock.now(), std::time::Instant::now());
+                if let Some(step) = reading.step {
+                    let counter = if step > 0.0 { &metrics.clock_steps_forward } else { &metrics.clock_steps_backward };
+                    counter.fetch_add(1, Relaxed);
+                    warn!(step_s = format!("{step:+.3}"), "the wall clock stepped; rows are stamped with the new time from this one on");
+                    // Ticks follow the new time's boundaries from the next one on.
+                    ticker = aligned_ticker(period, clock.now());
+                    last_tick = None;
+                }
                 let started = std::time::Instant::now();
                 let mut row = sampler.sample();
+                let ts = match reading.stamp {
+                    Stamp::Fresh(ts) => ts,
+                    Stamp::Repeated(ts) => {
+                        // The clock went back over boundaries already stamped: a second row at
+                        // one ts would collide with the first. Sampled (the next row's deltas
+                        // start here), counted, not written.
+                        metrics.observe_collection(started.elapsed().as_secs_f64());
+                        let n = metrics.rows_dropped_clock_step.fetch_add(1, Relaxed) + 1;
+                        warn!(ts = %feature_schema::timefmt::rfc3339_micros(ts), dropped_total = n, "this interval's boundary was already stamped before the clock stepped back; the row is not written");
+                        taken += 1;
+                        continue;
+                    }
+                };
                 // Stored at the scheduled boundary, so rows of every node share their ts exactly
                 // and a label window BETWEEN two boundaries holds the rows it names. The
                 // interval's pod rows travel with the node row (one spool record, one
                 // transaction) and share its ts.
-                row.stamp(scheduled_ts(tick, start, start_wall, period));
+                row.stamp(ts);
                 detector.judge(&mut row);
                 metrics.observe_collection(started.elapsed().as_secs_f64());
                 metrics.programs_ok.store(sampler.ebpf_ok(), Relaxed);
@@ -113,8 +135,7 @@ async fn sample_loop(
                 emit(row)?;
                 taken += 1;
             }
-            s = &mut signal => {
-                let s = s?;
+            s = signals.next() => {
                 info!(signal = s, "stopping");
                 return Ok(Some(s));
             }
@@ -157,6 +178,7 @@ async fn start_listener(listen: &str, metrics: &Arc<Metrics>) -> anyhow::Result<
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
     let target = args.database.target()?;
     let spool = open_spool(&args)?;
     let sampler = args.sampling.sampler()?;
@@ -169,11 +191,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // can delay the sampling schedule. Rows that find the channel full are counted as dropped.
     let capacity = (args.queue_max_rows as usize).clamp(64, 65536);
     let (tx, rx) = mpsc::channel(capacity);
+    let (stop_now, stop_rx) = watch::channel(false);
+    let shutdown_timeout = Duration::from_secs_f64(args.shutdown_timeout);
     let options = WriterOptions {
         target,
         node,
+        interval: Duration::from_secs_f64(args.sampling.interval),
         queue_max_rows: args.queue_max_rows as usize,
-        shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
+        shutdown_timeout,
         spool,
         batch_rows: 256,
         metrics: metrics.clone(),
@@ -182,10 +207,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .name("writer".into())
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            anyhow::Ok(runtime.block_on(db::run_writer(options, rx)))
+            anyhow::Ok(runtime.block_on(writer::run_writer(options, rx, stop_rx)))
         })
         .context("starting the writer thread")?;
-    let stopped_by = sample_loop(&args.sampling, sampler, &metrics, |row| {
+    let stopped_by = sample_loop(&args.sampling, sampler, &metrics, &mut signals, |row| {
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(row) {
             let n = metrics.rows_dropped_channel_full.fetch_add(1, Relaxed) + 1;
             warn!(dropped_total = n, "the writer is behind by {capacity} rows; this row is dropped");
@@ -193,24 +218,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(())
     })
     .await;
+    // Closing the channel starts the writer's drain (--shutdown-timeout). A second SIGTERM or
+    // SIGINT ends it at once (what is in memory is spooled, or counted); so does the timeout
+    // itself passing with a margin, should the writer be stuck in a call that ignores it.
     drop(tx);
-    let report = tokio::task::spawn_blocking(move || writer.join())
-        .await
+    let mut join = tokio::task::spawn_blocking(move || writer.join());
+    let backstop = tokio::time::sleep(shutdown_timeout + Duration::from_secs(2));
+    tokio::pin!(backstop);
+    let joined = loop {
+        tokio::select! {
+            r = &mut join => break r,
+            s = signals.next() => {
+                warn!(signal = s, "second signal: stopping now; rows not yet in the database go to the spool");
+                let _ = stop_now.send(true);
+            }
+            () = &mut backstop, if !*stop_now.borrow() => {
+                warn!("the writer did not finish within --shutdown-timeout; stopping it now");
+                let _ = stop_now.send(true);
+            }
+        }
+    };
+    let report = joined
         .context("waiting for the writer thread")?
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
         .context("the writer's runtime")?;
     let stopped_by = stopped_by?;
-    info!(
-        sampled = metrics.collection_count.load(Relaxed),
-        skipped = metrics.samples_skipped.load(Relaxed),
-        written = report.written,
-        dropped_full = report.dropped_full,
-        corrupt = report.corrupt,
-        rejected = report.rejected,
-        dropped_shutdown = report.dropped_shutdown,
-        spooled = report.unwritten,
-        "stopped"
-    );
+    let totals = Totals::new(&metrics, &report);
+    totals.log();
     if stopped_by.is_none() && (report.unwritten > 0 || report.dropped_shutdown > 0) {
         if report.dropped_shutdown == 0 {
             bail!(
@@ -228,11 +262,84 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The run's closing account. Every row that entered (sampled now, or found in the spool from
+/// an earlier run) left exactly one way: written, already in the database, dropped for a
+/// reason, or still in the spool. `unaccounted` is the difference, and is 0.
+struct Totals {
+    sampled: u64,
+    recovered: u64,
+    skipped: u64,
+    written: u64,
+    duplicate: u64,
+    dropped_full: u64,
+    corrupt: u64,
+    rejected: u64,
+    clock_step: u64,
+    dropped_shutdown: u64,
+    spooled: u64,
+}
+
+impl Totals {
+    fn new(m: &Metrics, r: &writer::WriterReport) -> Self {
+        Totals {
+            sampled: m.collection_count.load(Relaxed),
+            recovered: r.recovered,
+            skipped: m.samples_skipped.load(Relaxed),
+            written: r.written,
+            duplicate: r.duplicate,
+            dropped_full: r.dropped_full + m.rows_dropped_channel_full.load(Relaxed),
+            corrupt: r.corrupt,
+            rejected: r.rejected,
+            clock_step: m.rows_dropped_clock_step.load(Relaxed),
+            dropped_shutdown: r.dropped_shutdown,
+            spooled: r.unwritten,
+        }
+    }
+
+    fn unaccounted(&self) -> i64 {
+        let entered = self.sampled + self.recovered;
+        let left = self.written
+            + self.duplicate
+            + self.dropped_full
+            + self.corrupt
+            + self.rejected
+            + self.clock_step
+            + self.dropped_shutdown
+            + self.spooled;
+        entered as i64 - left as i64
+    }
+
+    fn log(&self) {
+        let unaccounted = self.unaccounted();
+        info!(
+            sampled = self.sampled,
+            recovered = self.recovered,
+            skipped = self.skipped,
+            written = self.written,
+            duplicate = self.duplicate,
+            dropped_full = self.dropped_full,
+            corrupt = self.corrupt,
+            rejected = self.rejected,
+            clock_step = self.clock_step,
+            dropped_shutdown = self.dropped_shutdown,
+            spooled = self.spooled,
+            unaccounted,
+            "stopped"
+        );
+        if unaccounted != 0 {
+            // A row replayed after a crash between the database's commit and the spool's ack is
+            // counted by both runs; nothing else should get here.
+            warn!(unaccounted, "the closing totals do not add up");
+        }
+    }
+}
+
 pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
     let sampler = args.sampler()?;
     let stdout = std::io::stdout();
     let metrics = Metrics::new(args.interval);
-    let result = sample_loop(&args, sampler, &metrics, |row| {
+    let mut signals = Signals::install()?;
+    let result = sample_loop(&args, sampler, &metrics, &mut signals, |row| {
         let mut out = stdout.lock();
         serde_json::to_writer(&mut out, &row)?;
         out.write_all(b"\n")?;

@@ -45,8 +45,9 @@ pub fn tls_connector(ca_file: &Path) -> anyhow::Result<MakeRustlsConnect> {
 }
 
 /// Drives a connection on the runtime until the server goes away; the client then reports
-/// `is_closed()`.
-pub fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+/// `is_closed()`. The handle lets an owner that gave up on the server (a deadline passed) end
+/// the task at once instead of leaving it waiting on a socket that may never answer.
+pub fn drive<S, T>(connection: tokio_postgres::Connection<S, T>) -> tokio::task::JoinHandle<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -55,23 +56,48 @@ where
         if let Err(e) = connection.await {
             warn!(error = %e, "database connection lost");
         }
-    });
+    })
 }
 
-/// Opens a connection (TLS when the target has a connector).
-pub async fn connect(target: &Target) -> Result<Client, tokio_postgres::Error> {
-    match &target.tls {
+/// A client together with the task driving its connection; dropping it ends both, whatever
+/// the server is doing (a hung server never sees a graceful goodbye, and needs none).
+pub struct OwnedClient {
+    pub client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OwnedClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connection (TLS when the target has a connector) and the task that drives it.
+async fn connect_driven(
+    target: &Target,
+) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    Ok(match &target.tls {
         None => {
             let (client, connection) = target.config.connect(NoTls).await?;
-            drive(connection);
-            Ok(client)
+            (client, drive(connection))
         }
         Some(tls) => {
             let (client, connection) = target.config.connect(tls.clone()).await?;
-            drive(connection);
-            Ok(client)
+            (client, drive(connection))
         }
-    }
+    })
+}
+
+/// Opens a connection whose driving task ends with it.
+pub async fn connect_owned(target: &Target) -> Result<OwnedClient, tokio_postgres::Error> {
+    let (client, task) = connect_driven(target).await?;
+    Ok(OwnedClient { client, task })
+}
+
+/// Opens a connection; its task lives as long as the server keeps it open or the runtime runs
+/// (the one-shot commands, whose runtime ends with them).
+pub async fn connect(target: &Target) -> Result<Client, tokio_postgres::Error> {
+    connect_driven(target).await.map(|(client, _task)| client)
 }
 
 /// [`connect`] with an explained error, for the commands.

@@ -1,0 +1,176 @@
+//! Where rows wait for the database: a bounded memory queue in front of the on-disk spool. The
+//! backlog is the only owner of the spool's read cursor. While the database takes them, new rows
+//! wait in memory (written within milliseconds, nothing touches the disk); when it does not (no
+//! session, a failed or timed-out write, a stop), they are spilled to the spool in order. Rows
+//! leave oldest first: the spool's, then memory's (always newer).
+use std::{collections::VecDeque, sync::atomic::Ordering::Relaxed, time::SystemTime};
+
+use tracing::{error, info, warn};
+
+use feature_schema::FeatureRow;
+
+use crate::{metrics::Metrics, spool::Spool};
+
+pub struct Backlog {
+    spool: Option<Spool>,
+    memory: VecDeque<FeatureRow>,
+    memory_max: usize,
+    dropped_memory: u64,
+    /// The spool failed on the last spill (logged once until it works again).
+    spool_failing: bool,
+    /// The sampled time of the oldest row not yet in the database, as last seen: set when a
+    /// row arrives at an empty backlog and by every read of a batch, cleared when the backlog
+    /// empties. Readiness and the age metric come from it.
+    oldest: Option<SystemTime>,
+}
+
+impl Backlog {
+    pub fn new(spool: Option<Spool>, memory_max: usize) -> Self {
+        let mut b = Backlog { spool, memory: VecDeque::new(), memory_max, dropped_memory: 0, spool_failing: false, oldest: None };
+        // Rows left by an earlier run: learn the oldest one's time (read, then put back).
+        if !b.is_empty() {
+            let first = b.peek(1);
+            b.abort();
+            b.oldest = first.first().map(|r| r.ts);
+        }
+        b
+    }
+
+    pub fn push(&mut self, row: FeatureRow) {
+        if self.is_empty() {
+            self.oldest = Some(row.ts);
+        }
+        if self.memory.len() >= self.memory_max {
+            self.memory.pop_front();
+            self.dropped_memory += 1;
+            warn!(dropped_total = self.dropped_memory, "row queue full; dropped the oldest row");
+            if !self.spool.as_ref().is_some_and(Spool::has_unread) {
+                self.oldest = self.memory.front().map(|r| r.ts);
+            }
+        }
+        self.memory.push_back(row);
+    }
+
+    /// Moves the rows waiting in memory to the spool (if there is one and it works). Never
+    /// while a batch read from memory is in flight: its commit removes it from memory.
+    pub fn spill(&mut self) {
+        let Some(spool) = self.spool.as_mut() else { return };
+        while let Some(row) = self.memory.front() {
+            match spool.append(row) {
+                Ok(()) => {
+                    self.memory.pop_front();
+                    if self.spool_failing {
+                        info!("the spool works again");
+                        self.spool_failing = false;
+                    }
+                }
+                Err(e) => {
+                    if !self.spool_failing {
+                        error!(error = %e, "cannot write to the spool; holding rows in memory (--queue-max-rows) until it works again");
+                        self.spool_failing = true;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Rows waiting: in memory, and spooled but not acknowledged.
+    pub fn len(&self) -> u64 {
+        self.memory.len() as u64 + self.spool.as_ref().map_or(0, Spool::pending_rows)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_empty() && self.spool.as_ref().is_none_or(|s| !s.has_unread())
+    }
+
+    /// Rows held in memory only: lost if the process dies.
+    pub fn in_memory(&self) -> usize {
+        self.memory.len()
+    }
+
+    pub fn has_spool(&self) -> bool {
+        self.spool.is_some()
+    }
+
+    /// The oldest rows, at most `n`: the spool's first, then memory's.
+    pub fn peek(&mut self, n: usize) -> Vec<FeatureRow> {
+        let rows = self.read(n);
+        if let Some(first) = rows.first() {
+            self.oldest = Some(first.ts);
+        }
+        rows
+    }
+
+    fn read(&mut self, n: usize) -> Vec<FeatureRow> {
+        if let Some(spool) = self.spool.as_mut() {
+            if spool.has_unread() {
+                match spool.read_batch(n) {
+                    Ok(rows) if !rows.is_empty() => return rows,
+                    Ok(_) => {
+                        // Only damaged records were left: they are skipped (and counted) for good.
+                        if let Err(e) = spool.commit(0) {
+                            error!(error = %e, "cannot record progress in the spool");
+                        }
+                    }
+                    Err(e) => error!(error = %e, "cannot read the spool"),
+                }
+            }
+        }
+        self.memory.iter().take(n).cloned().collect()
+    }
+
+    /// The peeked rows are in the database (or refused for good).
+    pub fn commit(&mut self, n: usize) {
+        // The rows came from the spool when it has a batch in flight (it keeps their position).
+        match self.spool.as_mut().filter(|s| s.in_flight()) {
+            Some(spool) => {
+                if let Err(e) = spool.commit(n) {
+                    error!(error = %e, "cannot record progress in the spool; its rows may be written again (without duplicates)");
+                }
+            }
+            _ => {
+                self.memory.drain(..n.min(self.memory.len()));
+            }
+        }
+        if self.is_empty() {
+            self.oldest = None;
+        }
+    }
+
+    /// The peeked rows were not written; they are read again next time.
+    pub fn abort(&mut self) {
+        if let Some(spool) = self.spool.as_mut() {
+            if spool.in_flight() {
+                spool.rewind();
+            }
+        }
+    }
+
+    /// Rows dropped because the memory queue or the spool was full.
+    pub fn dropped_full(&self) -> u64 {
+        self.dropped_memory + self.spool.as_ref().map_or(0, |s| s.stats().dropped)
+    }
+
+    pub fn corrupt(&self) -> u64 {
+        self.spool.as_ref().map_or(0, |s| s.stats().corrupt)
+    }
+
+    /// Rows safe in the spool, not yet in the database.
+    pub fn spooled(&self) -> u64 {
+        self.spool.as_ref().map_or(0, Spool::pending_rows)
+    }
+
+    pub fn publish(&self, m: &Metrics) {
+        m.rows_queued.store(self.memory.len() as u64, Relaxed);
+        m.rows_dropped_queue_full.store(self.dropped_memory, Relaxed);
+        m.oldest_unwritten_unix.set(self.oldest.map_or(0.0, crate::metrics::unix_seconds));
+        if let Some(s) = &self.spool {
+            m.rows_spooled.store(s.pending_rows(), Relaxed);
+            m.spool_bytes.store(s.bytes(), Relaxed);
+            m.rows_dropped_spool_full.store(s.stats().dropped, Relaxed);
+            m.rows_dropped_corrupt.store(s.stats().corrupt, Relaxed);
+            m.spool_ack_damaged.store(s.stats().ack_damaged, Relaxed);
+        }
+    }
+}
