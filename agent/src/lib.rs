@@ -8,8 +8,8 @@
 pub mod btf;
 pub mod cgroups;
 pub mod cli;
-pub mod collector;
 pub mod clock;
+pub mod collector;
 pub mod config;
 pub mod detector;
 pub mod ebpf;

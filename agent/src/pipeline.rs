@@ -15,11 +15,11 @@ use tracing::{info, warn};
 use crate::{
     clock::{Stamp, Stamper},
     config::{RunArgs, SamplingArgs},
-    writer::{self, WriterOptions},
     detector::Detector,
     metrics::Metrics,
     sampler::Sampler,
     spool::Spool,
+    writer::{self, WriterOptions},
 };
 
 /// Ticks at every multiple of `period` since the Unix epoch as the wall clock reads now,
@@ -369,9 +369,20 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// `migrate`: applies the migrations to the named database. A database must be named (DB_NAME
+/// or the URL's dbname): without one Postgres picks the user's own, which is seldom the one
+/// meant, and a schema in the wrong database is found only when the agents fail.
 pub async fn migrate_only(args: DatabaseArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    if config.get_dbname().is_none() {
+        bail!(
+            "no database named: set DB_NAME (or --db-name), or a dbname in DATABASE_URL; without one Postgres would use the user's own database ({:?})",
+            config.get_user().unwrap_or("postgres")
+        );
+    }
+    let target = feature_db::args::describe_target(&config);
     let mut client = args.connect().await?;
     let applied = migrate::apply(&mut client).await.map_err(migrate::explain)?;
-    info!(applied, "migrations up to date");
+    info!(applied, target, "migrations up to date");
     Ok(())
 }

@@ -5,7 +5,6 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tracing::warn;
 
 use crate::connect::{self as db};
 
@@ -14,15 +13,16 @@ pub const NODE_NAME_MAX_BYTES: usize = 1024;
 
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// Postgres connection string (URL or key=value). Takes precedence over the DB_* options.
+    /// Postgres connection string (URL or key=value): the whole connection. Setting DB_HOST,
+    /// DB_PORT, DB_USER or DB_NAME beside it (or a password when it has one) is refused.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Database host (or a Unix socket directory), as the paper's deployment sets it.
     #[arg(long, env = "DB_HOST")]
     pub db_host: Option<String>,
-    /// Database port (with --db-host).
-    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
-    pub db_port: u16,
+    /// Database port (with --db-host) [default: 5432].
+    #[arg(long, env = "DB_PORT")]
+    pub db_port: Option<u16>,
     /// Database user (with --db-host) [default: postgres]. The password comes from the DB_PASSWORD
     /// environment variable (never the command line, where every user of the node can read
     /// it) or --db-password-file.
@@ -115,7 +115,8 @@ impl DatabaseArgs {
     /// The settings as the environment variables a child agent reads (secrets stay off
     /// command lines).
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
-        let mut env = vec![("DB_PORT", self.db_port.to_string())];
+        let mut env = Vec::new();
+        env.extend(self.db_port.map(|p| ("DB_PORT", p.to_string())));
         let optional = [
             ("DATABASE_URL", &self.database_url),
             ("DB_HOST", &self.db_host),
@@ -144,28 +145,52 @@ impl DatabaseArgs {
         db::open(&self.target()?).await
     }
 
-    /// The connection settings: DATABASE_URL, or the paper's DB_HOST/DB_PORT/... variables.
+    /// The connection settings: DATABASE_URL alone, or the paper's DB_HOST/DB_PORT/...
+    /// variables; never a mix of the two, which would connect somewhere neither says.
     pub fn config(&self) -> anyhow::Result<tokio_postgres::Config> {
-        if self.database_url.is_some() && self.db_host.is_some() {
-            // Often one comes from the environment and the other from the command line: say
-            // which one is used rather than resolve it silently.
-            warn!(
-                "both --database-url / DATABASE_URL and --db-host / DB_HOST are set: the URL is used, DB_HOST, DB_PORT, DB_USER and DB_NAME are ignored"
-            );
-        }
         let mut config = if let Some(url) = &self.database_url {
-            url.parse::<tokio_postgres::Config>()
-                .map_err(|e| anyhow::anyhow!("--database-url / DATABASE_URL is not a valid connection string: {e}"))?
+            let config = url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| anyhow::anyhow!("--database-url / DATABASE_URL is not a valid connection string: {e}"))?;
+            let mut mixed: Vec<&str> = [
+                ("--db-host / DB_HOST", self.db_host.is_some()),
+                ("--db-port / DB_PORT", self.db_port.is_some()),
+                ("--db-user / DB_USER", self.db_user.is_some()),
+                ("--db-name / DB_NAME", self.db_name.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect();
+            if config.get_password().is_some() {
+                if self.db_password.is_some() {
+                    mixed.push("DB_PASSWORD");
+                }
+                if self.db_password_file.is_some() {
+                    mixed.push("--db-password-file / DB_PASSWORD_FILE");
+                }
+            }
+            if !mixed.is_empty() {
+                bail!(
+                    "--database-url / DATABASE_URL is set, and so is {}: the URL is the whole connection, so these would \
+                     silently change it. Use one or the other (a password may come from DB_PASSWORD or \
+                     --db-password-file when the URL has none)",
+                    mixed.join(", ")
+                );
+            }
+            config
         } else if let Some(host) = &self.db_host {
             let mut c = tokio_postgres::Config::new();
-            c.host(host).port(self.db_port);
+            c.host(host).port(self.db_port.unwrap_or(5432));
+            if let Some(u) = &self.db_user {
+                c.user(u);
+            }
+            if let Some(n) = &self.db_name {
+                c.dbname(n);
+            }
             c
         } else {
             bail!("no database configured: set --database-url / DATABASE_URL, or DB_HOST (with DB_PORT, DB_USER, DB_PASSWORD, DB_NAME)");
         };
-        if let Some(u) = &self.db_user {
-            config.user(u);
-        }
         if let Some(p) = &self.db_password {
             config.password(p);
         }
@@ -176,9 +201,6 @@ impl DatabaseArgs {
         if self.db_ca_file.is_some() && config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable {
             config.ssl_mode(tokio_postgres::config::SslMode::Require);
         }
-        if let Some(n) = &self.db_name {
-            config.dbname(n);
-        }
         if config.get_user().is_none() {
             config.user("postgres");
         }
@@ -186,6 +208,24 @@ impl DatabaseArgs {
         config.connect_timeout(Duration::from_secs(10));
         Ok(config)
     }
+}
+
+/// Where a configuration connects, for log lines: host(s), port, user and database (what
+/// Postgres will use when none is named: the user's name).
+pub fn describe_target(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(dir) => dir.display().to_string(),
+        })
+        .collect();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("database {db:?} as {user:?} at {}:{port}", hosts.join(","))
 }
 
 /// Refuses a password given on the command line (visible to every user in ps and

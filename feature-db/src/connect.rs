@@ -73,9 +73,7 @@ impl Drop for OwnedClient {
 }
 
 /// A connection (TLS when the target has a connector) and the task that drives it.
-async fn connect_driven(
-    target: &Target,
-) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+async fn connect_driven(target: &Target) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
     Ok(match &target.tls {
         None => {
             let (client, connection) = target.config.connect(NoTls).await?;

@@ -23,7 +23,7 @@ where
         Err(e) => e.exit(),
     };
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -43,5 +43,22 @@ where
             error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Standard error for log lines, losing what it cannot write. A closed stderr (`2>&1 | head`,
+/// a collector that went away) must not stop the agent: tracing-subscriber reports a failed
+/// write with `eprintln!`, which panics when stderr itself is the broken pipe.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }

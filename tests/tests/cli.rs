@@ -225,11 +225,12 @@ fn boolean_environment_variables_take_the_usual_spellings() {
 }
 
 /// `print | head -1`: when the reader goes away the agent stops quietly with exit 0, as Unix
-/// tools do, instead of logging "Broken pipe" and failing.
+/// tools do, instead of logging "Broken pipe" and failing. It runs without --records, so a
+/// broken pipe is the only way it can end (a slow reader cannot let it finish first).
 #[test]
 fn print_into_a_closed_pipe_exits_quietly() {
     let mut child = std::process::Command::new(tests::agent_bin())
-        .args(["print", "--records", "5", "--interval", "0.1", "--no-ebpf", "--node-name", "pipe"])
+        .args(["print", "--records", "0", "--interval", "0.1", "--no-ebpf", "--node-name", "pipe"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -238,10 +239,41 @@ fn print_into_a_closed_pipe_exits_quietly() {
     let mut first = [0u8; 1];
     std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
     drop(stdout);
-    let out = child.wait_with_output().unwrap();
+    let out = wait_with_limit(child, std::time::Duration::from_secs(20));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("ERROR") && !err.contains("Broken pipe"), "{err}");
+}
+
+/// `print 2>&1 | head -3`: a closed standard error (where the logs go) neither panics nor
+/// stops the rows: with stderr closed from the start, every row still reaches stdout.
+#[test]
+fn print_with_a_closed_stderr_keeps_going() {
+    let child = std::process::Command::new(tests::agent_bin())
+        .args(["print", "--records", "3", "--interval", "0.1", "--node-name", "nostderr"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = child;
+    drop(child.stderr.take());
+    let out = wait_with_limit(child, std::time::Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "exit status {:?}", out.status);
+    let rows = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("\"node\":\"nostderr\"")).count();
+    assert_eq!(rows, 3, "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Waits for a child, killing it (and failing) past `limit`.
+fn wait_with_limit(mut child: std::process::Child, limit: std::time::Duration) -> std::process::Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent did not exit within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// `--help` documents every database option, and says where the password comes from.
@@ -257,18 +289,47 @@ fn help_documents_the_database_options_and_the_password() {
     assert!(help.contains("DB_PASSWORD environment variable"), "{help}");
 }
 
-/// A URL and DB_HOST both set (one in the environment, one on the command line) is not resolved
-/// silently: a log line says the URL wins.
+/// A URL and a DB_* setting together are refused before anything is tried, naming both: the
+/// URL is the whole connection, and a DB_USER or DB_NAME from a manifest must not silently
+/// change where it goes.
 #[test]
-fn a_url_and_a_db_host_together_say_which_wins() {
+fn a_url_and_db_settings_together_are_refused_naming_both() {
+    for (flag, value, named) in [
+        ("--db-host", "/nonexistent-socket-dir", "--db-host / DB_HOST"),
+        ("--db-user", "other", "--db-user / DB_USER"),
+        ("--db-name", "other", "--db-name / DB_NAME"),
+        ("--db-port", "5433", "--db-port / DB_PORT"),
+    ] {
+        let out = std::process::Command::new(tests::agent_bin())
+            .args(["migrate", flag, value])
+            .env("DATABASE_URL", "host=127.0.0.1 port=1 user=x dbname=y")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("--database-url / DATABASE_URL is set, and so is") && err.contains(named), "{err}");
+        assert!(!err.contains("Connection refused"), "nothing may be tried: {err}");
+    }
+    // A password beside a URL without one is the documented way, not a conflict.
     let out = std::process::Command::new(tests::agent_bin())
-        .args(["migrate", "--db-host", "/nonexistent-socket-dir"])
+        .args(["migrate"])
         .env("DATABASE_URL", "host=127.0.0.1 port=1 user=x dbname=y")
-        .env("RUST_LOG", "info")
+        .env("DB_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("Connection refused"), "{}", stderr(&out));
+}
+
+/// `migrate` without a database name refuses rather than migrating the user's own database.
+#[test]
+fn migrate_without_a_database_name_is_refused() {
+    let out = std::process::Command::new(tests::agent_bin())
+        .args(["migrate"])
+        .env("DATABASE_URL", "host=127.0.0.1 port=1 user=x")
         .output()
         .unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("the URL is used, DB_HOST, DB_PORT, DB_USER and DB_NAME are ignored"), "{err}");
-    assert!(err.contains("Connection refused"), "the URL's address was tried: {err}");
+    assert!(err.contains("no database named: set DB_NAME") && err.contains("\"x\""), "{err}");
 }

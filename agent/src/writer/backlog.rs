@@ -26,7 +26,14 @@ pub struct Backlog {
 
 impl Backlog {
     pub fn new(spool: Option<Spool>, memory_max: usize) -> Self {
-        let mut b = Backlog { spool, memory: VecDeque::new(), memory_max, dropped_memory: 0, spool_failing: false, oldest: None };
+        let mut b = Backlog {
+            spool,
+            memory: VecDeque::new(),
+            memory_max,
+            dropped_memory: 0,
+            spool_failing: false,
+            oldest: None,
+        };
         // Rows left by an earlier run: learn the oldest one's time (read, then put back).
         if !b.is_empty() {
             let first = b.peek(1);

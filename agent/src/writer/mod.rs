@@ -131,7 +131,11 @@ pub struct WriterOptions {
 /// Writes the rows from `rx` until the channel closes and the backlog is written (or the
 /// shutdown timeout passes: the rest is spooled for the next start), or at once when `stop`
 /// turns true (a second signal). Rows spooled by an earlier run are written first.
-pub async fn run_writer(opts: WriterOptions, rx: mpsc::Receiver<FeatureRow>, stop: watch::Receiver<bool>) -> WriterReport {
+pub async fn run_writer(
+    opts: WriterOptions,
+    rx: mpsc::Receiver<FeatureRow>,
+    stop: watch::Receiver<bool>,
+) -> WriterReport {
     Writer::new(opts, rx, stop).run().await
 }
 
@@ -232,7 +236,12 @@ impl Inbox {
 
     /// Runs `op` unless its deadline (`limit`), the drain's end or a stop-now comes first;
     /// rows that arrive meanwhile wait in the backlog (memory: a batch may be in flight).
-    async fn during<T>(&mut self, backlog: &mut Backlog, limit: Duration, op: impl Future<Output = T>) -> Result<T, Cut> {
+    async fn during<T>(
+        &mut self,
+        backlog: &mut Backlog,
+        limit: Duration,
+        op: impl Future<Output = T>,
+    ) -> Result<T, Cut> {
         tokio::pin!(op);
         let deadline = Instant::now() + limit;
         loop {
@@ -469,7 +478,10 @@ impl Writer {
             } else if self.backlog.in_memory() == 0 {
                 // Tried, and every row is safe in the spool: waiting out the timeout for a
                 // database that is down would only delay the stop.
-                info!(spooled = self.backlog.spooled(), "the database is still away; the spooled rows wait for the next start");
+                info!(
+                    spooled = self.backlog.spooled(),
+                    "the database is still away; the spooled rows wait for the next start"
+                );
                 return State::Stopped;
             }
         }
@@ -502,7 +514,8 @@ impl Writer {
         }
         match self.open().await {
             Ok(s) => {
-                info!(backlog = self.backlog.len(), "connected to the database");
+                let target = feature_db::args::describe_target(&self.target.config);
+                info!(backlog = self.backlog.len(), target, "connected to the database");
                 self.migrated = true;
                 self.failures_logged = 0;
                 self.metrics.database_up.store(true, Relaxed);
@@ -539,7 +552,9 @@ impl Writer {
                         Opened::Error(e @ OpenError::NodeInUse { .. }) => {
                             error!(error = %e, retry_in = ?wait, backlog = self.backlog.len(), "refusing to write: the node name is taken; rows wait in the spool")
                         }
-                        _ => warn!(error = text, retry_in = ?wait, backlog = self.backlog.len(), "database unavailable"),
+                        _ => {
+                            warn!(error = text, retry_in = ?wait, backlog = self.backlog.len(), "database unavailable")
+                        }
                     }
                 }
                 self.failures_logged += 1;
@@ -610,7 +625,11 @@ impl Writer {
         }
         if r.dropped_shutdown > 0 {
             let why = if self.backlog.has_spool() { "the spool could not take them" } else { "there is no spool" };
-            error!(rows = r.dropped_shutdown, reason = why, "stopping with rows the database never received: they are lost");
+            error!(
+                rows = r.dropped_shutdown,
+                reason = why,
+                "stopping with rows the database never received: they are lost"
+            );
         }
         self.report
     }
