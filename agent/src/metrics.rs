@@ -70,6 +70,9 @@ pub struct Metrics {
     pub rows_dropped_shutdown: AtomicU64,
     /// Times the spool's ack file was found damaged (its rows were replayed from the start).
     pub spool_ack_damaged: AtomicU64,
+    /// Spool segments that could not be read (skipped) or deleted (forgotten).
+    pub spool_segments_unreadable: AtomicU64,
+    pub spool_segments_unremovable: AtomicU64,
     /// Scheduled samples not taken because the agent was late for them.
     pub samples_skipped: AtomicU64,
     pub last_write_unix: AtomicF64,
@@ -134,6 +137,8 @@ impl Metrics {
             rows_dropped_corrupt: AtomicU64::default(),
             rows_dropped_shutdown: AtomicU64::default(),
             spool_ack_damaged: AtomicU64::default(),
+            spool_segments_unreadable: AtomicU64::default(),
+            spool_segments_unremovable: AtomicU64::default(),
             samples_skipped: AtomicU64::default(),
             last_write_unix: AtomicF64::default(),
             last_sample_unix: AtomicF64::default(),
@@ -431,6 +436,16 @@ impl Collector for Exposition {
             "Times the spool's ack file was found damaged or missing; its rows were replayed from the oldest (duplicates are skipped by the database).",
             c(&m.spool_ack_damaged),
         )?;
+        let mut damaged = enc.encode_descriptor(
+            "feature_agent_spool_segments_damaged",
+            "Spool segment files the agent could not read (missing, a directory, unreadable: skipped, their rows counted as corrupt) or delete (forgotten, left on disk).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, a) in [("unreadable", &m.spool_segments_unreadable), ("unremovable", &m.spool_segments_unremovable)]
+        {
+            ConstCounter::new(a.load(Relaxed)).encode(damaged.encode_family(&[("kind", kind)])?)?;
+        }
         single(
             &mut enc,
             "feature_agent_last_write_timestamp_seconds",

@@ -57,9 +57,13 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A running agent. Its stderr is read all along by a thread (a chatty agent must never block
+/// on a full pipe while a test waits), and can be looked at before it exits ([`Agent::log`]).
 pub struct Agent {
     pub child: Child,
     pub port: u16,
+    log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -79,7 +83,20 @@ impl Agent {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut agent = Agent { child: cmd.spawn().unwrap(), port };
+        let mut child = cmd.spawn().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut agent = Agent { child, port, log, reader: Some(reader) };
         // Until it listens, or has already finished (a short --records run).
         wait_for("the metrics listener", Duration::from_secs(30), || {
             http_get(port, "/healthz").is_some() || agent.child.try_wait().unwrap().is_some()
@@ -87,31 +104,64 @@ impl Agent {
         agent
     }
 
+    /// What the agent has logged so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
+    }
+
     pub fn metric(&self, name: &str) -> f64 {
         metrics(self.port).get(name).copied().unwrap_or_else(|| panic!("no {name} in /metrics"))
     }
 
-    pub fn stop(mut self) -> std::process::Output {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let child = std::mem::replace(&mut self.child, std::process::Command::new("true").spawn().unwrap());
-        std::mem::forget(self);
-        child.wait_with_output().unwrap()
+    /// Waits for the exit and returns the status with everything logged.
+    fn finish(mut self) -> std::process::Output {
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let stderr = std::mem::take(&mut *self.log.lock().unwrap());
+        std::process::Output { status, stdout: Vec::new(), stderr }
     }
 
-    pub fn kill(mut self) -> std::process::Output {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let child = std::mem::replace(&mut self.child, std::process::Command::new("true").spawn().unwrap());
-        std::mem::forget(self);
-        child.wait_with_output().unwrap()
+    pub fn stop(self) -> std::process::Output {
+        signal(&self, libc::SIGTERM);
+        self.finish()
+    }
+
+    pub fn kill(self) -> std::process::Output {
+        signal(&self, libc::SIGKILL);
+        self.finish()
+    }
+
+    /// Sends SIGTERM and waits for the exit, failing past `limit`; returns the output and the
+    /// time the exit took.
+    pub fn stop_within(mut self, limit: Duration) -> (std::process::Output, Duration) {
+        let started = Instant::now();
+        signal(&self, libc::SIGTERM);
+        while self.child.try_wait().unwrap().is_none() {
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                let out = self.finish();
+                panic!("the agent did not stop within {limit:?} of SIGTERM:\n{}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let took = started.elapsed();
+        (self.finish(), took)
+    }
+
+    /// Waits for an agent that stops by itself (--records) to exit.
+    pub fn stop_after_flush(self) -> std::process::Output {
+        self.finish()
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -141,10 +191,43 @@ pub fn stopped_counts(stderr: &str) -> HashMap<String, u64> {
         .lines()
         .rfind(|l| l.ends_with(" stopped") || l.contains(" stopped "))
         .unwrap_or_else(|| panic!("no stopped line: {stderr}"));
-    ["sampled", "skipped", "written", "dropped_full", "corrupt", "rejected", "dropped_shutdown", "spooled"]
-        .iter()
-        .map(|k| (k.to_string(), field(line, k).parse().unwrap_or_else(|_| panic!("no {k} in {line}"))))
-        .collect()
+    [
+        "sampled",
+        "recovered",
+        "skipped",
+        "written",
+        "duplicate",
+        "dropped_full",
+        "corrupt",
+        "rejected",
+        "clock_step",
+        "dropped_shutdown",
+        "spooled",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), field(line, k).parse().unwrap_or_else(|_| panic!("no {k} in {line}"))))
+    .collect()
+}
+
+/// Checks a run's closing line adds up: every row that entered (sampled, or recovered from the
+/// spool) left exactly one way. Returns the counts.
+pub fn assert_accounted(stderr: &str) -> HashMap<String, u64> {
+    let c = stopped_counts(stderr);
+    let line = stderr.lines().rfind(|l| l.contains(" stopped")).unwrap_or_default();
+    assert_eq!(field(line, "unaccounted"), "0", "the closing totals do not add up: {line}");
+    let left: u64 =
+        ["written", "duplicate", "dropped_full", "corrupt", "rejected", "clock_step", "dropped_shutdown", "spooled"]
+            .iter()
+            .map(|k| c[*k])
+            .sum();
+    assert_eq!(c["sampled"] + c["recovered"], left, "{line}");
+    c
+}
+
+/// Sends a signal to a running agent.
+pub fn signal(agent: &Agent, sig: i32) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.child.id() as i32, sig) };
 }
 
 /// Gaps between consecutive rows of a node, in seconds, in ts order.
@@ -164,13 +247,4 @@ pub fn gaps(pg: &ThrowawayPostgres, node: &str) -> Vec<f64> {
 
 pub fn pg() -> ThrowawayPostgres {
     ThrowawayPostgres::start().unwrap_or_else(|e| panic!("{e}"))
-}
-
-impl Agent {
-    /// Waits for an agent that stops by itself (--records) to exit.
-    pub fn stop_after_flush(mut self) -> std::process::Output {
-        let child = std::mem::replace(&mut self.child, std::process::Command::new("true").spawn().unwrap());
-        std::mem::forget(self);
-        child.wait_with_output().unwrap()
-    }
 }

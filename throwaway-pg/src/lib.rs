@@ -43,6 +43,8 @@ pub struct ThrowawayPostgres {
     uid: u32,
     gid: u32,
     durable: bool,
+    /// Processes stopped by [`ThrowawayPostgres::freeze`], resumed by thaw, stop or drop.
+    frozen: Vec<i32>,
 }
 
 /// The newest installed server's bin directory.
@@ -120,7 +122,8 @@ impl ThrowawayPostgres {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
         chown(&dir, uid, gid)?;
 
-        let mut pg = ThrowawayPostgres { dir, port: free_port()?, child: None, bin, uid, gid, durable };
+        let mut pg =
+            ThrowawayPostgres { dir, port: free_port()?, child: None, bin, uid, gid, durable, frozen: Vec::new() };
         let out = Command::new(pg.bin.join("initdb"))
             .args(["-D"])
             .arg(pg.data_dir())
@@ -222,10 +225,48 @@ impl ThrowawayPostgres {
 
     /// Stops the server (fast shutdown), keeping its data: for outage tests.
     pub fn stop_server(&mut self) {
+        self.thaw();
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling our own child process.
             unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
             let _ = child.wait();
+        }
+    }
+
+    /// The server's processes: the postmaster and every process it started (backends,
+    /// checkpointer, WAL writer, ...), found through /proc.
+    pub fn server_pids(&self) -> Vec<i32> {
+        let Some(postmaster) = self.child.as_ref().map(|c| c.id() as i32) else { return Vec::new() };
+        let mut pids = vec![postmaster];
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+            // The parent pid is the second field after the parenthesised command name.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Sends SIGSTOP to every process of the server: its sockets stay open and nothing
+    /// answers, as a frozen VM or a black-holed address. Returns the pids stopped.
+    pub fn freeze(&mut self) -> Vec<i32> {
+        let pids = self.server_pids();
+        for &pid in &pids {
+            // SAFETY: signalling the server's own processes.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
+        self.frozen = pids.clone();
+        pids
+    }
+
+    /// Sends SIGCONT to the processes [`ThrowawayPostgres::freeze`] stopped.
+    pub fn thaw(&mut self) {
+        for pid in std::mem::take(&mut self.frozen) {
+            // SAFETY: signalling the server's own processes.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
         }
     }
 

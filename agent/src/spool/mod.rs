@@ -97,6 +97,10 @@ pub struct SpoolStats {
     pub ack_damaged: u64,
     /// Rows rewritten from segments of an earlier format.
     pub upgraded: u64,
+    /// Segments that could not be read (missing, a directory, unreadable): skipped.
+    pub unreadable_segments: u64,
+    /// Segments that could not be deleted once done with: forgotten, left on disk.
+    pub unremovable_segments: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -269,13 +273,26 @@ impl Spool {
         let ack = parse_ack(ack_file.as_deref());
         let mut segments = Vec::new();
         let mut legacy = Vec::new();
+        let mut unreadable = Vec::new();
         for &id in &found {
             let path = segment_path(dir, id);
             let mut head = Vec::with_capacity(format::MAX_HEADER_BODY);
-            File::open(&path)
-                .and_then(|f| f.take(format::MAX_HEADER_BODY as u64 + 64).read_to_end(&mut head))
-                .map_err(&io)?;
-            let len = fs::metadata(&path).map_err(&io)?.len();
+            let read = fs::symlink_metadata(&path)
+                .and_then(|m| if m.is_file() { Ok(m.len()) } else { Err(std::io::Error::other("not a regular file")) })
+                .and_then(|len| {
+                    File::open(&path)?.take(format::MAX_HEADER_BODY as u64 + 64).read_to_end(&mut head)?;
+                    Ok(len)
+                });
+            let len = match read {
+                Ok(len) => len,
+                Err(e) => {
+                    // A segment replaced by a directory, unreadable, or gone while listed: its
+                    // rows are lost, and counted by the sequence numbers around it.
+                    warn!(segment = id, error = %e, "a spool segment cannot be read; its rows are lost and the rest of the spool is used");
+                    unreadable.push(id);
+                    continue;
+                }
+            };
             let kind = if legacy::looks_like_format_1(&head) { Kind::V1 } else { Kind::V2 };
             match kind {
                 _ if len == 0 => {
@@ -315,7 +332,7 @@ impl Spool {
                 // their deletion.
                 while spool.segments.first().is_some_and(|s| s.id < segment) {
                     let s = spool.segments.remove(0);
-                    fs::remove_file(segment_path(dir, s.id)).map_err(&io)?;
+                    spool.discard_segment_file(s.id);
                 }
             }
             Ack::Missing | Ack::Legacy if spool.segments.is_empty() => {}
@@ -333,8 +350,18 @@ impl Spool {
             let segment = spool.segments.first().map_or(spool.next_segment, |s| s.id);
             spool.acked = Cursor { segment, offset: 0, seq, lost: 0 };
         }
-        spool.next_seq = spool.scan_next_seq().map_err(&io)?;
+        spool.next_seq = spool.scan_next_seq();
         spool.read = spool.acked;
+        for id in unreadable {
+            spool.stats.unreadable_segments += 1;
+            let acked = matches!(ack, Ack::At { segment, .. } if id < segment);
+            if !acked && spool.segments.last().is_none_or(|last| id > last.id) {
+                // After every readable segment no sequence number counts its rows: count one,
+                // the least it held.
+                spool.stats.corrupt += 1;
+            }
+            spool.discard_segment_file(id);
+        }
         spool.write_ack().map_err(&io)?;
         for id in legacy {
             spool.upgrade_legacy_segment(id)?;
@@ -398,7 +425,7 @@ impl Spool {
     /// record torn at the very end was never appended and is not counted). The scan starts at
     /// the newest segment whose own header holds, so a damaged header never hides the numbers
     /// of the records before it.
-    fn scan_next_seq(&self) -> std::io::Result<u64> {
+    fn scan_next_seq(&self) -> u64 {
         let mut next = self.acked.seq;
         for s in &self.segments {
             next = next.max(s.first_seq.unwrap_or(0));
@@ -407,7 +434,8 @@ impl Spool {
         let mut damaged_after = 0;
         let mut newest = None;
         for seg in self.segments.get(from..).unwrap_or_default() {
-            let data = read_capped(&segment_path(&self.dir, seg.id), MAX_SEGMENT_READ)?;
+            // A segment that cannot be read now is read (and found damaged) later.
+            let Ok(data) = read_capped(&segment_path(&self.dir, seg.id), MAX_SEGMENT_READ) else { continue };
             let mut at = match format::parse_segment_header(&data) {
                 Ok((_, n)) => n,
                 Err(_) if data.is_empty() => continue,
@@ -436,7 +464,31 @@ impl Spool {
         if let Some(n) = newest {
             next = next.max(n + 1);
         }
-        Ok(next + damaged_after)
+        next + damaged_after
+    }
+
+    /// Deletes a segment file that holds nothing to read any more. One that cannot be deleted
+    /// (a directory in its place, a read-only or immutable file) is renamed aside if it can be,
+    /// else left; either way the spool forgets it and goes on: its rows are acknowledged or
+    /// counted, and a file that will not go must not stop new rows from being spooled.
+    fn discard_segment_file(&mut self, id: u64) {
+        let path = segment_path(&self.dir, id);
+        let gone = match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Ok(m) if m.is_dir() => fs::remove_dir(&path),
+            _ => fs::remove_file(&path),
+        };
+        if let Err(e) = gone {
+            let aside = self.dir.join(format!("{id}.damaged"));
+            let renamed = fs::rename(&path, &aside).is_ok();
+            self.stats.unremovable_segments += 1;
+            warn!(
+                segment = id,
+                error = %e,
+                set_aside = renamed,
+                "a spool segment cannot be deleted; the spool forgets it and goes on (remove it by hand)"
+            );
+        }
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -536,7 +588,7 @@ impl Spool {
         self.acked = Cursor { segment: boundary_segment, offset: 0, seq: boundary_seq, lost: self.acked.lost };
         self.read = self.read.max(self.acked);
         self.write_ack().map_err(io_err(&self.dir))?;
-        fs::remove_file(segment_path(&self.dir, seg.id)).map_err(io_err(&self.dir))?;
+        self.discard_segment_file(seg.id);
         self.segments.remove(0);
         self.stats.dropped += lost;
         if lost > 0 {
@@ -603,7 +655,21 @@ impl Spool {
                 }
                 continue;
             }
-            let data = read_capped(&segment_path(&self.dir, seg.id), seg.len).map_err(io_err(&self.dir))?;
+            let data = match read_capped(&segment_path(&self.dir, seg.id), seg.len) {
+                Ok(data) => data,
+                Err(e) => {
+                    // Gone, or replaced by something unreadable since the spool was opened:
+                    // its rows are lost, counted by the sequence numbers that follow.
+                    warn!(segment = seg.id, error = %e, "a spool segment cannot be read; skipping it");
+                    if self.segments.last().is_some_and(|l| l.id == seg.id) {
+                        // New rows go to a new segment, not after bytes no one can read.
+                        self.writer = None;
+                    }
+                    self.read = Cursor { segment: seg.id, offset: seg.len, ..self.read };
+                    self.stats.unreadable_segments += 1;
+                    continue;
+                }
+            };
             if (data.len() as u64) < seg.len {
                 // Shorter on disk than written: the missing bytes are damage like any other.
                 warn!(
@@ -753,7 +819,7 @@ impl Spool {
             if !finished || writing {
                 break;
             }
-            fs::remove_file(segment_path(&self.dir, seg.id)).map_err(io_err(&self.dir))?;
+            self.discard_segment_file(seg.id);
             self.segments.remove(0);
         }
         Ok(())

@@ -178,6 +178,8 @@ impl Backlog {
             m.rows_dropped_spool_full.store(s.stats().dropped, Relaxed);
             m.rows_dropped_corrupt.store(s.stats().corrupt, Relaxed);
             m.spool_ack_damaged.store(s.stats().ack_damaged, Relaxed);
+            m.spool_segments_unreadable.store(s.stats().unreadable_segments, Relaxed);
+            m.spool_segments_unremovable.store(s.stats().unremovable_segments, Relaxed);
         }
     }
 }
