@@ -2,7 +2,7 @@
 # Installs what building, running and testing feature-agent needs on Debian 12 (run as root):
 # the rust-src component and bpf-linker (to build the eBPF object), tracefs mounted (classic
 # tracepoints), the PostgreSQL server binaries (the throwaway database of the demo and the
-# tests), and the drill's background workloads (nginx, ab, make, gcc). Each step checks first, so running it again is a quick no-op.
+# tests), Prometheus and promtool (the alert rules' tests), and the drill's background workloads (nginx, ab, make, gcc). Each step checks first, so running it again is a quick no-op.
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*" >&2; }
@@ -45,6 +45,9 @@ command -v nginx >/dev/null 2>&1 || missing="$missing nginx-light"
 command -v ab >/dev/null 2>&1 || missing="$missing apache2-utils"
 command -v make >/dev/null 2>&1 || missing="$missing make"
 command -v cc >/dev/null 2>&1 || missing="$missing gcc"
+# The alert rules are checked and unit-tested with promtool, and a real Prometheus scrapes a
+# running agent in a test (Debian's prometheus package brings both).
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 if [ -n "$missing" ]; then
     say "installing$missing"
     apt-get update -q

@@ -181,6 +181,14 @@ pub fn is_socket_event(e: Event) -> bool {
     Event::TCP_STATE.contains(&e) || matches!(e, Event::TcpRstSent | Event::TcpRstRecv)
 }
 
+/// A loaded program's kernel statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub program: String,
+    pub run_count: u64,
+    pub recursion_misses: u64,
+}
+
 /// An attached program, for the log and /metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramInfo {
@@ -453,8 +461,10 @@ impl EbpfCounters {
         // The node's totals, summed in the same pass: overflow, retired, every cgroup.
         let mut total = [0u64; EVENT_COUNT];
         for entry in maps.counts.iter() {
-            // An entry removed between the key walk and its lookup is skipped.
-            let Ok((id, per_cpu)) = entry else { continue };
+            // Only this thread removes entries (retire), so a failed lookup is a failed read:
+            // a sum without that cgroup would be short, and the next one long by its whole
+            // count. The interval gets no counts instead.
+            let (id, per_cpu) = entry.map_err(|source| EbpfError::Read { name: MAP_CGROUP_EVENT_COUNTS, source })?;
             let mut sum = [0u64; EVENT_COUNT];
             add_cpus(&mut sum, &per_cpu);
             add(&mut total, &sum);
@@ -535,6 +545,30 @@ impl EbpfCounters {
             .filter_map(|p| {
                 let id = self._ebpf.program(p.program)?.info().ok()?.id();
                 Some((p.program, id))
+            })
+            .collect()
+    }
+
+    /// Each loaded program's run count and recursion misses, from /proc/self/fdinfo of its
+    /// descriptor (run counts move only while kernel.bpf_stats_enabled is 1; recursion misses,
+    /// Linux 5.12+, always). A miss is an event the kernel did not run the program for because
+    /// the same program was already running on that CPU (a softirq interrupting it on the TCP
+    /// paths): that event is not counted.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let field = |text: &str, key: &str| {
+            text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        self._ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?.as_fd().as_raw_fd();
+                let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                Some(ProgramStats {
+                    program: name.to_owned(),
+                    run_count: field(&text, "run_cnt:").unwrap_or(0),
+                    recursion_misses: field(&text, "recursion_misses:").unwrap_or(0),
+                })
             })
             .collect()
     }

@@ -86,6 +86,8 @@ pub struct Metrics {
     pub database_up: AtomicBool,
     /// False once an eBPF map read fails (the programs no longer answer).
     pub programs_ok: AtomicBool,
+    /// Each loaded eBPF program's run count and recursion misses, refreshed by the sampler.
+    pub program_stats: std::sync::Mutex<Vec<crate::ebpf::ProgramStats>>,
     /// The attached eBPF programs, set once at start.
     pub program_info: std::sync::OnceLock<Vec<crate::ebpf::ProgramInfo>>,
     /// The sampling interval, for /healthz's staleness check.
@@ -153,6 +155,7 @@ impl Metrics {
             database_up: AtomicBool::default(),
             programs_ok: AtomicBool::new(true),
             program_info: std::sync::OnceLock::new(),
+            program_stats: std::sync::Mutex::new(Vec::new()),
             interval_s,
             pod_rows_written: AtomicU64::default(),
             pod_rows_last: AtomicU64::default(),
@@ -480,6 +483,32 @@ impl Collector for Exposition {
             ];
             ConstGauge::new(1).encode(programs.encode_family(&labels)?)?;
         }
+        let stats = m.program_stats.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut misses = enc.encode_descriptor(
+            "feature_agent_ebpf_recursion_misses",
+            "Events an eBPF program was not run for because it was already running on that CPU (a softirq interrupting it): those events are missing from its counts.",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &stats {
+            ConstCounter::new(p.recursion_misses).encode(misses.encode_family(&[("program", p.program.as_str())])?)?;
+        }
+        let mut runs = enc.encode_descriptor(
+            "feature_agent_ebpf_program_runs",
+            "Times each eBPF program ran (counted by the kernel only while kernel.bpf_stats_enabled is 1).",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &stats {
+            ConstCounter::new(p.run_count).encode(runs.encode_family(&[("program", p.program.as_str())])?)?;
+        }
+        let ready = i64::from(m.ready().is_ok());
+        single(
+            &mut enc,
+            "feature_agent_ready",
+            "1 when /readyz answers 200: rows reach the database.",
+            ConstGauge::new(ready),
+        )?;
         let h = enc.encode_descriptor(
             "feature_agent_collection_duration_seconds",
             "Time to take one row (procfs, eBPF maps, detector).",

@@ -32,6 +32,9 @@ fn aligned_ticker(period: Duration, wall: SystemTime) -> tokio::time::Interval {
     ticker
 }
 
+/// How often the eBPF programs' run counts and recursion misses are read for /metrics.
+const PROGRAM_STATS_EVERY: Duration = Duration::from_secs(15);
+
 /// SIGTERM and SIGINT, listened to from start to exit (so a second one is never missed).
 pub struct Signals {
     term: tokio::signal::unix::Signal,
@@ -76,6 +79,7 @@ async fn sample_loop(
     let mut detector = Detector::new(args.detector.options(args.interval));
     let mut taken = 0u64;
     let mut last_tick: Option<tokio::time::Instant> = None;
+    let mut stats_due: Option<std::time::Instant> = None;
     while args.records == 0 || taken < args.records {
         tokio::select! {
             tick = ticker.tick() => {
@@ -119,6 +123,14 @@ async fn sample_loop(
                 detector.judge(&mut row);
                 metrics.observe_collection(started.elapsed().as_secs_f64());
                 metrics.programs_ok.store(sampler.ebpf_ok(), Relaxed);
+                // The programs' kernel statistics: a file read per program, so at most every
+                // PROGRAM_STATS_EVERY.
+                if stats_due.is_none_or(|t| t.elapsed() >= PROGRAM_STATS_EVERY) {
+                    stats_due = Some(std::time::Instant::now());
+                    if let Ok(mut s) = metrics.program_stats.lock() {
+                        *s = sampler.program_stats();
+                    }
+                }
                 if row.is_anomalous() {
                     metrics.rows_anomalous.fetch_add(1, Relaxed);
                     warn!(

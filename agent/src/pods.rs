@@ -114,6 +114,11 @@ impl PodSampler {
     /// The rows of one interval, from `snap` (read by the caller with the node row, and kept as
     /// the next interval's baseline); none on the first call, which only sets the baseline. Then
     /// retires cgroups that are gone and quiet.
+    /// The next map read starts counting afresh (the last one failed).
+    pub fn forget_baseline(&mut self) {
+        self.previous = None;
+    }
+
     pub fn sample(
         &mut self,
         ebpf: &mut EbpfCounters,

@@ -122,6 +122,11 @@ impl Sampler {
         self.ebpf.as_ref().map_or_else(Vec::new, |e| e.programs().to_vec())
     }
 
+    /// Each loaded eBPF program's run count and recursion misses (none without eBPF).
+    pub fn program_stats(&self) -> Vec<crate::ebpf::ProgramStats> {
+        self.ebpf.as_ref().map_or_else(Vec::new, |e| e.program_stats())
+    }
+
     /// eBPF programs attached and failed (0, 0 without eBPF).
     pub fn programs(&self) -> (usize, usize) {
         self.ebpf.as_ref().map_or((0, 0), |e| (e.attached(), e.failures().len()))
@@ -228,7 +233,13 @@ impl Sampler {
         let (snap, cgroups) = match read {
             Some(Ok((s, c))) => (Some(s), c),
             Some(Err(e)) => {
-                warn!(error = %e, "reading the eBPF counters failed; eBPF columns are empty in this row");
+                // This row's eBPF columns are NULL and it has no pod rows; the next read is a
+                // fresh baseline for both (its row is NULL too: no interval ends there), so no
+                // later count spans two intervals.
+                warn!(error = %e, "reading the eBPF counters failed; eBPF columns are empty in this row and the next");
+                if let Some(pods) = self.pods.as_mut() {
+                    pods.forget_baseline();
+                }
                 (None, None)
             }
             None => (None, None),
