@@ -59,6 +59,8 @@ pub struct Metrics {
     /// Rows in the on-disk spool now (not yet in the database).
     pub rows_spooled: AtomicU64,
     pub spool_bytes: AtomicU64,
+    /// --spool-max-bytes (0 without a spool).
+    pub spool_max_bytes: AtomicU64,
     pub rows_dropped_queue_full: AtomicU64,
     /// Rows the sampler could not hand to the writer (its channel was full).
     pub rows_dropped_channel_full: AtomicU64,
@@ -132,6 +134,7 @@ impl Metrics {
             rows_queued: AtomicU64::default(),
             rows_spooled: AtomicU64::default(),
             spool_bytes: AtomicU64::default(),
+            spool_max_bytes: AtomicU64::default(),
             rows_dropped_queue_full: AtomicU64::default(),
             rows_dropped_channel_full: AtomicU64::default(),
             rows_dropped_spool_full: AtomicU64::default(),
@@ -353,6 +356,12 @@ impl Collector for Exposition {
             g(&m.rows_spooled),
         )?;
         single(&mut enc, "feature_agent_spool_bytes", "Bytes of spool segments on disk.", g(&m.spool_bytes))?;
+        single(
+            &mut enc,
+            "feature_agent_spool_max_bytes",
+            "The spool's size bound (--spool-max-bytes; 0 without a spool): beyond it the oldest rows are dropped.",
+            g(&m.spool_max_bytes),
+        )?;
         let mut dropped = enc.encode_descriptor(
             "feature_agent_rows_dropped",
             "Rows sampled that will never reach the database: the memory queue or the spool was full (oldest dropped), spool records were damaged, the database refused the row's content, or at shutdown neither the database nor the spool took them.",

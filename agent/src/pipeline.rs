@@ -196,6 +196,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sampler = args.sampling.sampler()?;
     let node = sampler.node().to_owned();
     let metrics = Metrics::new(args.sampling.interval);
+    if spool.is_some() {
+        metrics.spool_max_bytes.store(args.spool_max_bytes, Relaxed);
+    }
     start_listener(&args.listen, &metrics).await?;
     info!(node, interval_s = args.sampling.interval, records = args.sampling.records, "feature-agent running");
 
