@@ -184,23 +184,49 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
 }
 
 /// How many measurement windows a check of node-wide kernel counts may take: the counts are
-/// node-wide, so anything else running on the machine adds to them; each check is exact and is
-/// retried until a window was quiet, and a real miscount fails every attempt.
+/// node-wide, so anything else running on the machine adds to them; such a window is measured
+/// again, and a real miscount fails every attempt.
 pub const ATTEMPTS: usize = 5;
 
-/// Runs `check` until it returns Ok, at most [`ATTEMPTS`] times; panics with the last complaint.
-pub fn exactly(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+/// How a window's counts missed what the test made happen.
+#[derive(Debug)]
+pub enum Miss {
+    /// More than made, in a count that other activity on the machine also feeds: the window
+    /// was not quiet, and is measured again.
+    Noisy(String),
+    /// Fewer than made, or a count nothing else feeds (a test's own cgroup): no other activity
+    /// explains it, so it fails at once. An intermittent undercount must be able to fail.
+    Wrong(String),
+}
+
+/// Runs `check` until it returns Ok: a [`Miss::Noisy`] window is retried, at most [`ATTEMPTS`]
+/// times; a [`Miss::Wrong`] one fails at once.
+pub fn exactly(what: &str, mut check: impl FnMut() -> Result<(), Miss>) {
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
         match check() {
             Ok(()) => return,
-            Err(e) => {
+            Err(Miss::Wrong(e)) => panic!("{what}: {e} (attempt {attempt}; other activity cannot explain it)"),
+            Err(Miss::Noisy(e)) => {
                 eprintln!("{what}: attempt {attempt}: {e}");
                 last = e;
             }
         }
     }
     panic!("{what}: not exact in {ATTEMPTS} windows; last: {last}");
+}
+
+/// Compares node-wide counts with what the test made happen: any count short is
+/// [`Miss::Wrong`], any over (and none short) is [`Miss::Noisy`].
+pub fn expect_counts<const N: usize>(what: &str, got: [u64; N], want: [u64; N]) -> Result<(), Miss> {
+    let text = || format!("{what} = {got:?}, expected {want:?}");
+    if got.iter().zip(&want).any(|(g, w)| g < w) {
+        return Err(Miss::Wrong(text()));
+    }
+    if got != want {
+        return Err(Miss::Noisy(text()));
+    }
+    Ok(())
 }
 
 /// Parses RFC 4180 CSV text (quoted fields with doubled quotes, commas and newlines inside

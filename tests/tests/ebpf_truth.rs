@@ -18,7 +18,7 @@ use agent::{
     tcp_diag::TcpDiag,
 };
 use agent_common::Event;
-use tests::{exactly, exclusive, have_root};
+use tests::{exactly, exclusive, expect_counts, have_root, Miss};
 
 fn load() -> EbpfCounters {
     load_with(LoadOptions::default())
@@ -60,12 +60,10 @@ fn forks_match_proc_stat_and_execs_are_exact() {
         let execs = delta(&s0, &s1, Event::Exec);
         let exits = delta(&s0, &s1, Event::Exit);
         if forks != (p1 - p0) as u64 {
-            return Err(format!("ebpf_forks {forks} != forks_total delta {}", p1 - p0));
+            // The two counters are read a moment apart: a fork elsewhere in between differs.
+            return Err(Miss::Noisy(format!("ebpf_forks {forks} != forks_total delta {}", p1 - p0)));
         }
-        if forks != N || execs != N || exits != N {
-            return Err(format!("forks {forks}, execs {execs}, exits {exits}; expected {N} each"));
-        }
-        Ok(())
+        expect_counts("[forks, execs, exits]", [forks, execs, exits], [N, N, N])
     });
 }
 
@@ -97,19 +95,13 @@ fn loopback_handshakes(ebpf: EbpfCounters) {
             drop(server);
         }
         let s1 = ebpf.read().unwrap();
-        let got = (
+        let got = [
             delta(&s0, &s1, Event::TcpToEstablished),
             delta(&s0, &s1, Event::TcpToSynSent),
             delta(&s0, &s1, Event::TcpToSynRecv),
             delta(&s0, &s1, Event::TcpConnFailed),
-        );
-        if got != (2 * N, N, N, 0) {
-            return Err(format!(
-                "(to_est, to_syn_sent, to_syn_recv, conn_failed) = {got:?}, expected ({}, {N}, {N}, 0)",
-                2 * N
-            ));
-        }
-        Ok(())
+        ];
+        expect_counts("[to_est, to_syn_sent, to_syn_recv, conn_failed]", got, [2 * N, N, N, 0])
     });
 }
 
@@ -142,16 +134,13 @@ fn closed_port(ebpf: EbpfCounters) {
         // Kernels before 6.10 fire tcp_send_reset only for resets sent by a socket, so the RST
         // answering a SYN to a closed port is not seen there (`cargo xtask kernel-test` sets
         // FEATURE_AGENT_RST_WITHOUT_SOCKET=0 for its 6.1 kernel; README "Kernels").
-        let rst_expected_ok = match std::env::var("FEATURE_AGENT_RST_WITHOUT_SOCKET").as_deref() {
-            Ok("0") => rst_sent == 0,
-            _ => rst_sent >= N,
-        };
-        if failed != N || !rst_expected_ok || syn_sent != N || rst_recv != N {
-            return Err(format!(
-                "conn_failed {failed}, rst_sent {rst_sent}, rst_recv {rst_recv}, syn_sent {syn_sent}; N = {N}"
-            ));
+        match std::env::var("FEATURE_AGENT_RST_WITHOUT_SOCKET").as_deref() {
+            Ok("0") if rst_sent > 0 => return Err(Miss::Noisy(format!("rst_sent {rst_sent}, expected 0 here"))),
+            Ok("0") => {}
+            _ if rst_sent < N => return Err(Miss::Wrong(format!("rst_sent {rst_sent}, expected at least {N}"))),
+            _ => {}
         }
-        Ok(())
+        expect_counts("[conn_failed, rst_recv, syn_sent]", [failed, rst_recv, syn_sent], [N, N, N])
     });
 }
 
@@ -249,10 +238,7 @@ fn count_sockets_by_kind(ebpf: &EbpfCounters, hook: SocketHook) {
             delta(&s0, &s1, Event::SockAllocRaw),
             delta(&s0, &s1, Event::SockAllocOther),
         ];
-        if got != [10, 7, 8, 6, 2] {
-            return Err(format!("[tcp, udp, unix, raw, other] = {got:?}, expected [10, 7, 8, 6, 2]"));
-        }
-        Ok(())
+        expect_counts("[tcp, udp, unix, raw, other]", got, [10, 7, 8, 6, 2])
     });
 }
 
@@ -276,7 +262,7 @@ fn connection_gauges_follow_the_kernel_table() {
         let r0 = sampler.sample();
         let dump0 = diag.count().unwrap();
         if (r0.est_conn, r0.lis_conn) != (Some(dump0.established as i32), Some(dump0.listening as i32)) {
-            return Err(format!("gauges {:?}/{:?} != dump {dump0:?} at start", r0.est_conn, r0.lis_conn));
+            return Err(Miss::Noisy(format!("gauges {:?}/{:?} != dump {dump0:?} at start", r0.est_conn, r0.lis_conn)));
         }
         let listener = TcpListener::bind("[::1]:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -289,14 +275,20 @@ fn connection_gauges_follow_the_kernel_table() {
         let r1 = sampler.sample();
         let want = (r0.est_conn.unwrap() + 2 * M, r0.lis_conn.unwrap() + 1);
         if (r1.est_conn.unwrap(), r1.lis_conn.unwrap()) != want {
-            return Err(format!("with {M} held connections: {:?}/{:?}, expected {want:?}", r1.est_conn, r1.lis_conn));
+            return Err(Miss::Noisy(format!(
+                "with {M} held connections: {:?}/{:?}, expected {want:?}",
+                r1.est_conn, r1.lis_conn
+            )));
         }
         drop(held);
         drop(listener);
         let r2 = sampler.sample();
         let dump2 = diag.count().unwrap();
         if (r2.est_conn, r2.lis_conn) != (Some(dump2.established as i32), Some(dump2.listening as i32)) {
-            return Err(format!("after closing: gauges {:?}/{:?} != dump {dump2:?}", r2.est_conn, r2.lis_conn));
+            return Err(Miss::Noisy(format!(
+                "after closing: gauges {:?}/{:?} != dump {dump2:?}",
+                r2.est_conn, r2.lis_conn
+            )));
         }
         Ok(())
     });

@@ -14,7 +14,7 @@ use agent::ebpf::{CgroupSnapshot, EbpfCounters, EbpfSnapshot, LoadOptions};
 use agent_common::{Event, EVENT_COUNT};
 use tests::{
     cgroup::{in_cgroup, TestCgroup},
-    exactly, exclusive, have_root,
+    exactly, exclusive, have_root, Miss,
 };
 
 fn load() -> EbpfCounters {
@@ -55,22 +55,16 @@ fn processes_total() -> u64 {
     text.lines().find_map(|l| l.strip_prefix("processes ")).unwrap().trim().parse().unwrap()
 }
 
-/// The node total the agent reports (the sum over cgroups, the overflow and the retired counts)
-/// against the kernel's own fork count over the same window, and against read_all's node row.
-fn node_total_is_exact(
-    (p0, p1): (u64, u64),
-    n1: &EbpfSnapshot,
-    c0: &CgroupSnapshot,
-    c1: &CgroupSnapshot,
-) -> Result<(), String> {
-    let sum = c1.total(Event::Fork) - c0.total(Event::Fork);
-    if sum != p1 - p0 {
-        return Err(format!("forks: sum over cgroups {sum}, /proc/stat processes {}", p1 - p0));
-    }
-    for e in Event::ALL {
-        if n1.get(e) != c1.total(e) {
-            return Err(format!("{}: node row {} is not the sum over cgroups {}", e.name(), n1.get(e), c1.total(e)));
-        }
+/// The node's fork count the agent reports (read_all's node row: the sum over cgroups, the
+/// overflow and the retired counts) against the kernel's own count over the same window,
+/// /proc/stat's `processes`: the one node-wide count the kernel keeps independently of our
+/// programs. (The node row of every event is that same sum by construction; comparing the two
+/// would prove nothing.) The two are read a moment apart, so a fork elsewhere in between is
+/// noise, and the window is measured again.
+fn node_forks_match_proc_stat((p0, p1): (u64, u64), n0: &EbpfSnapshot, n1: &EbpfSnapshot) -> Result<(), Miss> {
+    let node = n1.get(Event::Fork) - n0.get(Event::Fork);
+    if node != p1 - p0 {
+        return Err(Miss::Noisy(format!("forks: node row {node}, /proc/stat processes {}", p1 - p0)));
     }
     Ok(())
 }
@@ -105,7 +99,7 @@ fn forks_execs_and_exits_are_counted_in_the_pod_that_made_them() {
     const M: u64 = 7;
     let loop_of = |n: u64| format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
     exactly("forks per cgroup", || {
-        let (p0, _, c0) = read(&mut ebpf);
+        let (p0, n0, c0) = read(&mut ebpf);
         let a = in_cgroup("/bin/sh", &["-c", &loop_of(N)], &cg.leaves[0]).status().unwrap();
         let b = in_cgroup("/bin/sh", &["-c", &loop_of(M)], &cg.leaves[1]).status().unwrap();
         assert!(a.success() && b.success());
@@ -116,10 +110,15 @@ fn forks_execs_and_exits_are_counted_in_the_pod_that_made_them() {
             let id = cg.id(leaf);
             let got = [Event::Fork, Event::Exec, Event::Exit].map(|e| delta(&c0, &c1, id, e));
             if got != [n, n + 1, n + 1] {
-                return Err(format!("cgroup {leaf}: fork/exec/exit {got:?}, expected [{n}, {}, {}]", n + 1, n + 1));
+                // Nothing else runs in a test's own cgroup: any difference is a miscount.
+                return Err(Miss::Wrong(format!(
+                    "cgroup {leaf}: fork/exec/exit {got:?}, expected [{n}, {}, {}]",
+                    n + 1,
+                    n + 1
+                )));
             }
         }
-        node_total_is_exact((p0, p1), &n1, &c0, &c1)
+        node_forks_match_proc_stat((p0, p1), &n0, &n1)
     });
 }
 
@@ -158,7 +157,7 @@ fn tcp_events_per_owner(mut ebpf: EbpfCounters) {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let (p0, _, c0) = read(&mut ebpf);
+        let (p0, n0, c0) = read(&mut ebpf);
         let mut server =
             in_cgroup("/usr/bin/python3", &["-c", &server_code], &cg.leaves[1]).stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
@@ -188,14 +187,14 @@ fn tcp_events_per_owner(mut ebpf: EbpfCounters) {
             let got = delta(&c0, &c1, id, e);
             if got != n {
                 let who = if id == client_id { "client" } else { "server" };
-                return Err(format!("{who} {}: {got}, expected {n}", e.name()));
+                return Err(Miss::Wrong(format!("{who} {}: {got}, expected {n}", e.name())));
             }
         }
         // The resets for the closed port were sent on behalf of no socket: the "other" id 0.
         if delta(&c0, &c1, 0, Event::TcpRstSent) < REFUSED {
-            return Err(format!("rst_sent under id 0: {}", delta(&c0, &c1, 0, Event::TcpRstSent)));
+            return Err(Miss::Wrong(format!("rst_sent under id 0: {}", delta(&c0, &c1, 0, Event::TcpRstSent))));
         }
-        node_total_is_exact((p0, p1), &n1, &c0, &c1)
+        node_forks_match_proc_stat((p0, p1), &n0, &n1)
     });
 }
 
@@ -212,22 +211,24 @@ fn a_full_map_sends_new_cgroups_to_overflow_and_totals_still_add_up() {
     let mut ebpf =
         EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(2), ..LoadOptions::default() }).unwrap();
     exactly("overflow", || {
-        let (p0, _, c0) = read(&mut ebpf);
+        let (p0, n0, c0) = read(&mut ebpf);
         for leaf in &cg.leaves {
             assert!(in_cgroup("/bin/true", &[], leaf).status().unwrap().success());
         }
         let (p1, n1, c1) = read(&mut ebpf);
         if c1.by_cgroup.len() > 2 {
-            return Err(format!("{} entries in a map of 2", c1.by_cgroup.len()));
+            return Err(Miss::Wrong(format!("{} entries in a map of 2", c1.by_cgroup.len())));
         }
         // At most two cgroups hold entries, so at least two of the four test cgroups have none:
         // their exec and exit went to the overflow counts.
         let without_entry = (0..cg.leaves.len()).filter(|&l| !c1.by_cgroup.contains_key(&cg.id(l))).count() as u64;
         let overflow: u64 = (0..EVENT_COUNT).map(|i| c1.overflow[i] - c0.overflow[i]).sum();
         if without_entry < 2 || overflow < 2 * without_entry {
-            return Err(format!("{without_entry} test cgroups without an entry, overflow grew by {overflow}"));
+            return Err(Miss::Wrong(format!(
+                "{without_entry} test cgroups without an entry, overflow grew by {overflow}"
+            )));
         }
-        node_total_is_exact((p0, p1), &n1, &c0, &c1)
+        node_forks_match_proc_stat((p0, p1), &n0, &n1)
     });
 }
 
@@ -312,7 +313,7 @@ fn sockets_created_in_a_pod_are_counted_there_by_kind() {
                 k+=list(s.socketpair())\n\
                 k+=[s.socket(s.AF_INET,s.SOCK_RAW,1)]\n";
     exactly("sockets per cgroup", || {
-        let (p0, _, c0) = read(&mut ebpf);
+        let (p0, n0, c0) = read(&mut ebpf);
         assert!(in_cgroup("/usr/bin/python3", &["-c", code], &cg.leaves[0]).status().unwrap().success());
         let (p1, n1, c1) = read(&mut ebpf);
         let id = cg.id(0);
@@ -325,8 +326,8 @@ fn sockets_created_in_a_pod_are_counted_there_by_kind() {
         ]
         .map(|e| delta(&c0, &c1, id, e));
         if got != [3, 2, 6, 1, 0] {
-            return Err(format!("tcp/udp/unix/raw/other {got:?}, expected [3, 2, 6, 1, 0]"));
+            return Err(Miss::Wrong(format!("tcp/udp/unix/raw/other {got:?}, expected [3, 2, 6, 1, 0]")));
         }
-        node_total_is_exact((p0, p1), &n1, &c0, &c1)
+        node_forks_match_proc_stat((p0, p1), &n0, &n1)
     });
 }

@@ -52,8 +52,8 @@ use session::{is_row_error, OpenError, Session, Written};
 pub struct Deadlines {
     /// A connection (TCP or socket connect, TLS, startup, authentication), the session's
     /// preparation (writer lock, partition, prepared INSERT), and every write: twice the
-    /// interval, at least 5 s and at most 30 s. Also the socket's TCP_USER_TIMEOUT, and the
-    /// keepalive budget (idle + probes) of a silent connection.
+    /// interval, at least 5 s and at most 30 s. Also the socket's TCP_USER_TIMEOUT; keepalives
+    /// start after half of it idle, three probes a sixth of it apart (whole seconds, at least 1).
     pub statement: Duration,
     /// The migrations applied at the first connection (they may rewrite tables).
     pub migrate: Duration,
@@ -74,12 +74,14 @@ impl Deadlines {
     /// idle connection, TCP_USER_TIMEOUT on unacknowledged data (a black-holed server; a
     /// stopped one still acknowledges, which only the deadlines catch).
     fn apply(&self, config: &mut Config) {
-        let idle = self.statement / 2;
+        // The kernel takes keepalive times in whole seconds, and refuses 0 (EINVAL).
+        let whole = |d: Duration| Duration::from_secs(d.as_secs().max(1));
+        let idle = whole(self.statement / 2);
         config
             .connect_timeout(self.statement)
             .keepalives(true)
             .keepalives_idle(idle)
-            .keepalives_interval(idle / 3)
+            .keepalives_interval(whole(idle / 3))
             .keepalives_retries(3)
             .tcp_user_timeout(self.statement);
     }
