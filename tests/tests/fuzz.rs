@@ -1,9 +1,11 @@
 //! Fuzzing, bounded in time so it runs in every `cargo xtask test`: the spool's record and
 //! segment decoders (both formats), every procfs/sysfs parser, and the sock_diag netlink
-//! parser get random bytes and mutations of real inputs (a spool written by the agent, the
-//! released format-1 fixture, the procfs fixture files). Nothing may panic; what cannot be
-//! decoded is an error or a counted damaged record. FUZZ_CASES sets the cases per target
-//! (default 3000; `FUZZ_CASES=200000 cargo test --test fuzz` for a long run).
+//! parser get random bytes and mutations of real inputs (a spool written by the agent, with pod
+//! rows, the released format-1 fixture, the procfs fixture files). Mutations of a segment are
+//! also re-framed (every length and CRC made to hold again), so they reach the header, record
+//! and pod-row decoders behind the checksums. Nothing may panic; what cannot be decoded is an
+//! error or a counted damaged record. FUZZ_CASES sets the cases per target (default 3000;
+//! `FUZZ_CASES=200000 cargo test --test fuzz` for a long run).
 use std::{
     path::{Path, PathBuf},
     sync::OnceLock,
@@ -14,10 +16,17 @@ use agent::{
     collector::{
         diskstats, file_nr, loadavg, meminfo, netdev, sockstat, stat, vmstat, DiskSelector, InterfaceSelector,
     },
-    spool::{decode_segment_bytes, Spool},
+    spool::{
+        decode_segment_bytes,
+        format::{crc32, frame, Frame, RECORD_HEADER},
+        Spool,
+    },
     tcp_diag::{parse_messages, TcpConnCounts},
 };
-use feature_schema::FeatureRow;
+use feature_schema::{
+    pods::{OwnerKind, PodRow},
+    FeatureRow,
+};
 use proptest::prelude::*;
 
 fn cases() -> u32 {
@@ -45,6 +54,10 @@ fn real_segment() -> &'static [u8] {
             r.load1 = Some(i as f64);
             r.ebpf_exits = Some(i as i64);
             r.anomalous_features = Some(vec!["load1".into(); i as usize]);
+            // Pod rows in every other record, so the pod-row decoder has real input to start from.
+            if i % 2 == 0 {
+                r.pods = (0..=i).map(|k| pod_row(&r, k)).collect();
+            }
             s.append(&r).unwrap();
         }
         drop(s);
@@ -58,6 +71,62 @@ fn real_segment() -> &'static [u8] {
         assert_eq!(decode_segment_bytes(&data).0.len(), 6);
         data
     })
+}
+
+fn pod_row(row: &FeatureRow, k: u64) -> PodRow {
+    PodRow {
+        node: row.node.clone(),
+        ts: row.ts,
+        interval_s: Some(1.0),
+        kind: [OwnerKind::Pod, OwnerKind::Service, OwnerKind::Other][k as usize % 3],
+        owner: format!("0a1b2c3d-{k:04}-4000-9000-000000000000"),
+        namespace: Some(format!("ns-{k}")),
+        pod: Some(format!("web-7d9-{k}")),
+        qos: Some("Burstable".into()),
+        cgroups: Some(k as i32 + 1),
+        events: std::array::from_fn(|i| Some((i as i64 + 1) * (k as i64 + 1))),
+        resources: std::array::from_fn(|i| if i % 3 == 0 { None } else { Some(i as i64 * 1000) }),
+    }
+}
+
+/// A segment cut into its header body and its records' (seq, payload).
+fn split(segment: &[u8]) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {
+    const PREAMBLE: usize = 14;
+    let body_len = u32::from_le_bytes(segment[6..10].try_into().unwrap()) as usize;
+    let body = segment[PREAMBLE..PREAMBLE + body_len].to_vec();
+    let mut records = Vec::new();
+    let mut at = PREAMBLE + body_len;
+    while at < segment.len() {
+        match frame(&segment[at..]) {
+            Frame::Record { seq, payload, len } => {
+                records.push((seq, payload.to_vec()));
+                at += len;
+            }
+            other => panic!("the real segment is whole: {other:?} at {at}"),
+        }
+    }
+    (body, records)
+}
+
+/// Builds a segment from a header body and records, every length and checksum holding.
+fn reframe(segment: &[u8], body: &[u8], records: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut out = segment[..6].to_vec(); // magic and format version, as written
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    let crc = crc32(&[&out[4..10], body].concat());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(body);
+    for (seq, payload) in records {
+        let mut h = [0u8; RECORD_HEADER];
+        h[..4].copy_from_slice(b"FAR2");
+        h[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        h[8..16].copy_from_slice(&seq.to_le_bytes());
+        let header_crc = crc32(&h[..16]);
+        h[16..20].copy_from_slice(&header_crc.to_le_bytes());
+        h[20..24].copy_from_slice(&crc32(payload).to_le_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(payload);
+    }
+    out
 }
 
 fn legacy_segment() -> &'static [u8] {
@@ -156,6 +225,35 @@ proptest! {
         prop_assert!(rows.len() <= if legacy { 12 } else { 6 }, "{} rows, {damaged} damaged", rows.len());
     }
 
+    /// Mutations behind the checksums: a record's payload (node columns, then the pod-row
+    /// block) or the segment header's column list is mutated, then everything is re-framed.
+    /// Every record still frames, so each is decoded or counted as damaged, never more rows than
+    /// records, and no panic.
+    #[test]
+    fn spool_decoders_take_reframed_mutations(
+        ms in proptest::collection::vec(mutation(), 1..6),
+        target in 0usize..7,
+    ) {
+        let seg = real_segment();
+        let (mut body, mut records) = split(seg);
+        if target == 6 {
+            body = mutate(&body, &ms);
+        } else {
+            records[target].1 = mutate(&records[target].1, &ms);
+        }
+        let data = reframe(seg, &body, &records);
+        let (rows, damaged) = decode_segment_bytes(&data);
+        prop_assert!(rows.len() as u64 + damaged <= 6 || target == 6, "{} rows, {damaged} damaged", rows.len());
+        prop_assert!(rows.len() <= 6);
+        if target < 6 {
+            // The other records are untouched: they decode, pod rows and all.
+            prop_assert!(rows.len() >= 5, "{} rows, {damaged} damaged", rows.len());
+            let pods: usize = rows.iter().map(|r| r.pods.len()).sum();
+            // 1 + 3 + 5 pod rows were written; one record holds at most 5 of them.
+            prop_assert!(pods >= 9 - 5, "{pods} pod rows");
+        }
+    }
+
     #[test]
     fn procfs_parsers_take_any_text(text in ".{0,400}") {
         all_parsers(&text);
@@ -172,6 +270,17 @@ proptest! {
         let _ = parse_messages(&data, seq, &mut TcpConnCounts::default());
         let _ = parse_messages(&data, 0, &mut TcpConnCounts::default());
     }
+}
+
+/// The re-framer is exact: an unmutated segment comes back byte for byte, with its 6 rows and 9
+/// pod rows; so a mutation it re-frames is the only change the decoders see.
+#[test]
+fn reframing_an_unmutated_segment_changes_nothing() {
+    let seg = real_segment();
+    let (body, records) = split(seg);
+    assert_eq!(reframe(seg, &body, &records), seg);
+    let (rows, damaged) = decode_segment_bytes(seg);
+    assert_eq!((rows.len(), damaged, rows.iter().map(|r| r.pods.len()).sum::<usize>()), (6, 0, 9));
 }
 
 /// The whole replay path, files and all: a damaged segment in a spool directory is opened and

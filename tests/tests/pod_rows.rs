@@ -442,3 +442,99 @@ fn a_pod_partition_dropped_under_a_running_agent_is_made_again() {
     );
     assert_eq!(unmatched, "0");
 }
+
+/// A pod row with a different value in every column goes through the agent's real INSERT
+/// (feature-schema's pod_insert_sql and PodRow::params) and is read back column by column, by
+/// names spelled out here: two columns swapped in the declaration, the parameters or the table
+/// would fail.
+#[test]
+fn a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns() {
+    use agent_common::Event as E;
+    use feature_schema::pods::{pod_insert_sql, OwnerKind, PodRow, Res};
+    if !tests::have_root("a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns") {
+        return;
+    }
+    let url = tests::migrated_database("pod_row_columns");
+    let ts = std::time::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+    let mut row = PodRow {
+        node: "columns-node".into(),
+        ts,
+        interval_s: Some(1.25),
+        kind: OwnerKind::Pod,
+        owner: "5f0c1e2d-3b4a-4c5d-8e9f-0a1b2c3d4e5f".into(),
+        namespace: Some("shop".into()),
+        pod: Some("scanner-7d9f8-x2k4q".into()),
+        qos: Some("Burstable".into()),
+        cgroups: Some(3),
+        events: [None; agent_common::EVENT_COUNT],
+        resources: [None; feature_schema::pods::RESOURCE_COUNT],
+    };
+    let events = [
+        (E::Fork, "ebpf_forks", 101),
+        (E::Exec, "ebpf_execs", 102),
+        (E::Exit, "ebpf_exits", 103),
+        (E::TcpToEstablished, "tcp_to_est", 104),
+        (E::TcpToSynSent, "tcp_to_syn_sent", 105),
+        (E::TcpToSynRecv, "tcp_to_syn_recv", 106),
+        (E::TcpToClose, "tcp_to_close", 107),
+        (E::TcpToListen, "tcp_to_listen", 108),
+        (E::TcpConnFailed, "tcp_conn_failed", 109),
+        (E::TcpRstSent, "tcp_rst_sent", 110),
+        (E::TcpRstRecv, "tcp_rst_recv", 111),
+        (E::SockAllocTcp, "sock_alloc_tcp", 112),
+        (E::SockAllocUdp, "sock_alloc_udp", 113),
+        (E::SockAllocUnix, "sock_alloc_unix", 114),
+        (E::SockAllocRaw, "sock_alloc_raw", 115),
+        (E::SockAllocOther, "sock_alloc_other", 116),
+    ];
+    let resources = [
+        (Res::CpuUsage, "cpu_usage_usec", 201),
+        (Res::CpuPressure, "cpu_pressure_usec", 202),
+        (Res::MemoryPressure, "memory_pressure_usec", 203),
+        (Res::IoPressure, "io_pressure_usec", 204),
+        (Res::MemoryCurrent, "memory_current", 205),
+        (Res::OomKills, "oom_kills", 206),
+        (Res::PidsCurrent, "pids_current", 207),
+        (Res::IoReadBytes, "io_read_bytes", 208),
+        (Res::IoWriteBytes, "io_write_bytes", 209),
+    ];
+    assert_eq!(events.len(), agent_common::EVENT_COUNT, "every event column is listed here");
+    assert_eq!(resources.len(), feature_schema::pods::RESOURCE_COUNT, "every resource column is listed here");
+    for (e, _, v) in events {
+        row.events[e as usize] = Some(v);
+    }
+    for (r, _, v) in resources {
+        row.resources[r as usize] = Some(v);
+    }
+    let mut expected: Vec<(&str, String)> = vec![
+        ("node", "columns-node".into()),
+        ("interval_s", "1.25".into()),
+        ("kind", "pod".into()),
+        ("owner", "5f0c1e2d-3b4a-4c5d-8e9f-0a1b2c3d4e5f".into()),
+        ("namespace", "shop".into()),
+        ("pod", "scanner-7d9f8-x2k4q".into()),
+        ("qos", "Burstable".into()),
+        ("cgroups", "3".into()),
+        ("extract(epoch FROM ts)::bigint", "1780000000".into()),
+    ];
+    expected.extend(events.iter().map(|(_, c, v)| (*c, v.to_string())));
+    expected.extend(resources.iter().map(|(_, c, v)| (*c, v.to_string())));
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) =
+            url.parse::<tokio_postgres::Config>().unwrap().connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.query_one("SELECT ensure_node_partition($1)", &[&row.node]).await.unwrap();
+        client.query_one("SELECT ensure_pod_partition($1, $2)", &[&row.node, &row.ts]).await.unwrap();
+        assert_eq!(client.execute(&pod_insert_sql(1), &row.params()).await.unwrap(), 1);
+        for (column, want) in &expected {
+            let got: String = client
+                .query_one(&format!("SELECT ({column})::text FROM pod_features WHERE node = $1"), &[&row.node])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(&got, want, "column {column}");
+        }
+    });
+}

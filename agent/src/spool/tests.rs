@@ -516,6 +516,15 @@ fn run_sequence(max_bytes: u64, ops: &[Op]) {
         );
     } else {
         assert!(lost <= counted, "{lost} rows lost, only {counted} counted (after {} damaged bytes)", m.damage);
+        // Never low, and high by at most two per damaged byte (a damaged segment header reads
+        // as a damaged record too), beyond the replays a crash or a damaged ack allow.
+        let bound = lost + m.limbo.len() as u64 + 2 * u64::from(m.damage);
+        assert!(
+            counted <= bound,
+            "{lost} rows lost, {counted} counted: more than two over per damaged byte ({} damaged bytes, {} replayable)",
+            m.damage,
+            m.limbo.len()
+        );
     }
     fs::remove_dir_all(&dir).unwrap();
 }
