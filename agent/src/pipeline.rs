@@ -156,22 +156,24 @@ async fn sample_loop(
     Ok(None)
 }
 
-/// Opens the spool, or None (memory only) when disabled or unusable. Another agent holding the
-/// same spool is an error: two writers would corrupt it.
-fn open_spool(args: &RunArgs) -> anyhow::Result<Option<Spool>> {
+/// Opens the spool: None (memory only) when disabled. A spool that cannot be opened now (a
+/// full disk, a directory not yet writable) is handed to the writer to open later, rows waiting
+/// in memory meanwhile. Another agent holding the same spool is an error: two writers would
+/// corrupt it.
+fn open_spool(args: &RunArgs) -> anyhow::Result<writer::SpoolSlot> {
     if args.spool_dir.as_os_str() == "off" {
         info!("no spool (--spool-dir off): rows wait in memory while the database is away");
-        return Ok(None);
+        return Ok(writer::SpoolSlot::Off);
     }
     match Spool::open(&args.spool_dir, args.spool_max_bytes) {
         Ok(s) => {
             info!(dir = %args.spool_dir.display(), max_bytes = args.spool_max_bytes, pending = s.pending_rows(), "spool ready");
-            Ok(Some(s))
+            Ok(writer::SpoolSlot::Open(s))
         }
         Err(e @ crate::spool::SpoolError::Locked { .. }) => Err(e.into()),
         Err(e) => {
-            warn!(error = %e, "the spool cannot be used; rows wait in memory only (--queue-max-rows) while the database is away");
-            Ok(None)
+            warn!(error = %e, "the spool cannot be used now; rows wait in memory (--queue-max-rows) and it is tried again every 5 s");
+            Ok(writer::SpoolSlot::Later { dir: args.spool_dir.clone(), max_bytes: args.spool_max_bytes })
         }
     }
 }
@@ -196,7 +198,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sampler = args.sampling.sampler()?;
     let node = sampler.node().to_owned();
     let metrics = Metrics::new(args.sampling.interval);
-    if spool.is_some() {
+    if !matches!(spool, writer::SpoolSlot::Off) {
         metrics.spool_max_bytes.store(args.spool_max_bytes, Relaxed);
     }
     start_listener(&args.listen, &metrics).await?;

@@ -120,7 +120,8 @@ impl Chaos {
         let m = metrics(agent.port);
         let dropped: f64 =
             m.iter().filter(|(k, _)| k.starts_with("feature_agent_rows_dropped_total")).map(|(_, v)| v).sum();
-        agent.kill();
+        let out = agent.kill();
+        self.keep_warnings(&String::from_utf8_lossy(&out.stderr));
         let queued = m["feature_agent_rows_queued"] as u64;
         self.ledger.sampled += m["feature_agent_rows_sampled_total"] as u64;
         self.ledger.dropped += dropped as u64;
@@ -129,6 +130,13 @@ impl Chaos {
         // the channel from the sampler to the writer at most one more.
         self.ledger.kill_slack += 3;
         self.log.push(format!("  SIGKILL with {queued} rows in memory"));
+    }
+
+    /// The agent's warnings and errors, for the sequence printed on failure.
+    fn keep_warnings(&mut self, stderr: &str) {
+        for line in stderr.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")) {
+            self.log.push(format!("    {}", line.chars().take(300).collect::<String>()));
+        }
     }
 
     fn fault_on(&mut self, fault: Fault) {

@@ -344,3 +344,45 @@ fn a_damaged_spool_directory_is_skipped_counted_and_rows_keep_flowing() {
     );
     let _ = std::fs::remove_dir_all(spool);
 }
+
+/// A spool whose disk is full when the agent starts cannot be opened; the agent keeps its rows
+/// in memory and opens the spool once the disk has room, so a stop with the database still
+/// down spools them instead of dropping them.
+#[test]
+fn a_spool_that_cannot_be_opened_at_start_is_opened_later() {
+    if !have_root("a_spool_that_cannot_be_opened_at_start_is_opened_later") {
+        return;
+    }
+    let mut pg = pg();
+    let url = pg.url("postgres");
+    pg.stop_server();
+    let spool = fresh_spool_dir();
+    std::fs::create_dir_all(&spool).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&spool)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(spool.join("filler")).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = f.write_all(&[0u8; 64]);
+    }
+    let args = ["--interval", "0.2", "--node-name", "late-spool", "--no-ebpf", "--shutdown-timeout", "2"];
+    let agent = Agent::start(&url, &spool, &args, &[]);
+    wait_for("the warning", Duration::from_secs(10), || agent.log().contains("the spool cannot be used now"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(metrics(agent.port)["feature_agent_rows_queued"] >= 3.0);
+    std::fs::remove_file(spool.join("filler")).unwrap();
+    wait_for("the spool to open", Duration::from_secs(15), || agent.log().contains("the spool can be used now"));
+    wait_for("rows in the spool", Duration::from_secs(10), || metrics(agent.port)["feature_agent_rows_spooled"] >= 3.0);
+    let (out, _) = agent.stop_within(Duration::from_secs(8));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let c = assert_accounted(&stderr);
+    assert_eq!((c["dropped_shutdown"], c["dropped_full"]), (0, 0), "{stderr}");
+    assert_eq!(c["spooled"], c["sampled"], "{stderr}");
+    let _ = std::process::Command::new("umount").arg("-l").arg(&spool).status();
+    let _ = std::fs::remove_dir_all(spool);
+}

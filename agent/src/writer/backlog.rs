@@ -3,9 +3,13 @@
 //! wait in memory (written within milliseconds, nothing touches the disk); when it does not (no
 //! session, a failed or timed-out write, a stop), they are spilled to the spool in order. Rows
 //! leave oldest first: the spool's, then memory's (always newer).
-use std::{collections::VecDeque, sync::atomic::Ordering::Relaxed, time::SystemTime};
+use std::{
+    collections::VecDeque,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::SystemTime,
+};
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use feature_schema::FeatureRow;
 
@@ -13,6 +17,8 @@ use crate::{metrics::Metrics, spool::Spool};
 
 pub struct Backlog {
     spool: Option<Spool>,
+    /// A spool that could not be opened yet, and when it was last tried (None: try now).
+    reopen: Option<(std::path::PathBuf, u64, Option<std::time::Instant>)>,
     memory: VecDeque<FeatureRow>,
     memory_max: usize,
     dropped_memory: u64,
@@ -22,17 +28,29 @@ pub struct Backlog {
     /// row arrives at an empty backlog and by every read of a batch, cleared when the backlog
     /// empties. Readiness and the age metric come from it.
     oldest: Option<SystemTime>,
+    /// Published after every change, so /metrics and /readyz are current even while a database
+    /// call the writer waits on holds it for seconds.
+    metrics: Arc<Metrics>,
 }
 
 impl Backlog {
-    pub fn new(spool: Option<Spool>, memory_max: usize) -> Self {
+    pub fn new(slot: super::SpoolSlot, memory_max: usize, metrics: Arc<Metrics>) -> Self {
+        let (spool, reopen) = match slot {
+            super::SpoolSlot::Off => (None, None),
+            super::SpoolSlot::Open(s) => (Some(s), None),
+            super::SpoolSlot::Later { dir, max_bytes } => {
+                (None, Some((dir, max_bytes, Some(std::time::Instant::now()))))
+            }
+        };
         let mut b = Backlog {
             spool,
+            reopen,
             memory: VecDeque::new(),
             memory_max,
             dropped_memory: 0,
             spool_failing: false,
             oldest: None,
+            metrics,
         };
         // Rows left by an earlier run: learn the oldest one's time (read, then put back).
         if !b.is_empty() {
@@ -40,6 +58,7 @@ impl Backlog {
             b.abort();
             b.oldest = first.first().map(|r| r.ts);
         }
+        b.publish();
         b
     }
 
@@ -56,11 +75,13 @@ impl Backlog {
             }
         }
         self.memory.push_back(row);
+        self.publish();
     }
 
     /// Moves the rows waiting in memory to the spool (if there is one and it works). Never
     /// while a batch read from memory is in flight: its commit removes it from memory.
     pub fn spill(&mut self) {
+        self.try_reopen();
         let Some(spool) = self.spool.as_mut() else { return };
         while let Some(row) = self.memory.front() {
             match spool.append(row) {
@@ -76,9 +97,35 @@ impl Backlog {
                         error!(error = %e, "cannot write to the spool; holding rows in memory (--queue-max-rows) until it works again");
                         self.spool_failing = true;
                     }
-                    return;
+                    break;
                 }
             }
+        }
+        self.publish();
+    }
+
+    /// At a stop: the next spill tries the spool that could not be opened, whenever it last did.
+    pub fn retry_spool_now(&mut self) {
+        if let Some((_, _, at)) = self.reopen.as_mut() {
+            *at = None;
+        }
+    }
+
+    /// Opens the spool that could not be opened at start, at most every 5 s.
+    fn try_reopen(&mut self) {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+        let Some((dir, max_bytes, at)) = self.reopen.as_mut() else { return };
+        if at.is_some_and(|t| t.elapsed() < EVERY) {
+            return;
+        }
+        *at = Some(std::time::Instant::now());
+        match Spool::open(dir, *max_bytes) {
+            Ok(s) => {
+                info!(dir = %dir.display(), pending = s.pending_rows(), "the spool can be used now");
+                self.spool = Some(s);
+                self.reopen = None;
+            }
+            Err(e) => debug!(error = %e, "the spool still cannot be opened"),
         }
     }
 
@@ -98,6 +145,11 @@ impl Backlog {
 
     pub fn has_spool(&self) -> bool {
         self.spool.is_some()
+    }
+
+    /// Whether rows in memory could still go to a spool (one is open, or may open later).
+    pub fn may_spool(&self) -> bool {
+        self.spool.is_some() || self.reopen.is_some()
     }
 
     /// The oldest rows, at most `n`: the spool's first, then memory's.
@@ -143,6 +195,7 @@ impl Backlog {
         if self.is_empty() {
             self.oldest = None;
         }
+        self.publish();
     }
 
     /// The peeked rows were not written; they are read again next time.
@@ -168,7 +221,8 @@ impl Backlog {
         self.spool.as_ref().map_or(0, Spool::pending_rows)
     }
 
-    pub fn publish(&self, m: &Metrics) {
+    pub fn publish(&self) {
+        let m = &self.metrics;
         m.rows_queued.store(self.memory.len() as u64, Relaxed);
         m.rows_dropped_queue_full.store(self.dropped_memory, Relaxed);
         m.oldest_unwritten_unix.set(self.oldest.map_or(0.0, crate::metrics::unix_seconds));

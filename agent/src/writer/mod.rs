@@ -123,11 +123,24 @@ pub struct WriterOptions {
     pub queue_max_rows: usize,
     /// How long to keep writing after the sampler stopped.
     pub shutdown_timeout: Duration,
-    /// The on-disk spool; None keeps rows in memory only.
-    pub spool: Option<Spool>,
+    /// The on-disk spool.
+    pub spool: SpoolSlot,
     /// Rows per INSERT when catching up.
     pub batch_rows: usize,
     pub metrics: Arc<Metrics>,
+}
+
+/// The spool as the writer gets it.
+pub enum SpoolSlot {
+    /// No spool (`--spool-dir off`): rows wait in memory only.
+    Off,
+    Open(Spool),
+    /// Wanted, but it could not be opened at start (a full disk): tried again every 5 s while
+    /// rows wait in memory.
+    Later {
+        dir: std::path::PathBuf,
+        max_bytes: u64,
+    },
 }
 
 /// Writes the rows from `rx` until the channel closes and the backlog is written (or the
@@ -342,7 +355,7 @@ impl Writer {
         let mut target = opts.target;
         deadlines.apply(&mut target.config);
         target.config.application_name(&application);
-        let backlog = Backlog::new(opts.spool, opts.queue_max_rows);
+        let backlog = Backlog::new(opts.spool, opts.queue_max_rows, opts.metrics.clone());
         let report = WriterReport { recovered: backlog.spooled(), ..WriterReport::default() };
         Writer {
             inbox: Inbox { rx, open: true, stop, shutdown_timeout: opts.shutdown_timeout, drain_by: None },
@@ -371,7 +384,7 @@ impl Writer {
         let mut state = State::Probing(Retry::now());
         loop {
             self.inbox.take_arrivals(&mut self.backlog);
-            self.backlog.publish(&self.metrics);
+            self.backlog.publish();
             if state.name() != self.last_state {
                 info!(from = self.last_state, to = state.name(), backlog = self.backlog.len(), "writer state");
                 self.last_state = state.name();
@@ -469,7 +482,7 @@ impl Writer {
     async fn probe_step(&mut self, mut r: Retry) -> State {
         // The database is away: nothing waits in memory meanwhile.
         self.backlog.spill();
-        self.backlog.publish(&self.metrics);
+        self.backlog.publish();
         if self.inbox.draining() {
             if self.backlog.is_empty() {
                 return State::Stopped;
@@ -614,11 +627,12 @@ impl Writer {
     /// lost, and counted.
     fn finish(mut self) -> WriterReport {
         self.backlog.abort();
+        self.backlog.retry_spool_now();
         self.backlog.spill();
         let r = &mut self.report;
         r.dropped_shutdown = self.backlog.in_memory() as u64;
         self.metrics.rows_dropped_shutdown.store(r.dropped_shutdown, Relaxed);
-        self.backlog.publish(&self.metrics);
+        self.backlog.publish();
         r.dropped_full = self.backlog.dropped_full();
         r.corrupt = self.backlog.corrupt();
         r.unwritten = self.backlog.spooled();
