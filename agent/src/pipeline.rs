@@ -168,7 +168,7 @@ fn open_spool(args: &RunArgs) -> anyhow::Result<writer::SpoolSlot> {
     match Spool::open(&args.spool_dir, args.spool_max_bytes) {
         Ok(s) => {
             info!(dir = %args.spool_dir.display(), max_bytes = args.spool_max_bytes, pending = s.pending_rows(), "spool ready");
-            Ok(writer::SpoolSlot::Open(s))
+            Ok(writer::SpoolSlot::Open(Box::new(s)))
         }
         Err(e @ crate::spool::SpoolError::Locked { .. }) => Err(e.into()),
         Err(e) => {

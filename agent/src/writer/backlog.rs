@@ -37,7 +37,7 @@ impl Backlog {
     pub fn new(slot: super::SpoolSlot, memory_max: usize, metrics: Arc<Metrics>) -> Self {
         let (spool, reopen) = match slot {
             super::SpoolSlot::Off => (None, None),
-            super::SpoolSlot::Open(s) => (Some(s), None),
+            super::SpoolSlot::Open(s) => (Some(*s), None),
             super::SpoolSlot::Later { dir, max_bytes } => {
                 (None, Some((dir, max_bytes, Some(std::time::Instant::now()))))
             }

@@ -134,7 +134,7 @@ pub struct WriterOptions {
 pub enum SpoolSlot {
     /// No spool (`--spool-dir off`): rows wait in memory only.
     Off,
-    Open(Spool),
+    Open(Box<Spool>),
     /// Wanted, but it could not be opened at start (a full disk): tried again every 5 s while
     /// rows wait in memory.
     Later {
