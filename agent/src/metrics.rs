@@ -327,6 +327,21 @@ fn single(enc: &mut DescriptorEncoder, name: &str, help: &str, metric: impl Enco
     metric.encode(m)
 }
 
+/// One counter with a label, a series per (label value, count).
+fn labelled_counter<'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: impl IntoIterator<Item = (&'a str, u64)>,
+) -> fmt::Result {
+    let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in series {
+        ConstCounter::new(n).encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Exposition {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let m = &self.0;
@@ -362,23 +377,21 @@ impl Collector for Exposition {
             "The spool's size bound (--spool-max-bytes; 0 without a spool): beyond it the oldest rows are dropped.",
             g(&m.spool_max_bytes),
         )?;
-        let mut dropped = enc.encode_descriptor(
-            "feature_agent_rows_dropped",
-            "Rows sampled that will never reach the database: the memory queue or the spool was full (oldest dropped), spool records were damaged, the database refused the row's content, or at shutdown neither the database nor the spool took them.",
-            None,
-            MetricType::Counter,
-        )?;
         let queue_full = m.rows_dropped_queue_full.load(Relaxed) + m.rows_dropped_channel_full.load(Relaxed);
-        for (reason, n) in [
-            ("queue_full", queue_full),
-            ("spool_full", m.rows_dropped_spool_full.load(Relaxed)),
-            ("corrupt", m.rows_dropped_corrupt.load(Relaxed)),
-            ("rejected", m.rows_rejected.load(Relaxed)),
-            ("shutdown", m.rows_dropped_shutdown.load(Relaxed)),
-            ("clock_step", m.rows_dropped_clock_step.load(Relaxed)),
-        ] {
-            ConstCounter::new(n).encode(dropped.encode_family(&[("reason", reason)])?)?;
-        }
+        labelled_counter(
+            &mut enc,
+            "feature_agent_rows_dropped",
+            "Rows sampled that will never reach the database: the memory queue or the spool was full (oldest dropped), spool records were damaged, the database refused the row's content, at shutdown neither the database nor the spool took them, or the clock stepped back over an interval already stamped.",
+            "reason",
+            [
+                ("queue_full", queue_full),
+                ("spool_full", m.rows_dropped_spool_full.load(Relaxed)),
+                ("corrupt", m.rows_dropped_corrupt.load(Relaxed)),
+                ("rejected", m.rows_rejected.load(Relaxed)),
+                ("shutdown", m.rows_dropped_shutdown.load(Relaxed)),
+                ("clock_step", m.rows_dropped_clock_step.load(Relaxed)),
+            ],
+        )?;
         single(
             &mut enc,
             "feature_agent_rows_duplicate",
@@ -409,15 +422,13 @@ impl Collector for Exposition {
             "Connections that found another agent writing under this node name.",
             c(&m.node_name_conflicts),
         )?;
-        let mut steps = enc.encode_descriptor(
+        labelled_counter(
+            &mut enc,
             "feature_agent_clock_steps",
             "Steps of the wall clock against the monotonic clock between two samples (more than 0.5 s), by direction.",
-            None,
-            MetricType::Counter,
+            "direction",
+            [("forward", m.clock_steps_forward.load(Relaxed)), ("backward", m.clock_steps_backward.load(Relaxed))],
         )?;
-        for (direction, a) in [("forward", &m.clock_steps_forward), ("backward", &m.clock_steps_backward)] {
-            ConstCounter::new(a.load(Relaxed)).encode(steps.encode_family(&[("direction", direction)])?)?;
-        }
         single(
             &mut enc,
             "feature_agent_pod_rows_written",
@@ -448,16 +459,16 @@ impl Collector for Exposition {
             "Times the spool's ack file was found damaged or missing; its rows were replayed from the oldest (duplicates are skipped by the database).",
             c(&m.spool_ack_damaged),
         )?;
-        let mut damaged = enc.encode_descriptor(
+        labelled_counter(
+            &mut enc,
             "feature_agent_spool_segments_damaged",
             "Spool segment files the agent could not read (missing, a directory, unreadable: skipped, their rows counted as corrupt) or delete (forgotten, left on disk).",
-            None,
-            MetricType::Counter,
+            "kind",
+            [
+                ("unreadable", m.spool_segments_unreadable.load(Relaxed)),
+                ("unremovable", m.spool_segments_unremovable.load(Relaxed)),
+            ],
         )?;
-        for (kind, a) in [("unreadable", &m.spool_segments_unreadable), ("unremovable", &m.spool_segments_unremovable)]
-        {
-            ConstCounter::new(a.load(Relaxed)).encode(damaged.encode_family(&[("kind", kind)])?)?;
-        }
         single(
             &mut enc,
             "feature_agent_last_write_timestamp_seconds",
@@ -493,24 +504,20 @@ impl Collector for Exposition {
             ConstGauge::new(1).encode(programs.encode_family(&labels)?)?;
         }
         let stats = m.program_stats.lock().map(|s| s.clone()).unwrap_or_default();
-        let mut misses = enc.encode_descriptor(
+        labelled_counter(
+            &mut enc,
             "feature_agent_ebpf_recursion_misses",
             "Events an eBPF program was not run for because it was already running on that CPU (a softirq interrupting it): those events are missing from its counts.",
-            None,
-            MetricType::Counter,
+            "program",
+            stats.iter().map(|p| (p.program.as_str(), p.recursion_misses)),
         )?;
-        for p in &stats {
-            ConstCounter::new(p.recursion_misses).encode(misses.encode_family(&[("program", p.program.as_str())])?)?;
-        }
-        let mut runs = enc.encode_descriptor(
+        labelled_counter(
+            &mut enc,
             "feature_agent_ebpf_program_runs",
             "Times each eBPF program ran (counted by the kernel only while kernel.bpf_stats_enabled is 1).",
-            None,
-            MetricType::Counter,
+            "program",
+            stats.iter().map(|p| (p.program.as_str(), p.run_count)),
         )?;
-        for p in &stats {
-            ConstCounter::new(p.run_count).encode(runs.encode_family(&[("program", p.program.as_str())])?)?;
-        }
         let ready = i64::from(m.ready().is_ok());
         single(
             &mut enc,
