@@ -268,6 +268,7 @@ fn a_chaos_sequence_keeps_every_row_or_counts_it() {
         // Rows sampled that are neither in the database nor counted: only what killed agents
         // held in memory may be missing (the kill readings may be short by their slack).
         let missing = l.sampled as i64 - rows as i64 - l.dropped as i64;
+        eprintln!("chaos: the sequence was:\n{}", chaos.log.join("\n"));
         eprintln!("chaos: {l:?}, rows in the database {rows}, missing {missing}");
         assert!(missing >= -(l.kill_slack as i64), "more rows than sampled: {missing} ({l:?}, {rows} rows)");
         assert!(

@@ -17,6 +17,8 @@ use crate::{metrics::Metrics, spool::Spool};
 
 pub struct Backlog {
     spool: Option<Spool>,
+    /// Rows an earlier run left in the spool, found when it was opened (at start, or later).
+    recovered: u64,
     /// A spool that could not be opened yet, and when it was last tried (None: try now).
     reopen: Option<(std::path::PathBuf, u64, Option<std::time::Instant>)>,
     memory: VecDeque<FeatureRow>,
@@ -42,8 +44,10 @@ impl Backlog {
                 (None, Some((dir, max_bytes, Some(std::time::Instant::now()))))
             }
         };
+        let recovered = spool.as_ref().map_or(0, Spool::pending_rows);
         let mut b = Backlog {
             spool,
+            recovered,
             reopen,
             memory: VecDeque::new(),
             memory_max,
@@ -122,6 +126,7 @@ impl Backlog {
         match Spool::open(dir, *max_bytes) {
             Ok(s) => {
                 info!(dir = %dir.display(), pending = s.pending_rows(), "the spool can be used now");
+                self.recovered += s.pending_rows();
                 self.spool = Some(s);
                 self.reopen = None;
             }
@@ -205,6 +210,11 @@ impl Backlog {
                 spool.rewind();
             }
         }
+    }
+
+    /// Rows an earlier run had left in the spool.
+    pub fn recovered(&self) -> u64 {
+        self.recovered
     }
 
     /// Rows dropped because the memory queue or the spool was full.

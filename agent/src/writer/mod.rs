@@ -356,7 +356,7 @@ impl Writer {
         deadlines.apply(&mut target.config);
         target.config.application_name(&application);
         let backlog = Backlog::new(opts.spool, opts.queue_max_rows, opts.metrics.clone());
-        let report = WriterReport { recovered: backlog.spooled(), ..WriterReport::default() };
+        let report = WriterReport::default();
         Writer {
             inbox: Inbox { rx, open: true, stop, shutdown_timeout: opts.shutdown_timeout, drain_by: None },
             backlog,
@@ -633,6 +633,7 @@ impl Writer {
         r.dropped_shutdown = self.backlog.in_memory() as u64;
         self.metrics.rows_dropped_shutdown.store(r.dropped_shutdown, Relaxed);
         self.backlog.publish();
+        r.recovered = self.backlog.recovered();
         r.dropped_full = self.backlog.dropped_full();
         r.corrupt = self.backlog.corrupt();
         r.unwritten = self.backlog.spooled();
