@@ -86,6 +86,10 @@ pub struct SamplingArgs {
     /// clock.rs), to step a real agent's clock without touching the machine's.
     #[arg(long, env = "FEATURE_AGENT_CLOCK_OFFSET_FILE", hide = true)]
     pub clock_offset_file: Option<PathBuf>,
+    /// Tests only: the eBPF map read of this sample (counted from 1) fails, to check that its
+    /// row and the next have NULL eBPF columns and no pod rows, and that counting resumes.
+    #[arg(long, env = "FEATURE_AGENT_FAIL_MAP_READ", hide = true)]
+    pub test_fail_map_read: Option<u64>,
 }
 
 /// The streaming detector that judges every row (see detector.rs).
@@ -247,7 +251,9 @@ impl SamplingArgs {
         let ebpf = self.load_ebpf(pods.is_some())?;
         let pods = if ebpf.is_some() { pods } else { None };
         let recheck = Duration::from_secs_f64(self.tcp_recheck_interval);
-        Ok(Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck).with_pods(pods))
+        Ok(Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck)
+            .with_pods(pods)
+            .with_failed_read_at(self.test_fail_map_read))
     }
 
     /// The per-pod sampler, when --pod-rows is on and a cgroup v2 tree exists. On a v1-only

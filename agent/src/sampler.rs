@@ -66,12 +66,22 @@ pub struct Sampler {
     pods: Option<PodSampler>,
     /// Events counted as overflow (the per-cgroup map was full), since the programs were loaded.
     cgroup_overflow: u64,
+    /// Tests only: the number (from 1) of the sample whose map read fails as a failed lookup
+    /// would, to check what the rows make of it.
+    fail_read_at: Option<u64>,
+    samples: u64,
 }
 
 impl Sampler {
     /// Also produces per-pod rows (needs eBPF loaded with per-cgroup counting).
     pub fn with_pods(mut self, pods: Option<PodSampler>) -> Self {
         self.pods = pods.filter(|_| self.ebpf.as_ref().is_some_and(|e| e.per_cgroup().is_some()));
+        self
+    }
+
+    /// Tests only (hidden --test-fail-map-read): the map read of sample number `n` fails.
+    pub fn with_failed_read_at(mut self, n: Option<u64>) -> Self {
+        self.fail_read_at = n;
         self
     }
 
@@ -106,6 +116,8 @@ impl Sampler {
             ebpf_ok: true,
             pods: None,
             cgroup_overflow: 0,
+            fail_read_at: None,
+            samples: 0,
         };
         s.seed_gauges();
         s
@@ -229,7 +241,15 @@ impl Sampler {
             self.failing = failing;
         }
         let pods_on = self.pods.is_some();
-        let read = self.ebpf.as_mut().map(|e| if pods_on { e.read_all() } else { e.read().map(|s| (s, None)) });
+        self.samples += 1;
+        let read = if self.fail_read_at == Some(self.samples) && self.ebpf.is_some() {
+            Some(Err(crate::ebpf::EbpfError::Read {
+                name: agent_common::MAP_CGROUP_EVENT_COUNTS,
+                source: aya::maps::MapError::KeyNotFound,
+            }))
+        } else {
+            self.ebpf.as_mut().map(|e| if pods_on { e.read_all() } else { e.read().map(|s| (s, None)) })
+        };
         let (snap, cgroups) = match read {
             Some(Ok((s, c))) => (Some(s), c),
             Some(Err(e)) => {

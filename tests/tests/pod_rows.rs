@@ -538,3 +538,50 @@ fn a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns() {
         }
     });
 }
+
+/// A failed map read (injected at the third sample through the hidden --test-fail-map-read):
+/// that row's eBPF columns are NULL and it has no pod rows; the next read is a fresh baseline
+/// for both (its row is NULL too, and has none); from the row after, counting resumes, each
+/// interval's pod rows cover one interval and add up to their node row.
+#[test]
+fn a_failed_map_read_gives_null_then_a_fresh_baseline_for_node_and_pod_rows() {
+    if !have_root("failed_map_read") {
+        return;
+    }
+    let _g = exclusive();
+    let out = Command::new(agent_bin())
+        .args(["print", "--pod-rows", "--records", "7", "--interval", "0.5", "--test-fail-map-read", "3"])
+        .env("POD_LOGS_DIR", "/nonexistent")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("reading the eBPF counters failed"), "{log}");
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let node_rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("kind").is_none()).collect();
+    assert_eq!(node_rows.len(), 7);
+    let pods_of = |node: &serde_json::Value| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|l| l.get("kind").is_some() && l["ts"] == node["ts"]).collect()
+    };
+    // Rows 1 (the first: no interval yet), 3 (the failed read) and 4 (the fresh baseline):
+    // NULL eBPF columns and no pod rows. Rows 2, 5, 6, 7: counts, and pod rows that add up.
+    for (i, node) in node_rows.iter().enumerate() {
+        let counted = !matches!(i + 1, 1 | 3 | 4);
+        assert_eq!(node["ebpf_execs"].is_i64(), counted, "row {}: {node}", i + 1);
+        let pods = pods_of(node);
+        assert_eq!(!pods.is_empty(), counted, "row {} has {} pod rows", i + 1, pods.len());
+        if counted {
+            let sum: i64 = pods.iter().map(|p| p["ebpf_execs"].as_i64().unwrap()).sum();
+            assert_eq!(sum, node["ebpf_execs"].as_i64().unwrap(), "row {}", i + 1);
+            let node_interval = node["interval_s"].as_f64().unwrap();
+            assert!(node_interval < 0.75, "row {}: one interval, {node_interval} s", i + 1);
+            for p in pods {
+                assert_eq!(p["interval_s"].as_f64(), Some(node_interval), "row {}: {p}", i + 1);
+            }
+        }
+    }
+}
