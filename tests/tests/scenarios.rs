@@ -210,7 +210,7 @@ fn label_marks_and_clears_a_window() {
 
 /// The scripted run (normal, attack, normal, ...): the agent's detector flags every scenario,
 /// within 4 s of its start. (Precision is not asserted here: the detector's false alarms are
-/// issue 12's subject, measured by `cargo xtask detection`.)
+/// measured over longer runs by `cargo xtask detection`.)
 #[test]
 fn drill_detects_every_scenario() {
     if !have_root("drill_detects_every_scenario") {

@@ -130,7 +130,7 @@ fn append_read_ack_and_reopen_in_order() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The first bug of issue 8: after every segment was acknowledged and deleted, the next
+/// A regression: after every segment was acknowledged and deleted, the next
 /// segment reused the acknowledged segment's number while the ack offset still pointed at the
 /// old segment's end, and the next outage's rows were skipped as corrupt.
 #[test]
