@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context};
 use feature_db::{migrate, DatabaseArgs};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     clock::{Stamp, Stamper},
@@ -31,6 +31,9 @@ fn aligned_ticker(period: Duration, wall: SystemTime) -> tokio::time::Interval {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     ticker
 }
+
+/// How long a stopping writer has after being told to stop now before the process leaves it.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// How often the eBPF programs' run counts and recursion misses are read for /metrics.
 const PROGRAM_STATS_EVERY: Duration = Duration::from_secs(15);
@@ -237,21 +240,40 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await;
     // Closing the channel starts the writer's drain (--shutdown-timeout). A second SIGTERM or
     // SIGINT ends it at once (what is in memory is spooled, or counted); so does the timeout
-    // itself passing with a margin, should the writer be stuck in a call that ignores it.
+    // itself passing with a margin, should the writer be stuck in a call that ignores it. A
+    // writer that does not stop even then (a disk that never returns from fdatasync) is left
+    // behind: the process exits without it.
     drop(tx);
     let mut join = tokio::task::spawn_blocking(move || writer.join());
-    let backstop = tokio::time::sleep(shutdown_timeout + Duration::from_secs(2));
+    let backstop = tokio::time::sleep(shutdown_timeout + STOP_GRACE);
     tokio::pin!(backstop);
+    let mut abandon_at: Option<tokio::time::Instant> = None;
     let joined = loop {
+        let abandon = async {
+            match abandon_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = &mut join => break r,
             s = signals.next() => {
                 warn!(signal = s, "second signal: stopping now; rows not yet in the database go to the spool");
                 let _ = stop_now.send(true);
+                abandon_at.get_or_insert(tokio::time::Instant::now() + STOP_GRACE);
             }
             () = &mut backstop, if !*stop_now.borrow() => {
                 warn!("the writer did not finish within --shutdown-timeout; stopping it now");
                 let _ = stop_now.send(true);
+                abandon_at.get_or_insert(tokio::time::Instant::now() + STOP_GRACE);
+            }
+            () = abandon => {
+                error!(
+                    in_memory = metrics.rows_queued.load(Relaxed),
+                    "the writer did not stop (stuck in the disk?); exiting without it: the rows it held in memory are lost"
+                );
+                // The runtime would wait for the stuck thread on its way out: leave at once.
+                std::process::exit(1);
             }
         }
     };
@@ -398,8 +420,16 @@ pub async fn migrate_only(args: DatabaseArgs) -> anyhow::Result<()> {
         );
     }
     let target = feature_db::args::describe_target(&config);
-    let mut client = args.connect().await?;
-    let applied = migrate::apply(&mut client).await.map_err(migrate::explain)?;
+    // The same deadline as the agent's own start-up migration (plus the connect's), so a hung
+    // database fails the Job instead of holding it forever.
+    let limit = writer::Deadlines::for_interval(Duration::ZERO).migrate + Duration::from_secs(10);
+    let work = async {
+        let mut client = args.connect().await?;
+        migrate::apply(&mut client).await.map_err(migrate::explain)
+    };
+    let applied = tokio::time::timeout(limit, work).await.map_err(|_| {
+        anyhow::anyhow!("{target}: no answer within {limit:?}; the migrations may not have been applied")
+    })??;
     info!(applied, target, "migrations up to date");
     Ok(())
 }

@@ -152,11 +152,6 @@ impl Backlog {
         self.spool.is_some()
     }
 
-    /// Whether rows in memory could still go to a spool (one is open, or may open later).
-    pub fn may_spool(&self) -> bool {
-        self.spool.is_some() || self.reopen.is_some()
-    }
-
     /// The oldest rows, at most `n`: the spool's first, then memory's.
     pub fn peek(&mut self, n: usize) -> Vec<FeatureRow> {
         let rows = self.read(n);
