@@ -8,6 +8,20 @@
 pub const MAP_EVENT_COUNTS: &str = "EVENT_COUNTS";
 /// Per-CPU array with one [`TcpStateBalance`] entry: +1 on entering a TCP state, -1 on leaving.
 pub const MAP_TCP_STATE_BALANCE: &str = "TCP_STATE_BALANCE";
+/// Per-CPU hash from a network namespace's key (see [`NetnsKeying`]) to its
+/// [`NetnsTcpBalance`]: the TCP state balance of [`MAP_TCP_STATE_BALANCE`], for ESTABLISHED
+/// and LISTEN, split by the socket's network namespace, so that each namespace can be seeded and
+/// re-checked against its own table.
+pub const MAP_NETNS_TCP_BALANCE: &str = "NETNS_TCP_BALANCE";
+/// Capacity of [`MAP_NETNS_TCP_BALANCE`]: network namespaces with TCP sockets on one node.
+pub const NETNS_TCP_BALANCE_MAX: u32 = 4096;
+/// The key of sockets whose namespace could not be read, or whose namespace found
+/// [`MAP_NETNS_TCP_BALANCE`] full.
+pub const NETNS_UNRESOLVED: u32 = 0;
+/// The global the agent sets before loading: where a socket's namespace key is (see
+/// [`NetnsKeying`]).
+pub const GLOBAL_NETNS_KEYING: &str = "NETNS_KEYING";
+
 /// Hash map from pid_tgid to the arguments of a socket()/socketpair() call in flight, so the
 /// exit tracepoint only counts sockets that were really created.
 pub const MAP_SOCKET_CALLS_IN_FLIGHT: &str = "SOCKET_CALLS_IN_FLIGHT";
@@ -81,6 +95,36 @@ pub struct CgroupCounting {
     pub _pad: u32,
 }
 
+/// How the TCP hooks find a socket's network namespace key, written into the object by the agent
+/// before it loads it; offsets from the kernel's BTF.
+///
+/// The key is the inode number of the namespace's `/proc/<pid>/net/stat` directory
+/// (`sock->__sk_common.skc_net.net->proc_net_stat->low_ino`). The agent can `stat` that directory
+/// through any process in the namespace with no capability, where the namespace's own inode
+/// (`/proc/<pid>/ns/net`) needs ptrace access to the process. A zero `known` keys every socket
+/// under [`NETNS_UNRESOLVED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsKeying {
+    /// Non-zero: the offsets below are valid.
+    pub known: u32,
+    /// Offset in `struct sock` of `__sk_common.skc_net.net` (a `struct net *`).
+    pub sk_net: u32,
+    /// Offset in `struct net` of `proc_net_stat` (a `struct proc_dir_entry *`).
+    pub net_proc_net_stat: u32,
+    /// Offset in `struct proc_dir_entry` of `low_ino` (u32: the directory's inode number).
+    pub pde_low_ino: u32,
+}
+
+/// Per-CPU running balance of one network namespace's ESTABLISHED and LISTEN TCP sockets, as
+/// [`TcpStateBalance`] counts them for the node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsTcpBalance {
+    pub established: i64,
+    pub listening: i64,
+}
+
 /// Rare kernel-side conditions, each logged once through aya-log.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,10 +133,13 @@ pub enum KernelCondition {
     CgroupMapFull = 0,
     /// [`MAP_CGROUP_NAMES`] is full: a new cgroup's path was not recorded.
     CgroupNamesFull = 1,
+    /// [`MAP_NETNS_TCP_BALANCE`] is full: new namespaces' sockets count under
+    /// [`NETNS_UNRESOLVED`].
+    NetnsMapFull = 2,
 }
 
 /// Number of [`KernelCondition`]s.
-pub const KERNEL_CONDITION_COUNT: u32 = 2;
+pub const KERNEL_CONDITION_COUNT: u32 = 3;
 
 /// Declares [`Event`] (index and name of each counter, in map order), [`EVENT_COUNT`],
 /// [`Event::ALL`] and [`Event::name`] from one list.
@@ -252,6 +299,8 @@ mod pod {
     unsafe impl aya::Pod for super::TcpStateBalance {}
     unsafe impl aya::Pod for super::SocketCall {}
     unsafe impl aya::Pod for super::CgroupCounting {}
+    unsafe impl aya::Pod for super::NetnsKeying {}
+    unsafe impl aya::Pod for super::NetnsTcpBalance {}
     // SAFETY: u32, u32, then a byte array: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::CgroupName {}
 }

@@ -1,6 +1,8 @@
 //! sock:inet_sock_set_state, TCP only: counts entries into the states the features name, failed
 //! active opens (SYN_SENT -> CLOSE), and keeps the per-state balance from which the agent
-//! derives est_conn and lis_conn without walking the connection table.
+//! derives est_conn and lis_conn without walking the connection table: one balance for the node,
+//! and one per network namespace (keyed as agent-common's `NetnsKeying` says) so that the
+//! agent seeds and re-checks each namespace against that namespace's own table.
 //!
 //! Two attachments of the same logic; the agent uses the first that loads:
 //! - `inet_sock_set_state` (BTF raw tracepoint, kernel 5.5+ with BTF): the kernel passes the
@@ -15,7 +17,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use crate::maps::{move_tcp_state, Counter};
+use crate::maps::{btf_socket_netns, move_netns_tcp_state, move_tcp_state, moves_netns_balance, socket_netns, Counter};
 
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
 const SKADDR_OFFSET: usize = 8;
@@ -33,7 +35,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let counter = || Counter::for_btf_socket(&ctx, sk as *const u8);
-    tcp_state_changed(counter, old, new);
+    tcp_state_changed(&ctx, counter, || btf_socket_netns(sk as *const u8), old, new);
     0
 }
 
@@ -50,17 +52,27 @@ pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
     };
     if let (Ok(IPPROTO_TCP), Ok(old), Ok(new), Ok(sk)) = fields {
         // The tracepoint fires for full sockets only: no state check before reading the owner.
-        tcp_state_changed(|| Counter::for_socket(&ctx, sk, true), old, new);
+        tcp_state_changed(&ctx, || Counter::for_socket(&ctx, sk, true), || socket_netns(sk), old, new);
     }
     0
 }
 
 /// Counts the transition for the node and for the socket's owner (most transitions after the
 /// first happen in softirq, on behalf of no particular task); `counter` resolves the owner,
-/// once, and only when something is counted.
+/// once, and only when something is counted; `netns` resolves the socket's namespace key, only
+/// when the move changes a namespace's ESTABLISHED or LISTEN balance.
 #[inline(always)]
-fn tcp_state_changed(counter: impl FnOnce() -> Counter, old: i32, new: i32) {
+fn tcp_state_changed<C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    counter: impl FnOnce() -> Counter,
+    netns: impl FnOnce() -> u32,
+    old: i32,
+    new: i32,
+) {
     move_tcp_state(old, new);
+    if moves_netns_balance(old, new) {
+        move_netns_tcp_state(ctx, netns(), old, new);
+    }
     let entered = match new {
         tcp_state::ESTABLISHED => Some(Event::TcpToEstablished),
         tcp_state::SYN_SENT => Some(Event::TcpToSynSent),

@@ -3,8 +3,9 @@
 //! up by (`#[map]` takes no constant); agent/src/ebpf.rs's tests check the built object holds
 //! every MAP_* name, so a rename on one side only fails `cargo test`.
 use agent_common::{
-    tcp_state, CgroupCounting, CgroupName, Event, EventCounts, KernelCondition, SocketCall, TcpStateBalance,
-    CGROUP_EVENT_COUNTS_DEFAULT_MAX, CGROUP_NAMES_MAX, KERNEL_CONDITION_COUNT, SOCKET_CALLS_IN_FLIGHT_MAX,
+    tcp_state, CgroupCounting, CgroupName, Event, EventCounts, KernelCondition, NetnsKeying, NetnsTcpBalance,
+    SocketCall, TcpStateBalance, CGROUP_EVENT_COUNTS_DEFAULT_MAX, CGROUP_NAMES_MAX, KERNEL_CONDITION_COUNT,
+    NETNS_TCP_BALANCE_MAX, NETNS_UNRESOLVED, SOCKET_CALLS_IN_FLIGHT_MAX,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -20,6 +21,10 @@ static EVENT_COUNTS: PerCpuArray<EventCounts> = PerCpuArray::with_max_entries(1,
 
 #[map]
 static TCP_STATE_BALANCE: PerCpuArray<TcpStateBalance> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static NETNS_TCP_BALANCE: PerCpuHashMap<u32, NetnsTcpBalance> =
+    PerCpuHashMap::with_max_entries(NETNS_TCP_BALANCE_MAX, 0);
 
 #[map]
 pub static SOCKET_CALLS_IN_FLIGHT: HashMap<u64, SocketCall> = HashMap::with_max_entries(SOCKET_CALLS_IN_FLIGHT_MAX, 0);
@@ -55,6 +60,10 @@ static CGROUP_COUNTING: CgroupCounting = CgroupCounting {
     _pad: 0,
 };
 
+/// Set by the agent before loading (agent-common's GLOBAL_NETNS_KEYING).
+#[unsafe(no_mangle)]
+static NETNS_KEYING: NetnsKeying = NetnsKeying { known: 0, sk_net: 0, net_proc_net_stat: 0, pde_low_ino: 0 };
+
 /// One field of [`CGROUP_COUNTING`] (one load, not the whole struct).
 #[inline(always)]
 fn setting(field: &u32) -> u32 {
@@ -88,6 +97,96 @@ pub fn move_tcp_state(old: i32, new: i32) {
         if valid(new) {
             (*balance).by_state[new as usize] += 1;
         }
+    }
+}
+
+/// Whether a move from `old` to `new` changes a namespace's ESTABLISHED or LISTEN balance (an
+/// accepted child's LISTEN -> SYN_RECV leaves nothing, see [`move_tcp_state`]).
+#[inline(always)]
+pub fn moves_netns_balance(old: i32, new: i32) -> bool {
+    let counted = |s: i32| s == tcp_state::ESTABLISHED || s == tcp_state::LISTEN;
+    counted(new) || (counted(old) && !(old == tcp_state::LISTEN && new == tcp_state::SYN_RECV))
+}
+
+/// Moves one socket of namespace `key` from `old` to `new` in this CPU's balance of that
+/// namespace; a namespace that finds the map full counts under [`NETNS_UNRESOLVED`] (logged once).
+#[inline(always)]
+pub fn move_netns_tcp_state<C: EbpfContext>(ctx: &C, key: u32, old: i32, new: i32) {
+    let mut slot = NETNS_TCP_BALANCE.get_ptr_mut(key);
+    if slot.is_none() {
+        let inserted = NETNS_TCP_BALANCE.insert(key, NetnsTcpBalance::default(), u64::from(BPF_NOEXIST));
+        // Another CPU may have inserted it first (EEXIST): the lookup finds it.
+        slot = NETNS_TCP_BALANCE.get_ptr_mut(key);
+        if slot.is_none() {
+            if inserted.is_err() && first_time(KernelCondition::NetnsMapFull) {
+                warn!(ctx, "network namespace map full: new namespaces' sockets count as unresolved");
+            }
+            let _ = NETNS_TCP_BALANCE.insert(NETNS_UNRESOLVED, NetnsTcpBalance::default(), u64::from(BPF_NOEXIST));
+            slot = NETNS_TCP_BALANCE.get_ptr_mut(NETNS_UNRESOLVED);
+        }
+    }
+    let Some(b) = slot else {
+        return;
+    };
+    let is_new_child = old == tcp_state::LISTEN && new == tcp_state::SYN_RECV;
+    // SAFETY: this CPU's copy of a map value that lives as long as the program.
+    unsafe {
+        if !is_new_child {
+            match old {
+                tcp_state::ESTABLISHED => (*b).established -= 1,
+                tcp_state::LISTEN => (*b).listening -= 1,
+                _ => {}
+            }
+        }
+        match new {
+            tcp_state::ESTABLISHED => (*b).established += 1,
+            tcp_state::LISTEN => (*b).listening += 1,
+            _ => {}
+        }
+    }
+}
+
+/// The namespace key of a BTF-typed full socket by direct loads the verifier checks against the
+/// kernel's BTF (`skc_net.net`, then `proc_net_stat`, then `low_ino`); [`NETNS_UNRESOLVED`] when
+/// the offsets are unknown or a pointer is NULL.
+#[inline(always)]
+pub fn btf_socket_netns(sk: *const u8) -> u32 {
+    if setting(&NETNS_KEYING.known) == 0 || sk.is_null() {
+        return NETNS_UNRESOLVED;
+    }
+    // SAFETY: `sk` is the verifier-tracked `struct sock *` of a BTF tracepoint; each load is at
+    // a read-only offset matched against BTF, and a fault reads zero.
+    unsafe {
+        let net = core::ptr::read(sk.add(setting(&NETNS_KEYING.sk_net) as usize) as *const *const u8);
+        if net.is_null() {
+            return NETNS_UNRESOLVED;
+        }
+        let pde = core::ptr::read(net.add(setting(&NETNS_KEYING.net_proc_net_stat) as usize) as *const *const u8);
+        if pde.is_null() {
+            return NETNS_UNRESOLVED;
+        }
+        core::ptr::read(pde.add(setting(&NETNS_KEYING.pde_low_ino) as usize) as *const u32)
+    }
+}
+
+/// [`btf_socket_netns`] for a socket address from a classic tracepoint record, read with
+/// bpf_probe_read_kernel.
+#[inline(always)]
+pub fn socket_netns(sk: u64) -> u32 {
+    if setting(&NETNS_KEYING.known) == 0 || sk == 0 {
+        return NETNS_UNRESOLVED;
+    }
+    // SAFETY: bpf_probe_read_kernel checks every address; a bad one is an error, not a fault.
+    unsafe {
+        let read_ptr = |at: u64| bpf_probe_read_kernel(at as *const u64).ok().filter(|p| *p != 0);
+        let Some(net) = read_ptr(sk + u64::from(setting(&NETNS_KEYING.sk_net))) else {
+            return NETNS_UNRESOLVED;
+        };
+        let Some(pde) = read_ptr(net + u64::from(setting(&NETNS_KEYING.net_proc_net_stat))) else {
+            return NETNS_UNRESOLVED;
+        };
+        bpf_probe_read_kernel((pde + u64::from(setting(&NETNS_KEYING.pde_low_ino))) as *const u32)
+            .unwrap_or(NETNS_UNRESOLVED)
     }
 }
 

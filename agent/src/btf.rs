@@ -2,7 +2,9 @@
 //! counters need the offsets of `sock.__sk_common.skc_state`, `sock.sk_cgrp_data.cgroup`,
 //! `cgroup.kn` and `kernfs_node.id` to name a socket's owner, and aya cannot emit CO-RE
 //! relocations. The offsets are read from the running kernel's /sys/kernel/btf/vmlinux at load
-//! time and handed to the programs as a global, so the object works on any kernel with BTF.
+//! time and handed to the programs as a global, so the object works on any kernel with BTF. The
+//! per-namespace TCP balance needs the path from a socket to its namespace's /proc/net/stat
+//! directory inode the same way.
 //! Malformed BTF is an error, never a panic.
 use std::collections::HashMap;
 
@@ -188,6 +190,24 @@ impl<'a> Btf<'a> {
     }
 }
 
+impl Btf<'_> {
+    /// [`Btf::offset_of`], checking that the field is of type `want`.
+    pub fn typed_offset(&self, name: &str, path: &[&str], want: FieldType) -> Result<u32, BtfError> {
+        let (offset, ty) = self.offset_of(name, path)?;
+        if ty != want {
+            let want = match want {
+                FieldType::Pointer => "a pointer",
+                FieldType::Int { bytes: 1 } => "a 1-byte integer",
+                FieldType::Int { bytes: 4 } => "a 4-byte integer",
+                FieldType::Int { bytes: 8 } => "a 64-bit integer",
+                _ => "another type",
+            };
+            return Err(BtfError::Type { field: format!("{name}.{}", path.join(".")), want });
+        }
+        Ok(offset)
+    }
+}
+
 /// What a field is, as far as the offsets need to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldType {
@@ -216,49 +236,39 @@ pub struct TaskCgroupOffsets {
 /// Reads the task-path offsets from a kernel's BTF.
 pub fn task_cgroup_offsets(raw: &[u8]) -> Result<TaskCgroupOffsets, BtfError> {
     let btf = Btf::parse(raw)?;
-    let pointer = |(off, ty): (u32, FieldType), field: &str| {
-        if ty == FieldType::Pointer {
-            Ok(off)
-        } else {
-            Err(BtfError::Type { field: field.to_owned(), want: "a pointer" })
-        }
-    };
     Ok(TaskCgroupOffsets {
-        task_cgroups: pointer(btf.offset_of("task_struct", &["cgroups"])?, "task_struct.cgroups")?,
-        css_set_dfl_cgrp: pointer(btf.offset_of("css_set", &["dfl_cgrp"])?, "css_set.dfl_cgrp")?,
+        task_cgroups: btf.typed_offset("task_struct", &["cgroups"], FieldType::Pointer)?,
+        css_set_dfl_cgrp: btf.typed_offset("css_set", &["dfl_cgrp"], FieldType::Pointer)?,
+    })
+}
+
+/// The offsets that lead from a socket to its network namespace key (agent-common's
+/// `NetnsKeying`): `sock.__sk_common.skc_net.net`, `net.proc_net_stat`, `proc_dir_entry.low_ino`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketNetnsOffsets {
+    pub sk_net: u32,
+    pub net_proc_net_stat: u32,
+    pub pde_low_ino: u32,
+}
+
+/// Reads the namespace-key offsets from a kernel's BTF, checking each field's type.
+pub fn socket_netns_offsets(raw: &[u8]) -> Result<SocketNetnsOffsets, BtfError> {
+    let btf = Btf::parse(raw)?;
+    Ok(SocketNetnsOffsets {
+        sk_net: btf.typed_offset("sock", &["__sk_common", "skc_net", "net"], FieldType::Pointer)?,
+        net_proc_net_stat: btf.typed_offset("net", &["proc_net_stat"], FieldType::Pointer)?,
+        pde_low_ino: btf.typed_offset("proc_dir_entry", &["low_ino"], FieldType::Int { bytes: 4 })?,
     })
 }
 
 /// Reads the offsets from a kernel's BTF, checking each field has the type the programs read.
 pub fn socket_owner_offsets(raw: &[u8]) -> Result<SocketOwnerOffsets, BtfError> {
     let btf = Btf::parse(raw)?;
-    let want = |(off, ty): (u32, FieldType), field: &str, expect: FieldType, what: &'static str| {
-        if ty == expect {
-            Ok(off)
-        } else {
-            Err(BtfError::Type { field: field.to_owned(), want: what })
-        }
-    };
     Ok(SocketOwnerOffsets {
-        sk_state: want(
-            btf.offset_of("sock", &["__sk_common", "skc_state"])?,
-            "sock.__sk_common.skc_state",
-            FieldType::Int { bytes: 1 },
-            "a 1-byte integer",
-        )?,
-        sk_cgroup: want(
-            btf.offset_of("sock", &["sk_cgrp_data", "cgroup"])?,
-            "sock.sk_cgrp_data.cgroup",
-            FieldType::Pointer,
-            "a pointer",
-        )?,
-        cgroup_kn: want(btf.offset_of("cgroup", &["kn"])?, "cgroup.kn", FieldType::Pointer, "a pointer")?,
-        kernfs_id: want(
-            btf.offset_of("kernfs_node", &["id"])?,
-            "kernfs_node.id",
-            FieldType::Int { bytes: 8 },
-            "a 64-bit integer",
-        )?,
+        sk_state: btf.typed_offset("sock", &["__sk_common", "skc_state"], FieldType::Int { bytes: 1 })?,
+        sk_cgroup: btf.typed_offset("sock", &["sk_cgrp_data", "cgroup"], FieldType::Pointer)?,
+        cgroup_kn: btf.typed_offset("cgroup", &["kn"], FieldType::Pointer)?,
+        kernfs_id: btf.typed_offset("kernfs_node", &["id"], FieldType::Int { bytes: 8 })?,
     })
 }
 
@@ -337,5 +347,7 @@ mod tests {
         assert!(o.kernfs_id > 0 && o.cgroup_kn > 0, "{o:?}");
         let t = task_cgroup_offsets(&raw).unwrap();
         assert!(t.task_cgroups > 0, "{t:?}");
+        let n = socket_netns_offsets(&raw).unwrap();
+        assert!(n.sk_net > 0 && n.net_proc_net_stat > 0 && n.pde_low_ino > 0, "{n:?}");
     }
 }

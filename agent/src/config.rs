@@ -251,7 +251,8 @@ impl SamplingArgs {
         let ebpf = self.load_ebpf(pods.is_some())?;
         let pods = if ebpf.is_some() { pods } else { None };
         let recheck = Duration::from_secs_f64(self.tcp_recheck_interval);
-        Ok(Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck)
+        let proc = crate::netns::Proc::at(&roots.procfs);
+        Ok(Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck, proc)
             .with_pods(pods)
             .with_failed_read_at(self.test_fail_map_read))
     }
@@ -287,6 +288,6 @@ impl SamplingArgs {
             warn!(dir = %self.pod_logs.display(), "the pod log directory is missing: pods get rows by UID, without namespace and name");
         }
         info!(cgroup_root = %root.display(), pod_logs = %self.pod_logs.display(), "per-pod rows on");
-        Ok(Some(PodSampler::new(root, self.pod_logs.clone())))
+        Ok(Some(PodSampler::new(root, self.pod_logs.clone(), crate::netns::Proc::at(&self.procfs))))
     }
 }

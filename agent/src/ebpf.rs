@@ -5,8 +5,9 @@
 use std::collections::HashMap as StdHashMap;
 
 use agent_common::{
-    tcp_state, CgroupCounting, CgroupName, Event, EventCounts, TcpStateBalance, EVENT_COUNT, GLOBAL_CGROUP_COUNTING,
-    MAP_CGROUP_EVENT_COUNTS, MAP_CGROUP_NAMES, MAP_CGROUP_OVERFLOW, MAP_EVENT_COUNTS, MAP_TCP_STATE_BALANCE,
+    tcp_state, CgroupCounting, CgroupName, Event, EventCounts, NetnsKeying, NetnsTcpBalance, TcpStateBalance,
+    EVENT_COUNT, GLOBAL_CGROUP_COUNTING, GLOBAL_NETNS_KEYING, MAP_CGROUP_EVENT_COUNTS, MAP_CGROUP_NAMES,
+    MAP_CGROUP_OVERFLOW, MAP_EVENT_COUNTS, MAP_NETNS_TCP_BALANCE, MAP_TCP_STATE_BALANCE,
 };
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
@@ -155,11 +156,31 @@ impl EbpfSnapshot {
     }
 }
 
+/// One network namespace's ESTABLISHED and LISTEN balance since the programs were loaded,
+/// summed over CPUs (see agent-common's `NetnsTcpBalance`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetnsBalance {
+    pub established: i64,
+    pub listening: i64,
+}
+
+impl NetnsBalance {
+    fn sum(per_cpu: &aya::maps::PerCpuValues<NetnsTcpBalance>) -> Self {
+        per_cpu.iter().fold(NetnsBalance::default(), |s, b| NetnsBalance {
+            established: s.established.wrapping_add(b.established),
+            listening: s.listening.wrapping_add(b.listening),
+        })
+    }
+}
+
 /// The loaded programs and the maps they count into. Dropping it detaches everything.
 pub struct EbpfCounters {
     _ebpf: Ebpf,
     events: PerCpuArray<MapData, EventCounts>,
     balance: PerCpuArray<MapData, TcpStateBalance>,
+    netns_balance: PerCpuHashMap<MapData, u32, NetnsTcpBalance>,
+    /// Whether the TCP hook can tell a socket's namespace (kernel BTF has the path).
+    netns_keyed: bool,
     /// Which counters have a program attached.
     live: [bool; EVENT_COUNT],
     tcp_states_live: bool,
@@ -279,23 +300,42 @@ fn cgroup_mkdir_layout_matches() -> bool {
         .all(|(field, offset)| format.lines().any(|l| l.contains(&format!("field:{field};")) && l.contains(offset)))
 }
 
+/// Where the TCP hook finds a socket's namespace key on this kernel, from its BTF; unknown
+/// without BTF (every socket is then keyed as unresolved, and the connection gauges see the
+/// agent's own namespace only).
+fn netns_keying(raw: Option<&[u8]>) -> NetnsKeying {
+    let Some(raw) = raw else {
+        warn!("no kernel BTF: est_conn and lis_conn are seeded from the agent's network namespace only");
+        return NetnsKeying::default();
+    };
+    match crate::btf::socket_netns_offsets(raw) {
+        Ok(o) => NetnsKeying {
+            known: 1,
+            sk_net: o.sk_net,
+            net_proc_net_stat: o.net_proc_net_stat,
+            pde_low_ino: o.pde_low_ino,
+        },
+        Err(e) => {
+            warn!(error = %e, "the kernel's BTF does not say where a socket's network namespace is: est_conn and lis_conn are seeded from the agent's network namespace only");
+            NetnsKeying::default()
+        }
+    }
+}
+
 /// The per-cgroup settings for this kernel: the socket-owner and task offsets from its BTF, if it
 /// has them.
-fn cgroup_counting() -> CgroupCounting {
+fn cgroup_counting(raw: Option<&[u8]>) -> CgroupCounting {
     let mut c = CgroupCounting { enabled: 1, ..Default::default() };
-    let raw = match std::fs::read("/sys/kernel/btf/vmlinux") {
-        Ok(raw) => raw,
-        Err(e) => {
-            warn!(error = %e, "per-pod TCP and reset counts unavailable: no kernel BTF to find a socket's cgroup (those pod columns are NULL)");
-            return c;
-        }
+    let Some(raw) = raw else {
+        warn!("per-pod TCP and reset counts unavailable: no kernel BTF to find a socket's cgroup (those pod columns are NULL)");
+        return c;
     };
-    match crate::btf::socket_owner_offsets(&raw) {
+    match crate::btf::socket_owner_offsets(raw) {
         Ok(o) => {
             c.socket_owner_known = 1;
             (c.sk_state, c.sk_cgroup, c.cgroup_kn, c.kernfs_id) = (o.sk_state, o.sk_cgroup, o.cgroup_kn, o.kernfs_id);
             // The task path ends in the same cgroup.kn -> kernfs_node.id.
-            match crate::btf::task_cgroup_offsets(&raw) {
+            match crate::btf::task_cgroup_offsets(raw) {
                 Ok(t) => {
                     c.task_path_known = 1;
                     (c.task_cgroups, c.css_set_dfl_cgrp) = (t.task_cgroups, t.css_set_dfl_cgrp);
@@ -327,12 +367,21 @@ impl EbpfCounters {
         // The kernel's BTF (several MB parsed into much more) is read once, used by the loader
         // and the BTF tracepoint, and dropped before we return.
         let btf = Btf::from_sys_fs().map_err(|e| debug!(error = %e, "no kernel BTF; BTF tracepoints unavailable")).ok();
+        let raw_btf = std::fs::read("/sys/kernel/btf/vmlinux")
+            .map_err(|e| debug!(error = %e, "/sys/kernel/btf/vmlinux unreadable"))
+            .ok();
         let counting = match options.cgroup_map_entries {
-            Some(_) => cgroup_counting(),
+            Some(_) => cgroup_counting(raw_btf.as_deref()),
             None => CgroupCounting::default(),
         };
+        let keying = netns_keying(raw_btf.as_deref());
+        drop(raw_btf);
         let mut loader = EbpfLoader::new();
-        loader.btf(btf.as_ref()).override_global(GLOBAL_CGROUP_COUNTING, &counting, true);
+        loader.btf(btf.as_ref()).override_global(GLOBAL_CGROUP_COUNTING, &counting, true).override_global(
+            GLOBAL_NETNS_KEYING,
+            &keying,
+            true,
+        );
         if let Some(entries) = options.cgroup_map_entries {
             loader.map_max_entries(MAP_CGROUP_EVENT_COUNTS, entries.max(1));
         }
@@ -429,7 +478,19 @@ impl EbpfCounters {
         let tcp_states_live = live[Event::TcpToEstablished as usize];
         let events = take_map(&mut ebpf, MAP_EVENT_COUNTS)?;
         let balance = take_map(&mut ebpf, MAP_TCP_STATE_BALANCE)?;
-        Ok(EbpfCounters { _ebpf: ebpf, events, balance, live, tcp_states_live, failures, programs, cgroups })
+        let netns_balance = take(&mut ebpf, MAP_NETNS_TCP_BALANCE)?;
+        Ok(EbpfCounters {
+            _ebpf: ebpf,
+            events,
+            balance,
+            netns_balance,
+            netns_keyed: keying.known != 0,
+            live,
+            tcp_states_live,
+            failures,
+            programs,
+            cgroups,
+        })
     }
 
     /// Whether events are counted per cgroup, and whether the TCP/reset events among them are
@@ -576,6 +637,30 @@ impl EbpfCounters {
     /// Every attached program, with its hook and the columns it feeds.
     pub fn programs(&self) -> &[ProgramInfo] {
         &self.programs
+    }
+
+    /// Whether the TCP balance is kept per network namespace (see agent-common's `NetnsKeying`).
+    pub fn netns_keyed(&self) -> bool {
+        self.netns_keyed && self.tcp_states_live
+    }
+
+    /// The balance of namespace `key` (zero if none of its sockets has moved since the load).
+    pub fn netns_balance(&self, key: u32) -> Result<NetnsBalance, EbpfError> {
+        match self.netns_balance.get(&key, 0) {
+            Ok(per_cpu) => Ok(NetnsBalance::sum(&per_cpu)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(NetnsBalance::default()),
+            Err(source) => Err(EbpfError::Read { name: MAP_NETNS_TCP_BALANCE, source }),
+        }
+    }
+
+    /// Every namespace's balance, by key (one pass over the map).
+    pub fn netns_balances(&self) -> Result<StdHashMap<u32, NetnsBalance>, EbpfError> {
+        let mut out = StdHashMap::new();
+        for entry in self.netns_balance.iter() {
+            let (key, per_cpu) = entry.map_err(|source| EbpfError::Read { name: MAP_NETNS_TCP_BALANCE, source })?;
+            out.insert(key, NetnsBalance::sum(&per_cpu));
+        }
+        Ok(out)
     }
 
     /// Sums every CPU's counters: two map lookups in all.
@@ -749,7 +834,7 @@ pub fn ensure_tracefs() {
 mod tests {
     use agent_common::{
         MAP_CGROUP_EVENT_COUNTS, MAP_CGROUP_NAMES, MAP_CGROUP_NAME_SCRATCH, MAP_CGROUP_OVERFLOW, MAP_CONDITIONS_LOGGED,
-        MAP_EVENT_COUNTS, MAP_SOCKET_CALLS_IN_FLIGHT, MAP_TCP_STATE_BALANCE,
+        MAP_EVENT_COUNTS, MAP_NETNS_TCP_BALANCE, MAP_SOCKET_CALLS_IN_FLIGHT, MAP_TCP_STATE_BALANCE,
     };
 
     /// The embedded object names every map the agent looks up (as a NUL-terminated symbol).
@@ -758,6 +843,7 @@ mod tests {
         for name in [
             MAP_EVENT_COUNTS,
             MAP_TCP_STATE_BALANCE,
+            MAP_NETNS_TCP_BALANCE,
             MAP_SOCKET_CALLS_IN_FLIGHT,
             MAP_CGROUP_EVENT_COUNTS,
             MAP_CGROUP_OVERFLOW,
@@ -765,6 +851,7 @@ mod tests {
             MAP_CGROUP_NAME_SCRATCH,
             MAP_CONDITIONS_LOGGED,
             agent_common::GLOBAL_CGROUP_COUNTING,
+            agent_common::GLOBAL_NETNS_KEYING,
         ] {
             let symbol = [name.as_bytes(), b"\0"].concat();
             assert!(super::OBJECT.windows(symbol.len()).any(|w| w == symbol), "no map {name} in the eBPF object");

@@ -100,6 +100,10 @@ pub struct Metrics {
     pub pod_rows_last: AtomicU64,
     /// Events counted under "other" because the per-cgroup map was full.
     pub cgroup_overflow_events: AtomicU64,
+    /// Network namespaces whose TCP connection gauges the agent tracks.
+    pub network_namespaces: AtomicU64,
+    /// Re-checks that found a namespace's connection gauges off its table (and corrected them).
+    pub tcp_gauge_drifts: AtomicU64,
     /// Rows whose (node, ts) the database already held: not written.
     pub rows_duplicate: AtomicU64,
     /// Rows sampled at a boundary this process had already stamped (the wall clock stepped
@@ -163,6 +167,8 @@ impl Metrics {
             pod_rows_written: AtomicU64::default(),
             pod_rows_last: AtomicU64::default(),
             cgroup_overflow_events: AtomicU64::default(),
+            network_namespaces: AtomicU64::default(),
+            tcp_gauge_drifts: AtomicU64::default(),
             rows_duplicate: AtomicU64::default(),
             rows_dropped_clock_step: AtomicU64::default(),
             clock_steps_forward: AtomicU64::default(),
@@ -446,6 +452,18 @@ impl Collector for Exposition {
             "feature_agent_cgroup_overflow_events",
             "eBPF events counted in the other row because the per-cgroup map was full (raise --cgroup-map-entries).",
             c(&m.cgroup_overflow_events),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_network_namespaces",
+            "Network namespaces whose TCP connection gauges (est_conn, lis_conn) the agent tracks, the host's included.",
+            g(&m.network_namespaces),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_tcp_gauge_drifts",
+            "Re-checks that found a namespace's connection gauges off its kernel table, and corrected them (each is logged).",
+            c(&m.tcp_gauge_drifts),
         )?;
         single(
             &mut enc,

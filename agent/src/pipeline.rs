@@ -143,6 +143,8 @@ async fn sample_loop(
                         "anomalous row"
                     );
                 }
+                metrics.network_namespaces.store(sampler.namespaces() as u64, Relaxed);
+                metrics.tcp_gauge_drifts.store(sampler.tcp_gauge_drifts(), Relaxed);
                 if sampler.pods_on() {
                     metrics.pod_rows_last.store(row.pods.len() as u64, Relaxed);
                     metrics.cgroup_overflow_events.store(sampler.cgroup_overflow_events(), Relaxed);

@@ -11,6 +11,9 @@
 //!   "other" row, so the rows of an interval add up to the node row exactly.
 //! - Bounded: a cgroup whose directory is gone and that counted nothing for a whole interval is
 //!   removed from the kernel map, its final counts kept in the retired totals.
+//! - Network: a pod (or unit) in a network namespace of its own gets that namespace's interface
+//!   counters and TCP gauges, read through one of its processes (see [`NamespaceReader`]); one
+//!   in the host's namespace is marked `host` and has no network columns.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     os::unix::fs::{DirEntryExt, MetadataExt},
@@ -19,13 +22,105 @@ use std::{
 };
 
 use agent_common::{Event, EVENT_COUNT};
-use feature_schema::pods::{OwnerKind, PodRow, RESOURCE_COUNT};
+use feature_schema::pods::{OwnerKind, PodRow, Res, NETWORK_HOST, NETWORK_OWN, RESOURCE_COUNT};
 use tracing::debug;
 
 use crate::{
     cgroups::{classify, pod_names, read_resources, Owner, PodName},
+    conn_gauges::ConnGauges,
     ebpf::{CgroupSnapshot, EbpfCounters},
+    netns::{InterfaceTotals, Proc},
 };
+
+/// Most processes of a cgroup tried when looking for one to read the pod's namespace through.
+const PROCS_TRIED: usize = 4;
+
+/// A pod's way into its network namespace: an open /proc/<pid> directory of one of its
+/// processes, and the namespace's key. The open directory keeps referring to that process: once
+/// it exits, reads through it fail (and another process is found) even if its pid is reused.
+struct NamespaceHandle {
+    dir: std::fs::File,
+    key: u32,
+}
+
+/// Finds and keeps each pod's [`NamespaceHandle`].
+pub struct NamespaceReader {
+    proc: Proc,
+    /// The agent's own namespace (the host's, with hostNetwork): a pod there is host-networked.
+    own: Option<u32>,
+    handles: HashMap<(OwnerKind, String), NamespaceHandle>,
+    buf: String,
+}
+
+/// What a row learns from its namespace.
+struct PodNetwork {
+    host: bool,
+    interfaces: Option<InterfaceTotals>,
+    key: u32,
+}
+
+impl NamespaceReader {
+    fn open(&self, dirs: &[PathBuf]) -> Option<NamespaceHandle> {
+        for dir in dirs {
+            for pid in Proc::cgroup_procs(dir, PROCS_TRIED) {
+                let Ok(key) = self.proc.key_of(pid) else { continue };
+                if let Ok(d) = std::fs::File::open(self.proc.pid_dir(pid)) {
+                    return Some(NamespaceHandle { dir: d, key });
+                }
+            }
+        }
+        None
+    }
+
+    /// The namespace of the owner `id` whose cgroups are `dirs`; None when none of its
+    /// processes can be read, or the agent's own namespace is unknown.
+    fn read(&mut self, id: &(OwnerKind, String), dirs: &[PathBuf]) -> Option<PodNetwork> {
+        let own = self.own?;
+        for attempt in 0..2 {
+            if attempt == 1 || !self.handles.contains_key(id) {
+                self.handles.remove(id);
+                let h = self.open(dirs)?;
+                self.handles.insert(id.clone(), h);
+            }
+            let h = &self.handles[id];
+            if h.key == own {
+                return Some(PodNetwork { host: true, interfaces: None, key: h.key });
+            }
+            self.buf.clear();
+            match read_at(&h.dir, c"net/dev", &mut self.buf) {
+                Ok(()) => {
+                    let interfaces = crate::netns::parse_net_dev(&self.buf).ok();
+                    return Some(PodNetwork { host: false, interfaces, key: h.key });
+                }
+                // The process exited: find another.
+                Err(_) => continue,
+            }
+        }
+        None
+    }
+
+    /// Forgets the owners not in `live`.
+    fn retain(&mut self, live: &HashSet<(OwnerKind, String)>) {
+        self.handles.retain(|id, _| live.contains(id));
+    }
+}
+
+/// Reads `path` relative to the open directory `dir` into `buf`.
+fn read_at(dir: &std::fs::File, path: &std::ffi::CStr, buf: &mut String) -> std::io::Result<()> {
+    use std::{
+        io::Read,
+        os::fd::{AsRawFd, FromRawFd},
+    };
+    // SAFETY: openat with a valid directory descriptor and a NUL-terminated path; the result is
+    // checked before it is owned.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that we own.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.read_to_string(buf).map(|_| ())
+}
 
 /// Deepest cgroup level walked (kubelet's containers are at 4 or 5 below the root).
 const MAX_DEPTH: usize = 8;
@@ -48,6 +143,8 @@ struct Acc {
     cgroups: HashSet<u64>,
     /// The pod's own cgroup (or the unit's), for the resource files, if it still exists.
     dir: Option<PathBuf>,
+    /// Every live cgroup of the row, to find a process in it.
+    dirs: Vec<PathBuf>,
     qos: Option<&'static str>,
 }
 
@@ -61,11 +158,13 @@ pub struct PodSampler {
     names_read: Option<Instant>,
     unnamed: HashSet<String>,
     previous: Option<Previous>,
+    namespaces: NamespaceReader,
 }
 
 impl PodSampler {
-    /// `root`: the host's cgroup v2 tree; `pod_logs`: kubelet's /var/log/pods.
-    pub fn new(root: PathBuf, pod_logs: PathBuf) -> Self {
+    /// `root`: the host's cgroup v2 tree; `pod_logs`: kubelet's /var/log/pods; `proc`: the
+    /// host's /proc (the pids in cgroup.procs are the host's with hostPID).
+    pub fn new(root: PathBuf, pod_logs: PathBuf, proc: Proc) -> Self {
         PodSampler {
             root,
             pod_logs,
@@ -74,6 +173,7 @@ impl PodSampler {
             names_read: None,
             unnamed: HashSet::new(),
             previous: None,
+            namespaces: NamespaceReader { own: proc.own_key().ok(), proc, handles: HashMap::new(), buf: String::new() },
         }
     }
 
@@ -123,6 +223,7 @@ impl PodSampler {
         &mut self,
         ebpf: &mut EbpfCounters,
         snap: CgroupSnapshot,
+        gauges: Option<&ConnGauges>,
         node: &str,
         ts: SystemTime,
         interval_s: Option<f64>,
@@ -156,6 +257,9 @@ impl PodSampler {
             let owner = &self.known[id];
             let acc = rows.entry(key(owner)).or_default();
             acc.cgroups.insert(*id);
+            if !matches!(owner, Owner::Other) {
+                acc.dirs.push(self.root.join(path));
+            }
             match owner {
                 Owner::Pod { qos, container: None, .. } => {
                     acc.dir = Some(self.root.join(path));
@@ -211,14 +315,21 @@ impl PodSampler {
             self.unnamed = unnamed(&self.names);
         }
         let counted: [bool; EVENT_COUNT] = Event::ALL.map(|e| ebpf.is_live(e) && ebpf.is_counted_per_cgroup(e));
+        self.namespaces.retain(&rows.keys().cloned().collect());
         let out: Vec<PodRow> = rows
             .into_iter()
-            .map(|((kind, owner), acc)| {
+            .map(|(id, mut acc)| {
+                let (kind, owner) = id.clone();
                 let name = (kind == OwnerKind::Pod).then(|| self.names.get(&owner)).flatten();
-                let resources = match &acc.dir {
+                let mut resources = match &acc.dir {
                     Some(dir) => read_resources(dir),
                     None => [None; RESOURCE_COUNT],
                 };
+                acc.dirs.sort();
+                let network = (kind != OwnerKind::Other).then(|| self.namespaces.read(&id, &acc.dirs)).flatten();
+                if let Some(n) = network.as_ref().filter(|n| !n.host) {
+                    fill_network(&mut resources, n, gauges, ebpf);
+                }
                 let mut events = [None; EVENT_COUNT];
                 for i in 0..EVENT_COUNT {
                     if counted[i] {
@@ -234,6 +345,7 @@ impl PodSampler {
                     pod: name.map(|n| n.name.clone()),
                     qos: acc.qos.map(str::to_owned),
                     cgroups: i32::try_from(acc.cgroups.len()).ok(),
+                    network: network.map(|n| if n.host { NETWORK_HOST } else { NETWORK_OWN }.to_owned()),
                     owner,
                     events,
                     resources,
@@ -258,5 +370,31 @@ impl PodSampler {
         }
         self.previous = Some(next);
         out
+    }
+}
+
+/// A row's network columns from its own namespace: interface counters and TCP gauges.
+fn fill_network(
+    resources: &mut [Option<i64>; RESOURCE_COUNT],
+    n: &PodNetwork,
+    gauges: Option<&ConnGauges>,
+    ebpf: &EbpfCounters,
+) {
+    if let Some(i) = n.interfaces {
+        for (r, v) in [
+            (Res::NetReceive, i.receive_bytes),
+            (Res::ReceivePackets, i.receive_packets),
+            (Res::ReceiveDrop, i.receive_drop),
+            (Res::ReceiveErrs, i.receive_errs),
+            (Res::NetTransmit, i.transmit_bytes),
+            (Res::TransmitPackets, i.transmit_packets),
+        ] {
+            resources[r as usize] = Some(v);
+        }
+    }
+    let conns = gauges.zip(ebpf.netns_balance(n.key).ok()).and_then(|(g, b)| g.namespace(n.key, b));
+    if let Some(c) = conns {
+        resources[Res::EstConn as usize] = Some(c.established);
+        resources[Res::LisConn as usize] = Some(c.listening);
     }
 }

@@ -2,8 +2,9 @@
 //! and the est_conn / lis_conn gauges.
 //!
 //! The gauges come from the eBPF TCP state balance (+1 entering a state, -1 leaving it), seeded
-//! from one sock_diag dump at start and re-checked against a dump every `recheck` so that drift
-//! is seen, corrected and logged. Without eBPF they come from a dump every interval (~2 ms).
+//! from every network namespace's table at start and re-checked every `recheck` so that drift is
+//! seen, corrected and logged (conn_gauges.rs). Without eBPF they come from a sock_diag dump of
+//! the agent's own namespace every interval (~2 ms).
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_common::Event;
@@ -12,39 +13,12 @@ use tracing::{info, warn};
 
 use crate::{
     collector::Sources,
+    conn_gauges::ConnGauges,
     ebpf::{EbpfCounters, EbpfSnapshot},
+    netns::Proc,
     pods::PodSampler,
     tcp_diag::{TcpConnCounts, TcpDiag},
 };
-
-/// How many times a seed or re-check retries when TCP sockets change state during the dump.
-const QUIET_DUMP_ATTEMPTS: u32 = 5;
-
-/// est_conn / lis_conn from the eBPF balance: value = offset + balance.
-struct SeededGauges {
-    established_offset: i64,
-    listening_offset: i64,
-    next_check: Instant,
-}
-
-impl SeededGauges {
-    /// Anchors the gauges so that, at `balance`, they equal `dump`.
-    fn anchored(dump: TcpConnCounts, balance: &EbpfSnapshot, recheck: Duration) -> Self {
-        SeededGauges {
-            established_offset: dump.established - balance.established(),
-            listening_offset: dump.listening - balance.listening(),
-            next_check: Instant::now() + recheck,
-        }
-    }
-
-    /// (established, listening) at `balance`.
-    fn at(&self, balance: &EbpfSnapshot) -> TcpConnCounts {
-        TcpConnCounts {
-            established: self.established_offset + balance.established(),
-            listening: self.listening_offset + balance.listening(),
-        }
-    }
-}
 
 /// A count as an integer column; None if it does not fit.
 fn column(counts: TcpConnCounts) -> (Option<i32>, Option<i32>) {
@@ -56,8 +30,7 @@ pub struct Sampler {
     sources: Sources,
     ebpf: Option<EbpfCounters>,
     diag: Option<TcpDiag>,
-    gauges: Option<SeededGauges>,
-    recheck: Duration,
+    gauges: Option<ConnGauges>,
     previous: Option<(Instant, Option<EbpfSnapshot>)>,
     /// The source errors of the previous sample: a failure is logged when it starts or changes,
     /// and its end is logged too, instead of repeating every interval.
@@ -96,7 +69,8 @@ impl Sampler {
         self.cgroup_overflow
     }
 
-    pub fn new(node: String, sources: Sources, ebpf: Option<EbpfCounters>, recheck: Duration) -> Self {
+    /// `proc`: the host's /proc, through which every network namespace's table is read.
+    pub fn new(node: String, sources: Sources, ebpf: Option<EbpfCounters>, recheck: Duration, proc: Proc) -> Self {
         let diag = match TcpDiag::open() {
             Ok(d) => Some(d),
             Err(e) => {
@@ -110,7 +84,6 @@ impl Sampler {
             ebpf,
             diag,
             gauges: None,
-            recheck,
             previous: None,
             failing: Vec::new(),
             ebpf_ok: true,
@@ -119,7 +92,7 @@ impl Sampler {
             fail_read_at: None,
             samples: 0,
         };
-        s.seed_gauges();
+        s.seed_gauges(recheck, proc);
         s
     }
 
@@ -148,69 +121,34 @@ impl Sampler {
         &self.node
     }
 
-    /// A dump taken while no socket entered or left ESTABLISHED/LISTEN, with the eBPF balance at
-    /// that moment: `(dump, balance)`. None if the counts kept moving or a read failed.
-    fn quiet_dump(&mut self) -> Option<(TcpConnCounts, EbpfSnapshot)> {
-        let (ebpf, diag) = (self.ebpf.as_ref()?, self.diag.as_mut()?);
-        for _ in 0..QUIET_DUMP_ATTEMPTS {
-            let before = ebpf.read().ok()?;
-            let dump = diag.count().ok()?;
-            let after = ebpf.read().ok()?;
-            if before.established() == after.established() && before.listening() == after.listening() {
-                return Some((dump, after));
-            }
-        }
-        None
-    }
-
-    fn seed_gauges(&mut self) {
-        if !self.ebpf.as_ref().is_some_and(EbpfCounters::tcp_states_live) {
+    fn seed_gauges(&mut self, recheck: Duration, proc: Proc) {
+        let Some(ebpf) = self.ebpf.as_ref().filter(|e| e.tcp_states_live()) else {
             return;
-        }
-        match self.quiet_dump() {
-            Some((dump, balance)) => {
-                info!(
-                    established = dump.established,
-                    listening = dump.listening,
-                    "seeded TCP connection gauges from a sock_diag dump"
-                );
-                self.gauges = Some(SeededGauges::anchored(dump, &balance, self.recheck));
-            }
-            None => {
-                warn!("could not seed the TCP connection gauges; est_conn and lis_conn come from a dump every interval")
-            }
+        };
+        self.gauges = ConnGauges::seed(ebpf, self.diag.as_mut(), proc, recheck);
+        if self.gauges.is_none() {
+            warn!("could not seed the TCP connection gauges; est_conn and lis_conn come from a dump every interval");
         }
     }
 
-    /// Compares the gauges with a dump, corrects and logs any drift.
-    fn recheck_gauges(&mut self) {
-        let Some((dump, balance)) = self.quiet_dump() else {
-            return;
-        };
-        let Some(g) = self.gauges.as_ref() else {
-            return;
-        };
-        let gauge = g.at(&balance);
-        if gauge != dump {
-            warn!(
-                est_gauge = gauge.established,
-                est_dump = dump.established,
-                lis_gauge = gauge.listening,
-                lis_dump = dump.listening,
-                "TCP connection gauges drifted from the kernel's table; corrected"
-            );
-        }
-        self.gauges = Some(SeededGauges::anchored(dump, &balance, self.recheck));
+    /// Network namespaces the connection gauges track.
+    pub fn namespaces(&self) -> usize {
+        self.gauges.as_ref().map_or(0, ConnGauges::namespaces)
+    }
+
+    /// Re-checks that found a namespace's gauges off its table, since the start.
+    pub fn tcp_gauge_drifts(&self) -> u64 {
+        self.gauges.as_ref().map_or(0, ConnGauges::drifts)
     }
 
     fn gauges(&mut self, snap: Option<&EbpfSnapshot>) -> (Option<i32>, Option<i32>) {
-        if let Some(s) = snap {
-            if self.gauges.as_ref().is_some_and(|g| Instant::now() >= g.next_check) {
-                self.recheck_gauges();
-            }
-            // Read at this row's snapshot, like the row's eBPF deltas.
-            if let Some(g) = self.gauges.as_ref() {
-                return column(g.at(s));
+        if let (Some(s), Some(ebpf)) = (snap, self.ebpf.as_ref()) {
+            if let Some(g) = self.gauges.as_mut() {
+                if g.recheck_due() {
+                    g.recheck(ebpf, self.diag.as_mut());
+                }
+                // Read at this row's snapshot, like the row's eBPF deltas.
+                return column(g.node(s));
             }
         }
         match self.diag.as_mut().map(TcpDiag::count) {
@@ -286,7 +224,7 @@ impl Sampler {
             self.cgroup_overflow = c.overflow.iter().fold(0u64, |a, b| a.wrapping_add(*b));
         }
         if let (Some(pods), Some(ebpf), Some(cgroups)) = (self.pods.as_mut(), self.ebpf.as_mut(), cgroups) {
-            row.pods = pods.sample(ebpf, cgroups, &self.node, ts, row.interval_s);
+            row.pods = pods.sample(ebpf, cgroups, self.gauges.as_ref(), &self.node, ts, row.interval_s);
         }
         row
     }

@@ -127,7 +127,9 @@ columns! {
     disk_read: Option<i64> = counter(1048576.0), "bytes", "/proc/diskstats sectors read x 512, selected disks";
     /// Bytes written to the selected disks, cumulative.
     disk_write: Option<i64> = counter(1048576.0), "bytes", "/proc/diskstats sectors written x 512, selected disks";
-    /// Bytes received on the selected interfaces, cumulative.
+    /// Bytes received on the selected interfaces of the host's network namespace (the node's own
+    /// interfaces: what enters the node; traffic between pods on the node is in their pod rows),
+    /// cumulative.
     net_receive: Option<i64> = counter(65536.0), "bytes", "/proc/net/dev receive bytes, selected interfaces";
     /// Major page faults, cumulative.
     mem_pressure: Option<i64> = counter(10.0), "faults", "/proc/vmstat pgmajfault";
@@ -143,28 +145,32 @@ columns! {
     load5: Option<f64> = gauge(0.25).on_change(), "", "/proc/loadavg";
     /// Load average over 15 minutes.
     load15: Option<f64> = gauge(0.25).on_change(), "", "/proc/loadavg";
-    /// Received packets dropped, cumulative.
+    /// Received packets dropped on the selected interfaces of the host's network namespace,
+    /// cumulative.
     receive_drop: Option<i64> = counter(1.0), "packets", "/proc/net/dev receive drop, selected interfaces";
-    /// Receive errors, cumulative.
+    /// Receive errors on the selected interfaces of the host's network namespace, cumulative.
     receive_errs: Option<i64> = counter(1.0), "errors", "/proc/net/dev receive errs, selected interfaces";
-    /// Packets transmitted, cumulative.
+    /// Packets transmitted on the selected interfaces of the host's network namespace (what
+    /// leaves the node), cumulative.
     transmit_packets: Option<i64> = counter(100.0), "packets", "/proc/net/dev transmit packets, selected interfaces";
-    /// TCP sockets allocated.
+    /// TCP sockets allocated, node-wide (a kernel-wide count, every namespace's sockets).
     tcp_sock_alloc: Option<i32> = gauge(2.0).on_change(), "sockets", "/proc/net/sockstat `TCP: alloc`";
-    /// TCP sockets in use.
+    /// TCP sockets in use in the host's network namespace only (the kernel keeps this count per
+    /// namespace: a pod's sockets are in est_conn and lis_conn, and in its pod row).
     tcp_sock_inuse: Option<i32> = gauge(2.0).on_change(), "sockets", "/proc/net/sockstat `TCP: inuse`";
-    /// Memory held by TCP sockets.
+    /// Memory held by TCP sockets, node-wide (a kernel-wide count).
     tcp_sock_mem: Option<i32> = gauge(4.0).on_change(), "pages", "/proc/net/sockstat `TCP: mem`";
-    /// UDP sockets in use.
+    /// UDP sockets in use in the host's network namespace only (a per-namespace count).
     udp_sock_inuse: Option<i32> = gauge(2.0).on_change(), "sockets", "/proc/net/sockstat `UDP: inuse`";
-    /// Memory held by UDP sockets.
+    /// Memory held by UDP sockets, node-wide (a kernel-wide count).
     udp_sock_mem: Option<i32> = gauge(4.0).on_change(), "pages", "/proc/net/sockstat `UDP: mem`";
-    /// Sockets in use, all families (the paper's name is kept).
+    /// Sockets in use, all families, in the host's network namespace only (a per-namespace
+    /// count; the paper's name is kept).
     ipv4_sock_inuse: Option<i32> = gauge(2.0).on_change(), "sockets", "/proc/net/sockstat `sockets: used`";
-    /// TCP sockets in ESTABLISHED, IPv4 + IPv6.
-    est_conn: Option<i32> = gauge(2.0).on_change(), "sockets", "eBPF state balance, checked against sock_diag";
-    /// TCP sockets in LISTEN, IPv4 + IPv6.
-    lis_conn: Option<i32> = gauge(1.0).on_change(), "sockets", "eBPF state balance, checked against sock_diag";
+    /// TCP sockets in ESTABLISHED, IPv4 + IPv6, in every network namespace of the node.
+    est_conn: Option<i32> = gauge(2.0).on_change(), "sockets", "eBPF state balance per namespace, checked against each namespace's table";
+    /// TCP sockets in LISTEN, IPv4 + IPv6, in every network namespace of the node.
+    lis_conn: Option<i32> = gauge(1.0).on_change(), "sockets", "eBPF state balance per namespace, checked against each namespace's table";
     /// File handles allocated node-wide.
     open_fds: Option<i64> = gauge(16.0).on_change(), "handles", "/proc/sys/fs/file-nr, first field";
 

@@ -1,8 +1,13 @@
 //! THE declaration of a pod_features row: one row per pod, host service and "other" per node
-//! per interval. Its eBPF columns are the node row's event columns (same names, per-interval
-//! counts; the node row's count equals their sum over the interval's pod rows), so they are
-//! derived from [`crate::SCHEMA`], not repeated; its resource columns are declared once in
-//! [`RESOURCES`]. From these come the INSERT, the column list export and the tests use.
+//! per interval, in three parts, each declared once:
+//! - the identity columns, in the `pod_identity!` list below (from which come [`PodRow`]'s
+//!   fields, [`POD_IDENTITY`], and the row's `blank`, `params`, `values` and `set`);
+//! - the eBPF columns: the node row's event columns (same names, per-interval counts; the node
+//!   row's count equals their sum over the interval's pod rows), derived from [`crate::SCHEMA`];
+//! - the measured columns, in [`RESOURCES`]: the pod's cgroup v2 files, and its own network
+//!   namespace's interfaces and TCP sockets.
+//!
+//! From these come the INSERT, the spool's encoding, the views, export, plot and the README.
 use std::time::SystemTime;
 
 use agent_common::{Event, EVENT_COUNT};
@@ -32,7 +37,8 @@ impl OwnerKind {
     }
 }
 
-/// A resource column read from the pod's (or unit's) cgroup v2 files each interval.
+/// A measured column, read each interval from the pod's (or unit's) cgroup v2 files or from the
+/// pod's network namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resource {
     pub name: &'static str,
@@ -56,11 +62,35 @@ pub enum Res {
     PidsCurrent,
     IoReadBytes,
     IoWriteBytes,
+    NetReceive,
+    ReceivePackets,
+    ReceiveDrop,
+    ReceiveErrs,
+    NetTransmit,
+    TransmitPackets,
+    EstConn,
+    LisConn,
 }
 
-/// The resource columns, in [`Res`] order. NULL where the file is absent (a controller not
-/// enabled, or a v1 controller on a hybrid host).
-pub const RESOURCES: [Resource; 9] = [
+impl Res {
+    /// The columns read from the pod's network namespace (NULL unless `network` is `own`).
+    pub const NETWORK: [Res; 8] = [
+        Res::NetReceive,
+        Res::ReceivePackets,
+        Res::ReceiveDrop,
+        Res::ReceiveErrs,
+        Res::NetTransmit,
+        Res::TransmitPackets,
+        Res::EstConn,
+        Res::LisConn,
+    ];
+}
+
+/// The measured columns, in [`Res`] order. A cgroup column is NULL where the file is absent (a
+/// controller not enabled, or a v1 controller on a hybrid host); a network column is NULL for a
+/// pod that shares the host's namespace (hostNetwork), for services and "other", and for a pod
+/// with no process left to read its namespace through.
+pub const RESOURCES: [Resource; 17] = [
     Resource {
         name: "cpu_usage_usec",
         counter: true,
@@ -124,41 +154,173 @@ pub const RESOURCES: [Resource; 9] = [
         source: "io.stat wbytes, summed over devices",
         meaning: "bytes the pod wrote to block devices, cumulative",
     },
+    Resource {
+        name: "net_receive",
+        counter: true,
+        unit: "bytes",
+        source: "/proc/<pid>/net/dev of a process in the pod, summed over interfaces but lo",
+        meaning: "bytes the pod's network namespace received, cumulative",
+    },
+    Resource {
+        name: "receive_packets",
+        counter: true,
+        unit: "packets",
+        source: "/proc/<pid>/net/dev, as net_receive",
+        meaning: "packets the pod's network namespace received, cumulative",
+    },
+    Resource {
+        name: "receive_drop",
+        counter: true,
+        unit: "packets",
+        source: "/proc/<pid>/net/dev, as net_receive",
+        meaning: "received packets the pod's interfaces dropped, cumulative",
+    },
+    Resource {
+        name: "receive_errs",
+        counter: true,
+        unit: "packets",
+        source: "/proc/<pid>/net/dev, as net_receive",
+        meaning: "receive errors on the pod's interfaces, cumulative",
+    },
+    Resource {
+        name: "net_transmit",
+        counter: true,
+        unit: "bytes",
+        source: "/proc/<pid>/net/dev, as net_receive",
+        meaning: "bytes the pod's network namespace sent, cumulative",
+    },
+    Resource {
+        name: "transmit_packets",
+        counter: true,
+        unit: "packets",
+        source: "/proc/<pid>/net/dev, as net_receive",
+        meaning: "packets the pod's network namespace sent, cumulative",
+    },
+    Resource {
+        name: "est_conn",
+        counter: false,
+        unit: "sockets",
+        source: "eBPF state balance of the pod's namespace, seeded from its /proc/<pid>/net/tcp{,6}",
+        meaning: "TCP sockets in ESTABLISHED in the pod's network namespace now",
+    },
+    Resource {
+        name: "lis_conn",
+        counter: false,
+        unit: "sockets",
+        source: "as est_conn",
+        meaning: "TCP sockets in LISTEN in the pod's network namespace now",
+    },
 ];
 
 /// Number of resource columns.
 pub const RESOURCE_COUNT: usize = RESOURCES.len();
 
-/// The identity columns of a pod row, with their SQL types and meanings, in table order.
-pub const POD_IDENTITY: [(&str, &str, &str); 9] = [
-    ("node", "text NOT NULL", "the node's name, as in node_features"),
-    ("ts", "timestamptz NOT NULL", "the interval's boundary, the same as the node row's"),
-    ("interval_s", "double precision", "seconds since the agent's previous sample; NULL on the first row after start"),
-    ("kind", "text NOT NULL", "pod, service or other"),
-    ("owner", "text NOT NULL", "the pod's UID, the service's systemd unit, or 'other'"),
-    ("namespace", "text", "the pod's namespace (from /var/log/pods); NULL when unknown"),
-    ("pod", "text", "the pod's name (from /var/log/pods); NULL when unknown"),
-    ("qos", "text", "the pod's QoS class (Guaranteed, Burstable, BestEffort), from its cgroup path"),
-    ("cgroups", "integer", "cgroups whose counts this row adds up (the pod's own and its containers')"),
-];
+/// Generates, from one list of identity columns (`name: Rust type = "SQL type";` under a doc
+/// comment saying what the value means): [`PodRow`], [`POD_IDENTITY`], and the row's `blank`,
+/// `params`, `values` and `set`. The eBPF and measured columns follow the identity columns.
+macro_rules! pod_identity {
+    ($(
+        $(#[doc = $doc:literal])+
+        $name:ident : $ty:ty = $sql:literal;
+    )*) => {
+        /// The identity columns of a pod row, with their SQL types and meanings, in table order.
+        pub const POD_IDENTITY: [(&str, &str, &str); [$(stringify!($name)),*].len()] =
+            [$((stringify!($name), $sql, concat!($($doc),+).trim_ascii())),*];
 
-/// One pod's (or service's, or "other"'s) row for one interval.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PodRow {
-    pub node: String,
-    pub ts: SystemTime,
-    pub interval_s: Option<f64>,
-    pub kind: OwnerKind,
-    pub owner: String,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub qos: Option<String>,
-    pub cgroups: Option<i32>,
-    /// Per-interval counts by [`Event`] index; NULL where the event is not counted per cgroup.
-    pub events: [Option<i64>; EVENT_COUNT],
-    /// By [`Res`] index.
-    pub resources: [Option<i64>; RESOURCE_COUNT],
+        /// One pod's (or service's, or "other"'s) row for one interval.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct PodRow {
+            $( $(#[doc = $doc])+ pub $name: $ty, )*
+            /// Per-interval counts by [`Event`] index; NULL where the event is not counted per
+            /// cgroup.
+            pub events: [Option<i64>; EVENT_COUNT],
+            /// By [`Res`] index.
+            pub resources: [Option<i64>; RESOURCE_COUNT],
+        }
+
+        impl PodRow {
+            /// A row with no identity yet, to be filled by [`PodRow::set`].
+            pub fn blank() -> Self {
+                PodRow {
+                    $($name: ColumnValue::empty(),)*
+                    events: [None; EVENT_COUNT],
+                    resources: [None; RESOURCE_COUNT],
+                }
+            }
+
+            /// The row's values in [`pod_columns`] order, as bound parameters.
+            pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+                let mut p: Vec<&(dyn ToSql + Sync)> = vec![$(&self.$name as &(dyn ToSql + Sync)),*];
+                p.extend(self.events.iter().map(|v| v as &(dyn ToSql + Sync)));
+                p.extend(self.resources.iter().map(|v| v as &(dyn ToSql + Sync)));
+                p
+            }
+
+            /// The row's values in [`pod_columns`] order (the spool's encoding).
+            pub fn values(&self) -> Vec<Value> {
+                let mut v = vec![$(ColumnValue::to_value(&self.$name)),*];
+                v.extend(self.events.iter().map(ColumnValue::to_value));
+                v.extend(self.resources.iter().map(ColumnValue::to_value));
+                v
+            }
+
+            /// Sets column `i` of [`pod_columns`]; false if the value is not of its type.
+            pub fn set(&mut self, i: usize, value: Value) -> bool {
+                fn put<T: ColumnValue>(slot: &mut T, value: Value) -> bool {
+                    match T::from_value(value) {
+                        Some(v) => {
+                            *slot = v;
+                            true
+                        }
+                        None => false,
+                    }
+                }
+                let mut at = 0usize;
+                $(
+                    if at == i {
+                        return put(&mut self.$name, value);
+                    }
+                    at += 1;
+                )*
+                let n = at;
+                match i {
+                    i if i < n + EVENT_COUNT => put(&mut self.events[i - n], value),
+                    i if i < n + EVENT_COUNT + RESOURCE_COUNT => put(&mut self.resources[i - n - EVENT_COUNT], value),
+                    _ => false,
+                }
+            }
+        }
+    };
 }
+
+pod_identity! {
+    /// the node's name, as in node_features
+    node: String = "text NOT NULL";
+    /// the interval's boundary, the same as the node row's
+    ts: SystemTime = "timestamptz NOT NULL";
+    /// seconds since the agent's previous sample; NULL on the first row after start
+    interval_s: Option<f64> = "double precision";
+    /// pod, service or other
+    kind: OwnerKind = "text NOT NULL";
+    /// the pod's UID, the service's systemd unit, or 'other'
+    owner: String = "text NOT NULL";
+    /// the pod's namespace (from /var/log/pods); NULL when unknown
+    namespace: Option<String> = "text";
+    /// the pod's name (from /var/log/pods); NULL when unknown
+    pod: Option<String> = "text";
+    /// the pod's QoS class (Guaranteed, Burstable, BestEffort), from its cgroup path
+    qos: Option<String> = "text";
+    /// cgroups whose counts this row adds up (the pod's own and its containers')
+    cgroups: Option<i32> = "integer";
+    /// 'own': the pod has its own network namespace, which its network columns describe;
+    /// 'host': it shares the host's (hostNetwork, and every service), so its network columns
+    /// are NULL; NULL when no process of it was left to tell (and for "other")
+    network: Option<String> = "text";
+}
+
+/// A pod's network namespace as the `network` column names it.
+pub const NETWORK_OWN: &str = "own";
+pub const NETWORK_HOST: &str = "host";
 
 impl PodRow {
     pub fn event(&self, e: Event) -> Option<i64> {
@@ -168,33 +330,39 @@ impl PodRow {
     pub fn resource(&self, r: Res) -> Option<i64> {
         self.resources[r as usize]
     }
+}
 
-    /// The row's values in [`pod_columns`] order, as bound parameters.
-    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        let mut p: Vec<&(dyn ToSql + Sync)> = vec![
-            &self.node,
-            &self.ts,
-            &self.interval_s,
-            self.kind_param(),
-            &self.owner,
-            &self.namespace,
-            &self.pod,
-            &self.qos,
-            &self.cgroups,
-        ];
-        p.extend(self.events.iter().map(|v| v as &(dyn ToSql + Sync)));
-        p.extend(self.resources.iter().map(|v| v as &(dyn ToSql + Sync)));
-        p
+/// `kind` is stored as its text.
+impl ColumnValue for OwnerKind {
+    const TYPE: crate::ColumnType = crate::ColumnType::Text;
+    fn empty() -> Self {
+        OwnerKind::Other
     }
-
-    fn kind_param(&self) -> &'static (dyn ToSql + Sync) {
-        static KINDS: [&str; 3] = ["pod", "service", "other"];
-        match self.kind {
-            OwnerKind::Pod => &KINDS[0],
-            OwnerKind::Service => &KINDS[1],
-            OwnerKind::Other => &KINDS[2],
+    fn to_value(&self) -> Value {
+        Value::Text(self.as_str().to_owned())
+    }
+    fn from_value(v: Value) -> Option<Self> {
+        match v {
+            Value::Text(t) => OwnerKind::parse(&t),
+            _ => None,
         }
     }
+}
+
+impl ToSql for OwnerKind {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.as_str().to_sql(ty, out)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 impl OwnerKind {
@@ -204,74 +372,6 @@ impl OwnerKind {
             "service" => Some(OwnerKind::Service),
             "other" => Some(OwnerKind::Other),
             _ => None,
-        }
-    }
-}
-
-impl PodRow {
-    /// A row with no identity yet, to be filled by [`PodRow::set`].
-    pub fn blank() -> Self {
-        PodRow {
-            node: String::new(),
-            ts: SystemTime::UNIX_EPOCH,
-            interval_s: None,
-            kind: OwnerKind::Other,
-            owner: String::new(),
-            namespace: None,
-            pod: None,
-            qos: None,
-            cgroups: None,
-            events: [None; EVENT_COUNT],
-            resources: [None; RESOURCE_COUNT],
-        }
-    }
-
-    /// The row's values in [`pod_columns`] order (the spool's encoding).
-    pub fn values(&self) -> Vec<Value> {
-        let mut v = vec![
-            ColumnValue::to_value(&self.node),
-            ColumnValue::to_value(&self.ts),
-            ColumnValue::to_value(&self.interval_s),
-            Value::Text(self.kind.as_str().to_owned()),
-            ColumnValue::to_value(&self.owner),
-            ColumnValue::to_value(&self.namespace),
-            ColumnValue::to_value(&self.pod),
-            ColumnValue::to_value(&self.qos),
-            ColumnValue::to_value(&self.cgroups),
-        ];
-        v.extend(self.events.iter().map(ColumnValue::to_value));
-        v.extend(self.resources.iter().map(ColumnValue::to_value));
-        v
-    }
-
-    /// Sets column `i` of [`pod_columns`]; false if the value is not of its type.
-    pub fn set(&mut self, i: usize, value: Value) -> bool {
-        fn put<T: ColumnValue>(slot: &mut T, value: Value) -> bool {
-            match T::from_value(value) {
-                Some(v) => {
-                    *slot = v;
-                    true
-                }
-                None => false,
-            }
-        }
-        let n = POD_IDENTITY.len();
-        match i {
-            0 => put(&mut self.node, value),
-            1 => put(&mut self.ts, value),
-            2 => put(&mut self.interval_s, value),
-            3 => match value {
-                Value::Text(t) => OwnerKind::parse(&t).map(|k| self.kind = k).is_some(),
-                _ => false,
-            },
-            4 => put(&mut self.owner, value),
-            5 => put(&mut self.namespace, value),
-            6 => put(&mut self.pod, value),
-            7 => put(&mut self.qos, value),
-            8 => put(&mut self.cgroups, value),
-            i if i < n + EVENT_COUNT => put(&mut self.events[i - n], value),
-            i if i < n + EVENT_COUNT + RESOURCE_COUNT => put(&mut self.resources[i - n - EVENT_COUNT], value),
-            _ => false,
         }
     }
 }
@@ -367,6 +467,7 @@ mod tests {
         row.namespace = Some("ns".into());
         row.qos = Some("Burstable".into());
         row.cgroups = Some(3);
+        row.network = Some(NETWORK_OWN.into());
         for (i, e) in row.events.iter_mut().enumerate() {
             *e = Some(100 + i as i64);
         }
@@ -379,6 +480,9 @@ mod tests {
         assert_eq!(pod_column_types().len(), pod_columns().len());
         assert_eq!(pod_column_types()[3], ColumnType::Text);
         assert_eq!(pod_column_types()[8], ColumnType::Int4);
+        assert_eq!(POD_IDENTITY[3], ("kind", "text NOT NULL", "pod, service or other"));
+        assert_eq!(RESOURCES[Res::EstConn as usize].name, "est_conn");
+        assert_eq!(RESOURCES[Res::IoWriteBytes as usize].name, "io_write_bytes");
         assert!(!back.set(3, Value::Text("pets".into())));
     }
 }

@@ -100,7 +100,7 @@ pub const META_COLUMNS: [(&str, MetaKind); 6] = [
 ];
 
 /// Identity and label columns of pod rows, before the numeric ones.
-pub const POD_META_COLUMNS: [(&str, MetaKind); 9] = [
+pub const POD_META_COLUMNS: [(&str, MetaKind); 10] = [
     ("node", MetaKind::Name),
     ("ts", MetaKind::Timestamp),
     ("kind", MetaKind::Name),
@@ -108,6 +108,7 @@ pub const POD_META_COLUMNS: [(&str, MetaKind); 9] = [
     ("namespace", MetaKind::Text),
     ("pod", MetaKind::Text),
     ("qos", MetaKind::Text),
+    ("network", MetaKind::Text),
     ("attack", MetaKind::Label),
     ("attack_type", MetaKind::Text),
 ];

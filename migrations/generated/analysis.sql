@@ -21,7 +21,7 @@ INSERT INTO feature_catalog (feature, kind, ordinal, min_spread, unit, meaning) 
     ('disk_av_per', 'gauge', 2, 0.5, '%', 'Free space on the root filesystem, percent.'),
     ('disk_read', 'counter', 3, 1048576.0, 'bytes', 'Bytes read from the selected disks, cumulative.'),
     ('disk_write', 'counter', 4, 1048576.0, 'bytes', 'Bytes written to the selected disks, cumulative.'),
-    ('net_receive', 'counter', 5, 65536.0, 'bytes', 'Bytes received on the selected interfaces, cumulative.'),
+    ('net_receive', 'counter', 5, 65536.0, 'bytes', 'Bytes received on the selected interfaces of the host''s network namespace (the node''s own interfaces: what enters the node; traffic between pods on the node is in their pod rows), cumulative.'),
     ('mem_pressure', 'counter', 6, 10.0, 'faults', 'Major page faults, cumulative.'),
     ('mem_av_per', 'gauge', 7, 0.5, '%', 'Available memory, percent.'),
     ('forks_total', 'counter', 8, 5.0, 'forks', 'Processes and threads created, cumulative.'),
@@ -29,17 +29,17 @@ INSERT INTO feature_catalog (feature, kind, ordinal, min_spread, unit, meaning) 
     ('load1', 'gauge', 10, 0.25, '', 'Load average over 1 minute.'),
     ('load5', 'gauge', 11, 0.25, '', 'Load average over 5 minutes.'),
     ('load15', 'gauge', 12, 0.25, '', 'Load average over 15 minutes.'),
-    ('receive_drop', 'counter', 13, 1.0, 'packets', 'Received packets dropped, cumulative.'),
-    ('receive_errs', 'counter', 14, 1.0, 'errors', 'Receive errors, cumulative.'),
-    ('transmit_packets', 'counter', 15, 100.0, 'packets', 'Packets transmitted, cumulative.'),
-    ('tcp_sock_alloc', 'gauge', 16, 2.0, 'sockets', 'TCP sockets allocated.'),
-    ('tcp_sock_inuse', 'gauge', 17, 2.0, 'sockets', 'TCP sockets in use.'),
-    ('tcp_sock_mem', 'gauge', 18, 4.0, 'pages', 'Memory held by TCP sockets.'),
-    ('udp_sock_inuse', 'gauge', 19, 2.0, 'sockets', 'UDP sockets in use.'),
-    ('udp_sock_mem', 'gauge', 20, 4.0, 'pages', 'Memory held by UDP sockets.'),
-    ('ipv4_sock_inuse', 'gauge', 21, 2.0, 'sockets', 'Sockets in use, all families (the paper''s name is kept).'),
-    ('est_conn', 'gauge', 22, 2.0, 'sockets', 'TCP sockets in ESTABLISHED, IPv4 + IPv6.'),
-    ('lis_conn', 'gauge', 23, 1.0, 'sockets', 'TCP sockets in LISTEN, IPv4 + IPv6.'),
+    ('receive_drop', 'counter', 13, 1.0, 'packets', 'Received packets dropped on the selected interfaces of the host''s network namespace, cumulative.'),
+    ('receive_errs', 'counter', 14, 1.0, 'errors', 'Receive errors on the selected interfaces of the host''s network namespace, cumulative.'),
+    ('transmit_packets', 'counter', 15, 100.0, 'packets', 'Packets transmitted on the selected interfaces of the host''s network namespace (what leaves the node), cumulative.'),
+    ('tcp_sock_alloc', 'gauge', 16, 2.0, 'sockets', 'TCP sockets allocated, node-wide (a kernel-wide count, every namespace''s sockets).'),
+    ('tcp_sock_inuse', 'gauge', 17, 2.0, 'sockets', 'TCP sockets in use in the host''s network namespace only (the kernel keeps this count per namespace: a pod''s sockets are in est_conn and lis_conn, and in its pod row).'),
+    ('tcp_sock_mem', 'gauge', 18, 4.0, 'pages', 'Memory held by TCP sockets, node-wide (a kernel-wide count).'),
+    ('udp_sock_inuse', 'gauge', 19, 2.0, 'sockets', 'UDP sockets in use in the host''s network namespace only (a per-namespace count).'),
+    ('udp_sock_mem', 'gauge', 20, 4.0, 'pages', 'Memory held by UDP sockets, node-wide (a kernel-wide count).'),
+    ('ipv4_sock_inuse', 'gauge', 21, 2.0, 'sockets', 'Sockets in use, all families, in the host''s network namespace only (a per-namespace count; the paper''s name is kept).'),
+    ('est_conn', 'gauge', 22, 2.0, 'sockets', 'TCP sockets in ESTABLISHED, IPv4 + IPv6, in every network namespace of the node.'),
+    ('lis_conn', 'gauge', 23, 1.0, 'sockets', 'TCP sockets in LISTEN, IPv4 + IPv6, in every network namespace of the node.'),
     ('open_fds', 'gauge', 24, 16.0, 'handles', 'File handles allocated node-wide.'),
     ('procs_running', 'gauge', 25, 2.0, 'threads', 'Threads runnable (running or waiting for a CPU) at the sample.'),
     ('procs_blocked', 'gauge', 26, 1.0, 'threads', 'Threads blocked waiting for I/O at the sample.'),
@@ -278,7 +278,13 @@ WITH paired AS (
            counter_delta(f.io_pressure_usec, lag(f.io_pressure_usec) OVER w) AS io_pressure_usec_step,
            counter_delta(f.oom_kills, lag(f.oom_kills) OVER w) AS oom_kills_step,
            counter_delta(f.io_read_bytes, lag(f.io_read_bytes) OVER w) AS io_read_bytes_step,
-           counter_delta(f.io_write_bytes, lag(f.io_write_bytes) OVER w) AS io_write_bytes_step
+           counter_delta(f.io_write_bytes, lag(f.io_write_bytes) OVER w) AS io_write_bytes_step,
+           counter_delta(f.net_receive, lag(f.net_receive) OVER w) AS net_receive_step,
+           counter_delta(f.receive_packets, lag(f.receive_packets) OVER w) AS receive_packets_step,
+           counter_delta(f.receive_drop, lag(f.receive_drop) OVER w) AS receive_drop_step,
+           counter_delta(f.receive_errs, lag(f.receive_errs) OVER w) AS receive_errs_step,
+           counter_delta(f.net_transmit, lag(f.net_transmit) OVER w) AS net_transmit_step,
+           counter_delta(f.transmit_packets, lag(f.transmit_packets) OVER w) AS transmit_packets_step
     FROM pod_features f
     WINDOW w AS (PARTITION BY f.node, f.kind, f.owner ORDER BY f.ts)
 ),
@@ -286,7 +292,7 @@ gapped AS (
     SELECT p.*, (p.elapsed_s IS NULL OR p.interval_s IS NULL OR p.elapsed_s > 1.5 * p.expected_s) AS after_gap
     FROM paired p
 )
-SELECT g.node, g.ts, g.interval_s, g.kind, g.owner, g.namespace, g.pod, g.qos, g.cgroups, g.attack, g.attack_type, g.ebpf_forks, g.ebpf_execs, g.ebpf_exits, g.tcp_to_est, g.tcp_to_syn_sent, g.tcp_to_syn_recv, g.tcp_to_close, g.tcp_to_listen, g.tcp_conn_failed, g.tcp_rst_sent, g.tcp_rst_recv, g.sock_alloc_tcp, g.sock_alloc_udp, g.sock_alloc_unix, g.sock_alloc_raw, g.sock_alloc_other, g.cpu_usage_usec, g.cpu_pressure_usec, g.memory_pressure_usec, g.io_pressure_usec, g.memory_current, g.oom_kills, g.pids_current, g.io_read_bytes, g.io_write_bytes,
+SELECT g.node, g.ts, g.interval_s, g.kind, g.owner, g.namespace, g.pod, g.qos, g.cgroups, g.network, g.attack, g.attack_type, g.ebpf_forks, g.ebpf_execs, g.ebpf_exits, g.tcp_to_est, g.tcp_to_syn_sent, g.tcp_to_syn_recv, g.tcp_to_close, g.tcp_to_listen, g.tcp_conn_failed, g.tcp_rst_sent, g.tcp_rst_recv, g.sock_alloc_tcp, g.sock_alloc_udp, g.sock_alloc_unix, g.sock_alloc_raw, g.sock_alloc_other, g.cpu_usage_usec, g.cpu_pressure_usec, g.memory_pressure_usec, g.io_pressure_usec, g.memory_current, g.oom_kills, g.pids_current, g.io_read_bytes, g.io_write_bytes, g.net_receive, g.receive_packets, g.receive_drop, g.receive_errs, g.net_transmit, g.transmit_packets, g.est_conn, g.lis_conn,
        g.elapsed_s, g.after_gap,
        CASE WHEN g.after_gap THEN NULL ELSE g.cpu_usage_usec_step END AS cpu_usage_usec_delta,
        CASE WHEN g.after_gap THEN NULL ELSE g.cpu_pressure_usec_step END AS cpu_pressure_usec_delta,
@@ -294,7 +300,13 @@ SELECT g.node, g.ts, g.interval_s, g.kind, g.owner, g.namespace, g.pod, g.qos, g
        CASE WHEN g.after_gap THEN NULL ELSE g.io_pressure_usec_step END AS io_pressure_usec_delta,
        CASE WHEN g.after_gap THEN NULL ELSE g.oom_kills_step END AS oom_kills_delta,
        CASE WHEN g.after_gap THEN NULL ELSE g.io_read_bytes_step END AS io_read_bytes_delta,
-       CASE WHEN g.after_gap THEN NULL ELSE g.io_write_bytes_step END AS io_write_bytes_delta
+       CASE WHEN g.after_gap THEN NULL ELSE g.io_write_bytes_step END AS io_write_bytes_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.net_receive_step END AS net_receive_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.receive_packets_step END AS receive_packets_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.receive_drop_step END AS receive_drop_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.receive_errs_step END AS receive_errs_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.net_transmit_step END AS net_transmit_delta,
+       CASE WHEN g.after_gap THEN NULL ELSE g.transmit_packets_step END AS transmit_packets_delta
 FROM gapped g;
 
 -- One line per pod row and feature: the scored value (the per-interval count of an eBPF column,
@@ -327,7 +339,15 @@ CROSS JOIN LATERAL (VALUES
     ('oom_kills', d.oom_kills_delta::float8),
     ('pids_current', d.pids_current::float8),
     ('io_read_bytes', d.io_read_bytes_delta::float8),
-    ('io_write_bytes', d.io_write_bytes_delta::float8)
+    ('io_write_bytes', d.io_write_bytes_delta::float8),
+    ('net_receive', d.net_receive_delta::float8),
+    ('receive_packets', d.receive_packets_delta::float8),
+    ('receive_drop', d.receive_drop_delta::float8),
+    ('receive_errs', d.receive_errs_delta::float8),
+    ('net_transmit', d.net_transmit_delta::float8),
+    ('transmit_packets', d.transmit_packets_delta::float8),
+    ('est_conn', d.est_conn::float8),
+    ('lis_conn', d.lis_conn::float8)
 ) AS v(feature, scored);
 
 -- z-scores of each pod's features against that pod's own normal rows (attack = 0) on the same

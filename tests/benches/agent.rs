@@ -35,25 +35,7 @@ use agent::{
     tcp_diag::TcpDiag,
 };
 
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// A sampler with per-pod rows on over this host's cgroup v2 tree.
-fn pod_sampler() -> Sampler {
-    let roots = Roots::default();
-    let sources =
-        Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
-    agent::ebpf::ensure_tracefs();
-    let counters = EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(4096), ..LoadOptions::default() })
-        .expect("eBPF loads");
-    let root = agent::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree");
-    let pods = agent::pods::PodSampler::new(root, "/nonexistent".into());
-    Sampler::new("bench".into(), sources, Some(counters), Duration::from_secs(3600)).with_pods(Some(pods))
-}
+use tests::{pod_sampler, thread_cpu};
 
 /// `n` cgroups in the v2 tree, kubelet-style: n/2 burstable pods with one container each.
 fn make_pod_cgroups(base: &std::path::Path, n: usize) {
@@ -205,7 +187,7 @@ fn sampler(ebpf: bool) -> Sampler {
         agent::ebpf::ensure_tracefs();
         EbpfCounters::load().expect("eBPF loads")
     });
-    Sampler::new("bench".into(), sources, counters, Duration::from_secs(3600))
+    Sampler::new("bench".into(), sources, counters, Duration::from_secs(3600), agent::netns::Proc::default())
 }
 
 /// Mean CPU time the detector takes to judge one row, over `n` rows: 64 real rows sampled 20 ms

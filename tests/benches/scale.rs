@@ -47,7 +47,8 @@ fn main() {
     let roots = Roots::default();
     let sources =
         Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
-    let mut sampler = Sampler::new("template".into(), sources, None, Duration::from_secs(3600));
+    let mut sampler =
+        Sampler::new("template".into(), sources, None, Duration::from_secs(3600), agent::netns::Proc::default());
     let template = sampler.sample();
 
     println!("one Postgres 15 on this machine ({} CPUs), fsync on, synchronous_commit on", num_cpus());

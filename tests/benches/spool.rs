@@ -29,7 +29,8 @@ fn main() {
     let roots = Roots::default();
     let sources =
         Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
-    let mut sampler = Sampler::new("bench-node".into(), sources, None, Duration::from_secs(3600));
+    let mut sampler =
+        Sampler::new("bench-node".into(), sources, None, Duration::from_secs(3600), agent::netns::Proc::default());
     // A row as the agent writes it with eBPF: every counter and a verdict present.
     let mut template = sampler.sample();
     for (i, e) in agent_common::Event::ALL.iter().enumerate() {

@@ -5,6 +5,7 @@
 //! unless FEATURE_AGENT_TEST_ALLOW_SKIP=1 is set outside CI: then they print SKIPPED and pass.
 //! In CI (CI=true) skipping is never allowed.
 pub mod cgroup;
+pub mod netns;
 use std::{
     path::PathBuf,
     process::{Command, Output, Stdio},
@@ -258,4 +259,32 @@ pub fn csv_records(text: &str) -> Vec<Vec<String>> {
         records.push(record);
     }
     records
+}
+
+/// CPU time this thread has used (CLOCK_THREAD_CPUTIME_ID), for the benches.
+pub fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A sampler with per-pod rows on over this host's cgroup v2 tree, with the real eBPF programs
+/// (for the benches).
+pub fn pod_sampler() -> agent::sampler::Sampler {
+    use agent::{
+        collector::{DiskSelector, InterfaceSelector, Roots, Sources},
+        ebpf::{EbpfCounters, LoadOptions},
+        netns::Proc,
+    };
+    let roots = Roots::default();
+    let sources =
+        Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
+    agent::ebpf::ensure_tracefs();
+    let counters = EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(4096), ..LoadOptions::default() })
+        .expect("eBPF loads");
+    let root = agent::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree");
+    let pods = agent::pods::PodSampler::new(root, "/nonexistent".into(), Proc::default());
+    agent::sampler::Sampler::new("bench".into(), sources, Some(counters), Duration::from_secs(3600), Proc::default())
+        .with_pods(Some(pods))
 }

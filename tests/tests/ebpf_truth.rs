@@ -246,7 +246,13 @@ fn sampler_with_ebpf() -> Sampler {
     let roots = Roots::default();
     let sources =
         Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
-    Sampler::new("gauges".into(), sources, Some(load()), std::time::Duration::from_secs(3600))
+    Sampler::new(
+        "gauges".into(),
+        sources,
+        Some(load()),
+        std::time::Duration::from_secs(3600),
+        agent::netns::Proc::default(),
+    )
 }
 
 #[test]
@@ -292,4 +298,67 @@ fn connection_gauges_follow_the_kernel_table() {
         }
         Ok(())
     });
+}
+
+/// Brings up the loopback interface of the calling thread's network namespace.
+fn loopback_up() {
+    // SAFETY: a plain socket and an ifreq naming "lo"; every result is checked.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0, "{}", std::io::Error::last_os_error());
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req), 0, "{}", std::io::Error::last_os_error());
+        libc::close(fd);
+    }
+}
+
+/// The TCP hook keys each socket by its network namespace (the kernel's BTF gives the path from
+/// a socket to the namespace's /proc/<pid>/net/stat inode), in both attachments: in a fresh
+/// namespace of its own, nothing but this test moves the balance, so it is exact at once.
+#[test]
+fn the_tcp_balance_is_kept_per_network_namespace() {
+    if !have_root("tcp_balance_per_namespace") {
+        return;
+    }
+    for classic in [false, true] {
+        let ebpf = load_with(LoadOptions { classic_tracepoints: classic, ..LoadOptions::default() });
+        assert!(ebpf.netns_keyed(), "the kernel's BTF has the path from a socket to its namespace");
+        let (key, before, held, after) = std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: unshare affects this thread only, which ends with the scope.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "{}", std::io::Error::last_os_error());
+                loopback_up();
+                let key = std::fs::metadata("/proc/thread-self/net/stat").map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.ino() as u32
+                });
+                let key = key.expect("the thread's namespace has a /proc net directory");
+                let before = ebpf.netns_balance(key).unwrap();
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let pairs: Vec<_> = (0..7)
+                    .map(|_| {
+                        let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                        (c, listener.accept().unwrap().0)
+                    })
+                    .collect();
+                let held = ebpf.netns_balance(key).unwrap();
+                drop(pairs);
+                drop(listener);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                (key, before, held, ebpf.netns_balance(key).unwrap())
+            })
+            .join()
+            .unwrap()
+        });
+        let own = agent::netns::Proc::default().own_key().unwrap();
+        assert_ne!(key, own, "a namespace of its own has its own key");
+        assert_eq!((before.established, before.listening), (0, 0), "classic={classic}: a fresh namespace");
+        assert_eq!((held.established, held.listening), (14, 1), "classic={classic}: 7 connections, 1 listener");
+        assert_eq!((after.established, after.listening), (0, 0), "classic={classic}: all closed");
+    }
 }

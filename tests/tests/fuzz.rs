@@ -84,6 +84,7 @@ fn pod_row(row: &FeatureRow, k: u64) -> PodRow {
         pod: Some(format!("web-7d9-{k}")),
         qos: Some("Burstable".into()),
         cgroups: Some(k as i32 + 1),
+        network: [Some("own".to_owned()), Some("host".to_owned()), None][k as usize % 3].clone(),
         events: std::array::from_fn(|i| Some((i as i64 + 1) * (k as i64 + 1))),
         resources: std::array::from_fn(|i| if i % 3 == 0 { None } else { Some(i as i64 * 1000) }),
     }

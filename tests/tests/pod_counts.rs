@@ -248,11 +248,11 @@ fn a_thousand_cgroups_get_their_rows_and_are_forgotten_once_removed() {
     let cg = TestCgroup::new("thousand", &leaves.iter().map(String::as_str).collect::<Vec<_>>());
     let mut ebpf = load();
     let root = agent::cgroups::cgroup2_root_of_this_host().unwrap();
-    let mut pods = agent::pods::PodSampler::new(root, "/nonexistent".into());
+    let mut pods = agent::pods::PodSampler::new(root, "/nonexistent".into(), agent::netns::Proc::default());
     let sample = |ebpf: &mut EbpfCounters, pods: &mut agent::pods::PodSampler| {
         let (_, cgroups) = ebpf.read_all().unwrap();
         let cgroups = cgroups.unwrap();
-        let rows = pods.sample(ebpf, cgroups.clone(), "thousand", std::time::SystemTime::now(), Some(1.0));
+        let rows = pods.sample(ebpf, cgroups.clone(), None, "thousand", std::time::SystemTime::now(), Some(1.0));
         (cgroups, rows)
     };
     sample(&mut ebpf, &mut pods);

@@ -213,14 +213,17 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let records = tests::csv_records(&std::fs::read_to_string(&csv).unwrap());
-    assert_eq!(records[0][..9], ["node", "ts", "kind", "owner", "namespace", "pod", "qos", "attack", "attack_type"]);
+    assert_eq!(
+        records[0][..10],
+        ["node", "ts", "kind", "owner", "namespace", "pod", "qos", "network", "attack", "attack_type"]
+    );
     assert_eq!((records.len() - 1).to_string(), sql(db, "SELECT count(*) FROM pod_features"));
     let forks = records[0].iter().position(|c| c == "ebpf_forks").unwrap();
     let a_forks: i64 =
         records.iter().skip(1).filter(|r| r[3] == UID_A).filter_map(|r| r[forks].parse::<i64>().ok()).sum();
     assert_eq!(a_forks, 105);
     assert!(records.iter().any(|r| r[4] == "it's \"ns\"" && r[5] == "pöd-名前"));
-    assert!(records.iter().any(|r| r[3] == UID_A && r[7] == "1" && r[8] == "fork-bomb"));
+    assert!(records.iter().any(|r| r[3] == UID_A && r[8] == "1" && r[9] == "fork-bomb"));
     let parquet = dir.join("pods.parquet");
     let out = run_lab(
         &["export", "--pods", "--format", "parquet", "--output", parquet.to_str().unwrap()],
@@ -466,6 +469,7 @@ fn a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns() {
         pod: Some("scanner-7d9f8-x2k4q".into()),
         qos: Some("Burstable".into()),
         cgroups: Some(3),
+        network: Some("own".into()),
         events: [None; agent_common::EVENT_COUNT],
         resources: [None; feature_schema::pods::RESOURCE_COUNT],
     };
@@ -497,6 +501,14 @@ fn a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns() {
         (Res::PidsCurrent, "pids_current", 207),
         (Res::IoReadBytes, "io_read_bytes", 208),
         (Res::IoWriteBytes, "io_write_bytes", 209),
+        (Res::NetReceive, "net_receive", 210),
+        (Res::ReceivePackets, "receive_packets", 211),
+        (Res::ReceiveDrop, "receive_drop", 212),
+        (Res::ReceiveErrs, "receive_errs", 213),
+        (Res::NetTransmit, "net_transmit", 214),
+        (Res::TransmitPackets, "transmit_packets", 215),
+        (Res::EstConn, "est_conn", 216),
+        (Res::LisConn, "lis_conn", 217),
     ];
     assert_eq!(events.len(), agent_common::EVENT_COUNT, "every event column is listed here");
     assert_eq!(resources.len(), feature_schema::pods::RESOURCE_COUNT, "every resource column is listed here");
@@ -515,6 +527,7 @@ fn a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns() {
         ("pod", "scanner-7d9f8-x2k4q".into()),
         ("qos", "Burstable".into()),
         ("cgroups", "3".into()),
+        ("network", "own".into()),
         ("extract(epoch FROM ts)::bigint", "1780000000".into()),
     ];
     expected.extend(events.iter().map(|(_, c, v)| (*c, v.to_string())));

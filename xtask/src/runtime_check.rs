@@ -292,6 +292,12 @@ fn plan(pod: &Value, work: &Path, overrides: &[(&str, String)], spool: &Path) ->
     if spec["hostNetwork"] == true {
         p.flags.push("--net-host".into());
     }
+    if spec["hostPID"] == true {
+        // ctr has no --pid-host: join this process's pid namespace (the host's here; pid 1's
+        // namespace link may be unreadable in a sandbox).
+        p.flags.push("--with-ns".into());
+        p.flags.push(format!("pid:/proc/{}/ns/pid", std::process::id()));
+    }
     let seccomp = sc["seccompProfile"]["type"].as_str().or(psc["seccompProfile"]["type"].as_str());
     match seccomp {
         Some("RuntimeDefault") => {
@@ -497,6 +503,7 @@ fn check_daemonset(
     id: &str,
     entrypoint: &[String],
     work: &Path,
+    workload: bool,
 ) -> anyhow::Result<String> {
     let spool = work.join(format!("{id}-spool"));
     std::fs::create_dir_all(&spool)?;
@@ -516,7 +523,23 @@ fn check_daemonset(
         .into_iter()
         .flatten()
         .any(|e| e["name"] == "POD_ROWS" && e["value"] == "true");
-    while rows_of(pg, id) < 3 || (pod_rows && count_of(pg, "pod_features", id) == 0) {
+    // And the workload pod's row, with its own network namespace's columns.
+    let pod_network = |pg: &ThrowawayPostgres| {
+        pg.psql(
+            "features",
+            &format!(
+                "SELECT count(*) FROM pod_features WHERE node = '{id}' AND owner = '{WORKLOAD_UID}' \
+                 AND network = 'own' AND receive_packets >= {WORKLOAD_PACKETS} AND net_receive > 0 \
+                 AND transmit_packets > 0 AND est_conn = 0 AND lis_conn = 0"
+            ),
+        )
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+    };
+    let pod_rows_there =
+        |pg: &ThrowawayPostgres| count_of(pg, "pod_features", id) > 0 && (!workload || pod_network(pg) > 0);
+    while rows_of(pg, id) < 3 || (pod_rows && !pod_rows_there(pg)) {
         if let Some(status) = child.try_wait()? {
             bail!("{id} exited ({status}) before writing rows:\n{}", log_of(work, id));
         }
@@ -539,13 +562,108 @@ fn check_daemonset(
     ensure!(!log.contains("could not be attached"), "{id}: a program failed:\n{log}");
     if pod_rows {
         ensure!(log.contains("per-pod rows on"), "{id}: per-pod rows are not on:\n{log}");
+        if workload {
+            // The connection gauges were seeded from the workload's namespace too, read through
+            // the host's /proc of a hostPID container.
+            let seeded = log
+                .lines()
+                .find_map(|l| l.split("every network namespace's table").nth(1))
+                .and_then(|r| r.split("namespaces=").nth(1))
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<u32>().ok());
+            ensure!(seeded >= Some(2), "{id}: the workload's namespace was not seeded ({seeded:?}):\n{log}");
+        }
+        let what = if workload { ", the workload pod's with its own network's counters" } else { "" };
         eprintln!(
-            "runtime-check: {id}: {} per-pod rows written from the host's cgroup tree",
+            "runtime-check: {id}: {} per-pod rows written from the host's cgroup tree{what}",
             count_of(pg, "pod_features", id)
         );
     }
     ctr.remove(id);
     Ok(summary)
+}
+
+/// The workload pod runtime-check runs beside the agent: its UID, and the packets sent to it.
+const WORKLOAD_UID: &str = "7e57c0de-0000-4000-8000-00000000beef";
+const WORKLOAD_PACKETS: usize = 5;
+
+/// A pod container as a kubelet would leave it for the agent to see: the image's own agent in
+/// `print --no-ebpf` mode (any long-running process would do) in a network namespace of its own,
+/// joined to the host by a veth pair, its process in a kubelet-style cgroup of the v2 tree
+/// (v2 membership only: this host's own accounting is in v1, see shared/spec/platform.md), and
+/// its /var/log/pods directory. `WORKLOAD_PACKETS` UDP datagrams are sent into its namespace.
+/// Returns what to undo.
+fn start_workload_pod(ctr: &Containerd, entrypoint: &[String], work: &Path) -> anyhow::Result<WorkloadPod> {
+    let id = "workload";
+    let log = std::fs::File::create(work.join(format!("{id}.log")))?;
+    let child = ctr
+        .command()
+        .args(["run", "--cgroup", ""])
+        .args(["--env", "RUST_LOG=warn"])
+        .args([IMAGE, id])
+        .args(entrypoint)
+        .args(["print", "--no-ebpf", "--interval", "5", "--records", "100000", "--node-name", "workload"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        if let Ok(pid) = ctr.pid(id) {
+            break pid;
+        }
+        ensure!(Instant::now() < deadline, "the workload pod did not start:\n{}", log_of(work, id));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let v2 = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.controllers").exists())
+        .context("no cgroup v2 tree")?;
+    let top = v2.join("feature-agent-runtime-check");
+    let cgroup = top.join(format!("kubepods/besteffort/pod{WORKLOAD_UID}/{}", "e".repeat(64)));
+    std::fs::create_dir_all(&cgroup)?;
+    std::fs::write(cgroup.join("cgroup.procs"), pid.to_string()).context("moving the workload into its v2 cgroup")?;
+    let logs = work.join("pod-logs").join(format!("check_workload-7d9f8-x2k4q_{WORKLOAD_UID}/main"));
+    std::fs::create_dir_all(&logs)?;
+    // The veth pair: 10.206.0.1 on the host, 10.206.0.2 in the pod.
+    let (host_end, pod_end) = ("fa-rtc-h", "fa-rtc-p");
+    let _ = Command::new("ip").args(["link", "del", host_end]).output();
+    run(Command::new("ip").args(["link", "add", host_end, "type", "veth", "peer", "name", pod_end]))?;
+    run(Command::new("ip").args(["link", "set", pod_end, "netns", &pid.to_string()]))?;
+    let pid_s = pid.to_string();
+    let in_pod = |args: &[&str]| run(Command::new("nsenter").args(["-t", &pid_s, "-n", "ip"]).args(args));
+    in_pod(&["addr", "add", "10.206.0.2/24", "dev", pod_end])?;
+    in_pod(&["link", "set", pod_end, "up"])?;
+    run(Command::new("ip").args(["addr", "add", "10.206.0.1/24", "dev", host_end]))?;
+    run(Command::new("ip").args(["link", "set", host_end, "up"]))?;
+    let udp = std::net::UdpSocket::bind("10.206.0.1:0")?;
+    for _ in 0..WORKLOAD_PACKETS {
+        udp.send_to(b"runtime-check", "10.206.0.2:9")?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(WorkloadPod { child, top, host_end })
+}
+
+/// What [`start_workload_pod`] made.
+struct WorkloadPod {
+    child: Child,
+    top: PathBuf,
+    host_end: &'static str,
+}
+
+impl WorkloadPod {
+    fn stop(mut self, ctr: &Containerd) {
+        ctr.remove("workload");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip").args(["link", "del", self.host_end]).output();
+        // Children first: a cgroup directory goes only when it is empty.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("find '{}' -depth -type d -exec rmdir {{}} \\;", self.top.display()))
+            .status();
+    }
 }
 
 /// Installs containerd, runc and umoci from Debian's packages if they are missing.
@@ -607,11 +725,15 @@ pub fn runtime_check(root: &Path, python: &Path, agent: &Path) -> anyhow::Result
     eprintln!("runtime-check: migrate Job ok: schema applied through a socket only uid {} can reach", plan_job.uid);
     pg.psql("features", "CREATE ROLE agent LOGIN IN ROLE feature_writer").map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    let workload = start_workload_pod(&ctr, &entrypoint, &work)?;
+    eprintln!("runtime-check: a workload pod runs in its own network namespace, in a kubelet-style cgroup");
     let ds = find(&base, "DaemonSet", "feature-agent")?;
-    let summary = check_daemonset(&ctr, &pg, ds, "base", &entrypoint, &work)?;
+    let summary = check_daemonset(&ctr, &pg, ds, "base", &entrypoint, &work, true);
+    workload.stop(&ctr);
+    let summary = summary?;
     eprintln!("runtime-check: base DaemonSet ok: every program attached, rows written, {summary}");
     let ds = find(&privileged, "DaemonSet", "feature-agent")?;
-    let summary = check_daemonset(&ctr, &pg, ds, "privileged", &entrypoint, &work)?;
+    let summary = check_daemonset(&ctr, &pg, ds, "privileged", &entrypoint, &work, false)?;
     eprintln!("runtime-check: privileged overlay ok: every program attached, rows written, {summary}");
 
     // Without PERFMON the programs cannot attach: the runtime really enforces the capability set.

@@ -291,6 +291,9 @@ pub(crate) fn decode_pods(bytes: &[u8]) -> Result<Vec<PodRow>, DecodeError> {
     }
     let names = pod_columns();
     let types = pod_column_types();
+    // A row must have the identity columns that are its key.
+    let at = |column: &str| names.iter().position(|(c, _)| *c == column);
+    let (node_at, owner_at) = (at("node"), at("owner"));
     let mut columns = Vec::with_capacity(n);
     for _ in 0..n {
         let (tag, width, len) = (r.u8()?, r.u8()?, r.u8()? as usize);
@@ -324,8 +327,8 @@ pub(crate) fn decode_pods(bytes: &[u8]) -> Result<Vec<PodRow>, DecodeError> {
             let (Some(kind), Some(i)) = (kind, target) else { continue };
             let value = decode_value(*kind, bytes)?;
             if value.convert(types[*i]).is_some_and(|v| row.set(*i, v)) {
-                have_node |= *i == 0;
-                have_owner |= *i == 4;
+                have_node |= Some(*i) == node_at;
+                have_owner |= Some(*i) == owner_at;
             }
         }
         if !(have_node && have_owner) {
