@@ -42,8 +42,9 @@ pub struct PlotArgs {
     /// The node to plot.
     #[arg(long)]
     pub node: String,
-    /// The PNG file to write.
-    #[arg(long)]
+    /// The PNG file to write (its name must end in .png), or - for standard output (the
+    /// summary then goes to standard error).
+    #[arg(long, value_parser = parse_output)]
     pub output: PathBuf,
     /// Features to draw, comma-separated (any scored feature column: see the README schema
     /// table; with --pod, any eBPF or resource column of pod_features) [default: a selection].
@@ -55,14 +56,24 @@ pub struct PlotArgs {
     pub pod: Option<String>,
     #[command(flatten)]
     pub window: TimeWindow,
-    /// |z| threshold drawn in the z-score panel.
-    #[arg(long, default_value_t = 2.0)]
+    /// |z| threshold drawn in the z-score panel (a number above 0).
+    #[arg(long, default_value_t = 2.0, value_parser = feature_db::parse_positive)]
     pub threshold: f64,
     /// Image width in pixels (400 to 8000).
     #[arg(long, default_value_t = 1400, value_parser = clap::value_parser!(u32).range(400..=8000))]
     pub width: u32,
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+/// `--output`: `-` (standard output) or a file whose name ends in `.png`, the only format
+/// written (a `.jpg` holding PNG bytes would mislead whatever opens it).
+pub fn parse_output(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    if s == "-" || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        return Ok(path);
+    }
+    Err(format!("{s:?}: plot writes PNG images; name the file *.png, or give - for standard output"))
 }
 
 /// The rows to draw: time, label, detector verdict, scored feature values and their z-scores.
@@ -513,8 +524,12 @@ fn draw(
 }
 
 fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), width, height);
+    let out: Box<dyn std::io::Write> = if path == Path::new("-") {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?)
+    };
+    let mut enc = png::Encoder::new(BufWriter::new(out), width, height);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let mut writer = enc.write_header()?;
@@ -656,13 +671,30 @@ pub async fn command(mut args: PlotArgs) -> anyhow::Result<()> {
     let (rgb, mut summary) = render(&data, &args.features, &title, args.threshold, args.width)?;
     write_png(&args.output, summary.width, summary.height, &rgb)?;
     summary.output = args.output.display().to_string();
-    println!("{}", serde_json::to_string(&summary)?);
+    // With the image on standard output, the summary goes to standard error.
+    if args.output == Path::new("-") {
+        eprintln!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_png_or_stdout_and_the_threshold_a_positive_number() {
+        assert_eq!(parse_output("-").unwrap(), PathBuf::from("-"));
+        assert_eq!(parse_output("a/b.PNG").unwrap(), PathBuf::from("a/b.PNG"));
+        for bad in ["plot.jpg", "plot", "plot.png.gz", ""] {
+            assert!(parse_output(bad).unwrap_err().contains("*.png"), "{bad}");
+        }
+        for bad in ["nan", "inf", "-1", "0", "x"] {
+            assert!(feature_db::parse_positive(bad).is_err(), "{bad}");
+        }
+    }
 
     fn pixel(buf: &[u8], width: u32, x: u32, y: u32) -> RGBColor {
         let i = ((y * width + x) * 3) as usize;

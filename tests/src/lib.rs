@@ -160,18 +160,31 @@ fn run_to_completion(mut cmd: Command, args: &[&str], env: &[(&str, &str)], limi
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {program}: {e}"));
+    // Both pipes are drained while the child runs: a child that writes more than a pipe holds
+    // (a PNG on stdout) would otherwise block and never exit.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
     let deadline = Instant::now() + limit;
     loop {
-        if child.try_wait().expect("waiting for the child").is_some() {
-            return child.wait_with_output().expect("collecting output");
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            let stdout = stdout.join().expect("reading stdout");
+            let stderr = stderr.join().expect("reading stderr");
+            return Output { status, stdout, stderr };
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("collecting output");
-            panic!(
-                "{program} {args:?} did not finish within {limit:?}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let _ = child.wait();
+            let stderr = stderr.join().expect("reading stderr");
+            panic!("{program} {args:?} did not finish within {limit:?}\nstderr:\n{}", String::from_utf8_lossy(&stderr));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -256,6 +256,24 @@ fn plot_png_decodes_and_is_shaded_where_the_labels_are() {
         Duration::from_secs(30),
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("has 0 rows"));
+
+    // `-` is standard output (the image's bytes, the summary on stderr); a name that is not
+    // *.png and a threshold that is not a number above 0 are refused before any work.
+    let out =
+        run_lab(&["plot", "--node", NODES[1], "--output", "-"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.starts_with(b"\x89PNG\r\n\x1a\n"), "PNG bytes on stdout");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(summary["output"], "-");
+    for (args, want) in [
+        (["--output", "/tmp/x.jpg", "--threshold", "2"], "*.png"),
+        (["--output", "/tmp/x.png", "--threshold", "nan"], "not a number above 0"),
+    ] {
+        let mut all = vec!["plot", "--node", NODES[1]];
+        all.extend(args);
+        let out = run_lab(&all, &[("DATABASE_URL", &url)], Duration::from_secs(30));
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(want), "{args:?}");
+    }
 }
 
 /// `--output` creates or replaces regular files only: a device, a FIFO, a directory or a

@@ -88,10 +88,12 @@ impl Scenario {
 /// Longest scenario accepted, in seconds.
 pub const MAX_DURATION_S: f64 = 600.0;
 
+/// `--duration`: seconds, 1 to [`MAX_DURATION_S`] (the range is the scenario's own, not the
+/// wider one of an interval).
 pub fn parse_duration(s: &str) -> Result<f64, String> {
-    let v = parse_interval(s)?;
-    if !(1.0..=MAX_DURATION_S).contains(&v) {
-        return Err(format!("{v} s is out of range: a scenario lasts 1 to {MAX_DURATION_S} s"));
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || !(1.0..=MAX_DURATION_S).contains(&v) {
+        return Err(format!("{s} s is out of range: a scenario lasts 1 to {MAX_DURATION_S} s"));
     }
     Ok(v)
 }
@@ -237,4 +239,20 @@ async fn label_window(client: &Client, id: i64) -> anyhow::Result<u64> {
         .await
         .context("recording the labelled rows")?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Out-of-range durations name the scenario's range, whatever made them so.
+    #[test]
+    fn durations_out_of_range_name_the_scenarios_range() {
+        assert_eq!(parse_duration("30").unwrap(), 30.0);
+        for bad in ["0", "0.5", "601", "86400", "nan", "inf", "-3"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("1 to 600"), "{bad}: {e}");
+        }
+        assert!(parse_duration("x").unwrap_err().contains("not a number"));
+    }
 }
