@@ -114,9 +114,27 @@ pub struct DetectorArgs {
     /// feature still makes it anomalous beyond twice the threshold. 1: any feature alone.
     #[arg(long, env = "DETECTOR_AGREEMENT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub detector_agreement: u32,
+    /// Workloads whose baselines the pod detector keeps (with --pod-rows); past it the least
+    /// recently seen are dropped, and warm up again if they return. Each takes about 2 KiB.
+    #[arg(long, env = "POD_BASELINES", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub pod_baselines: u32,
+    /// File that keeps the detector's warm baselines (node and workloads) across restarts,
+    /// saved every minute and at stop. Default for `run`: detector-state in the spool
+    /// directory (none with --spool-dir off); for `print`: none. "off": never.
+    #[arg(long, env = "DETECTOR_STATE")]
+    pub detector_state: Option<PathBuf>,
 }
 
 impl DetectorArgs {
+    /// The state file to use: the one named, else `default` ("off" disables it).
+    pub fn state_file(&self, default: Option<PathBuf>) -> Option<PathBuf> {
+        match &self.detector_state {
+            Some(p) if p.as_os_str() == "off" => None,
+            Some(p) => Some(p.clone()),
+            None => default,
+        }
+    }
+
     pub fn options(&self, interval_s: f64) -> DetectorOptions {
         DetectorOptions {
             threshold: self.anomaly_threshold,

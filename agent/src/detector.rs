@@ -27,7 +27,7 @@
 //!   on the node), that feature alone is re-anchored on the median and MAD of those rows and
 //!   the re-anchoring is logged. Without this a slow drift past the threshold would freeze the
 //!   baseline and flag every later row.
-use feature_schema::{FeatureRow, Kind, Verdict, FEATURES, FEATURE_COUNT};
+use feature_schema::{Feature, FeatureRow, Kind, Verdict, FEATURES};
 
 /// Spread floor relative to the baseline mean.
 const RELATIVE_SPREAD_FLOOR: f64 = 0.05;
@@ -52,112 +52,162 @@ pub struct DetectorOptions {
 }
 
 /// One feature's running baseline.
-#[derive(Debug, Clone, Copy)]
-struct Baseline {
-    mean: f64,
-    var: f64,
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Baseline {
+    pub mean: f64,
+    pub var: f64,
 }
 
-#[derive(Debug)]
-pub struct Detector {
-    options: DetectorOptions,
-    alpha: f64,
+/// Turns one source's raw values (a node's, or one pod's) into scored ones: counters become
+/// deltas against the source's previous row and, with event counts, rates per nominal
+/// interval; drifting gauges become changes.
+#[derive(Debug, Clone, Default)]
+pub struct Rates {
+    previous: Option<Vec<Option<f64>>>,
+}
+
+impl Rates {
+    pub fn scored(
+        &mut self,
+        features: &[Feature],
+        values: &[Option<f64>],
+        elapsed_s: Option<f64>,
+        interval_s: f64,
+    ) -> Vec<Option<f64>> {
+        // A row's counts cover its real interval; scaled to the nominal one.
+        let per_interval = match elapsed_s {
+            Some(e) if e > 0.0 && e.is_finite() => interval_s / e,
+            _ => 1.0,
+        };
+        let out = features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let prev = self.previous.as_ref().and_then(|p| p[i]);
+                match (f.kind, f.on_change) {
+                    (Kind::Counter, _) => match (values[i], prev) {
+                        (Some(cur), Some(prev)) if cur >= prev => Some((cur - prev) * per_interval),
+                        _ => None,
+                    },
+                    (Kind::Events, _) => values[i].map(|v| v * per_interval),
+                    (Kind::Gauge, true) => match (values[i], prev) {
+                        (Some(cur), Some(prev)) => Some(cur - prev),
+                        _ => None,
+                    },
+                    (Kind::Gauge, false) => values[i],
+                }
+            })
+            .collect();
+        self.previous = Some(values.to_vec());
+        out
+    }
+}
+
+/// One subject's baselines (the node's, or one workload's), one per feature, with the
+/// warm-up, learning and re-anchoring rules above.
+#[derive(Debug, Clone)]
+pub struct Baselines {
+    /// Whose baselines these are, for the log: "node", or a workload's name.
+    subject: String,
+    features: &'static [Feature],
     rows: usize,
-    previous: Option<[Option<f64>; FEATURE_COUNT]>,
     /// Values seen during warm-up, per feature.
     warmup: Vec<Vec<f64>>,
-    baseline: [Option<Baseline>; FEATURE_COUNT],
+    baseline: Vec<Option<Baseline>>,
     /// Per feature, its values on the consecutive rows it has been flagged on.
     streak: Vec<Vec<f64>>,
 }
 
-impl Detector {
-    pub fn new(options: DetectorOptions) -> Self {
-        let alpha = 1.0 - 0.5f64.powf(1.0 / options.half_life_rows.max(1.0));
+impl Baselines {
+    pub fn new(features: &'static [Feature], subject: &str) -> Self {
+        let n = features.len();
         Self {
-            options,
-            alpha,
+            subject: subject.to_owned(),
+            features,
             rows: 0,
-            previous: None,
-            warmup: vec![Vec::new(); FEATURE_COUNT],
-            baseline: [None; FEATURE_COUNT],
-            streak: vec![Vec::new(); FEATURE_COUNT],
+            warmup: vec![Vec::new(); n],
+            baseline: vec![None; n],
+            streak: vec![Vec::new(); n],
         }
     }
 
-    /// Judges a row and records the verdict in it.
-    pub fn judge(&mut self, row: &mut FeatureRow) {
-        let values = row.feature_values();
-        let scored = self.scored(&values, row.interval_s);
-        self.previous = Some(values);
+    /// Baselines restored from a saved state, warm: they judge from their first row. `saved`
+    /// holds (feature column, baseline); a column this release does not score is ignored, and
+    /// a feature the state lacks starts from its first value, as after warm-up.
+    pub fn restored(
+        features: &'static [Feature],
+        subject: &str,
+        options: &DetectorOptions,
+        saved: &[(String, Baseline)],
+    ) -> Self {
+        let mut b = Self::new(features, subject);
+        b.rows = options.warmup_rows;
+        b.warmup = vec![Vec::new(); features.len()];
+        for (column, base) in saved {
+            if let Some(i) = features.iter().position(|f| f.column == column) {
+                if base.mean.is_finite() && base.var.is_finite() && base.var >= 0.0 {
+                    b.baseline[i] = Some(*base);
+                }
+            }
+        }
+        b
+    }
+
+    /// True once the warm-up is over: rows get a verdict.
+    pub fn is_warm(&self, options: &DetectorOptions) -> bool {
+        self.rows >= options.warmup_rows
+    }
+
+    /// (feature column, baseline) of every feature that has one.
+    pub fn saved(&self) -> Vec<(&'static str, Baseline)> {
+        self.features.iter().zip(&self.baseline).filter_map(|(f, b)| Some((f.column, (*b)?))).collect()
+    }
+
+    /// The baseline of feature `i` (in the features' order), if it has one.
+    pub fn baseline(&self, i: usize) -> Option<Baseline> {
+        self.baseline[i]
+    }
+
+    /// Judges one row's scored values; the verdict is empty (NULL) during warm-up.
+    pub fn judge(&mut self, options: &DetectorOptions, alpha: f64, scored: &[Option<f64>]) -> Verdict {
         self.rows += 1;
-        row.set_verdict(self.judge_values(&scored));
-    }
-
-    /// The values that are scored: counters become deltas against the previous row and, with
-    /// event counts, rates per nominal interval; drifting gauges become changes.
-    fn scored(&self, values: &[Option<f64>; FEATURE_COUNT], elapsed_s: Option<f64>) -> [Option<f64>; FEATURE_COUNT] {
-        // A row's counts cover its real interval; scaled to the nominal one.
-        let per_interval = match elapsed_s {
-            Some(e) if e > 0.0 && e.is_finite() => self.options.interval_s / e,
-            _ => 1.0,
-        };
-        let mut out = *values;
-        for (i, f) in FEATURES.iter().enumerate() {
-            let prev = self.previous.as_ref().and_then(|p| p[i]);
-            out[i] = match (f.kind, f.on_change) {
-                (Kind::Counter, _) => match (values[i], prev) {
-                    (Some(cur), Some(prev)) if cur >= prev => Some((cur - prev) * per_interval),
-                    _ => None,
-                },
-                (Kind::Events, _) => values[i].map(|v| v * per_interval),
-                (Kind::Gauge, true) => match (values[i], prev) {
-                    (Some(cur), Some(prev)) => Some(cur - prev),
-                    _ => None,
-                },
-                (Kind::Gauge, false) => values[i],
-            };
-        }
-        out
-    }
-
-    fn judge_values(&mut self, scored: &[Option<f64>; FEATURE_COUNT]) -> Verdict {
-        if self.rows <= self.options.warmup_rows {
+        if self.rows <= options.warmup_rows {
             for (buf, v) in self.warmup.iter_mut().zip(scored) {
                 buf.extend(v.filter(|v| v.is_finite()));
             }
-            if self.rows == self.options.warmup_rows {
+            if self.rows == options.warmup_rows {
                 self.start_baselines();
             }
             return Verdict::default();
         }
-        let threshold = self.options.threshold;
+        let threshold = options.threshold;
         let mut score: f64 = 0.0;
         let mut flagged: Vec<(f64, &'static str)> = Vec::new();
-        let mut above = [false; FEATURE_COUNT];
+        let mut above = vec![false; self.features.len()];
         for (i, v) in scored.iter().enumerate() {
             let (Some(x), Some(b)) = (v, self.baseline[i]) else {
                 self.streak[i].clear();
                 continue;
             };
-            let z = FEATURES[i].direction.toward_attack((x - b.mean) / spread(b, FEATURES[i].min_spread));
+            let feature = &self.features[i];
+            let z = feature.direction.toward_attack((x - b.mean) / spread(b, feature.min_spread));
             score = score.max(z);
             if z > threshold {
                 above[i] = true;
-                flagged.push((z, FEATURES[i].column));
+                flagged.push((z, feature.column));
                 self.streak[i].push(*x);
             } else {
                 self.streak[i].clear();
             }
         }
-        let alarm = flagged.len() >= self.options.agreement.max(1) || flagged.iter().any(|(z, _)| *z > 2.0 * threshold);
+        let alarm = flagged.len() >= options.agreement.max(1) || flagged.iter().any(|(z, _)| *z > 2.0 * threshold);
         // A normal row teaches the features that were below the threshold; an anomalous row
         // teaches nothing.
         if !alarm {
             flagged.clear();
-            self.learn(scored, &above);
+            self.learn(alpha, scored, &above);
         }
-        self.adapt();
+        self.adapt(options);
         flagged.sort_by(|a, b| b.0.total_cmp(&a.0));
         Verdict {
             anomaly_score: Some(score),
@@ -174,13 +224,13 @@ impl Detector {
             }
             self.baseline[i] = Some(robust(buf));
         }
-        self.warmup = Vec::new();
+        self.warmup = vec![Vec::new(); self.features.len()];
     }
 
     /// Re-anchors the features that have been flagged for `adapt_rows` rows in a row.
-    fn adapt(&mut self) {
-        let limit = self.options.adapt_rows.max(1);
-        for (i, feature) in FEATURES.iter().enumerate() {
+    fn adapt(&mut self, options: &DetectorOptions) {
+        let limit = options.adapt_rows.max(1);
+        for (i, feature) in self.features.iter().enumerate() {
             if self.streak[i].len() < limit {
                 continue;
             }
@@ -188,6 +238,7 @@ impl Detector {
             let (old, new) = (self.baseline[i].map(|b| b.mean), robust(&mut values));
             self.baseline[i] = Some(new);
             tracing::info!(
+                subject = %self.subject,
                 feature = feature.column,
                 rows = limit,
                 old_mean = old,
@@ -199,19 +250,52 @@ impl Detector {
 
     /// Exponentially weighted update of mean and variance from the features of a row that were
     /// not above the threshold (`skip`).
-    fn learn(&mut self, scored: &[Option<f64>; FEATURE_COUNT], skip: &[bool; FEATURE_COUNT]) {
-        let a = self.alpha;
+    fn learn(&mut self, alpha: f64, scored: &[Option<f64>], skip: &[bool]) {
         for ((b, v), skip) in self.baseline.iter_mut().zip(scored).zip(skip) {
             let Some(x) = v.filter(|x| x.is_finite() && !skip) else { continue };
             match b {
                 Some(b) => {
                     let diff = x - b.mean;
-                    b.mean += a * diff;
-                    b.var = (1.0 - a) * (b.var + a * diff * diff);
+                    b.mean += alpha * diff;
+                    b.var = (1.0 - alpha) * (b.var + alpha * diff * diff);
                 }
                 None => *b = Some(Baseline { mean: x, var: 0.0 }),
             }
         }
+    }
+}
+
+impl DetectorOptions {
+    /// The weight of a new normal row in a baseline, from the half-life.
+    pub fn alpha(&self) -> f64 {
+        1.0 - 0.5f64.powf(1.0 / self.half_life_rows.max(1.0))
+    }
+}
+
+/// The node's detector: its rates and its baselines.
+#[derive(Debug)]
+pub struct Detector {
+    options: DetectorOptions,
+    rates: Rates,
+    pub baselines: Baselines,
+}
+
+impl Detector {
+    pub fn new(options: DetectorOptions) -> Self {
+        Self { options, rates: Rates::default(), baselines: Baselines::new(&FEATURES, "node") }
+    }
+
+    /// A node detector whose baselines start from a saved state.
+    pub fn with_baselines(options: DetectorOptions, baselines: Baselines) -> Self {
+        Self { options, rates: Rates::default(), baselines }
+    }
+
+    /// Judges a row and records the verdict in it.
+    pub fn judge(&mut self, row: &mut FeatureRow) {
+        let values = row.feature_values();
+        let scored = self.rates.scored(&FEATURES, &values, row.interval_s, self.options.interval_s);
+        let verdict = self.baselines.judge(&self.options, self.options.alpha(), &scored);
+        row.set_verdict(verdict);
     }
 }
 
@@ -312,14 +396,14 @@ mod tests {
         let mut r = row(1.0, 0, 20);
         d.judge(&mut r);
         assert!(!r.is_anomalous(), "{:?}", r.verdict());
-        let before = d.baseline[index_of("ebpf_execs").unwrap()].unwrap().mean;
+        let before = d.baselines.baseline(index_of("ebpf_execs").unwrap()).unwrap().mean;
         for _ in 0..50 {
             let mut r = row(1.0, 0, 1000);
             d.judge(&mut r);
             assert_eq!(r.anomalous_features.as_deref(), Some(&["ebpf_execs".to_owned()][..]));
             assert!((r.anomaly_score.unwrap() - (1000.0 - before) / 5.0).abs() < 1e-9);
         }
-        assert_eq!(d.baseline[index_of("ebpf_execs").unwrap()].unwrap().mean, before);
+        assert_eq!(d.baselines.baseline(index_of("ebpf_execs").unwrap()).unwrap().mean, before);
     }
 
     #[test]

@@ -120,6 +120,52 @@ pub struct Metrics {
     pub node_name_conflicts: AtomicU64,
     /// Sampled time (Unix seconds) of the oldest row not yet in the database; 0: none.
     pub oldest_unwritten_unix: AtomicF64,
+    /// Pod rows the detector judged anomalous, per namespace (bounded).
+    pub pod_alarms: std::sync::Mutex<PodAlarms>,
+    /// Workloads with baselines now, and workloads dropped to keep within --pod-baselines.
+    pub pod_baselines: AtomicU64,
+    pub pod_baselines_evicted: AtomicU64,
+    /// Detector state saves that failed (the file keeps its previous state).
+    pub detector_state_save_failures: AtomicU64,
+}
+
+/// Most namespaces /metrics names in the pod alarm counter; alarms of further namespaces are
+/// counted under [`PodAlarms::OVERFLOW`], so a cluster with thousands of namespaces (or a pod
+/// directory with hostile names) cannot grow the exposition without bound.
+pub const POD_ALARM_NAMESPACES: usize = 64;
+
+/// Pod alarms per namespace.
+#[derive(Debug, Default)]
+pub struct PodAlarms {
+    by_namespace: std::collections::BTreeMap<String, u64>,
+    overflow: u64,
+}
+
+impl PodAlarms {
+    /// The label of host services' alarms (they have no namespace).
+    pub const HOST: &'static str = "(host)";
+    /// The label of alarms in namespaces past [`POD_ALARM_NAMESPACES`].
+    pub const OVERFLOW: &'static str = "(other namespaces)";
+
+    pub fn count(&mut self, namespace: Option<&str>) {
+        let ns = namespace.unwrap_or(Self::HOST);
+        if let Some(n) = self.by_namespace.get_mut(ns) {
+            *n += 1;
+        } else if self.by_namespace.len() < POD_ALARM_NAMESPACES {
+            self.by_namespace.insert(ns.to_owned(), 1);
+        } else {
+            self.overflow += 1;
+        }
+    }
+
+    /// (namespace label, alarms), the overflow last when there is one.
+    pub fn series(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = self.by_namespace.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        if self.overflow > 0 {
+            out.push((Self::OVERFLOW.to_owned(), self.overflow));
+        }
+        out
+    }
 }
 
 pub fn now_unix() -> f64 {
@@ -177,6 +223,10 @@ impl Metrics {
             node_name_in_use: AtomicBool::default(),
             node_name_conflicts: AtomicU64::default(),
             oldest_unwritten_unix: AtomicF64::default(),
+            pod_alarms: std::sync::Mutex::new(PodAlarms::default()),
+            pod_baselines: AtomicU64::default(),
+            pod_baselines_evicted: AtomicU64::default(),
+            detector_state_save_failures: AtomicU64::default(),
         })
     }
 
@@ -368,6 +418,32 @@ impl Collector for Exposition {
             "feature_agent_rows_anomalous",
             "Rows the streaming detector judged anomalous.",
             c(&m.rows_anomalous),
+        )?;
+        let pod_alarms = m.pod_alarms.lock().map(|a| a.series()).unwrap_or_default();
+        labelled_counter(
+            &mut enc,
+            "feature_agent_pod_rows_anomalous",
+            "Pod and service rows the detector judged anomalous, by the pod's namespace ((host) for services; namespaces past the first 64 under (other namespaces)).",
+            "namespace",
+            pod_alarms.iter().map(|(ns, n)| (ns.as_str(), *n)),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_pod_baselines",
+            "Workloads the pod detector keeps baselines for.",
+            g(&m.pod_baselines),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_pod_baselines_evicted",
+            "Workloads whose baselines were dropped to keep within --pod-baselines (least recently seen first).",
+            c(&m.pod_baselines_evicted),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_detector_state_save_failures",
+            "Saves of the detector state file that failed (it keeps its previous state).",
+            c(&m.detector_state_save_failures),
         )?;
         single(&mut enc, "feature_agent_rows_queued", "Rows waiting in memory for the database.", g(&m.rows_queued))?;
         single(

@@ -3,8 +3,9 @@
 //! samples as JSON lines on stdout) and `migrate`.
 use std::{
     io::Write,
+    path::PathBuf,
     sync::{atomic::Ordering::Relaxed, Arc},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, Context};
@@ -15,8 +16,10 @@ use tracing::{error, info, warn};
 use crate::{
     clock::{Stamp, Stamper},
     config::{RunArgs, SamplingArgs},
-    detector::Detector,
+    detector::{Baselines, Detector, DetectorOptions},
+    detector_state::{self, DetectorState, StateError},
     metrics::Metrics,
+    pod_detector::{FlaggedPod, PodDetector},
     sampler::Sampler,
     spool::Spool,
     writer::{self, WriterOptions},
@@ -62,13 +65,193 @@ impl Signals {
     }
 }
 
+/// How often the detector's state file is saved while running (and once more at stop).
+const STATE_SAVE_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a stopping agent waits for the detector state's last save (a disk that hangs
+/// must not hang the stop).
+const STATE_SAVE_AT_STOP: Duration = Duration::from_secs(2);
+
+/// The node's and the workloads' detectors, started from the state file when it is usable.
+fn start_detectors(
+    args: &SamplingArgs,
+    node: &str,
+    state_file: Option<&std::path::Path>,
+    now: SystemTime,
+) -> (Detector, PodDetector) {
+    let options = args.detector.options(args.interval);
+    let mut detector = Detector::new(options);
+    let mut pods = PodDetector::new(options, args.detector.pod_baselines as usize);
+    let Some(path) = state_file else { return (detector, pods) };
+    match detector_state::load(path, node, args.interval, now) {
+        Ok(state) => {
+            let node_warm = state.node.is_some();
+            if let Some(saved) = state.node {
+                detector = Detector::with_baselines(
+                    options,
+                    Baselines::restored(&feature_schema::FEATURES, "node", &options, &saved),
+                );
+            }
+            let workloads = state.workloads.len();
+            pods.restore(state.workloads);
+            info!(file = %path.display(), node_warm, workloads, "detector baselines restored: known workloads are judged from the first interval");
+        }
+        Err(StateError::Missing) => {
+            info!(file = %path.display(), "no detector state yet: the detector warms up (--detector-warmup)");
+        }
+        Err(e) => {
+            warn!(file = %path.display(), reason = %e, "the detector state is not used: the detector warms up (--detector-warmup)");
+        }
+    }
+    (detector, pods)
+}
+
+/// Saves the detector state every [`STATE_SAVE_EVERY`] on a thread of its own, so a slow or
+/// hung disk delays neither the samples nor the stop.
+struct StateSaver {
+    path: Option<PathBuf>,
+    node: String,
+    interval_s: f64,
+    due: Instant,
+    saving: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    failing: bool,
+}
+
+impl StateSaver {
+    fn new(path: Option<PathBuf>, node: &str, interval_s: f64) -> Self {
+        Self {
+            path,
+            node: node.to_owned(),
+            interval_s,
+            due: Instant::now() + STATE_SAVE_EVERY,
+            saving: None,
+            failing: false,
+        }
+    }
+
+    fn snapshot(options: &DetectorOptions, detector: &Detector, pods: &PodDetector) -> DetectorState {
+        let owned =
+            |v: Vec<(&'static str, crate::detector::Baseline)>| v.into_iter().map(|(c, b)| (c.to_owned(), b)).collect();
+        DetectorState {
+            node: detector.baselines.is_warm(options).then(|| owned(detector.baselines.saved())),
+            workloads: pods.saved().into_iter().map(|(w, b)| (w, owned(b))).collect(),
+        }
+    }
+
+    /// Collects a finished save's result.
+    fn collect(&mut self, metrics: &Metrics) {
+        let Some(handle) = self.saving.take_if(|h| h.is_finished()) else { return };
+        match handle.join() {
+            Ok(Ok(())) => self.failing = false,
+            Ok(Err(e)) => {
+                metrics.detector_state_save_failures.fetch_add(1, Relaxed);
+                if !std::mem::replace(&mut self.failing, true) {
+                    warn!(file = ?self.path, error = %e, "cannot save the detector state; a restart will warm up again");
+                }
+            }
+            Err(_) => {
+                metrics.detector_state_save_failures.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn start(&mut self, state: &DetectorState, now: SystemTime) {
+        let Some(path) = self.path.clone() else { return };
+        let bytes = detector_state::encode(state, &self.node, self.interval_s, now);
+        self.saving = std::thread::Builder::new()
+            .name("detector-state".into())
+            .spawn(move || detector_state::save(&path, &bytes))
+            .ok();
+    }
+
+    /// Saves when due and the previous save has finished.
+    fn tick(&mut self, metrics: &Metrics, state: impl FnOnce() -> DetectorState, now: SystemTime) {
+        self.collect(metrics);
+        if self.path.is_none() || self.saving.is_some() || Instant::now() < self.due {
+            return;
+        }
+        self.due = Instant::now() + STATE_SAVE_EVERY;
+        self.start(&state(), now);
+    }
+
+    /// The last save, at stop: waited for at most [`STATE_SAVE_AT_STOP`].
+    async fn finish(&mut self, metrics: &Metrics, state: DetectorState, now: SystemTime) {
+        if self.path.is_none() {
+            return;
+        }
+        let deadline = Instant::now() + STATE_SAVE_AT_STOP;
+        while self.saving.is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.collect(metrics);
+        }
+        if self.saving.is_none() {
+            self.start(&state, now);
+        }
+        while self.saving.is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.collect(metrics);
+        }
+        if self.saving.is_some() {
+            metrics.detector_state_save_failures.fetch_add(1, Relaxed);
+            warn!(file = ?self.path, "the detector state's last save did not finish in time; the file keeps its previous state");
+        } else {
+            info!(file = ?self.path, "detector state saved");
+        }
+    }
+}
+
+/// Logs the pods flagged in an interval in one line, at most [`AlarmLog::BURST`] lines a minute;
+/// the lines held back are counted in the next one.
+struct AlarmLog {
+    tokens: f64,
+    refilled: Instant,
+    held_back: u64,
+}
+
+impl AlarmLog {
+    const BURST: f64 = 6.0;
+
+    fn new() -> Self {
+        Self { tokens: Self::BURST, refilled: Instant::now(), held_back: 0 }
+    }
+
+    fn log(&mut self, node: &str, flagged: &[FlaggedPod]) {
+        if flagged.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * Self::BURST / 60.0).min(Self::BURST);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            self.held_back += 1;
+            return;
+        }
+        self.tokens -= 1.0;
+        warn!(held_back = std::mem::take(&mut self.held_back), "{}", alarm_line(node, flagged));
+    }
+}
+
+/// "worker-3: shop/scanner-7d9 tcp_conn_failed, tcp_rst_recv; ..." (at most 10 pods named).
+fn alarm_line(node: &str, flagged: &[FlaggedPod]) -> String {
+    const NAMED: usize = 10;
+    let mut parts: Vec<String> =
+        flagged.iter().take(NAMED).map(|f| format!("{} {}", f.name, f.features.join(", "))).collect();
+    if flagged.len() > NAMED {
+        parts.push(format!("and {} more pods", flagged.len() - NAMED));
+    }
+    format!("{node}: {}", parts.join("; "))
+}
+
 /// Runs the sampling schedule, handing each row to `emit`, until `records` rows or a signal.
-/// Returns the signal's name if one stopped it.
+/// Returns the signal's name if one stopped it. The detectors start from `state_file` when it
+/// is usable, and save to it.
 async fn sample_loop(
     args: &SamplingArgs,
     mut sampler: Sampler,
     metrics: &Metrics,
     signals: &mut Signals,
+    state_file: Option<PathBuf>,
     mut emit: impl FnMut(feature_schema::FeatureRow) -> anyhow::Result<()>,
 ) -> anyhow::Result<Option<&'static str>> {
     let (attached, failed) = sampler.programs();
@@ -79,7 +262,12 @@ async fn sample_loop(
     let clock = args.clock();
     let mut ticker = aligned_ticker(period, clock.now());
     let mut stamper = Stamper::new(period);
-    let mut detector = Detector::new(args.detector.options(args.interval));
+    let options = args.detector.options(args.interval);
+    let node = sampler.node().to_owned();
+    let (mut detector, mut pod_detector) = start_detectors(args, &node, state_file.as_deref(), clock.now());
+    let mut saver = StateSaver::new(state_file, &node, args.interval);
+    let mut alarm_log = AlarmLog::new();
+    let mut stopped_by = None;
     let mut taken = 0u64;
     let mut last_tick: Option<tokio::time::Instant> = None;
     let mut stats_due: Option<std::time::Instant> = None;
@@ -124,6 +312,20 @@ async fn sample_loop(
                 // transaction) and share its ts.
                 row.stamp(ts);
                 detector.judge(&mut row);
+                if sampler.pods_on() {
+                    let flagged = pod_detector.judge(&mut row);
+                    if !flagged.is_empty() {
+                        if let Ok(mut alarms) = metrics.pod_alarms.lock() {
+                            for f in &flagged {
+                                alarms.count(f.namespace.as_deref());
+                            }
+                        }
+                        alarm_log.log(&node, &flagged);
+                    }
+                    metrics.pod_baselines.store(pod_detector.workloads() as u64, Relaxed);
+                    metrics.pod_baselines_evicted.store(pod_detector.evicted(), Relaxed);
+                }
+                saver.tick(metrics, || StateSaver::snapshot(&options, &detector, &pod_detector), clock.now());
                 metrics.observe_collection(started.elapsed().as_secs_f64());
                 metrics.programs_ok.store(sampler.ebpf_ok(), Relaxed);
                 // The programs' kernel statistics: a file read per program, so at most every
@@ -140,6 +342,7 @@ async fn sample_loop(
                         ts = %feature_schema::timefmt::rfc3339_micros(row.ts),
                         score = row.anomaly_score,
                         features = row.anomalous_features.as_deref().unwrap_or_default().join(","),
+                        pods = row.anomalous_pods.as_deref().unwrap_or_default().join(","),
                         "anomalous row"
                     );
                 }
@@ -154,11 +357,13 @@ async fn sample_loop(
             }
             s = signals.next() => {
                 info!(signal = s, "stopping");
-                return Ok(Some(s));
+                stopped_by = Some(s);
+                break;
             }
         }
     }
-    Ok(None)
+    saver.finish(metrics, StateSaver::snapshot(&options, &detector, &pod_detector), clock.now()).await;
+    Ok(stopped_by)
 }
 
 /// Opens the spool: None (memory only) when disabled. A spool that cannot be opened now (a
@@ -232,7 +437,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             anyhow::Ok(runtime.block_on(writer::run_writer(options, rx, stop_rx)))
         })
         .context("starting the writer thread")?;
-    let stopped_by = sample_loop(&args.sampling, sampler, &metrics, &mut signals, |row| {
+    let state_file = args
+        .sampling
+        .detector
+        .state_file((args.spool_dir.as_os_str() != "off").then(|| args.spool_dir.join("detector-state")));
+    let stopped_by = sample_loop(&args.sampling, sampler, &metrics, &mut signals, state_file, |row| {
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(row) {
             let n = metrics.rows_dropped_channel_full.fetch_add(1, Relaxed) + 1;
             warn!(dropped_total = n, "the writer is behind by {capacity} rows; this row is dropped");
@@ -380,7 +589,8 @@ pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let metrics = Metrics::new(args.interval);
     let mut signals = Signals::install()?;
-    let result = sample_loop(&args, sampler, &metrics, &mut signals, |row| {
+    let state_file = args.detector.state_file(None);
+    let result = sample_loop(&args, sampler, &metrics, &mut signals, state_file, |row| {
         let mut out = stdout.lock();
         serde_json::to_writer(&mut out, &row)?;
         out.write_all(b"\n")?;

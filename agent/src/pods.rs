@@ -336,7 +336,7 @@ impl PodSampler {
                         events[i] = Some(acc.events[i] as i64);
                     }
                 }
-                PodRow {
+                let mut row = PodRow {
                     node: node.to_owned(),
                     ts,
                     interval_s,
@@ -349,7 +349,10 @@ impl PodSampler {
                     owner,
                     events,
                     resources,
-                }
+                    ..PodRow::blank()
+                };
+                row.workload = Some(crate::workload::workload_of(&row));
+                row
             })
             .collect();
 

@@ -222,4 +222,9 @@ columns! {
     anomaly_score: Option<f64> = verdict(), "|z|", "the agent's detector";
     /// The features whose |z| exceeded the threshold, largest first; empty for a normal row.
     anomalous_features: Option<Vec<String>> = verdict(), "", "the agent's detector";
+    /// The pods (namespace/pod, or a service's unit) whose own rows the detector flagged in
+    /// this interval, most anomalous first; empty when none was; NULL without --pod-rows.
+    anomalous_pods: Option<Vec<String>> = verdict(), "", "the agent's detector, on the interval's pod rows";
+    /// The workloads of [`FeatureRow::anomalous_pods`], in the same order (one per pod).
+    anomalous_workloads: Option<Vec<String>> = verdict(), "", "the agent's detector, on the interval's pod rows";
 }

@@ -148,7 +148,7 @@ GRANT SELECT ON node_feature_deltas, node_feature_values, pod_feature_deltas, po
 /// gap rule, per pod), one line per row and feature, and z-scores against each pod's own
 /// normal rows.
 fn pod_views(w: &mut String) {
-    use crate::pods::{event_columns, pod_columns, POD_IDENTITY, RESOURCES};
+    use crate::pods::{event_columns, pod_columns, POD_SCALARS, RESOURCES};
     let counters: Vec<&str> = RESOURCES.iter().filter(|r| r.counter).map(|r| r.name).collect();
     let _ = writeln!(
         w,
@@ -172,8 +172,8 @@ WITH paired AS (
          FROM paired p\n)\nSELECT "
     );
     let mut cols: Vec<String> = pod_columns().iter().map(|(c, _)| format!("g.{c}")).collect();
-    cols.insert(POD_IDENTITY.len(), "g.attack".into());
-    cols.insert(POD_IDENTITY.len() + 1, "g.attack_type".into());
+    cols.insert(POD_SCALARS.len(), "g.attack".into());
+    cols.insert(POD_SCALARS.len() + 1, "g.attack_type".into());
     let _ = write!(w, "{},\n       g.elapsed_s, g.after_gap", cols.join(", "));
     for c in &counters {
         let _ = write!(w, ",\n       CASE WHEN g.after_gap THEN NULL ELSE g.{c}_step END AS {c}_delta");
@@ -264,11 +264,11 @@ pub fn readme_table() -> String {
 
 /// The README's pod_features table: every column, its SQL type, unit and meaning, in table order.
 pub fn readme_pod_table() -> String {
-    use crate::pods::{event_columns, POD_IDENTITY, RESOURCES};
+    use crate::pods::{event_columns, POD_SCALARS, RESOURCES};
     let mut s = String::from("| column | type | unit | meaning | source |\n|---|---|---|---|---|\n");
-    for (i, (name, ty, meaning)) in POD_IDENTITY.iter().enumerate() {
+    for (i, (name, ty, meaning)) in POD_SCALARS.iter().enumerate() {
         let _ = writeln!(s, "| {name} | {} | | {} | |", ty.replace(" NOT NULL", ", not null"), cell(meaning));
-        if i == POD_IDENTITY.len() - 1 {
+        if i == POD_SCALARS.len() - 1 {
             for (name, ty, meaning) in LABEL_COLUMNS {
                 let ty = ty.replace(" NOT NULL", ", not null").replace(" DEFAULT", ", default");
                 let _ = writeln!(s, "| {name} | {ty} | | {} | |", cell(meaning));

@@ -1,7 +1,8 @@
 //! THE declaration of a pod_features row: one row per pod, host service and "other" per node
 //! per interval, in three parts, each declared once:
-//! - the identity columns, in the `pod_identity!` list below (from which come [`PodRow`]'s
-//!   fields, [`POD_IDENTITY`], and the row's `blank`, `params`, `values` and `set`);
+//! - the scalar columns (identity, workload and the agent's verdict), in the `pod_scalars!` list
+//!   below (from which come [`PodRow`]'s fields, [`POD_SCALARS`], [`POD_SCALAR_TYPES`], and the
+//!   row's `blank`, `params`, `values` and `set`);
 //! - the eBPF columns: the node row's event columns (same names, per-interval counts; the node
 //!   row's count equals their sum over the interval's pod rows), derived from [`crate::SCHEMA`];
 //! - the measured columns, in [`RESOURCES`]: the pod's cgroup v2 files, and its own network
@@ -13,7 +14,11 @@ use std::time::SystemTime;
 use agent_common::{Event, EVENT_COUNT};
 use tokio_postgres::types::ToSql;
 
-use crate::{event_column, ColumnType, ColumnValue, Value, SCHEMA};
+use crate::{
+    event_column,
+    features::{Direction, Feature, Kind, Role},
+    ColumnType, ColumnValue, Value, Verdict, SCHEMA,
+};
 
 /// What a pod row is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,11 +44,14 @@ impl OwnerKind {
 
 /// A measured column, read each interval from the pod's (or unit's) cgroup v2 files or from the
 /// pod's network namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Resource {
     pub name: &'static str,
     /// Cumulative counter (SQL deltas) or gauge.
     pub counter: bool,
+    /// The agent's detector's floor on the column's spread, in its scored unit (per interval
+    /// for a counter, the change since the previous row for a gauge), as a node feature's.
+    pub min_spread: f64,
     pub unit: &'static str,
     pub source: &'static str,
     pub meaning: &'static str,
@@ -93,6 +101,7 @@ impl Res {
 pub const RESOURCES: [Resource; 17] = [
     Resource {
         name: "cpu_usage_usec",
+        min_spread: 100_000.0,
         counter: true,
         unit: "µs",
         source: "cpu.stat usage_usec",
@@ -100,6 +109,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "cpu_pressure_usec",
+        min_spread: 100_000.0,
         counter: true,
         unit: "µs",
         source: "cpu.pressure some total",
@@ -107,6 +117,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "memory_pressure_usec",
+        min_spread: 100_000.0,
         counter: true,
         unit: "µs",
         source: "memory.pressure some total",
@@ -114,6 +125,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "io_pressure_usec",
+        min_spread: 100_000.0,
         counter: true,
         unit: "µs",
         source: "io.pressure some total",
@@ -121,6 +133,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "memory_current",
+        min_spread: 16_777_216.0,
         counter: false,
         unit: "bytes",
         source: "memory.current",
@@ -128,6 +141,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "oom_kills",
+        min_spread: 0.2,
         counter: true,
         unit: "kills",
         source: "memory.events oom_kill",
@@ -135,6 +149,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "pids_current",
+        min_spread: 2.0,
         counter: false,
         unit: "tasks",
         source: "pids.current",
@@ -142,6 +157,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "io_read_bytes",
+        min_spread: 1_048_576.0,
         counter: true,
         unit: "bytes",
         source: "io.stat rbytes, summed over devices",
@@ -149,6 +165,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "io_write_bytes",
+        min_spread: 1_048_576.0,
         counter: true,
         unit: "bytes",
         source: "io.stat wbytes, summed over devices",
@@ -156,6 +173,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "net_receive",
+        min_spread: 65_536.0,
         counter: true,
         unit: "bytes",
         source: "/proc/<pid>/net/dev of a process in the pod, summed over interfaces but lo",
@@ -163,6 +181,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "receive_packets",
+        min_spread: 50.0,
         counter: true,
         unit: "packets",
         source: "/proc/<pid>/net/dev, as net_receive",
@@ -170,6 +189,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "receive_drop",
+        min_spread: 1.0,
         counter: true,
         unit: "packets",
         source: "/proc/<pid>/net/dev, as net_receive",
@@ -177,6 +197,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "receive_errs",
+        min_spread: 1.0,
         counter: true,
         unit: "packets",
         source: "/proc/<pid>/net/dev, as net_receive",
@@ -184,6 +205,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "net_transmit",
+        min_spread: 65_536.0,
         counter: true,
         unit: "bytes",
         source: "/proc/<pid>/net/dev, as net_receive",
@@ -191,6 +213,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "transmit_packets",
+        min_spread: 50.0,
         counter: true,
         unit: "packets",
         source: "/proc/<pid>/net/dev, as net_receive",
@@ -198,6 +221,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "est_conn",
+        min_spread: 1.0,
         counter: false,
         unit: "sockets",
         source: "eBPF state balance of the pod's namespace, seeded from its /proc/<pid>/net/tcp{,6}",
@@ -205,6 +229,7 @@ pub const RESOURCES: [Resource; 17] = [
     },
     Resource {
         name: "lis_conn",
+        min_spread: 1.0,
         counter: false,
         unit: "sockets",
         source: "as est_conn",
@@ -215,17 +240,63 @@ pub const RESOURCES: [Resource; 17] = [
 /// Number of resource columns.
 pub const RESOURCE_COUNT: usize = RESOURCES.len();
 
-/// Generates, from one list of identity columns (`name: Rust type = "SQL type";` under a doc
-/// comment saying what the value means): [`PodRow`], [`POD_IDENTITY`], and the row's `blank`,
-/// `params`, `values` and `set`. The eBPF and measured columns follow the identity columns.
-macro_rules! pod_identity {
+/// Number of scored pod features: every eBPF column and every measured column.
+pub const POD_FEATURE_COUNT: usize = EVENT_COUNT + RESOURCE_COUNT;
+
+/// The features the agent's detector scores on a pod row, in [`PodRow::feature_values`] order:
+/// the eBPF columns as the node row scores them, then the measured columns (a cumulative
+/// counter on its rate per interval, a gauge on its change since the previous row). Every one
+/// moves up under attack. `index` is the column's position in [`pod_columns`].
+pub const POD_FEATURES: [Feature; POD_FEATURE_COUNT] = {
+    let blank = Feature {
+        column: "",
+        kind: Kind::Gauge,
+        min_spread: 0.0,
+        direction: Direction::Up,
+        on_change: false,
+        index: 0,
+    };
+    let mut out = [blank; POD_FEATURE_COUNT];
+    let mut e = 0;
+    while e < EVENT_COUNT {
+        let column = &SCHEMA[event_column(Event::ALL[e])];
+        if let Role::Feature { kind, min_spread, direction, on_change, .. } = column.role {
+            out[e] =
+                Feature { column: column.name, kind, min_spread, direction, on_change, index: POD_SCALARS.len() + e };
+        }
+        e += 1;
+    }
+    let mut r = 0;
+    while r < RESOURCE_COUNT {
+        let res = &RESOURCES[r];
+        assert!(res.min_spread > 0.0, "every pod feature needs a positive min_spread");
+        out[EVENT_COUNT + r] = Feature {
+            column: res.name,
+            kind: if res.counter { Kind::Counter } else { Kind::Gauge },
+            min_spread: res.min_spread,
+            direction: Direction::Up,
+            on_change: !res.counter,
+            index: POD_SCALARS.len() + EVENT_COUNT + r,
+        };
+        r += 1;
+    }
+    out
+};
+
+/// Generates, from one list of scalar columns (`name: Rust type = "SQL type";` under a doc
+/// comment saying what the value means): [`PodRow`], [`POD_SCALARS`], [`POD_SCALAR_TYPES`], and
+/// the row's `blank`, `params`, `values` and `set`. The eBPF and measured columns follow them.
+macro_rules! pod_scalars {
     ($(
         $(#[doc = $doc:literal])+
         $name:ident : $ty:ty = $sql:literal;
     )*) => {
-        /// The identity columns of a pod row, with their SQL types and meanings, in table order.
-        pub const POD_IDENTITY: [(&str, &str, &str); [$(stringify!($name)),*].len()] =
+        /// The scalar columns of a pod row, with their SQL types and meanings, in table order.
+        pub const POD_SCALARS: [(&str, &str, &str); [$(stringify!($name)),*].len()] =
             [$((stringify!($name), $sql, concat!($($doc),+).trim_ascii())),*];
+
+        /// The value type of each of [`POD_SCALARS`], from its Rust type.
+        pub const POD_SCALAR_TYPES: [ColumnType; POD_SCALARS.len()] = [$(<$ty as ColumnValue>::TYPE),*];
 
         /// One pod's (or service's, or "other"'s) row for one interval.
         #[derive(Debug, Clone, PartialEq)]
@@ -293,7 +364,7 @@ macro_rules! pod_identity {
     };
 }
 
-pod_identity! {
+pod_scalars! {
     /// the node's name, as in node_features
     node: String = "text NOT NULL";
     /// the interval's boundary, the same as the node row's
@@ -308,6 +379,10 @@ pod_identity! {
     namespace: Option<String> = "text";
     /// the pod's name (from /var/log/pods); NULL when unknown
     pod: Option<String> = "text";
+    /// what the row is an instance of: for a pod, namespace/name with the name's controller
+    /// suffix removed (ReplicaSet hash, random suffix, StatefulSet ordinal; docs/detection.md);
+    /// a service's unit; 'other'. The agent's detector keeps one baseline per workload
+    workload: Option<String> = "text";
     /// the pod's QoS class (Guaranteed, Burstable, BestEffort), from its cgroup path
     qos: Option<String> = "text";
     /// cgroups whose counts this row adds up (the pod's own and its containers')
@@ -316,6 +391,12 @@ pod_identity! {
     /// 'host': it shares the host's (hostNetwork, and every service), so its network columns
     /// are NULL; NULL when no process of it was left to tell (and for "other")
     network: Option<String> = "text";
+    /// largest z over the pod's features against its workload's baseline, each seen from its
+    /// attack direction; NULL while the workload warms up
+    anomaly_score: Option<f64> = "double precision";
+    /// the features whose z exceeded the threshold, largest first; empty for a normal row,
+    /// NULL while the workload warms up
+    anomalous_features: Option<Vec<String>> = "text[]";
 }
 
 /// A pod's network namespace as the `network` column names it.
@@ -329,6 +410,39 @@ impl PodRow {
 
     pub fn resource(&self, r: Res) -> Option<i64> {
         self.resources[r as usize]
+    }
+
+    /// The scored features' raw values, in [`POD_FEATURES`] order.
+    pub fn feature_values(&self) -> [Option<f64>; POD_FEATURE_COUNT] {
+        let mut out = [None; POD_FEATURE_COUNT];
+        for (slot, v) in out.iter_mut().zip(self.events.iter().chain(&self.resources)) {
+            *slot = v.map(|v| v as f64);
+        }
+        out
+    }
+
+    /// The agent's verdict on this row.
+    pub fn verdict(&self) -> Verdict {
+        Verdict { anomaly_score: self.anomaly_score, anomalous_features: self.anomalous_features.clone() }
+    }
+
+    pub fn set_verdict(&mut self, v: Verdict) {
+        self.anomaly_score = v.anomaly_score;
+        self.anomalous_features = v.anomalous_features;
+    }
+
+    /// True when the detector flagged at least one of the row's features.
+    pub fn is_anomalous(&self) -> bool {
+        self.anomalous_features.as_ref().is_some_and(|f| !f.is_empty())
+    }
+
+    /// How the row is named in a log line and in the node row: `namespace/pod` for a pod whose
+    /// name is known, else its owner (a service's unit, a pod's UID, "other").
+    pub fn display_name(&self) -> String {
+        match (&self.namespace, &self.pod) {
+            (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
+            _ => self.owner.clone(),
+        }
     }
 }
 
@@ -400,19 +514,9 @@ impl serde::Serialize for PodRow {
 
 /// Each pod column's type, in [`pod_columns`] order.
 pub fn pod_column_types() -> Vec<ColumnType> {
-    PodRow::blank()
-        .values()
-        .iter()
-        .zip(pod_columns())
-        .map(|(v, (_, sql))| match (v, sql) {
-            (Value::Text(_), _) => ColumnType::Text,
-            (Value::Timestamp(_), _) => ColumnType::Timestamp,
-            (_, "double precision") => ColumnType::Float8,
-            (_, "integer") => ColumnType::Int4,
-            (_, "text") => ColumnType::Text,
-            _ => ColumnType::Int8,
-        })
-        .collect()
+    let mut types = POD_SCALAR_TYPES.to_vec();
+    types.resize(pod_columns().len(), ColumnType::Int8);
+    types
 }
 
 /// The event column names of a pod row: the node row's, in [`Event`] order.
@@ -422,7 +526,7 @@ pub fn event_columns() -> [&'static str; EVENT_COUNT] {
 
 /// Every column of a pod row the agent writes, with its SQL type, in table order.
 pub fn pod_columns() -> Vec<(&'static str, &'static str)> {
-    let mut cols: Vec<(&str, &str)> = POD_IDENTITY.iter().map(|(n, t, _)| (*n, *t)).collect();
+    let mut cols: Vec<(&str, &str)> = POD_SCALARS.iter().map(|(n, t, _)| (*n, *t)).collect();
     cols.extend(event_columns().iter().map(|n| (*n, "bigint")));
     cols.extend(RESOURCES.iter().map(|r| (r.name, "bigint")));
     cols
@@ -468,6 +572,9 @@ mod tests {
         row.qos = Some("Burstable".into());
         row.cgroups = Some(3);
         row.network = Some(NETWORK_OWN.into());
+        row.workload = Some("ns/web".into());
+        row.anomaly_score = Some(4.5);
+        row.anomalous_features = Some(vec!["ebpf_execs".into()]);
         for (i, e) in row.events.iter_mut().enumerate() {
             *e = Some(100 + i as i64);
         }
@@ -479,8 +586,13 @@ mod tests {
         assert_eq!(back, row);
         assert_eq!(pod_column_types().len(), pod_columns().len());
         assert_eq!(pod_column_types()[3], ColumnType::Text);
-        assert_eq!(pod_column_types()[8], ColumnType::Int4);
-        assert_eq!(POD_IDENTITY[3], ("kind", "text NOT NULL", "pod, service or other"));
+        let types = pod_column_types();
+        let column = |name: &str| pod_columns().iter().position(|(c, _)| *c == name).unwrap();
+        assert_eq!(types[column("cgroups")], ColumnType::Int4);
+        assert_eq!(types[column("anomalous_features")], ColumnType::TextArray);
+        assert_eq!(types[column("anomaly_score")], ColumnType::Float8);
+        assert_eq!(types[column("ebpf_forks")], ColumnType::Int8);
+        assert_eq!(POD_SCALARS[3], ("kind", "text NOT NULL", "pod, service or other"));
         assert_eq!(RESOURCES[Res::EstConn as usize].name, "est_conn");
         assert_eq!(RESOURCES[Res::IoWriteBytes as usize].name, "io_write_bytes");
         assert!(!back.set(3, Value::Text("pets".into())));

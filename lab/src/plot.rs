@@ -646,7 +646,7 @@ pub async fn command(mut args: PlotArgs) -> anyhow::Result<()> {
     let pod_columns = feature_schema::pods::pod_columns();
     for f in &args.features {
         let known = match args.pod {
-            Some(_) => pod_columns.iter().skip(feature_schema::pods::POD_IDENTITY.len()).any(|(c, _)| c == f),
+            Some(_) => pod_columns.iter().skip(feature_schema::pods::POD_SCALARS.len()).any(|(c, _)| c == f),
             None => index_of(f).is_some(),
         };
         if !known {

@@ -118,6 +118,8 @@ WITH paired AS (
            f.sock_alloc_other,
            f.anomaly_score,
            f.anomalous_features,
+           f.anomalous_pods,
+           f.anomalous_workloads,
            extract(epoch FROM f.ts - lag(f.ts) OVER w)::double precision AS elapsed_s,
            coalesce(lag(f.interval_s) OVER w, f.interval_s) AS expected_s,
            counter_delta(f.cpu_sec_idle, lag(f.cpu_sec_idle) OVER w) AS cpu_sec_idle_step,
@@ -184,6 +186,8 @@ SELECT g.node, g.ts, g.interval_s, g.attack, g.attack_type,
        g.sock_alloc_other,
        g.anomaly_score,
        g.anomalous_features,
+       g.anomalous_pods,
+       g.anomalous_workloads,
        g.elapsed_s,
        g.after_gap,
        CASE WHEN g.after_gap THEN NULL ELSE g.cpu_sec_idle_step END AS cpu_sec_idle_delta,
@@ -292,7 +296,7 @@ gapped AS (
     SELECT p.*, (p.elapsed_s IS NULL OR p.interval_s IS NULL OR p.elapsed_s > 1.5 * p.expected_s) AS after_gap
     FROM paired p
 )
-SELECT g.node, g.ts, g.interval_s, g.kind, g.owner, g.namespace, g.pod, g.qos, g.cgroups, g.network, g.attack, g.attack_type, g.ebpf_forks, g.ebpf_execs, g.ebpf_exits, g.tcp_to_est, g.tcp_to_syn_sent, g.tcp_to_syn_recv, g.tcp_to_close, g.tcp_to_listen, g.tcp_conn_failed, g.tcp_rst_sent, g.tcp_rst_recv, g.sock_alloc_tcp, g.sock_alloc_udp, g.sock_alloc_unix, g.sock_alloc_raw, g.sock_alloc_other, g.cpu_usage_usec, g.cpu_pressure_usec, g.memory_pressure_usec, g.io_pressure_usec, g.memory_current, g.oom_kills, g.pids_current, g.io_read_bytes, g.io_write_bytes, g.net_receive, g.receive_packets, g.receive_drop, g.receive_errs, g.net_transmit, g.transmit_packets, g.est_conn, g.lis_conn,
+SELECT g.node, g.ts, g.interval_s, g.kind, g.owner, g.namespace, g.pod, g.workload, g.qos, g.cgroups, g.network, g.anomaly_score, g.anomalous_features, g.attack, g.attack_type, g.ebpf_forks, g.ebpf_execs, g.ebpf_exits, g.tcp_to_est, g.tcp_to_syn_sent, g.tcp_to_syn_recv, g.tcp_to_close, g.tcp_to_listen, g.tcp_conn_failed, g.tcp_rst_sent, g.tcp_rst_recv, g.sock_alloc_tcp, g.sock_alloc_udp, g.sock_alloc_unix, g.sock_alloc_raw, g.sock_alloc_other, g.cpu_usage_usec, g.cpu_pressure_usec, g.memory_pressure_usec, g.io_pressure_usec, g.memory_current, g.oom_kills, g.pids_current, g.io_read_bytes, g.io_write_bytes, g.net_receive, g.receive_packets, g.receive_drop, g.receive_errs, g.net_transmit, g.transmit_packets, g.est_conn, g.lis_conn,
        g.elapsed_s, g.after_gap,
        CASE WHEN g.after_gap THEN NULL ELSE g.cpu_usage_usec_step END AS cpu_usage_usec_delta,
        CASE WHEN g.after_gap THEN NULL ELSE g.cpu_pressure_usec_step END AS cpu_pressure_usec_delta,

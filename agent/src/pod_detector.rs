@@ -1,0 +1,267 @@
+//! The detector on pod rows: every pod's and host service's row of an interval is judged by the
+//! node detector's rules (detector.rs: rates per interval, attack direction, agreement,
+//! re-anchoring), against the baselines of its workload, not of the pod instance. Pods come and
+//! go; the workload stays, so a new pod of a known workload is judged from its first interval,
+//! and only a new workload warms up. Its rates (deltas of its cumulative counters) are the
+//! pod's own.
+//!
+//! - The "other" row (root cgroup, sessions, what could not be named) is not judged: it is the
+//!   node's remainder, which the node row judges.
+//! - Replicas of one workload feed one baseline: the warm-up counts the workload's rows, so
+//!   three replicas warm it three times faster, and a feature is re-anchored when the
+//!   workload's rows have been flagged on it for `adapt_rows` rows in a row.
+//! - At most `capacity` workloads are kept; past that the least recently seen are evicted
+//!   (and warm up again if they come back).
+//! - The node row names the flagged pods and their workloads (most anomalous first).
+use std::collections::HashMap;
+
+use feature_schema::{
+    pods::{OwnerKind, POD_FEATURES},
+    FeatureRow,
+};
+
+use crate::{
+    detector::{Baseline, Baselines, DetectorOptions, Rates},
+    workload::workload_of,
+};
+
+/// A pod row the detector flagged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlaggedPod {
+    /// `namespace/pod`, or a service's unit.
+    pub name: String,
+    pub namespace: Option<String>,
+    pub workload: String,
+    pub score: f64,
+    pub features: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Workload {
+    baselines: Baselines,
+    last_seen: u64,
+}
+
+#[derive(Debug)]
+pub struct PodDetector {
+    options: DetectorOptions,
+    capacity: usize,
+    workloads: HashMap<String, Workload>,
+    /// Per pod (kind, owner): its previous values, for its own deltas. A pod missing from an
+    /// interval is forgotten.
+    rates: HashMap<(OwnerKind, String), Rates>,
+    interval: u64,
+    evicted: u64,
+}
+
+impl PodDetector {
+    pub fn new(options: DetectorOptions, capacity: usize) -> Self {
+        Self {
+            options,
+            capacity: capacity.max(1),
+            workloads: HashMap::new(),
+            rates: HashMap::new(),
+            interval: 0,
+            evicted: 0,
+        }
+    }
+
+    /// Judges the interval's pod rows, writes each one's verdict and workload, and names the
+    /// flagged ones in the node row. Returns the flagged pods, most anomalous first.
+    pub fn judge(&mut self, row: &mut FeatureRow) -> Vec<FlaggedPod> {
+        self.interval += 1;
+        let alpha = self.options.alpha();
+        let mut flagged = Vec::new();
+        let mut rates = HashMap::with_capacity(row.pods.len());
+        for pod in &mut row.pods {
+            let workload = pod.workload.clone().unwrap_or_else(|| workload_of(pod));
+            pod.workload = Some(workload.clone());
+            if pod.kind == OwnerKind::Other {
+                continue;
+            }
+            let key = (pod.kind, pod.owner.clone());
+            let mut pod_rates = self.rates.remove(&key).unwrap_or_default();
+            let scored =
+                pod_rates.scored(&POD_FEATURES, &pod.feature_values(), pod.interval_s, self.options.interval_s);
+            rates.insert(key, pod_rates);
+            let entry = self
+                .workloads
+                .entry(workload.clone())
+                .or_insert_with(|| Workload { baselines: Baselines::new(&POD_FEATURES, &workload), last_seen: 0 });
+            entry.last_seen = self.interval;
+            pod.set_verdict(entry.baselines.judge(&self.options, alpha, &scored));
+            if pod.is_anomalous() {
+                flagged.push(FlaggedPod {
+                    name: pod.display_name(),
+                    namespace: pod.namespace.clone(),
+                    workload,
+                    score: pod.anomaly_score.unwrap_or(0.0),
+                    features: pod.anomalous_features.clone().unwrap_or_default(),
+                });
+            }
+        }
+        self.rates = rates;
+        self.evict();
+        flagged.sort_by(|a, b| b.score.total_cmp(&a.score));
+        if !row.pods.is_empty() {
+            row.anomalous_pods = Some(flagged.iter().map(|f| f.name.clone()).collect());
+            row.anomalous_workloads = Some(flagged.iter().map(|f| f.workload.clone()).collect());
+        }
+        flagged
+    }
+
+    /// Keeps the `capacity` most recently seen workloads.
+    fn evict(&mut self) {
+        let excess = self.workloads.len().saturating_sub(self.capacity);
+        if excess == 0 {
+            return;
+        }
+        let mut by_age: Vec<(u64, String)> = self.workloads.iter().map(|(k, w)| (w.last_seen, k.clone())).collect();
+        by_age.sort();
+        for (_, name) in by_age.into_iter().take(excess) {
+            self.workloads.remove(&name);
+        }
+        self.evicted += excess as u64;
+    }
+
+    /// Workloads evicted so far to keep within the capacity.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Workloads with baselines now.
+    pub fn workloads(&self) -> usize {
+        self.workloads.len()
+    }
+
+    /// The warm workloads' baselines, most recently seen first (what a state file keeps).
+    pub fn saved(&self) -> Vec<(String, Vec<(&'static str, Baseline)>)> {
+        let mut warm: Vec<(&String, &Workload)> =
+            self.workloads.iter().filter(|(_, w)| w.baselines.is_warm(&self.options)).collect();
+        warm.sort_by(|a, b| b.1.last_seen.cmp(&a.1.last_seen).then(a.0.cmp(b.0)));
+        warm.into_iter().map(|(name, w)| (name.clone(), w.baselines.saved())).collect()
+    }
+
+    /// Starts from saved workloads' baselines (warm: they judge from their first row), at most
+    /// `capacity` of them, in the order given (most recent first).
+    pub fn restore(&mut self, saved: Vec<(String, Vec<(String, Baseline)>)>) {
+        for (name, baselines) in saved.into_iter().take(self.capacity) {
+            let baselines = Baselines::restored(&POD_FEATURES, &name, &self.options, &baselines);
+            self.workloads.insert(name, Workload { baselines, last_seen: 0 });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use agent_common::Event;
+    use feature_schema::pods::{PodRow, Res};
+
+    use super::*;
+
+    fn options() -> DetectorOptions {
+        DetectorOptions {
+            threshold: 4.0,
+            warmup_rows: 5,
+            half_life_rows: 100.0,
+            adapt_rows: 1000,
+            agreement: 2,
+            interval_s: 1.0,
+        }
+    }
+
+    /// A pod row of `pod` (namespace shop) with `execs` execs and `cpu_usec` cumulative CPU.
+    fn pod(name: &str, uid: &str, execs: i64, cpu_usec: i64) -> PodRow {
+        let mut row = PodRow {
+            node: "worker-3".into(),
+            ts: SystemTime::UNIX_EPOCH,
+            interval_s: Some(1.0),
+            kind: OwnerKind::Pod,
+            owner: uid.into(),
+            namespace: Some("shop".into()),
+            pod: Some(name.into()),
+            ..PodRow::blank()
+        };
+        row.events = [Some(0); agent_common::EVENT_COUNT];
+        row.events[Event::Exec as usize] = Some(execs);
+        row.resources[Res::CpuUsage as usize] = Some(cpu_usec);
+        row.resources[Res::PidsCurrent as usize] = Some(3);
+        row
+    }
+
+    fn interval(pods: Vec<PodRow>) -> FeatureRow {
+        let mut row = FeatureRow::empty("worker-3".into(), SystemTime::UNIX_EPOCH);
+        row.pods = pods;
+        row
+    }
+
+    #[test]
+    fn the_attacking_pod_alone_is_flagged_and_named() {
+        let mut d = PodDetector::new(options(), 16);
+        for k in 0..6 {
+            let cpu = k * 10_000;
+            let mut row = interval(vec![pod("web-6d94bc8694-lz8g2", "u1", 1, cpu), pod("db-0", "u2", 0, cpu)]);
+            let flagged = d.judge(&mut row);
+            assert!(flagged.is_empty());
+            assert_eq!(row.pods[0].workload.as_deref(), Some("shop/web"));
+            assert_eq!(row.pods[0].verdict().anomaly_score.is_some(), k >= 5, "row {k}");
+        }
+        // The web pod execs 40 programs and burns a core: two features agree.
+        let mut row =
+            interval(vec![pod("web-6d94bc8694-lz8g2", "u1", 40, 60_000 + 1_000_000), pod("db-0", "u2", 0, 60_000)]);
+        let flagged = d.judge(&mut row);
+        assert_eq!(flagged.len(), 1, "{flagged:?}");
+        assert_eq!(flagged[0].name, "shop/web-6d94bc8694-lz8g2");
+        assert_eq!(flagged[0].features, vec!["cpu_usage_usec".to_owned(), "ebpf_execs".to_owned()]);
+        assert_eq!(row.anomalous_pods, Some(vec!["shop/web-6d94bc8694-lz8g2".to_owned()]));
+        assert_eq!(row.anomalous_workloads, Some(vec!["shop/web".to_owned()]));
+        assert!(!row.pods[1].is_anomalous());
+    }
+
+    #[test]
+    fn a_new_pod_of_a_known_workload_is_judged_from_its_first_interval() {
+        let mut d = PodDetector::new(options(), 16);
+        for k in 0..6 {
+            d.judge(&mut interval(vec![pod("web-6d94bc8694-lz8g2", "u1", 1, k * 10_000)]));
+        }
+        // A rollout: the old pod is gone, a pod of a new ReplicaSet appears.
+        let mut row = interval(vec![pod("web-7c6974c4d8-2pkfm", "u9", 1, 0)]);
+        d.judge(&mut row);
+        assert_eq!(row.pods[0].anomalous_features, Some(vec![]));
+        // A pod of a new workload warms up: no verdict.
+        let mut row = interval(vec![pod("scanner", "u7", 1, 0)]);
+        d.judge(&mut row);
+        assert_eq!(row.pods[0].verdict().anomaly_score, None);
+        assert_eq!(d.workloads(), 2);
+    }
+
+    #[test]
+    fn baselines_stay_bounded_evicting_the_least_recent() {
+        let mut d = PodDetector::new(options(), 3);
+        for k in 0..5 {
+            d.judge(&mut interval(vec![pod(&format!("job{k}-x7bqz"), &format!("u{k}"), 0, 0)]));
+        }
+        assert_eq!(d.workloads(), 3);
+        assert_eq!(d.evicted(), 2);
+        assert!(d.workloads.contains_key("shop/job4") && !d.workloads.contains_key("shop/job0"));
+    }
+
+    #[test]
+    fn saved_baselines_restore_warm() {
+        let mut d = PodDetector::new(options(), 16);
+        for k in 0..6 {
+            d.judge(&mut interval(vec![pod("web-6d94bc8694-lz8g2", "u1", 1, k * 10_000)]));
+        }
+        let saved: Vec<(String, Vec<(String, Baseline)>)> =
+            d.saved().into_iter().map(|(w, b)| (w, b.into_iter().map(|(c, b)| (c.to_owned(), b)).collect())).collect();
+        assert_eq!(saved.len(), 1);
+        let mut restarted = PodDetector::new(options(), 16);
+        restarted.restore(saved);
+        let mut row = interval(vec![pod("web-6d94bc8694-lz8g2", "u1", 60, 0)]);
+        let flagged = restarted.judge(&mut row);
+        assert_eq!(flagged.len(), 1, "a restarted detector judges a known workload at once");
+        assert_eq!(flagged[0].features, vec!["ebpf_execs".to_owned()]);
+    }
+}
