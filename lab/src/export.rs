@@ -7,7 +7,8 @@
 //! does not grow with the table.
 //!
 //! With --pods, the per-pod rows (pod_features) instead: node, ts, kind, owner, namespace, pod,
-//! qos, attack, attack_type, every eBPF and resource column, and the per-interval delta of every
+//! qos, network, workload, anomaly_score, anomalous_features, attack, attack_type, every eBPF and
+//! resource column, and the per-interval delta of every
 //! cumulative resource counter (`<counter>_delta`, from pod_feature_deltas).
 //!
 //! Types as a data scientist expects them: in Parquet an integer column stays an integer
@@ -100,7 +101,7 @@ pub const META_COLUMNS: [(&str, MetaKind); 6] = [
 ];
 
 /// Identity and label columns of pod rows, before the numeric ones.
-pub const POD_META_COLUMNS: [(&str, MetaKind); 10] = [
+pub const POD_META_COLUMNS: [(&str, MetaKind); 13] = [
     ("node", MetaKind::Name),
     ("ts", MetaKind::Timestamp),
     ("kind", MetaKind::Name),
@@ -109,6 +110,9 @@ pub const POD_META_COLUMNS: [(&str, MetaKind); 10] = [
     ("pod", MetaKind::Text),
     ("qos", MetaKind::Text),
     ("network", MetaKind::Text),
+    ("workload", MetaKind::Text),
+    ("anomaly_score", MetaKind::Score),
+    ("anomalous_features", MetaKind::List),
     ("attack", MetaKind::Label),
     ("attack_type", MetaKind::Text),
 ];

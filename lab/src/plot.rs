@@ -588,8 +588,8 @@ async fn load(
 }
 
 /// The pod's rows: its scored values (eBPF counts, resource deltas or gauges) and its z-scores
-/// against its own normal rows. Pods have no agent verdict: every row counts as judged, none
-/// as an alarm.
+/// against its own normal rows, and the agent's verdict on each row (judged against its
+/// workload's baselines; NULL while the workload warmed up).
 async fn load_pod(
     client: &Client,
     node: &str,
@@ -608,11 +608,11 @@ async fn load_pod(
     let sql = series_sql(
         &cols,
         names,
-        "true, false",
+        "d.anomalous_features IS NOT NULL, coalesce(cardinality(d.anomalous_features), 0) > 0",
         "pod_feature_deltas d
          LEFT JOIN pod_feature_zscores z ON z.node = d.node AND z.ts = d.ts AND z.kind = d.kind AND z.owner = d.owner",
         "d.node = $1 AND (d.owner = $4 OR d.namespace || '/' || d.pod = $4)",
-        "d.node, d.ts, d.kind, d.owner, d.attack, d.attack_type",
+        "d.node, d.ts, d.kind, d.owner, d.attack, d.attack_type, d.anomalous_features",
     );
     let rows = client.query(&sql, &[&node, &from, &to, &pod]).await.context("reading the pod's rows")?;
     Ok(plot_data(&rows, names.len()))

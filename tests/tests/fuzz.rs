@@ -85,6 +85,9 @@ fn pod_row(row: &FeatureRow, k: u64) -> PodRow {
         qos: Some("Burstable".into()),
         cgroups: Some(k as i32 + 1),
         network: [Some("own".to_owned()), Some("host".to_owned()), None][k as usize % 3].clone(),
+        workload: Some(format!("ns-{k}/web")),
+        anomaly_score: [Some(1.5), Some(9.0), None][k as usize % 3],
+        anomalous_features: [Some(vec![]), Some(vec!["ebpf_execs".to_owned()]), None][k as usize % 3].clone(),
         events: std::array::from_fn(|i| Some((i as i64 + 1) * (k as i64 + 1))),
         resources: std::array::from_fn(|i| if i % 3 == 0 { None } else { Some(i as i64 * 1000) }),
     }

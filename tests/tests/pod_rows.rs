@@ -214,8 +214,22 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let records = tests::csv_records(&std::fs::read_to_string(&csv).unwrap());
     assert_eq!(
-        records[0][..10],
-        ["node", "ts", "kind", "owner", "namespace", "pod", "qos", "network", "attack", "attack_type"]
+        records[0][..13],
+        [
+            "node",
+            "ts",
+            "kind",
+            "owner",
+            "namespace",
+            "pod",
+            "qos",
+            "network",
+            "workload",
+            "anomaly_score",
+            "anomalous_features",
+            "attack",
+            "attack_type"
+        ]
     );
     assert_eq!((records.len() - 1).to_string(), sql(db, "SELECT count(*) FROM pod_features"));
     let forks = records[0].iter().position(|c| c == "ebpf_forks").unwrap();
@@ -223,7 +237,9 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
         records.iter().skip(1).filter(|r| r[3] == UID_A).filter_map(|r| r[forks].parse::<i64>().ok()).sum();
     assert_eq!(a_forks, 105);
     assert!(records.iter().any(|r| r[4] == "it's \"ns\"" && r[5] == "pöd-名前"));
-    assert!(records.iter().any(|r| r[3] == UID_A && r[8] == "1" && r[9] == "fork-bomb"));
+    assert!(records.iter().any(|r| r[3] == UID_A && r[11] == "1" && r[12] == "fork-bomb"));
+    // Pod A (web-1) is an instance of the workload shop/web, on every row.
+    assert!(records.iter().skip(1).filter(|r| r[3] == UID_A).all(|r| r[8] == "shop/web"));
     let parquet = dir.join("pods.parquet");
     let out = run_lab(
         &["export", "--pods", "--format", "parquet", "--output", parquet.to_str().unwrap()],
@@ -255,7 +271,11 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["shaded"][0]["attack_type"], "fork-bomb", "{summary}");
-    assert_eq!(summary["unjudged"], 0);
+    // The agent's verdict on the pod's rows: all in the workload's warm-up here (300 s).
+    let warming =
+        sql(db, &format!("SELECT count(*) FROM pod_features WHERE owner = '{UID_A}' AND anomaly_score IS NULL"));
+    assert_eq!(summary["unjudged"].to_string(), warming, "{summary}");
+    assert_ne!(warming, "0");
 
     // Retention keeps today's rows.
     let rows_before = sql(db, "SELECT count(*) FROM pod_features");
@@ -470,6 +490,9 @@ fn a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns() {
         qos: Some("Burstable".into()),
         cgroups: Some(3),
         network: Some("own".into()),
+        workload: Some("shop/scanner".into()),
+        anomaly_score: Some(6.5),
+        anomalous_features: Some(vec!["ebpf_execs".into(), "cpu_usage_usec".into()]),
         events: [None; agent_common::EVENT_COUNT],
         resources: [None; feature_schema::pods::RESOURCE_COUNT],
     };
@@ -528,6 +551,9 @@ fn a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns() {
         ("qos", "Burstable".into()),
         ("cgroups", "3".into()),
         ("network", "own".into()),
+        ("workload", "shop/scanner".into()),
+        ("anomaly_score", "6.5".into()),
+        ("array_to_string(anomalous_features, ',')", "ebpf_execs,cpu_usage_usec".into()),
         ("extract(epoch FROM ts)::bigint", "1780000000".into()),
     ];
     expected.extend(events.iter().map(|(_, c, v)| (*c, v.to_string())));

@@ -26,6 +26,7 @@ fn the_table_has_exactly_the_declared_columns() {
             let ty = ty.trim_end_matches(" NOT NULL");
             let ty = match ty {
                 "timestamptz" => "timestamp with time zone",
+                "text[]" => "ARRAY",
                 other => other,
             };
             format!("{name} {ty}")

@@ -61,19 +61,23 @@ fn a_pods_exec_storm_flags_that_pod_alone_and_a_restarted_agent_judges_known_wor
     let env = [("NODE_NAME", "verdict-node"), ("POD_LOGS_DIR", logs_dir)];
 
     // Warm-up of 6 s at a 1 s interval.
-    let agent =
-        Agent::start(&url, &spool, &["--pod-rows", "--interval", "1", "--detector-warmup", "6"], &env);
+    let agent = Agent::start(&url, &spool, &["--pod-rows", "--interval", "1", "--detector-warmup", "6"], &env);
     let warm = format!("SELECT count(*) FROM pod_features WHERE pod = '{WEB}' AND anomaly_score IS NOT NULL");
     wait_for("the web pod's first verdicts", Duration::from_secs(60), || q(db, &warm).parse::<i64>().unwrap() >= 3);
     assert_eq!(
-        q(db, &format!("SELECT DISTINCT workload FROM pod_features WHERE owner IN ('{UID_WEB}', '{UID_DB}') ORDER BY 1")),
+        q(
+            db,
+            &format!("SELECT DISTINCT workload FROM pod_features WHERE owner IN ('{UID_WEB}', '{UID_DB}') ORDER BY 1")
+        ),
         "shop/db\nshop/web"
     );
     exec_storm(&cg.leaves[0]);
-    let flagged = format!("SELECT count(*) FROM pod_features WHERE pod = '{WEB}' AND 'ebpf_execs' = ANY(anomalous_features)");
+    let flagged =
+        format!("SELECT count(*) FROM pod_features WHERE pod = '{WEB}' AND 'ebpf_execs' = ANY(anomalous_features)");
     wait_for("the web pod's row flagged", Duration::from_secs(30), || q(db, &flagged) != "0");
     // In the interval it was flagged: no other pod is, and the node row names it.
-    let ts = q(db, &format!("SELECT min(ts) FROM pod_features WHERE pod = '{WEB}' AND cardinality(anomalous_features) > 0"));
+    let ts =
+        q(db, &format!("SELECT min(ts) FROM pod_features WHERE pod = '{WEB}' AND cardinality(anomalous_features) > 0"));
     assert_eq!(
         q(db, &format!("SELECT count(*) FROM pod_features WHERE ts = '{ts}' AND kind = 'pod' AND cardinality(anomalous_features) > 0 AND pod <> '{WEB}'")),
         "0"
@@ -120,8 +124,9 @@ fn a_pods_exec_storm_flags_that_pod_alone_and_a_restarted_agent_judges_known_wor
         "the node is judged from its first row after the restart"
     );
     exec_storm(&leaf_new);
-    let flagged_new =
-        format!("SELECT count(*) FROM pod_features WHERE owner = '{UID_WEB_NEW}' AND 'ebpf_execs' = ANY(anomalous_features)");
+    let flagged_new = format!(
+        "SELECT count(*) FROM pod_features WHERE owner = '{UID_WEB_NEW}' AND 'ebpf_execs' = ANY(anomalous_features)"
+    );
     wait_for("the new web pod's exec storm flagged", Duration::from_secs(30), || q(db, &flagged_new) != "0");
     let out = agent.stop();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -42,6 +42,9 @@ fn pod_row(row: &FeatureRow, k: u64) -> feature_schema::pods::PodRow {
     p.cgroups = Some(k as i32 + 1);
     p.events[0] = row.tcp_to_est.map(|i| i * 10 + k as i64);
     p.resources[4] = Some(1 << 40);
+    p.workload = Some(format!("ns/w{k}"));
+    p.anomaly_score = Some(k as f64 + 0.5);
+    p.anomalous_features = Some(vec![format!("feature-{k}"); k as usize % 3]);
     p
 }
 
