@@ -6,6 +6,7 @@
 pub mod args;
 pub mod connect;
 pub mod entry;
+pub mod host;
 pub mod migrate;
 
 pub use args::{

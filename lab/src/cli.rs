@@ -31,6 +31,9 @@ pub enum Command {
     /// Scripted detection run: start feature-agent, run the scenarios between normal periods,
     /// evaluate.
     Drill(crate::drill::DrillArgs),
+    /// A scenario's workload alone (how the drill runs one inside a pod).
+    #[command(hide = true)]
+    ScenarioWorkload(crate::scenario::WorkloadArgs),
 }
 
 /// Entry point of the binary: feature-db's shared entry (arguments, logging, runtime, exit
@@ -45,6 +48,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Export(a) => crate::export::command(a).await,
             Command::Plot(a) => crate::plot::command(a).await,
             Command::Prune(a) => crate::prune::command(a).await,
+            Command::ScenarioWorkload(a) => crate::scenario::workload_command(a),
         }
     })
 }

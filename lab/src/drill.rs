@@ -1,8 +1,15 @@
 //! `feature-lab drill`: a scripted, reproducible detection run on this node. It starts the
-//! real agent (`feature-agent run`, as a child process; --agent says which binary) against the database, waits for its
-//! detector to warm up, runs every scenario in turn with normal periods between them
-//! (normal, attack, normal, ...), stops the agent, and prints `evaluate`'s table for the run.
-//! The README's detection table is this command's output.
+//! real agent (`feature-agent run`, as a child process; --agent says which binary) against the
+//! database, waits for its detector to warm up, runs every scenario in turn with normal periods
+//! between them (normal, attack, normal, ...), stops the agent, and prints `evaluate`'s table
+//! for the run. The README's detection table is this command's output.
+//!
+//! With `--pods` (the default) it runs as on a Kubernetes node (pod.rs): the agent writes pod
+//! rows (--pod-rows), the background runs in a neighbour pod of its own
+//! (`lab-neighbour/<background>-0`), and every scenario runs inside one application pod
+//! (`shop/app-0`) that exists from the start, idle but for one sleeping process, so its
+//! workload warms up with the rest, as a compromised pod's would. `evaluate` then says whether
+//! the attack was flagged in that pod, and whether a neighbour was flagged with it.
 use std::{
     process::{Child, Command, Stdio},
     time::{Duration, SystemTime},
@@ -17,6 +24,7 @@ use feature_db::{migrate, parse_interval, DatabaseArgs, NodeArgs};
 use crate::{
     background::{self, Background},
     evaluate,
+    pod::LabPods,
     scenario::{self, parse_duration, RunSpec, Scenario},
 };
 
@@ -56,6 +64,10 @@ pub struct DrillArgs {
     /// measured against a busy node's normal: quiet, web, database or build (see background/).
     #[arg(long, value_enum, default_value = "quiet")]
     pub background: Background,
+    /// Run the background and the scenarios in pods of their own (kubelet-like cgroups and
+    /// pod log directories), the agent writing pod rows: "on" or "off".
+    #[arg(long, default_value = "on", value_parser = feature_db::boolish(), action = clap::ArgAction::Set)]
+    pub pods: bool,
     /// The feature-agent binary to run [default: the feature-agent beside this binary, else
     /// the one on PATH].
     #[arg(long, env = "FEATURE_AGENT")]
@@ -64,6 +76,15 @@ pub struct DrillArgs {
     pub node: NodeArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+/// The application pod's sleeping process, killed (and reaped) however the drill ends.
+struct SleepingProcess(Child);
+impl Drop for SleepingProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The agent child; stopped with SIGTERM (and reaped) however the drill ends.
@@ -82,8 +103,20 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     migrate::apply(&mut client).await?;
     let scenarios = if args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { args.scenarios.clone() };
 
-    // The background first: the detector's warm-up must see it as the node's normal.
-    let workload = background::start(args.background, &args.scratch_dir)
+    // The pods first, then the background: the detector's warm-up must see both as normal.
+    let mut pods = if args.pods { Some(LabPods::new(&args.scratch_dir)?) } else { None };
+    let (app, neighbour) = match &mut pods {
+        Some(p) => (Some(p.add("shop", "app-0")?), Some(p.add("lab-neighbour", &format!("{}-0", args.background.name()))?)),
+        None => (None, None),
+    };
+    // The application pod's own process: one that sleeps until the drill ends.
+    let _app_process = match &app {
+        Some(pod) => Some(SleepingProcess(
+            pod.command("sleep").arg("86400").stdin(Stdio::null()).spawn().context("starting the application pod's process")?,
+        )),
+        None => None,
+    };
+    let workload = background::start(args.background, &args.scratch_dir, neighbour)
         .with_context(|| format!("starting the {} background", args.background.name()))?;
     info!(background = args.background.name(), "drill: background running");
     let agent_bin = args.agent.clone().unwrap_or_else(default_agent);
@@ -101,6 +134,9 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
         .args(["--spool-dir", "off", "--listen", "off"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+    if let Some(p) = &pods {
+        cmd.arg("--pod-rows").arg("--pod-logs").arg(&p.logs);
+    }
     for (k, v) in args.database.to_env() {
         cmd.env(k, v);
     }
@@ -117,6 +153,7 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
                 interval_s: args.interval,
                 scratch_dir: args.scratch_dir.clone(),
                 label: true,
+                pod: app.clone(),
             };
             let report = scenario::run(&client, &spec, &node).await?;
             info!(round, scenario = s.name(), rows = report.rows_labelled, "drill: scenario done");
@@ -125,6 +162,8 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     }
     drop(agent);
     drop(workload);
+    drop(_app_process);
+    drop(pods);
 
     let (rows, runs) = evaluate::load(&client, Some(&node), Some(started), None, 2.0).await?;
     evaluate::print_report(&rows, &runs, 2.0, args.json)

@@ -9,6 +9,11 @@
 //! minus the run's start (a row stamped ts covers the interval ending at ts), averaged over
 //! the runs detected.
 //!
+//! When the agent wrote pod rows, its verdicts on them are scored too, per run that ran inside
+//! a pod (`scenario_runs.details.pod`, as the drill's do): detected when the attacking pod was
+//! flagged in the run's window (delay from the run's start), attributed when in the first such
+//! interval no other pod or service was flagged with it.
+//!
 //! False alarms are reported on their own, per detector: the normal rows it judged, how many it
 //! flagged, that as a rate and as alarms per node-hour at a 10 s interval (rate x 360: the unit
 //! an on-call engineer feels), and which features raised them.
@@ -52,6 +57,9 @@ pub struct JudgedRow {
     /// The features each detector flagged on this row.
     pub detector_features: Vec<String>,
     pub sql_features: Vec<String>,
+    /// The pods (namespace/pod, or a unit) the agent flagged in this interval; None without
+    /// pod rows.
+    pub pods: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +69,52 @@ pub struct Run {
     pub started_at: SystemTime,
     pub ended_at: SystemTime,
     pub interval_s: f64,
+    /// The pod it ran in (namespace/name), if it ran in one.
+    pub pod: Option<String>,
+}
+
+/// The agent's verdicts on pod rows, for the runs of one scenario that ran in a pod.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PodScore {
+    /// Runs that ran inside a pod, with pod rows to judge.
+    pub runs_in_pods: u64,
+    /// Runs whose pod was flagged in their window.
+    pub detected: u64,
+    /// Runs detected with no other pod or service flagged in that first interval.
+    pub attributed: u64,
+    pub mean_delay_s: Option<f64>,
+}
+
+fn pod_score(rows: &[JudgedRow], runs: &[&Run]) -> PodScore {
+    let mut s = PodScore::default();
+    let mut delays = Vec::new();
+    for run in runs {
+        let Some(pod) = &run.pod else { continue };
+        let end = run.ended_at + std::time::Duration::from_secs_f64(run.interval_s);
+        let mut window =
+            rows.iter().filter(|r| r.node == run.node && r.ts > run.started_at && r.ts < end).filter_map(|r| {
+                let flagged = r.pods.as_ref()?;
+                Some((r.ts, flagged))
+            });
+        let mut judged = false;
+        let first = window.find(|(_, flagged)| {
+            judged = true;
+            flagged.iter().any(|p| p == pod)
+        });
+        if !judged && first.is_none() {
+            continue;
+        }
+        s.runs_in_pods += 1;
+        if let Some((ts, flagged)) = first {
+            s.detected += 1;
+            delays.push(ts.duration_since(run.started_at).unwrap_or_default().as_secs_f64());
+            if flagged.iter().all(|p| p == pod) {
+                s.attributed += 1;
+            }
+        }
+    }
+    s.mean_delay_s = (!delays.is_empty()).then(|| delays.iter().sum::<f64>() / delays.len() as f64);
+    s
 }
 
 /// Precision, recall, F1 and delay of one detector on one scenario.
@@ -84,6 +138,7 @@ pub struct ScenarioScore {
     pub rows: u64,
     pub detector: Score,
     pub sql: Score,
+    pub pods: PodScore,
 }
 
 fn ratio(a: u64, b: u64) -> Option<f64> {
@@ -138,11 +193,17 @@ pub struct FalseAlarms {
     pub by_feature: Vec<(String, u64)>,
 }
 
-/// Both detectors' false alarms.
+/// Both detectors' false alarms, and the pod verdicts'.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct FalseAlarmReport {
     pub detector: FalseAlarms,
     pub sql: FalseAlarms,
+    /// Pod and service rows flagged in normal intervals (each flagged pod is one alarm), over
+    /// the normal intervals that had pod rows; None without pod rows.
+    pub pods: Option<FalseAlarms>,
+    /// The node's alarms and its pods' together, over the same intervals: what an on-call
+    /// engineer receives.
+    pub node_and_pods: Option<FalseAlarms>,
 }
 
 fn false_alarms<'r>(rows: impl Iterator<Item = (Option<bool>, &'r [String])>) -> FalseAlarms {
@@ -169,9 +230,35 @@ fn false_alarms<'r>(rows: impl Iterator<Item = (Option<bool>, &'r [String])>) ->
 /// The false alarms of both detectors over the normal rows.
 pub fn false_alarm_report(rows: &[JudgedRow]) -> FalseAlarmReport {
     let normal = || rows.iter().filter(|r| !r.attack);
+    let with_pods = || normal().filter(|r| r.pods.is_some());
+    let alarms = |include_node: bool| {
+        let mut fa = FalseAlarms::default();
+        let mut by: BTreeMap<String, u64> = BTreeMap::new();
+        for r in with_pods() {
+            fa.normal_rows += 1;
+            let pods = r.pods.as_deref().unwrap_or_default();
+            fa.false_alarms += pods.len() as u64;
+            for p in pods {
+                *by.entry(p.clone()).or_default() += 1;
+            }
+            if include_node && r.detector == Some(true) {
+                fa.false_alarms += 1;
+                *by.entry("(node)".to_owned()).or_default() += 1;
+            }
+        }
+        fa.rate = ratio(fa.false_alarms, fa.normal_rows);
+        fa.per_hour_at_10s = fa.rate.map(|r| r * 360.0);
+        let mut by: Vec<(String, u64)> = by.into_iter().collect();
+        by.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        fa.by_feature = by;
+        fa
+    };
+    let any_pods = with_pods().next().is_some();
     FalseAlarmReport {
         detector: false_alarms(normal().map(|r| (r.detector, r.detector_features.as_slice()))),
         sql: false_alarms(normal().map(|r| (Some(r.sql), r.sql_features.as_slice()))),
+        pods: any_pods.then(|| alarms(false)),
+        node_and_pods: any_pods.then(|| alarms(true)),
     }
 }
 
@@ -195,6 +282,7 @@ pub fn evaluate(rows: &[JudgedRow], runs: &[Run]) -> Vec<ScenarioScore> {
                 rows: rows.iter().filter(|r| r.attack && r.attack_type.as_deref() == Some(name)).count() as u64,
                 detector: score(rows, runs, name, |r| r.detector),
                 sql: score(rows, runs, name, |r| Some(r.sql)),
+                pods: pod_score(rows, runs),
             }
         })
         .collect()
@@ -214,7 +302,8 @@ pub async fn load(
                     CASE WHEN f.anomaly_score IS NULL THEN NULL
                          ELSE coalesce(cardinality(f.anomalous_features), 0) > 0 END,
                     coalesce(z.anomalous, false),
-                    coalesce(f.anomalous_features, '{}'), coalesce(z.anomalous_features, '{}')
+                    coalesce(f.anomalous_features, '{}'), coalesce(z.anomalous_features, '{}'),
+                    f.anomalous_pods
              FROM node_features f
              LEFT JOIN node_feature_flags($1, $3, $4, false, $2) z ON z.node = f.node AND z.ts = f.ts
              WHERE ($2::text IS NULL OR f.node = $2)
@@ -235,11 +324,12 @@ pub async fn load(
             sql: r.get(5),
             detector_features: r.get(6),
             sql_features: r.get(7),
+            pods: r.get(8),
         })
         .collect();
     let runs = client
         .query(
-            "SELECT node, name, started_at, ended_at, interval_s FROM scenario_runs
+            "SELECT node, name, started_at, ended_at, interval_s, details->>'pod' FROM scenario_runs
              WHERE ($1::text IS NULL OR node = $1)
                AND ($2::timestamptz IS NULL OR ended_at >= $2)
                AND ($3::timestamptz IS NULL OR started_at <= $3)
@@ -249,7 +339,14 @@ pub async fn load(
         .await
         .context("reading scenario_runs")?
         .into_iter()
-        .map(|r| Run { node: r.get(0), name: r.get(1), started_at: r.get(2), ended_at: r.get(3), interval_s: r.get(4) })
+        .map(|r| Run {
+            node: r.get(0),
+            name: r.get(1),
+            started_at: r.get(2),
+            ended_at: r.get(3),
+            interval_s: r.get(4),
+            pod: r.get(5),
+        })
         .collect();
     Ok((rows, runs))
 }
@@ -271,18 +368,33 @@ pub fn false_alarm_lines(report: &FalseAlarmReport, sql_threshold: f64) -> Strin
             if features.is_empty() { String::new() } else { format!("; by feature: {}", features.join(", ")) }
         )
     };
-    line("detector", &report.detector) + &line(&format!("SQL |z|>{sql_threshold}"), &report.sql)
+    let mut out = line("detector", &report.detector) + &line(&format!("SQL |z|>{sql_threshold}"), &report.sql);
+    if let (Some(pods), Some(both)) = (&report.pods, &report.node_and_pods) {
+        let pod_line = |who: &str, fa: &FalseAlarms| {
+            let top: Vec<String> = fa.by_feature.iter().take(6).map(|(p, n)| format!("{p} {n}")).collect();
+            format!(
+                "{who}: {} false alarms in {} normal intervals ({} per node-hour at 10 s){}\n",
+                fa.false_alarms,
+                fa.normal_rows,
+                fmt(fa.per_hour_at_10s, 1),
+                if top.is_empty() { String::new() } else { format!("; by pod: {}", top.join(", ")) }
+            )
+        };
+        out += &pod_line("pod verdicts", pods);
+        out += &pod_line("node + pods", both);
+    }
+    out
 }
 
 /// The scores as a Markdown table (the README's table is this output).
 pub fn table(scores: &[ScenarioScore], sql_threshold: f64) -> String {
     let mut out = format!(
-        "| scenario | runs | rows | detector F1 | detector P / R | detector delay s | detected | SQL \\|z\\|>{sql_threshold} F1 | SQL P / R | SQL delay s |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n"
+        "| scenario | runs | rows | detector F1 | detector P / R | detector delay s | detected | SQL \\|z\\|>{sql_threshold} F1 | SQL P / R | SQL delay s | in its pod: detected | attributed | pod delay s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for s in scores {
         out += &format!(
-            "| {} | {} | {} | {} | {} / {} | {} | {}/{} | {} | {} / {} | {} |\n",
+            "| {} | {} | {} | {} | {} / {} | {} | {}/{} | {} | {} / {} | {} | {}/{} | {}/{} | {} |\n",
             s.scenario,
             s.runs,
             s.rows,
@@ -296,6 +408,11 @@ pub fn table(scores: &[ScenarioScore], sql_threshold: f64) -> String {
             fmt(s.sql.precision, 2),
             fmt(s.sql.recall, 2),
             fmt(s.sql.mean_delay_s, 1),
+            s.pods.detected,
+            s.pods.runs_in_pods,
+            s.pods.attributed,
+            s.pods.runs_in_pods,
+            fmt(s.pods.mean_delay_s, 1),
         );
     }
     out
@@ -346,6 +463,7 @@ mod tests {
             sql,
             detector_features: if detector == Some(true) { vec!["load1".into()] } else { vec![] },
             sql_features: if sql { vec!["open_fds".into(), "load1".into()] } else { vec![] },
+            pods: None,
         }
     }
 
@@ -368,6 +486,7 @@ mod tests {
             started_at: at(3) + Duration::from_millis(500),
             ended_at: at(5) + Duration::from_millis(500),
             interval_s: 1.0,
+            pod: None,
         }];
         let s = &evaluate(&rows, &runs)[0];
         assert_eq!((s.runs, s.rows), (1, 3));
@@ -402,8 +521,45 @@ mod tests {
     fn a_missed_scenario_has_zero_recall_and_no_delay() {
         let rows = vec![row(1, Some("y"), Some(false), false), row(2, None, Some(false), false)];
         let runs =
-            vec![Run { node: "n".into(), name: "y".into(), started_at: at(0), ended_at: at(1), interval_s: 1.0 }];
+            vec![Run { node: "n".into(), name: "y".into(), started_at: at(0), ended_at: at(1), interval_s: 1.0, pod: None }];
         let s = &evaluate(&rows, &runs)[0].detector;
         assert_eq!((s.recall, s.precision, s.f1, s.mean_delay_s), (Some(0.0), None, None, None));
+    }
+
+    /// A run inside pod shop/app-0: detected in its second interval, together with a
+    /// neighbour in the first run (not attributed), alone in the second (attributed); a normal
+    /// interval with two pods flagged is two false alarms, and with the node's own, three.
+    #[test]
+    fn pod_verdicts_score_detection_attribution_and_false_alarms() {
+        let pods = |names: &[&str]| Some(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>());
+        let mut rows = vec![
+            JudgedRow { pods: pods(&[]), ..row(1, None, Some(false), false) },
+            JudgedRow { pods: pods(&[]), ..row(2, Some("x"), Some(false), false) },
+            JudgedRow { pods: pods(&["shop/app-0", "lab/web-0"]), ..row(3, Some("x"), Some(true), false) },
+            JudgedRow { pods: pods(&["lab/web-0", "kubelet.service"]), ..row(4, None, Some(true), false) },
+            JudgedRow { pods: pods(&[]), ..row(5, Some("x"), Some(false), false) },
+            JudgedRow { pods: pods(&["shop/app-0"]), ..row(6, Some("x"), Some(false), false) },
+        ];
+        let run = |start: u64, end: u64| Run {
+            node: "n".into(),
+            name: "x".into(),
+            started_at: at(start) + Duration::from_millis(500),
+            ended_at: at(end) + Duration::from_millis(500),
+            interval_s: 1.0,
+            pod: Some("shop/app-0".into()),
+        };
+        let s = &evaluate(&rows, &[run(1, 2), run(4, 5)])[0].pods;
+        assert_eq!((s.runs_in_pods, s.detected, s.attributed), (2, 2, 1));
+        assert_eq!(s.mean_delay_s, Some(1.5));
+        let fa = false_alarm_report(&rows);
+        let pods_fa = fa.pods.unwrap();
+        assert_eq!((pods_fa.normal_rows, pods_fa.false_alarms), (2, 2));
+        assert_eq!(fa.node_and_pods.unwrap().false_alarms, 3);
+        // Without pod rows, nothing is said about pods.
+        for r in &mut rows {
+            r.pods = None;
+        }
+        assert_eq!(false_alarm_report(&rows).pods, None);
+        assert_eq!(evaluate(&rows, &[run(1, 2)])[0].pods.runs_in_pods, 0);
     }
 }

@@ -10,6 +10,7 @@ pub mod evaluate;
 pub mod export;
 pub mod label;
 pub mod plot;
+pub mod pod;
 pub mod prune;
 pub mod scenario;
 pub mod window;

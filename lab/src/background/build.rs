@@ -26,9 +26,10 @@ pub fn start(dir: &Path, running: &mut Running) -> anyhow::Result<()> {
     std::fs::write(dir.join("Makefile"), makefile)?;
     let dir = dir.to_path_buf();
     let stop = running.stop.clone();
+    let pod = running.pod.clone();
     running.threads.push(std::thread::spawn(move || loop {
         for target in ["clean", "prog"] {
-            let _ = std::process::Command::new(&make)
+            let _ = Running::command(pod.as_ref(), &make)
                 .args(["-s", "-j2", "-C"])
                 .arg(&dir)
                 .arg(target)

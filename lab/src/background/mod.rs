@@ -53,9 +53,19 @@ pub struct Running {
     /// Held until the end (a database server stops when dropped).
     guards: Vec<Box<dyn std::any::Any + Send>>,
     dir: Option<PathBuf>,
+    /// The neighbour pod every process of the workload runs in; None: the host.
+    pod: Option<crate::pod::LabPod>,
 }
 
 impl Running {
+    /// `program` as a command of the workload: in its pod when it has one.
+    fn command(pod: Option<&crate::pod::LabPod>, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        match pod {
+            Some(p) => p.command(program),
+            None => std::process::Command::new(program),
+        }
+    }
+
     /// Whether the workload's threads should stop.
     fn stopping(stop: &AtomicBool) -> bool {
         stop.load(Ordering::Relaxed)
@@ -97,9 +107,11 @@ impl Drop for Running {
     }
 }
 
-/// Starts `background` with its scratch files under `scratch`.
-pub fn start(background: Background, scratch: &Path) -> anyhow::Result<Running> {
+/// Starts `background` with its scratch files under `scratch`; every process it starts runs
+/// in `pod` when one is given (a neighbour pod of the drill's scenarios).
+pub fn start(background: Background, scratch: &Path, pod: Option<crate::pod::LabPod>) -> anyhow::Result<Running> {
     let mut running = Running::default();
+    running.pod = pod;
     if background == Background::Quiet {
         return Ok(running);
     }

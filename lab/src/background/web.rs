@@ -31,7 +31,7 @@ pub fn start(dir: &Path, running: &mut Running) -> anyhow::Result<()> {
              server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n}}\n"
         ),
     )?;
-    let server = std::process::Command::new(&nginx)
+    let server = Running::command(running.pod.as_ref(), &nginx)
         .arg("-p")
         .arg(dir)
         .arg("-e")
@@ -55,9 +55,10 @@ pub fn start(dir: &Path, running: &mut Running) -> anyhow::Result<()> {
     }
     let url = format!("http://127.0.0.1:{port}/");
     let stop = running.stop.clone();
+    let pod = running.pod.clone();
     running.threads.push(std::thread::spawn(move || {
         while Running::pause(&stop, Duration::from_secs(1)) {
-            let _ = std::process::Command::new(&ab)
+            let _ = Running::command(pod.as_ref(), &ab)
                 .args(["-q", "-n", "20", "-c", "2", &url])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -142,6 +142,45 @@ pub struct RunSpec {
     pub interval_s: f64,
     pub scratch_dir: PathBuf,
     pub label: bool,
+    /// The pod the workload runs in (a child process of this binary joins it); None: here.
+    pub pod: Option<crate::pod::LabPod>,
+}
+
+/// `feature-lab scenario-workload NAME` (hidden): the workload alone, its details as JSON on
+/// stdout; how the drill runs a scenario inside a pod (the child joins the pod's cgroup before
+/// it execs this binary).
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: f64,
+    #[arg(long)]
+    pub scratch_dir: PathBuf,
+}
+
+pub fn workload_command(args: WorkloadArgs) -> anyhow::Result<()> {
+    let details = args.scenario.run_workload(Duration::from_secs_f64(args.duration), &args.scratch_dir)?;
+    println!("{details}");
+    Ok(())
+}
+
+/// Runs the workload in `pod` as a child process of this binary; returns its details.
+fn run_in_pod(pod: &crate::pod::LabPod, scenario: Scenario, duration_s: f64, dir: &std::path::Path) -> anyhow::Result<Value> {
+    let out = pod
+        .command("/proc/self/exe")
+        .args(["scenario-workload", scenario.name(), "--duration", &duration_s.to_string(), "--scratch-dir"])
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting the workload in pod {}", pod.full_name()))?;
+    if !out.status.success() {
+        anyhow::bail!("the workload in pod {} failed ({})", pod.full_name(), out.status);
+    }
+    let mut details: Value = serde_json::from_slice(&out.stdout).context("reading the workload's details")?;
+    details["pod"] = Value::String(pod.full_name());
+    Ok(details)
 }
 
 pub async fn command(args: ScenarioArgs) -> anyhow::Result<()> {
@@ -154,6 +193,7 @@ pub async fn command(args: ScenarioArgs) -> anyhow::Result<()> {
         interval_s: args.interval,
         scratch_dir: args.scratch_dir,
         label: !args.no_label,
+        pod: None,
     };
     let report = run(&client, &spec, &node).await?;
     println!("{}", serde_json::to_string(&report)?);
@@ -167,8 +207,13 @@ pub async fn run(client: &Client, spec: &RunSpec, node: &str) -> anyhow::Result<
     info!(scenario = scenario.name(), node, duration_s = spec.duration_s, "scenario starting");
     let started = SystemTime::now();
     let dir = spec.scratch_dir.clone();
-    let details = tokio::task::spawn_blocking(move || scenario.run_workload(duration, &dir))
-        .await
+    let pod = spec.pod.clone();
+    let duration_s = spec.duration_s;
+    let details = tokio::task::spawn_blocking(move || match &pod {
+        Some(pod) => run_in_pod(pod, scenario, duration_s, &dir),
+        None => scenario.run_workload(duration, &dir),
+    })
+    .await
         .context("the scenario's workload panicked")?
         .with_context(|| format!("scenario {}", scenario.name()))?;
     let ended = SystemTime::now();
@@ -221,8 +266,21 @@ async fn wait_for_cover(client: &Client, node: &str, ended: SystemTime, interval
     }
 }
 
-/// Labels the rows overlapping a recorded run's window.
+/// Labels the rows overlapping a recorded run's window: the node's, and when the run was in a
+/// pod (details.pod = namespace/name), that pod's rows.
 async fn label_window(client: &Client, id: i64) -> anyhow::Result<u64> {
+    client
+        .execute(
+            "WITH r AS (SELECT * FROM scenario_runs WHERE id = $1 AND details ? 'pod')
+             UPDATE pod_features f SET attack = 1, attack_type = r.name
+             FROM r
+             WHERE f.node = r.node AND f.namespace || '/' || f.pod = r.details->>'pod'
+               AND f.ts > r.started_at
+               AND f.ts < r.ended_at + r.interval_s * interval '1 second'",
+            &[&id],
+        )
+        .await
+        .context("labelling the scenario's pod rows")?;
     let n = client
         .execute(
             "WITH r AS (SELECT * FROM scenario_runs WHERE id = $1)

@@ -1,0 +1,123 @@
+//! Pods for the drill, made on this host as kubelet makes them, so the agent (with --pod-rows)
+//! sees each scenario and each background in a pod of its own: a kubelet-style cgroup
+//! (systemd driver: `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/
+//! cri-containerd-<id>.scope`) under `<cgroup v2 root>/feature-lab-<pid>/`, and a
+//! `<namespace>_<pod>_<uid>/<container>/` directory in a pod log directory the agent is pointed
+//! at (--pod-logs). A process joins a pod by writing itself to the container's cgroup.procs
+//! between fork and exec ([`LabPods::command`]); on a hybrid host this changes its v2 membership
+//! only (shared/spec/platform.md). Everything is removed when [`LabPods`] is dropped.
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::Context;
+
+/// One pod: its names and its container's cgroup.
+#[derive(Debug, Clone)]
+pub struct LabPod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The container's cgroup, which the pod's processes join.
+    pub cgroup: PathBuf,
+}
+
+impl LabPod {
+    /// `namespace/name`, as the agent's rows and the node row's anomalous_pods name it.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// `program` as a command that runs in this pod.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        join_before_exec(&mut c, &self.cgroup);
+        c
+    }
+
+    /// Moves running processes (and so their future children) into this pod.
+    pub fn adopt(&self, pids: &[i32]) -> anyhow::Result<()> {
+        for pid in pids {
+            std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string())
+                .with_context(|| format!("moving process {pid} into pod {}", self.full_name()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes `command`'s process join `cgroup` between fork and exec.
+pub fn join_before_exec(command: &mut Command, cgroup: &Path) {
+    let procs = cgroup.join("cgroup.procs");
+    // SAFETY: only async-signal-safe work between fork and exec: open, write, close.
+    unsafe {
+        command.pre_exec(move || std::fs::write(&procs, b"0"));
+    }
+}
+
+/// The drill's pods, removed on drop.
+#[derive(Debug)]
+pub struct LabPods {
+    top: PathBuf,
+    /// The pod log directory to give the agent (--pod-logs).
+    pub logs: PathBuf,
+    pods: Vec<LabPod>,
+}
+
+impl LabPods {
+    /// An empty set of pods, with its pod log directory under `scratch`.
+    pub fn new(scratch: &Path) -> anyhow::Result<Self> {
+        let root = feature_db::host::cgroup2_root_of_this_host()
+            .context("no cgroup v2 tree is mounted: the drill's pods need one (or run it with --pods off)")?;
+        let top = root.join(format!("feature-lab-{}", std::process::id()));
+        let logs = scratch.join(format!("feature-lab-pod-logs-{}", std::process::id()));
+        let _ = remove_cgroup_tree(&top);
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&top).with_context(|| format!("creating the cgroup {}", top.display()))?;
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        Ok(Self { top, logs, pods: Vec::new() })
+    }
+
+    /// Makes pod `namespace/name` (a Burstable pod with one container).
+    pub fn add(&mut self, namespace: &str, name: &str) -> anyhow::Result<LabPod> {
+        let n = self.pods.len() + 1;
+        let uid = format!("{:08x}-1ab0-4000-8000-{:012x}", std::process::id(), n);
+        let container = format!("{n:064x}");
+        let cgroup = self.top.join(format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container}.scope",
+            uid.replace('-', "_")
+        ));
+        std::fs::create_dir_all(&cgroup).with_context(|| format!("creating the cgroup {}", cgroup.display()))?;
+        let log_dir = self.logs.join(format!("{namespace}_{name}_{uid}")).join("main");
+        std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+        let pod = LabPod { namespace: namespace.to_owned(), name: name.to_owned(), uid, cgroup };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+}
+
+/// Removes a cgroup directory and its children, deepest first (they must hold no process).
+fn remove_cgroup_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_cgroup_tree(&entry.path())?;
+        }
+    }
+    std::fs::remove_dir(dir)
+}
+
+impl Drop for LabPods {
+    fn drop(&mut self) {
+        // The pods' processes have been stopped by their owners; a straggler (a child that
+        // outlived its parent) keeps its cgroup busy for a moment.
+        for _ in 0..50 {
+            if remove_cgroup_tree(&self.top).is_ok() || !self.top.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
