@@ -214,7 +214,7 @@ mod tests {
         let flagged = d.judge(&mut row);
         assert_eq!(flagged.len(), 1, "{flagged:?}");
         assert_eq!(flagged[0].name, "shop/web-6d94bc8694-lz8g2");
-        assert_eq!(flagged[0].features, vec!["cpu_usage_usec".to_owned(), "ebpf_execs".to_owned()]);
+        assert_eq!(flagged[0].features, vec!["ebpf_execs".to_owned(), "cpu_usage_usec".to_owned()]);
         assert_eq!(row.anomalous_pods, Some(vec!["shop/web-6d94bc8694-lz8g2".to_owned()]));
         assert_eq!(row.anomalous_workloads, Some(vec!["shop/web".to_owned()]));
         assert!(!row.pods[1].is_anomalous());

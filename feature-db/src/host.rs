@@ -40,3 +40,24 @@ pub fn cgroup2_root_of_this_host() -> Option<PathBuf> {
     cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_v2_tree_pure_or_hybrid() {
+        let hybrid = "25 30 0:22 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate\n\
+                      27 25 0:24 / /sys/fs/cgroup/memory rw shared:11 - cgroup cgroup rw,memory\n";
+        assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let pure = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n\
+                    31 1 0:26 / /host/sys\\040fs rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(pure), Some(PathBuf::from("/sys/fs/cgroup")));
+        let only_host = "31 1 0:26 / /host/sys\\040fs rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(only_host), Some(PathBuf::from("/host/sys fs")));
+        // A container's own view (root is not "/") and v1-only hosts have none.
+        assert_eq!(cgroup2_mount("40 1 0:26 /kubepods/x /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"), None);
+        assert_eq!(cgroup2_mount("27 25 0:24 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"), None);
+        assert_eq!(cgroup2_mount("garbage\n\n - \n"), None);
+    }
+}

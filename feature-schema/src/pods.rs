@@ -101,7 +101,7 @@ impl Res {
 pub const RESOURCES: [Resource; 17] = [
     Resource {
         name: "cpu_usage_usec",
-        min_spread: 100_000.0,
+        min_spread: 50_000.0,
         counter: true,
         unit: "µs",
         source: "cpu.stat usage_usec",
@@ -243,8 +243,12 @@ pub const RESOURCE_COUNT: usize = RESOURCES.len();
 /// Number of scored pod features: every eBPF column and every measured column.
 pub const POD_FEATURE_COUNT: usize = EVENT_COUNT + RESOURCE_COUNT;
 
+/// The largest floor on a pod's eBPF event counts per interval (the node's are up to 5).
+pub const POD_EVENT_FLOOR: f64 = 1.0;
+
 /// The features the agent's detector scores on a pod row, in [`PodRow::feature_values`] order:
-/// the eBPF columns as the node row scores them, then the measured columns (a cumulative
+/// the eBPF columns as the node row scores them (with floors of at most [`POD_EVENT_FLOOR`]),
+/// then the measured columns (a cumulative
 /// counter on its rate per interval, a gauge on its change since the previous row). Every one
 /// moves up under attack. `index` is the column's position in [`pod_columns`].
 pub const POD_FEATURES: [Feature; POD_FEATURE_COUNT] = {
@@ -261,6 +265,9 @@ pub const POD_FEATURES: [Feature; POD_FEATURE_COUNT] = {
     while e < EVENT_COUNT {
         let column = &SCHEMA[event_column(Event::ALL[e])];
         if let Role::Feature { kind, min_spread, direction, on_change, .. } = column.role {
+            // A pod's counts are a fraction of the node's: a pod that never execs and runs a
+            // few programs is news, so its event floors are at most one event.
+            let min_spread = if min_spread < POD_EVENT_FLOOR { min_spread } else { POD_EVENT_FLOOR };
             out[e] =
                 Feature { column: column.name, kind, min_spread, direction, on_change, index: POD_SCALARS.len() + e };
         }

@@ -30,7 +30,7 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct DrillArgs {
-    /// The scenarios to run, in order [default: all seven].
+    /// The scenarios to run, in order [default: all nine].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub scenarios: Vec<Scenario>,
     /// How many times the whole sequence runs.
@@ -106,13 +106,19 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     // The pods first, then the background: the detector's warm-up must see both as normal.
     let mut pods = if args.pods { Some(LabPods::new(&args.scratch_dir)?) } else { None };
     let (app, neighbour) = match &mut pods {
-        Some(p) => (Some(p.add("shop", "app-0")?), Some(p.add("lab-neighbour", &format!("{}-0", args.background.name()))?)),
+        Some(p) => {
+            (Some(p.add("shop", "app-0")?), Some(p.add("lab-neighbour", &format!("{}-0", args.background.name()))?))
+        }
         None => (None, None),
     };
     // The application pod's own process: one that sleeps until the drill ends.
     let _app_process = match &app {
         Some(pod) => Some(SleepingProcess(
-            pod.command("sleep").arg("86400").stdin(Stdio::null()).spawn().context("starting the application pod's process")?,
+            pod.command("sleep")
+                .arg("86400")
+                .stdin(Stdio::null())
+                .spawn()
+                .context("starting the application pod's process")?,
         )),
         None => None,
     };

@@ -520,8 +520,14 @@ mod tests {
     #[test]
     fn a_missed_scenario_has_zero_recall_and_no_delay() {
         let rows = vec![row(1, Some("y"), Some(false), false), row(2, None, Some(false), false)];
-        let runs =
-            vec![Run { node: "n".into(), name: "y".into(), started_at: at(0), ended_at: at(1), interval_s: 1.0, pod: None }];
+        let runs = vec![Run {
+            node: "n".into(),
+            name: "y".into(),
+            started_at: at(0),
+            ended_at: at(1),
+            interval_s: 1.0,
+            pod: None,
+        }];
         let s = &evaluate(&rows, &runs)[0].detector;
         assert_eq!((s.recall, s.precision, s.f1, s.mean_delay_s), (Some(0.0), None, None, None));
     }

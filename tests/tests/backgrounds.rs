@@ -1,5 +1,6 @@
 //! The drill's background workloads, each started for real for a few seconds: it does what it
-//! says (nginx runs and ab opens its connections; pgbench runs; make compiles),
+//! says (nginx runs and ab opens its connections; pgbench runs; make compiles), in the
+//! neighbour pod it is given (web and database here: their processes are in the pod's cgroup),
 //! and stopping it leaves no process and no scratch directory behind.
 use std::time::Duration;
 
@@ -34,13 +35,29 @@ fn leftovers(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
 
+/// The names of the processes in a pod's cgroup.
+fn in_pod(pod: &lab::pod::LabPod) -> Vec<String> {
+    std::fs::read_to_string(pod.cgroup.join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect()
+}
+
 #[test]
 fn web_serves_requests_and_stops_cleanly() {
     let dir = scratch().join("web");
     std::fs::create_dir_all(&dir).unwrap();
+    if !have_root("web_serves_requests_and_stops_cleanly") {
+        return;
+    }
     let before = processes_named("nginx");
-    let running = background::start(Background::Web, &dir).unwrap();
+    let mut pods = lab::pod::LabPods::new(&dir).unwrap();
+    let pod = pods.add("lab-neighbour", "web-0").unwrap();
+    let running = background::start(Background::Web, &dir, Some(pod.clone())).unwrap();
     assert!(processes_named("nginx") > before, "nginx runs");
+    assert!(in_pod(&pod).iter().any(|c| c == "nginx"), "nginx runs in the pod: {:?}", in_pod(&pod));
     // ab's bursts (20 new connections a second) show in the node's count of active TCP opens:
     // at least two bursts' worth within 4 s.
     let opens = active_opens();
@@ -49,7 +66,8 @@ fn web_serves_requests_and_stops_cleanly() {
     assert!(opened >= 40, "only {opened} TCP connections opened in 4 s");
     drop(running);
     assert_eq!(processes_named("nginx"), before, "nginx stopped");
-    assert_eq!(leftovers(&dir), 0, "scratch directory removed");
+    drop(pods);
+    assert_eq!(leftovers(&dir), 0, "scratch directory and pod log directory removed");
 }
 
 #[test]
@@ -60,11 +78,20 @@ fn database_runs_pgbench_and_stops_cleanly() {
     let dir = scratch().join("db");
     std::fs::create_dir_all(&dir).unwrap();
     let before = processes_named("pgbench");
-    let running = background::start(Background::Database, &dir).unwrap();
+    let mut pods = lab::pod::LabPods::new(&dir).unwrap();
+    let pod = pods.add("lab-neighbour", "database-0").unwrap();
+    let running = background::start(Background::Database, &dir, Some(pod.clone())).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(processes_named("pgbench"), before + 1, "pgbench runs");
+    // The server and the backends it forked after moving, and pgbench, are in the pod.
+    let names = in_pod(&pod);
+    assert!(
+        names.iter().any(|c| c == "pgbench") && names.iter().filter(|c| *c == "postgres").count() >= 2,
+        "{names:?}"
+    );
     drop(running);
     assert_eq!(processes_named("pgbench"), before, "pgbench stopped");
+    drop(pods);
     assert_eq!(leftovers(&dir), 0);
 }
 
@@ -72,7 +99,7 @@ fn database_runs_pgbench_and_stops_cleanly() {
 fn build_compiles_and_stops_cleanly() {
     let dir = scratch().join("build");
     std::fs::create_dir_all(&dir).unwrap();
-    let running = background::start(Background::Build, &dir).unwrap();
+    let running = background::start(Background::Build, &dir, None).unwrap();
     let project = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
     let mut built = false;
     for _ in 0..300 {

@@ -208,9 +208,12 @@ fn label_marks_and_clears_a_window() {
     assert_eq!(sql(db, "SELECT count(*) FROM node_features WHERE attack = 1 OR attack_type IS NOT NULL"), "0");
 }
 
-/// The scripted run (normal, attack, normal, ...): the agent's detector flags every scenario,
-/// within 4 s of its start. (Precision is not asserted here: the detector's false alarms are
-/// measured over longer runs by `cargo xtask detection`.)
+/// The scripted run (normal, attack, normal, ...), in pods (the default): every scenario runs in
+/// the application pod shop/app-0, and the agent flags that pod within 4 s of the scenario's
+/// start, with no other pod flagged in that interval; the node detector flags every scenario
+/// but the two that barely move a node (the throttled miner and the reverse shell). (Precision
+/// is not asserted here: the false alarms are measured over longer runs by
+/// `cargo xtask detection`.)
 #[test]
 fn drill_detects_every_scenario() {
     if !have_root("drill_detects_every_scenario") {
@@ -250,13 +253,38 @@ fn drill_detects_every_scenario() {
     let names: Vec<&str> = scores.iter().map(|s| s["scenario"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["cpu-stress", "fork-storm", "exec-storm", "port-scan", "conn-flood", "raw-socket", "disk-burst"]
+        [
+            "cpu-stress",
+            "fork-storm",
+            "exec-storm",
+            "port-scan",
+            "conn-flood",
+            "raw-socket",
+            "disk-burst",
+            "miner",
+            "reverse-shell"
+        ]
     );
     for s in scores {
-        assert_eq!(s["detector"]["runs_detected"], 1, "{s}");
-        assert!(s["detector"]["recall"].as_f64().unwrap() > 0.0, "{s}");
-        assert!(s["detector"]["mean_delay_s"].as_f64().unwrap() <= 4.0, "{s}");
+        let pods = &s["pods"];
+        assert_eq!(pods["runs_in_pods"], 1, "{s}");
+        // This host's cgroup v2 tree has no io controller (shared/spec/platform.md: its io
+        // accounting is in v1), so a pod's disk bytes are NULL here and a disk burst moves only
+        // its CPU time a little; on a pure cgroup v2 node io_write_bytes carries it.
+        if s["scenario"] != "disk-burst" {
+            assert_eq!(pods["detected"], 1, "{s}");
+            assert_eq!(pods["attributed"], 1, "no neighbour flagged with the attacking pod: {s}");
+            assert!(pods["mean_delay_s"].as_f64().unwrap() <= 4.0, "{s}");
+        }
+        if !["miner", "reverse-shell"].contains(&s["scenario"].as_str().unwrap()) {
+            assert_eq!(s["detector"]["runs_detected"], 1, "{s}");
+            assert!(s["detector"]["recall"].as_f64().unwrap() > 0.0, "{s}");
+            assert!(s["detector"]["mean_delay_s"].as_f64().unwrap() <= 4.0, "{s}");
+        }
     }
+    // The pod verdicts' false alarms, and the node's and the pods' together.
+    let pod_fa = &report["false_alarms"]["node_and_pods"];
+    assert!(pod_fa["normal_rows"].as_u64().unwrap() > 10, "{pod_fa}");
     // Anomalous rows are logged as warnings by the agent.
     assert!(String::from_utf8_lossy(&out.stderr).contains("anomalous row"));
 

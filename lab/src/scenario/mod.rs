@@ -10,9 +10,11 @@ mod cpu_stress;
 mod disk_burst;
 mod exec_storm;
 mod fork_storm;
+mod miner;
 mod pace;
 mod port_scan;
 mod raw_socket;
+mod reverse_shell;
 
 use std::{
     path::PathBuf,
@@ -45,10 +47,15 @@ pub enum Scenario {
     RawSocket,
     /// fdatasync'd 4 MiB writes, at most 64 MiB/s and 1 GiB, then read back; file deleted.
     DiskBurst,
+    /// One thread busy 60 % of the time (about 0.6 of one core), as a throttled miner.
+    Miner,
+    /// Once a second, /bin/sh on an outward TCP connection, running four commands sent by the
+    /// listener.
+    ReverseShell,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::CpuStress,
         Scenario::ForkStorm,
         Scenario::ExecStorm,
@@ -56,6 +63,8 @@ impl Scenario {
         Scenario::ConnFlood,
         Scenario::RawSocket,
         Scenario::DiskBurst,
+        Scenario::Miner,
+        Scenario::ReverseShell,
     ];
 
     /// The name on the command line and in attack_type.
@@ -68,6 +77,8 @@ impl Scenario {
             Scenario::ConnFlood => "conn-flood",
             Scenario::RawSocket => "raw-socket",
             Scenario::DiskBurst => "disk-burst",
+            Scenario::Miner => "miner",
+            Scenario::ReverseShell => "reverse-shell",
         }
     }
 
@@ -81,6 +92,8 @@ impl Scenario {
             Scenario::ConnFlood => conn_flood::run(duration),
             Scenario::RawSocket => raw_socket::run(duration),
             Scenario::DiskBurst => disk_burst::run(duration, scratch_dir),
+            Scenario::Miner => miner::run(duration),
+            Scenario::ReverseShell => reverse_shell::run(duration),
         }
     }
 }
@@ -166,7 +179,12 @@ pub fn workload_command(args: WorkloadArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the workload in `pod` as a child process of this binary; returns its details.
-fn run_in_pod(pod: &crate::pod::LabPod, scenario: Scenario, duration_s: f64, dir: &std::path::Path) -> anyhow::Result<Value> {
+fn run_in_pod(
+    pod: &crate::pod::LabPod,
+    scenario: Scenario,
+    duration_s: f64,
+    dir: &std::path::Path,
+) -> anyhow::Result<Value> {
     let out = pod
         .command("/proc/self/exe")
         .args(["scenario-workload", scenario.name(), "--duration", &duration_s.to_string(), "--scratch-dir"])
@@ -214,8 +232,8 @@ pub async fn run(client: &Client, spec: &RunSpec, node: &str) -> anyhow::Result<
         None => scenario.run_workload(duration, &dir),
     })
     .await
-        .context("the scenario's workload panicked")?
-        .with_context(|| format!("scenario {}", scenario.name()))?;
+    .context("the scenario's workload panicked")?
+    .with_context(|| format!("scenario {}", scenario.name()))?;
     let ended = SystemTime::now();
     let interval = spec.interval_s;
     if spec.label {
