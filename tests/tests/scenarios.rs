@@ -320,6 +320,31 @@ fn drill_detects_every_scenario() {
         assert!(s["false_alarm_rate"].as_f64().is_some(), "{detector}: {s}");
     }
     let _ = std::fs::remove_file(parquet);
+
+    // And on the pod rows: one model per workload, beside the agent's pod verdicts.
+    let pods = std::env::temp_dir().join(format!("drill-pods-{}.parquet", std::process::id()));
+    let out = run_lab(
+        &["export", "--pods", "--format", "parquet", "--output", pods.to_str().unwrap()],
+        &[("DATABASE_URL", &url)],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(&python)
+        .arg(root.join("examples/isolation_forest.py"))
+        .arg(&pods)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ml: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let attack_rows = ml["attack_rows"].as_u64().unwrap();
+    assert!(ml["normal_intervals"].as_u64().unwrap() > 0 && attack_rows > 0, "{ml}");
+    for detector in ["detector", "isolation_forest"] {
+        let s = &ml[detector];
+        assert_eq!(s["tp"].as_u64().unwrap() + s["fn"].as_u64().unwrap(), attack_rows, "{detector}: {s}");
+        assert!(s["false_alarms_per_hour_at_10s"].as_f64().is_some(), "{detector}: {s}");
+    }
+    let _ = std::fs::remove_file(pods);
 }
 
 /// A scenario with no agent writing the node's rows fails clearly and records nothing (it used

@@ -291,9 +291,16 @@ fn detection(args: &[String]) -> anyhow::Result<()> {
         .args(["export", "--format", "parquet", "--normalized", "--output"])
         .arg(&parquet)
         .env("DATABASE_URL", &url))?;
-    eprintln!("detection: plot {}, dataset {}", png.display(), parquet.display());
-    // The machine-learning baseline on the same rows (examples/isolation_forest.py).
+    let pods = out.join("drill-pods.parquet");
+    run(Command::new(&lab)
+        .args(["export", "--pods", "--format", "parquet", "--output"])
+        .arg(&pods)
+        .env("DATABASE_URL", &url))?;
+    eprintln!("detection: plot {}, datasets {} and {}", png.display(), parquet.display(), pods.display());
+    // The machine-learning baseline on the same rows (examples/isolation_forest.py): the node
+    // rows, then the pod rows (a model per workload).
     run(Command::new(&python).arg(root().join("examples/isolation_forest.py")).arg(&parquet))?;
+    run(Command::new(&python).arg(root().join("examples/isolation_forest.py")).arg(&pods))?;
     Ok(())
 }
 
