@@ -1,18 +1,20 @@
 //! The SQL analysis layer (migrations/0002_analysis.sql) on a synthetic table with
 //! hand-computed expected values: counter deltas and rates with a counter reset, z-scores per
 //! node against the rows labelled normal (all, or a window), the paper's raw-counter scoring,
-//! anomaly flags at a chosen threshold, and a zero-variance feature that never divides by zero.
+//! anomaly flags at a chosen threshold, and a flat feature scored in units of its catalog floor
+//! (min_spread) instead of dividing by zero. disk_read moves in MiB, its floor's unit.
 
 use tests::{have_root, migrated_database, sql};
 
 const EPS: f64 = 1e-9;
+const MIB: i64 = 1 << 20;
 const T0: &str = "2026-01-01 00:00:00+00";
 
 /// A migrated database holding node 'a' (six rows, the last labelled attack) and node 'b'.
 fn synthetic(db: &str) {
     migrated_database(db);
-    // node a: disk_read is a counter that resets between the 3rd and 4th row; load1 a gauge;
-    // mem_av_per is constant over the baseline and moves in the attack row.
+    // node a: disk_read (in MiB below) is a counter that resets between the 3rd and 4th row;
+    // load1 a gauge; mem_av_per is constant over the baseline and moves in the attack row.
     let rows_a = [
         (0, 0, 100, 1.0, 50.0),
         (10, 0, 150, 2.0, 50.0),
@@ -27,8 +29,9 @@ fn synthetic(db: &str) {
     for (s, attack, disk, load, mem) in rows_a {
         q += &format!(
             "INSERT INTO node_features (node, ts, interval_s, attack, disk_read, load1, mem_av_per) \
-             VALUES ('a', timestamptz '{T0}' + interval '{s} s', {}, {attack}, {disk}, {load}, {mem});",
-            interval(s)
+             VALUES ('a', timestamptz '{T0}' + interval '{s} s', {}, {attack}, {}, {load}, {mem});",
+            interval(s),
+            disk * MIB
         );
     }
     // node b: a flat load1; its baseline must not mix with a's.
@@ -115,9 +118,10 @@ fn sql_deltas_zscores_and_flags_match_hand_computed_values() {
 
     // Deltas and rates: the reset (250 -> 40) gives NULL, never -210.
     let deltas = floats(db, "SELECT disk_read_delta FROM node_feature_deltas WHERE node = 'a' ORDER BY ts");
-    assert_close(&deltas, &[None, Some(50.0), Some(100.0), None, Some(50.0), Some(300.0)], "disk_read_delta");
+    let mib = |v: &[Option<f64>]| v.iter().map(|d| d.map(|d| d * MIB as f64)).collect::<Vec<_>>();
+    assert_close(&deltas, &mib(&[None, Some(50.0), Some(100.0), None, Some(50.0), Some(300.0)]), "disk_read_delta");
     let rates = floats(db, "SELECT disk_read_rate FROM node_feature_deltas WHERE node = 'a' ORDER BY ts");
-    assert_close(&rates, &[None, Some(5.0), Some(10.0), None, Some(5.0), Some(30.0)], "disk_read_rate");
+    assert_close(&rates, &mib(&[None, Some(5.0), Some(10.0), None, Some(5.0), Some(30.0)]), "disk_read_rate");
     let elapsed = floats(db, "SELECT elapsed_s FROM node_feature_deltas WHERE node = 'b' ORDER BY ts");
     assert_close(&elapsed, &[None, Some(10.0), Some(10.0)], "elapsed_s");
 
@@ -133,7 +137,7 @@ fn sql_deltas_zscores_and_flags_match_hand_computed_values() {
     assert_close(&z, &want, "z(disk_read delta)");
     assert_close(
         &floats(db, "SELECT baseline_mean FROM node_feature_zscore WHERE node = 'a' AND feature = 'disk_read' LIMIT 1"),
-        &[Some(mean)],
+        &[Some(mean * MIB as f64)],
         "baseline mean",
     );
 
@@ -143,28 +147,27 @@ fn sql_deltas_zscores_and_flags_match_hand_computed_values() {
     let want: Vec<Option<f64>> = [1.0, 2.0, 3.0, 4.0, 5.0, 9.0].iter().map(|v| Some((v - 3.0) / sd)).collect();
     assert_close(&z, &want, "z(load1)");
 
-    // Zero variance over the baseline: no z, never flagged, even when the attack row moves.
-    assert_eq!(
-        sql(
-            db,
-            "SELECT count(*) FILTER (WHERE z IS NULL), count(*) FILTER (WHERE anomalous) \
-             FROM node_feature_zscore WHERE node = 'a' AND feature = 'mem_av_per'"
-        ),
-        "6|0"
-    );
+    // Zero variance over the baseline: the spread is the catalog's floor (mem_av_per: 0.5 %),
+    // so the normal rows score 0 and the attack row's move of 20 points scores 40, flagged.
+    let z = floats(db, "SELECT z FROM node_feature_zscore WHERE node = 'a' AND feature = 'mem_av_per' ORDER BY ts");
+    assert_close(&z, &[Some(0.0), Some(0.0), Some(0.0), Some(0.0), Some(0.0), Some(40.0)], "z(mem_av_per)");
     // Node b has its own (flat) baseline: nothing flagged there, nothing borrowed from a.
-    assert_eq!(sql(db, "SELECT count(*) FROM node_feature_zscore WHERE node = 'b' AND z IS NOT NULL"), "0");
+    assert_eq!(sql(db, "SELECT count(*) FROM node_feature_zscore WHERE node = 'b' AND anomalous"), "0");
+    assert_eq!(sql(db, "SELECT DISTINCT z FROM node_feature_zscore WHERE node = 'b' AND feature = 'load1'"), "0");
 
-    // Flags at the default threshold 2.0: only the attack row, on disk_read and load1
-    // (z = 8.08 and 3.79). At threshold 4.0 only disk_read remains.
+    // Flags at the default threshold 2.0: only the attack row, on disk_read, load1 and
+    // mem_av_per (z = 8.08, 3.79 and 40). At threshold 4.0 load1 drops out.
     assert_eq!(
         sql(db, "SELECT ts - timestamptz '2026-01-01 00:00:00+00', anomalous_features FROM node_anomalies"),
-        "00:00:50|{disk_read,load1}"
+        "00:00:50|{disk_read,load1,mem_av_per}"
     );
-    assert_eq!(sql(db, "SELECT anomalous_features FROM node_feature_flags(4.0) WHERE anomalous"), "{disk_read}");
+    assert_eq!(
+        sql(db, "SELECT anomalous_features FROM node_feature_flags(4.0) WHERE anomalous"),
+        "{disk_read,mem_av_per}"
+    );
     assert_close(
         &floats(db, "SELECT max_abs_z FROM node_feature_flags() WHERE node = 'a' ORDER BY ts DESC LIMIT 1"),
-        &[Some((300.0 - mean) / (2500.0f64 / 3.0).sqrt())],
+        &[Some(40.0)],
         "max_abs_z",
     );
 
