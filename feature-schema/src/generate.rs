@@ -148,7 +148,7 @@ GRANT SELECT ON node_feature_deltas, node_feature_values, pod_feature_deltas, po
 /// gap rule, per pod), one line per row and feature, and z-scores against each pod's own
 /// normal rows.
 fn pod_views(w: &mut String) {
-    use crate::pods::{event_columns, pod_columns, POD_SCALARS, RESOURCES};
+    use crate::pods::{pod_columns, POD_FEATURES, POD_SCALARS, RESOURCES};
     let counters: Vec<&str> = RESOURCES.iter().filter(|r| r.counter).map(|r| r.name).collect();
     let _ = writeln!(
         w,
@@ -180,33 +180,38 @@ WITH paired AS (
     }
     let _ = writeln!(w, "\nFROM gapped g;\n");
 
-    let mut values: Vec<String> = event_columns().iter().map(|c| format!("    ('{c}', d.{c}::float8)")).collect();
-    for r in RESOURCES {
-        let scored = if r.counter { format!("{}_delta", r.name) } else { r.name.to_owned() };
-        values.push(format!("    ('{}', d.{scored}::float8)", r.name));
-    }
+    // Each pod feature with its scored value and the agent's floor on its spread.
+    let values: Vec<String> = POD_FEATURES
+        .iter()
+        .map(|f| {
+            let counter = RESOURCES.iter().any(|r| r.name == f.column && r.counter);
+            let scored = if counter { format!("{}_delta", f.column) } else { f.column.to_owned() };
+            format!("    ('{}', d.{scored}::float8, {:?}::float8)", f.column, f.min_spread)
+        })
+        .collect();
     let _ = writeln!(
         w,
         "-- One line per pod row and feature: the scored value (the per-interval count of an eBPF column,
--- the delta of a cumulative resource counter, a gauge as it is).
+-- the delta of a cumulative resource counter, a gauge as it is) and min_spread, the agent's
+-- floor on the feature's spread for pod rows (feature-schema/src/pods.rs POD_FEATURES).
 CREATE VIEW pod_feature_values AS
-SELECT d.node, d.ts, d.kind, d.owner, d.namespace, d.pod, d.attack, d.attack_type, v.feature, v.scored
+SELECT d.node, d.ts, d.kind, d.owner, d.namespace, d.pod, d.workload, d.attack, d.attack_type,
+       v.feature, v.scored, v.min_spread
 FROM pod_feature_deltas d
 CROSS JOIN LATERAL (VALUES
 {}
-) AS v(feature, scored);
+) AS v(feature, scored, min_spread);
 
 -- z-scores of each pod's features against that pod's own normal rows (attack = 0) on the same
--- node; the spread is at least the feature's min_spread from the catalog (the eBPF columns'), so
--- a pod that never forks does not turn one fork into an infinite z.
+-- node; the spread is at least the feature's min_spread, so a pod that never forks does not
+-- turn one fork into an infinite z.
 CREATE VIEW pod_feature_zscores AS
 SELECT v.*, b.mean, b.sd,
-       (v.scored - b.mean) / nullif(greatest(b.sd, coalesce(c.min_spread, 0)), 0) AS z
+       (v.scored - b.mean) / nullif(greatest(b.sd, v.min_spread), 0) AS z
 FROM pod_feature_values v
 JOIN (SELECT node, kind, owner, feature, avg(scored) AS mean, coalesce(stddev_samp(scored), 0) AS sd
       FROM pod_feature_values WHERE attack = 0 AND scored IS NOT NULL
-      GROUP BY node, kind, owner, feature) b USING (node, kind, owner, feature)
-LEFT JOIN feature_catalog c USING (feature);
+      GROUP BY node, kind, owner, feature) b USING (node, kind, owner, feature);
 ",
         values.join(",\n")
     );

@@ -314,57 +314,58 @@ SELECT g.node, g.ts, g.interval_s, g.kind, g.owner, g.namespace, g.pod, g.worklo
 FROM gapped g;
 
 -- One line per pod row and feature: the scored value (the per-interval count of an eBPF column,
--- the delta of a cumulative resource counter, a gauge as it is).
+-- the delta of a cumulative resource counter, a gauge as it is) and min_spread, the agent's
+-- floor on the feature's spread for pod rows (feature-schema/src/pods.rs POD_FEATURES).
 CREATE VIEW pod_feature_values AS
-SELECT d.node, d.ts, d.kind, d.owner, d.namespace, d.pod, d.attack, d.attack_type, v.feature, v.scored
+SELECT d.node, d.ts, d.kind, d.owner, d.namespace, d.pod, d.workload, d.attack, d.attack_type,
+       v.feature, v.scored, v.min_spread
 FROM pod_feature_deltas d
 CROSS JOIN LATERAL (VALUES
-    ('ebpf_forks', d.ebpf_forks::float8),
-    ('ebpf_execs', d.ebpf_execs::float8),
-    ('ebpf_exits', d.ebpf_exits::float8),
-    ('tcp_to_est', d.tcp_to_est::float8),
-    ('tcp_to_syn_sent', d.tcp_to_syn_sent::float8),
-    ('tcp_to_syn_recv', d.tcp_to_syn_recv::float8),
-    ('tcp_to_close', d.tcp_to_close::float8),
-    ('tcp_to_listen', d.tcp_to_listen::float8),
-    ('tcp_conn_failed', d.tcp_conn_failed::float8),
-    ('tcp_rst_sent', d.tcp_rst_sent::float8),
-    ('tcp_rst_recv', d.tcp_rst_recv::float8),
-    ('sock_alloc_tcp', d.sock_alloc_tcp::float8),
-    ('sock_alloc_udp', d.sock_alloc_udp::float8),
-    ('sock_alloc_unix', d.sock_alloc_unix::float8),
-    ('sock_alloc_raw', d.sock_alloc_raw::float8),
-    ('sock_alloc_other', d.sock_alloc_other::float8),
-    ('cpu_usage_usec', d.cpu_usage_usec_delta::float8),
-    ('cpu_pressure_usec', d.cpu_pressure_usec_delta::float8),
-    ('memory_pressure_usec', d.memory_pressure_usec_delta::float8),
-    ('io_pressure_usec', d.io_pressure_usec_delta::float8),
-    ('memory_current', d.memory_current::float8),
-    ('oom_kills', d.oom_kills_delta::float8),
-    ('pids_current', d.pids_current::float8),
-    ('io_read_bytes', d.io_read_bytes_delta::float8),
-    ('io_write_bytes', d.io_write_bytes_delta::float8),
-    ('net_receive', d.net_receive_delta::float8),
-    ('receive_packets', d.receive_packets_delta::float8),
-    ('receive_drop', d.receive_drop_delta::float8),
-    ('receive_errs', d.receive_errs_delta::float8),
-    ('net_transmit', d.net_transmit_delta::float8),
-    ('transmit_packets', d.transmit_packets_delta::float8),
-    ('est_conn', d.est_conn::float8),
-    ('lis_conn', d.lis_conn::float8)
-) AS v(feature, scored);
+    ('ebpf_forks', d.ebpf_forks::float8, 1.0::float8),
+    ('ebpf_execs', d.ebpf_execs::float8, 1.0::float8),
+    ('ebpf_exits', d.ebpf_exits::float8, 1.0::float8),
+    ('tcp_to_est', d.tcp_to_est::float8, 1.0::float8),
+    ('tcp_to_syn_sent', d.tcp_to_syn_sent::float8, 1.0::float8),
+    ('tcp_to_syn_recv', d.tcp_to_syn_recv::float8, 1.0::float8),
+    ('tcp_to_close', d.tcp_to_close::float8, 1.0::float8),
+    ('tcp_to_listen', d.tcp_to_listen::float8, 1.0::float8),
+    ('tcp_conn_failed', d.tcp_conn_failed::float8, 1.0::float8),
+    ('tcp_rst_sent', d.tcp_rst_sent::float8, 1.0::float8),
+    ('tcp_rst_recv', d.tcp_rst_recv::float8, 1.0::float8),
+    ('sock_alloc_tcp', d.sock_alloc_tcp::float8, 1.0::float8),
+    ('sock_alloc_udp', d.sock_alloc_udp::float8, 1.0::float8),
+    ('sock_alloc_unix', d.sock_alloc_unix::float8, 1.0::float8),
+    ('sock_alloc_raw', d.sock_alloc_raw::float8, 1.0::float8),
+    ('sock_alloc_other', d.sock_alloc_other::float8, 1.0::float8),
+    ('cpu_usage_usec', d.cpu_usage_usec_delta::float8, 50000.0::float8),
+    ('cpu_pressure_usec', d.cpu_pressure_usec_delta::float8, 100000.0::float8),
+    ('memory_pressure_usec', d.memory_pressure_usec_delta::float8, 100000.0::float8),
+    ('io_pressure_usec', d.io_pressure_usec_delta::float8, 100000.0::float8),
+    ('memory_current', d.memory_current::float8, 16777216.0::float8),
+    ('oom_kills', d.oom_kills_delta::float8, 0.2::float8),
+    ('pids_current', d.pids_current::float8, 2.0::float8),
+    ('io_read_bytes', d.io_read_bytes_delta::float8, 1048576.0::float8),
+    ('io_write_bytes', d.io_write_bytes_delta::float8, 1048576.0::float8),
+    ('net_receive', d.net_receive_delta::float8, 65536.0::float8),
+    ('receive_packets', d.receive_packets_delta::float8, 50.0::float8),
+    ('receive_drop', d.receive_drop_delta::float8, 1.0::float8),
+    ('receive_errs', d.receive_errs_delta::float8, 1.0::float8),
+    ('net_transmit', d.net_transmit_delta::float8, 65536.0::float8),
+    ('transmit_packets', d.transmit_packets_delta::float8, 50.0::float8),
+    ('est_conn', d.est_conn::float8, 1.0::float8),
+    ('lis_conn', d.lis_conn::float8, 1.0::float8)
+) AS v(feature, scored, min_spread);
 
 -- z-scores of each pod's features against that pod's own normal rows (attack = 0) on the same
--- node; the spread is at least the feature's min_spread from the catalog (the eBPF columns'), so
--- a pod that never forks does not turn one fork into an infinite z.
+-- node; the spread is at least the feature's min_spread, so a pod that never forks does not
+-- turn one fork into an infinite z.
 CREATE VIEW pod_feature_zscores AS
 SELECT v.*, b.mean, b.sd,
-       (v.scored - b.mean) / nullif(greatest(b.sd, coalesce(c.min_spread, 0)), 0) AS z
+       (v.scored - b.mean) / nullif(greatest(b.sd, v.min_spread), 0) AS z
 FROM pod_feature_values v
 JOIN (SELECT node, kind, owner, feature, avg(scored) AS mean, coalesce(stddev_samp(scored), 0) AS sd
       FROM pod_feature_values WHERE attack = 0 AND scored IS NOT NULL
-      GROUP BY node, kind, owner, feature) b USING (node, kind, owner, feature)
-LEFT JOIN feature_catalog c USING (feature);
+      GROUP BY node, kind, owner, feature) b USING (node, kind, owner, feature);
 
 -- Dropping a view drops its grants: give them back (the roles come from 0003_roles.sql).
 GRANT SELECT ON node_feature_deltas, node_feature_values, pod_feature_deltas, pod_feature_values,
