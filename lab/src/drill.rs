@@ -156,7 +156,7 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
             let spec = RunSpec {
                 scenario: s,
                 duration_s: args.duration,
-                interval_s: args.interval,
+                interval_s: Some(args.interval),
                 scratch_dir: args.scratch_dir.clone(),
                 label: true,
                 pod: app.clone(),

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod drill;
 pub mod evaluate;
 pub mod export;
+pub mod interrupt;
 pub mod label;
 pub mod plot;
 pub mod pod;

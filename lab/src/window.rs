@@ -1,5 +1,7 @@
-//! The time window `evaluate`, `export` and `plot` take (--from, --to), and timestamps parsed by
-//! Postgres (RFC 3339, or any timestamptz input it accepts), naming the option in the error.
+//! The time window `evaluate`, `export` and `plot` take (--from, --to), timestamps parsed by
+//! Postgres (RFC 3339, or any timestamptz input it accepts) naming the option in the error, and
+//! the one rule by which a row belongs to a labelled window ([`overlaps`]), which `label` and
+//! `scenario` share.
 use std::time::SystemTime;
 
 use anyhow::bail;
@@ -55,5 +57,24 @@ pub async fn timestamp(
             "{option} {value:?} is not a timestamp: {}",
             e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())
         ),
+    }
+}
+
+/// The SQL condition "row `alias` overlaps the window [`from`, `to`]" (both SQL expressions):
+/// a row stamped `ts` covers the interval (ts - interval_s, ts], so it overlaps when
+/// `ts >= from` and `ts - interval_s <= to`; a row with no interval_s (the first after an
+/// agent's start) is the instant `ts`. `label` and the scenarios' labels use this one rule.
+pub fn overlaps(alias: &str, from: &str, to: &str) -> String {
+    format!("{alias}.ts >= {from} AND {alias}.ts - coalesce({alias}.interval_s, 0) * interval '1 second' <= {to}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_overlap_rule_reads_as_sql() {
+        assert_eq!(
+            super::overlaps("f", "$1", "$2"),
+            "f.ts >= $1 AND f.ts - coalesce(f.interval_s, 0) * interval '1 second' <= $2"
+        );
     }
 }

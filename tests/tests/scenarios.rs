@@ -142,7 +142,7 @@ fn every_scenario_moves_its_columns_and_is_labelled() {
         sql(
             db,
             "SELECT count(*) FROM node_features f WHERE attack = 1 AND NOT EXISTS (SELECT 1 FROM scenario_runs r \
-             WHERE f.ts > r.started_at AND f.ts < r.ended_at + interval '1 second')"
+             WHERE f.ts >= r.started_at AND f.ts - coalesce(f.interval_s, 0) * interval '1 second' <= r.ended_at)"
         ),
         "0"
     );
@@ -206,6 +206,40 @@ fn label_marks_and_clears_a_window() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("'--clear' cannot be used with '--attack-type"), "{stderr}");
     assert_eq!(sql(db, "SELECT count(*) FROM node_features WHERE attack = 1 OR attack_type IS NOT NULL"), "0");
+
+    // A node with no rows (a typo) is an error, as --pod's is, not "0 rows labelled".
+    let out = label(&["--node", "nobody", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:00:09Z"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node \"nobody\": no rows of that node in this window"));
+
+    // One rule with the scenarios: a row is in the window when the interval it covers overlaps
+    // it. Node z samples every 10 s: the row stamped :20 covers (:10, :20], which a window of
+    // :15 to :16 overlaps; no row is stamped inside that window.
+    let mut q = String::from("SELECT ensure_node_partition('z');");
+    for s in [0, 10, 20, 30] {
+        q += &format!(
+            "INSERT INTO node_features (node, ts, interval_s) VALUES ('z', timestamptz '2026-01-01 00:00:00Z' + interval '{s} s', 10);"
+        );
+    }
+    // A scenario run recorded from :21 to :22 on z: its label is the row stamped :30.
+    q += "INSERT INTO scenario_runs (node, name, started_at, ended_at, interval_s, details) \
+          VALUES ('z', 'port-scan', '2026-01-01 00:00:21Z', '2026-01-01 00:00:22Z', 10, '{}');";
+    sql(db, &q);
+    let out = label(&["--node", "z", "--from", "2026-01-01T00:00:15Z", "--to", "2026-01-01T00:00:16Z"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sql(db, "SELECT extract(second FROM ts)::int FROM node_features WHERE node = 'z' AND attack = 1"), "20");
+    // --clear over a wide window wipes it and says the scenario runs lost theirs; --scenarios
+    // re-applies them from scenario_runs.
+    let out = label(&["--clear", "--node", "z", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:01:00Z"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 recorded scenario runs overlap this window"));
+    let out = label(&["--scenarios", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:01:00Z"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 rows labelled attack from 1 scenario runs");
+    assert_eq!(
+        sql(db, "SELECT extract(second FROM ts)::int || ':' || attack_type FROM node_features WHERE node = 'z' AND attack = 1"),
+        "30:port-scan"
+    );
 }
 
 /// The scripted run (normal, attack, normal, ...), in pods (the default): every scenario runs in
@@ -349,6 +383,85 @@ fn drill_detects_every_scenario() {
 
 /// A scenario with no agent writing the node's rows fails clearly and records nothing (it used
 /// to exit 0 with a run of 0 rows); --no-label still records the window on purpose.
+/// The scenario tool as a new user meets it, with an agent writing rows every second: a wrong
+/// --interval is corrected from the node's rows (with a warning) and the rows are labelled; a
+/// second scenario on the node while one runs is refused; Ctrl-C ends a disk burst early, removes
+/// its scratch file and still records and labels the part that ran; the miner and the reverse
+/// shell do what they say.
+#[test]
+fn scenarios_read_the_interval_refuse_company_and_survive_ctrl_c() {
+    if !have_root("scenarios_read_the_interval_refuse_company_and_survive_ctrl_c") {
+        return;
+    }
+    let _serial = exclusive();
+    let db = "scenario_tools";
+    let url = fresh_database(db);
+    let _agent = start_agent(db, &url);
+    let env = [("DATABASE_URL", url.as_str())];
+
+    // --interval 0.5 against 1 s rows: the rows' interval is used and recorded.
+    let out = run_lab(
+        &["scenario", "exec-storm", "--duration", "2", "--interval", "0.5", "--node-name", NODE],
+        &env,
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("--interval differs from the node's rows"), "{stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["rows_labelled"].as_u64().unwrap() >= 2, "{r}");
+    assert_eq!(sql(db, "SELECT interval_s FROM scenario_runs WHERE name = 'exec-storm'"), "1");
+
+    // A second scenario while the first runs: refused at once, nothing recorded for it.
+    let scratch = std::env::temp_dir().join(format!("scenario-scratch-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut first = tests::lab_command()
+        .args(["scenario", "disk-burst", "--duration", "30", "--node-name", NODE, "--scratch-dir"])
+        .arg(&scratch)
+        .env("DATABASE_URL", &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::fs::read_dir(&scratch).unwrap().next().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(20), "disk-burst made no scratch file");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out =
+        run_lab(&["scenario", "port-scan", "--duration", "1", "--node-name", NODE], &env, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another scenario is running on node"), "{stderr}");
+
+    // Ctrl-C on the first: it stops early, deletes its file, records and labels what ran.
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.id() as i32, libc::SIGINT) };
+    let status = first.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(first.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(25), "Ctrl-C did not end the scenario early");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted: the"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "the scratch file is removed");
+    assert_eq!(
+        sql(db, "SELECT details->>'interrupted' || ':' || (labelled > 0) FROM scenario_runs WHERE name = 'disk-burst'"),
+        "true:true"
+    );
+    assert_eq!(sql(db, "SELECT count(*) FROM scenario_runs WHERE name = 'port-scan'"), "0");
+
+    // The two scenarios the node detector misses, run on the node: they do what they say.
+    let r = scenario(&url, "miner");
+    let busy = detail(&r, "busy_s") / detail(&r, "elapsed_s");
+    assert!((0.45..0.75).contains(&busy), "the miner keeps about 60 % of a core busy: {r}");
+    let r = scenario(&url, "reverse-shell");
+    assert!(detail(&r, "sessions") >= 2.0 && detail(&r, "output_bytes") > 0.0, "{r}");
+    // Each session: /bin/sh and its four commands (id, uname, cat, ls; exit is a builtin).
+    assert!(sum(db, "reverse-shell", "ebpf_execs") >= 5.0 * detail(&r, "sessions"), "{r}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
 #[test]
 fn a_scenario_without_an_agent_fails_and_records_nothing() {
     if !have_root("a_scenario_without_an_agent_fails_and_records_nothing") {
@@ -359,7 +472,9 @@ fn a_scenario_without_an_agent_fails_and_records_nothing() {
     let out = run_lab(&args, &[("DATABASE_URL", &url)], Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("no row of node \"nobody-writes\" covers the scenario's end"), "{stderr}");
+    // Found before the workload runs, not after it.
+    assert!(stderr.contains("node \"nobody-writes\" has no rows") && stderr.contains("Nothing was run"), "{stderr}");
+    assert!(!stderr.contains("scenario starting"), "{stderr}");
     assert_eq!(tests::sql("scenario_no_agent", "SELECT count(*) FROM scenario_runs"), "0");
     let out = run_lab(&[&args[..], &["--no-label"]].concat(), &[("DATABASE_URL", &url)], Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

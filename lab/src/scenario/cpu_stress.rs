@@ -13,7 +13,7 @@ pub fn run(duration: Duration) -> anyhow::Result<Value> {
         .map(|_| {
             std::thread::spawn(move || {
                 let mut x = 1u64;
-                while Instant::now() < end {
+                while Instant::now() < end && !crate::interrupt::requested() {
                     for _ in 0..10_000 {
                         x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407));
                     }

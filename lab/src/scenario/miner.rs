@@ -18,7 +18,7 @@ pub fn run(duration: Duration) -> anyhow::Result<Value> {
     let end = start + duration;
     let mut busy = Duration::ZERO;
     let mut x = 1u64;
-    while Instant::now() < end {
+    while Instant::now() < end && !crate::interrupt::requested() {
         let period_start = Instant::now();
         let work_until = period_start + PERIOD.mul_f64(DUTY);
         while Instant::now() < work_until.min(end) {

@@ -2,9 +2,10 @@
 //! node (loopback and a temporary file only), records its window in `scenario_runs`, and labels
 //! the node's rows whose interval overlaps it (attack = 1, attack_type = NAME).
 //!
-//! A row stamped `ts` covers the interval (ts - interval, ts], so it overlaps the window
-//! [start, end] when start < ts < end + interval. The command waits for the agent to write the
-//! row that covers the window's end (at most an interval plus a grace period) before labelling.
+//! A row stamped `ts` covers the interval (ts - interval_s, ts], so it overlaps the window
+//! [start, end] when ts >= start and ts - interval_s <= end (window.rs: the rule `label` uses
+//! too). The command waits for the agent to write the row that covers the window's end (at most
+//! an interval plus a grace period) before labelling.
 mod conn_flood;
 mod cpu_stress;
 mod disk_burst;
@@ -25,7 +26,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 use tokio_postgres::Client;
-use tracing::info;
+use tracing::{info, warn};
 
 use feature_db::{parse_interval, DatabaseArgs, NodeArgs};
 use feature_schema::timefmt::rfc3339_micros;
@@ -119,9 +120,10 @@ pub struct ScenarioArgs {
     /// Seconds the workload runs (1 to 600).
     #[arg(long, default_value_t = 30.0, value_parser = parse_duration)]
     pub duration: f64,
-    /// The interval of the agent writing this node's rows, to know which rows the window covers.
-    #[arg(long, env = "INTERVAL", default_value_t = 10.0, value_parser = parse_interval)]
-    pub interval: f64,
+    /// The interval of the agent writing this node's rows [default: read from the node's rows,
+    /// which also win over this value when they differ, with a warning].
+    #[arg(long, env = "INTERVAL", value_parser = parse_interval)]
+    pub interval: Option<f64>,
     /// Directory for disk-burst's temporary file; it must be on a disk the agent measures.
     #[arg(long, default_value = "/var/tmp")]
     pub scratch_dir: PathBuf,
@@ -151,8 +153,8 @@ pub struct ScenarioReport {
 pub struct RunSpec {
     pub scenario: Scenario,
     pub duration_s: f64,
-    /// The agent's interval.
-    pub interval_s: f64,
+    /// The agent's interval as the caller believes it; the node's rows say what it is.
+    pub interval_s: Option<f64>,
     pub scratch_dir: PathBuf,
     pub label: bool,
     /// The pod the workload runs in (a child process of this binary joins it); None: here.
@@ -173,6 +175,8 @@ pub struct WorkloadArgs {
 }
 
 pub fn workload_command(args: WorkloadArgs) -> anyhow::Result<()> {
+    // Ctrl-C reaches the whole process group: the workload ends early and says what it did.
+    crate::interrupt::catch();
     let details = args.scenario.run_workload(Duration::from_secs_f64(args.duration), &args.scratch_dir)?;
     println!("{details}");
     Ok(())
@@ -218,9 +222,76 @@ pub async fn command(args: ScenarioArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one scenario and records and labels its window.
+/// Runs one scenario and records and labels its window, holding the node's scenario lock (two
+/// scenarios at once on one node would label each other's rows).
 pub async fn run(client: &Client, spec: &RunSpec, node: &str) -> anyhow::Result<ScenarioReport> {
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&SCENARIO_LOCK, &node])
+        .await
+        .context("taking the node's scenario lock")?
+        .get(0);
+    if !locked {
+        anyhow::bail!(
+            "another scenario is running on node {node:?}: two at once would overwrite each other's labels; wait for it to end"
+        );
+    }
+    let result = run_locked(client, spec, node).await;
+    let _ = client.execute("SELECT pg_advisory_unlock($1, hashtext($2))", &[&SCENARIO_LOCK, &node]).await;
+    result
+}
+
+/// The advisory lock class of "a scenario runs on this node" (the node's name hashed is the
+/// lock's second key).
+const SCENARIO_LOCK: i32 = 0x5c3e_0a71;
+
+/// The node's sampling interval, from its newest rows, checking first that an agent writes
+/// them now (its newest row is at most two intervals and 10 s old): a scenario on a node no
+/// agent writes would learn it only after its whole workload. `believed` (--interval) is only
+/// checked against it.
+async fn node_interval(client: &Client, node: &str, believed: Option<f64>) -> anyhow::Result<f64> {
+    let row = client
+        .query_one(
+            "SELECT extract(epoch FROM now() - max(ts))::float8,
+                    percentile_disc(0.5) WITHIN GROUP (ORDER BY interval_s)
+             FROM (SELECT ts, interval_s FROM node_features WHERE node = $1 ORDER BY ts DESC LIMIT 20) t",
+            &[&node],
+        )
+        .await
+        .context("reading the node's newest rows")?;
+    let (age, interval): (Option<f64>, Option<f64>) = (row.get(0), row.get(1));
+    let Some(age) = age else {
+        anyhow::bail!(
+            "node {node:?} has no rows: is an agent writing this node's rows (--node-name)? Nothing was run (--no-label runs and records a window without rows)"
+        );
+    };
+    // Rows carry the elapsed time of their interval (1.0005 s for a 1 s agent): to 10 ms.
+    let Some(interval) = interval.map(|i| (i * 100.0).round() / 100.0).or(believed) else {
+        anyhow::bail!("node {node:?}'s rows have no interval yet (its agent just started): try again in a moment");
+    };
+    if age > 2.0 * interval + 10.0 {
+        anyhow::bail!(
+            "the newest row of node {node:?} is {age:.0} s old (its interval is {interval} s): is its agent running? Nothing was run"
+        );
+    }
+    if let Some(b) = believed.filter(|b| (b - interval).abs() > 0.05 * interval) {
+        warn!(
+            node,
+            given_s = b,
+            rows_s = interval,
+            "--interval differs from the node's rows; using the rows' interval"
+        );
+    }
+    Ok(interval)
+}
+
+async fn run_locked(client: &Client, spec: &RunSpec, node: &str) -> anyhow::Result<ScenarioReport> {
     let scenario = spec.scenario;
+    let interval = match spec.label {
+        true => node_interval(client, node, spec.interval_s).await?,
+        false => spec.interval_s.unwrap_or(10.0),
+    };
+    // From here a Ctrl-C or SIGTERM ends the workload early; what ran is still recorded.
+    crate::interrupt::catch();
     let duration = Duration::from_secs_f64(spec.duration_s);
     info!(scenario = scenario.name(), node, duration_s = spec.duration_s, "scenario starting");
     let started = SystemTime::now();
@@ -235,7 +306,11 @@ pub async fn run(client: &Client, spec: &RunSpec, node: &str) -> anyhow::Result<
     .context("the scenario's workload panicked")?
     .with_context(|| format!("scenario {}", scenario.name()))?;
     let ended = SystemTime::now();
-    let interval = spec.interval_s;
+    let interrupted = crate::interrupt::requested();
+    let mut details = details;
+    if interrupted {
+        details["interrupted"] = Value::Bool(true);
+    }
     if spec.label {
         wait_for_cover(client, node, ended, interval).await?;
     }
@@ -250,6 +325,17 @@ pub async fn run(client: &Client, spec: &RunSpec, node: &str) -> anyhow::Result<
         .get(0);
     let rows_labelled = if !spec.label { 0 } else { label_window(client, id).await? };
     info!(scenario = scenario.name(), rows_labelled, %details, "scenario done");
+    if spec.label && rows_labelled == 0 {
+        anyhow::bail!(
+            "scenario run {id} is recorded, but its window covers no row of node {node:?}: nothing was labelled"
+        );
+    }
+    if interrupted {
+        anyhow::bail!(
+            "interrupted: the {:.1} s that ran are recorded as scenario run {id}, {rows_labelled} rows labelled",
+            ended.duration_since(started).unwrap_or_default().as_secs_f64()
+        );
+    }
     Ok(ScenarioReport {
         id,
         scenario: scenario.name(),
@@ -284,28 +370,32 @@ async fn wait_for_cover(client: &Client, node: &str, ended: SystemTime, interval
     }
 }
 
-/// Labels the rows overlapping a recorded run's window: the node's, and when the run was in a
-/// pod (details.pod = namespace/name), that pod's rows.
-async fn label_window(client: &Client, id: i64) -> anyhow::Result<u64> {
+/// Labels the rows overlapping a recorded run's window (the rule of [`crate::window::overlaps`]):
+/// the node's, and when the run was in a pod (details.pod = namespace/name), that pod's rows.
+/// Returns the node rows labelled.
+pub async fn label_window(client: &Client, id: i64) -> anyhow::Result<u64> {
     client
         .execute(
-            "WITH r AS (SELECT * FROM scenario_runs WHERE id = $1 AND details ? 'pod')
-             UPDATE pod_features f SET attack = 1, attack_type = r.name
-             FROM r
-             WHERE f.node = r.node AND f.namespace || '/' || f.pod = r.details->>'pod'
-               AND f.ts > r.started_at
-               AND f.ts < r.ended_at + r.interval_s * interval '1 second'",
+            &format!(
+                "WITH r AS (SELECT * FROM scenario_runs WHERE id = $1 AND details ? 'pod')
+                 UPDATE pod_features f SET attack = 1, attack_type = r.name
+                 FROM r
+                 WHERE f.node = r.node AND f.namespace || '/' || f.pod = r.details->>'pod' AND {}",
+                crate::window::overlaps("f", "r.started_at", "r.ended_at")
+            ),
             &[&id],
         )
         .await
         .context("labelling the scenario's pod rows")?;
     let n = client
         .execute(
-            "WITH r AS (SELECT * FROM scenario_runs WHERE id = $1)
-             UPDATE node_features f SET attack = 1, attack_type = r.name
-             FROM r
-             WHERE f.node = r.node AND f.ts > r.started_at
-               AND f.ts < r.ended_at + r.interval_s * interval '1 second'",
+            &format!(
+                "WITH r AS (SELECT * FROM scenario_runs WHERE id = $1)
+                 UPDATE node_features f SET attack = 1, attack_type = r.name
+                 FROM r
+                 WHERE f.node = r.node AND {}",
+                crate::window::overlaps("f", "r.started_at", "r.ended_at")
+            ),
             &[&id],
         )
         .await

@@ -16,8 +16,12 @@ impl Pacer {
         Self { start, end: start + duration, per_action: Duration::from_secs(1) / per_second.max(1), done: 0 }
     }
 
-    /// Waits for the next action's slot; false once the duration is over.
+    /// Waits for the next action's slot; false once the duration is over or the run was
+    /// interrupted (Ctrl-C, SIGTERM).
     pub fn next(&mut self) -> bool {
+        if crate::interrupt::requested() {
+            return false;
+        }
         let slot = self.start + self.per_action * (self.done as u32);
         let now = Instant::now();
         if now >= self.end || slot >= self.end {
