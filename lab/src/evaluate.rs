@@ -429,16 +429,61 @@ pub async fn command(args: EvaluateArgs) -> anyhow::Result<()> {
     print_report(&rows, &runs, args.sql_threshold, args.json)
 }
 
+/// Rows labelled attack whose attack_type names no scenario run of the window (labelled by
+/// hand, or their run is outside the window): not scored per scenario, and not normal rows
+/// either; counted per attack_type so they are not silently lost.
+pub fn unmatched_attack_rows(rows: &[JudgedRow], runs: &[Run]) -> Vec<(String, u64)> {
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.attack) {
+        let name = r.attack_type.as_deref().unwrap_or("(no attack_type)");
+        if !runs.iter().any(|run| run.name == name) {
+            *by.entry(name.to_owned()).or_default() += 1;
+        }
+    }
+    by.into_iter().collect()
+}
+
+/// What the report cannot score, said in words: rows no scenario run matches, and a window
+/// whose rows are all in the detector's warm-up.
+pub fn notes(rows: &[JudgedRow], runs: &[Run]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let unmatched = unmatched_attack_rows(rows, runs);
+    if !unmatched.is_empty() {
+        let total: u64 = unmatched.iter().map(|(_, n)| n).sum();
+        let types: Vec<String> = unmatched.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        notes.push(format!(
+            "{total} rows labelled attack match no scenario run in the window ({}): not scored per scenario, and left out of the false alarms",
+            types.join(", ")
+        ));
+    }
+    if !rows.is_empty() && rows.iter().all(|r| r.detector.is_none()) {
+        notes.push(
+            "the agent's detector judged none of these rows: they are all in its warm-up (--detector-warmup, 300 s by default), so its columns are empty; run longer, or give the agent a shorter warm-up".to_owned(),
+        );
+    }
+    notes
+}
+
 /// Prints the per-scenario scores and the false alarms, as a table and two lines or as JSON
-/// (`{"scenarios": [...], "false_alarms": {"detector": ..., "sql": ...}}`).
+/// (`{"scenarios": [...], "false_alarms": {"detector": ..., "sql": ...}, "unmatched_attack_rows":
+/// [[type, rows], ...], "notes": [...]}`).
 pub fn print_report(rows: &[JudgedRow], runs: &[Run], sql_threshold: f64, json: bool) -> anyhow::Result<()> {
     let scores = evaluate(rows, runs);
     let fa = false_alarm_report(rows);
+    let notes = notes(rows, runs);
     if json {
-        let report = serde_json::json!({ "scenarios": scores, "false_alarms": fa });
+        let report = serde_json::json!({
+            "scenarios": scores,
+            "false_alarms": fa,
+            "unmatched_attack_rows": unmatched_attack_rows(rows, runs),
+            "notes": notes,
+        });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}\n{}", table(&scores, sql_threshold), false_alarm_lines(&fa, sql_threshold));
+        for n in notes {
+            println!("note: {n}");
+        }
     }
     Ok(())
 }
@@ -567,5 +612,27 @@ mod tests {
         }
         assert_eq!(false_alarm_report(&rows).pods, None);
         assert_eq!(evaluate(&rows, &[run(1, 2)])[0].pods.runs_in_pods, 0);
+    }
+
+    #[test]
+    fn unmatched_labels_and_an_unjudged_window_are_said() {
+        let rows =
+            vec![row(1, Some("x"), None, false), row(2, Some("by hand"), None, false), row(3, None, None, false)];
+        let runs = vec![Run {
+            node: "n".into(),
+            name: "x".into(),
+            started_at: at(0),
+            ended_at: at(1),
+            interval_s: 1.0,
+            pod: None,
+        }];
+        assert_eq!(unmatched_attack_rows(&rows, &runs), vec![("by hand".to_owned(), 1)]);
+        let notes = notes(&rows, &runs);
+        assert!(
+            notes[0].starts_with("1 rows labelled attack match no scenario run in the window (by hand 1)"),
+            "{notes:?}"
+        );
+        assert!(notes[1].contains("all in its warm-up (--detector-warmup"), "{notes:?}");
+        assert!(super::notes(&rows[..1], &runs[..0]).len() == 2);
     }
 }

@@ -523,7 +523,11 @@ pub async fn export(
     let shape = Shape { meta: dataset.meta(), columns: &columns, types: &types, query: &query };
     if output == std::path::Path::new("-") {
         let out = Output::Stdout(std::io::stdout());
-        return write_rows(client, format, out, &shape, node, from, to).await;
+        let n = write_rows(client, format, out, &shape, node, from, to).await?;
+        if n == 0 {
+            bail!("{}", no_rows(node));
+        }
+        return Ok(n);
     }
     check_output(output)?;
     // Written under a temporary name beside it and renamed at the end: a failed export leaves
@@ -531,12 +535,18 @@ pub async fn export(
     let mut name = output.file_name().context("--output has no file name")?.to_owned();
     name.push(format!(".partial-{}", std::process::id()));
     let tmp = output.with_file_name(name);
+    // Ctrl-C or SIGTERM from here ends the export between batches (or while it waits for one),
+    // and the partial file goes; before here there is none.
+    crate::interrupt::catch();
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
     let result = write_rows(client, format, Output::File(file), &shape, node, from, to).await.and_then(|n| {
+        if n == 0 {
+            bail!("{}", no_rows(node));
+        }
         std::fs::rename(&tmp, output).with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
         Ok(n)
     });
@@ -544,6 +554,14 @@ pub async fn export(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The error of an export that found nothing to write (a mistyped node, an empty window).
+fn no_rows(node: Option<&str>) -> String {
+    match node {
+        Some(n) => format!("--node {n:?}: no rows of that node in this window; nothing exported"),
+        None => "no rows in this window; nothing exported".to_owned(),
+    }
 }
 
 /// What an export writes: its meta columns, numeric columns and their types, and its query.
@@ -581,7 +599,15 @@ async fn write_rows(
     let mut total = 0u64;
     let m = shape.meta.len();
     loop {
-        let batch = tx.query_portal(&portal, BATCH_ROWS).await.context("reading rows")?;
+        let interrupted = async {
+            while !crate::interrupt::requested() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        let batch = tokio::select! {
+            b = tx.query_portal(&portal, BATCH_ROWS) => b.context("reading rows")?,
+            () = interrupted => bail!("interrupted: nothing exported (the partial file is removed)"),
+        };
         if batch.is_empty() {
             break;
         }

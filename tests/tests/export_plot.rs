@@ -347,6 +347,47 @@ fn export_writes_only_regular_files_or_stdout() {
         run_lab(&["export", "--format", "csv", "--output", target.to_str().unwrap()], &bad, Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&target).unwrap().lines().count() as i64, 1 + 2 * ROWS);
+
+    // A node with no rows (a typo) is an error, as plot's is, and writes no file.
+    let typo = dir.join("typo.csv");
+    let out = run_lab(
+        &["export", "--node", "nobody", "--format", "csv", "--output", typo.to_str().unwrap()],
+        &env,
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node \"nobody\": no rows of that node"));
+    assert!(!typo.exists());
+
+    // Ctrl-C at any moment of an export never leaves a partial file: before the export has
+    // one, the signal ends the process; after, the export removes it and says so (or, at the
+    // very end, the export is complete).
+    for delay_ms in [0u64, 20, 40, 80, 120, 160, 240, 320] {
+        let out_path = dir.join(format!("interrupted-{delay_ms}.parquet"));
+        let mut child = tests::lab_command()
+            .args(["export", "--format", "parquet", "--output", out_path.to_str().unwrap()])
+            .env("DATABASE_URL", &url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let partials: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".partial-"))
+            .collect();
+        assert!(partials.is_empty(), "after {delay_ms} ms: {partials:?} ({stderr})");
+        if status.code() == Some(1) {
+            assert!(stderr.contains("interrupted: nothing exported"), "{stderr}");
+        }
+        assert_eq!(out_path.exists(), status.success(), "after {delay_ms} ms: {status} {stderr}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 
     // A window whose start is after its end is named as such.
