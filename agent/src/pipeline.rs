@@ -590,15 +590,14 @@ pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new(args.interval);
     let mut signals = Signals::install()?;
     let state_file = args.detector.state_file(None);
+    let tagged = args.pod_rows;
     let result = sample_loop(&args, sampler, &metrics, &mut signals, state_file, |row| {
         let mut out = stdout.lock();
-        serde_json::to_writer(&mut out, &row)?;
-        out.write_all(b"\n")?;
-        // With --pod-rows, the interval's pod rows follow their node row, one per line (they
-        // have a "kind" key; node rows do not).
+        // With --pod-rows, the interval's pod rows follow their node row, one per line, and
+        // every line starts with "row": "node" or "pod" to say which it is.
+        write_json_line(&mut out, &row, tagged.then_some("node"))?;
         for pod in &row.pods {
-            serde_json::to_writer(&mut out, pod)?;
-            out.write_all(b"\n")?;
+            write_json_line(&mut out, pod, Some("pod"))?;
         }
         out.flush()?;
         Ok(())
@@ -610,6 +609,21 @@ pub async fn print(args: SamplingArgs) -> anyhow::Result<()> {
         Err(e) => Err(e),
         Ok(_) => Ok(()),
     }
+}
+
+/// One JSON object on its own line; with `row`, a first key "row" naming the kind of row.
+fn write_json_line(out: &mut impl Write, value: &impl serde::Serialize, row: Option<&str>) -> anyhow::Result<()> {
+    let json = serde_json::to_vec(value)?;
+    match row {
+        // The object is never empty: its first byte is '{' and a key follows.
+        Some(kind) => {
+            write!(out, "{{\"row\":\"{kind}\",")?;
+            out.write_all(&json[1..])?;
+        }
+        None => out.write_all(&json)?,
+    }
+    out.write_all(b"\n")?;
+    Ok(())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

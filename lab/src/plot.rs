@@ -108,6 +108,19 @@ const PALETTE: [RGBColor; 8] = [
 const FONT: &str = "sans-serif";
 static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
+/// `text` as the embedded font can draw it: a character it has no glyph for (CJK, emoji) is
+/// written as its code point, `<U+540D>`, instead of an empty box, so a pod or attack type named
+/// in another script is still told apart and can be looked up.
+fn drawable(text: &str) -> String {
+    use ab_glyph::Font;
+    let Ok(font) = ab_glyph::FontRef::try_from_slice(DEJAVU_SANS) else { return text.to_owned() };
+    text.chars()
+        .map(
+            |c| if c.is_control() || font.glyph_id(c).0 != 0 { c.to_string() } else { format!("<U+{:04X}>", c as u32) },
+        )
+        .collect()
+}
+
 /// A window of consecutive labelled rows, as drawn.
 #[derive(Debug, Clone, Serialize)]
 pub struct Shaded {
@@ -203,6 +216,17 @@ impl Timeline {
 
     /// Runs [i, j] of consecutive rows (no gap between them) where `pick(row)` holds.
     fn runs(&self, n: usize, pick: impl Fn(usize) -> bool) -> Vec<(usize, usize)> {
+        self.runs_split(n, pick, |_| false)
+    }
+
+    /// As [`Timeline::runs`], and a row where `starts_new(row)` holds begins a run of its own
+    /// (touching windows of two attack types are two bands).
+    fn runs_split(
+        &self,
+        n: usize,
+        pick: impl Fn(usize) -> bool,
+        starts_new: impl Fn(usize) -> bool,
+    ) -> Vec<(usize, usize)> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < n {
@@ -211,7 +235,7 @@ impl Timeline {
                 continue;
             }
             let mut j = i;
-            while j + 1 < n && pick(j + 1) && !self.after_gap[j + 1] {
+            while j + 1 < n && pick(j + 1) && !self.after_gap[j + 1] && !starts_new(j + 1) {
                 j += 1;
             }
             out.push((i, j));
@@ -313,7 +337,7 @@ fn draw(
     let (title, rest) = root.split_vertically(title_h);
     let (t0, t1) = (ts[0], ts[n - 1]);
     title.draw(&Text::new(
-        format!("{node}: {n} rows, {} to {} UTC", iso(t0), iso(t1)),
+        format!("{}: {n} rows, {} to {} UTC", drawable(node), iso(t0), iso(t1)),
         (12, 8),
         (FONT, 20).into_font().style(FontStyle::Bold),
     ))?;
@@ -335,7 +359,8 @@ fn draw(
     }
     let z_area = rest;
 
-    let attack_runs = line.runs(n, |i| data.attack[i]);
+    let attack_runs =
+        line.runs_split(n, |i| data.attack[i], |i| i > 0 && data.attack_type[i] != data.attack_type[i - 1]);
     let unjudged_runs = line.runs(n, |i| !data.judged[i]);
     // Background bands shared by every panel: warm-up grey, labelled windows shaded.
     let bands =
@@ -367,7 +392,7 @@ fn draw(
     )?;
     let label_font = (FONT, 13).into_font().color(&BLACK);
     for &(i, _) in &attack_runs {
-        let name = data.attack_type[i].clone().unwrap_or_else(|| "attack (no type)".to_owned());
+        let name = data.attack_type[i].as_deref().map_or_else(|| "attack (no type)".to_owned(), drawable);
         chart.draw_series(std::iter::once(Text::new(name, (line.cell(ts, i).0, 0.95), label_font.clone())))?;
     }
     for i in (0..n).filter(|&i| line.after_gap[i]) {
@@ -761,5 +786,29 @@ mod tests {
         assert_eq!(axis_unit("forks_total"), "forks / interval");
         assert_eq!(axis_unit("cpu_sec_idle"), "s / interval");
         assert_eq!(axis_unit("load1"), "");
+    }
+
+    /// Two windows of different attack types that touch are two bands, each named after its
+    /// own type.
+    #[test]
+    fn touching_windows_of_two_types_are_two_bands() {
+        let mut d = data(20);
+        for i in 12..15 {
+            d.attack[i] = true;
+            d.attack_type[i] = Some("exec-storm".to_owned());
+        }
+        let (_, s) = render(&d, &["load1".to_owned()], "n", 2.0, 800).unwrap();
+        let types: Vec<&str> = s.shaded.iter().map(|b| b.attack_type.as_str()).collect();
+        assert_eq!(types, ["port-scan", "exec-storm"]);
+        assert!(s.shaded[0].x1 <= s.shaded[1].x0 + 1, "{:?}", s.shaded);
+    }
+
+    /// Names in scripts the embedded font lacks are drawn as code points, not boxes; what it
+    /// has (Latin with accents, Greek, Cyrillic) is drawn as it is.
+    #[test]
+    fn undrawable_characters_become_code_points() {
+        assert_eq!(drawable("pöd-Ωж"), "pöd-Ωж");
+        assert_eq!(drawable("pod-名前"), "pod-<U+540D><U+524D>");
+        assert_eq!(drawable("scan 🔥"), "scan <U+1F525>");
     }
 }

@@ -58,7 +58,7 @@ impl Printing {
         let mut pods = Vec::new();
         for line in self.rows.by_ref() {
             let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-            if v.get("kind").is_none() {
+            if v["row"] != "pod" {
                 self.ahead = Some(v);
                 break;
             }
@@ -67,11 +67,11 @@ impl Printing {
         (node, pods)
     }
 
-    /// The next node row (pod rows have a `kind`).
+    /// The next node row (with --pod-rows, pod rows are tagged "row": "pod").
     fn next_node(&mut self) -> serde_json::Value {
         loop {
             let v = self.next();
-            if v.get("kind").is_none() {
+            if v["row"] != "pod" {
                 return v;
             }
         }

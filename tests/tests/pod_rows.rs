@@ -383,14 +383,14 @@ fn a_full_cgroup_map_is_logged_once_and_nothing_is_lost() {
     assert_eq!(log.matches("cgroup map full").count(), 1, "{log}");
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let node_rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("kind").is_none()).collect();
+    let node_rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["row"] == "node").collect();
     assert_eq!(node_rows.len(), 4);
     // Every interval after the first: its pod rows add up to its node row.
     for node in &node_rows[1..] {
         let ts = &node["ts"];
         let sum: i64 = lines
             .iter()
-            .filter(|l| l.get("kind").is_some() && &l["ts"] == ts)
+            .filter(|l| l["row"] == "pod" && &l["ts"] == ts)
             .map(|l| l["ebpf_execs"].as_i64().unwrap())
             .sum();
         assert_eq!(Some(sum), node["ebpf_execs"].as_i64(), "at {ts}");
@@ -601,10 +601,10 @@ fn a_failed_map_read_gives_null_then_a_fresh_baseline_for_node_and_pod_rows() {
     assert!(log.contains("reading the eBPF counters failed"), "{log}");
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let node_rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("kind").is_none()).collect();
+    let node_rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["row"] == "node").collect();
     assert_eq!(node_rows.len(), 7);
     let pods_of = |node: &serde_json::Value| -> Vec<&serde_json::Value> {
-        lines.iter().filter(|l| l.get("kind").is_some() && l["ts"] == node["ts"]).collect()
+        lines.iter().filter(|l| l["row"] == "pod" && l["ts"] == node["ts"]).collect()
     };
     // Rows 1 (the first: no interval yet), 3 (the failed read) and 4 (the fresh baseline):
     // NULL eBPF columns and no pod rows. Rows 2, 5, 6, 7: counts, and pod rows that add up.
