@@ -30,7 +30,7 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct DrillArgs {
-    /// The scenarios to run, in order [default: all nine].
+    /// The scenarios to run, in order [default: all ten].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub scenarios: Vec<Scenario>,
     /// How many times the whole sequence runs.
@@ -78,6 +78,20 @@ pub struct DrillArgs {
     pub database: DatabaseArgs,
 }
 
+/// Waits `d`, or fails at once on Ctrl-C or SIGTERM, so the drill's pods, background and agent
+/// are stopped and removed on the way out.
+async fn pause(d: Duration) -> anyhow::Result<()> {
+    let end = tokio::time::Instant::now() + d;
+    while tokio::time::Instant::now() < end {
+        if crate::interrupt::requested() {
+            anyhow::bail!("interrupted: the drill's agent, background and pods are stopped and removed");
+        }
+        tokio::time::sleep(Duration::from_millis(100).min(end.saturating_duration_since(tokio::time::Instant::now())))
+            .await;
+    }
+    Ok(())
+}
+
 /// The application pod's sleeping process, killed (and reaped) however the drill ends.
 struct SleepingProcess(Child);
 impl Drop for SleepingProcess {
@@ -102,12 +116,15 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     let mut client = args.database.connect().await?;
     migrate::apply(&mut client).await?;
     let scenarios = if args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { args.scenarios.clone() };
+    // Ctrl-C or SIGTERM from here stops the drill cleanly (see pause and the scenarios).
+    crate::interrupt::catch();
 
     // The pods first, then the background: the detector's warm-up must see both as normal.
     let mut pods = if args.pods { Some(LabPods::new(&args.scratch_dir)?) } else { None };
     let (app, neighbour) = match &mut pods {
         Some(p) => {
-            (Some(p.add("shop", "app-0")?), Some(p.add("lab-neighbour", &format!("{}-0", args.background.name()))?))
+            let neighbour = format!("{}-0", args.background.name());
+            (Some(p.add("shop", "app-0", true)?), Some(p.add("lab-neighbour", &neighbour, false)?))
         }
         None => (None, None),
     };
@@ -120,6 +137,12 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
                 .spawn()
                 .context("starting the application pod's process")?,
         )),
+        None => None,
+    };
+    // bulk-transfer's destination: the host's end of the application pod's veth pair (or, with
+    // --pods off, a loopback listener of its own).
+    let sink = match app.as_ref().and_then(|p| p.network.as_ref()) {
+        Some((_, host_end)) => Some(scenario::bulk_transfer::Sink::start((*host_end).into())?),
         None => None,
     };
     let workload = background::start(args.background, &args.scratch_dir, neighbour)
@@ -149,7 +172,7 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     let started = SystemTime::now();
     let agent = AgentChild(cmd.spawn().with_context(|| format!("starting the agent {}", agent_bin.display()))?);
     info!(node, warmup_s = args.warmup, "drill: agent started, warming up");
-    tokio::time::sleep(Duration::from_secs_f64(args.warmup + 2.0 * args.interval + args.gap)).await;
+    pause(Duration::from_secs_f64(args.warmup + 2.0 * args.interval + args.gap)).await?;
 
     for round in 1..=args.rounds {
         for &s in &scenarios {
@@ -160,14 +183,16 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
                 scratch_dir: args.scratch_dir.clone(),
                 label: true,
                 pod: app.clone(),
+                sink: sink.as_ref().map(|s| s.addr),
             };
             let report = scenario::run(&client, &spec, &node).await?;
             info!(round, scenario = s.name(), rows = report.rows_labelled, "drill: scenario done");
-            tokio::time::sleep(Duration::from_secs_f64(args.gap)).await;
+            pause(Duration::from_secs_f64(args.gap)).await?;
         }
     }
     drop(agent);
     drop(workload);
+    drop(sink);
     drop(_app_process);
     drop(pods);
 

@@ -4,8 +4,11 @@
 //! cri-containerd-<id>.scope`) under `<cgroup v2 root>/feature-lab-<pid>/`, and a
 //! `<namespace>_<pod>_<uid>/<container>/` directory in a pod log directory the agent is pointed
 //! at (--pod-logs). A process joins a pod by writing itself to the container's cgroup.procs
-//! between fork and exec ([`LabPods::command`]); on a hybrid host this changes its v2 membership
-//! only (shared/spec/platform.md). Everything is removed when [`LabPods`] is dropped.
+//! between fork and exec ([`LabPod::command`]); on a hybrid host this changes its v2 membership
+//! only (shared/spec/platform.md). A pod may have a network namespace of its own, as a
+//! Kubernetes pod has: `ip netns` with loopback and one veth pair to the host (the pod's end
+//! `eth0` at 10.213.N.2/30, the host's at 10.213.N.1), its processes started through
+//! `ip netns exec`. Everything is removed when [`LabPods`] is dropped.
 use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -22,6 +25,9 @@ pub struct LabPod {
     pub uid: String,
     /// The container's cgroup, which the pod's processes join.
     pub cgroup: PathBuf,
+    /// The pod's network namespace (`ip netns` name) and the host's address on its veth pair;
+    /// None: the pod shares the host's network (hostNetwork).
+    pub network: Option<(String, std::net::Ipv4Addr)>,
 }
 
 impl LabPod {
@@ -30,9 +36,17 @@ impl LabPod {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// `program` as a command that runs in this pod.
+    /// `program` as a command that runs in this pod (its cgroup, and its network namespace
+    /// when it has one).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new(program);
+        let mut c = match &self.network {
+            Some((netns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
         join_before_exec(&mut c, &self.cgroup);
         c
     }
@@ -60,6 +74,8 @@ pub fn join_before_exec(command: &mut Command, cgroup: &Path) {
 #[derive(Debug)]
 pub struct LabPods {
     top: PathBuf,
+    /// The network namespaces made (deleting one deletes its veth pair).
+    netns: Vec<String>,
     /// The pod log directory to give the agent (--pod-logs).
     pub logs: PathBuf,
     pods: Vec<LabPod>,
@@ -76,11 +92,12 @@ impl LabPods {
         let _ = std::fs::remove_dir_all(&logs);
         std::fs::create_dir_all(&top).with_context(|| format!("creating the cgroup {}", top.display()))?;
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-        Ok(Self { top, logs, pods: Vec::new() })
+        Ok(Self { top, netns: Vec::new(), logs, pods: Vec::new() })
     }
 
-    /// Makes pod `namespace/name` (a Burstable pod with one container).
-    pub fn add(&mut self, namespace: &str, name: &str) -> anyhow::Result<LabPod> {
+    /// Makes pod `namespace/name` (a Burstable pod with one container), with a network
+    /// namespace of its own when `own_network`.
+    pub fn add(&mut self, namespace: &str, name: &str, own_network: bool) -> anyhow::Result<LabPod> {
         let n = self.pods.len() + 1;
         let uid = format!("{:08x}-1ab0-4000-8000-{:012x}", std::process::id(), n);
         let container = format!("{n:064x}");
@@ -91,10 +108,44 @@ impl LabPods {
         std::fs::create_dir_all(&cgroup).with_context(|| format!("creating the cgroup {}", cgroup.display()))?;
         let log_dir = self.logs.join(format!("{namespace}_{name}_{uid}")).join("main");
         std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-        let pod = LabPod { namespace: namespace.to_owned(), name: name.to_owned(), uid, cgroup };
+        let network = match own_network {
+            true => Some(self.network(n)?),
+            false => None,
+        };
+        let pod = LabPod { namespace: namespace.to_owned(), name: name.to_owned(), uid, cgroup, network };
         self.pods.push(pod.clone());
         Ok(pod)
     }
+}
+
+impl LabPods {
+    /// Network namespace `n`: loopback up, and a veth pair to the host (host end
+    /// 10.213.n.1/30, pod end `eth0` 10.213.n.2/30, default route through the host end).
+    fn network(&mut self, n: usize) -> anyhow::Result<(String, std::net::Ipv4Addr)> {
+        anyhow::ensure!(n < 250, "at most 250 pods with a network of their own");
+        let name = format!("feature-lab-{}-{n}", std::process::id());
+        let host_end = format!("fl{:x}h{n}", std::process::id() & 0xfffff);
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name])?;
+        self.netns.push(name.clone());
+        let (host_ip, pod_ip) = (format!("10.213.{n}.1"), format!("10.213.{n}.2"));
+        ip(&["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &name])?;
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_end])?;
+        ip(&["link", "set", &host_end, "up"])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        ip(&["-n", &name, "addr", "add", &format!("{pod_ip}/30"), "dev", "eth0"])?;
+        ip(&["-n", &name, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &name, "route", "add", "default", "via", &host_ip])?;
+        Ok((name, host_ip.parse().expect("a literal address")))
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip (Debian package iproute2)")?;
+    if !out.status.success() {
+        anyhow::bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 /// Removes a cgroup directory and its children, deepest first (they must hold no process).
@@ -119,5 +170,8 @@ impl Drop for LabPods {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         let _ = std::fs::remove_dir_all(&self.logs);
+        for ns in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
     }
 }

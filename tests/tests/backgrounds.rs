@@ -54,7 +54,7 @@ fn web_serves_requests_and_stops_cleanly() {
     }
     let before = processes_named("nginx");
     let mut pods = lab::pod::LabPods::new(&dir).unwrap();
-    let pod = pods.add("lab-neighbour", "web-0").unwrap();
+    let pod = pods.add("lab-neighbour", "web-0", false).unwrap();
     let running = background::start(Background::Web, &dir, Some(pod.clone())).unwrap();
     assert!(processes_named("nginx") > before, "nginx runs");
     assert!(in_pod(&pod).iter().any(|c| c == "nginx"), "nginx runs in the pod: {:?}", in_pod(&pod));
@@ -79,7 +79,7 @@ fn database_runs_pgbench_and_stops_cleanly() {
     std::fs::create_dir_all(&dir).unwrap();
     let before = processes_named("pgbench");
     let mut pods = lab::pod::LabPods::new(&dir).unwrap();
-    let pod = pods.add("lab-neighbour", "database-0").unwrap();
+    let pod = pods.add("lab-neighbour", "database-0", false).unwrap();
     let running = background::start(Background::Database, &dir, Some(pod.clone())).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(processes_named("pgbench"), before + 1, "pgbench runs");

@@ -245,7 +245,8 @@ fn label_marks_and_clears_a_window() {
 /// The scripted run (normal, attack, normal, ...), in pods (the default): every scenario runs in
 /// the application pod shop/app-0, and the agent flags that pod within 4 s of the scenario's
 /// start, with no other pod flagged in that interval; the node detector flags every scenario
-/// but the two that barely move a node (the throttled miner and the reverse shell). (Precision
+/// but those that barely move a node (the throttled miner, the reverse shell, and the bulk
+/// transfer, whose bytes cross a virtual interface the node row does not count). (Precision
 /// is not asserted here: the false alarms are measured over longer runs by
 /// `cargo xtask detection`.)
 #[test]
@@ -296,7 +297,8 @@ fn drill_detects_every_scenario() {
             "raw-socket",
             "disk-burst",
             "miner",
-            "reverse-shell"
+            "reverse-shell",
+            "bulk-transfer"
         ]
     );
     for s in scores {
@@ -310,7 +312,7 @@ fn drill_detects_every_scenario() {
             assert_eq!(pods["attributed"], 1, "no neighbour flagged with the attacking pod: {s}");
             assert!(pods["mean_delay_s"].as_f64().unwrap() <= 4.0, "{s}");
         }
-        if !["miner", "reverse-shell"].contains(&s["scenario"].as_str().unwrap()) {
+        if !["miner", "reverse-shell", "bulk-transfer"].contains(&s["scenario"].as_str().unwrap()) {
             assert_eq!(s["detector"]["runs_detected"], 1, "{s}");
             assert!(s["detector"]["recall"].as_f64().unwrap() > 0.0, "{s}");
             assert!(s["detector"]["mean_delay_s"].as_f64().unwrap() <= 4.0, "{s}");

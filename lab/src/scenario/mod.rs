@@ -6,6 +6,7 @@
 //! [start, end] when ts >= start and ts - interval_s <= end (window.rs: the rule `label` uses
 //! too). The command waits for the agent to write the row that covers the window's end (at most
 //! an interval plus a grace period) before labelling.
+pub mod bulk_transfer;
 mod conn_flood;
 mod cpu_stress;
 mod disk_burst;
@@ -53,10 +54,13 @@ pub enum Scenario {
     /// Once a second, /bin/sh on an outward TCP connection, running four commands sent by the
     /// listener.
     ReverseShell,
+    /// One outbound TCP connection carrying 32 MiB a second (to the host's end of the pod's
+    /// veth pair in the drill, to loopback on its own).
+    BulkTransfer,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::CpuStress,
         Scenario::ForkStorm,
         Scenario::ExecStorm,
@@ -66,6 +70,7 @@ impl Scenario {
         Scenario::DiskBurst,
         Scenario::Miner,
         Scenario::ReverseShell,
+        Scenario::BulkTransfer,
     ];
 
     /// The name on the command line and in attack_type.
@@ -80,11 +85,18 @@ impl Scenario {
             Scenario::DiskBurst => "disk-burst",
             Scenario::Miner => "miner",
             Scenario::ReverseShell => "reverse-shell",
+            Scenario::BulkTransfer => "bulk-transfer",
         }
     }
 
-    /// Runs the workload for `duration` (blocking); returns what it did.
-    pub fn run_workload(self, duration: Duration, scratch_dir: &std::path::Path) -> anyhow::Result<Value> {
+    /// Runs the workload for `duration` (blocking); returns what it did. `sink` is where
+    /// bulk-transfer sends (None: a loopback listener of its own).
+    pub fn run_workload(
+        self,
+        duration: Duration,
+        scratch_dir: &std::path::Path,
+        sink: Option<std::net::SocketAddr>,
+    ) -> anyhow::Result<Value> {
         match self {
             Scenario::CpuStress => cpu_stress::run(duration),
             Scenario::ForkStorm => fork_storm::run(duration),
@@ -95,6 +107,7 @@ impl Scenario {
             Scenario::DiskBurst => disk_burst::run(duration, scratch_dir),
             Scenario::Miner => miner::run(duration),
             Scenario::ReverseShell => reverse_shell::run(duration),
+            Scenario::BulkTransfer => bulk_transfer::run(duration, sink),
         }
     }
 }
@@ -159,6 +172,8 @@ pub struct RunSpec {
     pub label: bool,
     /// The pod the workload runs in (a child process of this binary joins it); None: here.
     pub pod: Option<crate::pod::LabPod>,
+    /// Where bulk-transfer sends; None: a loopback listener of its own.
+    pub sink: Option<std::net::SocketAddr>,
 }
 
 /// `feature-lab scenario-workload NAME` (hidden): the workload alone, its details as JSON on
@@ -172,12 +187,15 @@ pub struct WorkloadArgs {
     pub duration: f64,
     #[arg(long)]
     pub scratch_dir: PathBuf,
+    /// Where bulk-transfer sends.
+    #[arg(long)]
+    pub sink: Option<std::net::SocketAddr>,
 }
 
 pub fn workload_command(args: WorkloadArgs) -> anyhow::Result<()> {
     // Ctrl-C reaches the whole process group: the workload ends early and says what it did.
     crate::interrupt::catch();
-    let details = args.scenario.run_workload(Duration::from_secs_f64(args.duration), &args.scratch_dir)?;
+    let details = args.scenario.run_workload(Duration::from_secs_f64(args.duration), &args.scratch_dir, args.sink)?;
     println!("{details}");
     Ok(())
 }
@@ -188,11 +206,18 @@ fn run_in_pod(
     scenario: Scenario,
     duration_s: f64,
     dir: &std::path::Path,
+    sink: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<Value> {
-    let out = pod
-        .command("/proc/self/exe")
+    // This binary by its path: through `ip netns exec`, /proc/self/exe would be `ip` itself.
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let mut command = pod.command(exe);
+    command
         .args(["scenario-workload", scenario.name(), "--duration", &duration_s.to_string(), "--scratch-dir"])
-        .arg(dir)
+        .arg(dir);
+    if let Some(sink) = sink {
+        command.arg("--sink").arg(sink.to_string());
+    }
+    let out = command
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -216,6 +241,7 @@ pub async fn command(args: ScenarioArgs) -> anyhow::Result<()> {
         scratch_dir: args.scratch_dir,
         label: !args.no_label,
         pod: None,
+        sink: None,
     };
     let report = run(&client, &spec, &node).await?;
     println!("{}", serde_json::to_string(&report)?);
@@ -297,10 +323,10 @@ async fn run_locked(client: &Client, spec: &RunSpec, node: &str) -> anyhow::Resu
     let started = SystemTime::now();
     let dir = spec.scratch_dir.clone();
     let pod = spec.pod.clone();
-    let duration_s = spec.duration_s;
+    let (duration_s, sink) = (spec.duration_s, spec.sink);
     let details = tokio::task::spawn_blocking(move || match &pod {
-        Some(pod) => run_in_pod(pod, scenario, duration_s, &dir),
-        None => scenario.run_workload(duration, &dir),
+        Some(pod) => run_in_pod(pod, scenario, duration_s, &dir, sink),
+        None => scenario.run_workload(duration, &dir, sink),
     })
     .await
     .context("the scenario's workload panicked")?
