@@ -155,16 +155,21 @@ pub const FEATURE_COUNT: usize = {
     n
 };
 
-/// The scored features, in column order.
-pub const FEATURES: [Feature; FEATURE_COUNT] = {
-    let mut out = [Feature {
+impl Feature {
+    /// A placeholder, for building the feature lists at compile time.
+    pub const BLANK: Feature = Feature {
         column: "",
         kind: Kind::Gauge,
         min_spread: 0.0,
         direction: Direction::Up,
         on_change: false,
         index: 0,
-    }; FEATURE_COUNT];
+    };
+}
+
+/// The scored features, in column order.
+pub const FEATURES: [Feature; FEATURE_COUNT] = {
+    let mut out = [Feature::BLANK; FEATURE_COUNT];
     let (mut i, mut k) = (0, 0);
     while i < SCHEMA.len() {
         if let Role::Feature { kind, min_spread, direction, on_change, .. } = SCHEMA[i].role {

@@ -108,22 +108,36 @@ impl FeatureRow {
             pod.ts = ts;
         }
     }
-
-    /// The detector's verdict on this row.
-    pub fn verdict(&self) -> Verdict {
-        Verdict { anomaly_score: self.anomaly_score, anomalous_features: self.anomalous_features.clone() }
-    }
-
-    pub fn set_verdict(&mut self, v: Verdict) {
-        self.anomaly_score = v.anomaly_score;
-        self.anomalous_features = v.anomalous_features;
-    }
-
-    /// True when the detector flagged at least one feature.
-    pub fn is_anomalous(&self) -> bool {
-        self.anomalous_features.as_ref().is_some_and(|f| !f.is_empty())
-    }
 }
+
+/// The verdict's accessors of a row type with `anomaly_score` and `anomalous_features` columns
+/// (the node row and the pod row), declared once.
+#[macro_export]
+macro_rules! verdict_methods {
+    ($row:ty) => {
+        impl $row {
+            /// The agent detector's verdict on this row.
+            pub fn verdict(&self) -> $crate::Verdict {
+                $crate::Verdict {
+                    anomaly_score: self.anomaly_score,
+                    anomalous_features: self.anomalous_features.clone(),
+                }
+            }
+
+            pub fn set_verdict(&mut self, v: $crate::Verdict) {
+                self.anomaly_score = v.anomaly_score;
+                self.anomalous_features = v.anomalous_features;
+            }
+
+            /// True when the detector flagged at least one of the row's features.
+            pub fn is_anomalous(&self) -> bool {
+                self.anomalous_features.as_ref().is_some_and(|f| !f.is_empty())
+            }
+        }
+    };
+}
+
+verdict_methods!(FeatureRow);
 
 /// JSON object with exactly the [`COLUMNS`] as keys, in order; ts as RFC 3339 UTC.
 impl serde::Serialize for FeatureRow {

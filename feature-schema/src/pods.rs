@@ -17,7 +17,7 @@ use tokio_postgres::types::ToSql;
 use crate::{
     event_column,
     features::{Direction, Feature, Kind, Role},
-    ColumnType, ColumnValue, Value, Verdict, SCHEMA,
+    ColumnType, ColumnValue, Value, SCHEMA,
 };
 
 /// What a pod row is about.
@@ -252,15 +252,7 @@ pub const POD_EVENT_FLOOR: f64 = 1.0;
 /// counter on its rate per interval, a gauge on its change since the previous row). Every one
 /// moves up under attack. `index` is the column's position in [`pod_columns`].
 pub const POD_FEATURES: [Feature; POD_FEATURE_COUNT] = {
-    let blank = Feature {
-        column: "",
-        kind: Kind::Gauge,
-        min_spread: 0.0,
-        direction: Direction::Up,
-        on_change: false,
-        index: 0,
-    };
-    let mut out = [blank; POD_FEATURE_COUNT];
+    let mut out = [Feature::BLANK; POD_FEATURE_COUNT];
     let mut e = 0;
     while e < EVENT_COUNT {
         let column = &SCHEMA[event_column(Event::ALL[e])];
@@ -406,6 +398,8 @@ pod_scalars! {
     anomalous_features: Option<Vec<String>> = "text[]";
 }
 
+crate::verdict_methods!(PodRow);
+
 /// A pod's network namespace as the `network` column names it.
 pub const NETWORK_OWN: &str = "own";
 pub const NETWORK_HOST: &str = "host";
@@ -426,21 +420,6 @@ impl PodRow {
             *slot = v.map(|v| v as f64);
         }
         out
-    }
-
-    /// The agent's verdict on this row.
-    pub fn verdict(&self) -> Verdict {
-        Verdict { anomaly_score: self.anomaly_score, anomalous_features: self.anomalous_features.clone() }
-    }
-
-    pub fn set_verdict(&mut self, v: Verdict) {
-        self.anomaly_score = v.anomaly_score;
-        self.anomalous_features = v.anomalous_features;
-    }
-
-    /// True when the detector flagged at least one of the row's features.
-    pub fn is_anomalous(&self) -> bool {
-        self.anomalous_features.as_ref().is_some_and(|f| !f.is_empty())
     }
 
     /// How the row is named in a log line and in the node row: `namespace/pod` for a pod whose
