@@ -3,7 +3,7 @@
 //! the node's rows whose interval overlaps it (attack = 1, attack_type = NAME).
 //!
 //! A row stamped `ts` covers the interval (ts - interval_s, ts], so it overlaps the window
-//! [start, end] when ts >= start and ts - interval_s <= end (window.rs: the rule `label` uses
+//! [start, end] when ts >= start and ts - interval_s < end (window.rs: the rule `label` uses
 //! too). The command waits for the agent to write the row that covers the window's end (at most
 //! an interval plus a grace period) before labelling.
 pub mod bulk_transfer;
