@@ -62,13 +62,15 @@ pub async fn timestamp(
 
 /// The SQL condition "row `alias` overlaps the window [`from`, `to`]" (both SQL expressions):
 /// a row stamped `ts` covers the interval (ts - interval_s, ts], so it overlaps when
-/// `ts >= from` and its interval starts before `to` (`ts - interval_s < to`); a row with no
-/// interval_s (the first after an agent's start) is the instant `ts`, in the window when
-/// `ts <= to`. So a window [t, t] holds the row stamped t, not the next one. `label` and the
-/// scenarios' labels use this one rule.
+/// `ts >= from` and its interval starts before `to` by more than 1 % of its length
+/// (`ts - 0.99 x interval_s < to`: interval_s is the measured elapsed time, a little over the
+/// boundaries' spacing, so the next row, whose interval starts exactly at a boundary `to`, is
+/// not taken); a row with no interval_s (the first after an agent's start) is the instant `ts`,
+/// in the window when `ts <= to`. So a window [t, t] holds the row stamped t, not the next one.
+/// `label` and the scenarios' labels use this one rule.
 pub fn overlaps(alias: &str, from: &str, to: &str) -> String {
     format!(
-        "{alias}.ts >= {from} AND ({alias}.ts <= {to} OR {alias}.ts - coalesce({alias}.interval_s, 0) * interval '1 second' < {to})"
+        "{alias}.ts >= {from} AND ({alias}.ts <= {to} OR {alias}.ts - coalesce({alias}.interval_s, 0) * interval '0.99 second' < {to})"
     )
 }
 
@@ -78,7 +80,7 @@ mod tests {
     fn the_overlap_rule_reads_as_sql() {
         assert_eq!(
             super::overlaps("f", "$1", "$2"),
-            "f.ts >= $1 AND (f.ts <= $2 OR f.ts - coalesce(f.interval_s, 0) * interval '1 second' < $2)"
+            "f.ts >= $1 AND (f.ts <= $2 OR f.ts - coalesce(f.interval_s, 0) * interval '0.99 second' < $2)"
         );
     }
 }
