@@ -54,8 +54,11 @@ impl LabPod {
     /// Moves running processes (and so their future children) into this pod.
     pub fn adopt(&self, pids: &[i32]) -> anyhow::Result<()> {
         for pid in pids {
-            std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string())
-                .with_context(|| format!("moving process {pid} into pod {}", self.full_name()))?;
+            match std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string()) {
+                // Gone since it was listed (a short-lived server child): nothing to move.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                r => r.with_context(|| format!("moving process {pid} into pod {}", self.full_name()))?,
+            }
         }
         Ok(())
     }
