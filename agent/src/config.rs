@@ -110,6 +110,15 @@ pub struct DetectorArgs {
     /// baseline is re-anchored and the event logged).
     #[arg(long, env = "DETECTOR_ADAPT", default_value_t = 600.0, value_parser = parse_interval)]
     pub detector_adapt: f64,
+    /// Separate episodes of one feature's alarms, within --detector-recurring-window, after
+    /// which its recurring bursts are that node's or workload's normal (a build pod's `make`
+    /// every half minute): its baseline is widened to hold them, and that is logged. A
+    /// continuous attack is one episode. 0: never.
+    #[arg(long, env = "DETECTOR_RECURRING", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub detector_recurring: u32,
+    /// Seconds over which --detector-recurring counts episodes.
+    #[arg(long, env = "DETECTOR_RECURRING_WINDOW", default_value_t = 3600.0, value_parser = parse_interval)]
+    pub detector_recurring_window: f64,
     /// Features that must exceed the threshold together for a row to be anomalous; a single
     /// feature still makes it anomalous beyond twice the threshold. 1: any feature alone.
     #[arg(long, env = "DETECTOR_AGREEMENT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
@@ -143,6 +152,8 @@ impl DetectorArgs {
             adapt_rows: ((self.detector_adapt / interval_s).ceil() as usize).max(1),
             agreement: self.detector_agreement as usize,
             interval_s,
+            recurring_episodes: self.detector_recurring as usize,
+            recurring_rows: ((self.detector_recurring_window / interval_s).ceil() as usize).max(1),
         }
     }
 }

@@ -27,6 +27,18 @@
 //!   on the node), that feature alone is re-anchored on the median and MAD of those rows and
 //!   the re-anchoring is logged. Without this a slow drift past the threshold would freeze the
 //!   baseline and flag every later row.
+//! - A burst that recurs becomes normal too: a build pod's `make` every half minute, a nightly
+//!   job on a node. Beside each baseline runs a shadow that learns from every row, flagged or
+//!   not, with a half-life of half that window. When a feature has been flagged in
+//!   `recurring_episodes` separate episodes (runs of flagged rows) within the last
+//!   `recurring_rows` rows, its baseline is replaced by its shadow, whose spread holds the
+//!   bursts, and that is logged. The warm-up's own bursts count, so a workload that bursts
+//!   all through its warm-up starts with them as normal. A continuous attack is one
+//!   episode (the re-anchoring above handles a lasting one), so a one-off attack never
+//!   teaches; an attack that repeats as often as a build does is, by this rule, that subject's
+//!   normal.
+use std::collections::VecDeque;
+
 use feature_schema::{Feature, FeatureRow, Kind, Verdict, FEATURES};
 
 /// Spread floor relative to the baseline mean.
@@ -49,6 +61,11 @@ pub struct DetectorOptions {
     pub agreement: usize,
     /// The sampling interval: counters and event counts are scored per this many seconds.
     pub interval_s: f64,
+    /// Separate flagged episodes of one feature, within `recurring_rows`, after which its
+    /// bursts are taken as normal (0: never).
+    pub recurring_episodes: usize,
+    /// The window, in rows, in which recurring episodes are counted.
+    pub recurring_rows: usize,
 }
 
 /// One feature's running baseline.
@@ -116,6 +133,10 @@ pub struct Baselines {
     baseline: Vec<Option<Baseline>>,
     /// Per feature, its values on the consecutive rows it has been flagged on.
     streak: Vec<Vec<f64>>,
+    /// Per feature, a baseline learned from every row after warm-up, flagged or not.
+    shadow: Vec<Option<Baseline>>,
+    /// Per feature, the rows (by number) on which its recent flagged episodes started.
+    episodes: Vec<VecDeque<usize>>,
 }
 
 impl Baselines {
@@ -128,6 +149,8 @@ impl Baselines {
             warmup: vec![Vec::new(); n],
             baseline: vec![None; n],
             streak: vec![Vec::new(); n],
+            shadow: vec![None; n],
+            episodes: vec![VecDeque::new(); n],
         }
     }
 
@@ -147,6 +170,7 @@ impl Baselines {
             if let Some(i) = features.iter().position(|f| f.column == column) {
                 if base.mean.is_finite() && base.var.is_finite() && base.var >= 0.0 {
                     b.baseline[i] = Some(*base);
+                    b.shadow[i] = Some(*base);
                 }
             }
         }
@@ -176,7 +200,8 @@ impl Baselines {
                 buf.extend(v.filter(|v| v.is_finite()));
             }
             if self.rows == options.warmup_rows {
-                self.start_baselines();
+                self.start_baselines(options.threshold);
+                self.recur(options);
             }
             return Verdict::default();
         }
@@ -195,6 +220,9 @@ impl Baselines {
             if z > threshold {
                 above[i] = true;
                 flagged.push((z, feature.column));
+                if self.streak[i].is_empty() {
+                    self.episodes[i].push_back(self.rows);
+                }
                 self.streak[i].push(*x);
             } else {
                 self.streak[i].clear();
@@ -205,9 +233,11 @@ impl Baselines {
         // teaches nothing.
         if !alarm {
             flagged.clear();
-            self.learn(alpha, scored, &above);
+            learn(&mut self.baseline, alpha, scored, &above);
         }
+        learn(&mut self.shadow, options.shadow_alpha(), scored, &vec![false; scored.len()]);
         self.adapt(options);
+        self.recur(options);
         flagged.sort_by(|a, b| b.0.total_cmp(&a.0));
         Verdict {
             anomaly_score: Some(score),
@@ -216,13 +246,27 @@ impl Baselines {
     }
 
     /// Robust start: median and scaled MAD of the warm-up values. A feature with no value
-    /// during warm-up starts from its first value later, with its floor as spread.
-    fn start_baselines(&mut self) {
+    /// during warm-up starts from its first value later, with its floor as spread. The shadow
+    /// starts from the plain mean and variance, bursts included, and the warm-up's episodes
+    /// above the threshold of the robust start count as recurring episodes: a workload that
+    /// bursts all through its warm-up starts with its bursts as normal.
+    fn start_baselines(&mut self, threshold: f64) {
         for (i, buf) in self.warmup.iter_mut().enumerate() {
             if buf.is_empty() {
                 continue;
             }
-            self.baseline[i] = Some(robust(buf));
+            self.shadow[i] = Some(plain(buf));
+            let start = robust(&mut buf.clone());
+            self.baseline[i] = Some(start);
+            let feature = &self.features[i];
+            let mut in_episode = false;
+            for (k, x) in buf.iter().enumerate() {
+                let z = feature.direction.toward_attack((x - start.mean) / spread(start, feature.min_spread));
+                if z > threshold && !in_episode {
+                    self.episodes[i].push_back(k + 1);
+                }
+                in_episode = z > threshold;
+            }
         }
         self.warmup = vec![Vec::new(); self.features.len()];
     }
@@ -235,6 +279,7 @@ impl Baselines {
                 continue;
             }
             let mut values = std::mem::take(&mut self.streak[i]);
+            self.episodes[i].clear();
             let (old, new) = (self.baseline[i].map(|b| b.mean), robust(&mut values));
             self.baseline[i] = Some(new);
             tracing::info!(
@@ -248,19 +293,51 @@ impl Baselines {
         }
     }
 
-    /// Exponentially weighted update of mean and variance from the features of a row that were
-    /// not above the threshold (`skip`).
-    fn learn(&mut self, alpha: f64, scored: &[Option<f64>], skip: &[bool]) {
-        for ((b, v), skip) in self.baseline.iter_mut().zip(scored).zip(skip) {
-            let Some(x) = v.filter(|x| x.is_finite() && !skip) else { continue };
-            match b {
-                Some(b) => {
-                    let diff = x - b.mean;
-                    b.mean += alpha * diff;
-                    b.var = (1.0 - alpha) * (b.var + alpha * diff * diff);
-                }
-                None => *b = Some(Baseline { mean: x, var: 0.0 }),
+    /// Takes as normal the bursts of the features flagged in `recurring_episodes` separate
+    /// episodes within the last `recurring_rows` rows: their baselines become their shadows.
+    fn recur(&mut self, options: &DetectorOptions) {
+        if options.recurring_episodes == 0 {
+            return;
+        }
+        let oldest = self.rows.saturating_sub(options.recurring_rows);
+        for (i, feature) in self.features.iter().enumerate() {
+            let episodes = &mut self.episodes[i];
+            while episodes.front().is_some_and(|&row| row <= oldest) {
+                episodes.pop_front();
             }
+            if episodes.len() < options.recurring_episodes {
+                continue;
+            }
+            let Some(shadow) = self.shadow[i] else { continue };
+            episodes.clear();
+            let old = self.baseline[i].replace(shadow);
+            tracing::info!(
+                subject = %self.subject,
+                feature = feature.column,
+                episodes = options.recurring_episodes,
+                rows = options.recurring_rows,
+                old_mean = old.map(|b| b.mean),
+                old_sd = old.map(|b| b.var.sqrt()),
+                new_mean = shadow.mean,
+                new_sd = shadow.var.sqrt(),
+                "a recurring burst: this feature's baseline now holds its bursts"
+            );
+        }
+    }
+}
+
+/// Exponentially weighted update of mean and variance from the features of a row that are not
+/// skipped.
+fn learn(baselines: &mut [Option<Baseline>], alpha: f64, scored: &[Option<f64>], skip: &[bool]) {
+    for ((b, v), skip) in baselines.iter_mut().zip(scored).zip(skip) {
+        let Some(x) = v.filter(|x| x.is_finite() && !skip) else { continue };
+        match b {
+            Some(b) => {
+                let diff = x - b.mean;
+                b.mean += alpha * diff;
+                b.var = (1.0 - alpha) * (b.var + alpha * diff * diff);
+            }
+            None => *b = Some(Baseline { mean: x, var: 0.0 }),
         }
     }
 }
@@ -269,6 +346,13 @@ impl DetectorOptions {
     /// The weight of a new normal row in a baseline, from the half-life.
     pub fn alpha(&self) -> f64 {
         1.0 - 0.5f64.powf(1.0 / self.half_life_rows.max(1.0))
+    }
+
+    /// The weight of a new row in a shadow baseline: its half-life is half the recurring
+    /// window, so the shadow holds the bursts of that window even when they began after
+    /// warm-up.
+    pub fn shadow_alpha(&self) -> f64 {
+        1.0 - 0.5f64.powf(2.0 / self.recurring_rows.max(2) as f64)
     }
 }
 
@@ -290,6 +374,10 @@ impl Detector {
         Self { options, rates: Rates::default(), baselines }
     }
 
+    pub fn options(&self) -> &DetectorOptions {
+        &self.options
+    }
+
     /// Judges a row and records the verdict in it.
     pub fn judge(&mut self, row: &mut FeatureRow) {
         let values = row.feature_values();
@@ -297,6 +385,13 @@ impl Detector {
         let verdict = self.baselines.judge(&self.options, self.options.alpha(), &scored);
         row.set_verdict(verdict);
     }
+}
+
+/// Mean and variance of some values, as a baseline.
+fn plain(values: &[f64]) -> Baseline {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    Baseline { mean, var: values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n }
 }
 
 /// Median and scaled MAD of some values, as a baseline.
@@ -350,6 +445,8 @@ mod tests {
             adapt_rows: 1000,
             agreement: 1,
             interval_s: 1.0,
+            recurring_episodes: 0,
+            recurring_rows: 1,
         })
     }
 
@@ -421,6 +518,104 @@ mod tests {
 }
 
 #[cfg(test)]
+mod recurring_tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use feature_schema::features::index_of;
+
+    fn detector() -> Detector {
+        Detector::new(DetectorOptions {
+            threshold: 4.0,
+            warmup_rows: 10,
+            half_life_rows: 1000.0,
+            adapt_rows: 1000,
+            agreement: 1,
+            interval_s: 1.0,
+            recurring_episodes: 4,
+            recurring_rows: 100,
+        })
+    }
+
+    fn execs(n: i64) -> FeatureRow {
+        let mut r = FeatureRow::empty("n".into(), SystemTime::UNIX_EPOCH);
+        for e in agent_common::Event::ALL {
+            r.set_event(e, Some(0));
+        }
+        r.ebpf_execs = Some(n);
+        r.interval_s = Some(1.0);
+        r
+    }
+
+    /// Judges `rows` rows in which execs burst to 200 for 2 rows every `period` rows; returns
+    /// whether each burst's first row was flagged.
+    fn bursts(d: &mut Detector, rows: usize, period: usize) -> Vec<bool> {
+        let mut flagged = Vec::new();
+        for k in 0..rows {
+            let burst = k % period < 2;
+            let mut r = execs(if burst { 200 } else { 1 });
+            d.judge(&mut r);
+            if k % period == 0 {
+                flagged.push(r.is_anomalous());
+            }
+        }
+        flagged
+    }
+
+    fn warm(d: &mut Detector) {
+        for _ in 0..10 {
+            d.judge(&mut execs(1));
+        }
+    }
+
+    #[test]
+    fn a_burst_that_recurs_often_becomes_normal() {
+        let mut d = detector();
+        warm(&mut d);
+        let flagged = bursts(&mut d, 200, 10);
+        // The first four episodes alarm; the fourth widens the baseline; later bursts do not.
+        assert_eq!(flagged[..4], [true; 4], "{flagged:?}");
+        assert!(flagged[4..].iter().all(|f| !f), "{flagged:?}");
+        let b = d.baselines.baseline(index_of("ebpf_execs").unwrap()).unwrap();
+        assert!(b.var.sqrt() > 40.0, "the baseline holds the bursts: {b:?}");
+    }
+
+    #[test]
+    fn bursts_all_through_the_warm_up_are_normal_from_the_start() {
+        let mut d = Detector::new(DetectorOptions { warmup_rows: 60, ..*detector().options() });
+        // Six bursts during the warm-up (rows 0, 10, ..., 50), then the same every 10 rows.
+        let flagged = bursts(&mut d, 260, 10);
+        assert!(flagged[6..].iter().all(|f| !f), "{flagged:?}");
+        // A burst ten times larger still alarms.
+        let mut r = execs(2000);
+        d.judge(&mut r);
+        assert!(r.is_anomalous(), "{:?}", r.verdict());
+    }
+
+    #[test]
+    fn bursts_rarer_than_the_window_allows_keep_alarming() {
+        let mut d = detector();
+        warm(&mut d);
+        // One burst every 35 rows: never 4 episode starts within 100 rows.
+        let flagged = bursts(&mut d, 700, 35);
+        assert!(flagged.iter().all(|f| *f), "{flagged:?}");
+    }
+
+    #[test]
+    fn a_continuous_attack_is_one_episode_and_teaches_nothing() {
+        let mut d = detector();
+        warm(&mut d);
+        let before = d.baselines.baseline(index_of("ebpf_execs").unwrap()).unwrap();
+        for k in 0..300 {
+            let mut r = execs(200);
+            d.judge(&mut r);
+            assert!(r.is_anomalous(), "row {k}");
+        }
+        assert_eq!(d.baselines.baseline(index_of("ebpf_execs").unwrap()).unwrap(), before);
+    }
+}
+
+#[cfg(test)]
 mod adapt_tests {
     use super::*;
 
@@ -433,6 +628,8 @@ mod adapt_tests {
             adapt_rows: 10,
             agreement: 1,
             interval_s: 1.0,
+            recurring_episodes: 0,
+            recurring_rows: 1,
         });
         // procs_running, a level scored as it is: a new workload keeps 11 threads runnable.
         let row = |running: i32| {
@@ -473,6 +670,8 @@ mod scoring_tests {
             adapt_rows: 1000,
             agreement,
             interval_s: 1.0,
+            recurring_episodes: 0,
+            recurring_rows: 1,
         })
     }
 

@@ -169,6 +169,8 @@ mod tests {
             adapt_rows: 1000,
             agreement: 2,
             interval_s: 1.0,
+            recurring_episodes: 0,
+            recurring_rows: 1,
         }
     }
 

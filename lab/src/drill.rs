@@ -6,11 +6,15 @@
 //!
 //! With `--pods` (the default) it runs as on a Kubernetes node (pod.rs): the agent writes pod
 //! rows (--pod-rows), the background runs in a neighbour pod of its own
-//! (`lab-neighbour/<background>-0`), and every scenario runs inside one application pod
-//! (`shop/app-0`) that exists from the start, idle but for one sleeping process, so its
-//! workload warms up with the rest, as a compromised pod's would. `evaluate` then says whether
-//! the attack was flagged in that pod, and whether a neighbour was flagged with it.
+//! (`lab-neighbour/<background>-0`), and each scenario runs inside an application pod of its
+//! own (`shop/<scenario>-0`, with its own network namespace) that exists from the start, idle
+//! but for one sleeping process, so its workload warms up with the rest, as a compromised
+//! pod's would. One pod per scenario, as one workload per attacked application: ten different
+//! attacks every few minutes in one pod would be a pattern no real pod shows, and a pod's
+//! recurring bursts are, to the detector, that workload's normal. `evaluate` then says whether
+//! the attack was flagged in its pod, and whether a neighbour was flagged with it.
 use std::{
+    collections::HashMap,
     process::{Child, Command, Stdio},
     time::{Duration, SystemTime},
 };
@@ -24,7 +28,7 @@ use feature_db::{migrate, parse_interval, DatabaseArgs, NodeArgs};
 use crate::{
     background::{self, Background},
     evaluate,
-    pod::LabPods,
+    pod::{LabPod, LabPods},
     scenario::{self, parse_duration, RunSpec, Scenario},
 };
 
@@ -54,6 +58,10 @@ pub struct DrillArgs {
     /// The agent's --detector-adapt (seconds): longer than a scenario, shorter than the run.
     #[arg(long, default_value_t = 60.0, value_parser = parse_interval)]
     pub adapt: f64,
+    /// The agent's --detector-recurring-window (seconds) [default: 360 intervals, the rows
+    /// the agent's default hour holds at its default 10 s interval].
+    #[arg(long, value_parser = parse_interval)]
+    pub recurring_window: Option<f64>,
     /// Directory for disk-burst's temporary file.
     #[arg(long, default_value = "/var/tmp")]
     pub scratch_dir: std::path::PathBuf,
@@ -121,27 +129,32 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
 
     // The pods first, then the background: the detector's warm-up must see both as normal.
     let mut pods = if args.pods { Some(LabPods::new(&args.scratch_dir)?) } else { None };
-    let (app, neighbour) = match &mut pods {
-        Some(p) => {
-            let neighbour = format!("{}-0", args.background.name());
-            (Some(p.add("shop", "app-0", true)?), Some(p.add("lab-neighbour", &neighbour, false)?))
+    let mut apps: HashMap<Scenario, LabPod> = HashMap::new();
+    let mut neighbour = None;
+    if let Some(p) = &mut pods {
+        for &s in &scenarios {
+            if !apps.contains_key(&s) {
+                apps.insert(s, p.add("shop", &format!("{}-0", s.name()), true)?);
+            }
         }
-        None => (None, None),
-    };
-    // The application pod's own process: one that sleeps until the drill ends.
-    let _app_process = match &app {
-        Some(pod) => Some(SleepingProcess(
-            pod.command("sleep")
+        neighbour = Some(p.add("lab-neighbour", &format!("{}-0", args.background.name()), false)?);
+    }
+    // Each application pod's own process: one that sleeps until the drill ends.
+    let _app_processes = apps
+        .values()
+        .map(|pod| {
+            let child = pod
+                .command("sleep")
                 .arg("86400")
                 .stdin(Stdio::null())
                 .spawn()
-                .context("starting the application pod's process")?,
-        )),
-        None => None,
-    };
-    // bulk-transfer's destination: the host's end of the application pod's veth pair (or, with
-    // --pods off, a loopback listener of its own).
-    let sink = match app.as_ref().and_then(|p| p.network.as_ref()) {
+                .with_context(|| format!("starting the process of pod {}", pod.full_name()))?;
+            Ok(SleepingProcess(child))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // bulk-transfer's destination: the host's end of its pod's veth pair (or, with --pods off,
+    // a loopback listener of its own).
+    let sink = match apps.get(&Scenario::BulkTransfer).and_then(|p| p.network.as_ref()) {
         Some((_, host_end)) => Some(scenario::bulk_transfer::Sink::start((*host_end).into())?),
         None => None,
     };
@@ -159,6 +172,8 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
         .arg(args.anomaly_threshold.to_string())
         .arg("--detector-adapt")
         .arg(args.adapt.to_string())
+        .arg("--detector-recurring-window")
+        .arg(args.recurring_window.unwrap_or(360.0 * args.interval).min(86_400.0).to_string())
         // Its own short-lived run: no spool (a node agent may hold the default one), no listener.
         .args(["--spool-dir", "off", "--listen", "off"])
         .stdin(Stdio::null())
@@ -182,7 +197,7 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
                 interval_s: Some(args.interval),
                 scratch_dir: args.scratch_dir.clone(),
                 label: true,
-                pod: app.clone(),
+                pod: apps.get(&s).cloned(),
                 sink: sink.as_ref().map(|s| s.addr),
             };
             let report = scenario::run(&client, &spec, &node).await?;
@@ -193,7 +208,7 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     drop(agent);
     drop(workload);
     drop(sink);
-    drop(_app_process);
+    drop(_app_processes);
     drop(pods);
 
     let (rows, runs) = evaluate::load(&client, Some(&node), Some(started), None, 2.0).await?;

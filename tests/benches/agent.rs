@@ -207,6 +207,8 @@ fn detector_cpu_per_row(n: u32) -> Duration {
         adapt_rows: 60,
         agreement: 2,
         interval_s: 0.02,
+        recurring_episodes: 0,
+        recurring_rows: 1,
     };
     let mut d = Detector::new(options);
     for r in &rows[..32] {

@@ -33,7 +33,7 @@ use feature_db::{parse_interval, DatabaseArgs, NodeArgs};
 use feature_schema::timefmt::rfc3339_micros;
 
 /// The scenarios, by the names the command line and the labels use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum Scenario {
     /// One busy thread per CPU (the reference paper's stress test).
     CpuStress,
