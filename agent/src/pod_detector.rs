@@ -267,3 +267,206 @@ mod tests {
         assert_eq!(flagged[0].features, vec!["ebpf_execs".to_owned()]);
     }
 }
+
+/// The pod detector driven by random sequences of intervals (pods of several controller kinds
+/// coming and going, replicas, new instances of a workload, service and "other" rows, bursts)
+/// and agent restarts through the state file, against a model that keeps, per workload, the
+/// rows it has judged and when it was last seen.
+#[cfg(test)]
+mod model_tests {
+    use std::{collections::BTreeMap, time::SystemTime};
+
+    use agent_common::Event;
+    use feature_schema::pods::{PodRow, Res};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::detector_state::{decode, encode, DetectorState};
+
+    const WARMUP: usize = 3;
+    const CAPACITY: usize = 4;
+
+    /// A row the test can make: (kind, owner, namespace/pod, expected workload).
+    #[derive(Debug, Clone)]
+    struct Source {
+        kind: OwnerKind,
+        owner: String,
+        pod: Option<(String, String)>,
+        workload: String,
+    }
+
+    /// Instance `i` of one of several workloads, named as its controller names its pods.
+    fn source(which: u8, i: u8) -> Source {
+        let pod = |ns: &str, name: String, workload: &str| Source {
+            kind: OwnerKind::Pod,
+            owner: format!("uid-{which}-{i}"),
+            pod: Some((ns.to_owned(), name)),
+            workload: workload.to_owned(),
+        };
+        let suffix = ["lz8g2", "x7bqz", "2pkfm", "w9c4d"][i as usize % 4];
+        match which % 8 {
+            0 => pod("shop", format!("web-6d94bc8694-{suffix}"), "shop/web"),
+            1 => pod("shop", format!("web-7c6974c4d8-{suffix}"), "shop/web"),
+            2 => pod("shop", format!("db-{i}"), "shop/db"),
+            3 => pod("kube-system", format!("kube-proxy-{suffix}"), "kube-system/kube-proxy"),
+            4 => pod("ops", format!("backup-2841792{i}-{suffix}"), "ops/backup"),
+            5 => pod("ops", "scanner".to_owned(), "ops/scanner"),
+            6 => Source {
+                kind: OwnerKind::Service,
+                owner: "containerd.service".into(),
+                pod: None,
+                workload: "containerd.service".into(),
+            },
+            _ => Source { kind: OwnerKind::Other, owner: "other".into(), pod: None, workload: "other".into() },
+        }
+    }
+
+    fn row(s: &Source, execs: i64) -> PodRow {
+        let mut row = PodRow {
+            node: "worker-3".into(),
+            ts: SystemTime::UNIX_EPOCH,
+            interval_s: Some(1.0),
+            kind: s.kind,
+            owner: s.owner.clone(),
+            namespace: s.pod.as_ref().map(|p| p.0.clone()),
+            pod: s.pod.as_ref().map(|p| p.1.clone()),
+            ..PodRow::blank()
+        };
+        row.events = [Some(0); agent_common::EVENT_COUNT];
+        row.events[Event::Exec as usize] = Some(execs);
+        row.resources[Res::PidsCurrent as usize] = Some(3);
+        row
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// One interval: these sources (deduplicated by owner), each with its exec count.
+        Interval(Vec<(u8, u8, i64)>),
+        /// The agent restarts: it saves its state file and a new one loads it.
+        Restart,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            8 => prop::collection::vec((0u8..8, 0u8..3, prop_oneof![3 => Just(1i64), 1 => 0i64..400]), 0..6)
+                .prop_map(Step::Interval),
+            1 => Just(Step::Restart),
+        ]
+    }
+
+    fn options() -> DetectorOptions {
+        DetectorOptions {
+            threshold: 4.0,
+            warmup_rows: WARMUP,
+            half_life_rows: 50.0,
+            adapt_rows: 20,
+            agreement: 1,
+            interval_s: 1.0,
+            recurring_episodes: 3,
+            recurring_rows: 30,
+        }
+    }
+
+    /// The model: per workload, (rows judged, interval last seen).
+    #[derive(Default)]
+    struct Model {
+        workloads: BTreeMap<String, (usize, u64)>,
+        interval: u64,
+        evicted: u64,
+    }
+
+    impl Model {
+        fn evict(&mut self) {
+            while self.workloads.len() > CAPACITY {
+                let oldest = self
+                    .workloads
+                    .iter()
+                    .min_by(|a, b| a.1 .1.cmp(&b.1 .1).then(a.0.cmp(b.0)))
+                    .map(|(k, _)| k.clone())
+                    .unwrap();
+                self.workloads.remove(&oldest);
+                self.evicted += 1;
+            }
+        }
+
+        /// A restart keeps the warm workloads, most recently seen first, at most CAPACITY,
+        /// warm and never seen since.
+        fn restart(&mut self) {
+            let mut warm: Vec<(String, u64)> =
+                self.workloads.iter().filter(|(_, (rows, _))| *rows >= WARMUP).map(|(k, v)| (k.clone(), v.1)).collect();
+            warm.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            self.workloads = warm.into_iter().take(CAPACITY).map(|(k, _)| (k, (WARMUP, 0))).collect();
+            self.interval = 0;
+            self.evicted = 0;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn matches_the_model(steps in prop::collection::vec(step(), 1..60)) {
+            let mut d = PodDetector::new(options(), CAPACITY);
+            let mut model = Model::default();
+            for step in steps {
+                match step {
+                    Step::Restart => {
+                        let state = DetectorState {
+                            node: None,
+                            workloads: d
+                                .saved()
+                                .into_iter()
+                                .map(|(w, b)| (w, b.into_iter().map(|(c, b)| (c.to_owned(), b)).collect()))
+                                .collect(),
+                        };
+                        let now = SystemTime::now();
+                        let bytes = encode(&state, "worker-3", 1.0, now);
+                        let loaded = decode(&bytes, "worker-3", 1.0, now).unwrap();
+                        d = PodDetector::new(options(), CAPACITY);
+                        d.restore(loaded.workloads);
+                        model.restart();
+                    }
+                    Step::Interval(picks) => {
+                        let mut sources: Vec<(Source, i64)> = Vec::new();
+                        for (which, i, execs) in picks {
+                            let s = source(which, i);
+                            if !sources.iter().any(|(t, _)| t.owner == s.owner) {
+                                sources.push((s, execs));
+                            }
+                        }
+                        let mut interval = FeatureRow::empty("worker-3".into(), SystemTime::UNIX_EPOCH);
+                        interval.pods = sources.iter().map(|(s, e)| row(s, *e)).collect();
+                        let flagged = d.judge(&mut interval);
+                        model.interval += 1;
+                        for ((s, _), pod) in sources.iter().zip(&interval.pods) {
+                            prop_assert_eq!(pod.workload.as_deref(), Some(s.workload.as_str()));
+                            if s.kind == OwnerKind::Other {
+                                prop_assert_eq!(pod.verdict().anomaly_score, None, "the other row is not judged");
+                                continue;
+                            }
+                            let entry = model.workloads.entry(s.workload.clone()).or_insert((0, 0));
+                            entry.0 += 1;
+                            entry.1 = model.interval;
+                            let warm = entry.0 > WARMUP;
+                            prop_assert_eq!(pod.verdict().anomaly_score.is_some(), warm, "{} after {} rows", s.workload, entry.0);
+                        }
+                        model.evict();
+                        prop_assert_eq!(d.workloads(), model.workloads.len());
+                        prop_assert_eq!(d.evicted(), model.evicted);
+                        let known: Vec<&String> = d.workloads.keys().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+                        let expected: Vec<&String> = model.workloads.keys().collect();
+                        prop_assert_eq!(known, expected);
+                        // The node row names exactly the flagged pods, most anomalous first.
+                        let anomalous: Vec<String> =
+                            interval.pods.iter().filter(|p| p.is_anomalous()).map(|p| p.display_name()).collect();
+                        let named = interval.anomalous_pods.clone().unwrap_or_default();
+                        prop_assert_eq!(named.len(), anomalous.len());
+                        prop_assert!(anomalous.iter().all(|a| named.contains(a)));
+                        prop_assert!(flagged.windows(2).all(|w| w[0].score >= w[1].score));
+                        prop_assert_eq!(interval.anomalous_pods.is_some(), !interval.pods.is_empty());
+                    }
+                }
+            }
+        }
+    }
+}
