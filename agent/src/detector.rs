@@ -32,7 +32,8 @@
 //!   not, with a half-life of half that window. When a feature has been flagged in
 //!   `recurring_episodes` separate episodes (runs of flagged rows) within the last
 //!   `recurring_rows` rows, its baseline is replaced by its shadow, whose spread holds the
-//!   bursts, and that is logged. The warm-up's own bursts count, so a workload that bursts
+//!   bursts (widened, if need be, so that the largest of those episodes' peaks scores at 0.8 of
+//!   the threshold), and that is logged. The warm-up's own bursts count, so a workload that bursts
 //!   all through its warm-up starts with them as normal. A continuous attack is one
 //!   episode (the re-anchoring above handles a lasting one), so a one-off attack never
 //!   teaches; an attack that repeats as often as a build does is, by this rule, that subject's
@@ -45,6 +46,9 @@ use feature_schema::{Feature, FeatureRow, Kind, Verdict, FEATURES};
 const RELATIVE_SPREAD_FLOOR: f64 = 0.05;
 /// MAD to standard deviation for normally distributed data.
 const MAD_TO_SD: f64 = 1.4826;
+/// Where a recurring burst's peak lands after its feature is re-anchored, as a fraction of the
+/// threshold: a little below it, so the next burst of the same size is not an alarm.
+const PEAK_HELD_AT: f64 = 0.8;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DetectorOptions {
@@ -120,6 +124,15 @@ impl Rates {
     }
 }
 
+/// A run of consecutive rows on which one feature was flagged.
+#[derive(Debug, Clone, Copy)]
+struct Episode {
+    start_row: usize,
+    /// Its value farthest in the attack direction, and that value's z when it was judged.
+    peak: f64,
+    peak_z: f64,
+}
+
 /// One subject's baselines (the node's, or one workload's), one per feature, with the
 /// warm-up, learning and re-anchoring rules above.
 #[derive(Debug, Clone)]
@@ -135,8 +148,9 @@ pub struct Baselines {
     streak: Vec<Vec<f64>>,
     /// Per feature, a baseline learned from every row after warm-up, flagged or not.
     shadow: Vec<Option<Baseline>>,
-    /// Per feature, the rows (by number) on which its recent flagged episodes started.
-    episodes: Vec<VecDeque<usize>>,
+    /// Per feature, its recent flagged episodes: the row (by number) each started on, and its
+    /// most anomalous value.
+    episodes: Vec<VecDeque<Episode>>,
 }
 
 impl Baselines {
@@ -220,8 +234,14 @@ impl Baselines {
             if z > threshold {
                 above[i] = true;
                 flagged.push((z, feature.column));
-                if self.streak[i].is_empty() {
-                    self.episodes[i].push_back(self.rows);
+                let started = self.rows - self.streak[i].len();
+                match self.episodes[i].back_mut() {
+                    Some(e) if e.start_row == started => {
+                        if z > e.peak_z {
+                            (e.peak, e.peak_z) = (*x, z);
+                        }
+                    }
+                    _ => self.episodes[i].push_back(Episode { start_row: started, peak: *x, peak_z: z }),
                 }
                 self.streak[i].push(*x);
             } else {
@@ -262,8 +282,15 @@ impl Baselines {
             let mut in_episode = false;
             for (k, x) in buf.iter().enumerate() {
                 let z = feature.direction.toward_attack((x - start.mean) / spread(start, feature.min_spread));
-                if z > threshold && !in_episode {
-                    self.episodes[i].push_back(k + 1);
+                if z > threshold {
+                    match self.episodes[i].back_mut() {
+                        Some(e) if in_episode => {
+                            if z > e.peak_z {
+                                (e.peak, e.peak_z) = (*x, z);
+                            }
+                        }
+                        _ => self.episodes[i].push_back(Episode { start_row: k + 1, peak: *x, peak_z: z }),
+                    }
                 }
                 in_episode = z > threshold;
             }
@@ -294,7 +321,9 @@ impl Baselines {
     }
 
     /// Takes as normal the bursts of the features flagged in `recurring_episodes` separate
-    /// episodes within the last `recurring_rows` rows: their baselines become their shadows.
+    /// episodes within the last `recurring_rows` rows: their baselines become their shadows,
+    /// widened where needed so that the largest of those bursts scores below the threshold
+    /// (a burst's peak row is rarer than the bursts' variance says).
     fn recur(&mut self, options: &DetectorOptions) {
         if options.recurring_episodes == 0 {
             return;
@@ -302,13 +331,16 @@ impl Baselines {
         let oldest = self.rows.saturating_sub(options.recurring_rows);
         for (i, feature) in self.features.iter().enumerate() {
             let episodes = &mut self.episodes[i];
-            while episodes.front().is_some_and(|&row| row <= oldest) {
+            while episodes.front().is_some_and(|e| e.start_row <= oldest) {
                 episodes.pop_front();
             }
             if episodes.len() < options.recurring_episodes {
                 continue;
             }
-            let Some(shadow) = self.shadow[i] else { continue };
+            let Some(mut shadow) = self.shadow[i] else { continue };
+            let peak = episodes.iter().map(|e| (e.peak - shadow.mean).abs()).fold(0.0, f64::max);
+            let held = peak / (PEAK_HELD_AT * options.threshold);
+            shadow.var = shadow.var.max(held * held);
             episodes.clear();
             let old = self.baseline[i].replace(shadow);
             tracing::info!(
@@ -588,6 +620,33 @@ mod recurring_tests {
         assert!(flagged[6..].iter().all(|f| !f), "{flagged:?}");
         // A burst ten times larger still alarms.
         let mut r = execs(2000);
+        d.judge(&mut r);
+        assert!(r.is_anomalous(), "{:?}", r.verdict());
+    }
+
+    #[test]
+    fn a_recurring_bursts_largest_peak_is_held_after_re_anchoring() {
+        let mut d = detector();
+        warm(&mut d);
+        // Bursts of 200 for 2 rows every 10 rows, every third one peaking at 1000 on one row:
+        // rarer than the bursts' variance says, so the shadow alone would still flag it.
+        let mut flagged_after = Vec::new();
+        for k in 0..300 {
+            let (phase, burst) = (k % 10, k / 10);
+            let x = match phase {
+                0 if burst % 3 == 2 => 1000,
+                0 | 1 => 200,
+                _ => 1,
+            };
+            let mut r = execs(x);
+            d.judge(&mut r);
+            if burst >= 6 && phase == 0 {
+                flagged_after.push(r.is_anomalous());
+            }
+        }
+        assert!(flagged_after.iter().all(|f| !f), "{flagged_after:?}");
+        // A burst well past the largest one seen still alarms.
+        let mut r = execs(10_000);
         d.judge(&mut r);
         assert!(r.is_anomalous(), "{:?}", r.verdict());
     }

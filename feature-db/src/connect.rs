@@ -103,10 +103,19 @@ pub async fn open(target: &Target) -> anyhow::Result<Client> {
     connect(target).await.map_err(explain_connect_error).context("connecting to the database")
 }
 
-/// Creates (if needed) the partition of `node`; returns its table name.
-pub async fn ensure_partition(client: &Client, node: &str) -> Result<String, tokio_postgres::Error> {
-    let row = client.query_one("SELECT ensure_node_partition($1)", &[&node]).await?;
-    Ok(row.get(0))
+/// Creates (if needed) the day partitions of node_features and pod_features for the UTC day
+/// holding `at` (ensure_day_partitions() in migrations/0011_day_partitions.sql).
+pub async fn ensure_day_partitions(client: &Client, at: std::time::SystemTime) -> Result<(), tokio_postgres::Error> {
+    client.query_one("SELECT ensure_day_partitions($1)", &[&at]).await?;
+    Ok(())
+}
+
+/// The UTC day of a timestamp, as days since 1970-01-01: the day partition a row belongs to.
+pub fn utc_day(at: std::time::SystemTime) -> i64 {
+    match at.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() / 86_400) as i64,
+        Err(e) => -(e.duration().as_secs().div_ceil(86_400) as i64),
+    }
 }
 
 /// A database error with what Postgres said (message, detail, hint) or its cause: the

@@ -13,4 +13,4 @@ pub use args::{
     boolish, parse_interval, parse_positive, refuse_secrets_on_command_line, validate_node_name, DatabaseArgs,
     NodeArgs, NODE_NAME_MAX_BYTES,
 };
-pub use connect::{connect, describe, ensure_partition, open, tls_connector, Target};
+pub use connect::{connect, describe, ensure_day_partitions, open, tls_connector, utc_day, Target};

@@ -12,7 +12,10 @@
 //! When the agent wrote pod rows, its verdicts on them are scored too, per run that ran inside
 //! a pod (`scenario_runs.details.pod`, as the drill's do): detected when the attacking pod was
 //! flagged in the run's window (delay from the run's start), attributed when in the first such
-//! interval no other pod or service was flagged with it.
+//! interval no other pod or service was flagged with it. The SQL z-scores of the pod rows
+//! (`pod_feature_zscores`: each pod against its own normal rows; a pod is flagged in an
+//! interval when any of its features has |z| above the SQL threshold) are scored the same way,
+//! on the same rows.
 //!
 //! False alarms are reported on their own, per detector: the normal rows it judged, how many it
 //! flagged, that as a rate and as alarms per node-hour at a 10 s interval (rate x 360: the unit
@@ -60,6 +63,8 @@ pub struct JudgedRow {
     /// The pods (namespace/pod, or a unit) the agent flagged in this interval; None without
     /// pod rows.
     pub pods: Option<Vec<String>>,
+    /// The pods the SQL pod z-scores flag in this interval; None without pod rows.
+    pub sql_pods: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,7 +90,8 @@ pub struct PodScore {
     pub mean_delay_s: Option<f64>,
 }
 
-fn pod_score(rows: &[JudgedRow], runs: &[&Run]) -> PodScore {
+/// Scores the pod flags `flagged` gives (the agent's, or the SQL z-scores') on the runs.
+fn pod_score(rows: &[JudgedRow], runs: &[&Run], flagged: impl Fn(&JudgedRow) -> Option<&Vec<String>>) -> PodScore {
     let mut s = PodScore::default();
     let mut delays = Vec::new();
     for run in runs {
@@ -93,7 +99,7 @@ fn pod_score(rows: &[JudgedRow], runs: &[&Run]) -> PodScore {
         let end = run.ended_at + std::time::Duration::from_secs_f64(run.interval_s);
         let mut window =
             rows.iter().filter(|r| r.node == run.node && r.ts > run.started_at && r.ts < end).filter_map(|r| {
-                let flagged = r.pods.as_ref()?;
+                let flagged = flagged(r)?;
                 Some((r.ts, flagged))
             });
         let mut judged = false;
@@ -139,6 +145,7 @@ pub struct ScenarioScore {
     pub detector: Score,
     pub sql: Score,
     pub pods: PodScore,
+    pub sql_pods: PodScore,
 }
 
 fn ratio(a: u64, b: u64) -> Option<f64> {
@@ -204,6 +211,8 @@ pub struct FalseAlarmReport {
     /// The node's alarms and its pods' together, over the same intervals: what an on-call
     /// engineer receives.
     pub node_and_pods: Option<FalseAlarms>,
+    /// Pod and service rows the SQL pod z-scores flag in normal intervals.
+    pub sql_pods: Option<FalseAlarms>,
 }
 
 fn false_alarms<'r>(rows: impl Iterator<Item = (Option<bool>, &'r [String])>) -> FalseAlarms {
@@ -231,12 +240,12 @@ fn false_alarms<'r>(rows: impl Iterator<Item = (Option<bool>, &'r [String])>) ->
 pub fn false_alarm_report(rows: &[JudgedRow]) -> FalseAlarmReport {
     let normal = || rows.iter().filter(|r| !r.attack);
     let with_pods = || normal().filter(|r| r.pods.is_some());
-    let alarms = |include_node: bool| {
+    let alarms = |include_node: bool, flagged: &dyn Fn(&JudgedRow) -> Option<&Vec<String>>| {
         let mut fa = FalseAlarms::default();
         let mut by: BTreeMap<String, u64> = BTreeMap::new();
         for r in with_pods() {
             fa.normal_rows += 1;
-            let pods = r.pods.as_deref().unwrap_or_default();
+            let pods = flagged(r).map(Vec::as_slice).unwrap_or_default();
             fa.false_alarms += pods.len() as u64;
             for p in pods {
                 *by.entry(p.clone()).or_default() += 1;
@@ -257,8 +266,9 @@ pub fn false_alarm_report(rows: &[JudgedRow]) -> FalseAlarmReport {
     FalseAlarmReport {
         detector: false_alarms(normal().map(|r| (r.detector, r.detector_features.as_slice()))),
         sql: false_alarms(normal().map(|r| (Some(r.sql), r.sql_features.as_slice()))),
-        pods: any_pods.then(|| alarms(false)),
-        node_and_pods: any_pods.then(|| alarms(true)),
+        pods: any_pods.then(|| alarms(false, &|r| r.pods.as_ref())),
+        node_and_pods: any_pods.then(|| alarms(true, &|r| r.pods.as_ref())),
+        sql_pods: any_pods.then(|| alarms(false, &|r| r.sql_pods.as_ref())),
     }
 }
 
@@ -282,7 +292,8 @@ pub fn evaluate(rows: &[JudgedRow], runs: &[Run]) -> Vec<ScenarioScore> {
                 rows: rows.iter().filter(|r| r.attack && r.attack_type.as_deref() == Some(name)).count() as u64,
                 detector: score(rows, runs, name, |r| r.detector),
                 sql: score(rows, runs, name, |r| Some(r.sql)),
-                pods: pod_score(rows, runs),
+                pods: pod_score(rows, runs, |r| r.pods.as_ref()),
+                sql_pods: pod_score(rows, runs, |r| r.sql_pods.as_ref()),
             }
         })
         .collect()
@@ -296,6 +307,16 @@ pub async fn load(
     to: Option<SystemTime>,
     sql_threshold: f64,
 ) -> anyhow::Result<(Vec<JudgedRow>, Vec<Run>)> {
+    // The SQL flags, computed on their own (scores.rs says why).
+    crate::scores::materialize(
+        client,
+        "evaluate_flags",
+        &format!("SELECT * FROM node_feature_flags({sql_threshold:?}::float8, $2, $3, false, $1)"),
+        node,
+        from,
+        to,
+    )
+    .await?;
     let rows = client
         .query(
             "SELECT f.node, f.ts, f.attack, f.attack_type,
@@ -305,12 +326,12 @@ pub async fn load(
                     coalesce(f.anomalous_features, '{}'), coalesce(z.anomalous_features, '{}'),
                     f.anomalous_pods
              FROM node_features f
-             LEFT JOIN node_feature_flags($1, $3, $4, false, $2) z ON z.node = f.node AND z.ts = f.ts
-             WHERE ($2::text IS NULL OR f.node = $2)
-               AND ($3::timestamptz IS NULL OR f.ts >= $3)
-               AND ($4::timestamptz IS NULL OR f.ts <= $4)
+             LEFT JOIN evaluate_flags z ON z.node = f.node AND z.ts = f.ts
+             WHERE ($1::text IS NULL OR f.node = $1)
+               AND ($2::timestamptz IS NULL OR f.ts >= $2)
+               AND ($3::timestamptz IS NULL OR f.ts <= $3)
              ORDER BY f.node, f.ts",
-            &[&sql_threshold, &node, &from, &to],
+            &[&node, &from, &to],
         )
         .await
         .context("reading the rows and their verdicts")?
@@ -325,8 +346,31 @@ pub async fn load(
             detector_features: r.get(6),
             sql_features: r.get(7),
             pods: r.get(8),
+            sql_pods: None,
         })
+        .collect::<Vec<_>>();
+    let mut rows = rows;
+    // The SQL pod flags: every pod or service row with a feature beyond the threshold.
+    let flagged: BTreeMap<(String, SystemTime), Vec<String>> = client
+        .query(
+            "SELECT node, ts, array_agg(DISTINCT CASE WHEN namespace IS NOT NULL AND pod IS NOT NULL
+                                                  THEN namespace || '/' || pod ELSE owner END)
+             FROM pod_feature_zscores
+             WHERE kind <> 'other' AND abs(z) > $1
+               AND ($2::text IS NULL OR node = $2)
+               AND ($3::timestamptz IS NULL OR ts >= $3)
+               AND ($4::timestamptz IS NULL OR ts <= $4)
+             GROUP BY node, ts",
+            &[&sql_threshold, &node, &from, &to],
+        )
+        .await
+        .context("reading the SQL z-scores of the pod rows")?
+        .into_iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
         .collect();
+    for r in rows.iter_mut().filter(|r| r.pods.is_some()) {
+        r.sql_pods = Some(flagged.get(&(r.node.clone(), r.ts)).cloned().unwrap_or_default());
+    }
     let runs = client
         .query(
             "SELECT node, name, started_at, ended_at, interval_s, details->>'pod' FROM scenario_runs
@@ -382,6 +426,9 @@ pub fn false_alarm_lines(report: &FalseAlarmReport, sql_threshold: f64) -> Strin
         };
         out += &pod_line("pod verdicts", pods);
         out += &pod_line("node + pods", both);
+        if let Some(sql_pods) = &report.sql_pods {
+            out += &pod_line(&format!("SQL pod |z|>{sql_threshold}"), sql_pods);
+        }
     }
     out
 }
@@ -389,12 +436,12 @@ pub fn false_alarm_lines(report: &FalseAlarmReport, sql_threshold: f64) -> Strin
 /// The scores as a Markdown table (the README's table is this output).
 pub fn table(scores: &[ScenarioScore], sql_threshold: f64) -> String {
     let mut out = format!(
-        "| scenario | runs | rows | detector F1 | detector P / R | detector delay s | detected | SQL \\|z\\|>{sql_threshold} F1 | SQL P / R | SQL delay s | in its pod: detected | attributed | pod delay s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| scenario | runs | rows | detector F1 | detector P / R | detector delay s | detected | SQL \\|z\\|>{sql_threshold} F1 | SQL P / R | SQL delay s | in its pod: detected | attributed | pod delay s | SQL pod \\|z\\|>{sql_threshold}: detected | attributed |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for s in scores {
         out += &format!(
-            "| {} | {} | {} | {} | {} / {} | {} | {}/{} | {} | {} / {} | {} | {}/{} | {}/{} | {} |\n",
+            "| {} | {} | {} | {} | {} / {} | {} | {}/{} | {} | {} / {} | {} | {}/{} | {}/{} | {} | {}/{} | {}/{} |\n",
             s.scenario,
             s.runs,
             s.rows,
@@ -413,6 +460,10 @@ pub fn table(scores: &[ScenarioScore], sql_threshold: f64) -> String {
             s.pods.attributed,
             s.pods.runs_in_pods,
             fmt(s.pods.mean_delay_s, 1),
+            s.sql_pods.detected,
+            s.sql_pods.runs_in_pods,
+            s.sql_pods.attributed,
+            s.sql_pods.runs_in_pods,
         );
     }
     out
@@ -509,6 +560,7 @@ mod tests {
             detector_features: if detector == Some(true) { vec!["load1".into()] } else { vec![] },
             sql_features: if sql { vec!["open_fds".into(), "load1".into()] } else { vec![] },
             pods: None,
+            sql_pods: None,
         }
     }
 

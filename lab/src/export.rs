@@ -181,19 +181,22 @@ fn pod_select_sql() -> String {
     )
 }
 
+/// Every row's z-score per feature, one column each (the export_zscores table the normalized
+/// export joins), from node_feature_zscores over the window.
+fn zscores_sql() -> String {
+    let pivot: Vec<String> =
+        FEATURES.iter().map(|f| format!("max(z) FILTER (WHERE feature = '{0}') AS z_{0}", f.column)).collect();
+    format!("SELECT node, ts, {} FROM node_feature_zscores(2.0, $2, $3, false, $1) GROUP BY node, ts", pivot.join(", "))
+}
+
 fn select_sql(normalized: bool) -> String {
     let mut cols: Vec<String> = FEATURES.iter().map(|f| format!("d.{}", f.column)).collect();
     cols.extend(FEATURES.iter().filter(|f| f.kind == Kind::Counter).map(|f| format!("d.{}_delta", f.column)));
     let mut from = String::from("node_feature_deltas d");
     if normalized {
         cols.extend(FEATURES.iter().map(|f| format!("z.z_{}", f.column)));
-        let pivot: Vec<String> =
-            FEATURES.iter().map(|f| format!("max(z) FILTER (WHERE feature = '{0}') AS z_{0}", f.column)).collect();
-        from += &format!(
-            " LEFT JOIN (SELECT node, ts, {} FROM node_feature_zscores(2.0, $2, $3, false, $1) GROUP BY node, ts) z \
-             ON z.node = d.node AND z.ts = d.ts",
-            pivot.join(", ")
-        );
+        // export_zscores: zscores_sql(), computed on its own first (scores.rs says why).
+        from += " LEFT JOIN export_zscores z ON z.node = d.node AND z.ts = d.ts";
     }
     format!(
         "SELECT d.node, d.ts, d.attack, d.attack_type, d.anomaly_score, d.anomalous_features, {} \
@@ -520,6 +523,9 @@ pub async fn export(
         Dataset::Nodes => select_sql(normalized),
         Dataset::Pods => pod_select_sql(),
     };
+    if normalized && dataset == Dataset::Nodes {
+        crate::scores::materialize(client, "export_zscores", &zscores_sql(), node, from, to).await?;
+    }
     let shape = Shape { meta: dataset.meta(), columns: &columns, types: &types, query: &query };
     if output == std::path::Path::new("-") {
         let out = Output::Stdout(std::io::stdout());

@@ -14,4 +14,5 @@ pub mod plot;
 pub mod pod;
 pub mod prune;
 pub mod scenario;
+pub mod scores;
 pub mod window;

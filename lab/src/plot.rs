@@ -599,12 +599,21 @@ async fn load(
             }
         })
         .collect();
+    // The z-scores, computed on their own first (scores.rs says why).
+    crate::scores::materialize(
+        client,
+        "plot_zscores",
+        "SELECT * FROM node_feature_zscores(2.0, $2, $3, false, $1)",
+        Some(node),
+        from,
+        to,
+    )
+    .await?;
     let sql = series_sql(
         &cols,
         names,
         "d.anomalous_features IS NOT NULL, coalesce(cardinality(d.anomalous_features), 0) > 0",
-        "node_feature_deltas d
-         LEFT JOIN node_feature_zscores(2.0, $2, $3, false, $1) z ON z.node = d.node AND z.ts = d.ts",
+        "node_feature_deltas d LEFT JOIN plot_zscores z ON z.node = d.node AND z.ts = d.ts",
         "d.node = $1",
         "d.node, d.ts, d.attack, d.attack_type, d.anomalous_features",
     );

@@ -1,17 +1,23 @@
-//! `feature-lab prune`: retention for per-pod rows. Drops every day partition of pod_features
-//! that ends at or before now minus --pod-days, in time proportional to the number of
-//! partitions (a DROP TABLE each), never deleting rows one by one. Run it from cron or a
-//! Kubernetes CronJob with the migrating user (it drops tables).
+//! `feature-lab prune`: retention. Drops every day partition of pod_features (--pod-days) and
+//! of node_features (--node-days) that ends at or before now minus that many days, in time
+//! proportional to the number of partitions (a DROP TABLE each), never deleting rows one by
+//! one. The same on one PostgreSQL server and on a Citus coordinator (which drops the
+//! partition's shards on the workers). Run it from cron or a Kubernetes CronJob with the
+//! migrating user (it drops tables).
 use anyhow::Context;
 use clap::Args;
 
 use feature_db::DatabaseArgs;
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("keep").required(true).multiple(true).args(["pod_days", "node_days"])))]
 pub struct PruneArgs {
     /// Keep this many days of pod rows; whole days older than that are dropped.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36500))]
-    pub pod_days: u32,
+    pub pod_days: Option<u32>,
+    /// Keep this many days of node rows; whole days older than that are dropped.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub node_days: Option<u32>,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -19,21 +25,24 @@ pub struct PruneArgs {
 pub async fn command(args: PruneArgs) -> anyhow::Result<()> {
     let client = args.database.connect().await?;
     feature_db::migrate::require_current(&client).await?;
-    let days = i32::try_from(args.pod_days).context("--pod-days")?;
-    let row = client
-        .query_one(
-            "WITH c AS (SELECT now() - make_interval(days => $1) AS cutoff)
-             SELECT drop_pod_features_before(cutoff), cutoff FROM c",
-            &[&days],
-        )
-        .await
-        .context("dropping old pod partitions")?;
-    let dropped: i32 = row.get(0);
-    let cutoff: std::time::SystemTime = row.get(1);
-    tracing::info!(dropped, days, "pruned pod rows");
-    println!(
-        "{dropped} day partitions of pod_features dropped (everything before {})",
-        feature_schema::timefmt::rfc3339_micros(cutoff)
-    );
+    for (table, days) in [("pod_features", args.pod_days), ("node_features", args.node_days)] {
+        let Some(days) = days else { continue };
+        let days = i32::try_from(days).context("days")?;
+        let row = client
+            .query_one(
+                "WITH c AS (SELECT now() - make_interval(days => $2) AS cutoff)
+                 SELECT drop_day_partitions_before($1::text::regclass, cutoff), cutoff FROM c",
+                &[&table, &days],
+            )
+            .await
+            .with_context(|| format!("dropping old day partitions of {table}"))?;
+        let dropped: i32 = row.get(0);
+        let cutoff: std::time::SystemTime = row.get(1);
+        tracing::info!(table, dropped, days, "pruned");
+        println!(
+            "{dropped} day partitions of {table} dropped (everything before {})",
+            feature_schema::timefmt::rfc3339_micros(cutoff)
+        );
+    }
     Ok(())
 }

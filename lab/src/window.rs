@@ -67,10 +67,13 @@ pub async fn timestamp(
 /// boundaries' spacing, so the next row, whose interval starts exactly at a boundary `to`, is
 /// not taken); a row with no interval_s (the first after an agent's start) is the instant `ts`,
 /// in the window when `ts <= to`. So a window [t, t] holds the row stamped t, not the next one.
-/// `label` and the scenarios' labels use this one rule.
+/// `label` and the scenarios' labels use this one rule. It is written with immutable operators
+/// only (`ts - to`, a difference of timestamps, against a scaled interval; not `ts - interval`,
+/// which depends on the time zone): a Citus coordinator refuses an UPDATE whose condition calls
+/// a time-zone-dependent function on a column.
 pub fn overlaps(alias: &str, from: &str, to: &str) -> String {
     format!(
-        "{alias}.ts >= {from} AND ({alias}.ts <= {to} OR {alias}.ts - coalesce({alias}.interval_s, 0) * interval '0.99 second' < {to})"
+        "{alias}.ts >= {from} AND ({alias}.ts <= {to} OR {alias}.ts - {to} < coalesce({alias}.interval_s, 0) * interval '0.99 second')"
     )
 }
 
@@ -80,7 +83,7 @@ mod tests {
     fn the_overlap_rule_reads_as_sql() {
         assert_eq!(
             super::overlaps("f", "$1", "$2"),
-            "f.ts >= $1 AND (f.ts <= $2 OR f.ts - coalesce(f.interval_s, 0) * interval '0.99 second' < $2)"
+            "f.ts >= $1 AND (f.ts <= $2 OR f.ts - $2 < coalesce(f.interval_s, 0) * interval '0.99 second')"
         );
     }
 }

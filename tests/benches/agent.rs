@@ -10,8 +10,10 @@
 //!      fallback (--socket-hook syscalls), against nothing attached, interleaved
 //!   6. each program's own cost per event (kernel.bpf_stats_enabled: run_time_ns / run_cnt from
 //!      the program's fdinfo) under a known workload of forks, connections and sockets
-//!   7. the streaming detector's CPU per row (judging real sampled rows after its warm-up);
-//!      BENCH_ONLY=detector runs this one alone
+//!   7. the streaming detector's CPU per row (judging real sampled rows after its warm-up),
+//!      and the pod detector's CPU per interval of 141 pod rows (110 pods of 40 workloads, 30
+//!      services, other) with the recurring-burst rule on and off, alternating in 7 rounds;
+//!      BENCH_ONLY=detector runs these alone
 //!   8. per-pod rows (BENCH_ONLY=pods alone): CPU per interval with per-pod rows on and 0, 100
 //!      and 1,000 kubelet-style cgroups in the v2 tree; the fork and connect loops with
 //!      per-cgroup counting against node-only counting, interleaved in one run; each program's
@@ -31,6 +33,7 @@ use agent::{
     collector::{DiskSelector, InterfaceSelector, Roots, Sources},
     detector::{Detector, DetectorOptions},
     ebpf::{EbpfCounters, LoadOptions, SocketHook},
+    pod_detector::PodDetector,
     sampler::Sampler,
     tcp_diag::TcpDiag,
 };
@@ -220,6 +223,74 @@ fn detector_cpu_per_row(n: u32) -> Duration {
         d.judge(r);
     }
     (thread_cpu() - t0) / n
+}
+
+/// One interval of a busy node's pod rows: 110 pods of 40 workloads (Deployments' replicas),
+/// 30 host services and the other row, with cumulative CPU and event counts that vary from
+/// interval to interval (a fixed pseudo-random sequence), at interval `k`.
+fn pod_interval(k: u64) -> feature_schema::FeatureRow {
+    use feature_schema::pods::{OwnerKind, PodRow, Res};
+    let mut row = feature_schema::FeatureRow::empty("bench".into(), std::time::SystemTime::UNIX_EPOCH);
+    let noise = |i: u64, salt: u64| {
+        let mut x = (k * 1_000_003 + i * 7919 + salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^= x >> 29;
+        (x % 100) as i64
+    };
+    for i in 0..141u64 {
+        let (kind, namespace, pod) = match i {
+            0..=109 => {
+                (OwnerKind::Pod, Some(format!("ns{}", i % 7)), Some(format!("app{}-6d94bc8694-{:05}", i % 40, i)))
+            }
+            110..=139 => (OwnerKind::Service, None, None),
+            _ => (OwnerKind::Other, None, None),
+        };
+        let mut p = PodRow {
+            node: "bench".into(),
+            ts: std::time::SystemTime::UNIX_EPOCH,
+            interval_s: Some(10.0),
+            kind,
+            owner: format!("owner-{i}"),
+            namespace,
+            pod,
+            ..PodRow::blank()
+        };
+        for (e, v) in p.events.iter_mut().enumerate() {
+            *v = Some(noise(i, e as u64) / 10);
+        }
+        for (r, v) in p.resources.iter_mut().enumerate() {
+            *v = Some((k as i64) * 1000 + noise(i, 100 + r as u64) * 10);
+        }
+        p.resources[Res::PidsCurrent as usize] = Some(5 + noise(i, 200) / 50);
+        row.pods.push(p);
+    }
+    row
+}
+
+/// CPU time the pod detector takes per interval of 141 pod rows, over `n` intervals after a
+/// warm-up of 30, with the recurring-burst rule on (4 episodes in 360 rows) or off.
+fn pod_detector_cpu_per_interval(n: u64, recurring: bool) -> Duration {
+    let options = DetectorOptions {
+        threshold: 4.0,
+        warmup_rows: 30,
+        half_life_rows: 360.0,
+        adapt_rows: 60,
+        agreement: 2,
+        interval_s: 10.0,
+        recurring_episodes: if recurring { 4 } else { 0 },
+        recurring_rows: 360,
+    };
+    let mut d = PodDetector::new(options, 2000);
+    let intervals: Vec<_> = (0..n + 30).map(pod_interval).collect();
+    let mut iter = intervals.into_iter();
+    for mut row in iter.by_ref().take(30) {
+        d.judge(&mut row);
+    }
+    let rest: Vec<_> = iter.collect();
+    let t0 = thread_cpu();
+    for mut row in rest {
+        std::hint::black_box(d.judge(&mut row));
+    }
+    (thread_cpu() - t0) / n as u32
 }
 
 /// Mean CPU time of one row over `n` rows, after a warm-up.
@@ -460,6 +531,24 @@ fn main() {
         "detector CPU per row (judging a sampled row)".to_string(),
         format!("{:.2} µs", detector.as_secs_f64() * 1e6),
     ));
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for round in 0..7 {
+        // Which goes first alternates.
+        if round % 2 == 0 {
+            on.push(pod_detector_cpu_per_interval(500, true));
+            off.push(pod_detector_cpu_per_interval(500, false));
+        } else {
+            off.push(pod_detector_cpu_per_interval(500, false));
+            on.push(pod_detector_cpu_per_interval(500, true));
+        }
+    }
+    let range = |v: &[Duration]| {
+        let us: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+        let (lo, hi) = us.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        format!("{:.0} µs (7 rounds: {lo:.0}-{hi:.0})", median(us.clone()))
+    };
+    rows.push(("pod detector CPU per interval of 141 pod rows, recurring-burst rule on".to_string(), range(&on)));
+    rows.push(("pod detector CPU per interval of 141 pod rows, recurring-burst rule off".to_string(), range(&off)));
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "detector") {
         for (what, value) in &rows {
             println!("| {what} | {value} |");

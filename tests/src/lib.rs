@@ -6,6 +6,7 @@
 //! In CI (CI=true) skipping is never allowed.
 pub mod cgroup;
 pub mod netns;
+pub mod schemas;
 use std::{
     path::PathBuf,
     process::{Command, Output, Stdio},
@@ -57,6 +58,44 @@ pub fn postgres() -> &'static ThrowawayPostgres {
         match rx.recv().expect("the starter thread answers") {
             Ok(pg) => pg,
             Err(e) => panic!("cannot start the throwaway Postgres: {e}"),
+        }
+    })
+}
+
+/// Returns true if the Citus tests can go on: the citus extension is installed in this
+/// machine's PostgreSQL (`../shared/citus/build.sh` builds it; `cargo xtask test` runs that).
+/// Otherwise fails the test, or, where skipping is allowed (never in CI), prints SKIPPED.
+#[must_use]
+pub fn have_citus(test: &str) -> bool {
+    if !have_root(test) {
+        return false;
+    }
+    match throwaway_pg::citus::citus_installed() {
+        Ok(true) => true,
+        _ if skip_allowed() => {
+            eprintln!("SKIPPED {test}: Citus is not installed (../shared/citus/build.sh); FEATURE_AGENT_TEST_ALLOW_SKIP=1");
+            false
+        }
+        Ok(false) => panic!("{test} needs Citus installed in this PostgreSQL: run ../shared/citus/build.sh (cargo xtask test does), or install Citus's packages"),
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+/// The test binary's shared Citus cluster (a coordinator and two workers), started on first
+/// use, like [`postgres`].
+pub fn citus() -> &'static throwaway_pg::citus::ThrowawayCitus {
+    static CITUS: OnceLock<throwaway_pg::citus::ThrowawayCitus> = OnceLock::new();
+    CITUS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tx.send(throwaway_pg::citus::ThrowawayCitus::start(2)).expect("receiver waits");
+            loop {
+                std::thread::park();
+            }
+        });
+        match rx.recv().expect("the starter thread answers") {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start the throwaway Citus cluster: {e}"),
         }
     })
 }

@@ -23,7 +23,7 @@ fn synthetic(db: &str) {
         (40, 0, 90, 5.0, 50.0),
         (50, 1, 390, 9.0, 70.0),
     ];
-    let mut q = String::from("SELECT ensure_node_partition('a'); SELECT ensure_node_partition('b');");
+    let mut q = String::from("SELECT ensure_day_partitions('2026-01-01 00:00:00Z');");
     // interval_s is the agent's: NULL on the first row after its start, 10 s after that.
     let interval = |s: i32| if s == 0 { "NULL".to_owned() } else { "10".to_owned() };
     for (s, attack, disk, load, mem) in rows_a {
@@ -87,7 +87,7 @@ fn deltas_across_gaps_are_null() {
         (136, Some(30), 640),
         (146, Some(10), 650),
     ];
-    let mut q = String::from("SELECT ensure_node_partition('g');");
+    let mut q = String::from("SELECT ensure_day_partitions('2026-01-01 00:00:00Z');");
     for (s, interval, forks) in rows {
         let interval = interval.map_or("NULL".to_owned(), |i: i32| i.to_string());
         q += &format!(

@@ -102,15 +102,24 @@ fn run_writes_rows_with_every_feature_in_range() {
         sql("db_rows", "SELECT string_agg(ts::text, ', ') FROM node_features")
     );
     assert_eq!(sql("db_rows", "SELECT extract(epoch FROM max(ts) - min(ts)) FROM node_features"), "2.000000");
-    // The node's partition exists and holds the rows.
-    let part = sql("db_rows", "SELECT node_features_partition_name('node-a')");
-    assert!(part.starts_with("node_features_node_a_"), "{part}");
-    assert_eq!(sql("db_rows", &format!("SELECT count(*) FROM \"{part}\"")), "3");
+    // The day's partition exists and holds the rows (a run across midnight UTC uses two).
+    let parts = sql(
+        "db_rows",
+        "SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'node_features'::regclass",
+    );
+    let first = parts.split(',').next().unwrap();
+    assert!(first.starts_with("node_features_20") && first.len() == "node_features_20260304".len(), "{parts}");
+    let in_parts: i64 = parts
+        .split(',')
+        .map(|p| sql("db_rows", &format!("SELECT count(*) FROM \"{p}\"")).parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(in_parts, 3);
 }
 
 #[test]
-fn two_nodes_two_partitions_and_hostile_names_stored_verbatim() {
-    if !have_root("two_nodes_two_partitions_and_hostile_names_stored_verbatim") {
+fn nodes_share_day_partitions_and_hostile_names_are_stored_verbatim() {
+    if !have_root("nodes_share_day_partitions_and_hostile_names_are_stored_verbatim") {
         return;
     }
     let url = fresh_database("db_nodes");
@@ -119,19 +128,27 @@ fn two_nodes_two_partitions_and_hostile_names_stored_verbatim() {
     for node in ["node-one", "node-two", hostile.as_str()] {
         assert_success(&run_rows(&url, node, "2"));
     }
-    let parts = sql("db_nodes", "SELECT count(*) FROM pg_inherits WHERE inhparent = 'node_features'::regclass");
-    assert_eq!(parts, "3");
+    // Partitions are days, shared by the nodes: a node name never reaches an identifier.
+    let parts: i64 = sql("db_nodes", "SELECT count(*) FROM pg_inherits WHERE inhparent = 'node_features'::regclass")
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&parts), "one day (two across midnight UTC): {parts}");
+    assert_eq!(
+        sql(
+            "db_nodes",
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'node_features'::regclass AND c.relname !~ '^node_features_[0-9]{8}$'"
+        ),
+        "0"
+    );
     assert_eq!(sql("db_nodes", "SELECT count(DISTINCT node) FROM node_features"), "3");
-    // The hostile name comes back byte for byte, and each partition holds only its own node.
+    // The hostile name comes back byte for byte, with its own rows.
     let stored = sql("db_nodes", "SELECT node FROM node_features WHERE node NOT LIKE 'node-%' LIMIT 1");
     assert_eq!(stored, hostile);
-    let part = sql("db_nodes", &format!("SELECT node_features_partition_name({})", quote_literal(&hostile)));
-    assert!(part.len() <= 63, "partition name fits an identifier: {part}");
     assert_eq!(
-        sql("db_nodes", &format!("SELECT count(*) FROM \"{part}\" WHERE node = {}", quote_literal(&hostile))),
+        sql("db_nodes", &format!("SELECT count(*) FROM node_features WHERE node = {}", quote_literal(&hostile))),
         "2"
     );
-    assert_eq!(sql("db_nodes", &format!("SELECT count(*) FROM \"{part}\"")), "2");
 }
 
 fn quote_literal(s: &str) -> String {
@@ -153,7 +170,7 @@ fn migrations_twice_are_a_no_op_and_rows_are_unique_per_node_and_ts() {
         feature_db::migrate::MIGRATIONS.len().to_string()
     );
     // (node, ts) is the primary key: the same row twice is one row, and ON CONFLICT keeps it so.
-    sql("db_migrate", "SELECT ensure_node_partition('n')");
+    sql("db_migrate", "SELECT ensure_day_partitions('2026-01-01T00:00:00Z')");
     sql(
         "db_migrate",
         "INSERT INTO node_features (node, ts) VALUES ('n', '2026-01-01T00:00:00Z') ON CONFLICT (node, ts) DO NOTHING",

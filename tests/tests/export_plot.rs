@@ -24,7 +24,7 @@ fn synthetic(db: &str) -> String {
     let mut q = String::new();
     for (n, node) in NODES.iter().enumerate() {
         let lit = format!("'{}'", node.replace('\'', "''"));
-        q += &format!("SELECT ensure_node_partition({lit});");
+        q += "SELECT ensure_day_partitions('2026-01-01 00:00:00Z');";
         for r in 0..ROWS {
             let values: Vec<String> = (0..cols.len() as i64)
                 .map(|c| {

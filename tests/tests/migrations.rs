@@ -6,14 +6,11 @@
 //! migration 0004 repairs them. After the upgrade the table, the views and the catalog are
 //! exactly what the column declaration (feature-schema) says, so a column added by a later
 //! migration reaches every view.
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use tests::{fresh_database, have_root, run_agent, run_lab, sql};
 
-fn fixture(name: &str) -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/schemas");
-    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
+use tests::schemas::{fixture, release_schema_sql};
 
 /// A row of the columns every released schema has, for node `node` at second `i`.
 fn row_sql(node: &str, i: u32) -> String {
@@ -40,18 +37,21 @@ fn every_released_schema_upgrades_in_place() {
         let db = format!("schema_{release}");
         let url = fresh_database(&db);
         // The schema as that release left it: its migrations, recorded as applied.
-        let mut setup = String::from(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, \
-             applied_at timestamptz NOT NULL DEFAULT now());",
-        );
-        for (i, f) in files.iter().enumerate() {
-            setup += &fixture(f);
-            let name = format!("{}.sql", f.split('.').next().unwrap());
-            setup += &format!("\nINSERT INTO schema_migrations (version, name) VALUES ({}, '{name}');", i + 1);
-        }
+        let mut setup = release_schema_sql(&files);
         setup += "SELECT ensure_node_partition('old-node');";
         for i in 0..12 {
             setup += &row_sql("old-node", i);
+        }
+        // Releases with per-pod rows: pod rows too, over two days.
+        let pods = files.iter().any(|f| f.starts_with("0007_"));
+        if pods {
+            for i in 0..12 {
+                let ts = format!("timestamptz '2026-01-01 23:59:00Z' + interval '{} s'", i * 10);
+                setup += &format!(
+                    "SELECT ensure_pod_partition('old-node', {ts});
+                     INSERT INTO pod_features (node, ts, kind, owner, ebpf_forks) VALUES ('old-node', {ts}, 'other', 'other', {i});"
+                );
+            }
         }
         sql(&db, &setup);
 
@@ -78,6 +78,27 @@ fn every_released_schema_upgrades_in_place() {
         assert_eq!(sql(&db, "SELECT count(*) FROM node_feature_flags(2.0, NULL, NULL, false, 'old-node')"), "12");
         assert_eq!(sql(&db, "SELECT count(*) FROM node_anomalies WHERE node = 'old-node'"), "0");
         assert_eq!(sql(&db, "SELECT count(*) FROM node_features"), "12", "{release}: the rows are kept");
+        if pods {
+            assert_eq!(
+                sql(&db, "SELECT count(*), sum(ebpf_forks) FROM pod_features WHERE node = 'old-node'"),
+                "12|66",
+                "{release}: the pod rows are kept"
+            );
+        }
+        // Whatever the release's layout, the tables are now partitioned by day.
+        assert_eq!(
+            sql(
+                &db,
+                "SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                 WHERE i.inhparent IN ('node_features'::regclass, 'pod_features'::regclass)"
+            ),
+            if pods {
+                "node_features_20260101,node_features_20260102,pod_features_20260101,pod_features_20260102"
+            } else {
+                "node_features_20260101,pod_features_20260101"
+            },
+            "{release}"
+        );
         assert_schema_is_the_declaration(&db, release);
         // And the commands that call them work on the upgraded database.
         let out = run_lab(
@@ -120,7 +141,7 @@ fn an_older_binary_leaves_a_newer_schema_alone() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.contains("applied=0"), "{stderr}");
     assert_eq!(sql(db, "SELECT sql FROM schema_generated"), "-- a newer declaration");
-    sql(db, "SELECT ensure_node_partition('n'); INSERT INTO node_features (node, ts) VALUES ('n', now())");
+    sql(db, "SELECT ensure_day_partitions(now()); INSERT INTO node_features (node, ts) VALUES ('n', now())");
     let out =
         run_lab(&["export", "--format", "csv", "--output", "-"], &[("DATABASE_URL", &url)], Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -564,8 +564,7 @@ fn a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns() {
         let (client, conn) =
             url.parse::<tokio_postgres::Config>().unwrap().connect(tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
-        client.query_one("SELECT ensure_node_partition($1)", &[&row.node]).await.unwrap();
-        client.query_one("SELECT ensure_pod_partition($1, $2)", &[&row.node, &row.ts]).await.unwrap();
+        client.query_one("SELECT ensure_day_partitions($1)", &[&row.ts]).await.unwrap();
         assert_eq!(client.execute(&pod_insert_sql(1), &row.params()).await.unwrap(), 1);
         for (column, want) in &expected {
             let got: String = client

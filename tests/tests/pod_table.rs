@@ -1,6 +1,7 @@
-//! The pod_features table against its declaration (feature-schema/src/pods.rs), its per-node,
-//! per-day partitions, and retention: drop_pod_features_before drops whole day partitions,
-//! keeping every row after the cut and none before it.
+//! The pod_features table against its declaration (feature-schema/src/pods.rs), its day
+//! partitions (shared by every node, as node_features'), and retention:
+//! drop_day_partitions_before drops whole day partitions, keeping every row after the cut and
+//! none before it.
 use feature_schema::pods::pod_columns;
 use tests::{have_root, migrated_database, sql};
 
@@ -46,31 +47,40 @@ fn retention_drops_whole_days_before_the_cut_and_keeps_the_rest() {
     }
     let db = "pod_retention";
     migrated_database(db);
-    // Three nodes (one with a hostile name) with rows every hour over five days.
+    // Three nodes (one with a hostile name) with node and pod rows every hour over five days.
     let mut q = String::new();
     for node in ["a", "b-node", "it's \"odd\" ü"] {
         let lit = format!("'{}'", node.replace('\'', "''"));
         for h in 0..(5 * 24) {
             let ts = format!("timestamptz '2026-03-01 00:30:00Z' + interval '{h} hours'");
             q += &format!(
-                "SELECT ensure_pod_partition({lit}, {ts});
+                "SELECT ensure_day_partitions({ts});
+                 INSERT INTO node_features (node, ts) VALUES ({lit}, {ts});
                  INSERT INTO pod_features (node, ts, kind, owner, ebpf_forks) VALUES ({lit}, {ts}, 'other', 'other', {h});"
             );
         }
     }
     sql(db, &q);
-    let parts = |db| {
-        sql(db, "SELECT count(*) FROM pg_inherits i JOIN pg_inherits n ON n.inhrelid = i.inhparent WHERE n.inhparent = 'pod_features'::regclass")
-    };
-    assert_eq!(parts(db), "15");
+    let parts =
+        |table: &str| sql(db, &format!("SELECT count(*) FROM pg_inherits WHERE inhparent = '{table}'::regclass"));
+    // One partition per day, shared by the nodes.
+    assert_eq!(parts("pod_features"), "5");
+    assert_eq!(parts("node_features"), "5");
     assert_eq!(sql(db, "SELECT count(*) FROM pod_features"), "360");
     // Cut in the middle of March 3rd: March 1st and 2nd go, the 3rd (it ends after the cut) stays.
-    assert_eq!(sql(db, "SELECT drop_pod_features_before('2026-03-03 12:00:00Z')"), "6");
-    assert_eq!(parts(db), "9");
+    assert_eq!(sql(db, "SELECT drop_pod_features_before('2026-03-03 12:00:00Z')"), "2");
+    assert_eq!(parts("pod_features"), "3");
     assert_eq!(sql(db, "SELECT count(*) FROM pod_features"), (3 * 3 * 24).to_string());
     assert_eq!(sql(db, "SELECT min(ts) = '2026-03-03 00:30:00Z' FROM pod_features"), "t");
-    // Again: nothing more to drop; the node partitions stay for new days.
+    // Node rows are kept until their own cut.
+    assert_eq!(sql(db, "SELECT count(*) FROM node_features"), "360");
+    assert_eq!(sql(db, "SELECT drop_day_partitions_before('node_features', '2026-03-02 00:00:00Z')"), "1");
+    assert_eq!(sql(db, "SELECT count(*) FROM node_features"), (3 * 4 * 24).to_string());
+    // Again: nothing more to drop; a dropped day comes back when rows for it arrive.
     assert_eq!(sql(db, "SELECT drop_pod_features_before('2026-03-03 12:00:00Z')"), "0");
-    sql(db, "SELECT ensure_pod_partition('a', '2026-03-01 05:00:00Z')");
-    assert_eq!(parts(db), "10");
+    sql(db, "SELECT ensure_day_partitions('2026-03-01 05:00:00Z')");
+    assert_eq!(parts("pod_features"), "4");
+    assert_eq!(parts("node_features"), "5");
+    // Nothing but the two day-partitioned tables can be pruned this way.
+    assert!(tests::postgres().psql(db, "SELECT drop_day_partitions_before('scenario_runs', now())").is_err());
 }

@@ -49,7 +49,7 @@ fn a_distinct_row_reads_back_by_name_through_spool_insert_csv_and_parquet() {
     rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
-        client.query_one("SELECT ensure_node_partition($1)", &[&NODE]).await.unwrap();
+        client.query_one("SELECT ensure_day_partitions($1)", &[&spooled[0].ts]).await.unwrap();
         let n = client.execute(&feature_schema::insert_sql(1), &spooled[0].params()).await.unwrap();
         assert_eq!(n, 1);
     });

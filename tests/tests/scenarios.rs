@@ -155,7 +155,7 @@ fn label_marks_and_clears_a_window() {
     }
     let db = "labels";
     let url = migrated_database(db);
-    let mut q = String::from("SELECT ensure_node_partition('x'); SELECT ensure_node_partition('y');");
+    let mut q = String::from("SELECT ensure_day_partitions('2026-01-01 00:00:00Z');");
     for node in ["x", "y"] {
         for s in 0..6 {
             q += &format!(
@@ -215,7 +215,7 @@ fn label_marks_and_clears_a_window() {
     // One rule with the scenarios: a row is in the window when the interval it covers overlaps
     // it. Node z samples every 10 s: the row stamped :20 covers (:10, :20], which a window of
     // :15 to :16 overlaps; no row is stamped inside that window.
-    let mut q = String::from("SELECT ensure_node_partition('z');");
+    let mut q = String::from("SELECT ensure_day_partitions('2026-01-01 00:00:00Z');");
     for s in [0, 10, 20, 30] {
         q += &format!(
             "INSERT INTO node_features (node, ts, interval_s) VALUES ('z', timestamptz '2026-01-01 00:00:00Z' + interval '{s} s', 10);"
@@ -242,8 +242,8 @@ fn label_marks_and_clears_a_window() {
     );
 }
 
-/// The scripted run (normal, attack, normal, ...), in pods (the default): every scenario runs in
-/// the application pod shop/app-0, and the agent flags that pod within 4 s of the scenario's
+/// The scripted run (normal, attack, normal, ...), in pods (the default): each scenario runs in
+/// an application pod of its own (shop/<scenario>-0), and the agent flags that pod within 4 s of the scenario's
 /// start, with no other pod flagged in that interval; the node detector flags every scenario
 /// but those that barely move a node (the throttled miner, the reverse shell, and the bulk
 /// transfer, whose bytes cross a virtual interface the node row does not count). (Precision
@@ -321,6 +321,11 @@ fn drill_detects_every_scenario() {
     // The pod verdicts' false alarms, and the node's and the pods' together.
     let pod_fa = &report["false_alarms"]["node_and_pods"];
     assert!(pod_fa["normal_rows"].as_u64().unwrap() > 10, "{pod_fa}");
+    // The SQL z-scores of the pod rows, scored on the same rows.
+    let sql_pods = &report["false_alarms"]["sql_pods"];
+    assert_eq!(sql_pods["normal_rows"], pod_fa["normal_rows"], "{sql_pods}");
+    let sql_detected: u64 = scores.iter().map(|s| s["sql_pods"]["detected"].as_u64().unwrap()).sum();
+    assert!(sql_detected >= 5, "the SQL pod z-scores see most scenarios in their pods: {sql_detected} of 10");
     // Anomalous rows are logged as warnings by the agent.
     assert!(String::from_utf8_lossy(&out.stderr).contains("anomalous row"));
 

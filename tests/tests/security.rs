@@ -59,10 +59,17 @@ fn roles_allow_only_what_each_needs_and_the_agent_runs_as_the_writer() {
     ] {
         denied(&pg, "agent", sql);
     }
-    // Its partition is not its own either.
-    let part = pg.psql("postgres", "SELECT node_features_partition_name('least-privilege')").unwrap();
+    // The day partitions it had created (through the SECURITY DEFINER function) are not its
+    // own either, and it cannot drop old days (retention is the migrating user's).
+    let part = pg
+        .psql(
+            "postgres",
+            "SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'node_features'::regclass LIMIT 1",
+        )
+        .unwrap();
     denied(&pg, "agent", &format!("DROP TABLE {}", part.trim()));
     denied(&pg, "agent", &format!("DELETE FROM {}", part.trim()));
+    denied(&pg, "agent", "SELECT drop_day_partitions_before('node_features', now())");
 
     // The labeller labels (attack, attack_type) and nothing else.
     pg.psql_as("labeller", "postgres", "UPDATE node_features SET attack = 1, attack_type = 'test'").unwrap();
@@ -71,6 +78,7 @@ fn roles_allow_only_what_each_needs_and_the_agent_runs_as_the_writer() {
         "UPDATE node_features SET load1 = 0",
         "DELETE FROM node_features",
         "SELECT ensure_node_partition('other')",
+        "SELECT ensure_day_partitions(now() + interval '9 days')",
         "DROP TABLE node_features",
     ] {
         denied(&pg, "labeller", sql);

@@ -6,6 +6,8 @@
 //! The server is spawned with PR_SET_PDEATHSIG, so it also stops if the process that started it
 //! dies without running destructors (a test binary holding it in a static); the directories of
 //! such servers are removed by the next start.
+pub mod citus;
+
 use std::{
     ffi::CString,
     fmt, fs, io,

@@ -201,6 +201,20 @@ const PYTHON_TOOLS: [&str; 2] = ["checkov==3.3.30", "kubernetes-validate==1.37.0
 /// newest release that supports the machine's Python (Debian 12: 3.11).
 const ML_TOOLS: [&str; 3] = ["pandas>=2.2,<4", "pyarrow>=15", "scikit-learn>=1.4,<2"];
 
+/// Citus for the tests of tests/tests/citus.rs: where this project's shared/ directory is beside
+/// the repository (its machines and CI), its build.sh builds and installs Citus 13.2.2 into
+/// the machine's PostgreSQL (a no-op once done). Elsewhere install Citus from its own packages;
+/// without it those tests fail (or, where allowed, skip: tests/src/lib.rs).
+fn citus() -> anyhow::Result<()> {
+    let build = root().join("../shared/citus/build.sh");
+    if build.is_file() {
+        run(Command::new("bash").arg(build))?;
+    } else {
+        eprintln!("setup: no ../shared/citus/build.sh; the Citus tests need Citus installed (its own packages)");
+    }
+    Ok(())
+}
+
 /// A Python venv under target/ with `packages` from PyPI, made (or remade) when its list of
 /// packages changed; returns its bin directory.
 fn venv(name: &str, packages: &[&str]) -> anyhow::Result<PathBuf> {
@@ -446,6 +460,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { interval, records } => demo(interval, records),
         Task::Test { args } => {
             setup()?;
+            citus()?;
             ml_venv()?;
             test(&args)
         }

@@ -1,11 +1,11 @@
 //! One Postgres session of the writer: opening it (connect, the schema check, the per-node
-//! advisory lock that keeps one writer per node name, the node's partition, the prepared
+//! advisory lock that keeps one writer per node name, today's day partitions, the prepared
 //! INSERT), and writing a batch (node rows and their pod rows in one transaction). Nothing here
 //! has a deadline of its own: the writer races every call against one (writer/mod.rs) and drops
 //! a session whose call was cut off, which also ends its connection task.
 use std::{
     collections::{HashMap, HashSet},
-    time::{SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
 use anyhow::Context;
@@ -13,7 +13,7 @@ use tokio_postgres::{error::SqlState, types::ToSql, Statement};
 
 use feature_db::{
     connect::{connect_owned, explain_connect_error, OwnedClient},
-    ensure_partition, migrate, Target,
+    ensure_day_partitions, migrate, utc_day, Target,
 };
 use feature_schema::{
     insert_sql,
@@ -53,10 +53,8 @@ pub struct Session {
     conn: OwnedClient,
     /// Prepared multi-row INSERTs, by number of rows.
     inserts: HashMap<usize, Statement>,
-    /// Nodes whose partition exists (spooled rows may belong to an earlier node name).
-    partitions: HashSet<String>,
-    /// (node, UTC day) whose pod_features partition exists.
-    pod_partitions: HashSet<(String, u64)>,
+    /// UTC days whose partitions (of node_features and pod_features) exist.
+    days: HashSet<i64>,
 }
 
 /// What one write did.
@@ -74,7 +72,7 @@ impl Session {
     /// Connects; the caller bounds the time.
     pub async fn connect(target: &Target) -> anyhow::Result<Session> {
         let conn = connect_owned(target).await.map_err(explain_connect_error).context("connecting to the database")?;
-        Ok(Session { conn, inserts: HashMap::new(), partitions: HashSet::new(), pod_partitions: HashSet::new() })
+        Ok(Session { conn, inserts: HashMap::new(), days: HashSet::new() })
     }
 
     /// Applies the migrations if the schema is behind (and this role may).
@@ -82,7 +80,7 @@ impl Session {
         migrate::ensure_current(&mut self.conn.client).await
     }
 
-    /// Takes the node's writer lock, creates its partition and prepares the one-row INSERT.
+    /// Takes the node's writer lock, creates today's partitions and prepares the one-row INSERT.
     /// `own_application` is this process's application_name: a session holding the lock under
     /// it is one this agent abandoned (a write that passed its deadline, its server-side end
     /// still alive behind a black hole) and is ended, so the agent does not lock itself out.
@@ -120,8 +118,9 @@ impl Session {
                 }
             }
         }
-        ensure_partition(client, node).await.map_err(pg).context("creating this node's partition")?;
-        self.partitions.insert(node.to_owned());
+        let now = SystemTime::now();
+        ensure_day_partitions(client, now).await.map_err(pg).context("creating today's partitions")?;
+        self.days.insert(utc_day(now));
         self.statement(1).await.map_err(pg).context("preparing the row INSERT")?;
         Ok(())
     }
@@ -141,19 +140,29 @@ impl Session {
 
     /// Forgets which partitions exist (one may have been dropped under us by retention).
     pub fn forget_partitions(&mut self) {
-        self.partitions.clear();
-        self.pod_partitions.clear();
+        self.days.clear();
+    }
+
+    /// Creates the day partitions the rows (and their pod rows) fall in, where not known to
+    /// exist. Before the transaction: on a Citus coordinator a partition's creation is DDL that
+    /// reaches every worker, which must not share a transaction with the rows' writes.
+    async fn ensure_days(&mut self, rows: &[FeatureRow]) -> Result<(), tokio_postgres::Error> {
+        let times = rows.iter().flat_map(|r| std::iter::once(r.ts).chain(r.pods.iter().map(|p| p.ts)));
+        for ts in times {
+            if self.days.insert(utc_day(ts)) {
+                if let Err(e) = ensure_day_partitions(&self.conn.client, ts).await {
+                    self.days.remove(&utc_day(ts));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Inserts the rows in one statement, and their pod rows with them in the same transaction
     /// (so the database never holds an interval's node row without its pod rows).
     pub async fn write(&mut self, rows: &[FeatureRow]) -> Result<Written, tokio_postgres::Error> {
-        for row in rows {
-            if !self.partitions.contains(&row.node) {
-                ensure_partition(&self.conn.client, &row.node).await?;
-                self.partitions.insert(row.node.clone());
-            }
-        }
+        self.ensure_days(rows).await?;
         let statement = self.statement(rows.len()).await?;
         let params: Vec<&(dyn ToSql + Sync)> = rows.iter().flat_map(FeatureRow::params).collect();
         let pods: Vec<&PodRow> = rows.iter().flat_map(|r| &r.pods).collect();
@@ -161,13 +170,6 @@ impl Session {
         if pods.is_empty() {
             let new = self.conn.client.execute(&statement, &params).await?;
             return Ok(Written { new, duplicate: total - new, pod_rows: 0 });
-        }
-        for p in &pods {
-            let key = (p.node.clone(), pod_day(p.ts));
-            if !self.pod_partitions.contains(&key) {
-                self.conn.client.query_one("SELECT ensure_pod_partition($1, $2)", &[&p.node, &p.ts]).await?;
-                self.pod_partitions.insert(key);
-            }
         }
         let tx = self.conn.client.transaction().await?;
         let new = tx.execute(&statement, &params).await?;
@@ -183,11 +185,6 @@ impl Session {
 
 fn pg(e: tokio_postgres::Error) -> OpenError {
     OpenError::Failed(anyhow::Error::new(e))
-}
-
-/// The UTC day of a timestamp: pod_features' partitions are per node and day.
-fn pod_day(ts: SystemTime) -> u64 {
-    ts.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400
 }
 
 /// Whether an error concerns the rows' data (retrying cannot help), rather than the connection.
