@@ -133,8 +133,8 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     let mut neighbour = None;
     if let Some(p) = &mut pods {
         for &s in &scenarios {
-            if !apps.contains_key(&s) {
-                apps.insert(s, p.add("shop", &format!("{}-0", s.name()), true)?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = apps.entry(s) {
+                slot.insert(p.add("shop", &format!("{}-0", s.name()), true)?);
             }
         }
         neighbour = Some(p.add("lab-neighbour", &format!("{}-0", args.background.name()), false)?);
