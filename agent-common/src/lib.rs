@@ -202,6 +202,9 @@ events! {
     SockAllocRaw = "sock_alloc_raw",
     /// A socket created: anything else.
     SockAllocOther = "sock_alloc_other",
+    /// writeback:writeback_dirty_folio: a page-cache folio made dirty by a file write (data on
+    /// its way to disk), in the writing task's context.
+    FolioDirtied = "folio_dirtied",
 }
 
 impl Event {

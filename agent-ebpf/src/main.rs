@@ -17,6 +17,7 @@ mod sock_create;
 mod sys_socket;
 mod tcp_receive_reset;
 mod tcp_send_reset;
+mod writeback_dirty_folio;
 
 #[cfg(not(test))]
 #[panic_handler]

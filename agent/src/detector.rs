@@ -30,7 +30,8 @@
 //! - A burst that recurs becomes normal too: a build pod's `make` every half minute, a nightly
 //!   job on a node. Beside each baseline runs a shadow that learns from every row, flagged or
 //!   not, with a half-life of half that window. When a feature has been flagged in
-//!   `recurring_episodes` separate episodes (runs of flagged rows) within the last
+//!   `recurring_episodes` separate episodes (runs of flagged rows; rows flagged within 5 s of
+//!   each other are one episode, so an attack that flickers is one) within the last
 //!   `recurring_rows` rows, its baseline is replaced by its shadow, whose spread holds the
 //!   bursts (widened, if need be, so that the largest of those episodes' peaks scores at 0.8 of
 //!   the threshold), and that is logged. The warm-up's own bursts count, so a workload that bursts
@@ -49,6 +50,10 @@ const MAD_TO_SD: f64 = 1.4826;
 /// Where a recurring burst's peak lands after its feature is re-anchored, as a fraction of the
 /// threshold: a little below it, so the next burst of the same size is not an alarm.
 const PEAK_HELD_AT: f64 = 0.8;
+/// A feature flagged again within this many seconds of its last flagged row continues the same
+/// episode: an attack that flickers around the threshold for a few short intervals is one
+/// episode, not several (at a 10 s interval only consecutive rows are one episode).
+const EPISODE_GAP_S: f64 = 5.0;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DetectorOptions {
@@ -124,10 +129,11 @@ impl Rates {
     }
 }
 
-/// A run of consecutive rows on which one feature was flagged.
+/// A run of rows on which one feature was flagged, consecutive or within [`EPISODE_GAP_S`].
 #[derive(Debug, Clone, Copy)]
 struct Episode {
     start_row: usize,
+    last_row: usize,
     /// Its value farthest in the attack direction, and that value's z when it was judged.
     peak: f64,
     peak_z: f64,
@@ -214,7 +220,7 @@ impl Baselines {
                 buf.extend(v.filter(|v| v.is_finite()));
             }
             if self.rows == options.warmup_rows {
-                self.start_baselines(options.threshold);
+                self.start_baselines(options);
                 self.recur(options);
             }
             return Verdict::default();
@@ -235,14 +241,7 @@ impl Baselines {
                 above[i] = true;
                 flagged.push((z, feature.column));
                 let started = self.rows - self.streak[i].len();
-                match self.episodes[i].back_mut() {
-                    Some(e) if e.start_row == started => {
-                        if z > e.peak_z {
-                            (e.peak, e.peak_z) = (*x, z);
-                        }
-                    }
-                    _ => self.episodes[i].push_back(Episode { start_row: started, peak: *x, peak_z: z }),
-                }
+                note_flagged(&mut self.episodes[i], started, self.rows, *x, z, options.interval_s);
                 self.streak[i].push(*x);
             } else {
                 self.streak[i].clear();
@@ -270,7 +269,7 @@ impl Baselines {
     /// starts from the plain mean and variance, bursts included, and the warm-up's episodes
     /// above the threshold of the robust start count as recurring episodes: a workload that
     /// bursts all through its warm-up starts with its bursts as normal.
-    fn start_baselines(&mut self, threshold: f64) {
+    fn start_baselines(&mut self, options: &DetectorOptions) {
         for (i, buf) in self.warmup.iter_mut().enumerate() {
             if buf.is_empty() {
                 continue;
@@ -279,20 +278,11 @@ impl Baselines {
             let start = robust(&mut buf.clone());
             self.baseline[i] = Some(start);
             let feature = &self.features[i];
-            let mut in_episode = false;
             for (k, x) in buf.iter().enumerate() {
                 let z = feature.direction.toward_attack((x - start.mean) / spread(start, feature.min_spread));
-                if z > threshold {
-                    match self.episodes[i].back_mut() {
-                        Some(e) if in_episode => {
-                            if z > e.peak_z {
-                                (e.peak, e.peak_z) = (*x, z);
-                            }
-                        }
-                        _ => self.episodes[i].push_back(Episode { start_row: k + 1, peak: *x, peak_z: z }),
-                    }
+                if z > options.threshold {
+                    note_flagged(&mut self.episodes[i], k + 1, k + 1, *x, z, options.interval_s);
                 }
-                in_episode = z > threshold;
             }
         }
         self.warmup = vec![Vec::new(); self.features.len()];
@@ -360,6 +350,22 @@ impl Baselines {
 
 /// Exponentially weighted update of mean and variance from the features of a row that are not
 /// skipped.
+/// Records that a feature was flagged on row `row` (value `x`, directed score `z`; its current
+/// run of consecutive flagged rows began on `run_start`): the feature's last episode goes on when
+/// the row follows its last flagged row or comes within [`EPISODE_GAP_S`] of it, and a new
+/// episode starts otherwise.
+fn note_flagged(episodes: &mut VecDeque<Episode>, run_start: usize, row: usize, x: f64, z: f64, interval_s: f64) {
+    match episodes.back_mut() {
+        Some(e) if row - e.last_row == 1 || (row - e.last_row) as f64 * interval_s <= EPISODE_GAP_S => {
+            e.last_row = row;
+            if z > e.peak_z {
+                (e.peak, e.peak_z) = (x, z);
+            }
+        }
+        _ => episodes.push_back(Episode { start_row: run_start, last_row: row, peak: x, peak_z: z }),
+    }
+}
+
 fn learn(baselines: &mut [Option<Baseline>], alpha: f64, scored: &[Option<f64>], skip: &[bool]) {
     for ((b, v), skip) in baselines.iter_mut().zip(scored).zip(skip) {
         let Some(x) = v.filter(|x| x.is_finite() && !skip) else { continue };
@@ -658,6 +664,58 @@ mod recurring_tests {
         // One burst every 35 rows: never 4 episode starts within 100 rows.
         let flagged = bursts(&mut d, 700, 35);
         assert!(flagged.iter().all(|f| *f), "{flagged:?}");
+    }
+
+    /// An attack that flickers: execs at 200 on one row in two, for 12 rows, at a 1 s interval:
+    /// six flagged rows, each within 5 s of the last, one episode.
+    fn flicker(d: &mut Detector) -> usize {
+        let mut alarms = 0;
+        for k in 0..12 {
+            let mut r = execs(if k % 2 == 0 { 200 } else { 1 });
+            d.judge(&mut r);
+            alarms += usize::from(r.is_anomalous());
+        }
+        alarms
+    }
+
+    #[test]
+    fn an_attack_that_flickers_is_one_episode_and_teaches_nothing() {
+        let mut d = detector();
+        warm(&mut d);
+        let before = d.baselines.baseline(index_of("ebpf_execs").unwrap()).unwrap();
+        assert_eq!(flicker(&mut d), 6);
+        // A second and a third flickering attack, 20 rows apart: three episodes, fewer than
+        // four, so every flagged row still alarms and the baseline never takes them in.
+        for _ in 0..2 {
+            for _ in 0..20 {
+                d.judge(&mut execs(1));
+            }
+            assert_eq!(flicker(&mut d), 6);
+        }
+        let after = d.baselines.baseline(index_of("ebpf_execs").unwrap()).unwrap();
+        assert!((after.mean - before.mean).abs() < 1.0 && after.var <= before.var * 1.5, "{before:?} -> {after:?}");
+    }
+
+    #[test]
+    fn at_a_long_interval_only_consecutive_rows_are_one_episode() {
+        // At 10 s the same pattern is six bursts 20 s apart, as a build's: four episodes in
+        // the window, and the bursts become normal.
+        let mut d = Detector::new(DetectorOptions { interval_s: 10.0, ..*detector().options() });
+        let mut judge = |n| {
+            let mut r = execs(n);
+            r.interval_s = Some(10.0);
+            d.judge(&mut r);
+            r.is_anomalous()
+        };
+        for _ in 0..10 {
+            judge(10);
+        }
+        let alarms = (0..12).map(|k| judge(if k % 2 == 0 { 2000 } else { 10 })).collect::<Vec<_>>();
+        assert_eq!(
+            alarms,
+            [true, false, true, false, true, false, true, false, false, false, false, false],
+            "{alarms:?}"
+        );
     }
 
     #[test]

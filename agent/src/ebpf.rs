@@ -100,6 +100,7 @@ const PROBES: &[Probe] = &[
         hook: Hook::BtfOrRaw { tracepoint: "tcp_receive_reset", raw_program: "tcp_receive_reset_raw" },
         feeds: &[Event::TcpRstRecv],
     },
+    Probe { program: "writeback_dirty_folio", hook: Hook::Raw("writeback_dirty_folio"), feeds: &[Event::FolioDirtied] },
 ];
 
 /// Names cgroups as they are created (per-cgroup counting only).

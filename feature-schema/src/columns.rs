@@ -216,6 +216,10 @@ columns! {
     sock_alloc_raw: Option<i64> = events(Event::SockAllocRaw, 1.0), "events", "socket creation hook";
     /// Sockets created: every other family and type.
     sock_alloc_other: Option<i64> = events(Event::SockAllocOther, 1.0), "events", "socket creation hook";
+    /// Page-cache folios (a 4 KiB page, or several on filesystems with large folios) that file
+    /// writes made dirty: data on its way to disk, counted in the writing task's context, so a
+    /// pod's row has its own writes even where its cgroup has no io controller.
+    ebpf_folios_dirtied: Option<i64> = events(Event::FolioDirtied, 256.0), "folios", "writeback:writeback_dirty_folio";
 
     // The agent's streaming detector (README "Detection").
     /// Largest z over the features, each seen from its attack direction; NULL during warm-up.

@@ -59,7 +59,8 @@ INSERT INTO feature_catalog (feature, kind, ordinal, min_spread, unit, meaning) 
     ('sock_alloc_udp', 'events', 40, 2.0, 'events', 'Sockets created: AF_INET/AF_INET6 datagram.'),
     ('sock_alloc_unix', 'events', 41, 4.0, 'events', 'Sockets created: AF_UNIX.'),
     ('sock_alloc_raw', 'events', 42, 1.0, 'events', 'Sockets created: SOCK_RAW of any family, and AF_PACKET.'),
-    ('sock_alloc_other', 'events', 43, 1.0, 'events', 'Sockets created: every other family and type.');
+    ('sock_alloc_other', 'events', 43, 1.0, 'events', 'Sockets created: every other family and type.'),
+    ('ebpf_folios_dirtied', 'events', 44, 256.0, 'folios', 'Page-cache folios (a 4 KiB page, or several on filesystems with large folios) that file writes made dirty: data on its way to disk, counted in the writing task''s context, so a pod''s row has its own writes even where its cgroup has no io controller.');
 
 -- Every row with the per-interval delta (<counter>_delta) and per-second rate (<counter>_rate)
 -- of each cumulative counter, against the previous row of the same node. elapsed_s is the time
@@ -116,6 +117,7 @@ WITH paired AS (
            f.sock_alloc_unix,
            f.sock_alloc_raw,
            f.sock_alloc_other,
+           f.ebpf_folios_dirtied,
            f.anomaly_score,
            f.anomalous_features,
            f.anomalous_pods,
@@ -184,6 +186,7 @@ SELECT g.node, g.ts, g.interval_s, g.attack, g.attack_type,
        g.sock_alloc_unix,
        g.sock_alloc_raw,
        g.sock_alloc_other,
+       g.ebpf_folios_dirtied,
        g.anomaly_score,
        g.anomalous_features,
        g.anomalous_pods,
@@ -262,7 +265,8 @@ CROSS JOIN LATERAL (VALUES
     ('sock_alloc_udp', d.sock_alloc_udp::float8, d.sock_alloc_udp::float8),
     ('sock_alloc_unix', d.sock_alloc_unix::float8, d.sock_alloc_unix::float8),
     ('sock_alloc_raw', d.sock_alloc_raw::float8, d.sock_alloc_raw::float8),
-    ('sock_alloc_other', d.sock_alloc_other::float8, d.sock_alloc_other::float8)
+    ('sock_alloc_other', d.sock_alloc_other::float8, d.sock_alloc_other::float8),
+    ('ebpf_folios_dirtied', d.ebpf_folios_dirtied::float8, d.ebpf_folios_dirtied::float8)
 ) AS v(feature, raw, scored)
 JOIN feature_catalog c USING (feature);
 
@@ -296,7 +300,7 @@ gapped AS (
     SELECT p.*, (p.elapsed_s IS NULL OR p.interval_s IS NULL OR p.elapsed_s > 1.5 * p.expected_s) AS after_gap
     FROM paired p
 )
-SELECT g.node, g.ts, g.interval_s, g.kind, g.owner, g.namespace, g.pod, g.workload, g.qos, g.cgroups, g.network, g.anomaly_score, g.anomalous_features, g.attack, g.attack_type, g.ebpf_forks, g.ebpf_execs, g.ebpf_exits, g.tcp_to_est, g.tcp_to_syn_sent, g.tcp_to_syn_recv, g.tcp_to_close, g.tcp_to_listen, g.tcp_conn_failed, g.tcp_rst_sent, g.tcp_rst_recv, g.sock_alloc_tcp, g.sock_alloc_udp, g.sock_alloc_unix, g.sock_alloc_raw, g.sock_alloc_other, g.cpu_usage_usec, g.cpu_pressure_usec, g.memory_pressure_usec, g.io_pressure_usec, g.memory_current, g.oom_kills, g.pids_current, g.io_read_bytes, g.io_write_bytes, g.net_receive, g.receive_packets, g.receive_drop, g.receive_errs, g.net_transmit, g.transmit_packets, g.est_conn, g.lis_conn,
+SELECT g.node, g.ts, g.interval_s, g.kind, g.owner, g.namespace, g.pod, g.workload, g.qos, g.cgroups, g.network, g.anomaly_score, g.anomalous_features, g.attack, g.attack_type, g.ebpf_forks, g.ebpf_execs, g.ebpf_exits, g.tcp_to_est, g.tcp_to_syn_sent, g.tcp_to_syn_recv, g.tcp_to_close, g.tcp_to_listen, g.tcp_conn_failed, g.tcp_rst_sent, g.tcp_rst_recv, g.sock_alloc_tcp, g.sock_alloc_udp, g.sock_alloc_unix, g.sock_alloc_raw, g.sock_alloc_other, g.ebpf_folios_dirtied, g.cpu_usage_usec, g.cpu_pressure_usec, g.memory_pressure_usec, g.io_pressure_usec, g.memory_current, g.oom_kills, g.pids_current, g.io_read_bytes, g.io_write_bytes, g.net_receive, g.receive_packets, g.receive_drop, g.receive_errs, g.net_transmit, g.transmit_packets, g.est_conn, g.lis_conn,
        g.elapsed_s, g.after_gap,
        CASE WHEN g.after_gap THEN NULL ELSE g.cpu_usage_usec_step END AS cpu_usage_usec_delta,
        CASE WHEN g.after_gap THEN NULL ELSE g.cpu_pressure_usec_step END AS cpu_pressure_usec_delta,
@@ -337,6 +341,7 @@ CROSS JOIN LATERAL (VALUES
     ('sock_alloc_unix', d.sock_alloc_unix::float8, 1.0::float8),
     ('sock_alloc_raw', d.sock_alloc_raw::float8, 1.0::float8),
     ('sock_alloc_other', d.sock_alloc_other::float8, 1.0::float8),
+    ('ebpf_folios_dirtied', d.ebpf_folios_dirtied::float8, 1.0::float8),
     ('cpu_usage_usec', d.cpu_usage_usec_delta::float8, 50000.0::float8),
     ('cpu_pressure_usec', d.cpu_pressure_usec_delta::float8, 100000.0::float8),
     ('memory_pressure_usec', d.memory_pressure_usec_delta::float8, 100000.0::float8),

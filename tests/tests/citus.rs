@@ -384,8 +384,13 @@ fn the_previous_plain_schema_upgrades_on_a_coordinator_with_its_rows() {
     let _serial = exclusive();
     let c = citus();
     let db = &c.create_database("citus_upgrade").unwrap();
-    // The newest released schema, as a plain database left it, with node and pod rows.
-    let (release, files) = schemas::releases().pop().unwrap();
+    // The last released schema with a partition per node (4661b77: the step to day
+    // partitions is the one a coordinator cannot take without migrate's help), as a plain
+    // database left it, with node and pod rows.
+    let (release, files) = schemas::releases()
+        .into_iter()
+        .find(|(release, _)| release == "4661b77")
+        .expect("releases.txt has the last per-node schema, 4661b77");
     let mut setup = schemas::release_schema_sql(&files);
     setup += "SELECT ensure_node_partition('old-node');";
     for i in 0..24 {

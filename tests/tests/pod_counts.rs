@@ -331,3 +331,61 @@ fn sockets_created_in_a_pod_are_counted_there_by_kind() {
         node_forks_match_proc_stat((p0, p1), &n0, &n1)
     });
 }
+
+/// Page-cache folios dirtied by file writes, per pod: 300 separate 4 KiB writes to a new file on
+/// the root filesystem (ext4) dirty 300 folios, counted in the writer's cgroup although the disk
+/// write happens later in a flusher thread; rewriting those pages while they are still dirty adds
+/// nothing, and the same writes to tmpfs (no writeback) count nothing. (A flusher that happens to
+/// write some pages back between the two loops makes their rewrite count again: more than 300 is
+/// noise, measured again; fewer is a miss.)
+#[test]
+fn file_writes_in_a_pod_count_the_folios_they_dirty() {
+    if !have_root("folios_per_cgroup") {
+        return;
+    }
+    let _g = exclusive();
+    let cg = TestCgroup::new(
+        "folios",
+        &[
+            &format!("{CGROUPFS_POD}/{}", "f".repeat(64)),
+            &format!("{SYSTEMD_POD}/cri-containerd-{}.scope", "9".repeat(64)),
+        ],
+    );
+    let mut ebpf = load();
+    assert!(ebpf.is_live(Event::FolioDirtied), "writeback_dirty_folio attaches on this kernel");
+    let disk = std::path::Path::new("/var/tmp").join(format!("feature-agent-folios-{}", std::process::id()));
+    let shm = std::path::Path::new("/dev/shm").join(format!("feature-agent-folios-{}", std::process::id()));
+    // Unbuffered: each write() is one 4 KiB page. The second loop rewrites the same pages.
+    let writer = |path: &std::path::Path| {
+        format!(
+            "f=open({:?},'wb',buffering=0)\n\
+             b=bytes(4096)\n\
+             for _ in range(300): f.write(b)\n\
+             f.seek(0)\n\
+             for _ in range(300): f.write(b)\n\
+             f.close()\n",
+            path.display().to_string()
+        )
+    };
+    exactly("folios dirtied per cgroup", || {
+        let _ = std::fs::remove_file(&disk);
+        let _ = std::fs::remove_file(&shm);
+        let (p0, n0, c0) = read(&mut ebpf);
+        let run =
+            |code: String, leaf| in_cgroup("/usr/bin/python3", &["-I", "-B", "-c", &code], leaf).status().unwrap();
+        assert!(run(writer(&disk), &cg.leaves[0]).success());
+        assert!(run(writer(&shm), &cg.leaves[1]).success());
+        let (p1, n1, c1) = read(&mut ebpf);
+        let got = [delta(&c0, &c1, cg.id(0), Event::FolioDirtied), delta(&c0, &c1, cg.id(1), Event::FolioDirtied)];
+        let text = format!("disk/tmpfs folios dirtied {got:?}, expected [300, 0]");
+        if got[0] < 300 || got[1] != 0 {
+            return Err(Miss::Wrong(text));
+        }
+        if got[0] > 300 {
+            return Err(Miss::Noisy(text));
+        }
+        node_forks_match_proc_stat((p0, p1), &n0, &n1)
+    });
+    let _ = std::fs::remove_file(&disk);
+    let _ = std::fs::remove_file(&shm);
+}

@@ -513,6 +513,7 @@ fn a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns() {
         (E::SockAllocUnix, "sock_alloc_unix", 114),
         (E::SockAllocRaw, "sock_alloc_raw", 115),
         (E::SockAllocOther, "sock_alloc_other", 116),
+        (E::FolioDirtied, "ebpf_folios_dirtied", 117),
     ];
     let resources = [
         (Res::CpuUsage, "cpu_usage_usec", 201),
