@@ -4,7 +4,8 @@
 //! writer's cgroup, while the disk write itself happens later in a kernel flusher thread that
 //! belongs to no pod. A folio is one 4 KiB page or, on filesystems with large folios, several;
 //! rewriting a page that is already dirty does not fire it, and neither do tmpfs writes (no
-//! writeback). Kernels before 5.18 name the event writeback_dirty_page: the column is NULL there.
+//! writeback). Kernels from before the page cache moved to folios (5.16-5.17) named the event
+//! writeback_dirty_page: the column is NULL there (the attach failure is named in the log).
 use agent_common::Event;
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 

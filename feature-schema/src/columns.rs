@@ -207,7 +207,7 @@ columns! {
     /// TCP resets received.
     tcp_rst_recv: Option<i64> = events(Event::TcpRstRecv, 1.0), "events", "tcp:tcp_receive_reset";
     /// Sockets created: AF_INET/AF_INET6 stream.
-    sock_alloc_tcp: Option<i64> = events(Event::SockAllocTcp, 2.0), "events", "socket creation hook (README \"Kernels\")";
+    sock_alloc_tcp: Option<i64> = events(Event::SockAllocTcp, 2.0), "events", "socket creation hook (docs/kernels.md)";
     /// Sockets created: AF_INET/AF_INET6 datagram.
     sock_alloc_udp: Option<i64> = events(Event::SockAllocUdp, 2.0), "events", "socket creation hook";
     /// Sockets created: AF_UNIX.
@@ -221,7 +221,7 @@ columns! {
     /// pod's row has its own writes even where its cgroup has no io controller.
     ebpf_folios_dirtied: Option<i64> = events(Event::FolioDirtied, 256.0), "folios", "writeback:writeback_dirty_folio";
 
-    // The agent's streaming detector (README "Detection").
+    // The agent's streaming detector (docs/detection.md).
     /// Largest z over the features, each seen from its attack direction; NULL during warm-up.
     anomaly_score: Option<f64> = verdict(), "|z|", "the agent's detector";
     /// The features whose |z| exceeded the threshold, largest first; empty for a normal row.

@@ -8,11 +8,11 @@
 //! - the spool's self-describing column list ([`COLUMNS`], [`column_types`], [`FeatureRow::set`]);
 //! - the scored features ([`FEATURES`]) the detector, export and plot use;
 //! - which column each eBPF [`Event`](agent_common::Event) feeds ([`event_column`]);
-//! - the generated SQL (feature catalog and analysis views) and the README's schema table
+//! - the generated SQL (feature catalog and analysis views) and the tables of docs/schema.md
 //!   ([`generate`], written by `cargo xtask gen`; CI fails when the committed copies are stale).
 //!
 //! Adding a column is: one line in columns.rs, its source (a procfs parser or an eBPF hook), one
-//! migration adding the column, and `cargo xtask gen` (README "Adding a column").
+//! migration adding the column, and `cargo xtask gen` (docs/schema.md, "Adding a column").
 mod columns;
 pub mod features;
 pub mod generate;

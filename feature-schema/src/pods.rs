@@ -8,7 +8,7 @@
 //! - the measured columns, in [`RESOURCES`]: the pod's cgroup v2 files, and its own network
 //!   namespace's interfaces and TCP sockets.
 //!
-//! From these come the INSERT, the spool's encoding, the views, export, plot and the README.
+//! From these come the INSERT, the spool's encoding, the views, export, plot and the pod_features table of docs/schema.md.
 use std::time::SystemTime;
 
 use agent_common::{Event, EVENT_COUNT};

@@ -46,8 +46,8 @@ pub struct PlotArgs {
     /// summary then goes to standard error).
     #[arg(long, value_parser = parse_output)]
     pub output: PathBuf,
-    /// Features to draw, comma-separated (any scored feature column: see the README schema
-    /// table; with --pod, any eBPF or resource column of pod_features) [default: a selection].
+    /// Features to draw, comma-separated (any scored feature column: see the tables of
+    /// docs/schema.md; with --pod, any eBPF or resource column of pod_features) [default: a selection].
     #[arg(long, value_delimiter = ',')]
     pub features: Vec<String>,
     /// Plot this pod's rows (its UID, NAMESPACE/NAME, or a host service's unit) from

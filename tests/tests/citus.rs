@@ -221,6 +221,8 @@ fn agents_write_through_the_coordinator_and_the_tools_run_unchanged() {
     let out =
         run_lab(&["plot", "--node", &nodes[0], "--output", png.to_str().unwrap()], &[("DATABASE_URL", &url)], LIMIT);
     assert!(out.status.success(), "plot: {}", String::from_utf8_lossy(&out.stderr));
+    let image = std::fs::read(&png).expect("plot wrote its PNG");
+    assert!(image.len() > 1000 && image.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG of {} bytes", image.len());
     let _ = std::fs::remove_file(&png);
     // Retention drops day partitions (and their shards on the workers).
     q(c, db, "SELECT ensure_day_partitions('2020-01-01Z')");

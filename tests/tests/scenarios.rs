@@ -38,7 +38,7 @@ fn start_agent(db: &str, url: &str) -> Agent {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let n = sql(db, "SELECT count(*) FROM node_features WHERE node = 'scenario-node'");
-        if n.parse::<u32>().unwrap_or(0) >= 2 {
+        if n.parse::<u32>().unwrap_or_else(|e| panic!("count(*) gave {n:?}: {e}")) >= 2 {
             return agent;
         }
         std::thread::sleep(Duration::from_millis(250));

@@ -1,6 +1,6 @@
 //! Developer tasks, run as `cargo xtask <task>`:
 //!   gen         write what follows from the column declaration (feature-schema): the
-//!               generated SQL and the README's schema table; `--check` fails when they are stale
+//!               generated SQL and the tables of docs/schema.md; `--check` fails when they are stale
 //!   setup       install what building and testing need (scripts/setup.sh; a no-op when done)
 //!   build-ebpf  build the eBPF object alone (the same code agent/build.rs runs)
 //!   demo        set up, start a throwaway Postgres, run the agent against it, show the rows
@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Write the files generated from feature-schema/src/columns.rs (migrations/generated/
-    /// analysis.sql, README.md's schema table); with --check, only say whether they are current.
+    /// analysis.sql, docs/schema.md's tables); with --check, only say whether they are current.
     Gen {
         /// Change nothing; fail when a generated file differs from what the declaration gives.
         #[arg(long)]
@@ -423,12 +423,19 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 /// Writes (or with `check`, compares) every file generated from the column declaration.
 fn generate(check: bool) -> anyhow::Result<()> {
     use feature_schema::generate;
-    let readme_path = root().join("README.md");
-    let readme = std::fs::read_to_string(&readme_path).context("reading README.md")?;
-    let Some(new_readme) = generate::readme_with_table(&readme) else {
-        bail!("README.md lacks the schema table markers:\n{}\n{}", generate::README_BEGIN, generate::README_END);
+    let doc_path = root().join(generate::SCHEMA_DOC_PATH);
+    let doc = std::fs::read_to_string(&doc_path).with_context(|| format!("reading {}", doc_path.display()))?;
+    let Some(new_doc) = generate::schema_doc_with_tables(&doc) else {
+        bail!(
+            "{} lacks the table markers:\n{}\n{}\n{}\n{}",
+            doc_path.display(),
+            generate::TABLE_BEGIN,
+            generate::TABLE_END,
+            generate::POD_TABLE_BEGIN,
+            generate::POD_TABLE_END
+        );
     };
-    let files = [(root().join(generate::ANALYSIS_SQL_PATH), generate::analysis_sql()), (readme_path, new_readme)];
+    let files = [(root().join(generate::ANALYSIS_SQL_PATH), generate::analysis_sql()), (doc_path, new_doc)];
     let mut stale = Vec::new();
     for (path, text) in files {
         if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {

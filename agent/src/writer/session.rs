@@ -147,7 +147,11 @@ impl Session {
     /// exist. Before the transaction: on a Citus coordinator a partition's creation is DDL that
     /// reaches every worker, which must not share a transaction with the rows' writes.
     async fn ensure_days(&mut self, rows: &[FeatureRow]) -> Result<(), tokio_postgres::Error> {
-        let times = rows.iter().flat_map(|r| std::iter::once(r.ts).chain(r.pods.iter().map(|p| p.ts)));
+        // An interval's pod rows carry its node row's ts: only a pod row that differs (none, as
+        // the sampler makes them) needs a look of its own.
+        let times = rows
+            .iter()
+            .flat_map(|r| std::iter::once(r.ts).chain(r.pods.iter().map(|p| p.ts).filter(move |t| *t != r.ts)));
         for ts in times {
             if self.days.insert(utc_day(ts)) {
                 if let Err(e) = ensure_day_partitions(&self.conn.client, ts).await {
