@@ -154,7 +154,7 @@ fn cap_bpf_and_cap_perfmon_are_enough() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("could not be attached") && !err.contains("not loaded"), "{err}");
-    assert!(err.contains("eBPF programs attached programs=10"), "{err}");
+    assert!(err.contains("eBPF programs attached programs=11"), "{err}");
     let last: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().expect("rows")).unwrap();
     assert!(last["ebpf_forks"].is_number() && last["sock_alloc_unix"].is_number(), "{last}");
@@ -168,13 +168,13 @@ fn cap_bpf_and_cap_perfmon_are_enough() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     // Refused by the kernel for want of privilege, every program, and said so.
-    assert!(err.contains("--require-ebpf: 6 of the eBPF programs could not be attached"), "{err}");
-    assert_eq!(err.matches("BPF_PROG_LOAD syscall returned Operation not permitted").count(), 6, "{err}");
+    assert!(err.contains("--require-ebpf: 7 of the eBPF programs could not be attached"), "{err}");
+    assert_eq!(err.matches("BPF_PROG_LOAD syscall returned Operation not permitted").count(), 7, "{err}");
     assert!(err.contains("CAP_BPF + CAP_PERFMON"), "{err}");
 }
 
 /// With the default `--socket-hook auto` on this kernel (no fexit, no kprobes), the syscall
-/// fallback is not attached: the six other programs are, the sock_alloc_* columns are NULL, and
+/// fallback is not attached: the seven other programs are, the sock_alloc_* columns are NULL, and
 /// one startup line says why and what the fallback would cost. /metrics and the log name every
 /// program's hook.
 #[test]
@@ -189,7 +189,7 @@ fn socket_columns_are_null_by_default_without_fexit_or_kprobes() {
         .unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("eBPF programs attached programs=6"), "{err}");
+    assert!(err.contains("eBPF programs attached programs=7"), "{err}");
     assert_eq!(err.matches("socket creations are not counted").count(), 1, "{err}");
     assert!(err.contains("--socket-hook syscalls"), "{err}");
     assert!(!err.contains("sys_enter_socket"), "{err}");
