@@ -348,8 +348,6 @@ impl Baselines {
     }
 }
 
-/// Exponentially weighted update of mean and variance from the features of a row that are not
-/// skipped.
 /// Records that a feature was flagged on row `row` (value `x`, directed score `z`; its current
 /// run of consecutive flagged rows began on `run_start`): the feature's last episode goes on when
 /// the row follows its last flagged row or comes within [`EPISODE_GAP_S`] of it, and a new
@@ -366,6 +364,8 @@ fn note_flagged(episodes: &mut VecDeque<Episode>, run_start: usize, row: usize, 
     }
 }
 
+/// Exponentially weighted update of mean and variance from the features of a row that are not
+/// skipped.
 fn learn(baselines: &mut [Option<Baseline>], alpha: f64, scored: &[Option<f64>], skip: &[bool]) {
     for ((b, v), skip) in baselines.iter_mut().zip(scored).zip(skip) {
         let Some(x) = v.filter(|x| x.is_finite() && !skip) else { continue };

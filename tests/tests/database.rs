@@ -300,5 +300,5 @@ fn database_restart_mid_run_loses_no_row() {
         )
         .unwrap();
     assert_eq!(gaps.trim(), "0", "rows missing across the outage\n{stderr}");
-    assert!(count(&pg) >= 4 + 12, "the outage's rows are there");
+    assert!(tests::process::count(&pg, "outage") >= 4 + 12, "the outage's rows are there");
 }
