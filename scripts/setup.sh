@@ -2,7 +2,7 @@
 # Installs what building, running and testing feature-agent needs on Debian 12 (run as root):
 # the rust-src component and bpf-linker (to build the eBPF object), tracefs mounted (classic
 # tracepoints), the PostgreSQL server binaries (the throwaway database of the demo and the
-# tests), Prometheus and promtool (the alert rules' tests), and the drill's background workloads (nginx, ab, make, gcc). Each step checks first, so running it again is a quick no-op.
+# tests), PgBouncer and nftables (the fleet tests), Prometheus and promtool (the alert rules' tests), and the drill's background workloads (nginx, ab, make, gcc). Each step checks first, so running it again is a quick no-op.
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*" >&2; }
@@ -48,6 +48,10 @@ command -v cc >/dev/null 2>&1 || missing="$missing gcc"
 # The alert rules are checked and unit-tested with promtool, and a real Prometheus scrapes a
 # running agent in a test (Debian's prometheus package brings both).
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+# The fleet tests: PgBouncer (Debian's 1.18, transaction pooling) between agents and Postgres,
+# and nftables to black-hole a database's network namespace.
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$missing pgbouncer"
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing="$missing nftables"
 if [ -n "$missing" ]; then
     say "installing$missing"
     apt-get update -q

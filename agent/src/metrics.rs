@@ -114,10 +114,12 @@ pub struct Metrics {
     pub clock_steps_backward: AtomicU64,
     /// Database calls cut off by their deadline (the session was dropped).
     pub database_timeouts: AtomicU64,
-    /// Another session holds this node name's writer lock: rows wait in the spool.
+    /// Another agent holds this node name's writer lease: rows wait in the spool.
     pub node_name_in_use: AtomicBool,
     /// Connections refused because another agent writes under this node name.
     pub node_name_conflicts: AtomicU64,
+    /// Sessions of this agent, cut off by a deadline earlier, that a new session ended.
+    pub abandoned_sessions_ended: AtomicU64,
     /// Sampled time (Unix seconds) of the oldest row not yet in the database; 0: none.
     pub oldest_unwritten_unix: AtomicF64,
     /// Pod rows the detector judged anomalous, per namespace (bounded).
@@ -222,6 +224,7 @@ impl Metrics {
             database_timeouts: AtomicU64::default(),
             node_name_in_use: AtomicBool::default(),
             node_name_conflicts: AtomicU64::default(),
+            abandoned_sessions_ended: AtomicU64::default(),
             oldest_unwritten_unix: AtomicF64::default(),
             pod_alarms: std::sync::Mutex::new(PodAlarms::default()),
             pod_baselines: AtomicU64::default(),
@@ -495,7 +498,7 @@ impl Collector for Exposition {
         single(
             &mut enc,
             "feature_agent_node_name_in_use",
-            "1 while another agent's session holds this node name's writer lock (rows wait in the spool).",
+            "1 while another agent holds this node name's writer lease (rows wait in the spool).",
             ConstGauge::new(i64::from(m.node_name_in_use.load(Relaxed))),
         )?;
         single(
@@ -503,6 +506,12 @@ impl Collector for Exposition {
             "feature_agent_node_name_conflicts",
             "Connections that found another agent writing under this node name.",
             c(&m.node_name_conflicts),
+        )?;
+        single(
+            &mut enc,
+            "feature_agent_abandoned_sessions_ended",
+            "Database sessions of this agent, cut off by a deadline earlier (a hung or black-holed server), that its next session ended.",
+            c(&m.abandoned_sessions_ended),
         )?;
         labelled_counter(
             &mut enc,

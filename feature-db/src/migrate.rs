@@ -3,11 +3,13 @@
 //! catalog and the views that list columns, written from the column declaration), whenever it
 //! differs from the copy recorded in schema_generated. An advisory lock serialises agents that
 //! start at the same moment, so re-running, or running from many nodes at once, is a no-op.
+//! The check that runs at every agent's start ([`require_current`]) uses unnamed statements only,
+//! so it works through a transaction pooler; the migrations run in one transaction.
 //! On a Citus coordinator (the citus extension installed), the feature tables are distributed
 //! by node, colocated, and the small tables made reference tables (distribute_feature_tables(),
 //! migrations/0011_day_partitions.sql), before the views are made.
 use anyhow::Context;
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{types::Type, Client, GenericClient};
 use tracing::info;
 
 /// (version, file name, SQL), in the order they apply: every migrations/NNNN_*.sql, listed by
@@ -105,7 +107,7 @@ pub async fn apply(client: &mut Client) -> anyhow::Result<usize> {
 /// The generated SQL the database last applied (None before any).
 async fn recorded_generated(client: &impl GenericClient) -> anyhow::Result<Option<String>> {
     Ok(client
-        .query_opt("SELECT sql FROM schema_generated WHERE name = $1", &[&GENERATED.0])
+        .query_typed_opt("SELECT sql FROM schema_generated WHERE name = $1", &[(&GENERATED.0, Type::TEXT)])
         .await
         .context("reading schema_generated")?
         .map(|r| r.get(0)))
@@ -153,7 +155,7 @@ pub fn explain(e: anyhow::Error) -> anyhow::Error {
 /// read or label rows and must not change the schema themselves).
 pub async fn require_current(client: &Client) -> anyhow::Result<()> {
     let latest = latest_version();
-    let have: Option<i32> = match client.query_one("SELECT max(version) FROM schema_migrations", &[]).await {
+    let have: Option<i32> = match client.query_typed_one("SELECT max(version) FROM schema_migrations", &[]).await {
         Ok(row) => row.get(0),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
         Err(e) => return Err(e).context("reading schema_migrations"),

@@ -58,6 +58,12 @@ pub fn column_types() -> [ColumnType; COLUMN_COUNT] {
     SCHEMA.map(|c| c.ty)
 }
 
+/// The parameter types of [`insert_sql`]`(rows)`, in order: the row's column types, once per row.
+pub fn insert_param_types(rows: usize) -> Vec<tokio_postgres::types::Type> {
+    let one = column_types().map(ColumnType::pg_type);
+    (0..rows).flat_map(|_| one.iter().cloned()).collect()
+}
+
 /// The INSERT of `rows` rows that every row goes through; a retried row meets its own
 /// (node, ts) and does nothing.
 pub fn insert_sql(rows: usize) -> String {

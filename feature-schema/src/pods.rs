@@ -524,6 +524,14 @@ pub fn pod_insert_sql(rows: usize) -> String {
     crate::multi_row_insert("pod_features", &cols, rows, "(node, ts, kind, owner)")
 }
 
+/// The parameter types of [`pod_insert_sql`]`(rows)`, in order: each pod column's type (the
+/// event and resource columns are bigint), once per row.
+pub fn pod_insert_param_types(rows: usize) -> Vec<tokio_postgres::types::Type> {
+    let mut one: Vec<tokio_postgres::types::Type> = POD_SCALAR_TYPES.iter().map(|t| t.pg_type()).collect();
+    one.extend(std::iter::repeat_n(tokio_postgres::types::Type::INT8, event_columns().len() + RESOURCES.len()));
+    (0..rows).flat_map(|_| one.iter().cloned()).collect()
+}
+
 /// Most rows one INSERT may carry (Postgres takes at most 65535 parameters).
 pub fn pod_rows_per_insert() -> usize {
     65535 / pod_columns().len()
@@ -544,6 +552,28 @@ mod tests {
         assert_eq!(row.params().len(), cols.len());
         assert!(pod_insert_sql(2).contains(&format!("${}", 2 * cols.len())));
         assert_eq!(event_columns()[Event::Fork as usize], "ebpf_forks");
+    }
+
+    /// The types an unnamed INSERT declares are the table's: each column's declared SQL type.
+    #[test]
+    fn insert_param_types_follow_the_declared_sql_types() {
+        use tokio_postgres::types::Type;
+        let types = pod_insert_param_types(2);
+        let cols = pod_columns();
+        assert_eq!(types.len(), 2 * cols.len());
+        for (i, (name, sql)) in cols.iter().enumerate() {
+            let want = match sql.split(" NOT NULL").next().unwrap() {
+                "text" => Type::TEXT,
+                "timestamptz" => Type::TIMESTAMPTZ,
+                "double precision" => Type::FLOAT8,
+                "bigint" => Type::INT8,
+                "integer" => Type::INT4,
+                "text[]" => Type::TEXT_ARRAY,
+                other => panic!("{name}: no parameter type for {other:?}"),
+            };
+            assert_eq!((name, &types[i]), (name, &want));
+            assert_eq!(types[i + cols.len()], want, "the second row repeats the first");
+        }
     }
 
     #[test]

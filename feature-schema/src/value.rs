@@ -35,6 +35,20 @@ impl ColumnType {
         }
     }
 
+    /// The Postgres type, as tokio-postgres names it: what an unnamed statement declares for
+    /// each parameter (no server round trip to learn them).
+    pub fn pg_type(self) -> tokio_postgres::types::Type {
+        use tokio_postgres::types::Type;
+        match self {
+            ColumnType::Text => Type::TEXT,
+            ColumnType::Timestamp => Type::TIMESTAMPTZ,
+            ColumnType::Float8 => Type::FLOAT8,
+            ColumnType::Int8 => Type::INT8,
+            ColumnType::Int4 => Type::INT4,
+            ColumnType::TextArray => Type::TEXT_ARRAY,
+        }
+    }
+
     pub fn from_tag(tag: u8) -> Option<Self> {
         Some(match tag {
             1 => ColumnType::Text,

@@ -297,7 +297,7 @@ fn database_errors_are_clear_and_sampling_goes_on_into_the_spool() {
         (
             "permission denied",
             vec![("DB_HOST", &socket), ("DB_PORT", &port), ("DB_USER", "readonly_user"), ("DB_NAME", "postgres")],
-            "permission denied for function ensure_day_partitions",
+            "permission denied for table node_writers",
         ),
     ];
     for (what, env, expected) in cases {

@@ -6,7 +6,13 @@
 //! The server is spawned with PR_SET_PDEATHSIG, so it also stops if the process that started it
 //! dies without running destructors (a test binary holding it in a static); the directories of
 //! such servers are removed by the next start.
+//!
+//! [`Options`] put a server in a network namespace of the caller's (to black-hole its packets)
+//! or give it settings; [`ThrowawayPostgres::replica_of`] makes a streaming replica of a running
+//! server (pg_basebackup) that [`ThrowawayPostgres::promote`] turns into a primary; [`pgbouncer`]
+//! puts Debian's PgBouncer in front of one.
 pub mod citus;
+pub mod pgbouncer;
 
 use std::{
     ffi::CString,
@@ -44,9 +50,22 @@ pub struct ThrowawayPostgres {
     bin: PathBuf,
     uid: u32,
     gid: u32,
-    durable: bool,
+    options: Options,
     /// Processes stopped by [`ThrowawayPostgres::freeze`], resumed by thaw, stop or drop.
     frozen: Vec<i32>,
+}
+
+/// How a server runs, beyond the defaults (durability off, loopback, no extra settings).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A production server's durability (fsync, synchronous commit, full-page writes).
+    pub durable: bool,
+    /// The network namespace (`ip netns` name) the server runs in.
+    pub netns: Option<String>,
+    /// `listen_addresses` (default 127.0.0.1): the server's address inside its namespace.
+    pub listen: Option<String>,
+    /// More settings, `name=value`, given as `-c` on the command line.
+    pub settings: Vec<String>,
 }
 
 /// The newest installed server's bin directory.
@@ -113,6 +132,98 @@ impl ThrowawayPostgres {
     /// Like [`ThrowawayPostgres::start`], with a production server's durability settings when
     /// `durable` (fsync, synchronous commit, full-page writes): for throughput measurements.
     pub fn start_with(durable: bool) -> Result<Self, Error> {
+        Self::start_opts(Options { durable, ..Options::default() })
+    }
+
+    /// initdb + start with `options`.
+    pub fn start_opts(options: Options) -> Result<Self, Error> {
+        let pg = Self::new_dir(options)?;
+        let out = Command::new(pg.bin.join("initdb"))
+            .args(["-D"])
+            .arg(pg.data_dir())
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+            .uid(pg.uid)
+            .gid(pg.gid)
+            .current_dir(&pg.dir)
+            .output()
+            .map_err(|e| err(format!("running initdb: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr))));
+        }
+        // Any TCP client of the test's own namespaces may connect (trust, as over the socket).
+        let hba = pg.data_dir().join("pg_hba.conf");
+        let mut text = fs::read_to_string(&hba).map_err(|e| err(format!("reading pg_hba.conf: {e}")))?;
+        text.push_str("host all all 0.0.0.0/0 trust\n");
+        fs::write(&hba, text).map_err(|e| err(format!("writing pg_hba.conf: {e}")))?;
+        let mut pg = pg;
+        pg.spawn_server()?;
+        Ok(pg)
+    }
+
+    /// A streaming replica of `primary` (pg_basebackup -R over its socket), started with
+    /// `options`: read-only, in recovery, until [`ThrowawayPostgres::promote`].
+    pub fn replica_of(primary: &ThrowawayPostgres, options: Options) -> Result<Self, Error> {
+        let mut pg = Self::new_dir(options)?;
+        let out = Command::new(pg.bin.join("pg_basebackup"))
+            .arg("-D")
+            .arg(pg.data_dir())
+            .arg("-h")
+            .arg(&primary.dir)
+            .args(["-p", &primary.port.to_string(), "-U", "postgres", "-R", "-X", "stream", "--no-sync"])
+            .uid(pg.uid)
+            .gid(pg.gid)
+            .current_dir(&pg.dir)
+            .output()
+            .map_err(|e| err(format!("running pg_basebackup: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!("pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr))));
+        }
+        pg.spawn_server()?;
+        Ok(pg)
+    }
+
+    /// Promotes a replica to a primary and waits until it takes writes.
+    pub fn promote(&mut self) -> Result<(), Error> {
+        let out = Command::new(self.bin.join("pg_ctl"))
+            .args(["promote", "-w", "-t", "30", "-D"])
+            .arg(self.data_dir())
+            .uid(self.uid)
+            .gid(self.gid)
+            .output()
+            .map_err(|e| err(format!("running pg_ctl promote: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!("pg_ctl promote failed: {}", String::from_utf8_lossy(&out.stderr))));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.psql("postgres", "SELECT pg_is_in_recovery()")?.trim() != "f" {
+            if Instant::now() > deadline {
+                return Err(err("the promoted server is still in recovery after 30 s"));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Stops the server as a crash would (immediate shutdown: no checkpoint, clients cut), keeping
+    /// its data.
+    pub fn crash(&mut self) {
+        self.thaw();
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a server stopped by [`ThrowawayPostgres::crash`] or
+    /// [`ThrowawayPostgres::stop_server`] again, with `settings` added to its command line.
+    pub fn start_again(&mut self, settings: &[&str]) -> Result<(), Error> {
+        self.options.settings.extend(settings.iter().map(|s| s.to_string()));
+        self.spawn_server()
+    }
+
+    /// A fresh directory for a server, owned by the postgres user.
+    fn new_dir(options: Options) -> Result<Self, Error> {
         let bin = find_bin_dir()?;
         let (uid, gid) = postgres_user()?;
         remove_stale_dirs();
@@ -124,22 +235,7 @@ impl ThrowawayPostgres {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
         chown(&dir, uid, gid)?;
 
-        let mut pg =
-            ThrowawayPostgres { dir, port: free_port()?, child: None, bin, uid, gid, durable, frozen: Vec::new() };
-        let out = Command::new(pg.bin.join("initdb"))
-            .args(["-D"])
-            .arg(pg.data_dir())
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
-            .uid(uid)
-            .gid(gid)
-            .current_dir(&pg.dir)
-            .output()
-            .map_err(|e| err(format!("running initdb: {e}")))?;
-        if !out.status.success() {
-            return Err(err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr))));
-        }
-        pg.spawn_server()?;
-        Ok(pg)
+        Ok(ThrowawayPostgres { dir, port: free_port()?, child: None, bin, uid, gid, options, frozen: Vec::new() })
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -160,6 +256,16 @@ impl ThrowawayPostgres {
         self.dir.join("postgres.log")
     }
 
+    /// The address the server listens on (127.0.0.1 unless [`Options::listen`] said otherwise).
+    pub fn listen_address(&self) -> &str {
+        self.options.listen.as_deref().unwrap_or("127.0.0.1")
+    }
+
+    /// A key=value connection string over TCP to [`ThrowawayPostgres::listen_address`].
+    pub fn tcp_url(&self, dbname: &str) -> String {
+        format!("host={} port={} user=postgres dbname={dbname}", self.listen_address(), self.port)
+    }
+
     /// A key=value connection string over the Unix socket, for `dbname`.
     pub fn url(&self, dbname: &str) -> String {
         format!("host={} port={} user=postgres dbname={dbname}", self.dir.display(), self.port)
@@ -171,14 +277,26 @@ impl ThrowawayPostgres {
         let mut cmd = Command::new(self.bin.join("postgres"));
         cmd.arg("-D").arg(self.data_dir()).args(["-p", &self.port.to_string(), "-k"]).arg(&self.dir).args([
             "-c",
-            "listen_addresses=127.0.0.1",
+            &format!("listen_addresses={}", self.listen_address()),
             "-c",
             "max_connections=200",
         ]);
-        if !self.durable {
+        if !self.options.durable {
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
             cmd.args(["-c", "shared_buffers=64MB"]);
         }
+        for s in &self.options.settings {
+            cmd.arg("-c").arg(s);
+        }
+        // The namespace is opened here, before the fork, and entered in the child.
+        let netns = match &self.options.netns {
+            Some(name) => Some(
+                fs::File::open(Path::new("/var/run/netns").join(name))
+                    .map_err(|e| err(format!("network namespace {name}: {e}")))?,
+            ),
+            None => None,
+        };
+        let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         cmd.uid(self.uid)
             .gid(self.gid)
             .stdin(Stdio::null())
@@ -186,14 +304,20 @@ impl ThrowawayPostgres {
             .stderr(log);
         // SAFETY: prctl is async-signal-safe; a fast shutdown (SIGINT) if our process dies.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
                     return Err(io::Error::last_os_error());
+                }
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
         }
         let child = cmd.spawn().map_err(|e| err(format!("starting postgres: {e}")))?;
+        drop(netns);
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(30))
     }

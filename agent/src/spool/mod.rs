@@ -10,6 +10,8 @@
 //!   rename): every record before that position reached the database. Fully acknowledged
 //!   segments are deleted after it is written.
 //! - `lock`: held with an exclusive flock while an agent uses the spool.
+//! - `writer-id`: the id under which the agents using this spool hold their node's writer lease
+//!   (made and read by the writer, writer/mod.rs; not the spool's own).
 //!
 //! What is guaranteed (the model test in tests.rs checks it on random sequences): every row
 //! `append` accepted is returned by `read_batch` at least once, in order, or counted in
@@ -245,6 +247,11 @@ fn io_err(dir: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
 }
 
 impl Spool {
+    /// The spool's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Opens (creating if needed) the spool in `dir`, bounded by `max_bytes`.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
         let io = io_err(dir);

@@ -18,8 +18,13 @@
 //! in memory, and the call is cut off by its deadline, by the drain's end, or by a second
 //! signal (stop now). A cut-off session is dropped with its connection task, never reused: its
 //! batch is read again from the backlog, and the session's server-side end, if it is still
-//! alive, releases the node's writer lock when the server notices (the next session of this
-//! agent ends it if not).
+//! alive (a black-holed path), ends its own transaction after the same deadline; the next
+//! session of this agent ends it outright.
+//!
+//! One agent writes per node name: a lease in the `node_writers` table (session.rs), taken when a
+//! session opens, renewed in every batch's transaction and given back at a clean stop. Its
+//! holder is the spool's writer id (the `writer-id` file in `--spool-dir`), so a restarted agent
+//! on the same spool takes its predecessor's lease over at once.
 pub mod backlog;
 pub mod session;
 
@@ -45,7 +50,7 @@ use feature_schema::FeatureRow;
 
 use crate::{metrics::Metrics, spool::Spool};
 use backlog::Backlog;
-use session::{is_row_error, OpenError, Session, Written};
+use session::{is_row_error, Identity, OpenError, Session, WriteError, Written};
 
 /// How long each kind of database call may take before the writer gives up on the session.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,26 +64,36 @@ pub struct Deadlines {
     pub migrate: Duration,
     /// One probe of a server that is away: connect and an SSLRequest answered.
     pub probe: Duration,
+    /// How long the node's writer lease runs without a renewal: 60 s, or three intervals and
+    /// two statement deadlines when that is longer, so that a batch slow to the deadline never
+    /// lets it lapse while the agent is connected.
+    pub lease: Duration,
 }
 
 impl Deadlines {
     pub fn for_interval(interval: Duration) -> Self {
+        let statement = (interval * 2).clamp(Duration::from_secs(5), Duration::from_secs(30));
         Deadlines {
-            statement: (interval * 2).clamp(Duration::from_secs(5), Duration::from_secs(30)),
+            statement,
             migrate: Duration::from_secs(120),
             probe: Duration::from_secs(1),
+            lease: Duration::from_secs(60).max(interval * 3 + statement * 2),
         }
     }
 
     /// The connection settings that let the kernel notice a silent peer too: keepalives on an
     /// idle connection, TCP_USER_TIMEOUT on unacknowledged data (a black-holed server; a
     /// stopped one still acknowledges, which only the deadlines catch).
+    ///
+    /// With several hosts (`host=a,b`: a primary and its replicas), each TCP connect gets an
+    /// equal share of the deadline, so a host whose packets are dropped leaves time for the next.
     fn apply(&self, config: &mut Config) {
         // The kernel takes keepalive times in whole seconds, and refuses 0 (EINVAL).
         let whole = |d: Duration| Duration::from_secs(d.as_secs().max(1));
         let idle = whole(self.statement / 2);
+        let hosts = config.get_hosts().len().max(1) as u32;
         config
-            .connect_timeout(self.statement)
+            .connect_timeout((self.statement / hosts).max(Duration::from_secs(1)))
             .keepalives(true)
             .keepalives_idle(idle)
             .keepalives_interval(whole(idle / 3))
@@ -332,10 +347,9 @@ struct Writer {
     report: WriterReport,
     metrics: Arc<Metrics>,
     target: Target,
-    node: String,
-    /// This process's application_name: names its sessions in pg_stat_activity, so a session
-    /// it abandoned can be told from another agent's.
-    application: String,
+    /// The node name, the lease holder and this process's application_name (which names its
+    /// sessions in pg_stat_activity, so a session it abandoned can be told from another's).
+    me: Identity,
     deadlines: Deadlines,
     batch_max: usize,
     /// Rows per batch now: halved after a batch timed out, doubled back after each success.
@@ -351,10 +365,18 @@ impl Writer {
     fn new(opts: WriterOptions, rx: mpsc::Receiver<FeatureRow>, stop: watch::Receiver<bool>) -> Self {
         let deadlines = Deadlines::for_interval(opts.interval);
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-        let application = format!("feature-agent/{:x}.{:08x}", std::process::id(), nanos);
+        let holder = writer_id(&opts.spool);
+        let application = format!("feature-agent/{holder}/{:x}.{:08x}", std::process::id(), nanos);
         let mut target = opts.target;
         deadlines.apply(&mut target.config);
         target.config.application_name(&application);
+        let me = Identity {
+            node: opts.node,
+            holder,
+            application,
+            lease: deadlines.lease,
+            server_timeout: deadlines.statement,
+        };
         let backlog = Backlog::new(opts.spool, opts.queue_max_rows, opts.metrics.clone());
         let report = WriterReport::default();
         Writer {
@@ -363,8 +385,7 @@ impl Writer {
             report,
             metrics: opts.metrics,
             target,
-            node: opts.node,
-            application,
+            me,
             deadlines,
             batch_max: opts.batch_rows.max(1),
             batch: opts.batch_rows.max(1),
@@ -409,6 +430,7 @@ impl Writer {
         }
         if self.backlog.is_empty() {
             if self.inbox.draining() {
+                self.release(s).await;
                 return State::Stopped;
             }
             return match self.inbox.wait(&mut self.backlog, None).await {
@@ -426,8 +448,8 @@ impl Writer {
             };
         }
         let limit = self.deadlines.statement;
-        let Writer { inbox, backlog, .. } = self;
-        let outcome = inbox.during(backlog, limit, write_rows(&mut s, &rows)).await;
+        let Writer { inbox, backlog, me, .. } = self;
+        let outcome = inbox.during(backlog, limit, write_rows(&mut s, &rows, me)).await;
         match outcome {
             Ok(Ok(done)) => {
                 self.backoff.reset();
@@ -436,7 +458,14 @@ impl Writer {
                 self.account(&rows, &done);
                 self.up(s)
             }
-            Ok(Err(e)) => {
+            Ok(Err(WriteError::LeaseLost(node))) => {
+                self.backlog.abort();
+                self.metrics.node_name_in_use.store(true, Relaxed);
+                self.metrics.node_name_conflicts.fetch_add(1, Relaxed);
+                error!(node, rows = rows.len(), "another agent took this node's writer lease (ours had expired); the batch was rolled back and the rows wait in the spool");
+                self.lost(false)
+            }
+            Ok(Err(WriteError::Db(e))) => {
                 self.backlog.abort();
                 warn!(error = describe(&e), rows = rows.len(), "writing rows failed; reconnecting");
                 self.lost(true)
@@ -457,6 +486,19 @@ impl Writer {
                 self.backlog.abort();
                 State::Stopped
             }
+        }
+    }
+
+    /// Every row is written and the agent is stopping: gives the node's lease back, so that the
+    /// node's next agent (another spool) need not wait for it to expire. Bounded by the
+    /// statement deadline; a lease not given back simply expires.
+    async fn release(&mut self, mut s: Session) {
+        let limit = self.deadlines.statement;
+        let Writer { inbox, backlog, me, .. } = self;
+        match inbox.during(backlog, limit, s.release(me)).await {
+            Ok(Ok(())) => debug!("writer lease given back"),
+            Ok(Err(e)) => warn!(error = describe(&e), "could not give the writer lease back; it expires by itself"),
+            Err(_) => warn!("no answer while giving the writer lease back; it expires by itself"),
         }
     }
 
@@ -508,7 +550,7 @@ impl Writer {
                 r.next_probe = now + PROBE_EVERY;
                 let (limit, config) = (self.deadlines.probe, self.target.config.clone());
                 let Writer { inbox, backlog, .. } = self;
-                match inbox.during(backlog, limit, answers(&config)).await {
+                match inbox.during(backlog, limit, answers(&config, limit)).await {
                     Ok(true) => {
                         debug!("the database answers again");
                         r.next_attempt = Instant::now();
@@ -581,12 +623,16 @@ impl Writer {
     /// Opens a session: connect, migrate (the first time), take the node's lock, prepare.
     async fn open(&mut self) -> Result<Session, Opened> {
         let d = self.deadlines;
-        let Writer { inbox, backlog, target, node, application, migrated, .. } = self;
+        let Writer { inbox, backlog, target, me, migrated, .. } = self;
         let mut s = inbox.during(backlog, d.statement, Session::connect(target)).await?.map_err(OpenError::Failed)?;
         if !*migrated {
             inbox.during(backlog, d.migrate, s.migrate()).await?.map_err(OpenError::Failed)?;
         }
-        inbox.during(backlog, d.statement, s.prepare(node, application)).await??;
+        let ended = inbox.during(backlog, d.statement, s.prepare(me)).await??;
+        if ended > 0 {
+            info!(sessions = ended, "ended sessions this agent had abandoned (cut off by a deadline)");
+            self.metrics.abandoned_sessions_ended.fetch_add(ended, Relaxed);
+        }
         Ok(s)
     }
 
@@ -679,22 +725,22 @@ struct Outcome {
 
 /// Writes a batch; a row the database refuses for its content is dropped and counted (the
 /// batch is then retried row by row to find it). Err only for connection-level failures.
-async fn write_rows(s: &mut Session, rows: &[FeatureRow]) -> Result<Outcome, tokio_postgres::Error> {
-    match s.write(rows).await {
+async fn write_rows(s: &mut Session, rows: &[FeatureRow], me: &Identity) -> Result<Outcome, WriteError> {
+    match s.write(rows, me).await {
         Ok(written) => Ok(Outcome { written, rejected: 0 }),
-        Err(e) if is_row_error(&e) => {
+        Err(WriteError::Db(e)) if is_row_error(&e) => {
             // Perhaps a partition was dropped under us (retention drops pod day partitions):
             // forget every partition we know and go row by row.
             s.forget_partitions();
             let mut out = Outcome { written: Written::default(), rejected: 0 };
             for row in rows {
-                match s.write(std::slice::from_ref(row)).await {
+                match s.write(std::slice::from_ref(row), me).await {
                     Ok(w) => {
                         out.written.new += w.new;
                         out.written.duplicate += w.duplicate;
                         out.written.pod_rows += w.pod_rows;
                     }
-                    Err(e) if is_row_error(&e) => {
+                    Err(WriteError::Db(e)) if is_row_error(&e) => {
                         out.rejected += 1;
                         error!(error = describe(&e), ts = %feature_schema::timefmt::rfc3339_micros(row.ts), "the database refused a row; it is dropped");
                     }
@@ -744,25 +790,30 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 /// Whether the server answers at all: a connect, an SSLRequest, and its one-byte answer,
 /// nothing else (the server forgets a client that leaves at this point without a log line). A
 /// TCP connect alone would not do: a stopped server's kernel still accepts connections.
-async fn answers(config: &Config) -> bool {
+/// Each host of a multi-host URL gets an equal share of `limit`, so one whose packets are
+/// dropped cannot hide the next.
+async fn answers(config: &Config, limit: Duration) -> bool {
     use tokio_postgres::config::Host;
     let ports = config.get_ports();
+    let share = limit / config.get_hosts().len().max(1) as u32;
     for (i, host) in config.get_hosts().iter().enumerate() {
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-        let ok = match host {
-            Host::Tcp(name) => {
-                let addr = config.get_hostaddrs().get(i).map_or_else(|| name.clone(), ToString::to_string);
-                match tokio::net::TcpStream::connect((addr.as_str(), port)).await {
+        let one = async {
+            match host {
+                Host::Tcp(name) => {
+                    let addr = config.get_hostaddrs().get(i).map_or_else(|| name.clone(), ToString::to_string);
+                    match tokio::net::TcpStream::connect((addr.as_str(), port)).await {
+                        Ok(s) => ssl_answer(s).await,
+                        Err(_) => false,
+                    }
+                }
+                Host::Unix(dir) => match tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await {
                     Ok(s) => ssl_answer(s).await,
                     Err(_) => false,
-                }
+                },
             }
-            Host::Unix(dir) => match tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await {
-                Ok(s) => ssl_answer(s).await,
-                Err(_) => false,
-            },
         };
-        if ok {
+        if tokio::time::timeout(share, one).await.unwrap_or(false) {
             return true;
         }
     }
@@ -770,7 +821,42 @@ async fn answers(config: &Config) -> bool {
 }
 
 async fn answers_within(config: &Config, limit: Duration) -> bool {
-    tokio::time::timeout(limit, answers(config)).await.unwrap_or(false)
+    tokio::time::timeout(limit, answers(config, limit)).await.unwrap_or(false)
+}
+
+/// The lease holder id of the agents that use this spool, one after another: kept in the spool
+/// directory's `writer-id` file (16 hex digits, made at the first start). The spool's flock
+/// keeps two live agents from sharing it, so two agents that share an id never write at once.
+/// Without a spool held (`--spool-dir off`, or one not opened yet) the id is this process's own.
+fn writer_id(slot: &SpoolSlot) -> String {
+    let SpoolSlot::Open(spool) = slot else { return random_id() };
+    let path = spool.dir().join("writer-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            return id.to_owned();
+        }
+        warn!(file = %path.display(), "the spool's writer id is malformed; making a new one");
+    }
+    let id = random_id();
+    let tmp = path.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, format!("{id}\n")).and_then(|()| std::fs::rename(&tmp, &path)) {
+        warn!(file = %path.display(), error = %e, "cannot keep the writer id in the spool; a restart will wait for this agent's writer lease to expire");
+    }
+    id
+}
+
+/// 16 random hex digits.
+fn random_id() -> String {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom fills the buffer we own, of the length given.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // No entropy call (a seccomp filter): the pid and the clock are unique enough here.
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        bytes = (nanos ^ (u64::from(std::process::id()) << 40)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn ssl_answer(mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin) -> bool {

@@ -1,58 +1,116 @@
-//! One Postgres session of the writer: opening it (connect, the schema check, the per-node
-//! advisory lock that keeps one writer per node name, today's day partitions, the prepared
-//! INSERT), and writing a batch (node rows and their pod rows in one transaction). Nothing here
-//! has a deadline of its own: the writer races every call against one (writer/mod.rs) and drops
-//! a session whose call was cut off, which also ends its connection task.
-use std::{
-    collections::{HashMap, HashSet},
-    time::SystemTime,
-};
+//! One Postgres session of the writer: opening it (connect, the schema check, ending this
+//! agent's own abandoned sessions, the node's writer lease, today's day partitions), writing a
+//! batch (the lease renewed, node rows and their pod rows, in one transaction), and giving the
+//! lease back at a clean stop.
+//!
+//! Every statement is unnamed and sent with its parameter types (tokio-postgres' `query_typed`:
+//! parse, bind and execute in one round trip), and every piece of session state lives inside a
+//! transaction (`SET LOCAL`), so a session works the same through a transaction pooler
+//! (PgBouncer's `pool_mode = transaction`), which lends a different server connection to each
+//! transaction. Nothing here has a deadline of its own: the writer races every call against one
+//! (writer/mod.rs) and drops a session whose call was cut off, which also ends its connection
+//! task. The server ends such a session's transaction by itself after the same time
+//! (`idle_in_transaction_session_timeout` and `statement_timeout`, set for each transaction).
+use std::{collections::HashSet, time::Duration, time::SystemTime};
 
 use anyhow::Context;
-use tokio_postgres::{error::SqlState, types::ToSql, Statement};
+use tokio_postgres::{
+    error::SqlState,
+    types::{ToSql, Type},
+    GenericClient,
+};
 
 use feature_db::{
     connect::{connect_owned, explain_connect_error, OwnedClient},
-    ensure_day_partitions, migrate, utc_day, Target,
+    migrate, utc_day, Target,
 };
 use feature_schema::{
-    insert_sql,
-    pods::{pod_insert_sql, pod_rows_per_insert, PodRow},
+    insert_param_types, insert_sql,
+    pods::{pod_insert_param_types, pod_insert_sql, pod_rows_per_insert, PodRow},
     FeatureRow,
 };
 
-/// Takes the node's writer lock for the session's lifetime: a 64-bit advisory lock keyed by a
-/// hash of the node name (64 bits: two names of one fleet colliding is out of reach).
-const LOCK_SQL: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
-/// The session holding that lock, to name it in the refusal (pg_locks splits a 64-bit key
-/// into classid, the high half, and objid, the low half, with objsubid 1).
-const HOLDER_SQL: &str = "SELECT a.pid, coalesce(a.application_name, ''), \
-       coalesce(host(a.client_addr), 'a local socket'), coalesce(a.backend_start::text, '?') \
-     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-       AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)";
+/// Takes the node's lease, or renews it for its holder: a row naming this agent, expiring one
+/// lease length from the server's now(). Returns no row while another holder's lease runs.
+const ACQUIRE_SQL: &str = "INSERT INTO node_writers AS w (node, holder, client, since, expires) \
+     VALUES ($1, $2, coalesce(host(inet_client_addr()), 'a local socket'), now(), now() + make_interval(secs => $3)) \
+     ON CONFLICT (node) DO UPDATE SET holder = EXCLUDED.holder, client = EXCLUDED.client, \
+         since = CASE WHEN w.holder = EXCLUDED.holder THEN w.since ELSE EXCLUDED.since END, \
+         expires = EXCLUDED.expires \
+     WHERE w.holder = EXCLUDED.holder OR w.expires < now() \
+     RETURNING w.holder";
+/// The lease as it stands, to name its holder in a refusal.
+const HOLDER_SQL: &str = "SELECT holder, client, since::text, \
+       greatest(extract(epoch FROM expires - now()), 0)::float8 \
+     FROM node_writers WHERE node = $1";
+/// Renews the lease inside a batch's transaction; no row updated means another agent holds it.
+const RENEW_SQL: &str =
+    "UPDATE node_writers SET expires = now() + make_interval(secs => $3) WHERE node = $1 AND holder = $2";
+/// Gives the lease back (a clean stop), so the node's next agent need not wait for it to expire.
+const RELEASE_SQL: &str = "DELETE FROM node_writers WHERE node = $1 AND holder = $2";
+/// Ends the sessions an earlier connection of this agent (or of its predecessor on the same
+/// spool) left behind: a write cut off by its deadline, whose server-side end may still hold a
+/// transaction open behind a black-holed path. Returns how many were ended.
+const END_ABANDONED_SQL: &str = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::bigint \
+     FROM pg_stat_activity WHERE application_name LIKE $1 AND pid <> pg_backend_pid()";
+/// Creates the day partitions (of node_features and pod_features) that hold a time.
+const DAY_PARTITIONS_SQL: &str = "SELECT ensure_day_partitions($1)";
 
-/// Why a session could not be opened.
+/// Who this agent is to the database, and for how long its lease runs.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The node name its rows carry.
+    pub node: String,
+    /// The lease holder: the spool's writer id, shared by every agent process that uses that
+    /// spool in turn (so a restarted agent takes over its predecessor's lease at once).
+    pub holder: String,
+    /// This process's application_name: `feature-agent/<holder>/<pid>.<nonce>`.
+    pub application: String,
+    /// How long a lease runs without a renewal.
+    pub lease: Duration,
+    /// The server-side timeouts of every transaction (statement and idle in transaction).
+    pub server_timeout: Duration,
+}
+
+impl Identity {
+    /// The application_name prefix every process of this holder shares.
+    fn holder_prefix(&self) -> String {
+        format!("feature-agent/{}/", self.holder)
+    }
+}
+
+/// Why a session could not be opened, or a batch was not written.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// Another session holds this node name's writer lock: another agent writes rows under
-    /// the same name (a copied manifest, a renamed node). Writing beside it would make half of
-    /// each agent's rows collide; the rows wait in the spool instead.
+    /// Another agent holds this node name's writer lease: another agent writes rows under the
+    /// same name (a copied manifest, a renamed node), or this node's previous agent stopped
+    /// without giving the lease back. Writing beside it would make half of each agent's rows
+    /// collide; the rows wait in the spool instead.
     #[error(
-        "another agent is writing rows for node {node:?} (session pid {pid}, {application}, from {client}, since {since}); \
-         two agents with one node name would overwrite each other's intervals: give each node its own --node-name / NODE_NAME"
+        "another agent is writing rows for node {node:?} (writer {holder}, from {client}, since {since}; its lease \
+         expires in {expires_in_s:.0} s unless it renews it); two agents with one node name would overwrite each \
+         other's intervals: give each node its own --node-name / NODE_NAME (if it is this node's previous agent, \
+         which stopped without giving the lease back, this agent takes over when the lease expires)"
     )]
-    NodeInUse { node: String, pid: i32, application: String, client: String, since: String },
+    NodeInUse { node: String, holder: String, client: String, since: String, expires_in_s: f64 },
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
+}
+
+/// Why a batch was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Db(#[from] tokio_postgres::Error),
+    /// The renewal found the lease held by another agent (this one's had expired, and the
+    /// other took it): the batch was rolled back.
+    #[error("the writer lease of node {0:?} was taken by another agent")]
+    LeaseLost(String),
 }
 
 /// An open session ready to insert rows.
 pub struct Session {
     conn: OwnedClient,
-    /// Prepared multi-row INSERTs, by number of rows.
-    inserts: HashMap<usize, Statement>,
     /// UTC days whose partitions (of node_features and pod_features) exist.
     days: HashSet<i64>,
 }
@@ -68,11 +126,25 @@ pub struct Written {
     pub pod_rows: u64,
 }
 
+/// Runs one unnamed statement with typed parameters and returns the rows it touched.
+async fn execute_typed(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    types: &[Type],
+) -> Result<u64, tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
+    let stream = client.query_typed_raw(sql, params.iter().copied().zip(types.iter().cloned())).await?;
+    futures_util::pin_mut!(stream);
+    while stream.try_next().await?.is_some() {}
+    Ok(stream.rows_affected().unwrap_or(0))
+}
+
 impl Session {
     /// Connects; the caller bounds the time.
     pub async fn connect(target: &Target) -> anyhow::Result<Session> {
         let conn = connect_owned(target).await.map_err(explain_connect_error).context("connecting to the database")?;
-        Ok(Session { conn, inserts: HashMap::new(), days: HashSet::new() })
+        Ok(Session { conn, days: HashSet::new() })
     }
 
     /// Applies the migrations if the schema is behind (and this role may).
@@ -80,48 +152,40 @@ impl Session {
         migrate::ensure_current(&mut self.conn.client).await
     }
 
-    /// Takes the node's writer lock, creates today's partitions and prepares the one-row INSERT.
-    /// `own_application` is this process's application_name: a session holding the lock under
-    /// it is one this agent abandoned (a write that passed its deadline, its server-side end
-    /// still alive behind a black hole) and is ended, so the agent does not lock itself out.
-    pub async fn prepare(&mut self, node: &str, own_application: &str) -> Result<(), OpenError> {
+    /// Ends this agent's abandoned sessions, takes the node's writer lease and creates today's
+    /// partitions. Returns how many abandoned sessions were ended.
+    pub async fn prepare(&mut self, me: &Identity) -> Result<u64, OpenError> {
         let client = &self.conn.client;
-        let mut locked: bool = client.query_one(LOCK_SQL, &[&node]).await.map_err(pg)?.get(0);
-        if !locked {
-            if let Some(row) = client.query_opt(HOLDER_SQL, &[&node]).await.map_err(pg)? {
-                let (pid, application): (i32, String) = (row.get(0), row.get(1));
-                if application == own_application {
-                    client.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await.map_err(pg)?;
-                    // The backend exits, and releases the lock, within moments.
-                    for _ in 0..50 {
-                        locked = client.query_one(LOCK_SQL, &[&node]).await.map_err(pg)?.get(0);
-                        if locked {
-                            break;
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
-                }
-                if !locked {
-                    return Err(OpenError::NodeInUse {
-                        node: node.to_owned(),
-                        pid,
-                        application,
-                        client: row.get(2),
-                        since: row.get(3),
-                    });
-                }
-            } else {
-                // Released between the two queries: take it now.
-                locked = client.query_one(LOCK_SQL, &[&node]).await.map_err(pg)?.get(0);
-                if !locked {
-                    return Err(anyhow::anyhow!("the writer lock of node {node:?} changed hands; retrying").into());
-                }
-            }
+        // First, so that an abandoned session still holding the lease's row lock (a renewal
+        // whose commit never came back) cannot make the lease wait on it.
+        let pattern = format!("{}%", like_escape(&me.holder_prefix()));
+        let ended: i64 = client.query_typed(END_ABANDONED_SQL, &[(&pattern, Type::TEXT)]).await.map_err(pg)?[0].get(0);
+        let lease = me.lease.as_secs_f64();
+        let taken = client
+            .query_typed(ACQUIRE_SQL, &[(&me.node, Type::TEXT), (&me.holder, Type::TEXT), (&lease, Type::FLOAT8)])
+            .await
+            .map_err(pg)?;
+        if taken.is_empty() {
+            let row = client.query_typed(HOLDER_SQL, &[(&me.node, Type::TEXT)]).await.map_err(pg)?;
+            let Some(row) = row.first() else {
+                return Err(anyhow::anyhow!("the writer lease of node {:?} changed hands; retrying", me.node).into());
+            };
+            return Err(OpenError::NodeInUse {
+                node: me.node.clone(),
+                holder: row.get(0),
+                client: row.get(1),
+                since: row.get(2),
+                expires_in_s: row.get(3),
+            });
         }
         let now = SystemTime::now();
-        ensure_day_partitions(client, now).await.map_err(pg).context("creating today's partitions")?;
-        self.days.insert(utc_day(now));
-        self.statement(1).await.map_err(pg).context("preparing the row INSERT")?;
+        self.ensure_day(now).await.map_err(pg).context("creating today's partitions")?;
+        Ok(ended as u64)
+    }
+
+    /// Gives the lease back (a clean stop).
+    pub async fn release(&mut self, me: &Identity) -> Result<(), tokio_postgres::Error> {
+        self.conn.client.query_typed(RELEASE_SQL, &[(&me.node, Type::TEXT), (&me.holder, Type::TEXT)]).await?;
         Ok(())
     }
 
@@ -129,18 +193,19 @@ impl Session {
         self.conn.client.is_closed()
     }
 
-    async fn statement(&mut self, rows: usize) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(s) = self.inserts.get(&rows) {
-            return Ok(s.clone());
-        }
-        let s = self.conn.client.prepare(&insert_sql(rows)).await?;
-        self.inserts.insert(rows, s.clone());
-        Ok(s)
-    }
-
     /// Forgets which partitions exist (one may have been dropped under us by retention).
     pub fn forget_partitions(&mut self) {
         self.days.clear();
+    }
+
+    async fn ensure_day(&mut self, ts: SystemTime) -> Result<(), tokio_postgres::Error> {
+        if self.days.insert(utc_day(ts)) {
+            if let Err(e) = self.conn.client.query_typed(DAY_PARTITIONS_SQL, &[(&ts, Type::TIMESTAMPTZ)]).await {
+                self.days.remove(&utc_day(ts));
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Creates the day partitions the rows (and their pod rows) fall in, where not known to
@@ -149,49 +214,63 @@ impl Session {
     async fn ensure_days(&mut self, rows: &[FeatureRow]) -> Result<(), tokio_postgres::Error> {
         // An interval's pod rows carry its node row's ts: only a pod row that differs (none, as
         // the sampler makes them) needs a look of its own.
-        let times = rows
+        let times: Vec<SystemTime> = rows
             .iter()
-            .flat_map(|r| std::iter::once(r.ts).chain(r.pods.iter().map(|p| p.ts).filter(move |t| *t != r.ts)));
+            .flat_map(|r| std::iter::once(r.ts).chain(r.pods.iter().map(|p| p.ts).filter(move |t| *t != r.ts)))
+            .collect();
         for ts in times {
-            if self.days.insert(utc_day(ts)) {
-                if let Err(e) = ensure_day_partitions(&self.conn.client, ts).await {
-                    self.days.remove(&utc_day(ts));
-                    return Err(e);
-                }
-            }
+            self.ensure_day(ts).await?;
         }
         Ok(())
     }
 
-    /// Inserts the rows in one statement, and their pod rows with them in the same transaction
-    /// (so the database never holds an interval's node row without its pod rows).
-    pub async fn write(&mut self, rows: &[FeatureRow]) -> Result<Written, tokio_postgres::Error> {
+    /// In one transaction: renews the lease, inserts the rows in one statement and their pod
+    /// rows (so the database never holds an interval's node row without its pod rows, nor a
+    /// row written after another agent took the lease).
+    pub async fn write(&mut self, rows: &[FeatureRow], me: &Identity) -> Result<Written, WriteError> {
         self.ensure_days(rows).await?;
-        let statement = self.statement(rows.len()).await?;
         let params: Vec<&(dyn ToSql + Sync)> = rows.iter().flat_map(FeatureRow::params).collect();
         let pods: Vec<&PodRow> = rows.iter().flat_map(|r| &r.pods).collect();
         let total = rows.len() as u64;
-        if pods.is_empty() {
-            let new = self.conn.client.execute(&statement, &params).await?;
-            return Ok(Written { new, duplicate: total - new, pod_rows: 0 });
-        }
         let tx = self.conn.client.transaction().await?;
-        let new = tx.execute(&statement, &params).await?;
+        let ms = me.server_timeout.as_millis().max(1);
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {ms}; SET LOCAL idle_in_transaction_session_timeout = {ms}"
+        ))
+        .await?;
+        let lease = me.lease.as_secs_f64();
+        let renewed =
+            execute_typed(&tx, RENEW_SQL, &[&me.node, &me.holder, &lease], &[Type::TEXT, Type::TEXT, Type::FLOAT8])
+                .await?;
+        if renewed == 0 {
+            // Dropping the transaction rolls it back.
+            return Err(WriteError::LeaseLost(me.node.clone()));
+        }
+        let new = execute_typed(&tx, &insert_sql(rows.len()), &params, &insert_param_types(rows.len())).await?;
         let mut pod_rows = 0;
         for chunk in pods.chunks(pod_rows_per_insert()) {
             let params: Vec<&(dyn ToSql + Sync)> = chunk.iter().flat_map(|p| p.params()).collect();
-            pod_rows += tx.execute(&pod_insert_sql(chunk.len()), &params).await?;
+            pod_rows +=
+                execute_typed(&tx, &pod_insert_sql(chunk.len()), &params, &pod_insert_param_types(chunk.len())).await?;
         }
         tx.commit().await?;
         Ok(Written { new, duplicate: total - new, pod_rows })
     }
 }
 
+/// `s` as a LIKE pattern matching itself only.
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
 fn pg(e: tokio_postgres::Error) -> OpenError {
     OpenError::Failed(anyhow::Error::new(e))
 }
 
-/// Whether an error concerns the rows' data (retrying cannot help), rather than the connection.
+/// Whether an error concerns the rows' data (retrying cannot help), rather than the connection
+/// or the server's state. A read-only server (SQLSTATE 25006: a demoted primary, a standby after
+/// a failover) is the server's state: the writer reconnects, and a multi-host URL with
+/// `target_session_attrs=read-write` finds the writable one.
 pub fn is_row_error(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         let class = &c.code()[..2];
