@@ -104,6 +104,15 @@ impl Agent {
         agent
     }
 
+    /// [`wait_for`], failing with what the agent logged so far.
+    pub fn wait_for(&self, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}; the agent logged:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// What the agent has logged so far.
     pub fn log(&self) -> String {
         String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()

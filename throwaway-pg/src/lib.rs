@@ -51,6 +51,8 @@ pub struct ThrowawayPostgres {
     uid: u32,
     gid: u32,
     options: Options,
+    /// Settings of this run only ([`ThrowawayPostgres::start_again`]).
+    run_settings: Vec<String>,
     /// Processes stopped by [`ThrowawayPostgres::freeze`], resumed by thaw, stop or drop.
     frozen: Vec<i32>,
 }
@@ -216,9 +218,10 @@ impl ThrowawayPostgres {
     }
 
     /// Starts a server stopped by [`ThrowawayPostgres::crash`] or
-    /// [`ThrowawayPostgres::stop_server`] again, with `settings` added to its command line.
+    /// [`ThrowawayPostgres::stop_server`] again, with `settings` added to its command line for
+    /// this run only.
     pub fn start_again(&mut self, settings: &[&str]) -> Result<(), Error> {
-        self.options.settings.extend(settings.iter().map(|s| s.to_string()));
+        self.run_settings = settings.iter().map(|s| s.to_string()).collect();
         self.spawn_server()
     }
 
@@ -235,7 +238,7 @@ impl ThrowawayPostgres {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
         chown(&dir, uid, gid)?;
 
-        Ok(ThrowawayPostgres { dir, port: free_port()?, child: None, bin, uid, gid, options, frozen: Vec::new() })
+        Ok(ThrowawayPostgres { dir, port: free_port()?, child: None, bin, uid, gid, options, run_settings: Vec::new(), frozen: Vec::new() })
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -285,7 +288,7 @@ impl ThrowawayPostgres {
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
             cmd.args(["-c", "shared_buffers=64MB"]);
         }
-        for s in &self.options.settings {
+        for s in self.options.settings.iter().chain(&self.run_settings) {
             cmd.arg("-c").arg(s);
         }
         // The namespace is opened here, before the fork, and entered in the child.
