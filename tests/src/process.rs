@@ -108,7 +108,11 @@ impl Agent {
     pub fn wait_for(&self, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
         while !f() {
-            assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}; the agent logged:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}; the agent logged:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -238,7 +238,17 @@ impl ThrowawayPostgres {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
         chown(&dir, uid, gid)?;
 
-        Ok(ThrowawayPostgres { dir, port: free_port()?, child: None, bin, uid, gid, options, run_settings: Vec::new(), frozen: Vec::new() })
+        Ok(ThrowawayPostgres {
+            dir,
+            port: free_port()?,
+            child: None,
+            bin,
+            uid,
+            gid,
+            options,
+            run_settings: Vec::new(),
+            frozen: Vec::new(),
+        })
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -300,23 +310,22 @@ impl ThrowawayPostgres {
             None => None,
         };
         let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        cmd.uid(self.uid)
-            .gid(self.gid)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| err(e.to_string()))?)
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; a fast shutdown (SIGINT) if our process dies.
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| err(e.to_string()))?).stderr(log);
+        let (uid, gid) = (self.uid, self.gid);
+        // In the child, in this order: enter the namespace (needs root), drop to the postgres
+        // user, then ask for a fast shutdown (SIGINT) if our process dies (a change of
+        // credentials clears that request, so it comes last).
+        // SAFETY: setns, setgroups, setgid, setuid and prctl are async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                let check = |rc: libc::c_int| if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
                 if let Some(fd) = netns_fd {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                    check(libc::setns(fd, libc::CLONE_NEWNET))?;
                 }
-                Ok(())
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setgid(gid))?;
+                check(libc::setuid(uid))?;
+                check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT))
             });
         }
         let child = cmd.spawn().map_err(|e| err(format!("starting postgres: {e}")))?;
