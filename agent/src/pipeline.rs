@@ -650,7 +650,7 @@ pub async fn migrate_only(args: DatabaseArgs) -> anyhow::Result<()> {
     // database fails the Job instead of holding it forever.
     let limit = writer::Deadlines::for_interval(Duration::ZERO).migrate + Duration::from_secs(10);
     let work = async {
-        let mut client = args.connect().await?;
+        let mut client = args.connect(limit).await?;
         migrate::apply(&mut client).await.map_err(migrate::explain)
     };
     let applied = tokio::time::timeout(limit, work).await.map_err(|_| {

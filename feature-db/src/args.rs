@@ -140,9 +140,10 @@ impl DatabaseArgs {
         Ok(db::Target { config, tls })
     }
 
-    /// Connects (for the commands other than `run`, which keeps its own connection).
-    pub async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
-        db::open(&self.target()?).await
+    /// Connects with every call bounded by `limit` (the commands other than `run`, which keeps
+    /// its own connection and deadlines).
+    pub async fn connect(&self, limit: std::time::Duration) -> anyhow::Result<crate::deadline::Db> {
+        crate::deadline::Db::connect(&self.target()?, limit).await
     }
 
     /// The connection settings: DATABASE_URL alone, or the paper's DB_HOST/DB_PORT/...

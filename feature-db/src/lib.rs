@@ -5,6 +5,7 @@
 //! ([`entry::main`]: arguments, logging, runtime, exit status).
 pub mod args;
 pub mod connect;
+pub mod deadline;
 pub mod entry;
 pub mod host;
 pub mod migrate;

@@ -32,6 +32,9 @@ use crate::{
     scenario::{self, parse_duration, RunSpec, Scenario},
 };
 
+/// How long any one database call of `drill` may take (--db-timeout).
+const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 #[derive(Debug, Args)]
 pub struct DrillArgs {
     /// The scenarios to run, in order [default: all ten].
@@ -84,6 +87,8 @@ pub struct DrillArgs {
     pub node: NodeArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub db_timeout: feature_db::deadline::DbTimeoutArgs,
 }
 
 /// Waits `d`, or fails at once on Ctrl-C or SIGTERM, so the drill's pods, background and agent
@@ -121,8 +126,9 @@ impl Drop for AgentChild {
 
 pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     let node = args.node.resolve()?;
-    let mut client = args.database.connect().await?;
-    migrate::apply(&mut client).await?;
+    let mut client = args.database.connect(args.db_timeout.or(DB_TIMEOUT)).await?;
+    let limit = client.limit();
+    feature_db::deadline::within(limit, migrate::apply(&mut client)).await?;
     let scenarios = if args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { args.scenarios.clone() };
     // Ctrl-C or SIGTERM from here stops the drill cleanly (see pause and the scenarios).
     crate::interrupt::catch();

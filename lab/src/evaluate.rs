@@ -24,11 +24,14 @@ use std::{collections::BTreeMap, time::SystemTime};
 
 use anyhow::Context;
 use clap::Args;
+use feature_db::deadline::Db as Client;
 use serde::Serialize;
-use tokio_postgres::Client;
 
 use crate::window::TimeWindow;
 use feature_db::DatabaseArgs;
+
+/// How long any one database call of `evaluate` may take (--db-timeout).
+const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
@@ -45,6 +48,8 @@ pub struct EvaluateArgs {
     pub json: bool,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub db_timeout: feature_db::deadline::DbTimeoutArgs,
 }
 
 /// One labelled or unlabelled row and the two verdicts on it.
@@ -470,8 +475,8 @@ pub fn table(scores: &[ScenarioScore], sql_threshold: f64) -> String {
 }
 
 pub async fn command(args: EvaluateArgs) -> anyhow::Result<()> {
-    let client = args.database.connect().await?;
-    feature_db::migrate::require_current(&client).await?;
+    let client = args.database.connect(args.db_timeout.or(DB_TIMEOUT)).await?;
+    client.require_current().await?;
     let (from, to) = args.window.resolve(&client).await?;
     let (rows, runs) = load(&client, args.node.as_deref(), from, to, args.sql_threshold).await?;
     if runs.is_empty() {

@@ -25,12 +25,12 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use feature_db::deadline::{within, Db as Client};
 use parquet::{
     data_type::{ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type},
     file::{properties::WriterProperties, writer::SerializedFileWriter},
     schema::parser::parse_message_type,
 };
-use tokio_postgres::Client;
 
 use crate::window::TimeWindow;
 use feature_db::DatabaseArgs;
@@ -41,6 +41,9 @@ pub enum Format {
     Csv,
     Parquet,
 }
+
+/// How long any one database call of `export` may take (--db-timeout).
+const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -63,6 +66,8 @@ pub struct ExportArgs {
     pub window: TimeWindow,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub db_timeout: feature_db::deadline::DbTimeoutArgs,
 }
 
 /// Rows fetched from the portal at a time (and rows per Parquet row group).
@@ -599,9 +604,10 @@ async fn write_rows(
         Format::Csv => Box::new(CsvSink::new(out, shape.meta, shape.columns)?),
         Format::Parquet => Box::new(ParquetSink::new(out, shape.meta, shape.columns, shape.types)?),
     };
-    let tx = client.transaction().await?;
-    let statement = tx.prepare(shape.query).await.context("preparing the export query")?;
-    let portal = tx.bind(&statement, &[&node, &from, &to]).await.context("starting the export query")?;
+    let limit = client.limit();
+    let tx = within(limit, client.transaction()).await?;
+    let statement = within(limit, tx.prepare(shape.query)).await.context("preparing the export query")?;
+    let portal = within(limit, tx.bind(&statement, &[&node, &from, &to])).await.context("starting the export query")?;
     let mut total = 0u64;
     let m = shape.meta.len();
     loop {
@@ -611,7 +617,7 @@ async fn write_rows(
             }
         };
         let batch = tokio::select! {
-            b = tx.query_portal(&portal, BATCH_ROWS) => b.context("reading rows")?,
+            b = within(limit, tx.query_portal(&portal, BATCH_ROWS)) => b.context("reading rows")?,
             () = interrupted => bail!("interrupted: nothing exported (the partial file is removed)"),
         };
         if batch.is_empty() {
@@ -652,14 +658,14 @@ async fn write_rows(
         sink.write_batch(&rows).context("writing the export")?;
         total += rows.len() as u64;
     }
-    tx.commit().await?;
+    within(limit, tx.commit()).await?;
     sink.finish().context("finishing the export")?;
     Ok(total)
 }
 
 pub async fn command(args: ExportArgs) -> anyhow::Result<()> {
-    let mut client = args.database.connect().await?;
-    feature_db::migrate::require_current(&client).await?;
+    let mut client = args.database.connect(args.db_timeout.or(DB_TIMEOUT)).await?;
+    client.require_current().await?;
     let (from, to) = args.window.resolve(&client).await?;
     if args.output != std::path::Path::new("-") {
         check_output(&args.output)?;

@@ -9,9 +9,12 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tracing::info;
 
-use feature_db::{migrate, DatabaseArgs};
+use feature_db::DatabaseArgs;
 
 use crate::window::{overlaps, timestamp};
+
+/// How long any one database call of `label` may take (--db-timeout).
+const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Args)]
 pub struct LabelArgs {
@@ -41,11 +44,13 @@ pub struct LabelArgs {
     pub pod: Option<String>,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub db_timeout: feature_db::deadline::DbTimeoutArgs,
 }
 
 pub async fn command(args: LabelArgs) -> anyhow::Result<()> {
-    let client = args.database.connect().await?;
-    migrate::require_current(&client).await?;
+    let client = args.database.connect(args.db_timeout.or(DB_TIMEOUT)).await?;
+    client.require_current().await?;
     let from = timestamp(&client, "--from", &args.from).await?;
     let to = timestamp(&client, "--to", &args.to).await?;
     if from > to {
@@ -118,7 +123,7 @@ pub async fn command(args: LabelArgs) -> anyhow::Result<()> {
 
 /// Re-applies the labels of the scenario runs recorded in the window.
 async fn reapply_scenarios(
-    client: &tokio_postgres::Client,
+    client: &feature_db::deadline::Db,
     node: Option<&str>,
     from: std::time::SystemTime,
     to: std::time::SystemTime,

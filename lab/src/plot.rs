@@ -24,8 +24,8 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::Args;
+use feature_db::deadline::Db as Client;
 use serde::Serialize;
-use tokio_postgres::Client;
 
 use crate::window::TimeWindow;
 use feature_db::DatabaseArgs;
@@ -36,6 +36,9 @@ pub const DEFAULT_FEATURES: &str =
 /// The features drawn for one pod (--pod) unless --features says otherwise.
 pub const DEFAULT_POD_FEATURES: &str =
     "ebpf_forks,ebpf_execs,tcp_conn_failed,tcp_to_est,tcp_rst_recv,cpu_usage_usec,memory_current";
+
+/// How long any one database call of `plot` may take (--db-timeout).
+const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {
@@ -64,6 +67,8 @@ pub struct PlotArgs {
     pub width: u32,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub db_timeout: feature_db::deadline::DbTimeoutArgs,
 }
 
 /// `--output`: `-` (standard output) or a file whose name ends in `.png`, the only format
@@ -690,8 +695,8 @@ pub async fn command(mut args: PlotArgs) -> anyhow::Result<()> {
     if args.features.len() > 16 {
         bail!("--features: give 1 to 16 features");
     }
-    let client = args.database.connect().await?;
-    feature_db::migrate::require_current(&client).await?;
+    let client = args.database.connect(args.db_timeout.or(DB_TIMEOUT)).await?;
+    client.require_current().await?;
     let (from, to) = args.window.resolve(&client).await?;
     let (data, title) = match &args.pod {
         None => (load(&client, &args.node, &args.features, from, to).await?, format!("node {}", args.node)),

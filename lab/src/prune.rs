@@ -9,6 +9,9 @@ use clap::Args;
 
 use feature_db::DatabaseArgs;
 
+/// How long any one database call of `prune` may take (--db-timeout).
+const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("keep").required(true).multiple(true).args(["pod_days", "node_days"])))]
 pub struct PruneArgs {
@@ -20,11 +23,13 @@ pub struct PruneArgs {
     pub node_days: Option<u32>,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub db_timeout: feature_db::deadline::DbTimeoutArgs,
 }
 
 pub async fn command(args: PruneArgs) -> anyhow::Result<()> {
-    let client = args.database.connect().await?;
-    feature_db::migrate::require_current(&client).await?;
+    let client = args.database.connect(args.db_timeout.or(DB_TIMEOUT)).await?;
+    client.require_current().await?;
     for (table, days) in [("pod_features", args.pod_days), ("node_features", args.node_days)] {
         let Some(days) = days else { continue };
         let days = i32::try_from(days).context("days")?;

@@ -12,7 +12,7 @@
 use std::time::SystemTime;
 
 use anyhow::Context;
-use tokio_postgres::Client;
+use feature_db::deadline::Db as Client;
 
 /// Creates temporary table `name` from `select`, a query whose parameters are $1 the node (or
 /// NULL), $2 and $3 the window's ends (or NULL). Utility statements take no bound parameters,

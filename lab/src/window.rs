@@ -22,7 +22,7 @@ impl TimeWindow {
     /// The bounds, parsed by Postgres.
     pub async fn resolve(
         &self,
-        client: &tokio_postgres::Client,
+        client: &feature_db::deadline::Db,
     ) -> anyhow::Result<(Option<SystemTime>, Option<SystemTime>)> {
         let from = match &self.from {
             Some(v) => Some(timestamp(client, "--from", v).await?),
@@ -47,7 +47,7 @@ impl TimeWindow {
 
 /// Parses a timestamp with Postgres, naming the option in the error.
 pub async fn timestamp(
-    client: &tokio_postgres::Client,
+    client: &feature_db::deadline::Db,
     option: &str,
     value: &str,
 ) -> anyhow::Result<std::time::SystemTime> {

@@ -431,3 +431,73 @@ fn the_previous_plain_schema_upgrades_on_a_coordinator_with_its_rows() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(q(c, db, "SELECT count(*) FROM node_features WHERE node = 'new-node'"), "2");
 }
+
+/// A worker that hangs (every process SIGSTOPped for 30 s: its sockets open, nothing answers)
+/// while agents write through the coordinator: the agent whose rows live there is cut off by its
+/// deadline and spools (the coordinator's own wait on the worker is ended by the statement
+/// timeout the agent sets for each transaction); the other worker's agent keeps writing all
+/// along; after the thaw every interval arrives once.
+#[test]
+fn a_hung_worker_loses_no_row_and_the_other_workers_nodes_keep_writing() {
+    if !have_citus("citus_hung_worker") {
+        return;
+    }
+    let _serial = exclusive();
+    let mut c = ThrowawayCitus::start(2).unwrap();
+    let db = &c.create_database("citus_hung").unwrap();
+    migrate(&c, db);
+    let nodes = names_on_every_worker(&c, db, "hung", 1);
+    let port: u16 = q(
+        &c,
+        db,
+        &format!(
+            "SELECT nodeport FROM citus_shards WHERE table_name = 'node_features'::regclass \
+             AND shardid = get_shard_id_for_distribution_column('node_features', {})",
+            lit(&nodes[0])
+        ),
+    )
+    .parse()
+    .unwrap();
+    let hung = c.worker_on_port(port).unwrap();
+    let writer = url_as(&c, db, "agent");
+    let spools: Vec<_> = nodes.iter().map(|_| tests::fresh_spool_dir()).collect();
+    let agents: Vec<Child> = nodes
+        .iter()
+        .zip(&spools)
+        .map(|(n, spool)| agent(&writer, n, &["--spool-dir", spool.to_str().unwrap()]).spawn().unwrap())
+        .collect();
+    let count = |c: &ThrowawayCitus, node: &str| -> i64 {
+        q(c, db, &format!("SELECT count(*) FROM node_features WHERE node = {}", lit(node))).parse().unwrap()
+    };
+    wait_for("rows from both agents", LIMIT, || nodes.iter().all(|n| count(&c, n) >= 2));
+    c.workers[hung].freeze();
+    // The other node's rows keep arriving in every 5 s of the 30 s hang.
+    for _ in 0..6 {
+        let before = count(&c, &nodes[1]);
+        std::thread::sleep(Duration::from_secs(5));
+        let after = count(&c, &nodes[1]);
+        assert!(after >= before + 5, "the other worker's node keeps writing ({before} -> {after} in 5 s)");
+    }
+    c.workers[hung].thaw();
+    let complete = |node: &str| {
+        q(
+            &c,
+            db,
+            &format!(
+                "SELECT count(*) = count(DISTINCT ts) AND count(*) = round(extract(epoch FROM max(ts) - min(ts)) / 0.5) + 1 \
+                 AND max(ts) > now() - interval '2 s' FROM node_features WHERE node = {}",
+                lit(node)
+            ),
+        ) == "t"
+    };
+    wait_for("the spooled rows of the hang", Duration::from_secs(90), || complete(&nodes[0]));
+    let logs: Vec<String> = agents.into_iter().map(stop).collect();
+    assert!(logs[0].contains("did not finish a write within its deadline"), "{}", logs[0]);
+    assert!(!logs[1].contains("kept in the spool"), "{}", logs[1]);
+    for node in &nodes {
+        assert!(complete(node), "{node}: every interval once");
+    }
+    for s in spools {
+        let _ = std::fs::remove_dir_all(s);
+    }
+}

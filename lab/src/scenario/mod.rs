@@ -25,8 +25,8 @@ use std::{
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use feature_db::deadline::Db as Client;
 use serde_json::Value;
-use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use feature_db::{parse_interval, DatabaseArgs, NodeArgs};
@@ -125,6 +125,9 @@ pub fn parse_duration(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// How long any one database call of `scenario` may take (--db-timeout).
+const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, Args)]
 pub struct ScenarioArgs {
     /// The workload to run.
@@ -147,6 +150,8 @@ pub struct ScenarioArgs {
     pub node: NodeArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub db_timeout: feature_db::deadline::DbTimeoutArgs,
 }
 
 /// What one scenario run did; printed as JSON.
@@ -232,8 +237,8 @@ fn run_in_pod(
 
 pub async fn command(args: ScenarioArgs) -> anyhow::Result<()> {
     let node = args.node.resolve()?;
-    let client = args.database.connect().await?;
-    feature_db::migrate::require_current(&client).await?;
+    let client = args.database.connect(args.db_timeout.or(DB_TIMEOUT)).await?;
+    client.require_current().await?;
     let spec = RunSpec {
         scenario: args.scenario,
         duration_s: args.duration,
