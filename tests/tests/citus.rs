@@ -478,6 +478,20 @@ fn a_hung_worker_loses_no_row_and_the_other_workers_nodes_keep_writing() {
         let after = count(&c, &nodes[1]);
         assert!(after >= before + 5, "the other worker's node keeps writing ({before} -> {after} in 5 s)");
     }
+    // The coordinator's backend of the session the agent abandoned stays stuck until the worker
+    // answers (Citus cancels a worker's statement with a blocking cancel request); the agent
+    // waits for it rather than open more: at most one stuck session besides its probing one,
+    // and one for the other agent.
+    let sessions = q(&c, db, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'feature-agent/%'");
+    assert!(
+        sessions.parse::<u32>().unwrap() <= 3,
+        "{}",
+        q(
+            &c,
+            db,
+            "SELECT application_name, state, query FROM pg_stat_activity WHERE application_name LIKE 'feature-agent/%'"
+        )
+    );
     c.workers[hung].thaw();
     let complete = |node: &str| {
         q(

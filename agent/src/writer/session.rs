@@ -31,13 +31,15 @@ use feature_schema::{
 };
 
 /// Takes the node's lease, or renews it for its holder: a row naming this agent, expiring one
-/// lease length from the server's now(). Returns no row while another holder's lease runs.
+/// lease length from the server's now(). Returns no row while another holder's lease runs. (The
+/// proposed row's `since` is that now(): a Citus coordinator takes no function in the WHERE of
+/// an ON CONFLICT on a distributed table.)
 const ACQUIRE_SQL: &str = "INSERT INTO node_writers AS w (node, holder, client, since, expires) \
      VALUES ($1, $2, coalesce(host(inet_client_addr()), 'a local socket'), now(), now() + make_interval(secs => $3)) \
      ON CONFLICT (node) DO UPDATE SET holder = EXCLUDED.holder, client = EXCLUDED.client, \
          since = CASE WHEN w.holder = EXCLUDED.holder THEN w.since ELSE EXCLUDED.since END, \
          expires = EXCLUDED.expires \
-     WHERE w.holder = EXCLUDED.holder OR w.expires < now() \
+     WHERE w.holder = EXCLUDED.holder OR w.expires < EXCLUDED.since \
      RETURNING w.holder";
 /// The lease as it stands, to name its holder in a refusal.
 const HOLDER_SQL: &str = "SELECT holder, client, since::text, \
@@ -53,6 +55,9 @@ const RELEASE_SQL: &str = "DELETE FROM node_writers WHERE node = $1 AND holder =
 /// transaction open behind a black-holed path. Returns how many were ended.
 const END_ABANDONED_SQL: &str = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::bigint \
      FROM pg_stat_activity WHERE application_name LIKE $1 AND pid <> pg_backend_pid()";
+/// The agent's abandoned sessions still there.
+const ABANDONED_LEFT_SQL: &str =
+    "SELECT count(*)::bigint FROM pg_stat_activity WHERE application_name LIKE $1 AND pid <> pg_backend_pid()";
 /// Creates the day partitions (of node_features and pod_features) that hold a time.
 const DAY_PARTITIONS_SQL: &str = "SELECT ensure_day_partitions($1)";
 
@@ -160,6 +165,28 @@ impl Session {
         // whose commit never came back) cannot make the lease wait on it.
         let pattern = format!("{}%", like_escape(&me.holder_prefix()));
         let ended: i64 = client.query_typed(END_ABANDONED_SQL, &[(&pattern, Type::TEXT)]).await.map_err(pg)?[0].get(0);
+        // A terminated backend exits within moments, unless it is stuck in something it cannot
+        // leave: a Citus coordinator cancelling its statement on a hung worker blocks in the
+        // cancel request (not interruptible) until the worker answers. Writing now would route
+        // this session's batch to the same worker and leave one more such backend; waiting keeps
+        // it to one per agent.
+        if ended > 0 {
+            let mut left: i64 = 0;
+            for _ in 0..20 {
+                left = client.query_typed(ABANDONED_LEFT_SQL, &[(&pattern, Type::TEXT)]).await.map_err(pg)?[0].get(0);
+                if left == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if left > 0 {
+                return Err(anyhow::anyhow!(
+                    "{left} session(s) this agent abandoned earlier still run on the server after being ended (a Citus \
+                     worker may hang); not writing until they are gone"
+                )
+                .into());
+            }
+        }
         let lease = me.lease.as_secs_f64();
         let taken = client
             .query_typed(ACQUIRE_SQL, &[(&me.node, Type::TEXT), (&me.holder, Type::TEXT), (&lease, Type::FLOAT8)])
@@ -208,6 +235,9 @@ impl Session {
         Ok(())
     }
 
+    /// The agent's abandoned sessions still there.
+    const ABANDONED_LEFT_SQL: &str =
+        "SELECT count(*)::bigint FROM pg_stat_activity WHERE application_name LIKE $1 AND pid <> pg_backend_pid()";
     /// Creates the day partitions the rows (and their pod rows) fall in, where not known to
     /// exist. Before the transaction: on a Citus coordinator a partition's creation is DDL that
     /// reaches every worker, which must not share a transaction with the rows' writes.
