@@ -186,6 +186,12 @@ pub struct RunArgs {
     /// Address of the HTTP listener for /metrics, /healthz and /readyz; "off" disables it.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:9100", value_parser = parse_listen)]
     pub listen: String,
+    /// Prepare the batches' statements once per session (the cheaper for the database). false:
+    /// unnamed statements, parsed with every batch, for a transaction pooler (PgBouncer's
+    /// pool_mode = transaction), where a prepared statement does not outlive its transaction.
+    /// The agent also switches by itself when the server loses one of its prepared statements.
+    #[arg(long, env = "DB_PREPARED_STATEMENTS", value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    pub db_prepared_statements: bool,
     /// Seconds to keep flushing queued rows after SIGTERM or the last record.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 5.0, value_parser = parse_interval)]
     pub shutdown_timeout: f64,

@@ -428,6 +428,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown_timeout,
         spool,
         batch_rows: 256,
+        statements: if args.db_prepared_statements { writer::Statements::Named } else { writer::Statements::Unnamed },
         metrics: metrics.clone(),
     };
     let writer = std::thread::Builder::new()

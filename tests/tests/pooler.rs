@@ -1,7 +1,10 @@
 //! A fleet through a pooler: Debian's PgBouncer (1.18) in transaction mode, with a pool far
 //! smaller than its clients, between 50 real agent processes and one Postgres. PgBouncer 1.18
 //! has no named prepared statements in this mode and lends each transaction whichever server
-//! connection is free, so this shows that the agent's statements are unnamed and that its
+//! connection is free. Half of the agents are told so (`DB_PREPARED_STATEMENTS=false`: unnamed
+//! statements); the other half start with prepared ones and must find out by themselves: a
+//! transaction on another backend than their statements' is rolled back before any statement
+//! runs by name, and a statement name the server lacks or already has is caught. The
 //! one-writer-per-node-name rule (a lease in `node_writers`) holds through it.
 //!
 //! Agent 0 loads the eBPF programs; the other 49 run with --no-ebpf (their eBPF columns are NULL):
@@ -54,19 +57,27 @@ fn fifty_agents_write_every_row_once_through_pgbouncer_in_transaction_mode() {
         let args =
             ["--interval", "1", "--node-name", &node, "--records", &records, "--shutdown-timeout", "20", "--no-ebpf"];
         let spool = fresh_spool_dir();
-        fleet.push((node.clone(), Agent::start(&url, &spool, &args, &[]), spool));
+        let told: &[(&str, &str)] = if k % 2 == 0 { &[("DB_PREPARED_STATEMENTS", "false")] } else { &[] };
+        fleet.push((k, node.clone(), Agent::start(&url, &spool, &args, told), spool));
     }
     assert_eq!(metrics(twin.port)["feature_agent_rows_written_total"], 0.0, "still refused");
 
     let mut written_total = 0;
-    for (node, agent, spool) in fleet {
+    let mut found_out = 0;
+    for (k, node, agent, spool) in fleet {
         let out = agent.stop_after_flush();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{node}: {stderr}");
         let c = assert_accounted(&stderr);
         assert_eq!(c["sampled"], rows, "{node}: {stderr}");
         assert_eq!(c["written"], rows, "{node}: every row written, none left or dropped: {stderr}");
-        assert!(!stderr.contains("prepared statement"), "{node}: {stderr}");
+        if k % 2 == 0 {
+            assert!(!stderr.contains("prepared statement"), "{node}: {stderr}");
+        } else if stderr.contains("a transaction pooler is between the agent and the database")
+            || stderr.contains("the server does not know this session's prepared statement")
+        {
+            found_out += 1;
+        }
         let n: u64 = pg
             .psql("fleet", &format!("SELECT count(*) FROM node_features WHERE node = '{node}'"))
             .unwrap()
@@ -88,6 +99,7 @@ fn fifty_agents_write_every_row_once_through_pgbouncer_in_transaction_mode() {
     written_total += c["written"];
     let _ = std::fs::remove_dir_all(spool0);
 
+    assert!(found_out >= agents / 4, "the agents that started with prepared statements found the pooler: {found_out}");
     let all: u64 = pg.psql("fleet", "SELECT count(*) FROM node_features").unwrap().trim().parse().unwrap();
     assert_eq!(all, written_total);
     // (The first row of a run has no eBPF interval before it: NULL there.)

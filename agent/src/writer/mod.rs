@@ -50,7 +50,8 @@ use feature_schema::FeatureRow;
 
 use crate::{metrics::Metrics, spool::Spool};
 use backlog::Backlog;
-use session::{is_row_error, Identity, OpenError, Session, WriteError, Written};
+pub use session::Statements;
+use session::{is_row_error, lost_prepared_statement, Identity, OpenError, Session, WriteError, Written};
 
 /// How long each kind of database call may take before the writer gives up on the session.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,6 +143,9 @@ pub struct WriterOptions {
     pub spool: SpoolSlot,
     /// Rows per INSERT when catching up.
     pub batch_rows: usize,
+    /// Prepared or unnamed statements for the batches (unnamed through a transaction pooler;
+    /// the writer switches to them by itself when the server loses a prepared one).
+    pub statements: Statements,
     pub metrics: Arc<Metrics>,
 }
 
@@ -351,6 +355,7 @@ struct Writer {
     /// sessions in pg_stat_activity, so a session it abandoned can be told from another's).
     me: Identity,
     deadlines: Deadlines,
+    statements: Statements,
     batch_max: usize,
     /// Rows per batch now: halved after a batch timed out, doubled back after each success.
     batch: usize,
@@ -387,6 +392,7 @@ impl Writer {
             target,
             me,
             deadlines,
+            statements: opts.statements,
             batch_max: opts.batch_rows.max(1),
             batch: opts.batch_rows.max(1),
             backoff: Backoff::new(),
@@ -464,6 +470,25 @@ impl Writer {
                 self.metrics.node_name_conflicts.fetch_add(1, Relaxed);
                 error!(node, rows = rows.len(), "another agent took this node's writer lease (ours had expired); the batch was rolled back and the rows wait in the spool");
                 self.lost(false)
+            }
+            Ok(Err(WriteError::Pooled)) => {
+                // The session switched itself to unnamed statements; the batch is written again
+                // at once, on the same session.
+                self.backlog.abort();
+                self.statements = Statements::Unnamed;
+                warn!("a transaction pooler is between the agent and the database: writing with unnamed statements from now on (--db-prepared-statements false says so from the start)");
+                self.up(s)
+            }
+            Ok(Err(WriteError::Db(e))) if lost_prepared_statement(&e) && self.statements == Statements::Named => {
+                // A transaction pooler lent another server connection than the one the
+                // statement was prepared on. From now on, every statement is unnamed.
+                self.backlog.abort();
+                self.statements = Statements::Unnamed;
+                warn!(
+                    error = describe(&e),
+                    "the server does not know this session's prepared statement: a transaction pooler is in between; writing with unnamed statements from now on (--db-prepared-statements false says so from the start)"
+                );
+                self.lost(true)
             }
             Ok(Err(WriteError::Db(e))) => {
                 self.backlog.abort();
@@ -623,8 +648,11 @@ impl Writer {
     /// Opens a session: connect, migrate (the first time), take the node's lock, prepare.
     async fn open(&mut self) -> Result<Session, Opened> {
         let d = self.deadlines;
-        let Writer { inbox, backlog, target, me, migrated, .. } = self;
-        let mut s = inbox.during(backlog, d.statement, Session::connect(target)).await?.map_err(OpenError::Failed)?;
+        let Writer { inbox, backlog, target, me, migrated, statements, .. } = self;
+        let mut s = inbox
+            .during(backlog, d.statement, Session::connect(target, *statements))
+            .await?
+            .map_err(OpenError::Failed)?;
         if !*migrated {
             inbox.during(backlog, d.migrate, s.migrate()).await?.map_err(OpenError::Failed)?;
         }

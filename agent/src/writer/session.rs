@@ -3,21 +3,26 @@
 //! batch (the lease renewed, node rows and their pod rows, in one transaction), and giving the
 //! lease back at a clean stop.
 //!
-//! Every statement is unnamed and sent with its parameter types (tokio-postgres' `query_typed`:
-//! parse, bind and execute in one round trip), and every piece of session state lives inside a
-//! transaction (`SET LOCAL`), so a session works the same through a transaction pooler
-//! (PgBouncer's `pool_mode = transaction`), which lends a different server connection to each
-//! transaction. Nothing here has a deadline of its own: the writer races every call against one
+//! A batch's statements are prepared once per session and executed by name
+//! ([`Statements::Named`], the cheaper for the server), or sent unnamed with their parameter types
+//! ([`Statements::Unnamed`], tokio-postgres' `query_typed`: parse, bind and execute in one round
+//! trip), which is what works through a transaction pooler (PgBouncer's `pool_mode =
+//! transaction`), since it lends each transaction whichever server connection is free. Every
+//! other statement is unnamed, and every piece of session state lives inside a transaction
+//! (`SET LOCAL`), so nothing else depends on the server connection. Nothing here has a deadline of its own: the writer races every call against one
 //! (writer/mod.rs) and drops a session whose call was cut off, which also ends its connection
 //! task. The server ends such a session's transaction by itself after the same time
 //! (`idle_in_transaction_session_timeout` and `statement_timeout`, set for each transaction).
-use std::{collections::HashSet, time::Duration, time::SystemTime};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Context;
 use tokio_postgres::{
     error::SqlState,
     types::{ToSql, Type},
-    GenericClient,
+    GenericClient, Statement,
 };
 
 use feature_db::{
@@ -60,6 +65,21 @@ const ABANDONED_LEFT_SQL: &str =
     "SELECT count(*)::bigint FROM pg_stat_activity WHERE application_name LIKE $1 AND pid <> pg_backend_pid()";
 /// Creates the day partitions (of node_features and pod_features) that hold a time.
 const DAY_PARTITIONS_SQL: &str = "SELECT ensure_day_partitions($1)";
+
+/// How a batch's statements reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statements {
+    /// Prepared once per session, executed by name: the server parses and plans each only once.
+    Named,
+    /// Parsed with every batch: no statement outlives its transaction (for a transaction pooler).
+    Unnamed,
+}
+
+/// Whether an error says the server lost (or already had) a statement name this session
+/// prepared: a transaction pooler lent another server connection. SQLSTATE 26000 or 42P05.
+pub fn lost_prepared_statement(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| *c == SqlState::INVALID_SQL_STATEMENT_NAME || *c == SqlState::DUPLICATE_PSTATEMENT)
+}
 
 /// Who this agent is to the database, and for how long its lease runs.
 #[derive(Debug, Clone)]
@@ -111,11 +131,19 @@ pub enum WriteError {
     /// other took it): the batch was rolled back.
     #[error("the writer lease of node {0:?} was taken by another agent")]
     LeaseLost(String),
+    /// The transaction ran on another server backend than the one this session's statements
+    /// were prepared on: a transaction pooler is in between. Nothing was written; the session
+    /// now writes with unnamed statements.
+    #[error("a transaction pooler lent another server connection")]
+    Pooled,
 }
 
 /// An open session ready to insert rows.
 pub struct Session {
     conn: OwnedClient,
+    /// The server backend the session's statements are prepared on (pg_backend_pid()).
+    backend: i32,
+    prepared: Prepared,
     /// UTC days whose partitions (of node_features and pod_features) exist.
     days: HashSet<i64>,
 }
@@ -147,9 +175,9 @@ async fn execute_typed(
 
 impl Session {
     /// Connects; the caller bounds the time.
-    pub async fn connect(target: &Target) -> anyhow::Result<Session> {
+    pub async fn connect(target: &Target, statements: Statements) -> anyhow::Result<Session> {
         let conn = connect_owned(target).await.map_err(explain_connect_error).context("connecting to the database")?;
-        Ok(Session { conn, days: HashSet::new() })
+        Ok(Session { conn, backend: 0, prepared: Prepared { statements, cache: HashMap::new() }, days: HashSet::new() })
     }
 
     /// Applies the migrations if the schema is behind (and this role may).
@@ -205,6 +233,7 @@ impl Session {
                 expires_in_s: row.get(3),
             });
         }
+        self.backend = self.conn.client.query_typed("SELECT pg_backend_pid()", &[]).await.map_err(pg)?[0].get(0);
         let now = SystemTime::now();
         self.ensure_day(now).await.map_err(pg).context("creating today's partitions")?;
         Ok(ended as u64)
@@ -235,9 +264,6 @@ impl Session {
         Ok(())
     }
 
-    /// The agent's abandoned sessions still there.
-    const ABANDONED_LEFT_SQL: &str =
-        "SELECT count(*)::bigint FROM pg_stat_activity WHERE application_name LIKE $1 AND pid <> pg_backend_pid()";
     /// Creates the day partitions the rows (and their pod rows) fall in, where not known to
     /// exist. Before the transaction: on a Citus coordinator a partition's creation is DDL that
     /// reaches every worker, which must not share a transaction with the rows' writes.
@@ -262,12 +288,27 @@ impl Session {
         let params: Vec<&(dyn ToSql + Sync)> = rows.iter().flat_map(FeatureRow::params).collect();
         let pods: Vec<&PodRow> = rows.iter().flat_map(|r| &r.pods).collect();
         let total = rows.len() as u64;
-        let tx = self.conn.client.transaction().await?;
+        let Session { conn, prepared, backend, .. } = self;
+        // The lease renewal is unnamed in either mode (a small statement).
+        let tx = conn.client.transaction().await?;
         let ms = me.server_timeout.as_millis().max(1);
-        tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = {ms}; SET LOCAL idle_in_transaction_session_timeout = {ms}"
-        ))
-        .await?;
+        // The timeouts, and which backend runs this transaction, in one round trip.
+        let answer = tx
+            .simple_query(&format!(
+                "SET LOCAL statement_timeout = {ms}; SET LOCAL idle_in_transaction_session_timeout = {ms}; \
+                 SELECT pg_backend_pid()"
+            ))
+            .await?;
+        let pid = answer.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|p| p.parse::<i32>().ok()),
+            _ => None,
+        });
+        if prepared.statements == Statements::Named && pid != Some(*backend) {
+            // Not the backend our statements live on: executing one by name here could run
+            // nothing, or another client's. Rolled back (dropped) before anything ran.
+            prepared.statements = Statements::Unnamed;
+            return Err(WriteError::Pooled);
+        }
         let lease = me.lease.as_secs_f64();
         let renewed =
             execute_typed(&tx, RENEW_SQL, &[&me.node, &me.holder, &lease], &[Type::TEXT, Type::TEXT, Type::FLOAT8])
@@ -276,15 +317,45 @@ impl Session {
             // Dropping the transaction rolls it back.
             return Err(WriteError::LeaseLost(me.node.clone()));
         }
-        let new = execute_typed(&tx, &insert_sql(rows.len()), &params, &insert_param_types(rows.len())).await?;
+        let new = prepared.run(&tx, &insert_sql(rows.len()), &params, &insert_param_types(rows.len())).await?;
         let mut pod_rows = 0;
         for chunk in pods.chunks(pod_rows_per_insert()) {
             let params: Vec<&(dyn ToSql + Sync)> = chunk.iter().flat_map(|p| p.params()).collect();
             pod_rows +=
-                execute_typed(&tx, &pod_insert_sql(chunk.len()), &params, &pod_insert_param_types(chunk.len())).await?;
+                prepared.run(&tx, &pod_insert_sql(chunk.len()), &params, &pod_insert_param_types(chunk.len())).await?;
         }
         tx.commit().await?;
         Ok(Written { new, duplicate: total - new, pod_rows })
+    }
+}
+
+/// A session's statements: prepared once and kept by SQL text, or unnamed.
+struct Prepared {
+    statements: Statements,
+    cache: HashMap<String, Statement>,
+}
+
+impl Prepared {
+    /// Runs one statement of a batch's transaction, named or unnamed as the session writes.
+    async fn run(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        types: &[Type],
+    ) -> Result<u64, tokio_postgres::Error> {
+        if self.statements == Statements::Unnamed {
+            return execute_typed(tx, sql, params, types).await;
+        }
+        let statement = match self.cache.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = tx.prepare_typed(sql, types).await?;
+                self.cache.insert(sql.to_owned(), s.clone());
+                s
+            }
+        };
+        tx.execute(&statement, params).await
     }
 }
 
