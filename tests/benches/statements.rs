@@ -149,22 +149,10 @@ async fn main() {
     let d = connect(&burl).await;
     let st = d.prepare("SELECT 1").await.unwrap();
     let e = connect(&burl).await;
-    let held = e.transaction_hold().await;
+    e.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let named_result = d.query(&st, &[]).await;
-    drop(held);
     match named_result {
         Ok(_) => println!("  named through PgBouncer: happened to run (same server connection)"),
         Err(err) => println!("  named through PgBouncer: {}", feature_db::describe(&err)),
-    }
-}
-
-/// A transaction left open on a pooled connection (it pins one server connection).
-trait Hold {
-    async fn transaction_hold(&self) -> ();
-}
-
-impl Hold for Client {
-    async fn transaction_hold(&self) {
-        self.batch_execute("BEGIN; SELECT 1").await.unwrap();
     }
 }
