@@ -23,7 +23,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON node_writers TO feature_writer;
 GRANT SELECT ON node_writers TO feature_reader, feature_labeller;
 
 -- On a Citus coordinator the leases are distributed by node, colocated with the rows, so a
--- batch's renewal and its rows are one single-shard transaction on one worker.
+-- batch's renewal and its rows are one single-shard transaction on one worker; and the schema's
+-- bookkeeping (schema_migrations, schema_generated) becomes reference tables, on every node, so
+-- agents may write through the workers (docs/citus.md, "Sizing a fleet").
 CREATE OR REPLACE FUNCTION distribute_feature_tables() RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -44,6 +46,17 @@ BEGIN
        AND NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'node_writers'::regclass) THEN
         PERFORM create_distributed_table('node_writers', 'node', colocate_with => 'node_features');
         done := done || 'node_writers'::text;
+    END IF;
+    -- The schema's bookkeeping on every node, so an agent that writes through a worker (Citus
+    -- routes its rows) finds the schema current there.
+    IF NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'schema_migrations'::regclass) THEN
+        PERFORM create_reference_table('schema_migrations');
+        done := done || 'schema_migrations'::text;
+    END IF;
+    IF to_regclass('schema_generated') IS NOT NULL
+       AND NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'schema_generated'::regclass) THEN
+        PERFORM create_reference_table('schema_generated');
+        done := done || 'schema_generated'::text;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'feature_catalog'::regclass) THEN
         PERFORM create_reference_table('feature_catalog');

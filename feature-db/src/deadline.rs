@@ -1,7 +1,7 @@
 //! Deadlines for the one-shot commands (`feature-lab label`, `export`, `evaluate`, `plot`,
 //! `prune`, `scenario`, `migrate`): every database call they make is bounded on both sides.
-//! The server ends a statement that runs past the limit (`statement_timeout`, set when the
-//! session opens), and the client gives up on a server that does not answer at all (a
+//! The server ends a statement that runs past nine tenths of the limit (`statement_timeout`, set
+//! when the session opens), and the client gives up on a server that does not answer at all (a
 //! SIGSTOPped process, a black-holed path), which no server-side timeout can catch. A call that
 //! is still waiting after a few seconds says so on stderr, so a hung database is never a silent
 //! wait; one that passes the limit ends the command with an error naming the limit.
@@ -110,7 +110,7 @@ impl std::ops::DerefMut for Db {
 }
 
 impl Db {
-    /// Connects within `limit` and sets the session's statement_timeout to it.
+    /// Connects within `limit` and sets the session's statement_timeout to nine tenths of it.
     pub async fn connect(target: &crate::Target, limit: Duration) -> anyhow::Result<Db> {
         use anyhow::Context;
         let client = match within(limit, crate::connect::connect(target)).await {
@@ -121,7 +121,9 @@ impl Db {
             Err(e) => return Err(e).context("connecting to the database"),
         };
         let db = Db { client, limit };
-        db.batch_execute(&format!("SET statement_timeout = {}", limit.as_millis().max(1)))
+        // A tenth sooner than the client's limit: a live server's own error (its text says what
+        // it was waiting on) arrives before the client gives up.
+        db.batch_execute(&format!("SET statement_timeout = {}", (limit.as_millis() * 9 / 10).max(1)))
             .await
             .context("setting the statement timeout")?;
         Ok(db)

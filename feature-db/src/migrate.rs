@@ -91,8 +91,10 @@ pub async fn apply(client: &mut Client) -> anyhow::Result<usize> {
     if recorded.as_deref() != Some(sql) && newest_applied <= latest_version() {
         tx.batch_execute(sql).await.context("applying the generated SQL (migrations/generated/analysis.sql)")?;
         tx.execute(
-            "INSERT INTO schema_generated (name, sql) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET sql = EXCLUDED.sql, applied_at = now()",
+            // now() in VALUES, not in the SET: on a Citus coordinator this is a reference table,
+            // whose ON CONFLICT takes no function in its SET.
+            "INSERT INTO schema_generated (name, sql, applied_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (name) DO UPDATE SET sql = EXCLUDED.sql, applied_at = EXCLUDED.applied_at",
             &[&name, &sql],
         )
         .await

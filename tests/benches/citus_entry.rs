@@ -94,11 +94,8 @@ fn main() {
     let rounds = env_or("CITUS_ENTRY_ROUNDS", 5);
     let c = throwaway_pg::citus::ThrowawayCitus::start_with(2, true).expect("throwaway Citus cluster");
     let db = c.create_database("entry").expect("the cluster's database");
-    let out = std::process::Command::new(tests::agent_bin())
-        .arg("migrate")
-        .env("DATABASE_URL", c.url(&db))
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(tests::agent_bin()).arg("migrate").env("DATABASE_URL", c.url(&db)).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     c.psql(&db, "SELECT ensure_day_partitions(to_timestamp(1800000000))").unwrap();
     let coordinator = vec![c.coordinator.tcp_url(&db)];

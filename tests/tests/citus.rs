@@ -515,3 +515,33 @@ fn a_hung_worker_loses_no_row_and_the_other_workers_nodes_keep_writing() {
         let _ = std::fs::remove_dir_all(s);
     }
 }
+
+/// An agent that writes through a worker, not the coordinator: the worker finds the schema
+/// current (its bookkeeping is a reference table), routes the rows to their shard, and the
+/// coordinator sees them; the day's partitions were made ahead through the coordinator, as
+/// docs/citus.md says (a worker cannot run their DDL).
+#[test]
+fn an_agent_writes_through_a_worker() {
+    if !have_citus("citus_through_a_worker") {
+        return;
+    }
+    let _serial = exclusive();
+    // A cluster of its own: the shared one's databases are made by other tests meanwhile.
+    let c = &ThrowawayCitus::start(2).unwrap();
+    let db = &c.create_database("citus_worker_entry").unwrap();
+    migrate(c, db);
+    q(c, db, "SELECT ensure_day_partitions(now()), ensure_day_partitions(now() + interval '1 day')");
+    let url = c.workers[0].url(db).replace("user=postgres", "user=agent");
+    let spool = tests::fresh_spool_dir();
+    let child = agent(&url, "via-worker", &["--records", "6", "--spool-dir", spool.to_str().unwrap()]).spawn().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains("WARN agent::writer"), "{log}");
+    let n = q(c, db, "SELECT count(*) FROM node_features WHERE node = 'via-worker'");
+    assert_eq!(n, "6", "{log}");
+    // Pod rows came with every interval but the run's first (which has no interval before it).
+    let pods = q(c, db, "SELECT count(DISTINCT ts) FROM pod_features WHERE node = 'via-worker'");
+    assert!(pods == "5" || pods == "6", "each interval's pod rows arrived with it: {pods}");
+    let _ = std::fs::remove_dir_all(spool);
+}
