@@ -10,7 +10,7 @@
 //! cargo bench -p tests --bench fleet    (FLEET_SIZES=250,500,1000 FLEET_INTERVAL=1 FLEET_RECORDS=10)
 use std::{
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use throwaway_pg::pgbouncer::{PoolerOptions, ThrowawayPgBouncer};
