@@ -162,7 +162,8 @@ impl ThrowawayPostgres {
         Ok(pg)
     }
 
-    /// A streaming replica of `primary` (pg_basebackup -R over its socket), started with
+    /// A streaming replica of `primary` (pg_basebackup -R over its socket, after an immediate
+    /// checkpoint: the default spread one can take minutes on a durable server), started with
     /// `options`: read-only, in recovery, until [`ThrowawayPostgres::promote`].
     pub fn replica_of(primary: &ThrowawayPostgres, options: Options) -> Result<Self, Error> {
         let mut pg = Self::new_dir(options)?;
@@ -171,7 +172,17 @@ impl ThrowawayPostgres {
             .arg(pg.data_dir())
             .arg("-h")
             .arg(&primary.dir)
-            .args(["-p", &primary.port.to_string(), "-U", "postgres", "-R", "-X", "stream", "--no-sync"])
+            .args([
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "--checkpoint=fast",
+            ])
             .uid(pg.uid)
             .gid(pg.gid)
             .current_dir(&pg.dir)
