@@ -10,8 +10,6 @@
 //!   rename): every record before that position reached the database. Fully acknowledged
 //!   segments are deleted after it is written.
 //! - `lock`: held with an exclusive flock while an agent uses the spool.
-//! - `writer-id`: the id under which the agents using this spool hold their node's writer lease
-//!   (made and read by the writer, writer/mod.rs; not the spool's own).
 //!
 //! What is guaranteed (the model test in tests.rs checks it on random sequences): every row
 //! `append` accepted is returned by `read_batch` at least once, in order, or counted in

@@ -23,8 +23,8 @@
 //!
 //! One agent writes per node name: a lease in the `node_writers` table (session.rs), taken when a
 //! session opens, renewed in every batch's transaction and given back at a clean stop. Its
-//! holder is the spool's writer id (the `writer-id` file in `--spool-dir`), so a restarted agent
-//! on the same spool takes its predecessor's lease over at once.
+//! holder is the spool's writer id (a hash of the host's boot id and the spool's path), so a
+//! restarted agent on the same spool takes its predecessor's lease over at once.
 pub mod backlog;
 pub mod session;
 
@@ -852,26 +852,31 @@ async fn answers_within(config: &Config, limit: Duration) -> bool {
     tokio::time::timeout(limit, answers(config, limit)).await.unwrap_or(false)
 }
 
-/// The lease holder id of the agents that use this spool, one after another: kept in the spool
-/// directory's `writer-id` file (16 hex digits, made at the first start). The spool's flock
-/// keeps two live agents from sharing it, so two agents that share an id never write at once.
-/// Without a spool held (`--spool-dir off`, or one not opened yet) the id is this process's own.
+/// The lease holder id of the agents that use this spool, one after another: a hash of the
+/// host's boot id and the spool directory's path, so every agent process that uses the spool on
+/// this host until it reboots has the same one, with nothing to write (a full disk cannot take
+/// it away). The spool's flock keeps two live agents from sharing it: a second agent on the same
+/// spool stops at start (the directory is locked). Agents on other hosts, or with other spools,
+/// have other ids. Without a spool (`--spool-dir off`) the id is this process's own.
 fn writer_id(slot: &SpoolSlot) -> String {
-    let SpoolSlot::Open(spool) = slot else { return random_id() };
-    let path = spool.dir().join("writer-id");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let id = text.trim();
-        if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-            return id.to_owned();
-        }
-        warn!(file = %path.display(), "the spool's writer id is malformed; making a new one");
+    let dir = match slot {
+        SpoolSlot::Open(spool) => spool.dir().to_path_buf(),
+        SpoolSlot::Later { dir, .. } => dir.clone(),
+        SpoolSlot::Off => return random_id(),
+    };
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    format!("{:016x}", fnv1a(&[boot.trim().as_bytes(), b"\0", dir.as_os_str().as_encoded_bytes()]))
+}
+
+/// FNV-1a, 64 bits, over the parts in order.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let id = random_id();
-    let tmp = path.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, format!("{id}\n")).and_then(|()| std::fs::rename(&tmp, &path)) {
-        warn!(file = %path.display(), error = %e, "cannot keep the writer id in the spool; a restart will wait for this agent's writer lease to expire");
-    }
-    id
+    h
 }
 
 /// 16 random hex digits.

@@ -87,7 +87,8 @@ pub struct Identity {
     /// The node name its rows carry.
     pub node: String,
     /// The lease holder: the spool's writer id, shared by every agent process that uses that
-    /// spool in turn (so a restarted agent takes over its predecessor's lease at once).
+    /// spool on this host in turn (so a restarted agent takes over its predecessor's lease at
+    /// once).
     pub holder: String,
     /// This process's application_name: `feature-agent/<holder>/<pid>.<nonce>`.
     pub application: String,
