@@ -56,23 +56,28 @@ fn url_as(c: &ThrowawayCitus, db: &str, user: &str) -> String {
     c.url(db).replace("user=postgres", &format!("user={user}"))
 }
 
+/// The index (in `workers`) of the worker that holds `node`'s shard of node_features.
+fn worker_of(c: &ThrowawayCitus, db: &str, node: &str) -> usize {
+    let port: u16 = q(
+        c,
+        db,
+        &format!(
+            "SELECT nodeport FROM citus_shards WHERE table_name = 'node_features'::regclass \
+             AND shardid = get_shard_id_for_distribution_column('node_features', {})",
+            lit(node)
+        ),
+    )
+    .parse()
+    .unwrap();
+    c.worker_on_port(port).expect("a worker's port")
+}
+
 /// Node names whose rows the cluster places on each of its workers, `per_worker` of each.
 fn names_on_every_worker(c: &ThrowawayCitus, db: &str, prefix: &str, per_worker: usize) -> Vec<String> {
     let mut chosen: Vec<Vec<String>> = vec![Vec::new(); c.workers.len()];
     for i in 0.. {
         let name = format!("{prefix}-{i}");
-        let port: u16 = q(
-            c,
-            db,
-            &format!(
-                "SELECT nodeport FROM citus_shards WHERE table_name = 'node_features'::regclass \
-                 AND shardid = get_shard_id_for_distribution_column('node_features', {})",
-                lit(&name)
-            ),
-        )
-        .parse()
-        .unwrap();
-        let w = c.worker_on_port(port).expect("a worker's port");
+        let w = worker_of(c, db, &name);
         if chosen[w].len() < per_worker {
             chosen[w].push(name);
         }
@@ -308,18 +313,7 @@ fn a_worker_outage_loses_no_row_and_duplicates_none() {
     let db = &c.create_database("citus_outage").unwrap();
     migrate(&c, db);
     let nodes = names_on_every_worker(&c, db, "outage", 1);
-    let port: u16 = q(
-        &c,
-        db,
-        &format!(
-            "SELECT nodeport FROM citus_shards WHERE table_name = 'node_features'::regclass \
-             AND shardid = get_shard_id_for_distribution_column('node_features', {})",
-            lit(&nodes[0])
-        ),
-    )
-    .parse()
-    .unwrap();
-    let down = c.worker_on_port(port).unwrap();
+    let down = worker_of(&c, db, &nodes[0]);
     let writer = url_as(&c, db, "agent");
     let spools: Vec<_> = nodes.iter().map(|_| tests::fresh_spool_dir()).collect();
     let agents: Vec<Child> = nodes
@@ -447,18 +441,7 @@ fn a_hung_worker_loses_no_row_and_the_other_workers_nodes_keep_writing() {
     let db = &c.create_database("citus_hung").unwrap();
     migrate(&c, db);
     let nodes = names_on_every_worker(&c, db, "hung", 1);
-    let port: u16 = q(
-        &c,
-        db,
-        &format!(
-            "SELECT nodeport FROM citus_shards WHERE table_name = 'node_features'::regclass \
-             AND shardid = get_shard_id_for_distribution_column('node_features', {})",
-            lit(&nodes[0])
-        ),
-    )
-    .parse()
-    .unwrap();
-    let hung = c.worker_on_port(port).unwrap();
+    let hung = worker_of(&c, db, &nodes[0]);
     let writer = url_as(&c, db, "agent");
     let spools: Vec<_> = nodes.iter().map(|_| tests::fresh_spool_dir()).collect();
     let agents: Vec<Child> = nodes
