@@ -12,9 +12,13 @@ use std::{
 
 use crate::{agent_command, ThrowawayPostgres};
 
-/// A port free at the time of asking.
+/// A loopback port reserved for the rest of this test process (see [`throwaway_pg::port`]): an
+/// agent restarted on it cannot find it taken by another test's outgoing connection.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let reserved = throwaway_pg::port::reserve().expect("reserving a loopback port");
+    let port = reserved.port();
+    std::mem::forget(reserved);
+    port
 }
 
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {

@@ -1,6 +1,6 @@
 //! Starts a real, throwaway PostgreSQL server from the Debian binaries in
 //! /usr/lib/postgresql/*/bin: `initdb` into a fresh directory, `postgres` listening on a Unix
-//! socket in that directory and on a free loopback TCP port, all as the `postgres` user (the
+//! socket in that directory and on a loopback TCP port reserved for it, all as the `postgres` user (the
 //! server refuses to run as root). Dropping the handle stops the server and deletes everything.
 //!
 //! The server is spawned with PR_SET_PDEATHSIG, so it also stops if the process that started it
@@ -13,6 +13,7 @@
 //! puts Debian's PgBouncer in front of one.
 pub mod citus;
 pub mod pgbouncer;
+pub mod port;
 
 use std::{
     ffi::CString,
@@ -46,6 +47,8 @@ const DIR_PREFIX: &str = "feature-agent-pg-";
 pub struct ThrowawayPostgres {
     dir: PathBuf,
     port: u16,
+    /// Keeps `port` this server's while it is stopped (see [`port`]).
+    _port_reservation: port::Reserved,
     child: Option<Child>,
     bin: PathBuf,
     uid: u32,
@@ -92,11 +95,6 @@ fn postgres_user() -> Result<(u32, u32), Error> {
     }
     // SAFETY: pw is non-null and valid until the next getpw* call.
     Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
-}
-
-fn free_port() -> Result<u16, Error> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("finding a free port: {e}")))?;
-    Ok(l.local_addr().map_err(|e| err(e.to_string()))?.port())
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), Error> {
@@ -249,9 +247,11 @@ impl ThrowawayPostgres {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
         chown(&dir, uid, gid)?;
 
+        let reservation = port::reserve()?;
         Ok(ThrowawayPostgres {
             dir,
-            port: free_port()?,
+            port: reservation.port(),
+            _port_reservation: reservation,
             child: None,
             bin,
             uid,

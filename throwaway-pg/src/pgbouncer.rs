@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{chown, err, free_port, postgres_user, Error, ThrowawayPostgres};
+use crate::{chown, err, port, postgres_user, Error, ThrowawayPostgres};
 
 /// Where Debian installs it.
 const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
@@ -37,6 +37,7 @@ impl Default for PoolerOptions {
 pub struct ThrowawayPgBouncer {
     dir: PathBuf,
     port: u16,
+    _port_reservation: port::Reserved,
     child: Option<Child>,
 }
 
@@ -59,7 +60,8 @@ impl ThrowawayPgBouncer {
         fs::create_dir_all(&dir).map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
         chown(&dir, uid, gid)?;
-        let port = free_port()?;
+        let reservation = port::reserve()?;
+        let port = reservation.port();
         let users = dir.join("users.txt");
         fs::write(&users, "\"postgres\" \"\"\n").map_err(|e| err(e.to_string()))?;
         let config = dir.join("pgbouncer.ini");
@@ -97,7 +99,7 @@ impl ThrowawayPgBouncer {
             });
         }
         let child = cmd.spawn().map_err(|e| err(format!("starting pgbouncer: {e}")))?;
-        let mut bouncer = ThrowawayPgBouncer { dir, port, child: Some(child) };
+        let mut bouncer = ThrowawayPgBouncer { dir, port, _port_reservation: reservation, child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(Ok(Some(status))) = bouncer.child.as_mut().map(Child::try_wait) {
