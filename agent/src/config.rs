@@ -184,7 +184,10 @@ pub struct RunArgs {
     #[arg(long, env = "QUEUE_MAX_ROWS", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
     pub queue_max_rows: u64,
     /// Address of the HTTP listener for /metrics, /healthz and /readyz; "off" disables it.
-    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:9100", value_parser = parse_listen)]
+    /// The default listens on every interface, on a port no common exporter uses (node_exporter
+    /// has 9100 on the same host network). An address in brackets may be of either family
+    /// (`[10.0.0.7]:19100`, `[fd00::7]:19100`), so a manifest can write `[$(NODE_IP)]:PORT`.
+    #[arg(long, env = "LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
     pub listen: String,
     /// Prepare the batches' statements once per session (the cheaper for the database). false:
     /// unnamed statements, parsed with every batch, for a transaction pooler (PgBouncer's
@@ -197,17 +200,26 @@ pub struct RunArgs {
     pub shutdown_timeout: f64,
 }
 
+/// `--listen`'s default. 9100-9999 is Prometheus' range of allocated exporter ports, all taken
+/// (9100 is node_exporter's); 19100 is outside it, outside Kubernetes' own node ports (10248-10260
+/// and the NodePort range 30000-32767) and below the kernel's usual ephemeral range.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:19100";
+
 /// `--listen`: "off", or HOST:PORT (an address or a name that resolves), checked before any
-/// work starts.
+/// work starts. `[IPv4]:PORT` is taken as `IPv4:PORT`, so one template serves both families.
 fn parse_listen(s: &str) -> Result<String, String> {
     if s == "off" {
         return Ok(s.to_owned());
     }
-    let resolves = std::net::ToSocketAddrs::to_socket_addrs(s).is_ok_and(|mut a| a.next().is_some());
+    let s = match s.strip_prefix('[').and_then(|r| r.split_once("]:")) {
+        Some((inner, port)) if inner.parse::<std::net::Ipv4Addr>().is_ok() => format!("{inner}:{port}"),
+        _ => s.to_owned(),
+    };
+    let resolves = std::net::ToSocketAddrs::to_socket_addrs(s.as_str()).is_ok_and(|mut a| a.next().is_some());
     if resolves {
-        Ok(s.to_owned())
+        Ok(s)
     } else {
-        Err(format!("{s:?} is not ADDRESS:PORT (e.g. 0.0.0.0:9100) or \"off\""))
+        Err(format!("{s:?} is not ADDRESS:PORT (e.g. {DEFAULT_LISTEN}, [fd00::7]:19100) or \"off\""))
     }
 }
 
@@ -324,5 +336,21 @@ impl SamplingArgs {
         }
         info!(cgroup_root = %root.display(), pod_logs = %self.pod_logs.display(), "per-pod rows on");
         Ok(Some(PodSampler::new(root, self.pod_logs.clone(), crate::netns::Proc::at(&self.procfs))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_either_family_in_brackets_so_one_manifest_serves_both() {
+        assert_eq!(parse_listen("[10.0.0.7]:19100").unwrap(), "10.0.0.7:19100");
+        assert_eq!(parse_listen("[::1]:19100").unwrap(), "[::1]:19100");
+        assert_eq!(parse_listen(DEFAULT_LISTEN).unwrap(), DEFAULT_LISTEN);
+        assert_eq!(parse_listen("off").unwrap(), "off");
+        for bad in ["[]:19100", "[10.0.0.7]", "10.0.0.7", "[$(NODE_IP)]:19100", "[10.0.0.7]:x"] {
+            assert!(parse_listen(bad).is_err(), "{bad} was taken");
+        }
     }
 }

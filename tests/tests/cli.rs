@@ -27,6 +27,7 @@ fn bad_flags_and_values_are_rejected_clearly() {
         (&["print", "--require-ebpf", "--no-ebpf"], 2, "cannot be used with"),
         (&["run", "--listen", "garbage"], 2, "is not ADDRESS:PORT"),
         (&["run", "--listen", "127.0.0.1:99999"], 2, "is not ADDRESS:PORT"),
+        (&["run", "--listen", "[$(NODE_IP)]:19100"], 2, "is not ADDRESS:PORT"),
     ];
     let lab_cases: &[(&[&str], i32, &str)] = &[
         (&["evaluate", "--sql-threshold", "-1"], 2, "is not a number above 0"),

@@ -50,7 +50,8 @@ fn every_option_the_manifests_pass_is_accepted_by_the_agent() {
     let cli = agent::cli::Cli::command();
     let mut checked = 0;
     for file in ["base/daemonset.yaml", "base/migrate-job.yaml"] {
-        for (args, env) in containers(&manifest(file)) {
+        let yaml = manifest(file);
+        for (args, env) in containers(&yaml) {
             let sub = cli
                 .find_subcommand(&args[0])
                 .unwrap_or_else(|| panic!("{file}: `{}` is not a feature-agent command", args[0]));
@@ -65,6 +66,9 @@ fn every_option_the_manifests_pass_is_accepted_by_the_agent() {
             for name in &env {
                 if name == "RUST_LOG" {
                     continue; // tracing's filter, documented in the README
+                }
+                if yaml.contains(&format!("$({name})")) {
+                    continue; // an input to another entry's value, which Kubernetes expands
                 }
                 assert!(envs.contains(name), "{file}: env {name} is not read by `feature-agent {}`", args[0]);
                 assert_ne!(name, "DB_PASSWORD", "{file}: pass the password as a file (DB_PASSWORD_FILE)");

@@ -18,7 +18,8 @@
 //!
 //! What differs from a cluster, on purpose: the agent reaches the throwaway Postgres (TCP on the
 //! host network, or its Unix socket bound in for the Job, which has no host network) instead of
-//! the Service; NODE_NAME (downward API) is set by the check; INTERVAL is 1 s; the spool's
+//! the Service; NODE_NAME (downward API) is set by the check, and the node's IP (`status.hostIP`)
+//! is loopback, where the check scrapes the agent's listener beside a node_exporter on 9100; INTERVAL is 1 s; the spool's
 //! hostPath is a temporary directory; Secrets are files written by the check. The containers'
 //! cgroups path is left empty (runc then makes them relative to its caller's own, and removes
 //! them with the container), and resource limits are not applied: the check does not change
@@ -342,17 +343,24 @@ fn plan(pod: &Value, work: &Path, overrides: &[(&str, String)], spool: &Path) ->
     p.gid = sc["runAsGroup"].as_u64().or(psc["runAsGroup"].as_u64()).unwrap_or(0) as u32;
     let non_root = sc["runAsNonRoot"].as_bool().or(psc["runAsNonRoot"].as_bool()).unwrap_or(false);
     ensure!(!non_root || p.uid != 0, "runAsNonRoot with uid 0: the kubelet would refuse to start it");
+    // In the manifest's order, as the kubelet expands `$(NAME)` from the entries before it.
+    let mut env: Vec<(String, String)> = Vec::new();
     for e in c["env"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().context("env name")?.to_owned();
         let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
             (Value::String(v), _) => v.clone(),
             (_, Value::String(f)) if f == "spec.nodeName" => "downward-api-node-name".into(),
-            _ => bail!("env {name}: only value and fieldRef spec.nodeName are supported"),
+            // This host's address for its own scrapes: the node's IP stands in as loopback.
+            (_, Value::String(f)) if f == "status.hostIP" => "127.0.0.1".into(),
+            _ => bail!("env {name}: only value and fieldRef spec.nodeName or status.hostIP are supported"),
         };
-        p.env.insert(name, value);
+        let value = overrides.iter().find(|(k, _)| *k == name).map_or(value, |(_, v)| v.clone());
+        let value = env.iter().fold(value, |v, (k, x)| v.replace(&format!("$({k})"), x));
+        env.push((name, value));
     }
+    p.env.extend(env);
     for (k, v) in overrides {
-        p.env.insert((*k).to_owned(), v.clone());
+        p.env.entry((*k).to_owned()).or_insert_with(|| v.clone());
     }
     p.args = c["args"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_owned)).collect();
     // Volumes: hostPath bound from the host (the spool's to a temporary directory), Secrets
@@ -512,7 +520,6 @@ fn check_daemonset(
         ("DB_PORT", pg.port().to_string()),
         ("NODE_NAME", id.to_owned()),
         ("INTERVAL", "1".to_owned()),
-        ("LISTEN", "127.0.0.1:0".to_owned()),
     ];
     let plan = plan(ds, work, &overrides, &spool)?;
     let mut child = start(ctr, &plan, id, entrypoint, &[], work)?;
@@ -547,6 +554,16 @@ fn check_daemonset(
         std::thread::sleep(Duration::from_millis(300));
     }
     let summary = check_confinement(ctr.pid(id)?, &plan).with_context(|| format!("{id}:\n{}", log_of(work, id)))?;
+    // The manifest's own listener (LISTEN as the manifest writes it, the node's IP standing in
+    // as loopback) serves beside node_exporter's on the same host network.
+    let listen = plan.env.get("LISTEN").context("the DaemonSet sets no LISTEN")?;
+    let agent_metrics = http_get(listen, "/metrics").with_context(|| format!("{id}: nothing serves {listen}"))?;
+    ensure!(
+        agent_metrics.contains("feature_agent_rows_written_total"),
+        "{id}: {listen} is not the agent's:\n{agent_metrics}"
+    );
+    let node_metrics = http_get(NODE_EXPORTER, "/metrics").context("node_exporter stopped serving")?;
+    ensure!(node_metrics.contains("node_exporter_build_info"), "{NODE_EXPORTER} is not node_exporter's");
     ctr.ctr(&["task", "kill", "-s", "SIGTERM", id])?;
     let status = child.wait()?;
     let log = log_of(work, id);
@@ -581,6 +598,68 @@ fn check_daemonset(
     }
     ctr.remove(id);
     Ok(summary)
+}
+
+/// A GET over plain HTTP/1.1 with a 5 s deadline; the body of a 200 answer. `address` is
+/// HOST:PORT as the agent's LISTEN takes it (`[IPv4]:PORT` included).
+fn http_get(address: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let plain = match address.strip_prefix('[').and_then(|r| r.split_once("]:")) {
+        Some((ip, port)) if ip.parse::<std::net::Ipv4Addr>().is_ok() => format!("{ip}:{port}"),
+        _ => address.to_owned(),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(plain.as_str())?.next().context("no address")?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "{address}{path}: {head}");
+    Ok(body.to_owned())
+}
+
+/// Where node_exporter listens on a node running the usual Prometheus stack: its default
+/// port on every interface of the host network.
+const NODE_EXPORTER: &str = "127.0.0.1:9100";
+
+/// Debian's node_exporter, as its DaemonSet runs it (host network, `:9100`); killed on drop.
+/// One that already serves there (the package's init script may have started it) is used as it is.
+struct NodeExporter(Option<Child>);
+
+impl NodeExporter {
+    fn start(work: &Path) -> anyhow::Result<Self> {
+        if http_get(NODE_EXPORTER, "/metrics").is_ok_and(|m| m.contains("node_exporter_build_info")) {
+            return Ok(NodeExporter(None));
+        }
+        let log = std::fs::File::create(work.join("node-exporter.log"))?;
+        let child = Command::new("prometheus-node-exporter")
+            .arg("--web.listen-address=:9100")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting node_exporter (apt-get install prometheus-node-exporter)")?;
+        let mut child = NodeExporter(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(NODE_EXPORTER, "/metrics").is_err() {
+            if let Some(status) = child.0.as_mut().map(Child::try_wait).transpose()?.flatten() {
+                let log = std::fs::read_to_string(work.join("node-exporter.log")).unwrap_or_default();
+                bail!("node_exporter exited ({status}); is something else on 9100?\n{log}");
+            }
+            ensure!(Instant::now() < deadline, "node_exporter did not serve {NODE_EXPORTER} within 20 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(child)
+    }
+}
+
+impl Drop for NodeExporter {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// The workload pod runtime-check runs beside the agent: its UID, and the packets sent to it.
@@ -671,13 +750,13 @@ fn install_runtime() -> anyhow::Result<()> {
     let have = |c: &str| {
         Command::new("sh").arg("-c").arg(format!("command -v {c}")).output().is_ok_and(|o| o.status.success())
     };
-    if ["containerd", "ctr", "runc", "umoci"].iter().all(|c| have(c)) {
+    if ["containerd", "ctr", "runc", "umoci", "prometheus-node-exporter"].iter().all(|c| have(c)) {
         return Ok(());
     }
-    eprintln!("runtime-check: installing containerd, runc and umoci");
+    eprintln!("runtime-check: installing containerd, runc, umoci and node_exporter");
     run(Command::new("apt-get").args(["update", "-q"]))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "containerd", "runc", "umoci", "ca-certificates"])
+        .args(["install", "-y", "-q", "containerd", "runc", "umoci", "ca-certificates", "prometheus-node-exporter"])
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     Ok(())
 }
@@ -725,16 +804,21 @@ pub fn runtime_check(root: &Path, python: &Path, agent: &Path) -> anyhow::Result
     eprintln!("runtime-check: migrate Job ok: schema applied through a socket only uid {} can reach", plan_job.uid);
     pg.psql("features", "CREATE ROLE agent LOGIN IN ROLE feature_writer").map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    let node_exporter = NodeExporter::start(&work)?;
+    eprintln!("runtime-check: node_exporter serves {NODE_EXPORTER} on the host network");
     let workload = start_workload_pod(&ctr, &entrypoint, &work)?;
     eprintln!("runtime-check: a workload pod runs in its own network namespace, in a kubelet-style cgroup");
     let ds = find(&base, "DaemonSet", "feature-agent")?;
     let summary = check_daemonset(&ctr, &pg, ds, "base", &entrypoint, &work, true);
     workload.stop(&ctr);
     let summary = summary?;
-    eprintln!("runtime-check: base DaemonSet ok: every program attached, rows written, {summary}");
+    eprintln!(
+        "runtime-check: base DaemonSet ok: every program attached, rows written, its /metrics served beside node_exporter's, {summary}"
+    );
     let ds = find(&privileged, "DaemonSet", "feature-agent")?;
     let summary = check_daemonset(&ctr, &pg, ds, "privileged", &entrypoint, &work, false)?;
     eprintln!("runtime-check: privileged overlay ok: every program attached, rows written, {summary}");
+    drop(node_exporter);
 
     // Without PERFMON the programs cannot attach: the runtime really enforces the capability set.
     let mut weakened = find(&base, "DaemonSet", "feature-agent")?.clone();
