@@ -36,7 +36,12 @@ impl EbpfError {
     /// A hint for the most common cause, to go with the error in the log.
     pub fn hint(&self) -> &'static str {
         let text = format!("{self:?}");
-        if text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("Operation not permitted") {
+        if text.contains("perf_event_open") && perf_event_paranoid().is_some_and(|p| p > 2) {
+            "kernel.perf_event_paranoid is above 2 (Debian's and Ubuntu's default): classic tracepoints, which --socket-hook syscalls uses, open only with CAP_SYS_ADMIN there; keep --socket-hook auto, or set the sysctl to 2"
+        } else if text.contains("PermissionDenied")
+            || text.contains("EPERM")
+            || text.contains("Operation not permitted")
+        {
             "the agent needs root or CAP_BPF + CAP_PERFMON to load eBPF programs"
         } else if text.contains("tracefs") || text.contains("tracing") {
             "classic tracepoints need tracefs: mount -t tracefs nodev /sys/kernel/tracing"
@@ -44,6 +49,12 @@ impl EbpfError {
             "see the error above"
         }
     }
+}
+
+/// `kernel.perf_event_paranoid`; above 2 is a Debian and Ubuntu patch that refuses
+/// perf_event_open (classic tracepoints) without CAP_SYS_ADMIN.
+fn perf_event_paranoid() -> Option<i32> {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").ok()?.trim().parse().ok()
 }
 
 enum Hook {

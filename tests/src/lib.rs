@@ -5,6 +5,7 @@
 //! unless FEATURE_AGENT_TEST_ALLOW_SKIP=1 is set outside CI: then they print SKIPPED and pass.
 //! In CI (CI=true) skipping is never allowed.
 pub mod cgroup;
+pub mod kernel;
 pub mod netns;
 pub mod schemas;
 use std::{
@@ -139,10 +140,14 @@ fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     profile_dir.join(bin)
 }
 
-/// The feature-agent binary (the node daemon), built (if stale) by cargo for this workspace.
+/// The feature-agent binary (the node daemon), built (if stale) by cargo for this workspace, or
+/// the one FEATURE_AGENT_BIN names (a VM of `cargo xtask kernel-test` has no cargo).
 pub fn agent_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_bin("agent", "feature-agent")).clone()
+    BIN.get_or_init(|| {
+        std::env::var_os("FEATURE_AGENT_BIN").map_or_else(|| workspace_bin("agent", "feature-agent"), PathBuf::from)
+    })
+    .clone()
 }
 
 /// The feature-lab binary (the research tools), built (if stale) by cargo for this workspace.

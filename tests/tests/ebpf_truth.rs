@@ -149,31 +149,29 @@ fn socket(family: i32, ty: i32, protocol: i32) -> i32 {
     unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) }
 }
 
-/// The socket hooks this kernel must count with, each checked exactly: FEATURE_AGENT_SOCKET_HOOKS
-/// (comma-separated; `cargo xtask kernel-test` sets `fexit,kprobe,syscalls` on its kernels). On
-/// this project's CI kernel (no fexit, no kprobes) only the syscall fallback exists.
+/// Every socket hook this kernel has (tests::kernel), each checked exactly: fexit, kprobe and the
+/// syscall fallback on the QEMU matrix's kernels, only the fallback on this project's CI host.
 fn socket_hooks() -> Vec<(SocketHook, &'static str)> {
-    let list = std::env::var("FEATURE_AGENT_SOCKET_HOOKS").unwrap_or_else(|_| "syscalls".into());
-    list.split(',')
-        .map(|h| match h.trim() {
+    tests::kernel::socket_hooks()
+        .all()
+        .into_iter()
+        .map(|h| match h {
             "fexit" => (SocketHook::Fexit, "fexit"),
             "kprobe" => (SocketHook::Kprobe, "kprobe"),
-            "syscalls" => (SocketHook::Syscalls, "tracepoint"),
-            other => panic!("FEATURE_AGENT_SOCKET_HOOKS: unknown hook {other}"),
+            _ => (SocketHook::Syscalls, "tracepoint"),
         })
         .collect()
 }
 
-/// `--socket-hook auto` picks the cheapest hook the kernel allows, and never the syscall
-/// fallback: FEATURE_AGENT_AUTO_SOCKET_HOOK says which (`none` on this project's CI kernel,
-/// `fexit` on the kernel matrix's).
+/// `--socket-hook auto` picks the cheapest hook the kernel allows (tests::kernel), and never the
+/// syscall fallback.
 #[test]
 fn auto_socket_hook_is_the_cheapest_this_kernel_allows() {
     if !have_root("auto_socket_hook") {
         return;
     }
     let _g = exclusive();
-    let want = std::env::var("FEATURE_AGENT_AUTO_SOCKET_HOOK").unwrap_or_else(|_| "none".into());
+    let want = tests::kernel::socket_hooks().auto();
     let ebpf = load();
     let got = ebpf.programs().iter().find(|p| p.columns.contains(&"sock_alloc_tcp")).map_or("none", |p| p.hook);
     assert_eq!(got, want, "{:?}", ebpf.programs());

@@ -7,6 +7,11 @@
 //! - the truth tests: forks against /proc/stat, handshakes, refused connects and resets, both
 //!   TCP-state attachments, sockets by kind through fexit, kprobe and the syscall fallback, the
 //!   automatic choice of socket hook, the connection gauges against sock_diag;
+//! - the command-line tests (the static `cli` test binary, with setpriv and the fixture tree
+//!   copied in), whose expectations follow from what the kernel allows (tests::kernel): with
+//!   fexit here, the default run attaches the socket hook and fills the sock_alloc_* columns
+//!   that this project's CI host leaves NULL. Only the research tools' flag checks are left out
+//!   (no feature-lab in the VM);
 //! - `feature-agent print --require-ebpf`: every program attaches; which hook feeds which columns;
 //! - an unprivileged run: eBPF not loaded, procfs rows still written; with --require-ebpf, exit 1;
 //! - per-pod rows on a pure cgroup v2 tree with every controller (what this machine's hybrid
@@ -30,7 +35,7 @@ const KERNELS: [(&str, &str, bool); 2] =
     [("6.1", "linux-image-cloud-amd64", false), ("6.12", "linux-image-6.12-cloud-amd64", true)];
 
 /// The checks `/init` reports, in order, with `KT <name> ok|FAIL ...` lines.
-const CHECKS: [&str; 5] = ["truth", "require-ebpf", "unprivileged", "unprivileged-require", "pod-rows"];
+const CHECKS: [&str; 6] = ["truth", "cli", "require-ebpf", "unprivileged", "unprivileged-require", "pod-rows"];
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
@@ -139,11 +144,16 @@ insmod /lib/modules/tcp_diag.ko
 echo "KT kernel $(uname -r)"
 export CI=true RUST_LOG=info RUST_BACKTRACE=1
 export FEATURE_AGENT_SOCKET_HOOKS=fexit,kprobe,syscalls FEATURE_AGENT_AUTO_SOCKET_HOOK=fexit
+export FEATURE_AGENT_BIN=/feature-agent
 export FEATURE_AGENT_RST_WITHOUT_SOCKET=@RST@
 /ebpf_truth --test-threads=1 > /tmp/truth 2>&1
 rc=$?
 cat /tmp/truth
 if [ $rc -eq 0 ]; then echo "KT truth ok $(grep '^test result' /tmp/truth)"; else echo "KT truth FAIL exit=$rc"; fi
+/cli --test-threads=1 --skip the_research_tools_reject_bad_flags_clearly > /tmp/cli 2>&1
+rc=$?
+cat /tmp/cli
+if [ $rc -eq 0 ]; then echo "KT cli ok $(grep '^test result' /tmp/cli)"; else echo "KT cli FAIL exit=$rc"; fi
 /feature-agent print --records 2 --interval 0.5 --require-ebpf --node-name vm > /tmp/rows 2> /tmp/log
 rc=$?
 grep -E 'eBPF program|socket' /tmp/log | sed 's/^/KT log /'
@@ -181,11 +191,29 @@ poweroff -f
 "#;
 
 /// The initramfs (gzip-compressed newc cpio) for one kernel.
+/// Copies a dynamically linked program and the libraries `ldd` lists into `root`, each at its
+/// own path.
+fn copy_with_libraries(root: &Path, program: &str) -> anyhow::Result<()> {
+    let mut files = vec![PathBuf::from(program)];
+    for line in run(Command::new("ldd").arg(program))?.lines() {
+        let path = line.split("=>").last().and_then(|r| r.split_whitespace().next()).unwrap_or("");
+        if path.starts_with('/') {
+            files.push(PathBuf::from(path));
+        }
+    }
+    for f in files {
+        let dst = root.join(f.strip_prefix("/")?);
+        std::fs::create_dir_all(dst.parent().context("a parent")?)?;
+        std::fs::copy(&f, &dst).with_context(|| format!("copying {}", f.display()))?;
+    }
+    Ok(())
+}
+
 fn initramfs(
     work: &Path,
     kernel: &Path,
     agent: &Path,
-    truth: &Path,
+    tests: &TestBinaries,
     rst_without_socket: bool,
 ) -> anyhow::Result<PathBuf> {
     let root = work.join("root");
@@ -201,8 +229,16 @@ fn initramfs(
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
     std::fs::copy(agent, root.join("feature-agent"))?;
-    std::fs::copy(truth, root.join("ebpf_truth"))?;
+    std::fs::copy(tests.truth, root.join("ebpf_truth"))?;
+    std::fs::copy(tests.cli, root.join("cli"))?;
+    // What the cli tests use beside the agent: setpriv, and the fixture tree at the path the
+    // test binary was built with.
+    copy_with_libraries(&root, "/usr/bin/setpriv")?;
+    let fixtures = tests.fixtures.strip_prefix("/")?;
+    std::fs::create_dir_all(root.join(fixtures).parent().context("a parent")?)?;
+    run(Command::new("cp").arg("-a").arg(&tests.fixtures).arg(root.join(fixtures)))?;
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
     std::fs::write(root.join("init"), INIT.replace("@RST@", if rst_without_socket { "1" } else { "0" }))?;
     run(Command::new("chmod").arg("755").arg(root.join("init")))?;
     for module in ["inet_diag", "tcp_diag"] {
@@ -307,7 +343,15 @@ fn hooks_cell(o: &Outcome) -> String {
     )
 }
 
-pub fn kernel_test(root: &Path, agent: &Path, truth: &Path) -> anyhow::Result<()> {
+/// The static test binaries the VM runs, and the fixtures the cli tests read.
+struct TestBinaries<'a> {
+    truth: &'a Path,
+    cli: &'a Path,
+    fixtures: PathBuf,
+}
+
+pub fn kernel_test(root: &Path, agent: &Path, truth: &Path, cli: &Path) -> anyhow::Result<()> {
+    let tests = TestBinaries { truth, cli, fixtures: root.join("tests/fixtures") };
     install_tools()?;
     let cache = root.join("target/kernels");
     let work = root.join("target/kernel-test");
@@ -318,7 +362,7 @@ pub fn kernel_test(root: &Path, agent: &Path, truth: &Path) -> anyhow::Result<()
         let package = resolve(meta)?;
         let dir = fetch_kernel(&cache, &package)?;
         let vmlinuz = find_file(&dir.join("boot"), &|n: &str| n.starts_with("vmlinuz-")).context("vmlinuz")?;
-        let initrd = initramfs(&work, &dir, agent, truth, rst_without_socket)?;
+        let initrd = initramfs(&work, &dir, agent, &tests, rst_without_socket)?;
         eprintln!("kernel-test: booting {package} under QEMU (software emulation)");
         let log = work.join(format!("console-{label}.txt"));
         let booted = std::time::Instant::now();

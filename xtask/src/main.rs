@@ -483,7 +483,8 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             let agent = build_static()?;
             let truth = build_static_test("ebpf_truth")?;
-            kernel_test::kernel_test(&root(), &agent, &truth)
+            let cli = build_static_test("cli")?;
+            kernel_test::kernel_test(&root(), &agent, &truth, &cli)
         }
         Task::RuntimeCheck => {
             setup()?;

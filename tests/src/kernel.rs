@@ -1,0 +1,90 @@
+//! What the running kernel lets the agent attach, found by asking it, so that a test expects
+//! what this kernel gives and not what the project's CI kernel gives: a stock Debian or Ubuntu
+//! kernel has fexit and kprobes, the CI host has neither, and the QEMU matrix's kernels have both.
+//!
+//! Each socket hook is tried by the agent binary itself with `--require-ebpf` (which fails when
+//! any program does not attach). Where a runner knows what its kernel must allow, it says so, and
+//! what was found is checked against it, so a kernel that loses an ability fails loudly instead
+//! of being expected away: FEATURE_AGENT_SOCKET_HOOKS (every socket hook the kernel must have,
+//! comma-separated; `cargo xtask kernel-test` sets `fexit,kprobe,syscalls`) and
+//! FEATURE_AGENT_AUTO_SOCKET_HOOK (what `auto` must take; `fexit` there).
+use std::{process::Stdio, sync::OnceLock};
+
+/// The socket-creation hooks this kernel allows, beside the syscall tracepoints every supported
+/// kernel has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketHooks {
+    pub fexit: bool,
+    pub kprobe: bool,
+}
+
+/// Programs the agent attaches whatever the socket hook: fork, exec and exit, the TCP states,
+/// both resets, and the dirtied page-cache folios.
+pub const BASE_PROGRAMS: usize = 7;
+
+impl SocketHooks {
+    /// What `--socket-hook auto` takes here: fexit, else kprobe, else nothing (never the
+    /// syscall fallback, whose cost lands on every syscall of the node).
+    pub fn auto(self) -> &'static str {
+        if self.fexit {
+            "fexit"
+        } else if self.kprobe {
+            "kprobe"
+        } else {
+            "none"
+        }
+    }
+
+    /// Programs attached by `print --require-ebpf` with the default `--socket-hook auto`.
+    pub fn default_programs(self) -> usize {
+        BASE_PROGRAMS + usize::from(self.auto() != "none")
+    }
+
+    /// Every hook that counts socket creations here, the syscall fallback last.
+    pub fn all(self) -> Vec<&'static str> {
+        let mut all = Vec::new();
+        if self.fexit {
+            all.push("fexit");
+        }
+        if self.kprobe {
+            all.push("kprobe");
+        }
+        all.push("syscalls");
+        all
+    }
+
+    /// Whether the default run counts socket creations (the sock_alloc_* columns).
+    pub fn counts_sockets_by_default(self) -> bool {
+        self.auto() != "none"
+    }
+}
+
+/// Programs attached with `--socket-hook syscalls`: the base and the four syscall tracepoints
+/// (socket and socketpair, entry and exit).
+pub const PROGRAMS_WITH_SYSCALL_HOOKS: usize = BASE_PROGRAMS + 4;
+
+fn attaches(hook: &str) -> bool {
+    let out = std::process::Command::new(crate::agent_bin())
+        .args(["print", "--records", "1", "--interval", "0.1", "--node-name", "probe", "--require-ebpf"])
+        .args(["--socket-hook", hook])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running feature-agent");
+    out.status.success()
+}
+
+/// This kernel's socket hooks (asked once per test binary; needs root).
+pub fn socket_hooks() -> SocketHooks {
+    static FOUND: OnceLock<SocketHooks> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        let found = SocketHooks { fexit: attaches("fexit"), kprobe: attaches("kprobe") };
+        if let Ok(want) = std::env::var("FEATURE_AGENT_AUTO_SOCKET_HOOK") {
+            assert_eq!(found.auto(), want, "FEATURE_AGENT_AUTO_SOCKET_HOOK: this kernel's hooks are {found:?}");
+        }
+        if let Ok(want) = std::env::var("FEATURE_AGENT_SOCKET_HOOKS") {
+            assert_eq!(found.all().join(","), want, "FEATURE_AGENT_SOCKET_HOOKS: this kernel's hooks are {found:?}");
+        }
+        found
+    })
+}
