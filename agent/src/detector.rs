@@ -90,9 +90,21 @@ pub struct Baseline {
 #[derive(Debug, Clone, Default)]
 pub struct Rates {
     previous: Option<Vec<Option<f64>>>,
+    /// Per feature: a counter known to have started at zero that has not been read yet. Its
+    /// zero stands as the previous value until the first reading (a new pod whose network is not
+    /// readable in its first row still gets its whole count as its first delta).
+    zero_until_read: Vec<bool>,
 }
 
 impl Rates {
+    /// The rates of a source whose counters started at zero since the previous interval (a pod
+    /// that appeared while the agent runs): its first row's deltas are its whole counts.
+    pub fn from_zero(features: &[Feature]) -> Self {
+        let counters: Vec<bool> = features.iter().map(|f| f.kind == Kind::Counter).collect();
+        let previous = counters.iter().map(|&c| c.then_some(0.0)).collect();
+        Rates { previous: Some(previous), zero_until_read: counters }
+    }
+
     pub fn scored(
         &mut self,
         features: &[Feature],
@@ -124,7 +136,19 @@ impl Rates {
                 }
             })
             .collect();
-        self.previous = Some(values.to_vec());
+        let previous = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v.or_else(|| self.zero_until_read.get(i).copied().unwrap_or(false).then_some(0.0)))
+            .collect();
+        for (i, v) in values.iter().enumerate() {
+            if v.is_some() {
+                if let Some(z) = self.zero_until_read.get_mut(i) {
+                    *z = false;
+                }
+            }
+        }
+        self.previous = Some(previous);
         out
     }
 }

@@ -43,6 +43,35 @@ pub struct InterfaceTotals {
     pub transmit_packets: i64,
 }
 
+impl InterfaceTotals {
+    fn fields(&self) -> [i64; 6] {
+        [
+            self.receive_bytes,
+            self.receive_packets,
+            self.receive_drop,
+            self.receive_errs,
+            self.transmit_bytes,
+            self.transmit_packets,
+        ]
+    }
+
+    /// Whether any counter is below `earlier`'s: not the same counters (a new namespace).
+    pub fn went_back_from(&self, earlier: &InterfaceTotals) -> bool {
+        self.fields().iter().zip(earlier.fields()).any(|(now, then)| *now < then)
+    }
+
+    pub fn plus(&self, other: &InterfaceTotals) -> InterfaceTotals {
+        InterfaceTotals {
+            receive_bytes: self.receive_bytes.saturating_add(other.receive_bytes),
+            receive_packets: self.receive_packets.saturating_add(other.receive_packets),
+            receive_drop: self.receive_drop.saturating_add(other.receive_drop),
+            receive_errs: self.receive_errs.saturating_add(other.receive_errs),
+            transmit_bytes: self.transmit_bytes.saturating_add(other.transmit_bytes),
+            transmit_packets: self.transmit_packets.saturating_add(other.transmit_packets),
+        }
+    }
+}
+
 impl Proc {
     pub fn at(root: impl Into<PathBuf>) -> Self {
         Proc { root: root.into() }

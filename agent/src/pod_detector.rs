@@ -5,6 +5,12 @@
 //! and only a new workload warms up. Its rates (deltas of its cumulative counters) are the
 //! pod's own.
 //!
+//! A pod that appears while the agent runs (absent from the previous interval's rows) started
+//! from zero: its cgroup's CPU time and its network namespace's counters count from their
+//! creation, so its first row's deltas are its whole counts, and the 32 MiB a new CronJob pod
+//! sends in its first seconds is judged in that first row. The pods of the agent's own first
+//! interval were there before it, and their deltas start with their second row.
+//!
 //! - The "other" row (root cgroup, sessions, what could not be named) is not judged: it is the
 //!   node's remainder, which the node row judges.
 //! - Replicas of one workload feed one baseline: the warm-up counts the workload's rows, so
@@ -51,6 +57,8 @@ pub struct PodDetector {
     /// interval is forgotten.
     rates: HashMap<(OwnerKind, String), Rates>,
     interval: u64,
+    /// Whether an interval with pod rows was judged before: a pod missing from it is new.
+    judged_pods: bool,
     evicted: u64,
 }
 
@@ -62,6 +70,7 @@ impl PodDetector {
             workloads: HashMap::new(),
             rates: HashMap::new(),
             interval: 0,
+            judged_pods: false,
             evicted: 0,
         }
     }
@@ -80,7 +89,14 @@ impl PodDetector {
                 continue;
             }
             let key = (pod.kind, pod.owner.clone());
-            let mut pod_rates = self.rates.remove(&key).unwrap_or_default();
+            let judged_pods = self.judged_pods;
+            let mut pod_rates = self.rates.remove(&key).unwrap_or_else(|| {
+                if judged_pods {
+                    Rates::from_zero(&POD_FEATURES)
+                } else {
+                    Rates::default()
+                }
+            });
             let scored =
                 pod_rates.scored(&POD_FEATURES, &pod.feature_values(), pod.interval_s, self.options.interval_s);
             rates.insert(key, pod_rates);
@@ -101,6 +117,7 @@ impl PodDetector {
             }
         }
         self.rates = rates;
+        self.judged_pods |= !row.pods.is_empty();
         self.evict();
         flagged.sort_by(|a, b| b.score.total_cmp(&a.score));
         if !row.pods.is_empty() {
@@ -237,6 +254,61 @@ mod tests {
         d.judge(&mut row);
         assert_eq!(row.pods[0].verdict().anomaly_score, None);
         assert_eq!(d.workloads(), 2);
+    }
+
+    /// `pod` sending `bytes` bytes (cumulative, 1,000-byte packets) over its own network.
+    fn sending(mut row: PodRow, bytes: i64) -> PodRow {
+        row.resources[Res::NetTransmit as usize] = Some(bytes);
+        row.resources[Res::TransmitPackets as usize] = Some(bytes / 1000);
+        row
+    }
+
+    #[test]
+    fn a_new_pod_is_judged_on_its_whole_counts_in_its_first_row_and_an_old_one_is_not() {
+        const MIB: i64 = 1 << 20;
+        let mut d = PodDetector::new(options(), 16);
+        // A CronJob's pods send about 100 KB an interval.
+        for k in 0..6 {
+            d.judge(&mut interval(vec![sending(pod("report-28417920-lz8g2", "u1", 0, 0), k * 100_000)]));
+        }
+        // A new pod of the CronJob sends 32 MiB before its first row: counted from zero.
+        let mut row = interval(vec![
+            sending(pod("report-28417920-lz8g2", "u1", 0, 0), 600_000),
+            sending(pod("report-28417921-x7bqz", "u2", 0, 0), 32 * MIB),
+        ]);
+        let flagged = d.judge(&mut row);
+        assert_eq!(flagged.len(), 1, "{flagged:?}");
+        assert_eq!(flagged[0].name, "shop/report-28417921-x7bqz");
+        assert!(flagged[0].features.contains(&"net_transmit".to_owned()), "{flagged:?}");
+        // A new pod whose network is not readable in its first row gets its whole count in the
+        // first row that reads it.
+        let mut row = interval(vec![
+            sending(pod("report-28417920-lz8g2", "u1", 0, 0), 700_000),
+            sending(pod("report-28417921-x7bqz", "u2", 0, 0), 32 * MIB + 100_000),
+            pod("report-28417922-2pkfm", "u3", 0, 0),
+        ]);
+        assert!(d.judge(&mut row).is_empty());
+        let mut row = interval(vec![
+            sending(pod("report-28417920-lz8g2", "u1", 0, 0), 800_000),
+            sending(pod("report-28417922-2pkfm", "u3", 0, 0), 32 * MIB),
+        ]);
+        let flagged = d.judge(&mut row);
+        assert_eq!(flagged.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["shop/report-28417922-2pkfm"]);
+
+        // A restarted detector (warm from its state): the pods of its first interval were there
+        // before it, so their cumulative counts are not deltas.
+        let saved: Vec<(String, Vec<(String, Baseline)>)> =
+            d.saved().into_iter().map(|(w, b)| (w, b.into_iter().map(|(c, b)| (c.to_owned(), b)).collect())).collect();
+        let mut restarted = PodDetector::new(options(), 16);
+        restarted.restore(saved);
+        let mut row = interval(vec![sending(pod("report-28417922-2pkfm", "u3", 0, 0), 33 * MIB)]);
+        assert!(restarted.judge(&mut row).is_empty(), "an old pod's cumulative count is not a delta");
+        let mut row = interval(vec![
+            sending(pod("report-28417922-2pkfm", "u3", 0, 0), 33 * MIB + 100_000),
+            sending(pod("report-28417923-w9c4d", "u4", 0, 0), 32 * MIB),
+        ]);
+        let flagged = restarted.judge(&mut row);
+        assert_eq!(flagged.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["shop/report-28417923-w9c4d"]);
     }
 
     #[test]

@@ -49,7 +49,33 @@ pub struct NamespaceReader {
     /// The agent's own namespace (the host's, with hostNetwork): a pod there is host-networked.
     own: Option<u32>,
     handles: HashMap<(OwnerKind, String), NamespaceHandle>,
+    /// Per owner, what its earlier namespaces counted (see [`Carried`]).
+    carried: HashMap<(OwnerKind, String), Carried>,
     buf: String,
+}
+
+/// An owner's network counters across the namespaces it has had. A recreated pod sandbox gets a
+/// new namespace whose counters start at zero; the row's counters go on from the old
+/// namespace's last reading instead of falling back, so a delta across the recreation is the new
+/// namespace's count (what the old one counted after its last reading is lost) and never
+/// negative. A new namespace is a new key, or any counter below its last reading (a namespace's
+/// inode number can be reused once it is gone).
+#[derive(Debug, Default)]
+struct Carried {
+    key: u32,
+    last: InterfaceTotals,
+    before: InterfaceTotals,
+}
+
+impl Carried {
+    fn add(&mut self, key: u32, now: InterfaceTotals) -> InterfaceTotals {
+        if key != self.key || now.went_back_from(&self.last) {
+            self.before = self.before.plus(&self.last);
+            self.key = key;
+        }
+        self.last = now;
+        self.before.plus(&now)
+    }
 }
 
 /// What a row learns from its namespace.
@@ -89,8 +115,11 @@ impl NamespaceReader {
             self.buf.clear();
             match read_at(&h.dir, c"net/dev", &mut self.buf) {
                 Ok(()) => {
-                    let interfaces = crate::netns::parse_net_dev(&self.buf).ok();
-                    return Some(PodNetwork { host: false, interfaces, key: h.key });
+                    let key = h.key;
+                    let interfaces = crate::netns::parse_net_dev(&self.buf)
+                        .ok()
+                        .map(|now| self.carried.entry(id.clone()).or_default().add(key, now));
+                    return Some(PodNetwork { host: false, interfaces, key });
                 }
                 // The process exited: find another.
                 Err(_) => continue,
@@ -102,6 +131,7 @@ impl NamespaceReader {
     /// Forgets the owners not in `live`.
     fn retain(&mut self, live: &HashSet<(OwnerKind, String)>) {
         self.handles.retain(|id, _| live.contains(id));
+        self.carried.retain(|id, _| live.contains(id));
     }
 }
 
@@ -173,7 +203,13 @@ impl PodSampler {
             names_read: None,
             unnamed: HashSet::new(),
             previous: None,
-            namespaces: NamespaceReader { own: proc.own_key().ok(), proc, handles: HashMap::new(), buf: String::new() },
+            namespaces: NamespaceReader {
+                own: proc.own_key().ok(),
+                proc,
+                handles: HashMap::new(),
+                carried: HashMap::new(),
+                buf: String::new(),
+            },
         }
     }
 
@@ -399,5 +435,27 @@ fn fill_network(
     if let Some(c) = conns {
         resources[Res::EstConn as usize] = Some(c.established);
         resources[Res::LisConn as usize] = Some(c.listening);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(bytes: i64) -> InterfaceTotals {
+        InterfaceTotals { transmit_bytes: bytes, transmit_packets: bytes / 1000, ..InterfaceTotals::default() }
+    }
+
+    #[test]
+    fn counters_go_on_across_a_recreated_namespace_and_never_fall_back() {
+        let mut c = Carried::default();
+        assert_eq!(c.add(7, sent(5_000)), sent(5_000));
+        assert_eq!(c.add(7, sent(9_000)), sent(9_000));
+        // The sandbox is recreated: a new namespace (new key) that has already sent 20,000
+        // bytes, more than the old one's last reading: its whole count is added.
+        assert_eq!(c.add(8, sent(20_000)), sent(29_000));
+        assert_eq!(c.add(8, sent(21_000)), sent(30_000));
+        // Recreated again under a reused inode number: its counters are below the last reading.
+        assert_eq!(c.add(8, sent(1_000)), sent(31_000));
     }
 }

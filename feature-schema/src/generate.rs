@@ -155,21 +155,43 @@ fn pod_views(w: &mut String) {
     let _ = writeln!(
         w,
         "-- Every pod row with <counter>_delta for each cumulative resource counter (cpu_usage_usec,
--- the pressure totals, oom_kills, io bytes) against the same pod's previous row on the node, by
--- the gap rule above (NULL across a gap, and on a pod's first row). The eBPF columns already
+-- the pressure totals, oom_kills, io bytes, the network counters) against the same pod's
+-- previous row on the node, by the gap rule above (NULL across a gap). The eBPF columns already
 -- are per-interval counts.
+-- A pod's first row: a pod that appeared while the agent ran (its first row is not in the
+-- agent run's first interval, and the node's previous interval with pod rows is within 1.5
+-- intervals) started from zero, so its first reading of each counter is that counter's delta,
+-- over the time since that previous interval. A pod already running when the agent started
+-- has no delta in its first row.
 CREATE VIEW pod_feature_deltas AS
-WITH paired AS (
+WITH intervals AS (
+    SELECT node, ts, lag(ts) OVER (PARTITION BY node ORDER BY ts) AS previous_ts
+    FROM (SELECT DISTINCT node, ts FROM pod_features) t
+),
+marked AS (
     SELECT f.*,
-           extract(epoch FROM f.ts - lag(f.ts) OVER w)::double precision AS elapsed_s,
+           (lag(f.ts) OVER w IS NULL AND f.interval_s IS NOT NULL AND i.previous_ts IS NOT NULL
+            AND extract(epoch FROM f.ts - i.previous_ts) <= 1.5 * f.interval_s) AS appeared,
+           i.previous_ts
+    FROM pod_features f JOIN intervals i USING (node, ts)
+    WINDOW w AS (PARTITION BY f.node, f.kind, f.owner ORDER BY f.ts)
+),
+paired AS (
+    SELECT f.*,
+           extract(epoch FROM f.ts - coalesce(lag(f.ts) OVER w, CASE WHEN f.appeared THEN f.previous_ts END))::double precision AS elapsed_s,
            coalesce(lag(f.interval_s) OVER w, f.interval_s) AS expected_s"
     );
     for c in &counters {
-        let _ = write!(w, ",\n           counter_delta(f.{c}, lag(f.{c}) OVER w) AS {c}_step");
+        let _ = write!(
+            w,
+            ",\n           CASE WHEN first_value(f.appeared) OVER w AND count(f.{c}) OVER before = 0 THEN f.{c} \
+             ELSE counter_delta(f.{c}, lag(f.{c}) OVER w) END AS {c}_step"
+        );
     }
     let _ = write!(
         w,
-        "\n    FROM pod_features f\n    WINDOW w AS (PARTITION BY f.node, f.kind, f.owner ORDER BY f.ts)\n),\ngapped AS (\n    \
+        "\n    FROM marked f\n    WINDOW w AS (PARTITION BY f.node, f.kind, f.owner ORDER BY f.ts),\n           \
+         before AS (w ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)\n),\ngapped AS (\n    \
          SELECT p.*, (p.elapsed_s IS NULL OR p.interval_s IS NULL OR p.elapsed_s > 1.5 * p.expected_s) AS after_gap\n    \
          FROM paired p\n)\nSELECT "
     );

@@ -271,30 +271,48 @@ CROSS JOIN LATERAL (VALUES
 JOIN feature_catalog c USING (feature);
 
 -- Every pod row with <counter>_delta for each cumulative resource counter (cpu_usage_usec,
--- the pressure totals, oom_kills, io bytes) against the same pod's previous row on the node, by
--- the gap rule above (NULL across a gap, and on a pod's first row). The eBPF columns already
+-- the pressure totals, oom_kills, io bytes, the network counters) against the same pod's
+-- previous row on the node, by the gap rule above (NULL across a gap). The eBPF columns already
 -- are per-interval counts.
+-- A pod's first row: a pod that appeared while the agent ran (its first row is not in the
+-- agent run's first interval, and the node's previous interval with pod rows is within 1.5
+-- intervals) started from zero, so its first reading of each counter is that counter's delta,
+-- over the time since that previous interval. A pod already running when the agent started
+-- has no delta in its first row.
 CREATE VIEW pod_feature_deltas AS
-WITH paired AS (
+WITH intervals AS (
+    SELECT node, ts, lag(ts) OVER (PARTITION BY node ORDER BY ts) AS previous_ts
+    FROM (SELECT DISTINCT node, ts FROM pod_features) t
+),
+marked AS (
     SELECT f.*,
-           extract(epoch FROM f.ts - lag(f.ts) OVER w)::double precision AS elapsed_s,
+           (lag(f.ts) OVER w IS NULL AND f.interval_s IS NOT NULL AND i.previous_ts IS NOT NULL
+            AND extract(epoch FROM f.ts - i.previous_ts) <= 1.5 * f.interval_s) AS appeared,
+           i.previous_ts
+    FROM pod_features f JOIN intervals i USING (node, ts)
+    WINDOW w AS (PARTITION BY f.node, f.kind, f.owner ORDER BY f.ts)
+),
+paired AS (
+    SELECT f.*,
+           extract(epoch FROM f.ts - coalesce(lag(f.ts) OVER w, CASE WHEN f.appeared THEN f.previous_ts END))::double precision AS elapsed_s,
            coalesce(lag(f.interval_s) OVER w, f.interval_s) AS expected_s
 ,
-           counter_delta(f.cpu_usage_usec, lag(f.cpu_usage_usec) OVER w) AS cpu_usage_usec_step,
-           counter_delta(f.cpu_pressure_usec, lag(f.cpu_pressure_usec) OVER w) AS cpu_pressure_usec_step,
-           counter_delta(f.memory_pressure_usec, lag(f.memory_pressure_usec) OVER w) AS memory_pressure_usec_step,
-           counter_delta(f.io_pressure_usec, lag(f.io_pressure_usec) OVER w) AS io_pressure_usec_step,
-           counter_delta(f.oom_kills, lag(f.oom_kills) OVER w) AS oom_kills_step,
-           counter_delta(f.io_read_bytes, lag(f.io_read_bytes) OVER w) AS io_read_bytes_step,
-           counter_delta(f.io_write_bytes, lag(f.io_write_bytes) OVER w) AS io_write_bytes_step,
-           counter_delta(f.net_receive, lag(f.net_receive) OVER w) AS net_receive_step,
-           counter_delta(f.receive_packets, lag(f.receive_packets) OVER w) AS receive_packets_step,
-           counter_delta(f.receive_drop, lag(f.receive_drop) OVER w) AS receive_drop_step,
-           counter_delta(f.receive_errs, lag(f.receive_errs) OVER w) AS receive_errs_step,
-           counter_delta(f.net_transmit, lag(f.net_transmit) OVER w) AS net_transmit_step,
-           counter_delta(f.transmit_packets, lag(f.transmit_packets) OVER w) AS transmit_packets_step
-    FROM pod_features f
-    WINDOW w AS (PARTITION BY f.node, f.kind, f.owner ORDER BY f.ts)
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.cpu_usage_usec) OVER before = 0 THEN f.cpu_usage_usec ELSE counter_delta(f.cpu_usage_usec, lag(f.cpu_usage_usec) OVER w) END AS cpu_usage_usec_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.cpu_pressure_usec) OVER before = 0 THEN f.cpu_pressure_usec ELSE counter_delta(f.cpu_pressure_usec, lag(f.cpu_pressure_usec) OVER w) END AS cpu_pressure_usec_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.memory_pressure_usec) OVER before = 0 THEN f.memory_pressure_usec ELSE counter_delta(f.memory_pressure_usec, lag(f.memory_pressure_usec) OVER w) END AS memory_pressure_usec_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.io_pressure_usec) OVER before = 0 THEN f.io_pressure_usec ELSE counter_delta(f.io_pressure_usec, lag(f.io_pressure_usec) OVER w) END AS io_pressure_usec_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.oom_kills) OVER before = 0 THEN f.oom_kills ELSE counter_delta(f.oom_kills, lag(f.oom_kills) OVER w) END AS oom_kills_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.io_read_bytes) OVER before = 0 THEN f.io_read_bytes ELSE counter_delta(f.io_read_bytes, lag(f.io_read_bytes) OVER w) END AS io_read_bytes_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.io_write_bytes) OVER before = 0 THEN f.io_write_bytes ELSE counter_delta(f.io_write_bytes, lag(f.io_write_bytes) OVER w) END AS io_write_bytes_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.net_receive) OVER before = 0 THEN f.net_receive ELSE counter_delta(f.net_receive, lag(f.net_receive) OVER w) END AS net_receive_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.receive_packets) OVER before = 0 THEN f.receive_packets ELSE counter_delta(f.receive_packets, lag(f.receive_packets) OVER w) END AS receive_packets_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.receive_drop) OVER before = 0 THEN f.receive_drop ELSE counter_delta(f.receive_drop, lag(f.receive_drop) OVER w) END AS receive_drop_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.receive_errs) OVER before = 0 THEN f.receive_errs ELSE counter_delta(f.receive_errs, lag(f.receive_errs) OVER w) END AS receive_errs_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.net_transmit) OVER before = 0 THEN f.net_transmit ELSE counter_delta(f.net_transmit, lag(f.net_transmit) OVER w) END AS net_transmit_step,
+           CASE WHEN first_value(f.appeared) OVER w AND count(f.transmit_packets) OVER before = 0 THEN f.transmit_packets ELSE counter_delta(f.transmit_packets, lag(f.transmit_packets) OVER w) END AS transmit_packets_step
+    FROM marked f
+    WINDOW w AS (PARTITION BY f.node, f.kind, f.owner ORDER BY f.ts),
+           before AS (w ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
 ),
 gapped AS (
     SELECT p.*, (p.elapsed_s IS NULL OR p.interval_s IS NULL OR p.elapsed_s > 1.5 * p.expected_s) AS after_gap

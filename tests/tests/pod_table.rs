@@ -82,3 +82,50 @@ fn retention_drops_whole_days_before_the_cut_and_keeps_the_rest() {
         .expect_err("scenario_runs is not partitioned by day");
     assert!(refused.to_string().contains("only node_features and pod_features are partitioned by day"), "{refused}");
 }
+
+/// `pod_feature_deltas` on a pod's first row and across a recreated sandbox, as the agent's pod
+/// detector scores them: a pod that appeared while the agent ran counts from zero (its first
+/// reading is its delta), one already running at the agent's start has no first delta, a
+/// counter not readable in a new pod's first row gets its whole count in the first row that
+/// reads it, and a pod first seen after a gap in the node's rows gets none.
+#[test]
+fn a_new_pods_first_row_counts_from_zero_in_the_delta_view() {
+    if !have_root("pod_first_row_deltas") {
+        return;
+    }
+    let db = "pod_first_row_deltas";
+    migrated_database(db);
+    // Intervals of 10 s at t0..t5 (the agent's first interval has interval_s NULL), then one
+    // at t8 after a gap. Pod "old" runs throughout; "new" appears at t2 having sent 32 MiB;
+    // "late" appears at t3 with no network reading until t4; "after-gap" appears at t8.
+    let q = "SELECT ensure_day_partitions('2026-03-01 00:00:00Z');
+             CREATE TEMP TABLE r (t int, owner text, tx bigint);
+             INSERT INTO r VALUES (0,'old',1000),(1,'old',2000),(2,'old',3000),(3,'old',4000),(4,'old',5000),
+                 (5,'old',6000),(8,'old',9000),(2,'new',33554432),(3,'new',33654432),(3,'late',NULL),
+                 (4,'late',4096),(5,'late',8192),(8,'after-gap',777);
+             INSERT INTO pod_features (node, ts, interval_s, kind, owner, net_transmit)
+                 SELECT 'n', timestamptz '2026-03-01 00:00:00Z' + t * interval '10 s',
+                        CASE WHEN t = 0 THEN NULL ELSE 10 END, 'pod', owner, tx FROM r;";
+    sql(db, q);
+    let delta = |owner: &str, t: i32| {
+        sql(
+            db,
+            &format!(
+                "SELECT coalesce(net_transmit_delta::text, 'NULL') FROM pod_feature_deltas WHERE owner = '{owner}' \
+                 AND ts = timestamptz '2026-03-01 00:00:00Z' + {t} * interval '10 s'"
+            ),
+        )
+    };
+    assert_eq!(delta("old", 0), "NULL", "running before the agent: no first delta");
+    assert_eq!(delta("old", 1), "1000");
+    assert_eq!(delta("new", 2), "33554432", "a new pod's first row is its whole count");
+    assert_eq!(delta("new", 3), "100000");
+    assert_eq!(delta("late", 3), "NULL", "nothing read yet");
+    assert_eq!(delta("late", 4), "4096", "the first reading of a new pod's counter is its delta");
+    assert_eq!(delta("late", 5), "4096");
+    assert_eq!(delta("old", 8), "NULL", "across a gap");
+    assert_eq!(delta("after-gap", 8), "NULL", "first seen after a gap: it may have started before it");
+    let elapsed =
+        sql(db, "SELECT elapsed_s, after_gap FROM pod_feature_deltas WHERE owner = 'new' ORDER BY ts LIMIT 1");
+    assert_eq!(elapsed, "10|f");
+}
