@@ -2,7 +2,8 @@
 # Installs what building, running and testing feature-agent needs on Debian 12 (run as root):
 # the rust-src component and bpf-linker (to build the eBPF object), tracefs mounted (classic
 # tracepoints), the PostgreSQL server binaries (the throwaway database of the demo and the
-# tests), PgBouncer and nftables (the fleet tests), Prometheus and promtool (the alert rules' tests), and the drill's background workloads (nginx, ab, make, gcc). Each step checks first, so running it again is a quick no-op.
+# tests), PgBouncer and nftables (the fleet tests), containerd, runc, CNI plugins and protoc
+# (pods made through the CRI), Prometheus and promtool (the alert rules' tests), and the drill's background workloads (nginx, ab, make, gcc). Each step checks first, so running it again is a quick no-op.
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*" >&2; }
@@ -52,6 +53,16 @@ command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 # and nftables to black-hole a database's network namespace.
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$missing pgbouncer"
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing="$missing nftables"
+# Pods made through containerd's CRI (tests/src/cri.rs): containerd with runc, the bridge CNI
+# plugin, catatonit as the pause process, umoci to build the images, busybox in the workload
+# image, and protoc for the CRI client's generated code.
+command -v containerd >/dev/null 2>&1 || missing="$missing containerd"
+command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing="$missing runc"
+command -v umoci >/dev/null 2>&1 || missing="$missing umoci"
+command -v catatonit >/dev/null 2>&1 || missing="$missing catatonit"
+[ -x /usr/lib/cni/bridge ] || missing="$missing containernetworking-plugins"
+[ -x /bin/busybox ] || missing="$missing busybox-static"
+command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
 if [ -n "$missing" ]; then
     say "installing$missing"
     apt-get update -q

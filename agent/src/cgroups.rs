@@ -42,9 +42,12 @@ pub struct Container {
     pub id: String,
 }
 
+/// A pod UID: an API server's UUID (36 characters with dashes), or a static pod's, which kubelet
+/// makes from the hash of its manifest (32 hex digits, no dashes).
 fn is_uid(s: &str) -> bool {
-    s.len() == 36
-        && s.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+    let uuid = s.len() == 36
+        && s.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() });
+    uuid || (s.len() == 32 && s.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// A container ID: 64 hex digits (containerd, CRI-O, Docker all use the full SHA-256).
@@ -213,6 +216,32 @@ mod tests {
             classify(&format!("/kubepods/besteffort/pod{UID}/crio-{id}")),
             Owner::Pod { qos: Qos::BestEffort, .. }
         ));
+    }
+
+    /// kubelet names a static pod (a manifest file on the node) by the hash of its manifest:
+    /// 32 hex digits, in both drivers' paths and in its log directory.
+    #[test]
+    fn static_pods_have_hash_uids() {
+        let uid = "5f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let id = "ef".repeat(32);
+        assert_eq!(
+            classify(&format!("/kubepods/besteffort/pod{uid}/{id}")),
+            Owner::Pod {
+                uid: uid.into(),
+                qos: Qos::BestEffort,
+                container: Some(Container { runtime: "unknown", id: id.clone() })
+            }
+        );
+        assert_eq!(
+            classify(&format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice")),
+            Owner::Pod { uid: uid.into(), qos: Qos::Burstable, container: None }
+        );
+        assert_eq!(split_log_dir(&format!("kube-system_etcd-node1_{uid}")), Some(("kube-system", "etcd-node1", uid)));
+        for not_a_uid in
+            ["5f1e2d3c4b5a69788796a5b4c3d2e1f", "5f1e2d3c4b5a69788796a5b4c3d2e1fz", "5f1e2d3c4b5a6978-8796a5b4c3d2e1f0"]
+        {
+            assert_eq!(classify(&format!("/kubepods/pod{not_a_uid}")), Owner::Other, "{not_a_uid}");
+        }
     }
 
     #[test]

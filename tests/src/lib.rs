@@ -5,6 +5,7 @@
 //! unless FEATURE_AGENT_TEST_ALLOW_SKIP=1 is set outside CI: then they print SKIPPED and pass.
 //! In CI (CI=true) skipping is never allowed.
 pub mod cgroup;
+pub mod cri;
 pub mod kernel;
 pub mod netns;
 pub mod schemas;
