@@ -295,21 +295,189 @@ mod tests {
 /// The pod's (or unit's) resource columns from its cgroup v2 directory, in
 /// [`feature_schema::pods::Res`] order; NULL for each file that is absent or unreadable.
 pub fn read_resources(dir: &Path) -> [Option<i64>; feature_schema::pods::RESOURCE_COUNT] {
-    use feature_schema::pods::Res;
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-    let mut r = [None; feature_schema::pods::RESOURCE_COUNT];
-    r[Res::CpuUsage as usize] = read("cpu.stat").and_then(|t| keyed(&t, "usage_usec"));
-    r[Res::CpuPressure as usize] = read("cpu.pressure").and_then(|t| pressure_some_total(&t));
-    r[Res::MemoryPressure as usize] = read("memory.pressure").and_then(|t| pressure_some_total(&t));
-    r[Res::IoPressure as usize] = read("io.pressure").and_then(|t| pressure_some_total(&t));
-    r[Res::MemoryCurrent as usize] = read("memory.current").and_then(|t| t.trim().parse().ok());
-    r[Res::OomKills as usize] = read("memory.events").and_then(|t| keyed(&t, "oom_kill"));
-    r[Res::PidsCurrent as usize] = read("pids.current").and_then(|t| t.trim().parse().ok());
-    if let Some((rbytes, wbytes)) = read("io.stat").and_then(|t| io_bytes(&t)) {
-        r[Res::IoReadBytes as usize] = Some(rbytes);
-        r[Res::IoWriteBytes as usize] = Some(wbytes);
+    CgroupDir::open(dir).map_or([None; feature_schema::pods::RESOURCE_COUNT], |mut d| d.read_resources())
+}
+
+/// Every directory under `root` (every cgroup, for a cgroup tree), by inode number (the cgroup
+/// id): its path relative to `root`, which itself is "". Down to `max_depth` levels.
+///
+/// Each directory is opened relative to its parent, so the kernel looks up one name, not the
+/// whole path; and a directory whose link count says it has no subdirectories (2: kernfs counts
+/// a directory's subdirectories in its links, as most file systems do) is not opened at all.
+/// Most cgroups of a node are such leaves (its containers), so a walk opens about one directory
+/// per pod. A file system that does not count them (a link count of 1) is walked into.
+pub fn walk_tree(root: &Path, max_depth: usize) -> std::collections::HashMap<u64, String> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut out = std::collections::HashMap::new();
+    let Ok(top) = std::fs::File::open(root) else { return out };
+    if let Ok(m) = top.metadata() {
+        out.insert(std::os::unix::fs::MetadataExt::ino(&m), String::new());
     }
-    r
+    let mut stack = vec![(top, String::new(), 0usize)];
+    while let Some((dir, rel, depth)) = stack.pop() {
+        // fdopendir owns the descriptor it is given: a duplicate, so `dir` stays for the
+        // lookups relative to it.
+        // SAFETY: dup of a descriptor we own; the result is checked.
+        let fd = unsafe { libc::dup(dir.as_raw_fd()) };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: fd is a valid directory descriptor; on success the stream owns it.
+        let stream = unsafe { libc::fdopendir(fd) };
+        if stream.is_null() {
+            // SAFETY: fdopendir failed, so fd is still ours to close.
+            unsafe { libc::close(fd) };
+            continue;
+        }
+        loop {
+            // SAFETY: a valid stream; the entry is read before the next call.
+            let entry = unsafe { libc::readdir64(stream) };
+            if entry.is_null() {
+                break;
+            }
+            // SAFETY: non-null, valid until the next readdir on this stream.
+            let entry = unsafe { &*entry };
+            if entry.d_type != libc::DT_DIR && entry.d_type != libc::DT_UNKNOWN {
+                continue;
+            }
+            // SAFETY: d_name is NUL-terminated.
+            let name = unsafe { std::ffi::CStr::from_ptr(entry.d_name.as_ptr()) };
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let Ok(name_str) = name.to_str() else { continue };
+            // SAFETY: all-zero is a valid stat64.
+            let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid directory descriptor, a NUL-terminated name and an out-pointer.
+            let stat = unsafe { libc::fstatat64(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+            if stat != 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                continue;
+            }
+            let path = if rel.is_empty() { name_str.to_owned() } else { format!("{rel}/{name_str}") };
+            let leaf = st.st_nlink == 2;
+            if depth + 1 < max_depth && !leaf {
+                // SAFETY: as above; the result is checked before it is owned.
+                let sub = unsafe {
+                    libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                };
+                if sub >= 0 {
+                    // SAFETY: a fresh descriptor that we own.
+                    stack.push((unsafe { std::fs::File::from_raw_fd(sub) }, path.clone(), depth + 1));
+                }
+            }
+            out.insert(st.st_ino, path);
+        }
+        // SAFETY: the stream from fdopendir, closed once (with its descriptor).
+        unsafe { libc::closedir(stream) };
+    }
+    out
+}
+
+/// The resource files [`CgroupDir::read_resources`] reads, in the order of its absent mask.
+const RESOURCE_FILES: [&std::ffi::CStr; 8] = [
+    c"cpu.stat",
+    c"cpu.pressure",
+    c"memory.pressure",
+    c"io.pressure",
+    c"memory.current",
+    c"memory.events",
+    c"pids.current",
+    c"io.stat",
+];
+
+/// How many reads a file found absent is skipped before it is looked for again (a controller
+/// enabled in the parent's subtree_control later brings its files then).
+const ABSENT_RECHECK: u32 = 32;
+
+/// A pod's (or unit's) cgroup directory, kept open across intervals: each file is opened
+/// relative to it, so the kernel looks up one name instead of walking the whole path from the
+/// root through cgroupfs (most of the per-pod cost on a node of 500 pods, BENCHMARKS.md "A node
+/// full of pods"), and a file found absent (a controller the tree does not enable there) is
+/// skipped until it is looked for again.
+pub struct CgroupDir {
+    dir: std::fs::File,
+    absent: u8,
+    reads: u32,
+    buf: String,
+}
+
+impl CgroupDir {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(path)?;
+        Ok(CgroupDir { dir, absent: 0, reads: 0, buf: String::new() })
+    }
+
+    /// The resource columns, as [`read_resources`] gives them for a path.
+    pub fn read_resources(&mut self) -> [Option<i64>; feature_schema::pods::RESOURCE_COUNT] {
+        use feature_schema::pods::Res;
+        if self.reads.is_multiple_of(ABSENT_RECHECK) {
+            self.absent = 0;
+        }
+        self.reads = self.reads.wrapping_add(1);
+        let mut r = [None; feature_schema::pods::RESOURCE_COUNT];
+        for (i, name) in RESOURCE_FILES.iter().enumerate() {
+            if self.absent & (1 << i) != 0 {
+                continue;
+            }
+            self.buf.clear();
+            match read_file_at(&self.dir, name, &mut self.buf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.absent |= 1 << i;
+                    continue;
+                }
+                Err(_) => continue,
+            }
+            let t = self.buf.as_str();
+            match i {
+                0 => r[Res::CpuUsage as usize] = keyed(t, "usage_usec"),
+                1 => r[Res::CpuPressure as usize] = pressure_some_total(t),
+                2 => r[Res::MemoryPressure as usize] = pressure_some_total(t),
+                3 => r[Res::IoPressure as usize] = pressure_some_total(t),
+                4 => r[Res::MemoryCurrent as usize] = t.trim().parse().ok(),
+                5 => r[Res::OomKills as usize] = keyed(t, "oom_kill"),
+                6 => r[Res::PidsCurrent as usize] = t.trim().parse().ok(),
+                _ => {
+                    if let Some((rbytes, wbytes)) = io_bytes(t) {
+                        r[Res::IoReadBytes as usize] = Some(rbytes);
+                        r[Res::IoWriteBytes as usize] = Some(wbytes);
+                    }
+                }
+            }
+        }
+        r
+    }
+}
+
+/// Reads `name` relative to the open directory `dir` into `buf` (appending). Plain reads until
+/// the end: `read_to_string` would first ask the file's size (one more system call per file),
+/// which these kernel-made files do not know anyway.
+pub fn read_file_at(dir: &std::fs::File, name: &std::ffi::CStr, buf: &mut String) -> std::io::Result<()> {
+    use std::{
+        io::Read,
+        os::fd::{AsRawFd, FromRawFd},
+    };
+    // SAFETY: openat with a valid directory descriptor and a NUL-terminated name; the result is
+    // checked before it is owned.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that we own.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut chunk = [0u8; 4096];
+    let mut bytes = std::mem::take(buf).into_bytes();
+    let result = loop {
+        match f.read(&mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    *buf = String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    result
 }
 
 /// `key value` lines (cpu.stat, memory.events): the value of `key`.

@@ -376,9 +376,12 @@ impl EbpfCounters {
     }
 
     pub fn load_with(options: LoadOptions) -> Result<Self, EbpfError> {
-        // The kernel's BTF (several MB parsed into much more) is read once, used by the loader
-        // and the BTF tracepoint, and dropped before we return.
-        let btf = Btf::from_sys_fs().map_err(|e| debug!(error = %e, "no kernel BTF; BTF tracepoints unavailable")).ok();
+        // The kernel's BTF (5.5 MB here, parsed into about twice that) is the start-up's peak of
+        // memory, so only one copy of it is alive at a time: the raw file for our own field
+        // offsets, dropped; then aya's parse, used by the loader and the BTF tracepoints, and
+        // dropped before we return. EbpfLoader::new() parses one of its own, which is dropped at
+        // once (btf(None)): two parses alive together were a third of the peak (BENCHMARKS.md,
+        // "A node full of pods").
         let raw_btf = std::fs::read("/sys/kernel/btf/vmlinux")
             .map_err(|e| debug!(error = %e, "/sys/kernel/btf/vmlinux unreadable"))
             .ok();
@@ -389,6 +392,8 @@ impl EbpfCounters {
         let keying = netns_keying(raw_btf.as_deref());
         drop(raw_btf);
         let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        let btf = Btf::from_sys_fs().map_err(|e| debug!(error = %e, "no kernel BTF; BTF tracepoints unavailable")).ok();
         loader.btf(btf.as_ref()).override_global(GLOBAL_CGROUP_COUNTING, &counting, true).override_global(
             GLOBAL_NETNS_KEYING,
             &keying,

@@ -16,7 +16,6 @@
 //!   in the host's namespace is marked `host` and has no network columns.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    os::unix::fs::{DirEntryExt, MetadataExt},
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
@@ -26,7 +25,7 @@ use feature_schema::pods::{OwnerKind, PodRow, Res, NETWORK_HOST, NETWORK_OWN, RE
 use tracing::debug;
 
 use crate::{
-    cgroups::{classify, pod_names, read_resources, Owner, PodName},
+    cgroups::{classify, pod_names, CgroupDir, Owner, PodName},
     conn_gauges::ConnGauges,
     ebpf::{CgroupSnapshot, EbpfCounters},
     netns::{InterfaceTotals, Proc},
@@ -113,7 +112,7 @@ impl NamespaceReader {
                 return Some(PodNetwork { host: true, interfaces: None, key: h.key });
             }
             self.buf.clear();
-            match read_at(&h.dir, c"net/dev", &mut self.buf) {
+            match crate::cgroups::read_file_at(&h.dir, c"net/dev", &mut self.buf) {
                 Ok(()) => {
                     let key = h.key;
                     let interfaces = crate::netns::parse_net_dev(&self.buf)
@@ -135,23 +134,6 @@ impl NamespaceReader {
     }
 }
 
-/// Reads `path` relative to the open directory `dir` into `buf`.
-fn read_at(dir: &std::fs::File, path: &std::ffi::CStr, buf: &mut String) -> std::io::Result<()> {
-    use std::{
-        io::Read,
-        os::fd::{AsRawFd, FromRawFd},
-    };
-    // SAFETY: openat with a valid directory descriptor and a NUL-terminated path; the result is
-    // checked before it is owned.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor that we own.
-    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-    f.read_to_string(buf).map(|_| ())
-}
-
 /// Deepest cgroup level walked (kubelet's containers are at 4 or 5 below the root).
 const MAX_DEPTH: usize = 8;
 
@@ -171,8 +153,9 @@ struct Previous {
 struct Acc {
     events: [u64; EVENT_COUNT],
     cgroups: HashSet<u64>,
-    /// The pod's own cgroup (or the unit's), for the resource files, if it still exists.
-    dir: Option<PathBuf>,
+    /// The pod's own cgroup (or the unit's), for the resource files, if it still exists: its id
+    /// and path.
+    dir: Option<(u64, PathBuf)>,
     /// Every live cgroup of the row, to find a process in it.
     dirs: Vec<PathBuf>,
     qos: Option<&'static str>,
@@ -189,6 +172,8 @@ pub struct PodSampler {
     unnamed: HashSet<String>,
     previous: Option<Previous>,
     namespaces: NamespaceReader,
+    /// Each live pod's (or unit's) own cgroup directory, open, by cgroup id.
+    open_dirs: HashMap<u64, CgroupDir>,
 }
 
 impl PodSampler {
@@ -203,6 +188,7 @@ impl PodSampler {
             names_read: None,
             unnamed: HashSet::new(),
             previous: None,
+            open_dirs: HashMap::new(),
             namespaces: NamespaceReader {
                 own: proc.own_key().ok(),
                 proc,
@@ -225,26 +211,7 @@ impl PodSampler {
 
     /// Every live cgroup: id -> path relative to the root (the root itself is "").
     fn walk(&self) -> HashMap<u64, String> {
-        let mut out = HashMap::new();
-        if let Ok(m) = std::fs::metadata(&self.root) {
-            out.insert(m.ino(), String::new());
-        }
-        let mut stack = vec![(self.root.clone(), String::new(), 0usize)];
-        while let Some((dir, rel, depth)) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-                let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-                out.insert(entry.ino(), path.clone());
-                if depth + 1 < MAX_DEPTH {
-                    stack.push((entry.path(), path, depth + 1));
-                }
-            }
-        }
-        out
+        crate::cgroups::walk_tree(&self.root, MAX_DEPTH)
     }
 
     /// The rows of one interval, from `snap` (read by the caller with the node row, and kept as
@@ -298,12 +265,12 @@ impl PodSampler {
             }
             match owner {
                 Owner::Pod { qos, container: None, .. } => {
-                    acc.dir = Some(self.root.join(path));
+                    acc.dir = Some((*id, self.root.join(path)));
                     acc.qos = Some(qos.as_str());
                 }
                 Owner::Pod { qos, .. } => acc.qos = acc.qos.or(Some(qos.as_str())),
                 Owner::Service { unit } if path.strip_prefix("system.slice/") == Some(unit.as_str()) => {
-                    acc.dir = Some(self.root.join(path));
+                    acc.dir = Some((*id, self.root.join(path)));
                 }
                 _ => {}
             }
@@ -352,15 +319,17 @@ impl PodSampler {
         }
         let counted: [bool; EVENT_COUNT] = Event::ALL.map(|e| ebpf.is_live(e) && ebpf.is_counted_per_cgroup(e));
         self.namespaces.retain(&rows.keys().cloned().collect());
+        self.open_dirs.retain(|id, _| live.contains_key(id));
         let out: Vec<PodRow> = rows
             .into_iter()
             .map(|(id, mut acc)| {
                 let (kind, owner) = id.clone();
                 let name = (kind == OwnerKind::Pod).then(|| self.names.get(&owner)).flatten();
-                let mut resources = match &acc.dir {
-                    Some(dir) => read_resources(dir),
-                    None => [None; RESOURCE_COUNT],
-                };
+                let open_dir = acc.dir.as_ref().and_then(|(id, path)| match self.open_dirs.entry(*id) {
+                    std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+                    std::collections::hash_map::Entry::Vacant(e) => CgroupDir::open(path).ok().map(|d| e.insert(d)),
+                });
+                let mut resources = open_dir.map_or([None; RESOURCE_COUNT], CgroupDir::read_resources);
                 acc.dirs.sort();
                 let network = (kind != OwnerKind::Other).then(|| self.namespaces.read(&id, &acc.dirs)).flatten();
                 if let Some(n) = network.as_ref().filter(|n| !n.host) {
