@@ -4,7 +4,10 @@
 //!
 //! An offset anchors a namespace's balance to its kernel table: `table - balance`, taken while
 //! none of that namespace's sockets entered or left ESTABLISHED or LISTEN (a quiet read). Every
-//! namespace with a process is seeded from its table when the agent starts. One that a later
+//! namespace with a process when the agent starts is seeded from its table: the agent's own at
+//! once, the others within a time budget per interval ([`SEED_BUDGET`]), so a node of 500 pods
+//! (about 2-9 ms a table) gets its first row on time. Until every namespace is seeded the node's
+//! gauges are NULL, and so are an unseeded namespace's. One that a later
 //! scan of /proc finds was made after the programs were loaded (the start's scan would have
 //! found it otherwise), so the hook saw every move of its sockets: its offset is zero, and no
 //! table is read for it (a table read walks the kernel's whole connection hash, several ms).
@@ -32,6 +35,9 @@ use crate::{
 
 /// How many times a seed or re-check reads a table while sockets of its namespace move.
 const QUIET_ATTEMPTS: u32 = 5;
+
+/// The time one interval may spend reading the tables of namespaces not seeded yet.
+pub const SEED_BUDGET: Duration = Duration::from_millis(250);
 
 /// A namespace's balance as connection counts.
 fn counts(b: NetnsBalance) -> TcpConnCounts {
@@ -67,6 +73,10 @@ pub struct ConnGauges {
     offsets: HashMap<u32, TcpConnCounts>,
     /// Namespace key -> a process in it, from the last scan.
     pids: HashMap<u32, u32>,
+    /// Namespaces found at the start whose tables are not read yet (see [`SEED_BUDGET`]).
+    pending: Vec<u32>,
+    /// When the seed started, for its log line once every namespace is seeded.
+    seed_started: Instant,
     /// The namespace the next re-check reads (in key order, after this one).
     rotation: u32,
     next_check: Instant,
@@ -77,9 +87,16 @@ pub struct ConnGauges {
 }
 
 impl ConnGauges {
-    /// Seeds every namespace (None when the balance is not live or the own namespace cannot be
-    /// read quietly).
-    pub fn seed(ebpf: &EbpfCounters, diag: Option<&mut TcpDiag>, proc: Proc, recheck: Duration) -> Option<Self> {
+    /// Seeds the agent's own namespace, finds the others and seeds as many as `budget` allows
+    /// ([`ConnGauges::seed_pending`] goes on with the rest). None when the balance is not live or
+    /// the own namespace cannot be read quietly.
+    pub fn seed(
+        ebpf: &EbpfCounters,
+        diag: Option<&mut TcpDiag>,
+        proc: Proc,
+        recheck: Duration,
+        budget: Duration,
+    ) -> Option<Self> {
         if !ebpf.tcp_states_live() {
             return None;
         }
@@ -97,6 +114,8 @@ impl ConnGauges {
             keyed: ebpf.netns_keyed(),
             offsets: HashMap::new(),
             pids: HashMap::new(),
+            pending: Vec::new(),
+            seed_started: started,
             rotation: 0,
             next_check: Instant::now() + recheck,
             recheck,
@@ -105,39 +124,83 @@ impl ConnGauges {
         };
         let own_offset = g.quiet_offset(ebpf, own, diag)?;
         g.offsets.insert(own, own_offset);
-        let outcome = if g.keyed { g.scan_and_seed(ebpf, true) } else { CheckOutcome::default() };
-        let node = g.node(&ebpf.read().ok()?);
-        info!(
-            established = node.established,
-            listening = node.listening,
-            namespaces = outcome.seeded + 1,
-            found = g.pids.len().max(1),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "seeded TCP connection gauges from every network namespace's table"
-        );
+        if g.keyed {
+            g.pids = g.proc.namespaces();
+            g.pending = g.pids.keys().filter(|k| **k != own).copied().collect();
+            g.pending.sort_unstable();
+            g.pending.reverse();
+        }
+        g.seed_pending(ebpf, budget);
         Some(g)
     }
 
-    /// The node's gauges at `snap` (the node-wide balance).
-    pub fn node(&self, snap: &EbpfSnapshot) -> TcpConnCounts {
+    /// Seeds namespaces found at the start from their tables until `budget` is spent; logs once
+    /// every one is. Returns how many it seeded.
+    pub fn seed_pending(&mut self, ebpf: &EbpfCounters, budget: Duration) -> usize {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        let started = Instant::now();
+        let mut seeded = 0;
+        while let Some(&key) = self.pending.last() {
+            let offset = self.quiet_offset(ebpf, key, None).unwrap_or_else(|| {
+                // Its processes are gone: taken as holding no connection now.
+                let balance = self.balance(ebpf, key).unwrap_or_default();
+                minus(TcpConnCounts::default(), balance)
+            });
+            self.offsets.insert(key, offset);
+            self.pending.pop();
+            seeded += 1;
+            if started.elapsed() >= budget {
+                break;
+            }
+        }
+        if self.pending.is_empty() {
+            if let Ok(snap) = ebpf.read() {
+                let node = self.node(&snap).unwrap_or_default();
+                info!(
+                    established = node.established,
+                    listening = node.listening,
+                    namespaces = self.offsets.len(),
+                    found = self.pids.len().max(1),
+                    elapsed_ms = self.seed_started.elapsed().as_millis() as u64,
+                    "seeded TCP connection gauges from every network namespace's table"
+                );
+            }
+        }
+        seeded
+    }
+
+    /// Whether every namespace found at the start is seeded.
+    pub fn seeded(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The node's gauges at `snap` (the node-wide balance); None until every namespace found at
+    /// the start is seeded.
+    pub fn node(&self, snap: &EbpfSnapshot) -> Option<TcpConnCounts> {
+        if !self.pending.is_empty() {
+            return None;
+        }
         let base = TcpConnCounts { established: snap.established(), listening: snap.listening() };
         if !self.keyed {
-            return plus(base, self.offsets.get(&self.own).copied().unwrap_or_default());
+            return Some(plus(base, self.offsets.get(&self.own).copied().unwrap_or_default()));
         }
-        self.offsets.values().fold(base, |sum, o| plus(sum, *o))
+        Some(self.offsets.values().fold(base, |sum, o| plus(sum, *o)))
     }
 
     /// The gauges of namespace `key` given its balance; None for the agent's own namespace
     /// (host-networked) or when the balance is not kept per namespace.
     pub fn namespace(&self, key: u32, balance: NetnsBalance) -> Option<TcpConnCounts> {
-        if !self.keyed || key == self.own || key == agent_common::NETNS_UNRESOLVED {
+        if !self.keyed || key == self.own || key == agent_common::NETNS_UNRESOLVED || self.pending.contains(&key) {
             return None;
         }
         Some(plus(self.offsets.get(&key).copied().unwrap_or_default(), counts(balance)))
     }
 
+    /// Whether a re-check is due (not before every namespace found at the start is seeded).
     pub fn recheck_due(&self) -> bool {
-        Instant::now() >= self.next_check
+        self.pending.is_empty() && Instant::now() >= self.next_check
     }
 
     /// Namespaces seeded (live or kept for their offsets).
@@ -203,24 +266,22 @@ impl ConnGauges {
         Some(offset)
     }
 
-    /// Scans /proc for namespaces and seeds the new ones: from their tables (`read`: at the
-    /// start), or with a zero offset (later: they were made after the programs were loaded).
-    fn scan_and_seed(&mut self, ebpf: &EbpfCounters, read: bool) -> CheckOutcome {
+    /// Scans /proc for namespaces and seeds the new ones with a zero offset (they were made
+    /// after the programs were loaded), leaving those the start's scan found to their own seed.
+    fn scan_and_seed(&mut self) -> CheckOutcome {
         self.pids = self.proc.namespaces();
         // A dead namespace whose offset is zero needs no memory: if its key comes back, the new
         // namespace's seed finds a zero offset again.
         let pids = &self.pids;
         let own = self.own;
         self.offsets.retain(|k, o| *k == own || pids.contains_key(k) || *o != TcpConnCounts::default());
-        let mut new: Vec<u32> = self.pids.keys().filter(|k| !self.offsets.contains_key(k)).copied().collect();
+        let mut new: Vec<u32> =
+            self.pids.keys().filter(|k| !self.offsets.contains_key(k) && !self.pending.contains(k)).copied().collect();
         new.sort_unstable();
         let mut outcome = CheckOutcome::default();
         for key in new {
-            let offset = if read { self.quiet_offset(ebpf, key, None) } else { Some(TcpConnCounts::default()) };
-            if let Some(offset) = offset {
-                self.offsets.insert(key, offset);
-                outcome.seeded += 1;
-            }
+            self.offsets.insert(key, TcpConnCounts::default());
+            outcome.seeded += 1;
         }
         outcome
     }
@@ -272,7 +333,7 @@ impl ConnGauges {
         if !self.keyed {
             return outcome;
         }
-        let seeded = self.scan_and_seed(ebpf, false);
+        let seeded = self.scan_and_seed();
         outcome.seeded = seeded.seeded;
         // The next live namespace after the last one checked, in key order.
         let live: BTreeMap<u32, u32> = self.pids.iter().filter(|(k, _)| **k != own).map(|(k, p)| (*k, *p)).collect();

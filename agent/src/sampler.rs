@@ -125,7 +125,7 @@ impl Sampler {
         let Some(ebpf) = self.ebpf.as_ref().filter(|e| e.tcp_states_live()) else {
             return;
         };
-        self.gauges = ConnGauges::seed(ebpf, self.diag.as_mut(), proc, recheck);
+        self.gauges = ConnGauges::seed(ebpf, self.diag.as_mut(), proc, recheck, crate::conn_gauges::SEED_BUDGET);
         if self.gauges.is_none() {
             warn!("could not seed the TCP connection gauges; est_conn and lis_conn come from a dump every interval");
         }
@@ -144,11 +144,13 @@ impl Sampler {
     fn gauges(&mut self, snap: Option<&EbpfSnapshot>) -> (Option<i32>, Option<i32>) {
         if let (Some(s), Some(ebpf)) = (snap, self.ebpf.as_ref()) {
             if let Some(g) = self.gauges.as_mut() {
+                g.seed_pending(ebpf, crate::conn_gauges::SEED_BUDGET);
                 if g.recheck_due() {
                     g.recheck(ebpf, self.diag.as_mut());
                 }
-                // Read at this row's snapshot, like the row's eBPF deltas.
-                return column(g.node(s));
+                // Read at this row's snapshot, like the row's eBPF deltas; NULL until every
+                // namespace found at the start is seeded.
+                return g.node(s).map_or((None, None), column);
             }
         }
         match self.diag.as_mut().map(TcpDiag::count) {

@@ -175,8 +175,8 @@ fn main() {
         let (mut seeds, mut checks) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let t = thread_cpu();
-            let mut g =
-                ConnGauges::seed(&counters, Some(&mut diag), Proc::default(), Duration::ZERO).expect("the gauges seed");
+            let mut g = ConnGauges::seed(&counters, Some(&mut diag), Proc::default(), Duration::ZERO, Duration::MAX)
+                .expect("the gauges seed");
             seeds.push((thread_cpu() - t).as_secs_f64() * 1e3);
             let t = thread_cpu();
             std::hint::black_box(g.recheck(&counters, Some(&mut diag)));

@@ -5,6 +5,8 @@
 //!   namespace, at every row: with connections held from before the agent starts, a set
 //!   opened and closed across several re-checks, connections across a veth pair, and a
 //!   namespace removed while it holds sockets. No re-check finds drift.
+//! - Namespaces found at the start are seeded a few at a time: the node's gauges are None until
+//!   the last one is, then right.
 //! - A pod (a kubelet-style cgroup whose process lives in its own namespace) gets that
 //!   namespace's interface counters, equal to its /proc/net/dev, and its TCP gauges; a
 //!   host-networked pod gets `network = host` and no network columns.
@@ -236,4 +238,44 @@ fn pods_get_their_own_namespace_network_and_host_networked_pods_are_marked() {
     drop((pod, pod_listener, host_pod));
     let log = agent.finish();
     assert!(checked >= 6, "pod rows with both pods: {checked}\n{log}");
+}
+
+/// Namespaces found at the start are seeded a few at a time (a time budget per interval), so a
+/// node of 500 pods gets its first row on time. Until the last one is seeded the node's gauges
+/// are None, never a count that leaves some namespaces out; then they are every namespace's
+/// connections, and each namespace's gauge is its own. Here with a zero budget: one namespace
+/// per call.
+#[test]
+fn namespaces_found_at_the_start_are_seeded_a_few_at_a_time() {
+    if !have_root("namespaces_found_at_the_start_are_seeded_a_few_at_a_time") {
+        return;
+    }
+    let _g = exclusive();
+    let spaces: Vec<NetNs> = (0..3).map(|i| NetNs::new(&format!("seed{i}"))).collect();
+    // 5, 10 and 15 loopback connections (both ends ESTABLISHED), held from before the seed.
+    let _holders: Vec<Holder> =
+        spaces.iter().enumerate().map(|(i, ns)| holder(ns, &["pairs", "9200", &(5 * (i + 1)).to_string()])).collect();
+    agent::ebpf::ensure_tracefs();
+    let ebpf = agent::ebpf::EbpfCounters::load().expect("the programs load");
+    let mut diag = agent::tcp_diag::TcpDiag::open().expect("a sock_diag socket");
+    let mut g = agent::conn_gauges::ConnGauges::seed(
+        &ebpf,
+        Some(&mut diag),
+        agent::netns::Proc::default(),
+        Duration::from_secs(3600),
+        Duration::ZERO,
+    )
+    .expect("the gauges seed");
+    let mut calls = 1;
+    while !g.seeded() {
+        assert!(g.node(&ebpf.read().unwrap()).is_none(), "a node count before every namespace is seeded");
+        g.seed_pending(&ebpf, Duration::ZERO);
+        calls += 1;
+        assert!(calls < 10_000, "the seed never ends");
+    }
+    assert!(calls >= 3, "three test namespaces (and any other) seeded one at a time, in {calls} calls");
+    let node = g.node(&ebpf.read().unwrap()).expect("every namespace seeded");
+    let in_namespaces: i64 = spaces.iter().map(NetNs::established).sum();
+    assert_eq!(in_namespaces, 60);
+    assert_eq!(node.established - host_established(), in_namespaces, "{node:?}");
 }
