@@ -11,10 +11,7 @@
 //!
 //! Needs root. Prints Markdown tables. BENCH_ROUNDS (default 5) and BENCH_SAMPLES (default 20)
 //! set the rounds and the samples measured per round.
-use std::{
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use agent::{
     conn_gauges::ConnGauges,
@@ -23,58 +20,12 @@ use agent::{
     sampler::Sampler,
     tcp_diag::TcpDiag,
 };
-use tests::cgroup::{in_cgroup, TestCgroup};
+use tests::cgroup::KubeletPods;
 
 use tests::{pod_sampler, thread_cpu};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// `n` pods, each a kubelet-style cgroup holding one sleeping process, in a network namespace
-/// of its own or in the host's; killed and removed on drop.
-struct Pods {
-    children: Vec<Child>,
-    _cgroups: Option<TestCgroup>,
-}
-
-impl Pods {
-    fn new(n: usize, own_namespaces: bool, tag: &str) -> Self {
-        if n == 0 {
-            return Pods { children: Vec::new(), _cgroups: None };
-        }
-        let leaves: Vec<String> = (0..n)
-            .map(|i| format!("kubepods/besteffort/pod0a1b2c3d-{i:04}-4000-8000-{tag:0>12}/{:0>64}", format!("{i:x}")))
-            .collect();
-        let refs: Vec<&str> = leaves.iter().map(String::as_str).collect();
-        let cg = TestCgroup::new(&format!("ns-bench-{tag}"), &refs);
-        let children = cg
-            .leaves
-            .iter()
-            .map(|leaf| {
-                let mut c = if own_namespaces {
-                    in_cgroup("unshare", &["-n", "sleep", "3600"], leaf)
-                } else {
-                    in_cgroup("sleep", &["3600"], leaf)
-                };
-                c.stdout(Stdio::null()).spawn().expect("sleep runs")
-            })
-            .collect();
-        // Let every process reach its exec (and its namespace) before measuring.
-        std::thread::sleep(Duration::from_millis(300 + n as u64 * 2));
-        Pods { children, _cgroups: Some(cg) }
-    }
-}
-
-impl Drop for Pods {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-        }
-        for c in &mut self.children {
-            let _ = c.wait();
-        }
-    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -112,7 +63,7 @@ fn main() {
             let mut pair = [0.0f64; 2];
             let order = if round % 2 == 0 { [true, false] } else { [false, true] };
             for own_namespaces in order {
-                let _pods = Pods::new(n, own_namespaces, if own_namespaces { "own" } else { "host" });
+                let _pods = KubeletPods::new(n, own_namespaces, if own_namespaces { "own" } else { "host" });
                 pair[usize::from(!own_namespaces)] = per_sample(&mut s, samples);
             }
             own.push(pair[0]);
@@ -146,10 +97,10 @@ fn main() {
     println!("|---|---|");
     let counters = EbpfCounters::load_with(LoadOptions::default()).expect("eBPF loads");
     {
-        let pods = Pods::new(100, true, "read");
+        let pods = KubeletPods::new(100, true, "read");
         let proc = Proc::default();
         let targets: Vec<(u32, u32)> =
-            pods.children.iter().map(|c| (c.id(), proc.key_of(c.id()).expect("a pod's namespace"))).collect();
+            pods.pids().into_iter().map(|pid| (pid, proc.key_of(pid).expect("a pod's namespace"))).collect();
         let mut buf = String::new();
         let mut per_pod = Vec::new();
         for _ in 0..rounds {
@@ -171,7 +122,7 @@ fn main() {
     println!("|---|---|---|");
     let mut diag = TcpDiag::open().expect("a sock_diag socket");
     for n in [0usize, 10, 100, 500] {
-        let _pods = Pods::new(n, true, "seed");
+        let _pods = KubeletPods::new(n, true, "seed");
         let (mut seeds, mut checks) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let t = thread_cpu();

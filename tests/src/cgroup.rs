@@ -59,3 +59,71 @@ pub fn in_cgroup(program: &str, args: &[&str], cgroup: &Path) -> Command {
     }
     c
 }
+
+/// `n` kubelet-style pods for the benches: each a cgroup holding one sleeping process, in a
+/// network namespace of its own (`unshare -n`) or in the host's, named in a pod log directory
+/// of its own (`bench_web-<i>_<uid>/main`); killed and removed on drop.
+pub struct KubeletPods {
+    children: Vec<std::process::Child>,
+    logs: PathBuf,
+    _cgroups: Option<TestCgroup>,
+}
+
+impl KubeletPods {
+    pub fn new(n: usize, own_namespaces: bool, tag: &str) -> Self {
+        let logs = std::env::temp_dir().join(format!("feature-agent-bench-pods-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs).expect("the pod log directory");
+        if n == 0 {
+            return KubeletPods { children: Vec::new(), logs, _cgroups: None };
+        }
+        // A UID the agent takes for one (hex digits): the tag hashed into its last group.
+        let tag_hex =
+            tag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let uid = |i: usize| format!("0a1b2c3d-{i:04}-4000-8000-{:012x}", tag_hex & 0xffff_ffff_ffff);
+        let leaves: Vec<String> =
+            (0..n).map(|i| format!("kubepods/besteffort/pod{}/{:0>64}", uid(i), format!("{i:x}"))).collect();
+        for i in 0..n {
+            std::fs::create_dir_all(logs.join(format!("bench_web-{i}_{}/main", uid(i)))).expect("a pod log directory");
+        }
+        let refs: Vec<&str> = leaves.iter().map(String::as_str).collect();
+        let cg = TestCgroup::new(&format!("bench-{tag}"), &refs);
+        let children = cg
+            .leaves
+            .iter()
+            .map(|leaf| {
+                let mut c = if own_namespaces {
+                    in_cgroup("unshare", &["-n", "sleep", "3600"], leaf)
+                } else {
+                    in_cgroup("sleep", &["3600"], leaf)
+                };
+                c.stdout(std::process::Stdio::null()).spawn().expect("sleep runs")
+            })
+            .collect();
+        // Let every process reach its exec (and its namespace) before measuring.
+        std::thread::sleep(std::time::Duration::from_millis(300 + n as u64 * 2));
+        KubeletPods { children, logs, _cgroups: Some(cg) }
+    }
+
+    /// The pods' log directory (kubelet's /var/log/pods).
+    pub fn logs(&self) -> &Path {
+        &self.logs
+    }
+
+    /// The pods' processes' PIDs.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(std::process::Child::id).collect()
+    }
+}
+
+impl Drop for KubeletPods {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
