@@ -36,7 +36,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn cpu_of(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("/proc/{pid}/stat: {stat:?}"))
+    };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Duration::from_micros((ticks(11) + ticks(12)) * 1_000_000 / hz)

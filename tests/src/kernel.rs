@@ -63,15 +63,21 @@ impl SocketHooks {
 /// (socket and socketpair, entry and exit).
 pub const PROGRAMS_WITH_SYSCALL_HOOKS: usize = BASE_PROGRAMS + 4;
 
+/// Whether `--socket-hook <hook>` attaches here: the run succeeds with --require-ebpf and its log
+/// names a program on that hook (not only a run that happened to succeed).
 fn attaches(hook: &str) -> bool {
     let out = std::process::Command::new(crate::agent_bin())
         .args(["print", "--records", "1", "--interval", "0.1", "--node-name", "probe", "--require-ebpf"])
         .args(["--socket-hook", hook])
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
         .expect("running feature-agent");
-    out.status.success()
+    let log = String::from_utf8_lossy(&out.stderr);
+    let attached = out.status.success() && log.contains(&format!("hook=\"{hook}\""));
+    assert!(attached || !out.status.success(), "--socket-hook {hook} succeeded without a program on that hook:\n{log}");
+    attached
 }
 
 /// This kernel's socket hooks (asked once per test binary; needs root).
