@@ -49,6 +49,10 @@ pub const MAP_CGROUP_NAME_SCRATCH: &str = "CGROUP_NAME_SCRATCH";
 /// Hash from [`KernelCondition`] to a flag, inserted the first time the condition happens, so
 /// it is logged once, never again.
 pub const MAP_CONDITIONS_LOGGED: &str = "CONDITIONS_LOGGED";
+/// Per-CPU array indexed by [`KernelCondition`]: how many times each map that can fill refused
+/// an insert because it was full (each such event lost something: see each condition). The
+/// agent exports the sums as `feature_agent_ebpf_map_full_total{map}`.
+pub const MAP_INSERTS_REFUSED: &str = "INSERTS_REFUSED";
 
 /// The global the agent sets before loading: what per-cgroup counting needs (see
 /// [`CgroupCounting`]).
@@ -125,21 +129,46 @@ pub struct NetnsTcpBalance {
     pub listening: i64,
 }
 
-/// Rare kernel-side conditions, each logged once through aya-log.
+/// Rare kernel-side conditions: a map that can fill was full. Each is logged once through
+/// aya-log and counted every time in [`MAP_INSERTS_REFUSED`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelCondition {
     /// [`MAP_CGROUP_EVENT_COUNTS`] is full: new cgroups' events go to the overflow counts.
     CgroupMapFull = 0,
-    /// [`MAP_CGROUP_NAMES`] is full: a new cgroup's path was not recorded.
+    /// [`MAP_CGROUP_NAMES`] is full: a new cgroup's path was not recorded (a cgroup that is gone
+    /// before the agent's next walk goes unnamed, its counts to the other row).
     CgroupNamesFull = 1,
     /// [`MAP_NETNS_TCP_BALANCE`] is full: new namespaces' sockets count under
     /// [`NETNS_UNRESOLVED`].
     NetnsMapFull = 2,
+    /// [`MAP_SOCKET_CALLS_IN_FLIGHT`] is full: a socket created through the syscall-tracepoint
+    /// hook was not counted.
+    SocketCallsFull = 3,
 }
 
 /// Number of [`KernelCondition`]s.
-pub const KERNEL_CONDITION_COUNT: u32 = 3;
+pub const KERNEL_CONDITION_COUNT: u32 = 4;
+
+impl KernelCondition {
+    /// Every condition, in index order.
+    pub const ALL: [KernelCondition; KERNEL_CONDITION_COUNT as usize] = [
+        KernelCondition::CgroupMapFull,
+        KernelCondition::CgroupNamesFull,
+        KernelCondition::NetnsMapFull,
+        KernelCondition::SocketCallsFull,
+    ];
+
+    /// The map that was full.
+    pub const fn map(self) -> &'static str {
+        match self {
+            KernelCondition::CgroupMapFull => MAP_CGROUP_EVENT_COUNTS,
+            KernelCondition::CgroupNamesFull => MAP_CGROUP_NAMES,
+            KernelCondition::NetnsMapFull => MAP_NETNS_TCP_BALANCE,
+            KernelCondition::SocketCallsFull => MAP_SOCKET_CALLS_IN_FLIGHT,
+        }
+    }
+}
 
 /// Declares [`Event`] (index and name of each counter, in map order), [`EVENT_COUNT`],
 /// [`Event::ALL`] and [`Event::name`] from one list.

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 
-use crate::maps::{first_time, CGROUP_NAMES, CGROUP_NAME_SCRATCH};
+use crate::maps::{map_full, CGROUP_NAMES, CGROUP_NAME_SCRATCH};
 
 // Field offsets from /sys/kernel/tracing/events/cgroup/cgroup_mkdir/format (kernel 5.5+, where
 // the id became the 64-bit kernfs id); the agent checks them against the format file before it
@@ -48,7 +48,7 @@ fn record(ctx: &TracePointContext) -> Result<(), i32> {
     name.level = level as u32;
     // Inserted by reference: a copy of the 520-byte value would not fit the BPF stack.
     let name: &CgroupName = name;
-    if CGROUP_NAMES.insert(id, name, 0).is_err() && first_time(KernelCondition::CgroupNamesFull) {
+    if CGROUP_NAMES.insert(id, name, 0).is_err() && map_full(KernelCondition::CgroupNamesFull) {
         warn!(ctx, "cgroup name map full: a new cgroup's path was not recorded");
     }
     Ok(())

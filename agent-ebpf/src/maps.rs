@@ -45,6 +45,9 @@ pub static CGROUP_NAME_SCRATCH: PerCpuArray<CgroupName> = PerCpuArray::with_max_
 #[map]
 static CONDITIONS_LOGGED: HashMap<u32, u8> = HashMap::with_max_entries(KERNEL_CONDITION_COUNT, 0);
 
+#[map]
+static INSERTS_REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_CONDITION_COUNT, 0);
+
 /// Set by the agent before loading (agent-common's GLOBAL_CGROUP_COUNTING).
 #[unsafe(no_mangle)]
 static CGROUP_COUNTING: CgroupCounting = CgroupCounting {
@@ -118,7 +121,7 @@ pub fn move_netns_tcp_state<C: EbpfContext>(ctx: &C, key: u32, old: i32, new: i3
         // Another CPU may have inserted it first (EEXIST): the lookup finds it.
         slot = NETNS_TCP_BALANCE.get_ptr_mut(key);
         if slot.is_none() {
-            if inserted.is_err() && first_time(KernelCondition::NetnsMapFull) {
+            if inserted.is_err() && map_full(KernelCondition::NetnsMapFull) {
                 warn!(ctx, "network namespace map full: new namespaces' sockets count as unresolved");
             }
             let _ = NETNS_TCP_BALANCE.insert(NETNS_UNRESOLVED, NetnsTcpBalance::default(), u64::from(BPF_NOEXIST));
@@ -388,16 +391,27 @@ fn cgroup_counter<C: EbpfContext>(ctx: &C, id: u64) -> Counter {
     if let Some(counts) = CGROUP_EVENT_COUNTS.get_ptr_mut(id) {
         return Counter::Cgroup(counts);
     }
-    if inserted.is_err() && first_time(KernelCondition::CgroupMapFull) {
+    if inserted.is_err() && map_full(KernelCondition::CgroupMapFull) {
         warn!(ctx, "cgroup map full: events of new cgroups are counted as overflow (raise --cgroup-map-entries)");
     }
     Counter::Overflow
 }
 
+/// Counts one insert refused by a full map (`condition` names it); true the first time, so the
+/// caller logs it once.
+#[inline(always)]
+pub fn map_full(condition: KernelCondition) -> bool {
+    if let Some(n) = INSERTS_REFUSED.get_ptr_mut(condition as u32) {
+        // SAFETY: this CPU's slot of a map value that lives as long as the program.
+        unsafe { *n += 1 };
+    }
+    first_time(condition)
+}
+
 /// True the first time `condition` is reported: a lookup answers every later call, and of CPUs
 /// racing on the first, the kernel lets only one insert with BPF_NOEXIST succeed.
 #[inline(always)]
-pub fn first_time(condition: KernelCondition) -> bool {
+fn first_time(condition: KernelCondition) -> bool {
     let key = condition as u32;
     CONDITIONS_LOGGED.get_ptr(key).is_none() && CONDITIONS_LOGGED.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok()
 }

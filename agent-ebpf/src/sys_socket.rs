@@ -2,10 +2,11 @@
 //! The enter hook parks the call's family and type under the thread's pid_tgid; the exit hook
 //! counts them only when the call succeeded, so a refused socket() (EAFNOSUPPORT, EMFILE, ...)
 //! counts nothing. socketpair() creates two sockets.
-use agent_common::{classify_socket, SocketCall};
+use agent_common::{classify_socket, KernelCondition, SocketCall};
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_log_ebpf::warn;
 
-use crate::maps::{count_task, SOCKET_CALLS_IN_FLIGHT};
+use crate::maps::{count_task, map_full, SOCKET_CALLS_IN_FLIGHT};
 
 // Field offsets from /sys/kernel/tracing/events/syscalls/sys_{enter,exit}_socket/format
 // (socketpair has the same first fields).
@@ -43,7 +44,12 @@ fn remember_call(ctx: &TracePointContext, sockets: u32) -> Result<(), i64> {
     let family: u64 = unsafe { ctx.read_at(FAMILY_OFFSET)? };
     let sock_type: u64 = unsafe { ctx.read_at(TYPE_OFFSET)? };
     let call = SocketCall { family: family as u32, sock_type: sock_type as u32, sockets, _pad: 0 };
-    SOCKET_CALLS_IN_FLIGHT.insert(bpf_get_current_pid_tgid(), call, 0)?;
+    // The key is the thread, which has one call in flight at a time: only a full map refuses.
+    if SOCKET_CALLS_IN_FLIGHT.insert(bpf_get_current_pid_tgid(), call, 0).is_err()
+        && map_full(KernelCondition::SocketCallsFull)
+    {
+        warn!(ctx, "socket call map full: sockets created meanwhile are not counted");
+    }
     Ok(())
 }
 

@@ -239,6 +239,7 @@ impl SamplingArgs {
             classic_tracepoints: self.classic_tracepoints,
             socket_hook: self.socket_hook,
             cgroup_map_entries: per_cgroup.then_some(self.cgroup_map_entries),
+            small_maps: None,
         };
         match EbpfCounters::load_with(options) {
             Ok(counters) => {

@@ -5,9 +5,10 @@
 use std::collections::HashMap as StdHashMap;
 
 use agent_common::{
-    tcp_state, CgroupCounting, CgroupName, Event, EventCounts, NetnsKeying, NetnsTcpBalance, TcpStateBalance,
-    EVENT_COUNT, GLOBAL_CGROUP_COUNTING, GLOBAL_NETNS_KEYING, MAP_CGROUP_EVENT_COUNTS, MAP_CGROUP_NAMES,
-    MAP_CGROUP_OVERFLOW, MAP_EVENT_COUNTS, MAP_NETNS_TCP_BALANCE, MAP_TCP_STATE_BALANCE,
+    tcp_state, CgroupCounting, CgroupName, Event, EventCounts, KernelCondition, NetnsKeying, NetnsTcpBalance,
+    TcpStateBalance, EVENT_COUNT, GLOBAL_CGROUP_COUNTING, GLOBAL_NETNS_KEYING, KERNEL_CONDITION_COUNT,
+    MAP_CGROUP_EVENT_COUNTS, MAP_CGROUP_NAMES, MAP_CGROUP_OVERFLOW, MAP_EVENT_COUNTS, MAP_INSERTS_REFUSED,
+    MAP_NETNS_TCP_BALANCE, MAP_SOCKET_CALLS_IN_FLIGHT, MAP_TCP_STATE_BALANCE,
 };
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
@@ -191,6 +192,8 @@ pub struct EbpfCounters {
     events: PerCpuArray<MapData, EventCounts>,
     balance: PerCpuArray<MapData, TcpStateBalance>,
     netns_balance: PerCpuHashMap<MapData, u32, NetnsTcpBalance>,
+    /// Inserts each map that can fill refused, by [`KernelCondition`].
+    inserts_refused: PerCpuArray<MapData, u64>,
     /// Whether the TCP hook can tell a socket's namespace (kernel BTF has the path).
     netns_keyed: bool,
     /// Which counters have a program attached.
@@ -260,6 +263,9 @@ pub struct LoadOptions {
     pub socket_hook: SocketHook,
     /// Count every event per cgroup too, in a map of this many cgroups (None: node counts only).
     pub cgroup_map_entries: Option<u32>,
+    /// Size the other maps that can fill (cgroup names, namespaces' TCP balances, socket calls
+    /// in flight) at this many entries instead of their defaults: tests fill them on purpose.
+    pub small_maps: Option<u32>,
 }
 
 /// Cumulative per-cgroup counts, summed over CPUs, from one pass over the map.
@@ -402,6 +408,11 @@ impl EbpfCounters {
         if let Some(entries) = options.cgroup_map_entries {
             loader.map_max_entries(MAP_CGROUP_EVENT_COUNTS, entries.max(1));
         }
+        if let Some(entries) = options.small_maps {
+            for map in [MAP_CGROUP_NAMES, MAP_NETNS_TCP_BALANCE, MAP_SOCKET_CALLS_IN_FLIGHT] {
+                loader.map_max_entries(map, entries.max(1));
+            }
+        }
         let mut ebpf = loader.load(OBJECT).map_err(EbpfError::Load)?;
         let mut live = [false; EVENT_COUNT];
         let mut failures = Vec::new();
@@ -496,11 +507,13 @@ impl EbpfCounters {
         let events = take_map(&mut ebpf, MAP_EVENT_COUNTS)?;
         let balance = take_map(&mut ebpf, MAP_TCP_STATE_BALANCE)?;
         let netns_balance = take(&mut ebpf, MAP_NETNS_TCP_BALANCE)?;
+        let inserts_refused = take_map(&mut ebpf, MAP_INSERTS_REFUSED)?;
         Ok(EbpfCounters {
             _ebpf: ebpf,
             events,
             balance,
             netns_balance,
+            inserts_refused,
             netns_keyed: keying.known != 0,
             live,
             tcp_states_live,
@@ -649,6 +662,21 @@ impl EbpfCounters {
                 })
             })
             .collect()
+    }
+
+    /// For each map that can fill (by its name), the inserts it refused since the programs were
+    /// loaded because it was full: each one lost something (see agent-common's
+    /// `KernelCondition`).
+    pub fn maps_full(&self) -> Result<[(&'static str, u64); KERNEL_CONDITION_COUNT as usize], EbpfError> {
+        let mut out = KernelCondition::ALL.map(|c| (c.map(), 0));
+        for (condition, slot) in KernelCondition::ALL.iter().zip(out.iter_mut()) {
+            let per_cpu = self
+                .inserts_refused
+                .get(&(*condition as u32), 0)
+                .map_err(|source| EbpfError::Read { name: MAP_INSERTS_REFUSED, source })?;
+            slot.1 = per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n));
+        }
+        Ok(out)
     }
 
     /// Every attached program, with its hook and the columns it feeds.
@@ -851,7 +879,8 @@ pub fn ensure_tracefs() {
 mod tests {
     use agent_common::{
         MAP_CGROUP_EVENT_COUNTS, MAP_CGROUP_NAMES, MAP_CGROUP_NAME_SCRATCH, MAP_CGROUP_OVERFLOW, MAP_CONDITIONS_LOGGED,
-        MAP_EVENT_COUNTS, MAP_NETNS_TCP_BALANCE, MAP_SOCKET_CALLS_IN_FLIGHT, MAP_TCP_STATE_BALANCE,
+        MAP_EVENT_COUNTS, MAP_INSERTS_REFUSED, MAP_NETNS_TCP_BALANCE, MAP_SOCKET_CALLS_IN_FLIGHT,
+        MAP_TCP_STATE_BALANCE,
     };
 
     /// The embedded object names every map the agent looks up (as a NUL-terminated symbol).
@@ -867,6 +896,7 @@ mod tests {
             MAP_CGROUP_NAMES,
             MAP_CGROUP_NAME_SCRATCH,
             MAP_CONDITIONS_LOGGED,
+            MAP_INSERTS_REFUSED,
             agent_common::GLOBAL_CGROUP_COUNTING,
             agent_common::GLOBAL_NETNS_KEYING,
         ] {

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub pod_rows_last: AtomicU64,
     /// Events counted under "other" because the per-cgroup map was full.
     pub cgroup_overflow_events: AtomicU64,
+    /// Inserts each eBPF map that can fill refused because it was full, by map name.
+    pub ebpf_maps_full: std::sync::Mutex<Vec<(&'static str, u64)>>,
     /// Network namespaces whose TCP connection gauges the agent tracks.
     pub network_namespaces: AtomicU64,
     /// Re-checks that found a namespace's connection gauges off its table (and corrected them).
@@ -215,6 +217,7 @@ impl Metrics {
             pod_rows_written: AtomicU64::default(),
             pod_rows_last: AtomicU64::default(),
             cgroup_overflow_events: AtomicU64::default(),
+            ebpf_maps_full: std::sync::Mutex::new(Vec::new()),
             network_namespaces: AtomicU64::default(),
             tcp_gauge_drifts: AtomicU64::default(),
             rows_duplicate: AtomicU64::default(),
@@ -537,6 +540,14 @@ impl Collector for Exposition {
             "feature_agent_cgroup_overflow_events",
             "eBPF events counted in the other row because the per-cgroup map was full (raise --cgroup-map-entries).",
             c(&m.cgroup_overflow_events),
+        )?;
+        let maps_full = m.ebpf_maps_full.lock().map(|m| m.clone()).unwrap_or_default();
+        labelled_counter(
+            &mut enc,
+            "feature_agent_ebpf_map_full",
+            "Inserts an eBPF map refused because it was full, by map; each lost something: CGROUP_EVENT_COUNTS (a new cgroup's events went to the other row), CGROUP_NAMES (a new cgroup's path was not recorded: if it is gone before the next walk, its counts go to the other row), NETNS_TCP_BALANCE (a new namespace's sockets were counted as unresolved: its pod's est_conn and lis_conn read low until a re-check against its table corrects them; the node's stay exact), SOCKET_CALLS_IN_FLIGHT (a socket created through the syscall hook was not counted).",
+            "map",
+            maps_full,
         )?;
         single(
             &mut enc,

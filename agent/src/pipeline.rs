@@ -328,6 +328,9 @@ async fn sample_loop(
                 saver.tick(metrics, || StateSaver::snapshot(&options, &detector, &pod_detector), clock.now());
                 metrics.observe_collection(started.elapsed().as_secs_f64());
                 metrics.programs_ok.store(sampler.ebpf_ok(), Relaxed);
+                if let Ok(mut m) = metrics.ebpf_maps_full.lock() {
+                    *m = sampler.maps_full();
+                }
                 // The programs' kernel statistics: a file read per program, so at most every
                 // PROGRAM_STATS_EVERY.
                 if stats_due.is_none_or(|t| t.elapsed() >= PROGRAM_STATS_EVERY) {

@@ -112,6 +112,12 @@ impl Sampler {
         self.ebpf.as_ref().map_or_else(Vec::new, |e| e.program_stats())
     }
 
+    /// For each eBPF map that can fill, the inserts it refused because it was full (none
+    /// without eBPF, or when the read fails).
+    pub fn maps_full(&self) -> Vec<(&'static str, u64)> {
+        self.ebpf.as_ref().and_then(|e| e.maps_full().ok()).map_or_else(Vec::new, |m| m.to_vec())
+    }
+
     /// eBPF programs attached and failed (0, 0 without eBPF).
     pub fn programs(&self) -> (usize, usize) {
         self.ebpf.as_ref().map_or((0, 0), |e| (e.attached(), e.failures().len()))

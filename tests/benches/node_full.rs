@@ -16,7 +16,7 @@
 //! NODE_FULL_CHURN_SECONDS (300) of 5 new pods a second, each living NODE_FULL_CHURN_LIFE (20)
 //! seconds, beside 110 steady pods, with CPU per interval and RSS.
 //!
-//! Needs root. Prints Markdown tables: medians over NODE_FULL_ROUNDS (3) rounds and the range.
+//! NODE_FULL_SIZES (110,250,500) sets the pod counts. Needs root. Prints Markdown tables: medians over NODE_FULL_ROUNDS (3) rounds and the range.
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -167,7 +167,9 @@ fn main() {
         "| pods | binary | first row after (s) | first pod rows after (s) | gauges complete after (s) | CPU per {INTERVAL_S} s interval (ms) | RSS (MB) | RSS peak (MB) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for n in [110usize, 250, 500] {
+    let sizes = std::env::var("NODE_FULL_SIZES").unwrap_or_else(|_| "110,250,500".into());
+    for n in sizes.split(',').map(|n| n.trim().parse::<usize>().expect("NODE_FULL_SIZES: pod counts, comma-separated"))
+    {
         let pods = KubeletPods::new(n, true, "full");
         let mut runs: Vec<Vec<Run>> = agents.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds as usize {

@@ -53,6 +53,17 @@ impl SocketHooks {
         all
     }
 
+    /// Every hook of `all`, as the agent's load option.
+    pub fn all_options(self) -> Vec<(agent::ebpf::SocketHook, &'static str)> {
+        use agent::ebpf::SocketHook;
+        let option = |hook| match hook {
+            "fexit" => SocketHook::Fexit,
+            "kprobe" => SocketHook::Kprobe,
+            _ => SocketHook::Syscalls,
+        };
+        self.all().into_iter().map(|h| (option(h), h)).collect()
+    }
+
     /// Whether the default run counts socket creations (the sock_alloc_* columns).
     pub fn counts_sockets_by_default(self) -> bool {
         self.auto() != "none"
@@ -93,4 +104,20 @@ pub fn socket_hooks() -> SocketHooks {
         }
         found
     })
+}
+
+/// Whether `tcp_send_reset` fires for a reset sent on behalf of no socket (the RST answering a SYN
+/// to a closed port): the tracepoint moved to cover those in Linux 6.10 (before, it fired only
+/// for resets a socket sent). Taken from the running kernel's release; where a runner knows its
+/// kernel, FEATURE_AGENT_RST_WITHOUT_SOCKET (1 or 0) must agree.
+pub fn resets_without_socket() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("reading the kernel release");
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    let version = (parts.next().flatten(), parts.next().flatten());
+    let (Some(major), Some(minor)) = version else { panic!("an unreadable kernel release: {release:?}") };
+    let found = (major, minor) >= (6, 10);
+    if let Ok(want) = std::env::var("FEATURE_AGENT_RST_WITHOUT_SOCKET") {
+        assert_eq!(found, want == "1", "FEATURE_AGENT_RST_WITHOUT_SOCKET={want} on kernel {}", release.trim());
+    }
+    found
 }

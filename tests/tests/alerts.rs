@@ -31,7 +31,7 @@ fn promtool(args: &[&str]) -> String {
 
 #[test]
 fn the_alert_rules_check_and_pass_their_unit_tests() {
-    assert!(promtool(&["check", "rules", "feature-agent.rules.yml"]).contains("SUCCESS: 8 rules found"));
+    assert!(promtool(&["check", "rules", "feature-agent.rules.yml"]).contains("SUCCESS: 9 rules found"));
     assert!(promtool(&["test", "rules", "feature-agent.rules.test.yml"]).contains("SUCCESS"));
 }
 

@@ -132,13 +132,13 @@ fn closed_port(ebpf: EbpfCounters) {
         let rst_recv = delta(&s0, &s1, Event::TcpRstRecv);
         let syn_sent = delta(&s0, &s1, Event::TcpToSynSent);
         // Kernels before 6.10 fire tcp_send_reset only for resets sent by a socket, so the RST
-        // answering a SYN to a closed port is not seen there (`cargo xtask kernel-test` sets
-        // FEATURE_AGENT_RST_WITHOUT_SOCKET=0 for its 6.1 kernel; README "Kernels").
-        match std::env::var("FEATURE_AGENT_RST_WITHOUT_SOCKET").as_deref() {
-            Ok("0") if rst_sent > 0 => return Err(Miss::Noisy(format!("rst_sent {rst_sent}, expected 0 here"))),
-            Ok("0") => {}
-            _ if rst_sent < N => return Err(Miss::Wrong(format!("rst_sent {rst_sent}, expected at least {N}"))),
-            _ => {}
+        // answering a SYN to a closed port is not seen there (tests::kernel; README "Kernels").
+        if !tests::kernel::resets_without_socket() {
+            if rst_sent > 0 {
+                return Err(Miss::Noisy(format!("rst_sent {rst_sent}, expected 0 on this kernel")));
+            }
+        } else if rst_sent < N {
+            return Err(Miss::Wrong(format!("rst_sent {rst_sent}, expected at least {N}")));
         }
         expect_counts("[conn_failed, rst_recv, syn_sent]", [failed, rst_recv, syn_sent], [N, N, N])
     });
@@ -151,16 +151,10 @@ fn socket(family: i32, ty: i32, protocol: i32) -> i32 {
 
 /// Every socket hook this kernel has (tests::kernel), each checked exactly: fexit, kprobe and the
 /// syscall fallback on the QEMU matrix's kernels, only the fallback on this project's CI host.
+/// The second field is the hook's kind as the agent reports it.
 fn socket_hooks() -> Vec<(SocketHook, &'static str)> {
-    tests::kernel::socket_hooks()
-        .all()
-        .into_iter()
-        .map(|h| match h {
-            "fexit" => (SocketHook::Fexit, "fexit"),
-            "kprobe" => (SocketHook::Kprobe, "kprobe"),
-            _ => (SocketHook::Syscalls, "tracepoint"),
-        })
-        .collect()
+    let kind = |name| if name == "syscalls" { "tracepoint" } else { name };
+    tests::kernel::socket_hooks().all_options().into_iter().map(|(hook, name)| (hook, kind(name))).collect()
 }
 
 /// `--socket-hook auto` picks the cheapest hook the kernel allows (tests::kernel), and never the

@@ -415,6 +415,7 @@ fn a_full_cgroup_map_is_logged_once_and_nothing_is_lost() {
         }
         let m = tests::process::metrics(port);
         m.get("feature_agent_cgroup_overflow_events_total").is_some_and(|v| *v > 0.0)
+            && m.get("feature_agent_ebpf_map_full_total{map=CGROUP_EVENT_COUNTS}").is_some_and(|v| *v > 0.0)
             && m.get("feature_agent_pod_rows_last").is_some_and(|v| *v >= 1.0)
     });
     let _ = agent.kill();

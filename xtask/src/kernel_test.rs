@@ -7,6 +7,10 @@
 //! - the truth tests: forks against /proc/stat, handshakes, refused connects and resets, both
 //!   TCP-state attachments, sockets by kind through fexit, kprobe and the syscall fallback, the
 //!   automatic choice of socket hook, the connection gauges against sock_diag;
+//! - the per-pod counting tests (`pod_counts`, with its static workload program): forks, execs,
+//!   TCP events and sockets by kind through every socket hook, counted in the right cgroup of a
+//!   pure v2 tree; all but the dirtied-folio test, which needs a disk filesystem (the VM's root
+//!   is its initramfs);
 //! - the command-line tests (the static `cli` test binary, with setpriv and the fixture tree
 //!   copied in), whose expectations follow from what the kernel allows (tests::kernel): with
 //!   fexit here, the default run attaches the socket hook and fills the sock_alloc_* columns
@@ -35,7 +39,8 @@ const KERNELS: [(&str, &str, bool); 2] =
     [("6.1", "linux-image-cloud-amd64", false), ("6.12", "linux-image-6.12-cloud-amd64", true)];
 
 /// The checks `/init` reports, in order, with `KT <name> ok|FAIL ...` lines.
-const CHECKS: [&str; 6] = ["truth", "cli", "require-ebpf", "unprivileged", "unprivileged-require", "pod-rows"];
+const CHECKS: [&str; 7] =
+    ["truth", "cli", "pod-counts", "require-ebpf", "unprivileged", "unprivileged-require", "pod-rows"];
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
@@ -138,6 +143,8 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 mount -t tracefs nodev /sys/kernel/tracing
+# A pure cgroup v2 tree, as a cgroup v2 node has (the per-pod tests make their cgroups in it).
+mount -t cgroup2 none /sys/fs/cgroup
 ip link set lo up
 insmod /lib/modules/inet_diag.ko
 insmod /lib/modules/tcp_diag.ko
@@ -154,6 +161,11 @@ if [ $rc -eq 0 ]; then echo "KT truth ok $(grep '^test result' /tmp/truth)"; els
 rc=$?
 cat /tmp/cli
 if [ $rc -eq 0 ]; then echo "KT cli ok $(grep '^test result' /tmp/cli)"; else echo "KT cli FAIL exit=$rc"; fi
+# The folio test needs a disk filesystem with writeback; the VM's root is the initramfs.
+/pod_counts --test-threads=1 --skip file_writes_in_a_pod_count_the_folios_they_dirty > /tmp/pod_counts 2>&1
+rc=$?
+cat /tmp/pod_counts
+if [ $rc -eq 0 ]; then echo "KT pod-counts ok $(grep '^test result' /tmp/pod_counts)"; else echo "KT pod-counts FAIL exit=$rc"; fi
 /feature-agent print --records 2 --interval 0.5 --require-ebpf --node-name vm > /tmp/rows 2> /tmp/log
 rc=$?
 grep -E 'eBPF program|socket' /tmp/log | sed 's/^/KT log /'
@@ -165,8 +177,7 @@ if [ $rc -eq 0 ] && [ "$(wc -l < /tmp/rows)" -eq 1 ] && grep -q 'eBPF programs n
 su -s /bin/sh nobody -c '/feature-agent print --records 1 --interval 0.5 --node-name vm --require-ebpf' > /tmp/rows 2> /tmp/log
 rc=$?
 if [ $rc -eq 1 ] && grep -q 'require-ebpf' /tmp/log; then echo "KT unprivileged-require ok"; else echo "KT unprivileged-require FAIL exit=$rc"; cat /tmp/log; fi
-# Per-pod rows on a pure cgroup v2 tree with the cpu, memory, pids and io controllers.
-mount -t cgroup2 none /sys/fs/cgroup
+# Per-pod rows on the pure cgroup v2 tree with the cpu, memory, pids and io controllers.
 UID=5f2e3d4c-5b6a-4789-8abc-0123456789ab
 P=/sys/fs/cgroup/kubepods/burstable/pod$UID
 C=$P/c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00
@@ -229,8 +240,15 @@ fn initramfs(
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
     std::fs::copy(agent, root.join("feature-agent"))?;
-    std::fs::copy(tests.truth, root.join("ebpf_truth"))?;
-    std::fs::copy(tests.cli, root.join("cli"))?;
+    std::fs::copy(&tests.truth, root.join("ebpf_truth"))?;
+    std::fs::copy(&tests.cli, root.join("cli"))?;
+    std::fs::copy(&tests.pod_counts.0, root.join("pod_counts"))?;
+    // The workload program at the path the test binary was built to find it at.
+    for program in &tests.pod_counts.1 {
+        let dst = root.join(program.strip_prefix("/")?);
+        std::fs::create_dir_all(dst.parent().context("a parent")?)?;
+        std::fs::copy(program, &dst)?;
+    }
     // What the cli tests use beside the agent: setpriv, and the fixture tree at the path the
     // test binary was built with.
     copy_with_libraries(&root, "/usr/bin/setpriv")?;
@@ -344,14 +362,15 @@ fn hooks_cell(o: &Outcome) -> String {
 }
 
 /// The static test binaries the VM runs, and the fixtures the cli tests read.
-struct TestBinaries<'a> {
-    truth: &'a Path,
-    cli: &'a Path,
-    fixtures: PathBuf,
+pub struct TestBinaries {
+    pub truth: PathBuf,
+    pub cli: PathBuf,
+    /// The per-pod counting tests, and the workload program they run (pod-workload).
+    pub pod_counts: (PathBuf, Vec<PathBuf>),
+    pub fixtures: PathBuf,
 }
 
-pub fn kernel_test(root: &Path, agent: &Path, truth: &Path, cli: &Path) -> anyhow::Result<()> {
-    let tests = TestBinaries { truth, cli, fixtures: root.join("tests/fixtures") };
+pub fn kernel_test(root: &Path, agent: &Path, tests: &TestBinaries) -> anyhow::Result<()> {
     install_tools()?;
     let cache = root.join("target/kernels");
     let work = root.join("target/kernel-test");
@@ -362,7 +381,7 @@ pub fn kernel_test(root: &Path, agent: &Path, truth: &Path, cli: &Path) -> anyho
         let package = resolve(meta)?;
         let dir = fetch_kernel(&cache, &package)?;
         let vmlinuz = find_file(&dir.join("boot"), &|n: &str| n.starts_with("vmlinuz-")).context("vmlinuz")?;
-        let initrd = initramfs(&work, &dir, agent, &tests, rst_without_socket)?;
+        let initrd = initramfs(&work, &dir, agent, tests, rst_without_socket)?;
         eprintln!("kernel-test: booting {package} under QEMU (software emulation)");
         let log = work.join(format!("console-{label}.txt"));
         let booted = std::time::Instant::now();

@@ -138,8 +138,9 @@ fn build_static() -> anyhow::Result<PathBuf> {
 }
 
 /// Builds one integration test of the tests crate as a static binary (as build_static builds
-/// the agent, sharing its target directory); returns its path.
-fn build_static_test(test: &str) -> anyhow::Result<PathBuf> {
+/// the agent, sharing its target directory); returns its path, and the paths of the crate's
+/// programs cargo built with it (each at the path the test binary names them by).
+fn build_static_test(test: &str) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
     let target = "x86_64-unknown-linux-gnu";
     let out = cargo()
         .args(["test", "--release", "--locked", "--package", "tests", "--test", test, "--no-run", "--target", target])
@@ -151,12 +152,24 @@ fn build_static_test(test: &str) -> anyhow::Result<PathBuf> {
     if !out.status.success() {
         bail!("building the static {test} test binary failed");
     }
-    String::from_utf8_lossy(&out.stdout)
+    let artifacts: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .collect();
+    let executable = |m: &serde_json::Value| m["executable"].as_str().map(PathBuf::from);
+    let programs = artifacts
+        .iter()
+        .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+        .filter(|m| m["manifest_path"].as_str().is_some_and(|p| p.ends_with("/tests/Cargo.toml")))
+        .filter_map(executable)
+        .collect();
+    let binary = artifacts
+        .iter()
         .filter(|m| m["target"]["name"] == test)
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .with_context(|| format!("cargo named no executable for the {test} test"))
+        .find_map(executable)
+        .with_context(|| format!("cargo named no executable for the {test} test"))?;
+    Ok((binary, programs))
 }
 
 /// Runs the static binary in an empty root with only /proc and /sys bound in.
@@ -482,9 +495,13 @@ fn main() -> anyhow::Result<()> {
         Task::KernelTest => {
             setup()?;
             let agent = build_static()?;
-            let truth = build_static_test("ebpf_truth")?;
-            let cli = build_static_test("cli")?;
-            kernel_test::kernel_test(&root(), &agent, &truth, &cli)
+            let tests = kernel_test::TestBinaries {
+                truth: build_static_test("ebpf_truth")?.0,
+                cli: build_static_test("cli")?.0,
+                pod_counts: build_static_test("pod_counts")?,
+                fixtures: root().join("tests/fixtures"),
+            };
+            kernel_test::kernel_test(&root(), &agent, &tests)
         }
         Task::RuntimeCheck => {
             setup()?;
