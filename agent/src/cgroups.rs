@@ -298,79 +298,165 @@ pub fn read_resources(dir: &Path) -> [Option<i64>; feature_schema::pods::RESOURC
     CgroupDir::open(dir).map_or([None; feature_schema::pods::RESOURCE_COUNT], |mut d| d.read_resources())
 }
 
-/// Every directory under `root` (every cgroup, for a cgroup tree), by inode number (the cgroup
-/// id): its path relative to `root`, which itself is "". Down to `max_depth` levels.
+/// How many walks may trust the leaves the previous walk found before one stats every
+/// directory again (a bound on how long a subdirectory made without a report could go unseen).
+const FULL_WALK_EVERY: u32 = 32;
+
+/// The walks of a cgroup tree, one an interval: every directory under the root (every cgroup),
+/// by inode number (the cgroup id), with its path relative to the root (the root itself is "").
 ///
 /// Each directory is opened relative to its parent, so the kernel looks up one name, not the
 /// whole path; and a directory whose link count says it has no subdirectories (2: kernfs counts
 /// a directory's subdirectories in its links, as most file systems do) is not opened at all.
 /// Most cgroups of a node are such leaves (its containers), so a walk opens about one directory
 /// per pod. A file system that does not count them (a link count of 1) is walked into.
-pub fn walk_tree(root: &Path, max_depth: usize) -> std::collections::HashMap<u64, String> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let mut out = std::collections::HashMap::new();
-    let Ok(top) = std::fs::File::open(root) else { return out };
-    if let Ok(m) = top.metadata() {
-        out.insert(std::os::unix::fs::MetadataExt::ino(&m), String::new());
+///
+/// A leaf stays a leaf until a directory is made in it. When the caller hears of every directory
+/// made (the cgroup_mkdir hook: [`TreeWalk::made`]), the next walk takes the leaves of the last
+/// one without asking their link count again (its inode comes with the directory entry), so a
+/// walk of a steady node costs one directory read per pod and no other system call. Without
+/// such reports ([`TreeWalk::forget`] before each walk), or every [`FULL_WALK_EVERY`] walks,
+/// every directory is asked.
+#[derive(Debug, Default)]
+pub struct TreeWalk {
+    leaves: std::collections::HashSet<String>,
+    walks: u32,
+    /// The directory listing buffer, reused across directories and walks.
+    listing: Vec<u8>,
+}
+
+impl TreeWalk {
+    /// A directory was made at `path` (relative to the root, a leading '/' allowed): its parent
+    /// is no longer a leaf.
+    pub fn made(&mut self, path: &str) {
+        let path = path.trim_matches('/');
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        self.leaves.remove(parent);
     }
-    let mut stack = vec![(top, String::new(), 0usize)];
-    while let Some((dir, rel, depth)) = stack.pop() {
-        // fdopendir owns the descriptor it is given: a duplicate, so `dir` stays for the
-        // lookups relative to it.
-        // SAFETY: dup of a descriptor we own; the result is checked.
-        let fd = unsafe { libc::dup(dir.as_raw_fd()) };
-        if fd < 0 {
-            continue;
+
+    /// The next walk asks every directory (the caller may have missed a directory made).
+    pub fn forget(&mut self) {
+        self.leaves.clear();
+    }
+
+    /// Directories the last walk found to be leaves.
+    pub fn leaves(&self) -> usize {
+        self.leaves.len()
+    }
+
+    /// Every directory under `root`, down to `max_depth` levels.
+    pub fn walk(&mut self, root: &Path, max_depth: usize) -> std::collections::HashMap<u64, String> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        if self.walks.is_multiple_of(FULL_WALK_EVERY) {
+            self.leaves.clear();
         }
-        // SAFETY: fd is a valid directory descriptor; on success the stream owns it.
-        let stream = unsafe { libc::fdopendir(fd) };
-        if stream.is_null() {
-            // SAFETY: fdopendir failed, so fd is still ours to close.
-            unsafe { libc::close(fd) };
-            continue;
+        self.walks = self.walks.wrapping_add(1);
+        let known_leaves = std::mem::take(&mut self.leaves);
+        let mut out = std::collections::HashMap::new();
+        let Ok(top) = std::fs::File::open(root) else { return out };
+        if let Ok(m) = top.metadata() {
+            out.insert(std::os::unix::fs::MetadataExt::ino(&m), String::new());
         }
-        loop {
-            // SAFETY: a valid stream; the entry is read before the next call.
-            let entry = unsafe { libc::readdir64(stream) };
-            if entry.is_null() {
-                break;
-            }
-            // SAFETY: non-null, valid until the next readdir on this stream.
-            let entry = unsafe { &*entry };
-            if entry.d_type != libc::DT_DIR && entry.d_type != libc::DT_UNKNOWN {
+        let mut stack = vec![(top, String::new(), 0usize)];
+        let mut entries = Vec::new();
+        while let Some((dir, rel, depth)) = stack.pop() {
+            if list_dir(&dir, &mut self.listing, &mut entries).is_err() {
                 continue;
             }
-            // SAFETY: d_name is NUL-terminated.
-            let name = unsafe { std::ffi::CStr::from_ptr(entry.d_name.as_ptr()) };
+            for entry in &entries {
+                let name = entry.name.as_c_str();
+                let Ok(name_str) = name.to_str() else { continue };
+                let path = if rel.is_empty() { name_str.to_owned() } else { format!("{rel}/{name_str}") };
+                if entry.d_type == libc::DT_DIR && known_leaves.contains(&path) {
+                    out.insert(entry.ino, path.clone());
+                    self.leaves.insert(path);
+                    continue;
+                }
+                // SAFETY: all-zero is a valid stat64.
+                let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+                // SAFETY: a valid directory descriptor, a NUL-terminated name and an out-pointer.
+                let stat =
+                    unsafe { libc::fstatat64(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+                if stat != 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                    continue;
+                }
+                if st.st_nlink == 2 {
+                    self.leaves.insert(path.clone());
+                } else if depth + 1 < max_depth {
+                    // SAFETY: as above; the result is checked before it is owned.
+                    let sub = unsafe {
+                        libc::openat(
+                            dir.as_raw_fd(),
+                            name.as_ptr(),
+                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                        )
+                    };
+                    if sub >= 0 {
+                        // SAFETY: a fresh descriptor that we own.
+                        stack.push((unsafe { std::fs::File::from_raw_fd(sub) }, path.clone(), depth + 1));
+                    }
+                }
+                out.insert(st.st_ino, path);
+            }
+        }
+        out
+    }
+}
+
+/// A subdirectory entry (or one of unknown type) of a directory listing.
+struct DirEntry {
+    ino: u64,
+    d_type: u8,
+    name: std::ffi::CString,
+}
+
+/// The subdirectories (and entries of unknown type) of the open directory `dir`, but `.` and
+/// `..`, into `out`: read with getdents64 on `dir` itself into the reused `buf`, which costs a
+/// listing two system calls where `fdopendir` and `readdir` take six (a duplicate descriptor, its
+/// fstat, fcntl and close).
+fn list_dir(dir: &std::fs::File, buf: &mut Vec<u8>, out: &mut Vec<DirEntry>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const BUF: usize = 32 * 1024;
+    // The fixed part of struct linux_dirent64: d_ino (8), d_off (8), d_reclen (2), d_type (1).
+    const HEAD: usize = 19;
+    out.clear();
+    buf.resize(BUF, 0);
+    loop {
+        // SAFETY: getdents64 writes at most BUF bytes of records into buf, a valid buffer of
+        // that size, for a directory descriptor we own.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, dir.as_raw_fd(), buf.as_mut_ptr(), BUF) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let mut at = 0usize;
+        while at + HEAD <= n as usize {
+            let record = &buf[at..n as usize];
+            let ino = u64::from_ne_bytes(record[0..8].try_into().expect("8 bytes"));
+            let reclen = usize::from(u16::from_ne_bytes(record[16..18].try_into().expect("2 bytes")));
+            let d_type = record[18];
+            if reclen < HEAD || reclen > record.len() {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a malformed directory record"));
+            }
+            at += reclen;
+            if d_type != libc::DT_DIR && d_type != libc::DT_UNKNOWN {
+                continue;
+            }
+            let Ok(name) = std::ffi::CStr::from_bytes_until_nul(&record[HEAD..reclen]) else { continue };
             if matches!(name.to_bytes(), b"." | b"..") {
                 continue;
             }
-            let Ok(name_str) = name.to_str() else { continue };
-            // SAFETY: all-zero is a valid stat64.
-            let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
-            // SAFETY: a valid directory descriptor, a NUL-terminated name and an out-pointer.
-            let stat = unsafe { libc::fstatat64(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
-            if stat != 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                continue;
-            }
-            let path = if rel.is_empty() { name_str.to_owned() } else { format!("{rel}/{name_str}") };
-            let leaf = st.st_nlink == 2;
-            if depth + 1 < max_depth && !leaf {
-                // SAFETY: as above; the result is checked before it is owned.
-                let sub = unsafe {
-                    libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
-                };
-                if sub >= 0 {
-                    // SAFETY: a fresh descriptor that we own.
-                    stack.push((unsafe { std::fs::File::from_raw_fd(sub) }, path.clone(), depth + 1));
-                }
-            }
-            out.insert(st.st_ino, path);
+            out.push(DirEntry { ino, d_type, name: name.to_owned() });
         }
-        // SAFETY: the stream from fdopendir, closed once (with its descriptor).
-        unsafe { libc::closedir(stream) };
     }
-    out
+}
+
+/// Every directory under `root`, down to `max_depth` levels: one walk of a [`TreeWalk`] that
+/// knows nothing yet.
+pub fn walk_tree(root: &Path, max_depth: usize) -> std::collections::HashMap<u64, String> {
+    TreeWalk::default().walk(root, max_depth)
 }
 
 /// The resource files [`CgroupDir::read_resources`] reads, in the order of its absent mask.
@@ -394,18 +480,94 @@ const ABSENT_RECHECK: u32 = 32;
 /// root through cgroupfs (most of the per-pod cost on a node of 500 pods, BENCHMARKS.md "A node
 /// full of pods"), and a file found absent (a controller the tree does not enable there) is
 /// skipped until it is looked for again.
+///
+/// The files themselves stay open too, while the process keeps within its budget of kept files
+/// ([`kept_files_budget`]), and are read again from offset 0 with one `pread` each: a cgroup file
+/// is a single-record kernfs seq file, which a read at offset 0 makes anew and gives whole when
+/// it fits. A kept file of a removed cgroup reads ENODEV (a NULL column) until the directory is
+/// dropped with its pod.
 pub struct CgroupDir {
     dir: std::fs::File,
+    files: [Option<std::fs::File>; RESOURCE_FILES.len()],
     absent: u8,
     reads: u32,
     buf: String,
+}
+
+/// Files the [`CgroupDir`]s of this process hold open now.
+static KEPT_FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many cgroup files the process keeps open at most: half its open-file limit (the soft
+/// RLIMIT_NOFILE when first asked), the other half left to the pods' directories, their
+/// namespaces' /proc handles, sockets and the spool. Past it, files are opened for each read.
+pub fn kept_files_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        // SAFETY: all-zero is a valid rlimit; getrlimit writes it.
+        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid resource and out-pointer.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return 0;
+        }
+        usize::try_from(limit.rlim_cur / 2).unwrap_or(usize::MAX)
+    })
+}
+
+/// Raises the soft open-file limit to the hard one, as a daemon that holds a few files per pod
+/// must (systemd and containerd 2 start processes at a soft 1024 with a far higher hard limit);
+/// call it before the first [`kept_files_budget`]. Returns the soft limit now.
+pub fn raise_open_file_limit() -> u64 {
+    // SAFETY: all-zero is a valid rlimit; getrlimit writes it.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid resource and out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: a valid resource and a limit within the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    limit.rlim_cur
+}
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        let kept = self.files.iter().filter(|f| f.is_some()).count();
+        KEPT_FILES.fetch_sub(kept, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl CgroupDir {
     pub fn open(path: &Path) -> std::io::Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(path)?;
-        Ok(CgroupDir { dir, absent: 0, reads: 0, buf: String::new() })
+        Ok(CgroupDir { dir, files: Default::default(), absent: 0, reads: 0, buf: String::new() })
+    }
+
+    /// Files of this directory held open now.
+    pub fn kept_files(&self) -> usize {
+        self.files.iter().filter(|f| f.is_some()).count()
+    }
+
+    /// Reads file `i` of [`RESOURCE_FILES`] into `self.buf`: from its kept descriptor, or opened
+    /// for this read (and kept when the budget allows).
+    fn read_file(&mut self, i: usize) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.buf.clear();
+        if let Some(f) = &self.files[i] {
+            return read_whole_record(f, &mut self.buf);
+        }
+        let f = open_at(&self.dir, RESOURCE_FILES[i])?;
+        read_whole_record(&f, &mut self.buf)?;
+        if KEPT_FILES.fetch_add(1, Relaxed) < kept_files_budget() {
+            self.files[i] = Some(f);
+        } else {
+            KEPT_FILES.fetch_sub(1, Relaxed);
+        }
+        Ok(())
     }
 
     /// The resource columns, as [`read_resources`] gives them for a path.
@@ -416,12 +578,11 @@ impl CgroupDir {
         }
         self.reads = self.reads.wrapping_add(1);
         let mut r = [None; feature_schema::pods::RESOURCE_COUNT];
-        for (i, name) in RESOURCE_FILES.iter().enumerate() {
+        for i in 0..RESOURCE_FILES.len() {
             if self.absent & (1 << i) != 0 {
                 continue;
             }
-            self.buf.clear();
-            match read_file_at(&self.dir, name, &mut self.buf) {
+            match self.read_file(i) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     self.absent |= 1 << i;
@@ -450,14 +611,9 @@ impl CgroupDir {
     }
 }
 
-/// Reads `name` relative to the open directory `dir` into `buf` (appending). Plain reads until
-/// the end: `read_to_string` would first ask the file's size (one more system call per file),
-/// which these kernel-made files do not know anyway.
-pub fn read_file_at(dir: &std::fs::File, name: &std::ffi::CStr, buf: &mut String) -> std::io::Result<()> {
-    use std::{
-        io::Read,
-        os::fd::{AsRawFd, FromRawFd},
-    };
+/// Opens `name` relative to the open directory `dir`, read-only.
+fn open_at(dir: &std::fs::File, name: &std::ffi::CStr) -> std::io::Result<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
     // SAFETY: openat with a valid directory descriptor and a NUL-terminated name; the result is
     // checked before it is owned.
     let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
@@ -465,7 +621,46 @@ pub fn read_file_at(dir: &std::fs::File, name: &std::ffi::CStr, buf: &mut String
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: fd is a fresh descriptor that we own.
-    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Reads a single-record kernfs file (every cgroup interface file this module reads) from
+/// offset 0 into `buf`: the kernel makes the record anew for a read at 0 and gives all of it
+/// that fits, so a read shorter than the space offered is the end (one system call for a
+/// file under 4 KiB, where reading until 0 takes two).
+fn read_whole_record(f: &std::fs::File, buf: &mut String) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    // Read on the stack and copied, so that `buf` (one per pod) keeps the size of its file, not
+    // of the read's buffer.
+    let mut chunk = [0u8; 4096];
+    let mut bytes = std::mem::take(buf).into_bytes();
+    bytes.clear();
+    loop {
+        match f.read_at(&mut chunk, bytes.len() as u64) {
+            Ok(n) => {
+                bytes.extend_from_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                bytes.clear();
+                *buf = String::from_utf8(bytes).unwrap_or_default();
+                return Err(e);
+            }
+        }
+    }
+    *buf = String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok(())
+}
+
+/// Reads `name` relative to the open directory `dir` into `buf` (appending). Plain reads until
+/// the end: `read_to_string` would first ask the file's size (one more system call per file),
+/// which these kernel-made files do not know anyway.
+pub fn read_file_at(dir: &std::fs::File, name: &std::ffi::CStr, buf: &mut String) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut f = open_at(dir, name)?;
     let mut chunk = [0u8; 4096];
     let mut bytes = std::mem::take(buf).into_bytes();
     let result = loop {
@@ -515,6 +710,74 @@ pub fn io_bytes(text: &str) -> Option<(i64, i64)> {
 #[cfg(test)]
 mod resource_tests {
     use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("feature-agent-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A walk trusts the last walk's leaves: a directory made in a leaf is seen once the caller
+    /// reports it (`made`), when it says it may have missed one (`forget`), or at the periodic
+    /// full walk; never lost for longer.
+    #[test]
+    fn a_walk_trusts_known_leaves_until_told_of_a_directory_made_in_one() {
+        let root = scratch("walk");
+        for d in ["pods/a/c1", "pods/b/c1", "system/unit"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let mut tree = TreeWalk::default();
+        let paths = |m: &std::collections::HashMap<u64, String>| {
+            let mut p: Vec<String> = m.values().cloned().collect();
+            p.sort();
+            p
+        };
+        let first = tree.walk(&root, 8);
+        assert_eq!(paths(&first), ["", "pods", "pods/a", "pods/a/c1", "pods/b", "pods/b/c1", "system", "system/unit"]);
+        assert_eq!(tree.leaves(), 3);
+        // The ids are the inodes, from the directory entries for trusted leaves too.
+        let second = tree.walk(&root, 8);
+        assert_eq!(first, second);
+
+        std::fs::create_dir(root.join("pods/a/c1/nested")).unwrap();
+        assert!(!tree.walk(&root, 8).values().any(|p| p == "pods/a/c1/nested"), "a trusted leaf is not stat'ed");
+        tree.made("/pods/a/c1/nested");
+        assert!(tree.walk(&root, 8).values().any(|p| p == "pods/a/c1/nested"));
+
+        std::fs::create_dir(root.join("pods/b/c1/nested")).unwrap();
+        tree.forget();
+        assert!(tree.walk(&root, 8).values().any(|p| p == "pods/b/c1/nested"));
+
+        std::fs::create_dir(root.join("system/unit/nested")).unwrap();
+        let seen = (0..FULL_WALK_EVERY).position(|_| tree.walk(&root, 8).values().any(|p| p == "system/unit/nested"));
+        assert!(seen.is_some(), "the periodic full walk finds it");
+
+        // A removed leaf is gone from the next walk.
+        std::fs::remove_dir(root.join("system/unit/nested")).unwrap();
+        std::fs::remove_dir(root.join("system/unit")).unwrap();
+        assert!(!tree.walk(&root, 8).values().any(|p| p.starts_with("system/unit")));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A kept file is read again from offset 0 whole, past one 4 KiB chunk; a short file in one.
+    #[test]
+    fn a_record_is_read_whole_from_the_start_each_time() {
+        let dir = scratch("record");
+        let path = dir.join("big");
+        let text: String = (0..1500).map(|i| format!("{i:06}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let mut buf = String::from("left over");
+        read_whole_record(&f, &mut buf).unwrap();
+        assert_eq!(buf, text);
+        read_whole_record(&f, &mut buf).unwrap();
+        assert_eq!(buf, text, "a second read starts at 0 again");
+        std::fs::write(&path, "7\n").unwrap();
+        read_whole_record(&f, &mut buf).unwrap();
+        assert_eq!(buf, "7\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn cgroup_files_parse_and_malformed_ones_are_null() {

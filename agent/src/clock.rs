@@ -8,10 +8,7 @@
 //! backward step the boundaries the process already stamped come round again: such a row is
 //! [`Stamp::Repeated`] and is not written, so no `ts` ever holds two rows of one process. Across
 //! a restart the database's key (node, ts) does the same, and the writer counts the conflict.
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The smallest change of the wall clock's offset that counts as a step. NTP slews offsets
 /// under 128 ms and steps larger ones; a tick's own latency does not move the offset (both
@@ -29,25 +26,6 @@ pub struct SystemClock;
 impl WallClock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
-    }
-}
-
-/// The system clock plus an offset in seconds read from a file at every reading (a missing or
-/// unreadable file is offset 0). For tests that step a real agent's clock, forward and back,
-/// and across a restart, without touching the machine's clock; set by the hidden
-/// FEATURE_AGENT_CLOCK_OFFSET_FILE.
-pub struct OffsetFileClock(pub PathBuf);
-
-impl WallClock for OffsetFileClock {
-    fn now(&self) -> SystemTime {
-        let offset = std::fs::read_to_string(&self.0).ok().and_then(|s| s.trim().parse::<f64>().ok()).unwrap_or(0.0);
-        let now = SystemTime::now();
-        let shift = Duration::from_secs_f64(offset.abs().min(1e9));
-        if offset >= 0.0 {
-            now + shift
-        } else {
-            now - shift
-        }
     }
 }
 

@@ -82,14 +82,10 @@ pub struct SamplingArgs {
     pub pod_logs: PathBuf,
     #[command(flatten)]
     pub detector: DetectorArgs,
-    /// Tests only: a file holding seconds to add to the wall clock, read at every tick (see
-    /// clock.rs), to step a real agent's clock without touching the machine's.
-    #[arg(long, env = "FEATURE_AGENT_CLOCK_OFFSET_FILE", hide = true)]
-    pub clock_offset_file: Option<PathBuf>,
-    /// Tests only: the eBPF map read of this sample (counted from 1) fails, to check that its
-    /// row and the next have NULL eBPF columns and no pod rows, and that counting resumes.
-    #[arg(long, env = "FEATURE_AGENT_FAIL_MAP_READ", hide = true)]
-    pub test_fail_map_read: Option<u64>,
+    /// Faults the tests inject (faults.rs; only in a build with the `fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
+    #[command(flatten)]
+    pub faults: crate::faults::Faults,
 }
 
 /// The streaming detector that judges every row (see detector.rs).
@@ -275,10 +271,11 @@ impl SamplingArgs {
 
     /// The wall clock the rows are stamped from.
     pub fn clock(&self) -> Box<dyn crate::clock::WallClock> {
-        match &self.clock_offset_file {
-            Some(f) => Box::new(crate::clock::OffsetFileClock(f.clone())),
-            None => Box::new(crate::clock::SystemClock),
+        #[cfg(feature = "fault-injection")]
+        if let Some(f) = &self.faults.clock_offset_file {
+            return Box::new(crate::faults::OffsetFileClock(f.clone()));
         }
+        Box::new(crate::clock::SystemClock)
     }
 
     pub fn sampler(&self) -> anyhow::Result<Sampler> {
@@ -300,9 +297,10 @@ impl SamplingArgs {
         let pods = if ebpf.is_some() { pods } else { None };
         let recheck = Duration::from_secs_f64(self.tcp_recheck_interval);
         let proc = crate::netns::Proc::at(&roots.procfs);
-        Ok(Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck, proc)
-            .with_pods(pods)
-            .with_failed_read_at(self.test_fail_map_read))
+        let sampler = Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck, proc).with_pods(pods);
+        #[cfg(feature = "fault-injection")]
+        let sampler = sampler.with_failed_read_at(self.faults.test_fail_map_read);
+        Ok(sampler)
     }
 
     /// The per-pod sampler, when --pod-rows is on and a cgroup v2 tree exists. On a v1-only
@@ -335,7 +333,16 @@ impl SamplingArgs {
         if !self.pod_logs.is_dir() {
             warn!(dir = %self.pod_logs.display(), "the pod log directory is missing: pods get rows by UID, without namespace and name");
         }
-        info!(cgroup_root = %root.display(), pod_logs = %self.pod_logs.display(), "per-pod rows on");
+        // A few descriptors a pod stay open (its cgroup directory and files, its namespace's /proc
+        // directory): 500 pods need more than the usual soft limit of 1024.
+        let open_files = crate::cgroups::raise_open_file_limit();
+        info!(
+            cgroup_root = %root.display(),
+            pod_logs = %self.pod_logs.display(),
+            open_files,
+            kept_cgroup_files = crate::cgroups::kept_files_budget(),
+            "per-pod rows on"
+        );
         Ok(Some(PodSampler::new(root, self.pod_logs.clone(), crate::netns::Proc::at(&self.procfs))))
     }
 }

@@ -603,6 +603,11 @@ impl EbpfCounters {
         out
     }
 
+    /// Whether the cgroup_mkdir hook reports the cgroups made ([`EbpfCounters::take_new_cgroups`]).
+    pub fn reports_new_cgroups(&self) -> bool {
+        self.programs.iter().any(|p| p.program == CGROUP_NAMER[0].program)
+    }
+
     /// How each attached program is hooked: (program, "raw_tp" | "tracepoint" | "tp_btf").
     pub fn hooks(&self) -> Vec<(&'static str, &'static str)> {
         self.programs.iter().map(|p| (p.program, p.hook)).collect()

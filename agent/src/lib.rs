@@ -15,6 +15,8 @@ pub mod conn_gauges;
 pub mod detector;
 pub mod detector_state;
 pub mod ebpf;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod metrics;
 pub mod netns;
 pub mod pipeline;

@@ -49,88 +49,279 @@ impl AtomicF64 {
     }
 }
 
-/// Everything /metrics reports; shared by the sampler, the writer and the server.
-#[derive(Debug)]
-pub struct Metrics {
-    pub rows_written: AtomicU64,
-    pub rows_anomalous: AtomicU64,
-    /// Rows in the memory queue now.
-    pub rows_queued: AtomicU64,
-    /// Rows in the on-disk spool now (not yet in the database).
-    pub rows_spooled: AtomicU64,
-    pub spool_bytes: AtomicU64,
-    /// --spool-max-bytes (0 without a spool).
-    pub spool_max_bytes: AtomicU64,
-    pub rows_dropped_queue_full: AtomicU64,
-    /// Rows the sampler could not hand to the writer (its channel was full).
-    pub rows_dropped_channel_full: AtomicU64,
-    pub rows_dropped_spool_full: AtomicU64,
-    pub rows_rejected: AtomicU64,
-    /// Rows lost to damaged spool records.
-    pub rows_dropped_corrupt: AtomicU64,
-    /// Rows neither the database nor the spool took when the agent stopped.
-    pub rows_dropped_shutdown: AtomicU64,
-    /// Times the spool's ack file was found damaged (its rows were replayed from the start).
-    pub spool_ack_damaged: AtomicU64,
-    /// Spool segments that could not be read (skipped) or deleted (forgotten).
-    pub spool_segments_unreadable: AtomicU64,
-    pub spool_segments_unremovable: AtomicU64,
-    /// Scheduled samples not taken because the agent was late for them.
-    pub samples_skipped: AtomicU64,
-    pub last_write_unix: AtomicF64,
-    pub last_sample_unix: AtomicF64,
-    pub programs_attached: AtomicU64,
-    pub programs_failed: AtomicU64,
-    /// Time to take one row.
-    pub collection_seconds: Histogram,
-    pub collection_count: AtomicU64,
-    pub last_collection_seconds: AtomicF64,
-    pub database_up: AtomicBool,
-    /// False once an eBPF map read fails (the programs no longer answer).
-    pub programs_ok: AtomicBool,
-    /// Each loaded eBPF program's run count and recursion misses, refreshed by the sampler.
-    pub program_stats: std::sync::Mutex<Vec<crate::ebpf::ProgramStats>>,
-    /// The attached eBPF programs, set once at start.
-    pub program_info: std::sync::OnceLock<Vec<crate::ebpf::ProgramInfo>>,
-    /// The sampling interval, for /healthz's staleness check.
-    pub interval_s: f64,
-    /// Per-pod rows written (with their node rows: a dropped node row drops its pod rows).
-    pub pod_rows_written: AtomicU64,
-    /// Pod rows in the last interval.
-    pub pod_rows_last: AtomicU64,
-    /// Events counted under "other" because the per-cgroup map was full.
-    pub cgroup_overflow_events: AtomicU64,
-    /// Inserts each eBPF map that can fill refused because it was full, by map name.
-    pub ebpf_maps_full: std::sync::Mutex<Vec<(&'static str, u64)>>,
-    /// Network namespaces whose TCP connection gauges the agent tracks.
-    pub network_namespaces: AtomicU64,
-    /// Re-checks that found a namespace's connection gauges off its table (and corrected them).
-    pub tcp_gauge_drifts: AtomicU64,
-    /// Rows whose (node, ts) the database already held: not written.
-    pub rows_duplicate: AtomicU64,
-    /// Rows sampled at a boundary this process had already stamped (the wall clock stepped
-    /// back): not written, so no ts holds two rows.
-    pub rows_dropped_clock_step: AtomicU64,
-    /// Wall-clock steps seen between two samples, forward and back.
-    pub clock_steps_forward: AtomicU64,
-    pub clock_steps_backward: AtomicU64,
-    /// Database calls cut off by their deadline (the session was dropped).
-    pub database_timeouts: AtomicU64,
-    /// Another agent holds this node name's writer lease: rows wait in the spool.
-    pub node_name_in_use: AtomicBool,
-    /// Connections refused because another agent writes under this node name.
-    pub node_name_conflicts: AtomicU64,
-    /// Sessions of this agent, cut off by a deadline earlier, that a new session ended.
-    pub abandoned_sessions_ended: AtomicU64,
-    /// Sampled time (Unix seconds) of the oldest row not yet in the database; 0: none.
-    pub oldest_unwritten_unix: AtomicF64,
-    /// Pod rows the detector judged anomalous, per namespace (bounded).
-    pub pod_alarms: std::sync::Mutex<PodAlarms>,
-    /// Workloads with baselines now, and workloads dropped to keep within --pod-baselines.
-    pub pod_baselines: AtomicU64,
-    pub pod_baselines_evicted: AtomicU64,
-    /// Detector state saves that failed (the file keeps its previous state).
-    pub detector_state_save_failures: AtomicU64,
+/// Declares [`Metrics`], the state /metrics reports, and its exposition from one list: each
+/// metric's field (the atomic its emitter updates), name, help, type and labels live together,
+/// and the encoder and [`Metrics::catalog`] (the documented list, checked against
+/// docs/monitoring.md by a test) are generated from it. Sections:
+/// - `counters`, `gauges` (u64 shown as an integer), `float_gauges` (f64), `flags` (a bool shown
+///   as 0 or 1): one field each;
+/// - `families`: a counter with one label whose series are fixed fields (a label value may sum
+///   several: `"value" => [field, field]`);
+/// - `computed`: metrics made at the scrape from other state, by a function of [`Metrics`]
+///   returning (label values, value) series;
+/// - `state(interval)`: fields that are not metrics themselves (read by the computed ones,
+///   /healthz and /readyz), with their initial values, which may use `new`'s interval argument.
+macro_rules! metrics {
+    (
+        counters { $( $(#[doc = $cdoc:literal])* $c:ident = $cname:literal, $chelp:literal; )* }
+        gauges { $( $(#[doc = $gdoc:literal])* $g:ident = $gname:literal, $ghelp:literal; )* }
+        float_gauges { $( $(#[doc = $fdoc:literal])* $f:ident = $fname:literal, $fhelp:literal; )* }
+        flags { $( $(#[doc = $bdoc:literal])* $b:ident = $bname:literal, $bhelp:literal; )* }
+        families { $( $lname:literal, $lhelp:literal, $label:literal {
+            $( $value:literal => [$($lf:ident),+] ),* $(,)?
+        }; )* }
+        computed { $( $xname:literal, $xhelp:literal, $xtype:ident, [$($xlabel:literal),*], $xfn:path; )* }
+        state($interval:ident) { $( $(#[doc = $sdoc:literal])* $s:ident: $sty:ty = $sinit:expr; )* }
+    ) => {
+        /// Everything /metrics reports; shared by the sampler, the writer and the server.
+        #[derive(Debug)]
+        pub struct Metrics {
+            $( $(#[doc = $cdoc])* pub $c: AtomicU64, )*
+            $( $(#[doc = $gdoc])* pub $g: AtomicU64, )*
+            $( $(#[doc = $fdoc])* pub $f: AtomicF64, )*
+            $( $(#[doc = $bdoc])* pub $b: AtomicBool, )*
+            $( $( $( pub $lf: AtomicU64, )+ )* )*
+            $( $(#[doc = $sdoc])* pub $s: $sty, )*
+        }
+
+        impl Metrics {
+            pub fn new($interval: f64) -> Arc<Self> {
+                Arc::new(Metrics {
+                    $( $c: AtomicU64::default(), )*
+                    $( $g: AtomicU64::default(), )*
+                    $( $f: AtomicF64::default(), )*
+                    $( $b: AtomicBool::default(), )*
+                    $( $( $( $lf: AtomicU64::default(), )+ )* )*
+                    $( $s: $sinit, )*
+                })
+            }
+
+            /// Every metric /metrics shows: (name, type, label names, help), in exposition order.
+            pub fn catalog() -> Vec<(&'static str, MetricType, Vec<&'static str>, &'static str)> {
+                vec![
+                    $( ($cname, MetricType::Counter, vec![], $chelp), )*
+                    $( ($gname, MetricType::Gauge, vec![], $ghelp), )*
+                    $( ($fname, MetricType::Gauge, vec![], $fhelp), )*
+                    $( ($bname, MetricType::Gauge, vec![], $bhelp), )*
+                    $( ($lname, MetricType::Counter, vec![$label], $lhelp), )*
+                    $( ($xname, MetricType::$xtype, vec![$($xlabel),*], $xhelp), )*
+                ]
+            }
+
+            /// The exposition of every declared metric.
+            fn encode_declared(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+                $( single(enc, $cname, $chelp, ConstCounter::new(self.$c.load(Relaxed)))?; )*
+                $( single(enc, $gname, $ghelp, ConstGauge::new(self.$g.load(Relaxed) as i64))?; )*
+                $( single(enc, $fname, $fhelp, ConstGauge::new(self.$f.get()))?; )*
+                $( single(enc, $bname, $bhelp, ConstGauge::new(i64::from(self.$b.load(Relaxed))))?; )*
+                $(
+                    let mut family = enc.encode_descriptor($lname, $lhelp, None, MetricType::Counter)?;
+                    $(
+                        let n = 0u64 $( .wrapping_add(self.$lf.load(Relaxed)) )+;
+                        ConstCounter::new(n).encode(family.encode_family(&[($label, $value)])?)?;
+                    )*
+                )*
+                $(
+                    let labels: &[&str] = &[$($xlabel),*];
+                    let mut family = enc.encode_descriptor($xname, $xhelp, None, MetricType::$xtype)?;
+                    let series = $xfn(self);
+                    if labels.is_empty() {
+                        if let Some((_, v)) = series.into_iter().next() {
+                            v.encode(family)?;
+                        }
+                    } else {
+                        for (values, v) in series {
+                            let pairs: Vec<(&str, &str)> =
+                                labels.iter().copied().zip(values.iter().map(String::as_str)).collect();
+                            v.encode(family.encode_family(&pairs)?)?;
+                        }
+                    }
+                )*
+                Ok(())
+            }
+        }
+    };
+}
+
+/// One series' value of a computed metric.
+pub enum Value<'a> {
+    /// A counter's count.
+    Count(u64),
+    Int(i64),
+    Float(f64),
+    Histogram(&'a Histogram),
+}
+
+impl Value<'_> {
+    fn encode(self, m: prometheus_client::encoding::MetricEncoder) -> fmt::Result {
+        match self {
+            Value::Count(n) => ConstCounter::new(n).encode(m),
+            Value::Int(n) => ConstGauge::new(n).encode(m),
+            Value::Float(x) => ConstGauge::new(x).encode(m),
+            Value::Histogram(h) => h.encode(m),
+        }
+    }
+}
+
+/// A computed metric's series: its label values, in its labels' order, and its value (one
+/// series, without label values, for a metric without labels).
+type Series<'a> = Vec<(Vec<String>, Value<'a>)>;
+
+metrics! {
+    counters {
+        rows_written = "feature_agent_rows_written", "Rows the database acknowledged.";
+        rows_anomalous = "feature_agent_rows_anomalous", "Rows the streaming detector judged anomalous.";
+        pod_baselines_evicted = "feature_agent_pod_baselines_evicted", "Workloads whose baselines were dropped to keep within --pod-baselines (least recently seen first).";
+        /// Detector state saves that failed (the file keeps its previous state).
+        detector_state_save_failures = "feature_agent_detector_state_save_failures", "Saves of the detector state file that failed (it keeps its previous state).";
+        /// Rows whose (node, ts) the database already held: not written.
+        rows_duplicate = "feature_agent_rows_duplicate", "Rows not written because the database already held a row of this node at their ts: a clock stepped back across a restart, a replay after a crash between commit and ack, or another agent with this node name.";
+        /// Database calls cut off by their deadline (the session was dropped).
+        database_timeouts = "feature_agent_database_timeouts", "Database calls (connect, write, migration, preparation) cut off by their deadline; the session was dropped and its rows kept.";
+        /// Connections refused because another agent writes under this node name.
+        node_name_conflicts = "feature_agent_node_name_conflicts", "Connections that found another agent writing under this node name.";
+        /// Sessions of this agent, cut off by a deadline earlier, that a new session ended.
+        abandoned_sessions_ended = "feature_agent_abandoned_sessions_ended", "Database sessions of this agent, cut off by a deadline earlier (a hung or black-holed server), that its next session ended.";
+        /// Per-pod rows written (with their node rows: a dropped node row drops its pod rows).
+        pod_rows_written = "feature_agent_pod_rows_written", "Per-pod rows written to pod_features, in the same transaction as their node row (a node row counted in feature_agent_rows_dropped took its pod rows with it).";
+        /// Events counted under "other" because the per-cgroup map was full.
+        cgroup_overflow_events = "feature_agent_cgroup_overflow_events", "eBPF events counted in the other row because the per-cgroup map was full (raise --cgroup-map-entries).";
+        /// Re-checks that found a namespace's connection gauges off its table (and corrected them).
+        tcp_gauge_drifts = "feature_agent_tcp_gauge_drifts", "Re-checks that found a namespace's connection gauges off its kernel table, and corrected them (each is logged).";
+        /// Scheduled samples not taken because the agent was late for them.
+        samples_skipped = "feature_agent_samples_skipped", "Scheduled samples not taken because the agent was late for them (the row of that interval does not exist).";
+        /// Times the spool's ack file was found damaged (its rows were replayed from the start).
+        spool_ack_damaged = "feature_agent_spool_ack_damaged", "Times the spool's ack file was found damaged or missing; its rows were replayed from the oldest (duplicates are skipped by the database).";
+    }
+    gauges {
+        pod_baselines = "feature_agent_pod_baselines", "Workloads the pod detector keeps baselines for.";
+        /// Rows in the memory queue now.
+        rows_queued = "feature_agent_rows_queued", "Rows waiting in memory for the database.";
+        /// Rows in the on-disk spool now (not yet in the database).
+        rows_spooled = "feature_agent_rows_spooled", "Rows waiting in the on-disk spool for the database.";
+        spool_bytes = "feature_agent_spool_bytes", "Bytes of spool segments on disk.";
+        /// --spool-max-bytes (0 without a spool).
+        spool_max_bytes = "feature_agent_spool_max_bytes", "The spool's size bound (--spool-max-bytes; 0 without a spool): beyond it the oldest rows are dropped.";
+        /// Pod rows in the last interval.
+        pod_rows_last = "feature_agent_pod_rows_last", "Per-pod rows in the last interval (pods, services and other).";
+        /// Network namespaces whose TCP connection gauges the agent tracks.
+        network_namespaces = "feature_agent_network_namespaces", "Network namespaces whose TCP connection gauges (est_conn, lis_conn) the agent tracks, the host's included.";
+        programs_attached = "feature_agent_ebpf_programs_attached", "eBPF programs attached.";
+        programs_failed = "feature_agent_ebpf_programs_failed", "eBPF programs that could not be attached.";
+    }
+    float_gauges {
+        last_write_unix = "feature_agent_last_write_timestamp_seconds", "Unix time of the last successful database write (0: none yet).";
+        last_collection_seconds = "feature_agent_last_collection_duration_seconds", "Time the last row took to collect.";
+    }
+    flags {
+        database_up = "feature_agent_database_up", "1 if the last database operation succeeded.";
+        /// Another agent holds this node name's writer lease: rows wait in the spool.
+        node_name_in_use = "feature_agent_node_name_in_use", "1 while another agent holds this node name's writer lease (rows wait in the spool).";
+    }
+    families {
+        "feature_agent_rows_dropped", "Rows sampled that will never reach the database: the memory queue or the spool was full (oldest dropped), spool records were damaged, the database refused the row's content, at shutdown neither the database nor the spool took them, or the clock stepped back over an interval already stamped.", "reason" {
+            // The writer's channel full (the sampler could not hand a row over) is a full queue.
+            "queue_full" => [rows_dropped_queue_full, rows_dropped_channel_full],
+            "spool_full" => [rows_dropped_spool_full],
+            "corrupt" => [rows_dropped_corrupt],
+            "rejected" => [rows_rejected],
+            "shutdown" => [rows_dropped_shutdown],
+            "clock_step" => [rows_dropped_clock_step],
+        };
+        "feature_agent_clock_steps", "Steps of the wall clock against the monotonic clock between two samples (more than 0.5 s), by direction.", "direction" {
+            "forward" => [clock_steps_forward],
+            "backward" => [clock_steps_backward],
+        };
+        "feature_agent_spool_segments_damaged", "Spool segment files the agent could not read (missing, a directory, unreadable: skipped, their rows counted as corrupt) or delete (forgotten, left on disk).", "kind" {
+            "unreadable" => [spool_segments_unreadable],
+            "unremovable" => [spool_segments_unremovable],
+        };
+    }
+    computed {
+        "feature_agent_build_info", "Version of the running agent.", Gauge, ["version"], Metrics::build_info;
+        "feature_agent_rows_sampled", "Rows sampled.", Counter, [], Metrics::rows_sampled;
+        "feature_agent_pod_rows_anomalous", "Pod and service rows the detector judged anomalous, by the pod's namespace ((host) for services; namespaces past the first 64 under (other namespaces)).", Counter, ["namespace"], Metrics::pod_alarm_series;
+        "feature_agent_oldest_unwritten_row_age_seconds", "Seconds since the oldest row not yet in the database was sampled (0: none waits).", Gauge, [], Metrics::oldest_unwritten_series;
+        "feature_agent_ebpf_map_full", "Inserts an eBPF map refused because it was full, by map; each lost something: CGROUP_EVENT_COUNTS (a new cgroup's events went to the other row), CGROUP_NAMES (a new cgroup's path was not recorded: if it is gone before the next walk, its counts go to the other row), NETNS_TCP_BALANCE (a new namespace's sockets were counted as unresolved: its pod's est_conn and lis_conn read low until a re-check against its table corrects them; the node's stay exact), SOCKET_CALLS_IN_FLIGHT (a socket created through the syscall hook was not counted).", Counter, ["map"], Metrics::maps_full_series;
+        "feature_agent_ebpf_program_info", "One series per attached eBPF program: its hook type (raw_tp, tp_btf, tracepoint, fexit, kprobe), the kernel event or function, and the columns it feeds (space-separated).", Gauge, ["program", "hook", "target", "columns"], Metrics::program_info_series;
+        "feature_agent_ebpf_recursion_misses", "Events an eBPF program was not run for because it was already running on that CPU (a softirq interrupting it): those events are missing from its counts.", Counter, ["program"], Metrics::recursion_miss_series;
+        "feature_agent_ebpf_program_runs", "Times each eBPF program ran (counted by the kernel only while kernel.bpf_stats_enabled is 1).", Counter, ["program"], Metrics::program_run_series;
+        "feature_agent_ready", "1 when /readyz answers 200: rows reach the database.", Gauge, [], Metrics::ready_series;
+        "feature_agent_collection_duration_seconds", "Time to take one row (procfs, eBPF maps, detector).", Histogram, [], Metrics::collection_series;
+    }
+    state(interval_s) {
+        /// Time to take one row: 0.1 ms to about 3 s (the first, with the BTF parse, takes more).
+        collection_seconds: Histogram = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16));
+        /// Rows sampled (each sample is one collection).
+        collection_count: AtomicU64 = AtomicU64::default();
+        /// Unix time of the last sample, for /healthz's staleness check.
+        last_sample_unix: AtomicF64 = AtomicF64::default();
+        /// False once an eBPF map read fails (the programs no longer answer).
+        programs_ok: AtomicBool = AtomicBool::new(true);
+        /// Each loaded eBPF program's run count and recursion misses, refreshed by the sampler.
+        program_stats: std::sync::Mutex<Vec<crate::ebpf::ProgramStats>> = std::sync::Mutex::new(Vec::new());
+        /// The attached eBPF programs, set once at start.
+        program_info: std::sync::OnceLock<Vec<crate::ebpf::ProgramInfo>> = std::sync::OnceLock::new();
+        /// Inserts each eBPF map that can fill refused because it was full, by map name.
+        ebpf_maps_full: std::sync::Mutex<Vec<(&'static str, u64)>> = std::sync::Mutex::new(Vec::new());
+        /// Pod rows the detector judged anomalous, per namespace (bounded).
+        pod_alarms: std::sync::Mutex<PodAlarms> = std::sync::Mutex::new(PodAlarms::default());
+        /// Sampled time (Unix seconds) of the oldest row not yet in the database; 0: none.
+        oldest_unwritten_unix: AtomicF64 = AtomicF64::default();
+        /// The sampling interval, for /healthz's staleness check.
+        interval_s: f64 = interval_s;
+    }
+}
+
+impl Metrics {
+    fn build_info(&self) -> Series<'_> {
+        vec![(vec![env!("CARGO_PKG_VERSION").to_owned()], Value::Int(1))]
+    }
+
+    fn rows_sampled(&self) -> Series<'_> {
+        vec![(vec![], Value::Count(self.collection_count.load(Relaxed)))]
+    }
+
+    fn pod_alarm_series(&self) -> Series<'_> {
+        let series = self.pod_alarms.lock().map(|a| a.series()).unwrap_or_default();
+        series.into_iter().map(|(ns, n)| (vec![ns], Value::Count(n))).collect()
+    }
+
+    fn oldest_unwritten_series(&self) -> Series<'_> {
+        vec![(vec![], Value::Float(self.oldest_unwritten_age()))]
+    }
+
+    fn maps_full_series(&self) -> Series<'_> {
+        let maps = self.ebpf_maps_full.lock().map(|m| m.clone()).unwrap_or_default();
+        maps.into_iter().map(|(map, n)| (vec![map.to_owned()], Value::Count(n))).collect()
+    }
+
+    fn program_info_series(&self) -> Series<'_> {
+        let info = self.program_info.get().into_iter().flatten();
+        info.map(|p| {
+            let labels = vec![p.program.to_owned(), p.hook.to_owned(), p.target.to_owned(), p.columns.join(" ")];
+            (labels, Value::Int(1))
+        })
+        .collect()
+    }
+
+    fn recursion_miss_series(&self) -> Series<'_> {
+        let stats = self.program_stats.lock().map(|s| s.clone()).unwrap_or_default();
+        stats.into_iter().map(|p| (vec![p.program], Value::Count(p.recursion_misses))).collect()
+    }
+
+    fn program_run_series(&self) -> Series<'_> {
+        let stats = self.program_stats.lock().map(|s| s.clone()).unwrap_or_default();
+        stats.into_iter().map(|p| (vec![p.program], Value::Count(p.run_count))).collect()
+    }
+
+    fn ready_series(&self) -> Series<'_> {
+        vec![(vec![], Value::Int(i64::from(self.ready().is_ok())))]
+    }
+
+    fn collection_series(&self) -> Series<'_> {
+        vec![(vec![], Value::Histogram(&self.collection_seconds))]
+    }
 }
 
 /// Most namespaces /metrics names in the pod alarm counter; alarms of further namespaces are
@@ -181,61 +372,6 @@ pub fn unix_seconds(t: SystemTime) -> f64 {
 }
 
 impl Metrics {
-    pub fn new(interval_s: f64) -> Arc<Self> {
-        Arc::new(Metrics {
-            rows_written: AtomicU64::default(),
-            rows_anomalous: AtomicU64::default(),
-            rows_queued: AtomicU64::default(),
-            rows_spooled: AtomicU64::default(),
-            spool_bytes: AtomicU64::default(),
-            spool_max_bytes: AtomicU64::default(),
-            rows_dropped_queue_full: AtomicU64::default(),
-            rows_dropped_channel_full: AtomicU64::default(),
-            rows_dropped_spool_full: AtomicU64::default(),
-            rows_rejected: AtomicU64::default(),
-            rows_dropped_corrupt: AtomicU64::default(),
-            rows_dropped_shutdown: AtomicU64::default(),
-            spool_ack_damaged: AtomicU64::default(),
-            spool_segments_unreadable: AtomicU64::default(),
-            spool_segments_unremovable: AtomicU64::default(),
-            samples_skipped: AtomicU64::default(),
-            last_write_unix: AtomicF64::default(),
-            last_sample_unix: AtomicF64::default(),
-            programs_attached: AtomicU64::default(),
-            programs_failed: AtomicU64::default(),
-            // 0.1 ms to about 3 s: a row takes about 0.1 ms; the first, with the BTF parse, more.
-            collection_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.0001, 2.0, 16,
-            )),
-            collection_count: AtomicU64::default(),
-            last_collection_seconds: AtomicF64::default(),
-            database_up: AtomicBool::default(),
-            programs_ok: AtomicBool::new(true),
-            program_info: std::sync::OnceLock::new(),
-            program_stats: std::sync::Mutex::new(Vec::new()),
-            interval_s,
-            pod_rows_written: AtomicU64::default(),
-            pod_rows_last: AtomicU64::default(),
-            cgroup_overflow_events: AtomicU64::default(),
-            ebpf_maps_full: std::sync::Mutex::new(Vec::new()),
-            network_namespaces: AtomicU64::default(),
-            tcp_gauge_drifts: AtomicU64::default(),
-            rows_duplicate: AtomicU64::default(),
-            rows_dropped_clock_step: AtomicU64::default(),
-            clock_steps_forward: AtomicU64::default(),
-            clock_steps_backward: AtomicU64::default(),
-            database_timeouts: AtomicU64::default(),
-            node_name_in_use: AtomicBool::default(),
-            node_name_conflicts: AtomicU64::default(),
-            abandoned_sessions_ended: AtomicU64::default(),
-            oldest_unwritten_unix: AtomicF64::default(),
-            pod_alarms: std::sync::Mutex::new(PodAlarms::default()),
-            pod_baselines: AtomicU64::default(),
-            pod_baselines_evicted: AtomicU64::default(),
-            detector_state_save_failures: AtomicU64::default(),
-        })
-    }
-
     pub fn observe_collection(&self, seconds: f64) {
         self.collection_seconds.observe(seconds);
         self.collection_count.fetch_add(1, Relaxed);
@@ -389,269 +525,9 @@ fn single(enc: &mut DescriptorEncoder, name: &str, help: &str, metric: impl Enco
     metric.encode(m)
 }
 
-/// One counter with a label, a series per (label value, count).
-fn labelled_counter<'a>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    label: &str,
-    series: impl IntoIterator<Item = (&'a str, u64)>,
-) -> fmt::Result {
-    let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (value, n) in series {
-        ConstCounter::new(n).encode(family.encode_family(&[(label, value)])?)?;
-    }
-    Ok(())
-}
-
 impl Collector for Exposition {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let m = &self.0;
-        let c = |a: &AtomicU64| ConstCounter::new(a.load(Relaxed));
-        let g = |a: &AtomicU64| ConstGauge::new(a.load(Relaxed) as i64);
-        let mut info = enc.encode_descriptor(
-            "feature_agent_build_info",
-            "Version of the running agent.",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(1).encode(info.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
-        // Every sampled row is one collection: the same counter.
-        single(&mut enc, "feature_agent_rows_sampled", "Rows sampled.", c(&m.collection_count))?;
-        single(&mut enc, "feature_agent_rows_written", "Rows the database acknowledged.", c(&m.rows_written))?;
-        single(
-            &mut enc,
-            "feature_agent_rows_anomalous",
-            "Rows the streaming detector judged anomalous.",
-            c(&m.rows_anomalous),
-        )?;
-        let pod_alarms = m.pod_alarms.lock().map(|a| a.series()).unwrap_or_default();
-        labelled_counter(
-            &mut enc,
-            "feature_agent_pod_rows_anomalous",
-            "Pod and service rows the detector judged anomalous, by the pod's namespace ((host) for services; namespaces past the first 64 under (other namespaces)).",
-            "namespace",
-            pod_alarms.iter().map(|(ns, n)| (ns.as_str(), *n)),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_pod_baselines",
-            "Workloads the pod detector keeps baselines for.",
-            g(&m.pod_baselines),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_pod_baselines_evicted",
-            "Workloads whose baselines were dropped to keep within --pod-baselines (least recently seen first).",
-            c(&m.pod_baselines_evicted),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_detector_state_save_failures",
-            "Saves of the detector state file that failed (it keeps its previous state).",
-            c(&m.detector_state_save_failures),
-        )?;
-        single(&mut enc, "feature_agent_rows_queued", "Rows waiting in memory for the database.", g(&m.rows_queued))?;
-        single(
-            &mut enc,
-            "feature_agent_rows_spooled",
-            "Rows waiting in the on-disk spool for the database.",
-            g(&m.rows_spooled),
-        )?;
-        single(&mut enc, "feature_agent_spool_bytes", "Bytes of spool segments on disk.", g(&m.spool_bytes))?;
-        single(
-            &mut enc,
-            "feature_agent_spool_max_bytes",
-            "The spool's size bound (--spool-max-bytes; 0 without a spool): beyond it the oldest rows are dropped.",
-            g(&m.spool_max_bytes),
-        )?;
-        let queue_full = m.rows_dropped_queue_full.load(Relaxed) + m.rows_dropped_channel_full.load(Relaxed);
-        labelled_counter(
-            &mut enc,
-            "feature_agent_rows_dropped",
-            "Rows sampled that will never reach the database: the memory queue or the spool was full (oldest dropped), spool records were damaged, the database refused the row's content, at shutdown neither the database nor the spool took them, or the clock stepped back over an interval already stamped.",
-            "reason",
-            [
-                ("queue_full", queue_full),
-                ("spool_full", m.rows_dropped_spool_full.load(Relaxed)),
-                ("corrupt", m.rows_dropped_corrupt.load(Relaxed)),
-                ("rejected", m.rows_rejected.load(Relaxed)),
-                ("shutdown", m.rows_dropped_shutdown.load(Relaxed)),
-                ("clock_step", m.rows_dropped_clock_step.load(Relaxed)),
-            ],
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_rows_duplicate",
-            "Rows not written because the database already held a row of this node at their ts: a clock stepped back across a restart, a replay after a crash between commit and ack, or another agent with this node name.",
-            c(&m.rows_duplicate),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_oldest_unwritten_row_age_seconds",
-            "Seconds since the oldest row not yet in the database was sampled (0: none waits).",
-            ConstGauge::new(m.oldest_unwritten_age()),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_database_timeouts",
-            "Database calls (connect, write, migration, preparation) cut off by their deadline; the session was dropped and its rows kept.",
-            c(&m.database_timeouts),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_node_name_in_use",
-            "1 while another agent holds this node name's writer lease (rows wait in the spool).",
-            ConstGauge::new(i64::from(m.node_name_in_use.load(Relaxed))),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_node_name_conflicts",
-            "Connections that found another agent writing under this node name.",
-            c(&m.node_name_conflicts),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_abandoned_sessions_ended",
-            "Database sessions of this agent, cut off by a deadline earlier (a hung or black-holed server), that its next session ended.",
-            c(&m.abandoned_sessions_ended),
-        )?;
-        labelled_counter(
-            &mut enc,
-            "feature_agent_clock_steps",
-            "Steps of the wall clock against the monotonic clock between two samples (more than 0.5 s), by direction.",
-            "direction",
-            [("forward", m.clock_steps_forward.load(Relaxed)), ("backward", m.clock_steps_backward.load(Relaxed))],
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_pod_rows_written",
-            "Per-pod rows written to pod_features, in the same transaction as their node row (a node row counted in feature_agent_rows_dropped took its pod rows with it).",
-            c(&m.pod_rows_written),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_pod_rows_last",
-            "Per-pod rows in the last interval (pods, services and other).",
-            g(&m.pod_rows_last),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_cgroup_overflow_events",
-            "eBPF events counted in the other row because the per-cgroup map was full (raise --cgroup-map-entries).",
-            c(&m.cgroup_overflow_events),
-        )?;
-        let maps_full = m.ebpf_maps_full.lock().map(|m| m.clone()).unwrap_or_default();
-        labelled_counter(
-            &mut enc,
-            "feature_agent_ebpf_map_full",
-            "Inserts an eBPF map refused because it was full, by map; each lost something: CGROUP_EVENT_COUNTS (a new cgroup's events went to the other row), CGROUP_NAMES (a new cgroup's path was not recorded: if it is gone before the next walk, its counts go to the other row), NETNS_TCP_BALANCE (a new namespace's sockets were counted as unresolved: its pod's est_conn and lis_conn read low until a re-check against its table corrects them; the node's stay exact), SOCKET_CALLS_IN_FLIGHT (a socket created through the syscall hook was not counted).",
-            "map",
-            maps_full,
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_network_namespaces",
-            "Network namespaces whose TCP connection gauges (est_conn, lis_conn) the agent tracks, the host's included.",
-            g(&m.network_namespaces),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_tcp_gauge_drifts",
-            "Re-checks that found a namespace's connection gauges off its kernel table, and corrected them (each is logged).",
-            c(&m.tcp_gauge_drifts),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_samples_skipped",
-            "Scheduled samples not taken because the agent was late for them (the row of that interval does not exist).",
-            c(&m.samples_skipped),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_spool_ack_damaged",
-            "Times the spool's ack file was found damaged or missing; its rows were replayed from the oldest (duplicates are skipped by the database).",
-            c(&m.spool_ack_damaged),
-        )?;
-        labelled_counter(
-            &mut enc,
-            "feature_agent_spool_segments_damaged",
-            "Spool segment files the agent could not read (missing, a directory, unreadable: skipped, their rows counted as corrupt) or delete (forgotten, left on disk).",
-            "kind",
-            [
-                ("unreadable", m.spool_segments_unreadable.load(Relaxed)),
-                ("unremovable", m.spool_segments_unremovable.load(Relaxed)),
-            ],
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_last_write_timestamp_seconds",
-            "Unix time of the last successful database write (0: none yet).",
-            ConstGauge::new(m.last_write_unix.get()),
-        )?;
-        single(
-            &mut enc,
-            "feature_agent_database_up",
-            "1 if the last database operation succeeded.",
-            ConstGauge::new(i64::from(m.database_up.load(Relaxed))),
-        )?;
-        single(&mut enc, "feature_agent_ebpf_programs_attached", "eBPF programs attached.", g(&m.programs_attached))?;
-        single(
-            &mut enc,
-            "feature_agent_ebpf_programs_failed",
-            "eBPF programs that could not be attached.",
-            g(&m.programs_failed),
-        )?;
-        let mut programs = enc.encode_descriptor(
-            "feature_agent_ebpf_program_info",
-            "One series per attached eBPF program: its hook type (raw_tp, tp_btf, tracepoint, fexit, kprobe), the kernel event or function, and the columns it feeds (space-separated).",
-            None,
-            MetricType::Gauge,
-        )?;
-        for p in m.program_info.get().into_iter().flatten() {
-            let labels = [
-                ("program", p.program.to_string()),
-                ("hook", p.hook.to_string()),
-                ("target", p.target.to_string()),
-                ("columns", p.columns.join(" ")),
-            ];
-            ConstGauge::new(1).encode(programs.encode_family(&labels)?)?;
-        }
-        let stats = m.program_stats.lock().map(|s| s.clone()).unwrap_or_default();
-        labelled_counter(
-            &mut enc,
-            "feature_agent_ebpf_recursion_misses",
-            "Events an eBPF program was not run for because it was already running on that CPU (a softirq interrupting it): those events are missing from its counts.",
-            "program",
-            stats.iter().map(|p| (p.program.as_str(), p.recursion_misses)),
-        )?;
-        labelled_counter(
-            &mut enc,
-            "feature_agent_ebpf_program_runs",
-            "Times each eBPF program ran (counted by the kernel only while kernel.bpf_stats_enabled is 1).",
-            "program",
-            stats.iter().map(|p| (p.program.as_str(), p.run_count)),
-        )?;
-        let ready = i64::from(m.ready().is_ok());
-        single(
-            &mut enc,
-            "feature_agent_ready",
-            "1 when /readyz answers 200: rows reach the database.",
-            ConstGauge::new(ready),
-        )?;
-        let h = enc.encode_descriptor(
-            "feature_agent_collection_duration_seconds",
-            "Time to take one row (procfs, eBPF maps, detector).",
-            None,
-            MetricType::Histogram,
-        )?;
-        m.collection_seconds.encode(h)?;
-        single(
-            &mut enc,
-            "feature_agent_last_collection_duration_seconds",
-            "Time the last row took to collect.",
-            ConstGauge::new(m.last_collection_seconds.get()),
-        )
+        self.0.encode_declared(&mut enc)
     }
 }
 
@@ -674,6 +550,11 @@ mod tests {
         assert!(text.contains("feature_agent_collection_duration_seconds_sum 0.25\n"), "{text}");
         assert!(text.contains("feature_agent_collection_duration_seconds_count 1\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        // The exposition shows every declared metric (unlabelled ones without a `{}`).
+        for (name, ..) in Metrics::catalog() {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} missing:\n{text}");
+        }
+        assert!(!text.contains("{}"), "{text}");
         assert!(m.healthy(now_unix()).is_ok());
         m.programs_ok.store(false, Relaxed);
         assert!(m.healthy(now_unix()).unwrap_err().contains("eBPF"));

@@ -25,7 +25,7 @@ use feature_schema::pods::{OwnerKind, PodRow, Res, NETWORK_HOST, NETWORK_OWN, RE
 use tracing::debug;
 
 use crate::{
-    cgroups::{classify, pod_names, CgroupDir, Owner, PodName},
+    cgroups::{classify, pod_names, CgroupDir, Owner, PodName, TreeWalk},
     conn_gauges::ConnGauges,
     ebpf::{CgroupSnapshot, EbpfCounters},
     netns::{InterfaceTotals, Proc},
@@ -174,6 +174,12 @@ pub struct PodSampler {
     namespaces: NamespaceReader,
     /// Each live pod's (or unit's) own cgroup directory, open, by cgroup id.
     open_dirs: HashMap<u64, CgroupDir>,
+    /// The walks of the tree, which trust the last walk's leaves while the cgroup_mkdir hook
+    /// reports every cgroup made.
+    tree: TreeWalk,
+    /// Inserts the kernel's cgroup-name map refused, as last read (a refusal is a cgroup made
+    /// without a report).
+    names_refused: u64,
 }
 
 impl PodSampler {
@@ -189,6 +195,8 @@ impl PodSampler {
             unnamed: HashSet::new(),
             previous: None,
             open_dirs: HashMap::new(),
+            tree: TreeWalk::default(),
+            names_refused: 0,
             namespaces: NamespaceReader {
                 own: proc.own_key().ok(),
                 proc,
@@ -209,9 +217,24 @@ impl PodSampler {
         self.known.len()
     }
 
-    /// Every live cgroup: id -> path relative to the root (the root itself is "").
-    fn walk(&self) -> HashMap<u64, String> {
-        crate::cgroups::walk_tree(&self.root, MAX_DEPTH)
+    /// Every live cgroup: id -> path relative to the root (the root itself is ""). The walk
+    /// trusts the last one's leaves only while every cgroup made since was reported by the
+    /// cgroup_mkdir hook (`made`, its paths): the hook is attached and its map refused nothing.
+    fn walk(&mut self, ebpf: &EbpfCounters, made: &[(u64, String)]) -> HashMap<u64, String> {
+        let refused = ebpf
+            .maps_full()
+            .ok()
+            .and_then(|m| m.iter().find(|(map, _)| *map == agent_common::MAP_CGROUP_NAMES).map(|(_, n)| *n));
+        let reported = ebpf.reports_new_cgroups() && refused == Some(self.names_refused);
+        self.names_refused = refused.unwrap_or(0);
+        if reported {
+            for (_, path) in made {
+                self.tree.made(path);
+            }
+        } else {
+            self.tree.forget();
+        }
+        self.tree.walk(&self.root, MAX_DEPTH)
     }
 
     /// The rows of one interval, from `snap` (read by the caller with the node row, and kept as
@@ -232,10 +255,11 @@ impl PodSampler {
         interval_s: Option<f64>,
     ) -> Vec<PodRow> {
         // Named after the read: any cgroup in the snapshot was created before it.
-        for (id, path) in ebpf.take_new_cgroups() {
-            self.known.insert(id, classify(&path));
+        let made = ebpf.take_new_cgroups();
+        for (id, path) in &made {
+            self.known.insert(*id, classify(path));
         }
-        let live = self.walk();
+        let live = self.walk(ebpf, &made);
         for (id, path) in &live {
             self.known.entry(*id).or_insert_with(|| classify(path));
         }

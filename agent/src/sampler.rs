@@ -39,8 +39,9 @@ pub struct Sampler {
     pods: Option<PodSampler>,
     /// Events counted as overflow (the per-cgroup map was full), since the programs were loaded.
     cgroup_overflow: u64,
-    /// Tests only: the number (from 1) of the sample whose map read fails as a failed lookup
-    /// would, to check what the rows make of it.
+    /// The number (from 1) of the sample whose map read fails as a failed lookup would
+    /// (faults.rs).
+    #[cfg(feature = "fault-injection")]
     fail_read_at: Option<u64>,
     samples: u64,
 }
@@ -52,7 +53,8 @@ impl Sampler {
         self
     }
 
-    /// Tests only (hidden --test-fail-map-read): the map read of sample number `n` fails.
+    /// The map read of sample number `n` fails (--test-fail-map-read, faults.rs).
+    #[cfg(feature = "fault-injection")]
     pub fn with_failed_read_at(mut self, n: Option<u64>) -> Self {
         self.fail_read_at = n;
         self
@@ -89,6 +91,7 @@ impl Sampler {
             ebpf_ok: true,
             pods: None,
             cgroup_overflow: 0,
+            #[cfg(feature = "fault-injection")]
             fail_read_at: None,
             samples: 0,
         };
@@ -188,13 +191,14 @@ impl Sampler {
         }
         let pods_on = self.pods.is_some();
         self.samples += 1;
-        let read = if self.fail_read_at == Some(self.samples) && self.ebpf.is_some() {
-            Some(Err(crate::ebpf::EbpfError::Read {
+        let read = self.ebpf.as_mut().map(|e| if pods_on { e.read_all() } else { e.read().map(|s| (s, None)) });
+        #[cfg(feature = "fault-injection")]
+        let read = match read {
+            Some(_) if self.fail_read_at == Some(self.samples) => Some(Err(crate::ebpf::EbpfError::Read {
                 name: agent_common::MAP_CGROUP_EVENT_COUNTS,
                 source: aya::maps::MapError::KeyNotFound,
-            }))
-        } else {
-            self.ebpf.as_mut().map(|e| if pods_on { e.read_all() } else { e.read().map(|s| (s, None)) })
+            })),
+            read => read,
         };
         let (snap, cgroups) = match read {
             Some(Ok((s, c))) => (Some(s), c),

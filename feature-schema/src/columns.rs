@@ -117,7 +117,7 @@ columns! {
     /// Seconds since this agent's previous sample; NULL on the first row after start.
     interval_s: Option<f64> = sample(), "s", "the agent's monotonic clock";
 
-    // The 24 features of the reference paper (shared/spec/features.md), counters cumulative
+    // The 24 features of the reference paper (docs/features.md), counters cumulative
     // since boot as the kernel reports them, gauges as sampled.
     /// Idle CPU time per CPU, cumulative.
     cpu_sec_idle: Option<f64> = counter(0.05).down(), "s", "/proc/stat `cpuN` idle ticks / USER_HZ, averaged over CPUs";

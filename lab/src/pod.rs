@@ -5,7 +5,7 @@
 //! `<namespace>_<pod>_<uid>/<container>/` directory in a pod log directory the agent is pointed
 //! at (--pod-logs). A process joins a pod by writing itself to the container's cgroup.procs
 //! between fork and exec ([`LabPod::command`]); on a hybrid host this changes its v2 membership
-//! only (shared/spec/platform.md). A pod may have a network namespace of its own, as a
+//! only (docs/kernels.md, "This project's CI machine"). A pod may have a network namespace of its own, as a
 //! Kubernetes pod has: `ip netns` with loopback and one veth pair to the host (the pod's end
 //! `eth0` at 10.213.N.2/30, the host's at 10.213.N.1), its processes started through
 //! `ip netns exec`. Everything is removed when [`LabPods`] is dropped.

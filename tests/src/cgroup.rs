@@ -1,5 +1,6 @@
-//! Cgroups for tests, made in this host's cgroup v2 tree only (shared/spec/platform.md: on the
-//! hybrid host, writing a test process's pid to a v2 cgroup.procs changes v2 membership only).
+//! Cgroups for tests, made in this host's cgroup v2 tree only (docs/kernels.md, "This project's
+//! CI machine": on a hybrid host, writing a test process's pid to a v2 cgroup.procs changes v2
+//! membership only).
 use std::{
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},

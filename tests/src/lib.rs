@@ -123,7 +123,7 @@ pub fn sql(db: &str, query: &str) -> String {
 }
 
 /// A binary of this workspace, built (if stale) by cargo with the tests' profile.
-fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+fn workspace_bin(package: &str, bin: &str, features: &[&str]) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>
     let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps").to_path_buf();
@@ -132,6 +132,9 @@ fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root).args(["build", "--quiet", "--package", package, "--bin", bin]);
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
     cmd.arg("--target-dir").arg(&target_dir);
     if profile_dir.file_name().is_some_and(|p| p == "release") {
         cmd.arg("--release");
@@ -141,12 +144,15 @@ fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     profile_dir.join(bin)
 }
 
-/// The feature-agent binary (the node daemon), built (if stale) by cargo for this workspace, or
-/// the one FEATURE_AGENT_BIN names (a VM of `cargo xtask kernel-test` has no cargo).
+/// The feature-agent binary (the node daemon), built (if stale) by cargo for this workspace
+/// with the faults the tests inject (agent's `fault-injection` feature, the same build of the
+/// agent library as the tests'), or the one FEATURE_AGENT_BIN names (a VM of `cargo xtask
+/// kernel-test` has no cargo; its release binary injects nothing).
 pub fn agent_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        std::env::var_os("FEATURE_AGENT_BIN").map_or_else(|| workspace_bin("agent", "feature-agent"), PathBuf::from)
+        std::env::var_os("FEATURE_AGENT_BIN")
+            .map_or_else(|| workspace_bin("agent", "feature-agent", &["fault-injection"]), PathBuf::from)
     })
     .clone()
 }
@@ -154,7 +160,7 @@ pub fn agent_bin() -> PathBuf {
 /// The feature-lab binary (the research tools), built (if stale) by cargo for this workspace.
 pub fn lab_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_bin("lab", "feature-lab")).clone()
+    BIN.get_or_init(|| workspace_bin("lab", "feature-lab", &[])).clone()
 }
 
 /// A fresh, empty spool directory for one agent process (agents must not share one).

@@ -41,7 +41,7 @@ fn every_alert_has_a_firing_test() {
     let rules = std::fs::read_to_string(alerts_dir().join("feature-agent.rules.yml")).unwrap();
     let tests = std::fs::read_to_string(alerts_dir().join("feature-agent.rules.test.yml")).unwrap();
     let names: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).collect();
-    assert_eq!(names.len(), 8);
+    assert_eq!(names.len(), 9);
     for name in names {
         let fired = tests.split("alertname: ").skip(1).any(|t| t.starts_with(name) && t.contains("exp_labels"));
         assert!(fired, "no test expects {name} to fire");

@@ -444,3 +444,24 @@ fn file_writes_in_a_pod_count_the_folios_they_dirty() {
     let _ = std::fs::remove_file(&disk);
     let _ = std::fs::remove_file(&shm);
 }
+
+/// A pod's cgroup files stay open between reads (within the process's budget) and each read
+/// gives the file as it is now: CPU time run in the cgroup after the first read shows in the
+/// second. Once the cgroup is removed, its kept files read as NULL columns, not stale values.
+#[test]
+fn kept_cgroup_files_read_fresh_values_and_nothing_once_removed() {
+    if !have_root("kept_cgroup_files") {
+        return;
+    }
+    let _g = exclusive();
+    let cg = TestCgroup::new("kept", &[&format!("{CGROUPFS_POD}/{}", "7".repeat(64))]);
+    let mut dir = agent::cgroups::CgroupDir::open(&cg.leaves[0]).unwrap();
+    let cpu = |r: &[Option<i64>]| r[feature_schema::pods::Res::CpuUsage as usize];
+    let before = cpu(&dir.read_resources()).expect("cpu.stat is in every cgroup v2 directory");
+    assert!(dir.kept_files() >= 1, "cpu.stat is kept open");
+    assert!(in_cgroup(WORKLOAD, &["spawn", "200"], &cg.leaves[0]).status().unwrap().success());
+    let after = cpu(&dir.read_resources()).unwrap();
+    assert!(after > before, "usage_usec {before} then {after}: the kept file was read anew");
+    drop(cg);
+    assert_eq!(cpu(&dir.read_resources()), None, "a removed cgroup's kept file gives no value");
+}

@@ -579,10 +579,11 @@ fn a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns() {
     });
 }
 
-/// A failed map read (injected at the third sample through the hidden --test-fail-map-read):
-/// that row's eBPF columns are NULL and it has no pod rows; the next read is a fresh baseline
-/// for both (its row is NULL too, and has none); from the row after, counting resumes, each
-/// interval's pod rows cover one interval and add up to their node row.
+/// A failed map read (injected at the third sample through --test-fail-map-read, which only the
+/// tests' build of the agent has): that row's eBPF columns are NULL and it has no pod rows; the
+/// next read is a fresh baseline for both (its row is NULL too, and has none); from the row
+/// after, counting resumes, each interval's pod rows cover one interval and add up to their node
+/// row.
 #[test]
 fn a_failed_map_read_gives_null_then_a_fresh_baseline_for_node_and_pod_rows() {
     if !have_root("failed_map_read") {

@@ -202,7 +202,14 @@ unshare --mount --propagation private sh -c '
         );
     }
     let _ = std::fs::remove_dir_all(&empty);
-    eprintln!("image-check: {} runs alone in an empty root (eBPF loaded, 2 rows)", bin.display());
+    // The image's binary carries none of the faults the tests inject (agent's fault-injection
+    // feature): its option is unknown there.
+    let faults = Command::new(&bin).args(["print", "--records", "1", "--test-fail-map-read", "1"]).output()?;
+    let said = String::from_utf8_lossy(&faults.stderr);
+    if faults.status.success() || !said.contains("unexpected argument '--test-fail-map-read'") {
+        bail!("the image's binary takes the tests' fault options: {said}");
+    }
+    eprintln!("image-check: {} runs alone in an empty root (eBPF loaded, 2 rows) and injects no faults", bin.display());
     Ok(())
 }
 

@@ -669,7 +669,7 @@ const WORKLOAD_PACKETS: usize = 5;
 /// A pod container as a kubelet would leave it for the agent to see: the image's own agent in
 /// `print --no-ebpf` mode (any long-running process would do) in a network namespace of its own,
 /// joined to the host by a veth pair, its process in a kubelet-style cgroup of the v2 tree
-/// (v2 membership only: this host's own accounting is in v1, see shared/spec/platform.md), and
+/// (v2 membership only: this host's own accounting is in v1: docs/kernels.md, "This project's CI machine"), and
 /// its /var/log/pods directory. `WORKLOAD_PACKETS` UDP datagrams are sent into its namespace.
 /// Returns what to undo.
 fn start_workload_pod(ctr: &Containerd, entrypoint: &[String], work: &Path) -> anyhow::Result<WorkloadPod> {

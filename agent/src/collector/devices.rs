@@ -1,5 +1,5 @@
-//! Which disks and network interfaces the sums cover (shared/spec/features.md, "Device
-//! selection"). Defaults: whole, non-stacked block devices; physical interfaces. A regex option
+//! Which disks and network interfaces the sums cover (docs/features.md, "Which disks and
+//! interfaces"). Defaults: whole, non-stacked block devices; physical interfaces. A regex option
 //! replaces either default. Decisions are cached by name, so sysfs is read when a device first
 //! appears, not every interval; the cache is forgotten now and then so a reused name is re-checked.
 use std::{collections::HashMap, path::PathBuf};

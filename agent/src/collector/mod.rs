@@ -1,4 +1,4 @@
-//! The 24 procfs/sysfs features of shared/spec/features.md, one source per file. Every source
+//! The 24 procfs/sysfs features of the reference paper (docs/features.md), one source per file. Every source
 //! reads from a configurable root (`--procfs`, `--sysfs`, `--rootfs`), so the agent in a pod
 //! reads the host's files under /host/..., and the tests read fixture trees.
 //!
