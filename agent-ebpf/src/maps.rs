@@ -1,6 +1,6 @@
 //! The maps every program writes to, and the two operations on them. A map is named by its
 //! static's identifier, which must equal agent-common's MAP_* constant that the agent looks it
-//! up by (`#[map]` takes no constant); agent/src/ebpf.rs's tests check the built object holds
+//! up by (`#[map]` takes no constant); agent/src/sources/ebpf.rs's tests check the built object holds
 //! every MAP_* name, so a rename on one side only fails `cargo test`.
 use agent_common::{
     tcp_state, CgroupCounting, CgroupName, Event, EventCounts, KernelCondition, NetnsKeying, NetnsTcpBalance,

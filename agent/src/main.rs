@@ -1,4 +1,4 @@
 //! The `feature-agent` binary; everything lives in the library (see cli.rs).
 fn main() -> std::process::ExitCode {
-    agent::cli::main()
+    agent::daemon::cli::main()
 }

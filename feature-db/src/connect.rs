@@ -54,7 +54,8 @@ where
 {
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            warn!(error = %e, "database connection lost");
+            // tokio-postgres' Display of a server's error is only "db error": say its message.
+            warn!(error = describe(&e), "database connection lost");
         }
     })
 }

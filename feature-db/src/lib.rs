@@ -6,8 +6,6 @@
 pub mod args;
 pub mod connect;
 pub mod deadline;
-pub mod entry;
-pub mod host;
 pub mod migrate;
 
 pub use args::{

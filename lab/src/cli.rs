@@ -36,10 +36,10 @@ pub enum Command {
     ScenarioWorkload(crate::scenario::WorkloadArgs),
 }
 
-/// Entry point of the binary: feature-db's shared entry (arguments, logging, runtime, exit
-/// status) around this binary's commands.
+/// Entry point of the binary: the shared entry (arguments, logging, runtime, exit status) around
+/// this binary's commands; a password on the command line is refused.
 pub fn main() -> std::process::ExitCode {
-    feature_db::entry::main(|cli: Cli| async move {
+    feature_host::entry::main(feature_db::refuse_secrets_on_command_line, |cli: Cli| async move {
         match cli.command {
             Command::Label(a) => crate::label::command(a).await,
             Command::Scenario(a) => crate::scenario::command(a).await,

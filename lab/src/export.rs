@@ -663,7 +663,26 @@ async fn write_rows(
     Ok(total)
 }
 
+/// Refuses an output whose extension names the other format (`--format csv --output x.parquet`
+/// would write CSV into a file every Parquet reader rejects).
+fn check_extension(format: Format, output: &std::path::Path) -> anyhow::Result<()> {
+    let extension = output.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let named = match extension.as_deref() {
+        Some("csv") => Format::Csv,
+        Some("parquet") | Some("pq") => Format::Parquet,
+        _ => return Ok(()),
+    };
+    if named != format {
+        anyhow::bail!(
+            "--output {} names a {named:?} file but --format is {format:?}: change one of them",
+            output.display()
+        );
+    }
+    Ok(())
+}
+
 pub async fn command(args: ExportArgs) -> anyhow::Result<()> {
+    check_extension(args.format, &args.output)?;
     let mut client = args.database.connect(args.db_timeout.or(DB_TIMEOUT)).await?;
     client.require_current().await?;
     let (from, to) = args.window.resolve(&client).await?;
@@ -685,6 +704,17 @@ pub async fn command(args: ExportArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_named_for_the_other_format_is_refused() {
+        let p = std::path::Path::new;
+        assert!(check_extension(Format::Csv, p("rows.parquet")).unwrap_err().to_string().contains("--format is Csv"));
+        assert!(check_extension(Format::Parquet, p("rows.CSV")).is_err());
+        assert!(check_extension(Format::Csv, p("rows.csv")).is_ok());
+        assert!(check_extension(Format::Parquet, p("rows.parquet")).is_ok());
+        assert!(check_extension(Format::Csv, p("-")).is_ok());
+        assert!(check_extension(Format::Parquet, p("rows.out")).is_ok());
+    }
 
     #[test]
     fn csv_quotes_only_what_needs_it() {

@@ -689,7 +689,7 @@ pub async fn command(mut args: PlotArgs) -> anyhow::Result<()> {
             None => index_of(f).is_some(),
         };
         if !known {
-            bail!("--features: {f:?} is not a feature column (see `feature-lab export` or the README for the list)");
+            bail!("--features: {f:?} is not a feature column (docs/schema.md lists them)");
         }
     }
     if args.features.len() > 16 {

@@ -87,7 +87,7 @@ pub struct LabPods {
 impl LabPods {
     /// An empty set of pods, with its pod log directory under `scratch`.
     pub fn new(scratch: &Path) -> anyhow::Result<Self> {
-        let root = feature_db::host::cgroup2_root_of_this_host()
+        let root = feature_host::cgroup2_root_of_this_host()
             .context("no cgroup v2 tree is mounted: the drill's pods need one (or run it with --pods off)")?;
         let top = root.join(format!("feature-lab-{}", std::process::id()));
         let logs = scratch.join(format!("feature-lab-pod-logs-{}", std::process::id()));

@@ -30,12 +30,12 @@ use std::{
 };
 
 use agent::{
-    collector::{DiskSelector, InterfaceSelector, Roots, Sources},
-    detector::{Detector, DetectorOptions},
-    ebpf::{EbpfCounters, LoadOptions, SocketHook},
-    pod_detector::PodDetector,
-    sampler::Sampler,
-    tcp_diag::TcpDiag,
+    judging::detector::{Detector, DetectorOptions},
+    judging::pod_detector::PodDetector,
+    sources::collector::{DiskSelector, InterfaceSelector, Roots, Sources},
+    sources::ebpf::{EbpfCounters, LoadOptions, SocketHook},
+    sources::sampler::Sampler,
+    sources::tcp_diag::TcpDiag,
 };
 
 use tests::{pod_sampler, thread_cpu};
@@ -89,7 +89,7 @@ fn compare(
 }
 
 fn pod_benches(rows: &mut Vec<(String, String)>) {
-    let root = agent::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree");
+    let root = agent::sources::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree");
     let base = root.join(format!("feature-agent-bench-{}", std::process::id()));
     for n in [0usize, 100, 1000] {
         make_pod_cgroups(&base, n);
@@ -187,10 +187,10 @@ fn sampler(ebpf: bool) -> Sampler {
     let sources =
         Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
     let counters = ebpf.then(|| {
-        agent::ebpf::ensure_tracefs();
+        agent::sources::ebpf::ensure_tracefs();
         EbpfCounters::load().expect("eBPF loads")
     });
-    Sampler::new("bench".into(), sources, counters, Duration::from_secs(3600), agent::netns::Proc::default())
+    Sampler::new("bench".into(), sources, counters, Duration::from_secs(3600), agent::sources::netns::Proc::default())
 }
 
 /// Mean CPU time the detector takes to judge one row, over `n` rows: 64 real rows sampled 20 ms

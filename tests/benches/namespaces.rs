@@ -14,11 +14,11 @@
 use std::time::Duration;
 
 use agent::{
-    conn_gauges::ConnGauges,
-    ebpf::{EbpfCounters, LoadOptions},
-    netns::Proc,
-    sampler::Sampler,
-    tcp_diag::TcpDiag,
+    sources::conn_gauges::ConnGauges,
+    sources::ebpf::{EbpfCounters, LoadOptions},
+    sources::netns::Proc,
+    sources::sampler::Sampler,
+    sources::tcp_diag::TcpDiag,
 };
 use tests::cgroup::KubeletPods;
 

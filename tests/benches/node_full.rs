@@ -156,7 +156,7 @@ fn agent_bin() -> PathBuf {
 fn main() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the node_full bench needs root");
-    agent::ebpf::ensure_tracefs();
+    agent::sources::ebpf::ensure_tracefs();
     let rounds = env_u64("NODE_FULL_ROUNDS", 3);
     let intervals = env_u64("NODE_FULL_INTERVALS", 15);
     let mut agents = vec![("this tree".to_owned(), agent_bin())];

@@ -25,8 +25,8 @@ use std::{
 };
 
 use agent::{
-    collector::{DiskSelector, InterfaceSelector, Roots, Sources},
-    sampler::Sampler,
+    sources::collector::{DiskSelector, InterfaceSelector, Roots, Sources},
+    sources::sampler::Sampler,
 };
 use feature_db::{
     connect::{self as db},
@@ -54,8 +54,13 @@ fn main() {
     let roots = Roots::default();
     let sources =
         Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
-    let mut sampler =
-        Sampler::new("template".into(), sources, None, Duration::from_secs(3600), agent::netns::Proc::default());
+    let mut sampler = Sampler::new(
+        "template".into(),
+        sources,
+        None,
+        Duration::from_secs(3600),
+        agent::sources::netns::Proc::default(),
+    );
     let template = sampler.sample();
 
     // The servers, kept until the end (the query comparison uses both).

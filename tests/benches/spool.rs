@@ -11,9 +11,9 @@ use std::{
 };
 
 use agent::{
-    collector::{DiskSelector, InterfaceSelector, Roots, Sources},
-    sampler::Sampler,
-    spool::Spool,
+    delivery::spool::Spool,
+    sources::collector::{DiskSelector, InterfaceSelector, Roots, Sources},
+    sources::sampler::Sampler,
 };
 use tests::{agent_bin, fresh_spool_dir};
 
@@ -29,8 +29,13 @@ fn main() {
     let roots = Roots::default();
     let sources =
         Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
-    let mut sampler =
-        Sampler::new("bench-node".into(), sources, None, Duration::from_secs(3600), agent::netns::Proc::default());
+    let mut sampler = Sampler::new(
+        "bench-node".into(),
+        sources,
+        None,
+        Duration::from_secs(3600),
+        agent::sources::netns::Proc::default(),
+    );
     // A row as the agent writes it with eBPF: every counter and a verdict present.
     let mut template = sampler.sample();
     for (i, e) in agent_common::Event::ALL.iter().enumerate() {

@@ -16,7 +16,7 @@ pub struct TestCgroup {
 impl TestCgroup {
     /// Makes `<v2 root>/feature-agent-test-<name>-<pid>/<leaf>` for each leaf.
     pub fn new(name: &str, leaves: &[&str]) -> Self {
-        let root = agent::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree is mounted");
+        let root = agent::sources::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree is mounted");
         let top = root.join(format!("feature-agent-test-{name}-{}", std::process::id()));
         let _ = Self::remove_tree(&top);
         let leaves = leaves.iter().map(|l| top.join(l)).collect::<Vec<_>>();

@@ -344,7 +344,7 @@ impl Containerd {
 
     /// The PIDs in a container's cgroup of the v2 tree.
     pub fn pids(&self, pod: &Sandbox, container: &str) -> Vec<u32> {
-        let procs = agent::cgroups::cgroup2_root_of_this_host()
+        let procs = agent::sources::cgroups::cgroup2_root_of_this_host()
             .expect("a cgroup v2 tree")
             .join(pod.cgroup())
             .join(container)

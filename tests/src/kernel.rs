@@ -54,8 +54,8 @@ impl SocketHooks {
     }
 
     /// Every hook of `all`, as the agent's load option.
-    pub fn all_options(self) -> Vec<(agent::ebpf::SocketHook, &'static str)> {
-        use agent::ebpf::SocketHook;
+    pub fn all_options(self) -> Vec<(agent::sources::ebpf::SocketHook, &'static str)> {
+        use agent::sources::ebpf::SocketHook;
         let option = |hook| match hook {
             "fexit" => SocketHook::Fexit,
             "kprobe" => SocketHook::Kprobe,

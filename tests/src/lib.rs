@@ -335,20 +335,26 @@ pub fn thread_cpu() -> std::time::Duration {
 
 /// A sampler with per-pod rows on over this host's cgroup v2 tree, with the real eBPF programs
 /// (for the benches).
-pub fn pod_sampler() -> agent::sampler::Sampler {
+pub fn pod_sampler() -> agent::sources::sampler::Sampler {
     use agent::{
-        collector::{DiskSelector, InterfaceSelector, Roots, Sources},
-        ebpf::{EbpfCounters, LoadOptions},
-        netns::Proc,
+        sources::collector::{DiskSelector, InterfaceSelector, Roots, Sources},
+        sources::ebpf::{EbpfCounters, LoadOptions},
+        sources::netns::Proc,
     };
     let roots = Roots::default();
     let sources =
         Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
-    agent::ebpf::ensure_tracefs();
+    agent::sources::ebpf::ensure_tracefs();
     let counters = EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(4096), ..LoadOptions::default() })
         .expect("eBPF loads");
-    let root = agent::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree");
-    let pods = agent::pods::PodSampler::new(root, "/nonexistent".into(), Proc::default());
-    agent::sampler::Sampler::new("bench".into(), sources, Some(counters), Duration::from_secs(3600), Proc::default())
-        .with_pods(Some(pods))
+    let root = agent::sources::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree");
+    let pods = agent::sources::pods::PodSampler::new(root, "/nonexistent".into(), Proc::default());
+    agent::sources::sampler::Sampler::new(
+        "bench".into(),
+        sources,
+        Some(counters),
+        Duration::from_secs(3600),
+        Proc::default(),
+    )
+    .with_pods(Some(pods))
 }

@@ -520,7 +520,7 @@ fn an_agent_writes_through_a_worker() {
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{log}");
-    assert!(!log.contains("WARN agent::writer"), "{log}");
+    assert!(!log.contains("WARN agent::delivery::writer"), "{log}");
     let n = q(c, db, "SELECT count(*) FROM node_features WHERE node = 'via-worker'");
     assert_eq!(n, "6", "{log}");
     // Pod rows came with every interval but the run's first (which has no interval before it).

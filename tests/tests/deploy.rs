@@ -47,7 +47,7 @@ fn manifest(name: &str) -> String {
 
 #[test]
 fn every_option_the_manifests_pass_is_accepted_by_the_agent() {
-    let cli = agent::cli::Cli::command();
+    let cli = agent::daemon::cli::Cli::command();
     let mut checked = 0;
     for file in ["base/daemonset.yaml", "base/migrate-job.yaml"] {
         let yaml = manifest(file);

@@ -1,6 +1,6 @@
 //! The docs name what exists: every relative link of every Markdown file in the repository
 //! resolves to a file or directory, and every repository path a doc names in backticks (a word
-//! with a slash and a source file's extension, like `agent/src/pods.rs`) exists, relative to
+//! with a slash and a source file's extension, like `agent/src/sources/pods.rs`) exists, relative to
 //! the doc or to the repository's root. Paths on a running machine (absolute ones, `target/`)
 //! are not the repository's and are left alone.
 use std::path::{Path, PathBuf};
@@ -98,7 +98,7 @@ fn the_metrics_table_lists_every_declared_metric() {
         let name = if kind == "counter" { name.strip_suffix("_total").unwrap_or(name) } else { name };
         documented.push((name.to_owned(), kind, labels));
     }
-    let declared: Vec<(String, String, Vec<String>)> = agent::metrics::Metrics::catalog()
+    let declared: Vec<(String, String, Vec<String>)> = agent::daemon::metrics::Metrics::catalog()
         .into_iter()
         .map(|(name, kind, labels, _)| {
             let kind = match kind {
@@ -114,6 +114,6 @@ fn the_metrics_table_lists_every_declared_metric() {
     let stale: Vec<_> = documented.iter().filter(|d| !declared.contains(d)).collect();
     assert!(
         missing.is_empty() && stale.is_empty(),
-        "docs/monitoring.md's metrics table and agent/src/metrics.rs differ:\nnot documented: {missing:?}\ndocumented, not declared: {stale:?}"
+        "docs/monitoring.md's metrics table and agent/src/daemon/metrics.rs differ:\nnot documented: {missing:?}\ndocumented, not declared: {stale:?}"
     );
 }

@@ -72,10 +72,11 @@ fn a_30_s_outage_loses_nothing_and_metrics_match_the_rows() {
                     && k.contains("columns=tcp_to_est tcp_to_syn_sent")),
                 "{info:?}"
             );
-            // Each attached program's recursion misses are exported (0 on a quiet test run).
+            // Each attached program has a recursion-miss series (its value is whatever the
+            // kernel counted; what matters here is that /metrics names every program).
             for p in ["inet_sock_set_state", "sched_process_fork", "sched_process_exec", "sched_process_exit"] {
                 let misses = after.get(&format!("feature_agent_ebpf_recursion_misses_total{{program={p}}}"));
-                assert!(misses.is_some_and(|m| *m >= 0.0), "no recursion misses for {p}: {after:?}");
+                assert!(misses.is_some(), "no recursion-miss series for {p}: {after:?}");
             }
             checked = true;
             break;

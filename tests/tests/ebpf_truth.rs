@@ -12,10 +12,10 @@ use std::{
 };
 
 use agent::{
-    collector::{self, DiskSelector, InterfaceSelector, Roots, Sources},
-    ebpf::{EbpfCounters, EbpfSnapshot, LoadOptions, SocketHook},
-    sampler::Sampler,
-    tcp_diag::TcpDiag,
+    sources::collector::{self, DiskSelector, InterfaceSelector, Roots, Sources},
+    sources::ebpf::{EbpfCounters, EbpfSnapshot, LoadOptions, SocketHook},
+    sources::sampler::Sampler,
+    sources::tcp_diag::TcpDiag,
 };
 use agent_common::Event;
 use tests::{exactly, exclusive, expect_counts, have_root, Miss};
@@ -25,7 +25,7 @@ fn load() -> EbpfCounters {
 }
 
 fn load_with(options: LoadOptions) -> EbpfCounters {
-    agent::ebpf::ensure_tracefs();
+    agent::sources::ebpf::ensure_tracefs();
     let c = EbpfCounters::load_with(options).expect("the eBPF programs load into this kernel");
     assert!(c.failures().is_empty(), "every program attaches: {:?}", c.failures());
     let want = if options.classic_tracepoints { "tracepoint" } else { "tp_btf" };
@@ -243,7 +243,7 @@ fn sampler_with_ebpf() -> Sampler {
         sources,
         Some(load()),
         std::time::Duration::from_secs(3600),
-        agent::netns::Proc::default(),
+        agent::sources::netns::Proc::default(),
     )
 }
 
@@ -347,7 +347,7 @@ fn the_tcp_balance_is_kept_per_network_namespace() {
             .join()
             .unwrap()
         });
-        let own = agent::netns::Proc::default().own_key().unwrap();
+        let own = agent::sources::netns::Proc::default().own_key().unwrap();
         assert_ne!(key, own, "a namespace of its own has its own key");
         assert_eq!((before.established, before.listening), (0, 0), "classic={classic}: a fresh namespace");
         assert_eq!((held.established, held.listening), (14, 1), "classic={classic}: 7 connections, 1 listener");

@@ -13,15 +13,15 @@ use std::{
 };
 
 use agent::{
-    collector::{
-        diskstats, file_nr, loadavg, meminfo, netdev, sockstat, stat, vmstat, DiskSelector, InterfaceSelector,
-    },
-    spool::{
+    delivery::spool::{
         decode_segment_bytes,
         format::{crc32, frame, Frame, RECORD_HEADER},
         Spool,
     },
-    tcp_diag::{parse_messages, TcpConnCounts},
+    sources::collector::{
+        diskstats, file_nr, loadavg, meminfo, netdev, sockstat, stat, vmstat, DiskSelector, InterfaceSelector,
+    },
+    sources::tcp_diag::{parse_messages, TcpConnCounts},
 };
 use feature_schema::{
     pods::{OwnerKind, PodRow},

@@ -255,13 +255,13 @@ fn namespaces_found_at_the_start_are_seeded_a_few_at_a_time() {
     // 5, 10 and 15 loopback connections (both ends ESTABLISHED), held from before the seed.
     let _holders: Vec<Holder> =
         spaces.iter().enumerate().map(|(i, ns)| holder(ns, &["pairs", "9200", &(5 * (i + 1)).to_string()])).collect();
-    agent::ebpf::ensure_tracefs();
-    let ebpf = agent::ebpf::EbpfCounters::load().expect("the programs load");
-    let mut diag = agent::tcp_diag::TcpDiag::open().expect("a sock_diag socket");
-    let mut g = agent::conn_gauges::ConnGauges::seed(
+    agent::sources::ebpf::ensure_tracefs();
+    let ebpf = agent::sources::ebpf::EbpfCounters::load().expect("the programs load");
+    let mut diag = agent::sources::tcp_diag::TcpDiag::open().expect("a sock_diag socket");
+    let mut g = agent::sources::conn_gauges::ConnGauges::seed(
         &ebpf,
         Some(&mut diag),
-        agent::netns::Proc::default(),
+        agent::sources::netns::Proc::default(),
         Duration::from_secs(3600),
         Duration::ZERO,
     )

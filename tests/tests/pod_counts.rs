@@ -13,7 +13,7 @@ use std::{
     process::Stdio,
 };
 
-use agent::ebpf::{CgroupSnapshot, EbpfCounters, EbpfSnapshot, LoadOptions};
+use agent::sources::ebpf::{CgroupSnapshot, EbpfCounters, EbpfSnapshot, LoadOptions};
 use agent_common::{Event, KernelCondition, EVENT_COUNT};
 use tests::{
     cgroup::{in_cgroup, TestCgroup},
@@ -27,7 +27,7 @@ fn load() -> EbpfCounters {
 /// Per-cgroup counting on; with `fallbacks`, the classic and raw tracepoints (owner read with
 /// bpf_probe_read_kernel) instead of the BTF ones (owner read by direct loads).
 fn load_with(fallbacks: bool) -> EbpfCounters {
-    agent::ebpf::ensure_tracefs();
+    agent::sources::ebpf::ensure_tracefs();
     let options =
         LoadOptions { cgroup_map_entries: Some(4096), classic_tracepoints: fallbacks, ..LoadOptions::default() };
     let c = EbpfCounters::load_with(options).expect("the eBPF programs load into this kernel");
@@ -206,7 +206,7 @@ fn a_full_map_sends_new_cgroups_to_overflow_and_totals_still_add_up() {
     let _g = exclusive();
     let leaves: Vec<String> = (0..4).map(|i| format!("{CGROUPFS_POD}/c{i}")).collect();
     let cg = TestCgroup::new("overflow", &leaves.iter().map(String::as_str).collect::<Vec<_>>());
-    agent::ebpf::ensure_tracefs();
+    agent::sources::ebpf::ensure_tracefs();
     // Two entries: the machine's own activity fills them at once; the test cgroups cannot get one.
     let mut ebpf =
         EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(2), ..LoadOptions::default() }).unwrap();
@@ -257,11 +257,11 @@ fn maps_that_fill_count_the_inserts_they_refused() {
     let _g = exclusive();
     let leaves: Vec<String> = (0..10).map(|i| format!("{CGROUPFS_POD}/n{i}")).collect();
     let mut leaf_refs: Vec<&str> = vec!["storm"];
-    agent::ebpf::ensure_tracefs();
+    agent::sources::ebpf::ensure_tracefs();
     let options = LoadOptions {
         cgroup_map_entries: Some(4096),
         small_maps: Some(1),
-        socket_hook: agent::ebpf::SocketHook::Syscalls,
+        socket_hook: agent::sources::ebpf::SocketHook::Syscalls,
         ..LoadOptions::default()
     };
     let ebpf = EbpfCounters::load_with(options).unwrap();
@@ -315,9 +315,10 @@ fn a_thousand_cgroups_get_their_rows_and_are_forgotten_once_removed() {
     let leaves: Vec<String> = (0..PODS).map(|k| format!("kubepods/besteffort/pod{}/{k:064x}", uid(k))).collect();
     let cg = TestCgroup::new("thousand", &leaves.iter().map(String::as_str).collect::<Vec<_>>());
     let mut ebpf = load();
-    let root = agent::cgroups::cgroup2_root_of_this_host().unwrap();
-    let mut pods = agent::pods::PodSampler::new(root, "/nonexistent".into(), agent::netns::Proc::default());
-    let sample = |ebpf: &mut EbpfCounters, pods: &mut agent::pods::PodSampler| {
+    let root = agent::sources::cgroups::cgroup2_root_of_this_host().unwrap();
+    let mut pods =
+        agent::sources::pods::PodSampler::new(root, "/nonexistent".into(), agent::sources::netns::Proc::default());
+    let sample = |ebpf: &mut EbpfCounters, pods: &mut agent::sources::pods::PodSampler| {
         let (_, cgroups) = ebpf.read_all().unwrap();
         let cgroups = cgroups.unwrap();
         let rows = pods.sample(ebpf, cgroups.clone(), None, "thousand", std::time::SystemTime::now(), Some(1.0));
@@ -367,7 +368,7 @@ fn sockets_created_in_a_pod_are_counted_there_by_kind() {
     }
     let _g = exclusive();
     let cg = TestCgroup::new("sockets", &[&format!("{CGROUPFS_POD}/{}", "e".repeat(64))]);
-    agent::ebpf::ensure_tracefs();
+    agent::sources::ebpf::ensure_tracefs();
     for (socket_hook, hook) in tests::kernel::socket_hooks().all_options() {
         let options = LoadOptions { cgroup_map_entries: Some(4096), socket_hook, ..LoadOptions::default() };
         let ebpf = EbpfCounters::load_with(options).unwrap();
@@ -455,7 +456,7 @@ fn kept_cgroup_files_read_fresh_values_and_nothing_once_removed() {
     }
     let _g = exclusive();
     let cg = TestCgroup::new("kept", &[&format!("{CGROUPFS_POD}/{}", "7".repeat(64))]);
-    let mut dir = agent::cgroups::CgroupDir::open(&cg.leaves[0]).unwrap();
+    let mut dir = agent::sources::cgroups::CgroupDir::open(&cg.leaves[0]).unwrap();
     let cpu = |r: &[Option<i64>]| r[feature_schema::pods::Res::CpuUsage as usize];
     let before = cpu(&dir.read_resources()).expect("cpu.stat is in every cgroup v2 directory");
     assert!(dir.kept_files() >= 1, "cpu.stat is kept open");

@@ -4,7 +4,7 @@
 //! sources that still work fill their columns. No privileges needed.
 use std::path::{Path, PathBuf};
 
-use agent::collector::{CollectError, DiskSelector, InterfaceSelector, Roots, Sources};
+use agent::sources::collector::{CollectError, DiskSelector, InterfaceSelector, Roots, Sources};
 use feature_schema::FeatureRow;
 use serde_json::{Map, Value};
 

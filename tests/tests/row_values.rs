@@ -5,7 +5,7 @@
 //! the INSERT's parameters, the spool codec, the views or the export) fail here.
 use std::{collections::HashMap, fs::File, time::Duration};
 
-use agent::spool::Spool;
+use agent::delivery::spool::Spool;
 use feature_schema::{column_index, distinct_row, FeatureRow, Value, FEATURES, SCHEMA};
 use parquet::{
     file::reader::{FileReader, SerializedFileReader},

@@ -264,7 +264,7 @@ fn the_released_format_1_spool_is_upgraded_with_nothing_lost() {
     assert_eq!(s.stats().upgraded, 12);
     assert_eq!(s.pending_rows(), 12);
     let got = drain(&mut s);
-    crate::spool::legacy::assert_rows_are_what_that_release_printed(&got, &fixture.join("rows.jsonl"));
+    crate::delivery::spool::legacy::assert_rows_are_what_that_release_printed(&got, &fixture.join("rows.jsonl"));
     assert!(!dir.join("0000000000000001.spool").exists());
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -48,7 +48,7 @@ use tracing::{debug, error, info, warn};
 use feature_db::{connect::ConnectError, describe, Target};
 use feature_schema::FeatureRow;
 
-use crate::{metrics::Metrics, spool::Spool};
+use crate::{daemon::metrics::Metrics, delivery::spool::Spool};
 use backlog::Backlog;
 pub use session::Statements;
 use session::{is_row_error, lost_prepared_statement, Identity, OpenError, Session, WriteError, Written};
@@ -562,7 +562,8 @@ impl Writer {
                 // database that is down would only delay the stop.
                 info!(
                     spooled = self.backlog.spooled(),
-                    "the database is still away; the spooled rows wait for the next start"
+                    why = self.metrics.why_unwritten(),
+                    "the rows are not in the database; the spooled rows wait for the next start"
                 );
                 return State::Stopped;
             }
@@ -676,7 +677,7 @@ impl Writer {
         m.rows_duplicate.store(r.duplicate, Relaxed);
         m.pod_rows_written.store(r.pod_rows_written, Relaxed);
         m.rows_rejected.store(r.rejected, Relaxed);
-        m.last_write_unix.set(crate::metrics::now_unix());
+        m.last_write_unix.set(crate::daemon::metrics::now_unix());
         if rows.len() == 1 {
             log_row(&rows[0], done.written.new);
         } else {

@@ -11,11 +11,11 @@ use regex::Regex;
 use tracing::{info, warn};
 
 use crate::{
-    collector::{DiskSelector, InterfaceSelector, Roots, Sources},
-    detector::DetectorOptions,
-    ebpf::EbpfCounters,
-    pods::PodSampler,
-    sampler::Sampler,
+    judging::detector::DetectorOptions,
+    sources::collector::{DiskSelector, InterfaceSelector, Roots, Sources},
+    sources::ebpf::EbpfCounters,
+    sources::pods::PodSampler,
+    sources::sampler::Sampler,
 };
 
 #[derive(Debug, Args)]
@@ -54,8 +54,8 @@ pub struct SamplingArgs {
     /// Where socket creations (sock_alloc_*) are counted: auto = fexit on __sock_create, else a
     /// kprobe, else not at all (NULL); syscalls = the syscall-tracepoint fallback, which slows
     /// every syscall on the node; fexit / kprobe = only that; off = not counted.
-    #[arg(long, env = "SOCKET_HOOK", value_enum, default_value_t = crate::ebpf::SocketHook::Auto)]
-    pub socket_hook: crate::ebpf::SocketHook,
+    #[arg(long, env = "SOCKET_HOOK", value_enum, default_value_t = crate::sources::ebpf::SocketHook::Auto)]
+    pub socket_hook: crate::sources::ebpf::SocketHook,
     /// Do not load eBPF programs: eBPF columns are NULL, est_conn/lis_conn come from a dump.
     #[arg(long, env = "NO_EBPF", value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub no_ebpf: bool,
@@ -85,7 +85,7 @@ pub struct SamplingArgs {
     /// Faults the tests inject (faults.rs; only in a build with the `fault-injection` feature).
     #[cfg(feature = "fault-injection")]
     #[command(flatten)]
-    pub faults: crate::faults::Faults,
+    pub faults: crate::daemon::faults::Faults,
 }
 
 /// The streaming detector that judges every row (see detector.rs).
@@ -230,8 +230,8 @@ impl SamplingArgs {
             info!("eBPF disabled (--no-ebpf): eBPF columns will be NULL");
             return Ok(None);
         }
-        crate::ebpf::ensure_tracefs();
-        let options = crate::ebpf::LoadOptions {
+        crate::sources::ebpf::ensure_tracefs();
+        let options = crate::sources::ebpf::LoadOptions {
             classic_tracepoints: self.classic_tracepoints,
             socket_hook: self.socket_hook,
             cgroup_map_entries: per_cgroup.then_some(self.cgroup_map_entries),
@@ -270,12 +270,12 @@ impl SamplingArgs {
     }
 
     /// The wall clock the rows are stamped from.
-    pub fn clock(&self) -> Box<dyn crate::clock::WallClock> {
+    pub fn clock(&self) -> Box<dyn crate::daemon::clock::WallClock> {
         #[cfg(feature = "fault-injection")]
         if let Some(f) = &self.faults.clock_offset_file {
-            return Box::new(crate::faults::OffsetFileClock(f.clone()));
+            return Box::new(crate::daemon::faults::OffsetFileClock(f.clone()));
         }
-        Box::new(crate::clock::SystemClock)
+        Box::new(crate::daemon::clock::SystemClock)
     }
 
     pub fn sampler(&self) -> anyhow::Result<Sampler> {
@@ -296,7 +296,7 @@ impl SamplingArgs {
         let ebpf = self.load_ebpf(pods.is_some())?;
         let pods = if ebpf.is_some() { pods } else { None };
         let recheck = Duration::from_secs_f64(self.tcp_recheck_interval);
-        let proc = crate::netns::Proc::at(&roots.procfs);
+        let proc = crate::sources::netns::Proc::at(&roots.procfs);
         let sampler = Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck, proc).with_pods(pods);
         #[cfg(feature = "fault-injection")]
         let sampler = sampler.with_failed_read_at(self.faults.test_fail_map_read);
@@ -322,7 +322,7 @@ impl SamplingArgs {
                 return Ok(None);
             }
             Some(r) => bail!("--cgroup-root {}: no such directory", r.display()),
-            None => match crate::cgroups::cgroup2_root_of_this_host() {
+            None => match crate::sources::cgroups::cgroup2_root_of_this_host() {
                 Some(r) => r,
                 None => {
                     warn!("no cgroup v2 tree is mounted (a cgroup v1-only host): per-pod rows are unavailable; node rows are unchanged");
@@ -335,15 +335,15 @@ impl SamplingArgs {
         }
         // A few descriptors a pod stay open (its cgroup directory and files, its namespace's /proc
         // directory): 500 pods need more than the usual soft limit of 1024.
-        let open_files = crate::cgroups::raise_open_file_limit();
+        let open_files = crate::sources::cgroups::raise_open_file_limit();
         info!(
             cgroup_root = %root.display(),
             pod_logs = %self.pod_logs.display(),
             open_files,
-            kept_cgroup_files = crate::cgroups::kept_files_budget(),
+            kept_cgroup_files = crate::sources::cgroups::kept_files_budget(),
             "per-pod rows on"
         );
-        Ok(Some(PodSampler::new(root, self.pod_logs.clone(), crate::netns::Proc::at(&self.procfs))))
+        Ok(Some(PodSampler::new(root, self.pod_logs.clone(), crate::sources::netns::Proc::at(&self.procfs))))
     }
 }
 

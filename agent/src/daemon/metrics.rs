@@ -14,6 +14,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
@@ -31,7 +32,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio::{net::TcpListener, sync::Semaphore};
-use tracing::debug;
+use tracing::{debug, info};
 
 /// An f64 in an atomic.
 #[derive(Debug, Default)]
@@ -259,9 +260,12 @@ metrics! {
         /// False once an eBPF map read fails (the programs no longer answer).
         programs_ok: AtomicBool = AtomicBool::new(true);
         /// Each loaded eBPF program's run count and recursion misses, refreshed by the sampler.
-        program_stats: std::sync::Mutex<Vec<crate::ebpf::ProgramStats>> = std::sync::Mutex::new(Vec::new());
+        program_stats: std::sync::Mutex<Vec<crate::sources::ebpf::ProgramStats>> = std::sync::Mutex::new(Vec::new());
         /// The attached eBPF programs, set once at start.
-        program_info: std::sync::OnceLock<Vec<crate::ebpf::ProgramInfo>> = std::sync::OnceLock::new();
+        program_info: std::sync::OnceLock<Vec<crate::sources::ebpf::ProgramInfo>> = std::sync::OnceLock::new();
+        /// When the programs' kernel statistics were last read (a file per program: at most
+        /// every [`PROGRAM_STATS_EVERY`]).
+        program_stats_read: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
         /// Inserts each eBPF map that can fill refused because it was full, by map name.
         ebpf_maps_full: std::sync::Mutex<Vec<(&'static str, u64)>> = std::sync::Mutex::new(Vec::new());
         /// Pod rows the detector judged anomalous, per namespace (bounded).
@@ -371,7 +375,47 @@ pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
+/// How often the eBPF programs' run counts and recursion misses are read for /metrics.
+const PROGRAM_STATS_EVERY: Duration = Duration::from_secs(15);
+
 impl Metrics {
+    /// What the sampler and the row say after a sample: the eBPF programs' health and
+    /// statistics, the maps that filled, the namespaces tracked, the row's verdict and pod rows.
+    pub fn record_sample(&self, sampler: &crate::sources::sampler::Sampler, row: &feature_schema::FeatureRow) {
+        self.programs_ok.store(sampler.ebpf_ok(), Relaxed);
+        if let Ok(mut m) = self.ebpf_maps_full.lock() {
+            *m = sampler.maps_full();
+        }
+        if let Ok(mut read) = self.program_stats_read.lock() {
+            if read.is_none_or(|t| t.elapsed() >= PROGRAM_STATS_EVERY) {
+                *read = Some(std::time::Instant::now());
+                if let Ok(mut s) = self.program_stats.lock() {
+                    *s = sampler.program_stats();
+                }
+            }
+        }
+        if row.is_anomalous() {
+            self.rows_anomalous.fetch_add(1, Relaxed);
+        }
+        self.network_namespaces.store(sampler.namespaces() as u64, Relaxed);
+        self.tcp_gauge_drifts.store(sampler.tcp_gauge_drifts(), Relaxed);
+        if sampler.pods_on() {
+            self.pod_rows_last.store(row.pods.len() as u64, Relaxed);
+            self.cgroup_overflow_events.store(sampler.cgroup_overflow_events(), Relaxed);
+        }
+    }
+
+    /// Why rows the writer held at the stop were not written, as far as these counters tell.
+    pub fn why_unwritten(&self) -> &'static str {
+        if self.node_name_in_use.load(Relaxed) {
+            "another agent holds this node name's writer lease"
+        } else if !self.database_up.load(Relaxed) {
+            "the database was unreachable or refused the session: see the log above"
+        } else {
+            "the database was still taking the backlog when --shutdown-timeout ended the drain"
+        }
+    }
+
     pub fn observe_collection(&self, seconds: f64) {
         self.collection_seconds.observe(seconds);
         self.collection_count.fetch_add(1, Relaxed);
@@ -438,6 +482,19 @@ impl Metrics {
         }
         Ok(())
     }
+}
+
+/// Binds the metrics listener (unless "off") and serves it in the background.
+pub async fn start_listener(listen: &str, metrics: &Arc<Metrics>) -> anyhow::Result<()> {
+    if listen == "off" {
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}: cannot listen there (in use, or not an ADDRESS:PORT?)"))?;
+    info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(serve(listener, metrics.clone()));
+    Ok(())
 }
 
 /// Connections served at once (each holds at most an 8 KiB buffer); beyond it new connections

@@ -23,7 +23,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{detector::Baseline, spool::format::crc32};
+use crate::{delivery::spool::format::crc32, judging::detector::Baseline};
 
 const MAGIC: &str = "feature-agent detector state";
 const VERSION: u32 = 1;

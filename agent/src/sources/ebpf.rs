@@ -326,7 +326,7 @@ fn netns_keying(raw: Option<&[u8]>) -> NetnsKeying {
         warn!("no kernel BTF: est_conn and lis_conn are seeded from the agent's network namespace only");
         return NetnsKeying::default();
     };
-    match crate::btf::socket_netns_offsets(raw) {
+    match crate::sources::btf::socket_netns_offsets(raw) {
         Ok(o) => NetnsKeying {
             known: 1,
             sk_net: o.sk_net,
@@ -348,12 +348,12 @@ fn cgroup_counting(raw: Option<&[u8]>) -> CgroupCounting {
         warn!("per-pod TCP and reset counts unavailable: no kernel BTF to find a socket's cgroup (those pod columns are NULL)");
         return c;
     };
-    match crate::btf::socket_owner_offsets(raw) {
+    match crate::sources::btf::socket_owner_offsets(raw) {
         Ok(o) => {
             c.socket_owner_known = 1;
             (c.sk_state, c.sk_cgroup, c.cgroup_kn, c.kernfs_id) = (o.sk_state, o.sk_cgroup, o.cgroup_kn, o.kernfs_id);
             // The task path ends in the same cgroup.kn -> kernfs_node.id.
-            match crate::btf::task_cgroup_offsets(raw) {
+            match crate::sources::btf::task_cgroup_offsets(raw) {
                 Ok(t) => {
                     c.task_path_known = 1;
                     (c.task_cgroups, c.css_set_dfl_cgrp) = (t.task_cgroups, t.css_set_dfl_cgrp);

@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{collector::Malformed, tcp_diag::TcpConnCounts};
+use crate::{sources::collector::Malformed, sources::tcp_diag::TcpConnCounts};
 
 /// Where the host's /proc is (the agent's own, with hostPID; tests point elsewhere).
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::clock::WallClock;
+use crate::daemon::clock::WallClock;
 
 /// The faults, as options (each with its environment variable, for tests that set only those).
 #[derive(clap::Args, Debug, Clone, Default)]

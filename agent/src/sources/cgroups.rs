@@ -4,7 +4,7 @@
 //! namespaces and names from kubelet's /var/log/pods directories.
 use std::{collections::HashMap, path::Path};
 
-pub use feature_db::host::{cgroup2_mount, cgroup2_root_of_this_host};
+pub use feature_host::{cgroup2_mount, cgroup2_root_of_this_host};
 
 /// Kubernetes QoS class, from the cgroup path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,8 +6,11 @@ use clap::{Parser, Subcommand};
 use feature_db::DatabaseArgs;
 
 use crate::{
-    config::{RunArgs, SamplingArgs},
-    pipeline::{migrate_only, print, run},
+    daemon::config::{RunArgs, SamplingArgs},
+    daemon::{
+        commands::{migrate_only, print},
+        pipeline::run,
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -30,10 +33,10 @@ pub enum Command {
     /// Apply the migrations in migrations/ and exit. Re-running is a no-op.
     Migrate(DatabaseArgs),
 }
-/// Entry point of the binary: feature-db's shared entry (arguments, logging, runtime, exit
-/// status) around this binary's commands.
+/// Entry point of the binary: the shared entry (arguments, logging, runtime, exit status) around
+/// this binary's commands; a password on the command line is refused.
 pub fn main() -> std::process::ExitCode {
-    feature_db::entry::main(|cli: Cli| async move {
+    feature_host::entry::main(feature_db::refuse_secrets_on_command_line, |cli: Cli| async move {
         match cli.command {
             Command::Run(a) => run(*a).await,
             Command::Print(a) => print(a).await,

@@ -13,7 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use feature_schema::FeatureRow;
 
-use crate::{metrics::Metrics, spool::Spool};
+use crate::{daemon::metrics::Metrics, delivery::spool::Spool};
 
 pub struct Backlog {
     spool: Option<Spool>,
@@ -230,7 +230,7 @@ impl Backlog {
         let m = &self.metrics;
         m.rows_queued.store(self.memory.len() as u64, Relaxed);
         m.rows_dropped_queue_full.store(self.dropped_memory, Relaxed);
-        m.oldest_unwritten_unix.set(self.oldest.map_or(0.0, crate::metrics::unix_seconds));
+        m.oldest_unwritten_unix.set(self.oldest.map_or(0.0, crate::daemon::metrics::unix_seconds));
         if let Some(s) = &self.spool {
             m.rows_spooled.store(s.pending_rows(), Relaxed);
             m.spool_bytes.store(s.bytes(), Relaxed);

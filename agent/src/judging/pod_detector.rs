@@ -27,8 +27,8 @@ use feature_schema::{
 };
 
 use crate::{
-    detector::{Baseline, Baselines, DetectorOptions, Rates},
-    workload::workload_of,
+    judging::detector::{Baseline, Baselines, DetectorOptions, Rates},
+    sources::workload::workload_of,
 };
 
 /// A pod row the detector flagged.
@@ -353,7 +353,7 @@ mod model_tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::detector_state::{decode, encode, DetectorState};
+    use crate::judging::detector_state::{decode, encode, DetectorState};
 
     const WARMUP: usize = 3;
     const CAPACITY: usize = 4;

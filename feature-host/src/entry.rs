@@ -1,4 +1,5 @@
-//! The entry point both binaries share: parse the command line (refusing a password on it),
+//! The entry point both binaries share: parse the command line (refusing what the binary refuses
+//! on it, a password for one),
 //! log to stderr (RUST_LOG, default info), run the command on a single-threaded runtime, and
 //! turn its error into one logged line and exit status 1.
 use std::{future::Future, process::ExitCode};
@@ -6,15 +7,17 @@ use std::{future::Future, process::ExitCode};
 use clap::{CommandFactory, FromArgMatches};
 use tracing::error;
 
-/// Runs the binary whose command line is `C`, with `command` doing the work.
-pub fn main<C, F, Fut>(command: F) -> ExitCode
+/// Runs the binary whose command line is `C`, with `command` doing the work. `refuse` looks at
+/// the parsed command line first and names what it refuses (exit status 2), such as a password
+/// given on it (feature-db's `refuse_secrets_on_command_line`).
+pub fn main<C, F, Fut>(refuse: fn(&clap::ArgMatches) -> Result<(), String>, command: F) -> ExitCode
 where
     C: CommandFactory + FromArgMatches,
     F: FnOnce(C) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let matches = C::command().get_matches();
-    if let Err(e) = crate::refuse_secrets_on_command_line(&matches) {
+    if let Err(e) = refuse(&matches) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

@@ -12,12 +12,12 @@ use feature_schema::FeatureRow;
 use tracing::{info, warn};
 
 use crate::{
-    collector::Sources,
-    conn_gauges::ConnGauges,
-    ebpf::{EbpfCounters, EbpfSnapshot},
-    netns::Proc,
-    pods::PodSampler,
-    tcp_diag::{TcpConnCounts, TcpDiag},
+    sources::collector::Sources,
+    sources::conn_gauges::ConnGauges,
+    sources::ebpf::{EbpfCounters, EbpfSnapshot},
+    sources::netns::Proc,
+    sources::pods::PodSampler,
+    sources::tcp_diag::{TcpConnCounts, TcpDiag},
 };
 
 /// A count as an integer column; None if it does not fit.
@@ -106,12 +106,12 @@ impl Sampler {
     }
 
     /// The attached eBPF programs (none without eBPF).
-    pub fn program_infos(&self) -> Vec<crate::ebpf::ProgramInfo> {
+    pub fn program_infos(&self) -> Vec<crate::sources::ebpf::ProgramInfo> {
         self.ebpf.as_ref().map_or_else(Vec::new, |e| e.programs().to_vec())
     }
 
     /// Each loaded eBPF program's run count and recursion misses (none without eBPF).
-    pub fn program_stats(&self) -> Vec<crate::ebpf::ProgramStats> {
+    pub fn program_stats(&self) -> Vec<crate::sources::ebpf::ProgramStats> {
         self.ebpf.as_ref().map_or_else(Vec::new, |e| e.program_stats())
     }
 
@@ -134,7 +134,8 @@ impl Sampler {
         let Some(ebpf) = self.ebpf.as_ref().filter(|e| e.tcp_states_live()) else {
             return;
         };
-        self.gauges = ConnGauges::seed(ebpf, self.diag.as_mut(), proc, recheck, crate::conn_gauges::SEED_BUDGET);
+        self.gauges =
+            ConnGauges::seed(ebpf, self.diag.as_mut(), proc, recheck, crate::sources::conn_gauges::SEED_BUDGET);
         if self.gauges.is_none() {
             warn!("could not seed the TCP connection gauges; est_conn and lis_conn come from a dump every interval");
         }
@@ -153,7 +154,7 @@ impl Sampler {
     fn gauges(&mut self, snap: Option<&EbpfSnapshot>) -> (Option<i32>, Option<i32>) {
         if let (Some(s), Some(ebpf)) = (snap, self.ebpf.as_ref()) {
             if let Some(g) = self.gauges.as_mut() {
-                g.seed_pending(ebpf, crate::conn_gauges::SEED_BUDGET);
+                g.seed_pending(ebpf, crate::sources::conn_gauges::SEED_BUDGET);
                 if g.recheck_due() {
                     g.recheck(ebpf, self.diag.as_mut());
                 }
@@ -194,7 +195,7 @@ impl Sampler {
         let read = self.ebpf.as_mut().map(|e| if pods_on { e.read_all() } else { e.read().map(|s| (s, None)) });
         #[cfg(feature = "fault-injection")]
         let read = match read {
-            Some(_) if self.fail_read_at == Some(self.samples) => Some(Err(crate::ebpf::EbpfError::Read {
+            Some(_) if self.fail_read_at == Some(self.samples) => Some(Err(crate::sources::ebpf::EbpfError::Read {
                 name: agent_common::MAP_CGROUP_EVENT_COUNTS,
                 source: aya::maps::MapError::KeyNotFound,
             })),

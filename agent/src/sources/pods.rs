@@ -25,10 +25,10 @@ use feature_schema::pods::{OwnerKind, PodRow, Res, NETWORK_HOST, NETWORK_OWN, RE
 use tracing::debug;
 
 use crate::{
-    cgroups::{classify, pod_names, CgroupDir, Owner, PodName, TreeWalk},
-    conn_gauges::ConnGauges,
-    ebpf::{CgroupSnapshot, EbpfCounters},
-    netns::{InterfaceTotals, Proc},
+    sources::cgroups::{classify, pod_names, CgroupDir, Owner, PodName, TreeWalk},
+    sources::conn_gauges::ConnGauges,
+    sources::ebpf::{CgroupSnapshot, EbpfCounters},
+    sources::netns::{InterfaceTotals, Proc},
 };
 
 /// Most processes of a cgroup tried when looking for one to read the pod's namespace through.
@@ -112,10 +112,10 @@ impl NamespaceReader {
                 return Some(PodNetwork { host: true, interfaces: None, key: h.key });
             }
             self.buf.clear();
-            match crate::cgroups::read_file_at(&h.dir, c"net/dev", &mut self.buf) {
+            match crate::sources::cgroups::read_file_at(&h.dir, c"net/dev", &mut self.buf) {
                 Ok(()) => {
                     let key = h.key;
-                    let interfaces = crate::netns::parse_net_dev(&self.buf)
+                    let interfaces = crate::sources::netns::parse_net_dev(&self.buf)
                         .ok()
                         .map(|now| self.carried.entry(id.clone()).or_default().add(key, now));
                     return Some(PodNetwork { host: false, interfaces, key });
@@ -380,7 +380,7 @@ impl PodSampler {
                     resources,
                     ..PodRow::blank()
                 };
-                row.workload = Some(crate::workload::workload_of(&row));
+                row.workload = Some(crate::sources::workload::workload_of(&row));
                 row
             })
             .collect();

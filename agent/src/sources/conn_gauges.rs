@@ -28,9 +28,9 @@ use std::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    ebpf::{EbpfCounters, EbpfSnapshot, NetnsBalance},
-    netns::Proc,
-    tcp_diag::{TcpConnCounts, TcpDiag},
+    sources::ebpf::{EbpfCounters, EbpfSnapshot, NetnsBalance},
+    sources::netns::Proc,
+    sources::tcp_diag::{TcpConnCounts, TcpDiag},
 };
 
 /// How many times a seed or re-check reads a table while sockets of its namespace move.

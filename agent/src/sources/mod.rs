@@ -1,0 +1,14 @@
+//! What the agent reads, and the sampler that makes one row of it each interval: the procfs and
+//! sysfs features (`collector/`), the eBPF programs and their maps (`ebpf`, with `btf` for the
+//! kernel's field offsets), the cgroup tree and the pods in it (`cgroups`, `pods`, `workload`),
+//! network namespaces and their TCP tables (`netns`, `tcp_diag`, `conn_gauges`).
+pub mod btf;
+pub mod cgroups;
+pub mod collector;
+pub mod conn_gauges;
+pub mod ebpf;
+pub mod netns;
+pub mod pods;
+pub mod sampler;
+pub mod tcp_diag;
+pub mod workload;
