@@ -1,5 +1,5 @@
 # A minimal image of the static feature-agent binary.
-#   docker build -t feature-agent:0.1.0 .
+#   docker build -t feature-agent:0.2.0 .
 # Stage 1 installs what scripts/setup.sh installs for building (rust-src and bpf-linker, for
 # the eBPF object) and runs `cargo xtask build-static`: a static-pie binary (glibc >= 2.34 has
 # the files and dns name services built in, so it needs no shared library at run time). CI runs

@@ -474,13 +474,78 @@ pub fn table(scores: &[ScenarioScore], sql_threshold: f64) -> String {
     out
 }
 
+/// Windows labelled by hand (rows labelled attack whose attack_type no scenario run of the window
+/// names, which is how a real attack gets into a dataset) as runs of their own: each stretch of
+/// consecutive rows of one node with one attack_type is a run named by it, starting one interval
+/// before its first row (a row covers the interval that ends at its ts) and ending at its last.
+pub fn hand_labelled_runs(rows: &[JudgedRow], runs: &[Run]) -> Vec<Run> {
+    let mut by_node: BTreeMap<&str, Vec<&JudgedRow>> = BTreeMap::new();
+    for r in rows {
+        by_node.entry(r.node.as_str()).or_default().push(r);
+    }
+    let mut out: Vec<Run> = Vec::new();
+    for (node, mut node_rows) in by_node {
+        node_rows.sort_by_key(|r| r.ts);
+        // The node's interval: the smallest step between its rows (10 s if it has one row).
+        let interval = node_rows
+            .windows(2)
+            .filter_map(|w| w[1].ts.duration_since(w[0].ts).ok())
+            .filter(|d| !d.is_zero())
+            .min()
+            .unwrap_or(std::time::Duration::from_secs(10));
+        let mut i = 0;
+        while i < node_rows.len() {
+            let r = node_rows[i];
+            let name = r.attack_type.clone().unwrap_or_else(|| "(no attack_type)".to_owned());
+            if !r.attack || runs.iter().any(|run| run.name == name) {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j + 1 < node_rows.len()
+                && node_rows[j + 1].attack
+                && node_rows[j + 1].attack_type == r.attack_type
+                && node_rows[j + 1].ts.duration_since(node_rows[j].ts).is_ok_and(|d| d <= interval * 3 / 2)
+            {
+                j += 1;
+            }
+            out.push(Run {
+                node: node.to_owned(),
+                name,
+                started_at: r.ts - interval,
+                ended_at: node_rows[j].ts,
+                interval_s: interval.as_secs_f64(),
+                pod: None,
+            });
+            i = j + 1;
+        }
+    }
+    out
+}
+
 pub async fn command(args: EvaluateArgs) -> anyhow::Result<()> {
     let client = args.database.connect(args.db_timeout.or(DB_TIMEOUT)).await?;
     client.require_current().await?;
     let (from, to) = args.window.resolve(&client).await?;
-    let (rows, runs) = load(&client, args.node.as_deref(), from, to, args.sql_threshold).await?;
+    let (rows, mut runs) = load(&client, args.node.as_deref(), from, to, args.sql_threshold).await?;
+    if rows.is_empty() {
+        if let Some(node) = &args.node {
+            let known: Vec<String> = client
+                .query("SELECT DISTINCT node FROM node_features ORDER BY 1 LIMIT 20", &[])
+                .await
+                .context("listing the nodes")?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+            anyhow::bail!("no rows of node {node:?} in this window; nodes with rows: {}", known.join(", "));
+        }
+        anyhow::bail!("no rows in this window");
+    }
+    runs.extend(hand_labelled_runs(&rows, &runs));
     if runs.is_empty() {
-        anyhow::bail!("no scenario runs in this window: run `feature-lab scenario` (or `drill`) first");
+        anyhow::bail!(
+            "nothing to score in this window: no scenario runs and no rows labelled attack (`feature-lab scenario`, `drill`, or `label` first)"
+        );
     }
     print_report(&rows, &runs, args.sql_threshold, args.json)
 }
@@ -567,6 +632,38 @@ mod tests {
             pods: None,
             sql_pods: None,
         }
+    }
+
+    /// A window labelled by hand is scored as a run of its attack_type: one per stretch of
+    /// consecutive rows, named windows of scenario runs left to those runs.
+    #[test]
+    fn windows_labelled_by_hand_are_scored_as_runs() {
+        let rows = vec![
+            row(10, None, Some(false), false),
+            row(20, Some("exfil"), Some(false), false),
+            row(30, Some("exfil"), Some(true), true),
+            row(40, None, Some(false), false),
+            row(50, Some("exfil"), Some(true), false),
+            row(60, Some("x"), Some(true), false),
+        ];
+        let scenario = Run {
+            node: "n".into(),
+            name: "x".into(),
+            started_at: at(55),
+            ended_at: at(60),
+            interval_s: 10.0,
+            pod: None,
+        };
+        let hand = hand_labelled_runs(&rows, std::slice::from_ref(&scenario));
+        assert_eq!(hand.len(), 2, "{hand:?}");
+        assert_eq!((hand[0].name.as_str(), hand[0].started_at, hand[0].ended_at), ("exfil", at(10), at(30)));
+        assert_eq!((hand[1].started_at, hand[1].ended_at, hand[1].interval_s), (at(40), at(50), 10.0));
+        let mut runs = vec![scenario];
+        runs.extend(hand);
+        let scores = evaluate(&rows, &runs);
+        let exfil = scores.iter().find(|s| s.scenario == "exfil").unwrap();
+        assert_eq!((exfil.runs, exfil.rows, exfil.detector.runs_detected), (2, 3, 2));
+        assert!(unmatched_attack_rows(&rows, &runs).is_empty());
     }
 
     #[test]

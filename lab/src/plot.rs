@@ -111,6 +111,8 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(188, 189, 34),
 ];
 const FONT: &str = "sans-serif";
+/// Height given to each line of the |z| legend (its 12 px font takes about 17).
+const LEGEND_LINE_PX: u32 = 21;
 static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// `text` as the embedded font can draw it: a character it has no glyph for (CJK, emoji) is
@@ -157,6 +159,25 @@ pub struct PlotSummary {
     pub gaps: usize,
     /// Per feature drawn, the rows whose SQL z-score is NULL (drawn as gaps).
     pub z_null: Vec<(String, usize)>,
+    /// Pixel row of the |z| panel's clipped maximum: no line is drawn above it, and the legend
+    /// sits above it.
+    pub z_clip_y: u32,
+    /// Default features left out because they have no value in the window (columns this kernel
+    /// or cgroup tree leaves NULL); a feature asked for by name is always drawn.
+    pub left_out: Vec<String>,
+}
+
+impl PlotData {
+    /// Drops the features with no value in any row; returns their indices.
+    fn drop_empty(&mut self) -> Vec<usize> {
+        let empty: Vec<usize> =
+            (0..self.values.len()).filter(|&k| self.values[k].iter().all(Option::is_none)).collect();
+        for &k in empty.iter().rev() {
+            self.values.remove(k);
+            self.z.remove(k);
+        }
+        empty
+    }
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
@@ -303,11 +324,13 @@ fn render(
     const TITLE: u32 = 56;
     const STRIP: u32 = 46;
     const PANEL: u32 = 120;
-    const ZPANEL: u32 = 260;
     const Y_LABELS: u32 = 110;
     const RIGHT: u32 = 24;
     let k = names.len() as u32;
-    let height = TITLE + STRIP + k * PANEL + ZPANEL;
+    // The |z| panel: 200 px of data, and room above them for the legend (a line per feature and
+    // one for the threshold), which the panel's y axis leaves free.
+    let zpanel = 200 + LEGEND_LINE_PX * (k + 1) + 16;
+    let height = TITLE + STRIP + k * PANEL + zpanel;
     let mut buf = vec![255u8; (width * height * 3) as usize];
     let summary = {
         let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
@@ -470,21 +493,26 @@ fn draw(
         }
     }
 
-    // |z| panel: each feature's SQL z-score, clipped at 4x the threshold, threshold dashed.
+    // |z| panel: each feature's SQL z-score, clipped at 4x the threshold, threshold dashed. The
+    // legend sits in a band above the clipped maximum, where no line is drawn, so it never
+    // covers one: the y axis goes that much higher than the data can.
     let zmax = threshold * 4.0;
+    let legend_px = f64::from(LEGEND_LINE_PX) * (names.len() + 1) as f64 + 16.0;
+    let plot_px = (f64::from(z_area.dim_in_pixel().1) - 58.0).max(1.0);
+    let ytop = zmax / (1.0 - (legend_px / plot_px).min(0.6));
     let mut chart = ChartBuilder::on(&z_area)
         .margin_top(8)
         .margin_right(right)
         .margin_bottom(6)
         .y_label_area_size(y_labels)
         .x_label_area_size(44)
-        .build_cartesian_2d(xs.clone(), 0.0..zmax)?;
+        .build_cartesian_2d(xs.clone(), 0.0..ytop)?;
     chart
         .configure_mesh()
         .x_labels(10)
         .y_labels(5)
         .x_label_formatter(&time_label)
-        .y_label_formatter(&|v| fmt_value(*v))
+        .y_label_formatter(&|v| if *v <= zmax * 1.001 { fmt_value(*v) } else { String::new() })
         .x_desc(format!("time (UTC, {})", iso(t0).chars().take(10).collect::<String>()))
         .y_desc(format!("SQL |z| (clipped at {})", fmt_value(zmax)))
         .label_style((FONT, 12))
@@ -492,7 +520,7 @@ fn draw(
         .light_line_style(WHITE)
         .bold_line_style(RGBColor(235, 235, 235))
         .draw()?;
-    bands(&mut chart, 0.0, zmax)?;
+    bands(&mut chart, 0.0, ytop)?;
     let dash = line.span / 120.0;
     chart
         .draw_series((0..120).step_by(2).map(|d| {
@@ -535,6 +563,7 @@ fn draw(
         .label_font((FONT, 12))
         .draw()?;
     let plot_right = chart.backend_coord(&(line.span, 0.0)).0 as u32;
+    let z_clip_y = chart.backend_coord(&(0.0, zmax)).1.max(0) as u32;
 
     Ok(PlotSummary {
         output: String::new(),
@@ -550,6 +579,8 @@ fn draw(
         unjudged: data.judged.iter().filter(|j| !**j).count(),
         gaps: line.after_gap.iter().filter(|g| **g).count(),
         z_null,
+        z_clip_y,
+        left_out: Vec::new(),
     })
 }
 
@@ -644,10 +675,12 @@ async fn load_pod(
             _ => format!("d.{n}::float8"),
         })
         .collect();
+    // The `other` row (cgroups of no pod or service) is never judged: it has no workload, so
+    // there is no warm-up to grey either.
     let sql = series_sql(
         &cols,
         names,
-        "d.anomalous_features IS NOT NULL, coalesce(cardinality(d.anomalous_features), 0) > 0",
+        "(d.anomalous_features IS NOT NULL OR d.kind = 'other'), coalesce(cardinality(d.anomalous_features), 0) > 0",
         "pod_feature_deltas d
          LEFT JOIN pod_feature_zscores z ON z.node = d.node AND z.ts = d.ts AND z.kind = d.kind AND z.owner = d.owner",
         "d.node = $1 AND (d.owner = $4 OR d.namespace || '/' || d.pod = $4)",
@@ -678,7 +711,8 @@ fn plot_data(rows: &[tokio_postgres::Row], k: usize) -> PlotData {
 }
 
 pub async fn command(mut args: PlotArgs) -> anyhow::Result<()> {
-    if args.features.is_empty() {
+    let defaults = args.features.is_empty();
+    if defaults {
         let default = if args.pod.is_some() { DEFAULT_POD_FEATURES } else { DEFAULT_FEATURES };
         args.features = default.split(',').map(str::to_owned).collect();
     }
@@ -698,7 +732,7 @@ pub async fn command(mut args: PlotArgs) -> anyhow::Result<()> {
     let client = args.database.connect(args.db_timeout.or(DB_TIMEOUT)).await?;
     client.require_current().await?;
     let (from, to) = args.window.resolve(&client).await?;
-    let (data, title) = match &args.pod {
+    let (mut data, title) = match &args.pod {
         None => (load(&client, &args.node, &args.features, from, to).await?, format!("node {}", args.node)),
         Some(pod) => {
             (load_pod(&client, &args.node, pod, &args.features, from, to).await?, format!("{} pod {pod}", args.node))
@@ -707,7 +741,16 @@ pub async fn command(mut args: PlotArgs) -> anyhow::Result<()> {
     if data.ts.len() < 2 {
         bail!("{title} has {} rows in this window; a plot needs at least 2", data.ts.len());
     }
+    // The default panels skip what has no value here (a pod's memory and io on a cgroup tree
+    // without those controllers), rather than draw empty panels.
+    let mut left_out = Vec::new();
+    if defaults && data.values.len() == args.features.len() {
+        for k in data.drop_empty().into_iter().rev() {
+            left_out.insert(0, args.features.remove(k));
+        }
+    }
     let (rgb, mut summary) = render(&data, &args.features, &title, args.threshold, args.width)?;
+    summary.left_out = left_out;
     write_png(&args.output, summary.width, summary.height, &rgb)?;
     summary.output = args.output.display().to_string();
     // With the image on standard output, the summary goes to standard error.
@@ -786,6 +829,34 @@ mod tests {
         assert_eq!(z.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 5, 4]);
     }
 
+    /// The |z| legend's box lies wholly above the clipped maximum, so it covers no line, even
+    /// with many features whose z is clipped at the top all along.
+    #[test]
+    fn the_legend_covers_no_line() {
+        let mut d = data(12);
+        let names: Vec<String> = ["load1", "load5", "load15", "intr", "ctxt", "open_fds"].map(str::to_owned).to_vec();
+        d.values = vec![vec![Some(1.0); 12]; names.len()];
+        d.z = vec![vec![Some(100.0); 12]; names.len()];
+        let (buf, s) = render(&d, &names, "n", 2.0, 800).unwrap();
+        let border = [160u8, 160, 160];
+        // (Only the |z| panel's rows: text elsewhere has pixels of that grey too.)
+        let rows: Vec<u32> = (s.panels_bottom..s.height)
+            .filter(|y| (0..s.width).any(|x| buf[((y * s.width + x) * 3) as usize..][..3] == border))
+            .collect();
+        // The legend's box is the longest run of consecutive such rows (its two sides); a lone
+        // row of that grey is a glyph's edge.
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for &y in &rows {
+            match runs.last_mut() {
+                Some(run) if run.1 + 1 == y => run.1 = y,
+                _ => runs.push((y, y)),
+            }
+        }
+        let legend = runs.iter().max_by_key(|(a, b)| b - a).copied().expect("the legend's border is drawn");
+        assert!(legend.1 - legend.0 > 100, "a box for seven lines: {runs:?}");
+        assert!(legend.1 < s.z_clip_y, "legend rows {legend:?}, clipped maximum at row {}", s.z_clip_y);
+    }
+
     #[test]
     fn a_feature_with_no_value_still_gets_its_panel_and_legend() {
         let mut d = data(12);
@@ -824,5 +895,18 @@ mod tests {
         assert_eq!(drawable("pöd-Ωж"), "pöd-Ωж");
         assert_eq!(drawable("pod-名前"), "pod-<U+540D><U+524D>");
         assert_eq!(drawable("scan 🔥"), "scan <U+1F525>");
+    }
+
+    #[test]
+    fn features_without_a_value_are_dropped_with_their_z_scores() {
+        let mut d = PlotData {
+            ts: vec![0.0, 1.0],
+            values: vec![vec![Some(1.0), None], vec![None, None], vec![None, Some(2.0)]],
+            z: vec![vec![None, None], vec![Some(9.0), None], vec![None, None]],
+            ..PlotData::default()
+        };
+        assert_eq!(d.drop_empty(), vec![1]);
+        assert_eq!(d.values, vec![vec![Some(1.0), None], vec![None, Some(2.0)]]);
+        assert_eq!(d.z.len(), 2);
     }
 }

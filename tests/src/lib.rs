@@ -163,6 +163,23 @@ pub fn lab_bin() -> PathBuf {
     BIN.get_or_init(|| workspace_bin("lab", "feature-lab", &[])).clone()
 }
 
+/// `s` as an SQL string literal: single-quoted, its quotes doubled.
+pub fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A finished process's standard error, as text.
+pub fn stderr_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Sends SIGTERM to a child (an agent) and collects its output once it has exited.
+pub fn terminate(child: std::process::Child) -> Output {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait_with_output().expect("waiting for the child")
+}
+
 /// A fresh, empty spool directory for one agent process (agents must not share one).
 pub fn fresh_spool_dir() -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);

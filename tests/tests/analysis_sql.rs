@@ -194,16 +194,3 @@ fn sql_deltas_zscores_and_flags_match_hand_computed_values() {
         "raw-counter z",
     );
 }
-
-#[test]
-fn feature_catalog_matches_the_agent() {
-    if !have_root("feature_catalog_matches_the_agent") {
-        return;
-    }
-    let db = "analysis_catalog";
-    migrated_database(db);
-    let in_db = sql(db, "SELECT feature || ':' || kind FROM feature_catalog ORDER BY ordinal");
-    let in_agent: Vec<String> =
-        feature_schema::FEATURES.iter().map(|f| format!("{}:{}", f.column, f.kind.as_str())).collect();
-    assert_eq!(in_db, in_agent.join("\n"));
-}

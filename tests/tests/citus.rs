@@ -8,7 +8,7 @@
 //! and all, upgrades in place. Citus must be installed (tests/src/lib.rs: have_citus).
 use std::{
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tests::{agent_bin, citus, exclusive, have_citus, run_agent, run_lab, schemas};
@@ -16,20 +16,8 @@ use throwaway_pg::citus::ThrowawayCitus;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn q(c: &ThrowawayCitus, db: &str, sql: &str) -> String {
     c.psql(db, sql).unwrap_or_else(|e| panic!("{sql}: {e}")).trim_end().to_owned()
-}
-
-fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Migrates `db` on the cluster with `feature-agent migrate`, and creates a login writer
@@ -64,7 +52,7 @@ fn worker_of(c: &ThrowawayCitus, db: &str, node: &str) -> usize {
         &format!(
             "SELECT nodeport FROM citus_shards WHERE table_name = 'node_features'::regclass \
              AND shardid = get_shard_id_for_distribution_column('node_features', {})",
-            lit(node)
+            tests::sql_literal(node)
         ),
     )
     .parse()
@@ -119,12 +107,10 @@ fn agent(url: &str, node: &str, extra: &[&str]) -> Command {
     cmd
 }
 
-fn stop(mut child: Child) -> String {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.stdout.take();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+/// Stops an agent (SIGTERM) that must exit cleanly; its log.
+fn stop(child: Child) -> String {
+    let out = tests::terminate(child);
+    let log = tests::stderr_text(&out);
     assert!(out.status.success(), "{log}");
     log
 }
@@ -188,8 +174,8 @@ fn agents_write_through_the_coordinator_and_the_tools_run_unchanged() {
     let labeller = url_as(c, db, "labeller");
     let env = [("DATABASE_URL", labeller.as_str())];
     let (from, to) = (
-        q(c, db, &format!("SELECT min(ts) FROM node_features WHERE node = {}", lit(&nodes[0]))),
-        q(c, db, &format!("SELECT max(ts) FROM node_features WHERE node = {}", lit(&nodes[0]))),
+        q(c, db, &format!("SELECT min(ts) FROM node_features WHERE node = {}", tests::sql_literal(&nodes[0]))),
+        q(c, db, &format!("SELECT max(ts) FROM node_features WHERE node = {}", tests::sql_literal(&nodes[0]))),
     );
     let out =
         run_lab(&["label", "--node", &nodes[0], "--from", &from, "--to", &to, "--attack-type", "drill"], &env, LIMIT);
@@ -201,7 +187,7 @@ fn agents_write_through_the_coordinator_and_the_tools_run_unchanged() {
         db,
         &format!(
             "INSERT INTO scenario_runs (node, name, started_at, ended_at, interval_s) VALUES ({}, 'drill', '{from}', '{to}', 0.5)",
-            lit(&nodes[0])
+            tests::sql_literal(&nodes[0])
         ),
     );
     let out = run_lab(&["evaluate", "--json", "--node", &nodes[0]], &[("DATABASE_URL", &url)], LIMIT);
@@ -322,9 +308,11 @@ fn a_worker_outage_loses_no_row_and_duplicates_none() {
         .map(|(n, spool)| agent(&writer, n, &["--spool-dir", spool.to_str().unwrap()]).spawn().unwrap())
         .collect();
     let count = |c: &ThrowawayCitus, node: &str| -> i64 {
-        q(c, db, &format!("SELECT count(*) FROM node_features WHERE node = {}", lit(node))).parse().unwrap()
+        q(c, db, &format!("SELECT count(*) FROM node_features WHERE node = {}", tests::sql_literal(node)))
+            .parse()
+            .unwrap()
     };
-    wait_for("rows from both agents", LIMIT, || nodes.iter().all(|n| count(&c, n) >= 2));
+    tests::process::wait_for("rows from both agents", LIMIT, || nodes.iter().all(|n| count(&c, n) >= 2));
     // The worker holding the first node's shards goes down for 6 s: that agent spools, the
     // other keeps writing through the coordinator to its own worker.
     c.workers[down].stop_server();
@@ -341,15 +329,18 @@ fn a_worker_outage_loses_no_row_and_duplicates_none() {
             &format!(
                 "SELECT count(*) = count(DISTINCT ts) AND count(*) = round(extract(epoch FROM max(ts) - min(ts)) / 0.5) + 1 \
                  AND max(ts) > now() - interval '2 s' FROM node_features WHERE node = {}",
-                lit(node)
+                tests::sql_literal(node)
             ),
         ) == "t"
     };
-    wait_for("the spooled rows of the outage", Duration::from_secs(90), || complete(&nodes[0]));
+    tests::process::wait_for("the spooled rows of the outage", Duration::from_secs(90), || complete(&nodes[0]));
     let logs: Vec<String> = agents.into_iter().map(stop).collect();
+    // The writer logs each change of state: the agent whose worker went down lost its session
+    // (probing, rows to the spool) and caught up; the other never left "connected".
+    let lost = |log: &str| log.contains("from=\"connected\" to=\"probing\"");
     assert!(
-        logs[0].contains("spool") && !logs[1].contains("kept in the spool"),
-        "only the agent whose worker was down spooled:\n{}\n---\n{}",
+        lost(&logs[0]) && logs[0].contains("to=\"catching up\"") && !lost(&logs[1]),
+        "only the agent whose worker was down lost its session:\n{}\n---\n{}",
         logs[0],
         logs[1]
     );
@@ -362,7 +353,7 @@ fn a_worker_outage_loses_no_row_and_duplicates_none() {
                 "SELECT count(*) FROM node_features n
                  JOIN (SELECT node, ts, sum(ebpf_forks) AS s FROM pod_features GROUP BY node, ts) p USING (node, ts)
                  WHERE n.node = {} AND n.ebpf_forks IS DISTINCT FROM p.s",
-                lit(node)
+                tests::sql_literal(node)
             ),
         );
         assert_eq!(mismatches, "0", "{node}: node rows and their pod rows arrived together");
@@ -450,9 +441,11 @@ fn a_hung_worker_loses_no_row_and_the_other_workers_nodes_keep_writing() {
         .map(|(n, spool)| agent(&writer, n, &["--spool-dir", spool.to_str().unwrap()]).spawn().unwrap())
         .collect();
     let count = |c: &ThrowawayCitus, node: &str| -> i64 {
-        q(c, db, &format!("SELECT count(*) FROM node_features WHERE node = {}", lit(node))).parse().unwrap()
+        q(c, db, &format!("SELECT count(*) FROM node_features WHERE node = {}", tests::sql_literal(node)))
+            .parse()
+            .unwrap()
     };
-    wait_for("rows from both agents", LIMIT, || nodes.iter().all(|n| count(&c, n) >= 2));
+    tests::process::wait_for("rows from both agents", LIMIT, || nodes.iter().all(|n| count(&c, n) >= 2));
     c.workers[hung].freeze();
     // The other node's rows keep arriving in every 5 s of the 30 s hang.
     for _ in 0..6 {
@@ -483,14 +476,14 @@ fn a_hung_worker_loses_no_row_and_the_other_workers_nodes_keep_writing() {
             &format!(
                 "SELECT count(*) = count(DISTINCT ts) AND count(*) = round(extract(epoch FROM max(ts) - min(ts)) / 0.5) + 1 \
                  AND max(ts) > now() - interval '2 s' FROM node_features WHERE node = {}",
-                lit(node)
+                tests::sql_literal(node)
             ),
         ) == "t"
     };
-    wait_for("the spooled rows of the hang", Duration::from_secs(90), || complete(&nodes[0]));
+    tests::process::wait_for("the spooled rows of the hang", Duration::from_secs(90), || complete(&nodes[0]));
     let logs: Vec<String> = agents.into_iter().map(stop).collect();
     assert!(logs[0].contains("did not finish a write within its deadline"), "{}", logs[0]);
-    assert!(!logs[1].contains("kept in the spool"), "{}", logs[1]);
+    assert!(!logs[1].contains("from=\"connected\" to=\"probing\""), "the other agent kept its session: {}", logs[1]);
     for node in &nodes {
         assert!(complete(node), "{node}: every interval once");
     }

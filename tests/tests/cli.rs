@@ -12,10 +12,6 @@ use tests::{
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn bad_flags_and_values_are_rejected_clearly() {
     let cases: &[(&[&str], i32, &str)] = &[
@@ -55,7 +51,7 @@ fn the_research_tools_reject_bad_flags_clearly() {
 }
 
 fn expect_refusal(out: &std::process::Output, args: &[&str], code: i32, needle: &str) {
-    let err = stderr(out);
+    let err = tests::stderr_text(out);
     assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
     assert!(err.contains(needle), "{args:?}: expected {needle:?} in:\n{err}");
     assert!(!err.contains("panicked"), "{args:?}: {err}");
@@ -93,7 +89,7 @@ fn print_emits_every_column_from_the_fixture_tree() {
         &[],
         LIMIT,
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", tests::stderr_text(&out));
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(lines.len(), 2);
@@ -128,7 +124,7 @@ fn without_privileges_ebpf_columns_are_null_and_procfs_still_written() {
         return;
     }
     let out = run_unprivileged(&[]);
-    let err = stderr(&out);
+    let err = tests::stderr_text(&out);
     assert!(out.status.success(), "{err}");
     assert_eq!(err.matches("eBPF programs not loaded").count(), 1, "exactly one warning:\n{err}");
     assert!(err.contains("CAP_BPF"), "the warning says what is missing:\n{err}");
@@ -138,7 +134,7 @@ fn without_privileges_ebpf_columns_are_null_and_procfs_still_written() {
     assert!(last["forks_total"].as_i64().unwrap() > 0 && last["est_conn"].is_number());
 
     let out = run_unprivileged(&["--require-ebpf"]);
-    let err = stderr(&out);
+    let err = tests::stderr_text(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("--require-ebpf: cannot load the eBPF programs"), "{err}");
     assert!(out.stdout.is_empty(), "no rows with --require-ebpf");
@@ -167,7 +163,7 @@ fn cap_bpf_and_cap_perfmon_are_enough() {
     };
     let hooks = socket_hooks();
     let out = with_two_caps("auto");
-    let err = stderr(&out);
+    let err = tests::stderr_text(&out);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("could not be attached") && !err.contains("not loaded"), "{err}");
     assert!(err.contains(&format!("eBPF programs attached programs={}", hooks.default_programs())), "{err}");
@@ -179,7 +175,7 @@ fn cap_bpf_and_cap_perfmon_are_enough() {
     let paranoid: i32 =
         std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap().trim().parse().unwrap();
     let out = with_two_caps("syscalls");
-    let err = stderr(&out);
+    let err = tests::stderr_text(&out);
     if paranoid <= 2 {
         assert!(out.status.success(), "{err}");
         assert!(err.contains(&format!("eBPF programs attached programs={PROGRAMS_WITH_SYSCALL_HOOKS}")), "{err}");
@@ -198,7 +194,7 @@ fn cap_bpf_and_cap_perfmon_are_enough() {
         .args(["print", "--records", "1", "--interval", "0.3", "--node-name", "one-cap", "--require-ebpf"])
         .output()
         .unwrap();
-    let err = stderr(&out);
+    let err = tests::stderr_text(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     // Refused by the kernel for want of privilege, every program, and said so (the automatic
     // socket hook's tries are not failures: a kernel may lack those hooks).
@@ -223,7 +219,7 @@ fn socket_columns_follow_the_socket_hook_the_kernel_allows() {
         .env("RUST_LOG", "info")
         .output()
         .unwrap();
-    let err = stderr(&out);
+    let err = tests::stderr_text(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains(&format!("eBPF programs attached programs={}", hooks.default_programs())), "{hooks:?}: {err}");
     assert!(!err.contains("sys_enter_socket"), "auto never takes the syscall fallback: {err}");
@@ -255,14 +251,14 @@ fn boolean_environment_variables_take_the_usual_spellings() {
             .env("RUST_LOG", "info")
             .output()
             .unwrap();
-        let err = stderr(&out);
+        let err = tests::stderr_text(&out);
         assert!(out.status.success(), "NO_EBPF={value}: {err}");
         assert_eq!(err.contains("eBPF disabled (--no-ebpf)"), off, "NO_EBPF={value}: {err}");
     }
     let out =
         std::process::Command::new(&bin).args(["print", "--records", "1"]).env("NO_EBPF", "maybe").output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("value was not a boolean"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", tests::stderr_text(&out));
+    assert!(tests::stderr_text(&out).contains("value was not a boolean"), "{}", tests::stderr_text(&out));
 }
 
 /// `print | head -1`: when the reader goes away the agent stops quietly with exit 0, as Unix
@@ -281,7 +277,7 @@ fn print_into_a_closed_pipe_exits_quietly() {
     std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
     drop(stdout);
     let out = wait_with_limit(child, std::time::Duration::from_secs(20));
-    let err = stderr(&out);
+    let err = tests::stderr_text(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("ERROR") && !err.contains("Broken pipe"), "{err}");
 }
@@ -347,7 +343,7 @@ fn a_url_and_db_settings_together_are_refused_naming_both() {
             .env("RUST_LOG", "info")
             .output()
             .unwrap();
-        let err = stderr(&out);
+        let err = tests::stderr_text(&out);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains("--database-url / DATABASE_URL is set, and so is") && err.contains(named), "{err}");
         assert!(!err.contains("Connection refused"), "nothing may be tried: {err}");
@@ -359,7 +355,7 @@ fn a_url_and_db_settings_together_are_refused_naming_both() {
         .env("DB_PASSWORD", "s3cret")
         .output()
         .unwrap();
-    assert!(stderr(&out).contains("Connection refused"), "{}", stderr(&out));
+    assert!(tests::stderr_text(&out).contains("Connection refused"), "{}", tests::stderr_text(&out));
 }
 
 /// `migrate` without a database name refuses rather than migrating the user's own database.
@@ -370,7 +366,7 @@ fn migrate_without_a_database_name_is_refused() {
         .env("DATABASE_URL", "host=127.0.0.1 port=1 user=x")
         .output()
         .unwrap();
-    let err = stderr(&out);
+    let err = tests::stderr_text(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("no database named: set DB_NAME") && err.contains("\"x\""), "{err}");
 }

@@ -29,13 +29,6 @@ fn spawn_run(db_url: &str, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
-/// Sends SIGTERM and collects the agent's output.
-fn stop(child: std::process::Child) -> std::process::Output {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait_with_output().unwrap()
-}
-
 fn assert_success(out: &std::process::Output) {
     assert!(out.status.success(), "agent failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
 }
@@ -146,13 +139,9 @@ fn nodes_share_day_partitions_and_hostile_names_are_stored_verbatim() {
     let stored = sql("db_nodes", "SELECT node FROM node_features WHERE node NOT LIKE 'node-%' LIMIT 1");
     assert_eq!(stored, hostile);
     assert_eq!(
-        sql("db_nodes", &format!("SELECT count(*) FROM node_features WHERE node = {}", quote_literal(&hostile))),
+        sql("db_nodes", &format!("SELECT count(*) FROM node_features WHERE node = {}", tests::sql_literal(&hostile))),
         "2"
     );
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[test]
@@ -196,15 +185,15 @@ fn migrations_twice_are_a_no_op_and_rows_are_unique_per_node_and_ts() {
     );
     assert_success(&out);
     let applied = feature_db::migrate::MIGRATIONS.len() + 1; // and the generated SQL
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("applied={applied}")), "{}", stderr_of(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("applied={applied}")),
+        "{}",
+        tests::stderr_text(&out)
+    );
     assert_eq!(
         sql("db_migrate_env", "SELECT count(*) FROM schema_migrations"),
         feature_db::migrate::MIGRATIONS.len().to_string()
     );
-}
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -232,7 +221,9 @@ fn unreachable_database_keeps_sampling_and_reports_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "rows were not written, so the run must fail");
     assert!(stderr.contains("database unavailable"), "{stderr}");
-    assert!(stderr.contains("2 rows could not be written"), "{stderr}");
+    // The closing error says why, and no timeout that did not elapse.
+    assert!(stderr.contains("2 rows are not in the database (the database was unreachable"), "{stderr}");
+    assert!(!stderr.contains("shutdown timeout"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -252,7 +243,7 @@ fn sigterm_flushes_and_exits_zero_promptly() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let stopped = Instant::now();
-    let out = stop(child);
+    let out = tests::terminate(child);
     assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(stopped.elapsed() < Duration::from_secs(3), "took {:?} to stop", stopped.elapsed());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -287,7 +278,7 @@ fn database_restart_mid_run_loses_no_row() {
         assert!(Instant::now() < deadline, "rows did not resume after the restart");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = stop(child);
+    let out = tests::terminate(child);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("database unavailable") || stderr.contains("reconnecting"), "{stderr}");

@@ -224,7 +224,7 @@ fn a_corrupt_spool_record_is_skipped_and_the_rest_replayed() {
     let out = Agent::start(&url, &spool, &args, &[]).stop_after_flush();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("10 rows could not be written") && stderr.contains("kept in the spool"), "{stderr}");
+    assert!(stderr.contains("10 rows are not in the database") && stderr.contains("kept in the spool"), "{stderr}");
 
     // Flip one byte in the middle of the spool: one record's checksum fails.
     let segment = std::fs::read_dir(&spool)
@@ -310,7 +310,7 @@ fn database_errors_are_clear_and_sampling_goes_on_into_the_spool() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{what}: {stderr}");
         assert!(
-            stderr.contains("5 rows could not be written") && stderr.contains("kept in the spool"),
+            stderr.contains("5 rows are not in the database") && stderr.contains("kept in the spool"),
             "{what}: {stderr}"
         );
         assert!(!stderr.contains("wrong-horse") && !stderr.contains("panicked"), "{what}: {stderr}");

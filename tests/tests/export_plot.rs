@@ -23,7 +23,7 @@ fn synthetic(db: &str) -> String {
     let cols: Vec<&str> = FEATURES.iter().map(|f| f.column).collect();
     let mut q = String::new();
     for (n, node) in NODES.iter().enumerate() {
-        let lit = format!("'{}'", node.replace('\'', "''"));
+        let lit = tests::sql_literal(node);
         q += "SELECT ensure_day_partitions('2026-01-01 00:00:00Z');";
         for r in 0..ROWS {
             let values: Vec<String> = (0..cols.len() as i64)

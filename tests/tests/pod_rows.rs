@@ -26,14 +26,6 @@ const UID_A: &str = "0a1b2c3d-1111-4222-8333-944455566677";
 const UID_B: &str = "0a1b2c3d-2222-4222-8333-944455566677";
 const UID_C: &str = "0a1b2c3d-3333-4222-8333-944455566677";
 
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn pod_rows_count_each_pods_workload_exactly_and_add_up_to_the_node_row() {
     if !have_root("pod_rows_end_to_end") {
@@ -71,7 +63,9 @@ fn pod_rows_count_each_pods_workload_exactly_and_add_up_to_the_node_row() {
         .spawn()
         .unwrap();
     // The first pod rows come with the second sample (the first sets the baseline).
-    wait_for("the first pod rows", Duration::from_secs(30), || sql(db, "SELECT count(*) > 0 FROM pod_features") == "t");
+    tests::process::wait_for("the first pod rows", Duration::from_secs(30), || {
+        sql(db, "SELECT count(*) > 0 FROM pod_features") == "t"
+    });
 
     // Pod A: 100 forks of /bin/true; pod B: 7. Pod C: created, 100 forks and 20 refused connects
     // from Python, removed, all well within one interval.
@@ -94,7 +88,7 @@ fn pod_rows_count_each_pods_workload_exactly_and_add_up_to_the_node_row() {
 
     // Two more intervals, then stop the agent (SIGTERM: it flushes and exits).
     let rows_now: i64 = sql(db, "SELECT count(DISTINCT ts) FROM pod_features").parse().unwrap();
-    wait_for("two more intervals", Duration::from_secs(30), || {
+    tests::process::wait_for("two more intervals", Duration::from_secs(30), || {
         sql(db, "SELECT count(DISTINCT ts) FROM pod_features").parse::<i64>().unwrap() >= rows_now + 2
     });
     // SAFETY: signalling our own child.
@@ -271,11 +265,27 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["shaded"][0]["attack_type"], "fork-bomb", "{summary}");
+    // Default panels without a value for this pod are left out (and named), never drawn empty:
+    // what is left out is exactly what the database holds no value of.
+    for f in summary["left_out"].as_array().unwrap() {
+        let f = f.as_str().unwrap();
+        let n = sql(db, &format!("SELECT count({f}) FROM pod_features WHERE owner = '{UID_A}'"));
+        assert_eq!(n, "0", "{f} was left out but has values: {summary}");
+    }
     // The agent's verdict on the pod's rows: all in the workload's warm-up here (300 s).
     let warming =
         sql(db, &format!("SELECT count(*) FROM pod_features WHERE owner = '{UID_A}' AND anomaly_score IS NULL"));
     assert_eq!(summary["unjudged"].to_string(), warming, "{summary}");
     assert_ne!(warming, "0");
+    // The `other` row is never judged (it has no workload): nothing of it is greyed as warm-up.
+    let out = run_lab(
+        &["plot", "--node", "pod-node", "--pod", "other", "--output", png.to_str().unwrap()],
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["unjudged"], 0, "{summary}");
 
     // Retention keeps today's rows.
     let rows_before = sql(db, "SELECT count(*) FROM pod_features");
@@ -330,7 +340,7 @@ fn pod_rows_taken_during_an_outage_are_spooled_and_written_after_a_restart() {
     // The database appears; the next run writes the spooled intervals first, pod rows included.
     tests::fresh_database(db);
     let agent = start(&spool);
-    wait_for("the spooled pod rows", Duration::from_secs(60), || {
+    tests::process::wait_for("the spooled pod rows", Duration::from_secs(60), || {
         sql(db, "SELECT count(*) FROM pg_tables WHERE tablename = 'pod_features'") == "1"
             && sql(db, &format!("SELECT coalesce(sum(ebpf_forks), 0) FROM pod_features WHERE owner = '{UID_D}'"))
                 == "50"
@@ -443,12 +453,12 @@ fn a_pod_partition_dropped_under_a_running_agent_is_made_again() {
         .spawn()
         .unwrap();
     let pod_intervals = || sql(db, "SELECT count(DISTINCT ts) FROM pod_features").parse::<i64>().unwrap();
-    wait_for("pod rows", Duration::from_secs(30), || pod_intervals() >= 2);
+    tests::process::wait_for("pod rows", Duration::from_secs(30), || pod_intervals() >= 2);
     // Every day partition ends before the day after tomorrow: all of them go.
     let dropped: i64 = sql(db, "SELECT drop_pod_features_before(now() + interval '2 days')").parse().unwrap();
     assert!(dropped >= 1);
     let node_before: i64 = sql(db, "SELECT count(*) FROM node_features").parse().unwrap();
-    wait_for("pod rows after the drop", Duration::from_secs(30), || pod_intervals() >= 4);
+    tests::process::wait_for("pod rows after the drop", Duration::from_secs(30), || pod_intervals() >= 4);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let out = agent.wait_with_output().unwrap();

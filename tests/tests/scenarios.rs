@@ -284,7 +284,6 @@ fn drill_detects_every_scenario() {
     // The false alarms are reported per detector, with the features that raised them.
     let fa = &report["false_alarms"]["detector"];
     assert!(fa["normal_rows"].as_u64().unwrap() > 10, "{fa}");
-    assert!(fa["false_alarms"].as_u64().unwrap() <= fa["normal_rows"].as_u64().unwrap(), "{fa}");
     let raised: u64 = fa["by_feature"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
     assert!(raised >= fa["false_alarms"].as_u64().unwrap(), "every false alarm names a feature: {fa}");
     let names: Vec<&str> = scores.iter().map(|s| s["scenario"].as_str().unwrap()).collect();

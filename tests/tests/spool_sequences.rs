@@ -20,11 +20,6 @@ fn sleep(s: f64) {
 }
 
 /// Rows of `node` whose ts occurs more than once (the primary key forbids it; checked anyway).
-fn duplicates(pg: &tests::ThrowawayPostgres, node: &str) -> u64 {
-    let q = format!("SELECT count(*) - count(DISTINCT ts) FROM node_features WHERE node = '{node}'");
-    pg.psql("postgres", &q).unwrap().trim().parse().unwrap()
-}
-
 /// A tmpfs of `kib` KiB mounted at a fresh directory, unmounted when dropped.
 struct Tmpfs(PathBuf);
 
@@ -112,8 +107,8 @@ fn outages_across_a_clean_restart_lose_nothing() {
         assert_eq!(c2[k], 0, "{k}: {e2}");
     }
     assert!(!e2.contains("damaged"), "{e2}");
+    // Exactly every row: none lost (a second row of one ts is impossible, the table's key).
     assert_eq!(count(&pg, "restarts"), 25 + 70);
-    assert_eq!(duplicates(&pg, "restarts"), 0);
     let _ = std::fs::remove_dir_all(spool);
 }
 
@@ -169,7 +164,6 @@ fn a_crash_between_commit_and_ack_writes_each_row_once() {
     assert!(replayed >= 8, "{e3}");
     assert_eq!(field(batch, "new"), "0", "every replayed row was already in the database: {e3}");
     assert_eq!(count(&pg, "commit-ack"), before + 1);
-    assert_eq!(duplicates(&pg, "commit-ack"), 0);
 }
 
 /// The spool's disk fills up during an outage: rows wait in memory, the oldest beyond
@@ -219,7 +213,6 @@ fn a_full_disk_drops_counted_rows_and_recovers() {
     assert_eq!(c["dropped_shutdown"], 0);
     // The invariant, exactly: every sampled row is in the database or counted as dropped.
     assert_eq!(count(&pg, "enospc") + m_dropped, c["sampled"], "{stderr}");
-    assert_eq!(duplicates(&pg, "enospc"), 0);
 }
 
 /// Without a spool, rows wait in memory; those beyond --queue-max-rows are dropped and counted;
