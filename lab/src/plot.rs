@@ -93,6 +93,10 @@ pub struct PlotData {
     /// Per feature, per row.
     pub values: Vec<Vec<Option<f64>>>,
     pub z: Vec<Vec<Option<f64>>>,
+    /// On a pod's plot: the node's scenario runs in the window that did not run in this pod
+    /// (start and end in Unix seconds, and the scenario's name), drawn in the verdict strip so
+    /// a neighbour's rows can be read against them.
+    pub scenario_windows: Vec<(f64, f64, String)>,
 }
 
 /// Labelled attack windows (exact colour, so a test can find the shading).
@@ -100,6 +104,8 @@ pub const SHADE: RGBColor = RGBColor(255, 214, 214);
 /// Rows the agent did not judge (warm-up).
 const WARMUP: RGBColor = RGBColor(232, 232, 232);
 const ALARM: RGBColor = RGBColor(214, 39, 40);
+/// The node's scenario runs outside the plotted pod (exact colour, so a test can find them).
+pub const ELSEWHERE: RGBColor = RGBColor(255, 170, 60);
 const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -162,6 +168,9 @@ pub struct PlotSummary {
     /// Pixel row of the |z| panel's clipped maximum: no line is drawn above it, and the legend
     /// sits above it.
     pub z_clip_y: u32,
+    /// On a pod's plot, the node's scenario runs that did not run in this pod, as drawn (pixel
+    /// columns and the scenario's name).
+    pub scenario_windows: Vec<Shaded>,
     /// Default features left out because they have no value in the window (columns this kernel
     /// or cgroup tree leaves NULL); a feature asked for by name is always drawn.
     pub left_out: Vec<String>,
@@ -427,6 +436,20 @@ fn draw(
         let x = (ts[i - 1] + ts[i]) / 2.0 - t0;
         chart.draw_series(std::iter::once(Text::new("gap", (x, 0.95), label_font.clone())))?;
     }
+    // The node's scenario runs elsewhere than this pod: a band along the strip's foot, named.
+    let mut scenario_windows = Vec::new();
+    for (start, end, name) in &data.scenario_windows {
+        let (x0, x1) = ((start - t0).clamp(0.0, line.span), (end - t0).clamp(0.0, line.span));
+        if x1 <= x0 {
+            continue;
+        }
+        chart.draw_series(std::iter::once(Rectangle::new([(x0, 0.6), (x1, 0.72)], ELSEWHERE.filled())))?;
+        let label = format!("node: {}", drawable(name));
+        chart.draw_series(std::iter::once(Text::new(label, (x0, 0.75), (FONT, 11).into_font().color(&BLACK))))?;
+        let (px0, _) = chart.backend_coord(&(x0, 0.6));
+        let (px1, _) = chart.backend_coord(&(x1, 0.6));
+        scenario_windows.push(Shaded { x0: px0 as u32, x1: px1 as u32, attack_type: name.clone() });
+    }
     let (plot_x, _) = chart.plotting_area().get_pixel_range();
 
     // Feature panels.
@@ -580,6 +603,7 @@ fn draw(
         gaps: line.after_gap.iter().filter(|g| **g).count(),
         z_null,
         z_clip_y,
+        scenario_windows,
         left_out: Vec::new(),
     })
 }
@@ -687,7 +711,24 @@ async fn load_pod(
         "d.node, d.ts, d.kind, d.owner, d.attack, d.attack_type, d.anomalous_features",
     );
     let rows = client.query(&sql, &[&node, &from, &to, &pod]).await.context("reading the pod's rows")?;
-    Ok(plot_data(&rows, names.len()))
+    let mut data = plot_data(&rows, names.len());
+    // The node's scenario runs that did not run in this pod (by namespace/name or UID).
+    let runs = client
+        .query(
+            "SELECT extract(epoch FROM r.started_at)::float8, extract(epoch FROM r.ended_at)::float8, r.name
+             FROM scenario_runs r
+             WHERE r.node = $1 AND ($2::timestamptz IS NULL OR r.ended_at >= $2)
+               AND ($3::timestamptz IS NULL OR r.started_at <= $3)
+               AND coalesce(r.details->>'pod', '') <> $4
+               AND NOT EXISTS (SELECT 1 FROM pod_features p WHERE p.node = r.node AND p.owner = $4
+                               AND p.namespace || '/' || p.pod = r.details->>'pod')
+             ORDER BY r.started_at",
+            &[&node, &from, &to, &pod],
+        )
+        .await
+        .context("reading the node's scenario runs")?;
+    data.scenario_windows = runs.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    Ok(data)
 }
 
 fn plot_data(rows: &[tokio_postgres::Row], k: usize) -> PlotData {
@@ -792,7 +833,32 @@ mod tests {
             detected: (0..n).map(|i| i == 9).collect(),
             values: vec![(0..n).map(|i| Some(f64::from(i % 5))).collect()],
             z: vec![(0..n).map(|i| (i != 15).then(|| f64::from(i) / 4.0)).collect()],
+            scenario_windows: Vec::new(),
         }
+    }
+
+    /// A scenario run of the node elsewhere than the plotted pod is drawn along the verdict
+    /// strip over its time, named, and reported; one wholly outside the rows is not.
+    #[test]
+    fn scenario_runs_elsewhere_are_marked_on_a_pod_plot() {
+        let mut d = data(20);
+        let t0 = d.ts[0];
+        d.scenario_windows =
+            vec![(t0 + 50.0, t0 + 90.0, "port-scan".to_owned()), (t0 - 500.0, t0 - 400.0, "old".to_owned())];
+        let (buf, s) = render(&d, &["load1".to_owned()], "n pod shop/web-0", 2.0, 800).unwrap();
+        assert_eq!(s.scenario_windows.len(), 1, "{:?}", s.scenario_windows);
+        let w = &s.scenario_windows[0];
+        assert_eq!(w.attack_type, "port-scan");
+        let width = w.x1 - w.x0;
+        // 40 s of a 190 s axis.
+        let axis = s.plot_right - s.plot_left;
+        assert!((f64::from(width) / f64::from(axis) - 40.0 / 190.0).abs() < 0.02, "{w:?} on {axis}");
+        let mid = (w.x0 + w.x1) / 2;
+        let coloured = (0..s.height).any(|y| {
+            let i = ((y * s.width + mid) * 3) as usize;
+            buf[i..i + 3] == [ELSEWHERE.0, ELSEWHERE.1, ELSEWHERE.2]
+        });
+        assert!(coloured, "the band is drawn");
     }
 
     #[test]

@@ -255,6 +255,14 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
     }
     assert_eq!((parquet_rows, parquet_a_forks), (records.len() - 1, 105));
 
+    // A scenario run of the node in another pod (recorded as `feature-lab scenario` records
+    // one), over the last rows: pod A's plot marks it, named, as a run elsewhere.
+    sql(
+        db,
+        "INSERT INTO scenario_runs (node, name, started_at, ended_at, interval_s, details)
+         SELECT 'pod-node', 'port-scan', max(ts) - interval '1 s', max(ts), 0.5, '{\"pod\": \"shop/other-0\"}'
+         FROM pod_features WHERE node = 'pod-node'",
+    );
     // Plot of pod A: its labelled window shaded and named.
     let png = dir.join("pod.png");
     let out = run_lab(
@@ -265,6 +273,7 @@ fn research_tools_on_pod_rows(db: &str, url: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["shaded"][0]["attack_type"], "fork-bomb", "{summary}");
+    assert_eq!(summary["scenario_windows"][0]["attack_type"], "port-scan", "{summary}");
     // Default panels without a value for this pod are left out (and named), never drawn empty:
     // what is left out is exactly what the database holds no value of.
     for f in summary["left_out"].as_array().unwrap() {

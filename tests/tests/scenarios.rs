@@ -359,6 +359,25 @@ fn drill_detects_every_scenario() {
         assert_eq!(s["tp"].as_u64().unwrap() + s["fn"].as_u64().unwrap(), attack_rows, "{detector}: {s}");
         assert!(s["false_alarm_rate"].as_f64().is_some(), "{detector}: {s}");
     }
+    // The script judged the rows the database holds: its split (the median normal row of the
+    // judged rows, in time order) and the agent's verdicts after it, counted here from
+    // node_features, give its detector's counts exactly; a misread export or a shifted column
+    // would not.
+    let verdicts = sql(
+        "drill",
+        "SELECT attack || ':' || (coalesce(cardinality(anomalous_features), 0) > 0)::int FROM node_features
+         WHERE anomaly_score IS NOT NULL ORDER BY node, ts",
+    );
+    let judged: Vec<(bool, bool)> = verdicts
+        .lines()
+        .map(|l| l.split_once(':').map(|(a, d)| (a == "1", d == "1")).expect("attack:flagged"))
+        .collect();
+    let normal: Vec<usize> = (0..judged.len()).filter(|&i| !judged[i].0).collect();
+    let test_rows = &judged[normal[normal.len() / 2]..];
+    let count = |want_attack: bool| test_rows.iter().filter(|(a, d)| *a == want_attack && *d).count() as u64;
+    let d = &ml["detector"];
+    assert_eq!((d["tp"].as_u64().unwrap(), d["fp"].as_u64().unwrap()), (count(true), count(false)), "{ml}");
+    assert_eq!(ml["rows"].as_u64().unwrap(), test_rows.len() as u64, "{ml}");
     let _ = std::fs::remove_file(parquet);
 
     // And on the pod rows: one model per workload, beside the agent's pod verdicts.

@@ -333,14 +333,13 @@ impl SamplingArgs {
         if !self.pod_logs.is_dir() {
             warn!(dir = %self.pod_logs.display(), "the pod log directory is missing: pods get rows by UID, without namespace and name");
         }
-        // A few descriptors a pod stay open (its cgroup directory and files, its namespace's /proc
-        // directory): 500 pods need more than the usual soft limit of 1024.
+        // Two descriptors a pod stay open (its cgroup directory, its namespace's /proc directory):
+        // 500 pods need about the whole of the usual soft limit of 1024.
         let open_files = crate::sources::cgroups::raise_open_file_limit();
         info!(
             cgroup_root = %root.display(),
             pod_logs = %self.pod_logs.display(),
             open_files,
-            kept_cgroup_files = crate::sources::cgroups::kept_files_budget(),
             "per-pod rows on"
         );
         Ok(Some(PodSampler::new(root, self.pod_logs.clone(), crate::sources::netns::Proc::at(&self.procfs))))

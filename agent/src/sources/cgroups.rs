@@ -478,44 +478,24 @@ const ABSENT_RECHECK: u32 = 32;
 /// A pod's (or unit's) cgroup directory, kept open across intervals: each file is opened
 /// relative to it, so the kernel looks up one name instead of walking the whole path from the
 /// root through cgroupfs (most of the per-pod cost on a node of 500 pods, BENCHMARKS.md "A node
-/// full of pods"), and a file found absent (a controller the tree does not enable there) is
-/// skipped until it is looked for again.
+/// full of pods"), read with one `pread` (a cgroup file is a single-record kernfs file: a read
+/// shorter than the buffer is its end) and closed; a file found absent (a controller the tree
+/// does not enable there) is skipped until it is looked for again.
 ///
-/// The files themselves stay open too, while the process keeps within its budget of kept files
-/// ([`kept_files_budget`]), and are read again from offset 0 with one `pread` each: a cgroup file
-/// is a single-record kernfs seq file, which a read at offset 0 makes anew and gives whole when
-/// it fits. A kept file of a removed cgroup reads ENODEV (a NULL column) until the directory is
-/// dropped with its pod.
+/// The files themselves are not kept open between intervals: on Linux 6.1 and 6.12 a removed
+/// cgroup whose interface files a process holds open stays in its parent's listing, so the pod
+/// would live on in the agent's rows (the kernel matrix's `pod_counts` test found it).
 pub struct CgroupDir {
     dir: std::fs::File,
-    files: [Option<std::fs::File>; RESOURCE_FILES.len()],
     absent: u8,
     reads: u32,
     buf: String,
 }
 
-/// Files the [`CgroupDir`]s of this process hold open now.
-static KEPT_FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// How many cgroup files the process keeps open at most: half its open-file limit (the soft
-/// RLIMIT_NOFILE when first asked), the other half left to the pods' directories, their
-/// namespaces' /proc handles, sockets and the spool. Past it, files are opened for each read.
-pub fn kept_files_budget() -> usize {
-    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BUDGET.get_or_init(|| {
-        // SAFETY: all-zero is a valid rlimit; getrlimit writes it.
-        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid resource and out-pointer.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-            return 0;
-        }
-        usize::try_from(limit.rlim_cur / 2).unwrap_or(usize::MAX)
-    })
-}
-
-/// Raises the soft open-file limit to the hard one, as a daemon that holds a few files per pod
-/// must (systemd and containerd 2 start processes at a soft 1024 with a far higher hard limit);
-/// call it before the first [`kept_files_budget`]. Returns the soft limit now.
+/// Raises the soft open-file limit to the hard one, as a daemon that holds descriptors per pod
+/// must (each pod's cgroup directory and its namespace's /proc directory stay open: 1,000 at 500
+/// pods, against the soft 1024 that systemd and containerd 2 start processes with). Returns the
+/// soft limit now.
 pub fn raise_open_file_limit() -> u64 {
     // SAFETY: all-zero is a valid rlimit; getrlimit writes it.
     let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
@@ -533,41 +513,18 @@ pub fn raise_open_file_limit() -> u64 {
     limit.rlim_cur
 }
 
-impl Drop for CgroupDir {
-    fn drop(&mut self) {
-        let kept = self.files.iter().filter(|f| f.is_some()).count();
-        KEPT_FILES.fetch_sub(kept, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 impl CgroupDir {
     pub fn open(path: &Path) -> std::io::Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(path)?;
-        Ok(CgroupDir { dir, files: Default::default(), absent: 0, reads: 0, buf: String::new() })
+        Ok(CgroupDir { dir, absent: 0, reads: 0, buf: String::new() })
     }
 
-    /// Files of this directory held open now.
-    pub fn kept_files(&self) -> usize {
-        self.files.iter().filter(|f| f.is_some()).count()
-    }
-
-    /// Reads file `i` of [`RESOURCE_FILES`] into `self.buf`: from its kept descriptor, or opened
-    /// for this read (and kept when the budget allows).
+    /// Reads file `i` of [`RESOURCE_FILES`] into `self.buf`.
     fn read_file(&mut self, i: usize) -> std::io::Result<()> {
-        use std::sync::atomic::Ordering::Relaxed;
         self.buf.clear();
-        if let Some(f) = &self.files[i] {
-            return read_whole_record(f, &mut self.buf);
-        }
         let f = open_at(&self.dir, RESOURCE_FILES[i])?;
-        read_whole_record(&f, &mut self.buf)?;
-        if KEPT_FILES.fetch_add(1, Relaxed) < kept_files_budget() {
-            self.files[i] = Some(f);
-        } else {
-            KEPT_FILES.fetch_sub(1, Relaxed);
-        }
-        Ok(())
+        read_whole_record(&f, &mut self.buf)
     }
 
     /// The resource columns, as [`read_resources`] gives them for a path.
@@ -760,7 +717,7 @@ mod resource_tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
-    /// A kept file is read again from offset 0 whole, past one 4 KiB chunk; a short file in one.
+    /// A file is read from offset 0 whole, past one 4 KiB chunk, and again from 0 each time.
     #[test]
     fn a_record_is_read_whole_from_the_start_each_time() {
         let dir = scratch("record");
