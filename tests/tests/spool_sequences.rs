@@ -61,7 +61,7 @@ fn spool_files(dir: &Path) -> usize {
         .count()
 }
 
-/// The first report, as a sequence: an agent stops cleanly with rows spooled; the next
+/// A restart sequence: an agent stops cleanly with rows spooled; the next
 /// one replays them (every segment is then acknowledged and deleted) and lives through two more
 /// outages. Every sampled row arrives exactly once.
 #[test]
@@ -275,7 +275,7 @@ fn rows_the_database_refuses_are_counted_as_rejected() {
     let _ = std::fs::remove_dir_all(spool);
 }
 
-/// The second report: one flipped bit in `ack` (segment 1 -> 3). The spool notices,
+/// A damaged ack: one flipped bit in `ack` (segment 1 -> 3). The spool notices,
 /// deletes nothing, replays everything; the database has every row once.
 #[test]
 fn a_damaged_ack_loses_no_row() {
@@ -379,8 +379,8 @@ fn the_previous_releases_spool_is_replayed_after_an_upgrade() {
     let _ = std::fs::remove_dir_all(spool);
 }
 
-/// The sixth report: the database returns during a long backoff and the agent is
-/// stopped at once. The stop tries the database immediately: every row held in memory (no
+/// The database returns while the writer waits out a long backoff, and the agent is stopped at
+/// once. The stop tries the database immediately: every row held in memory (no
 /// spool here, the worst case) is written, none is lost.
 #[test]
 fn a_stop_right_after_the_database_returns_writes_everything() {

@@ -234,7 +234,7 @@ fn a_damaged_ack_replays_everything_and_deletes_nothing() {
     s.commit(3).unwrap();
     drop(s);
     let ack = fs::read_to_string(dir.join("ack")).unwrap();
-    // One flipped bit in the segment number: the issue's `5 4018` -> `7 4018`.
+    // One flipped bit in the segment number: `5 4018` -> `7 4018`.
     let damaged = ack.replacen("FAK2 1", "FAK2 3", 1);
     assert_ne!(ack, damaged);
     fs::write(dir.join("ack"), damaged).unwrap();
