@@ -111,13 +111,43 @@ pub fn socket_hooks() -> SocketHooks {
 /// for resets a socket sent). Taken from the running kernel's release; where a runner knows its
 /// kernel, FEATURE_AGENT_RST_WITHOUT_SOCKET (1 or 0) must agree.
 pub fn resets_without_socket() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("reading the kernel release");
-    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().ok());
-    let version = (parts.next().flatten(), parts.next().flatten());
-    let (Some(major), Some(minor)) = version else { panic!("an unreadable kernel release: {release:?}") };
-    let found = (major, minor) >= (6, 10);
+    let found = release() >= (6, 10);
     if let Ok(want) = std::env::var("FEATURE_AGENT_RST_WITHOUT_SOCKET") {
-        assert_eq!(found, want == "1", "FEATURE_AGENT_RST_WITHOUT_SOCKET={want} on kernel {}", release.trim());
+        assert_eq!(found, want == "1", "FEATURE_AGENT_RST_WITHOUT_SOCKET={want} on kernel {:?}", release());
     }
     found
+}
+
+/// The running kernel's (major, minor) release.
+pub fn release() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("reading the kernel release");
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor),
+        _ => panic!("an unreadable kernel release: {release:?}"),
+    }
+}
+
+/// The largest page-cache folio a buffered write to a file under `dir` can dirty, in bytes:
+/// 2 MiB (a PMD, the page cache's largest order on x86-64) where the file system caches regular
+/// files in large folios on this kernel (XFS since Linux 5.18, ext4 since 6.16), one 4 KiB page
+/// elsewhere. So `written / largest_file_folio(dir)` is the fewest folios `written` new bytes
+/// can dirty: 4,096 for 16 MiB on 6.1's ext4, 8 on 6.18's.
+pub fn largest_file_folio(dir: &std::path::Path) -> u64 {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("a path without NUL");
+    // SAFETY: statfs fills the zeroed struct we own from a NUL-terminated path.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statfs(path.as_ptr(), &mut fs) }, 0, "statfs {}", dir.display());
+    let large = match fs.f_type as i64 {
+        EXT4 => release() >= (6, 16),
+        XFS => release() >= (5, 18),
+        _ => false,
+    };
+    if large {
+        2 << 20
+    } else {
+        4096
+    }
 }

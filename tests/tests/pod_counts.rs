@@ -14,6 +14,7 @@ use std::{
 };
 
 use agent::sources::ebpf::{CgroupSnapshot, EbpfCounters, EbpfSnapshot, LoadOptions};
+use agent::sources::pods::Stamp;
 use agent_common::{Event, KernelCondition, EVENT_COUNT};
 use tests::{
     cgroup::{in_cgroup, TestCgroup},
@@ -324,7 +325,8 @@ fn a_thousand_cgroups_get_their_rows_and_are_forgotten_once_removed() {
     let sample = |ebpf: &mut EbpfCounters, pods: &mut agent::sources::pods::PodSampler| {
         let (_, cgroups) = ebpf.read_all().unwrap();
         let cgroups = cgroups.unwrap();
-        let rows = pods.sample(ebpf, cgroups.clone(), None, "thousand", std::time::SystemTime::now(), Some(1.0));
+        let stamp = Stamp { node: "thousand", ts: std::time::SystemTime::now(), interval_s: Some(1.0) };
+        let rows = pods.sample(ebpf, cgroups.clone(), None, None, stamp);
         (cgroups, rows)
     };
     sample(&mut ebpf, &mut pods);

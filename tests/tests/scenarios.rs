@@ -124,8 +124,10 @@ fn every_scenario_moves_its_columns_and_is_labelled() {
     assert!(written >= 16.0 * 1048576.0, "{r}");
     assert!(sum(db, "disk-burst", "disk_write_delta") >= written, "{r}");
     assert!(sum(db, "disk-burst", "disk_read_delta") > 0.0, "{r}");
-    // Folios of 4 KiB up to 2 MiB (large folios on this kernel's ext4).
-    assert!(sum(db, "disk-burst", "ebpf_folios_dirtied") >= written / 2097152.0, "{r}");
+    // At least one folio per largest folio's worth of new bytes, as this kernel's file system
+    // caches them (one per 4 KiB page without large folios).
+    let fewest = written / tests::kernel::largest_file_folio(std::path::Path::new("/var/tmp")) as f64;
+    assert!(sum(db, "disk-burst", "ebpf_folios_dirtied") >= fewest, "fewer than {fewest} folios dirtied: {r}");
 
     // Every run is recorded, and labelled rows = the rows overlapping its window (>= 3 s of 1 s rows).
     let runs = sql(db, "SELECT name || ':' || (labelled >= 3)::text FROM scenario_runs ORDER BY id");
@@ -357,27 +359,44 @@ fn drill_detects_every_scenario() {
     for detector in ["detector", "sql_abs_z_gt_2", "isolation_forest"] {
         let s = &ml[detector];
         assert_eq!(s["tp"].as_u64().unwrap() + s["fn"].as_u64().unwrap(), attack_rows, "{detector}: {s}");
-        assert!(s["false_alarm_rate"].as_f64().is_some(), "{detector}: {s}");
     }
     // The script judged the rows the database holds: its split (the median normal row of the
-    // judged rows, in time order) and the agent's verdicts after it, counted here from
-    // node_features, give its detector's counts exactly; a misread export or a shifted column
-    // would not.
-    let verdicts = sql(
-        "drill",
-        "SELECT attack || ':' || (coalesce(cardinality(anomalous_features), 0) > 0)::int FROM node_features
-         WHERE anomaly_score IS NOT NULL ORDER BY node, ts",
+    // judged rows, in time order), and after it the agent's verdicts and the rows with any
+    // |z| > 2 in node_feature_zscores, counted here in SQL, give its detector's and its SQL
+    // column's counts exactly; a misread export or a shifted column would not.
+    let judged_rows = |flagged: &str| -> Vec<(bool, bool)> {
+        let text = sql(
+            "drill",
+            &format!(
+                "SELECT f.attack || ':' || ({flagged})::int FROM node_features f
+                 LEFT JOIN node_feature_zscores(2.0) z ON z.node = f.node AND z.ts = f.ts
+                 WHERE f.anomaly_score IS NOT NULL GROUP BY f.node, f.ts, f.attack, f.anomalous_features
+                 ORDER BY f.node, f.ts"
+            ),
+        );
+        text.lines().map(|l| l.split_once(':').map(|(a, d)| (a == "1", d == "1")).expect("attack:flagged")).collect()
+    };
+    let verdicts = judged_rows("coalesce(cardinality(f.anomalous_features), 0) > 0");
+    let z_flags = judged_rows("coalesce(bool_or(abs(z.z) > 2), false)");
+    let normal: Vec<usize> = (0..verdicts.len()).filter(|&i| !verdicts[i].0).collect();
+    let split = normal[normal.len() / 2];
+    let counts = |rows: &[(bool, bool)]| {
+        let count = |want_attack: bool| rows[split..].iter().filter(|(a, d)| *a == want_attack && *d).count() as u64;
+        (count(true), count(false))
+    };
+    let tp_fp = |detector: &str| (ml[detector]["tp"].as_u64().unwrap(), ml[detector]["fp"].as_u64().unwrap());
+    assert_eq!(tp_fp("detector"), counts(&verdicts), "{ml}");
+    assert_eq!(tp_fp("sql_abs_z_gt_2"), counts(&z_flags), "{ml}");
+    assert_eq!(ml["rows"].as_u64().unwrap(), (verdicts.len() - split) as u64, "{ml}");
+    // The IsolationForest learned something from the normal half: it finds attack rows, and it
+    // does not call every later normal row an outlier (a model fed shifted or empty columns does
+    // one or the other).
+    let normal_later = (normal.len() - normal.len() / 2) as u64;
+    let (tp, fp) = tp_fp("isolation_forest");
+    assert!(
+        tp > 0 && fp < normal_later,
+        "IsolationForest: {tp} attack rows flagged, {fp} of {normal_later} normal: {ml}"
     );
-    let judged: Vec<(bool, bool)> = verdicts
-        .lines()
-        .map(|l| l.split_once(':').map(|(a, d)| (a == "1", d == "1")).expect("attack:flagged"))
-        .collect();
-    let normal: Vec<usize> = (0..judged.len()).filter(|&i| !judged[i].0).collect();
-    let test_rows = &judged[normal[normal.len() / 2]..];
-    let count = |want_attack: bool| test_rows.iter().filter(|(a, d)| *a == want_attack && *d).count() as u64;
-    let d = &ml["detector"];
-    assert_eq!((d["tp"].as_u64().unwrap(), d["fp"].as_u64().unwrap()), (count(true), count(false)), "{ml}");
-    assert_eq!(ml["rows"].as_u64().unwrap(), test_rows.len() as u64, "{ml}");
     let _ = std::fs::remove_file(parquet);
 
     // And on the pod rows: one model per workload, beside the agent's pod verdicts.
@@ -401,8 +420,12 @@ fn drill_detects_every_scenario() {
     for detector in ["detector", "isolation_forest"] {
         let s = &ml[detector];
         assert_eq!(s["tp"].as_u64().unwrap() + s["fn"].as_u64().unwrap(), attack_rows, "{detector}: {s}");
-        assert!(s["false_alarms_per_hour_at_10s"].as_f64().is_some(), "{detector}: {s}");
     }
+    // Per workload too, the model finds attack rows and leaves most normal ones alone.
+    let normal_rows = ml["rows"].as_u64().unwrap() - attack_rows;
+    let forest = &ml["isolation_forest"];
+    assert!(forest["tp"].as_u64().unwrap() > 0, "{ml}");
+    assert!(forest["fp"].as_u64().unwrap() < normal_rows / 2, "{ml}");
     let _ = std::fs::remove_file(pods);
 }
 

@@ -384,7 +384,7 @@ impl Metrics {
     pub fn record_sample(&self, sampler: &crate::sources::sampler::Sampler, row: &feature_schema::FeatureRow) {
         self.programs_ok.store(sampler.ebpf_ok(), Relaxed);
         if let Ok(mut m) = self.ebpf_maps_full.lock() {
-            *m = sampler.maps_full();
+            *m = sampler.maps_full().to_vec();
         }
         if let Ok(mut read) = self.program_stats_read.lock() {
             if read.is_none_or(|t| t.elapsed() >= PROGRAM_STATS_EVERY) {

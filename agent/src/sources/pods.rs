@@ -182,6 +182,15 @@ pub struct PodSampler {
     names_refused: u64,
 }
 
+/// What every pod row of an interval shares with its node row.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp<'a> {
+    pub node: &'a str,
+    pub ts: SystemTime,
+    /// Seconds since the previous row (None for the first).
+    pub interval_s: Option<f64>,
+}
+
 impl PodSampler {
     /// `root`: the host's cgroup v2 tree; `pod_logs`: kubelet's /var/log/pods; `proc`: the
     /// host's /proc (the pids in cgroup.procs are the host's with hostPID).
@@ -219,12 +228,9 @@ impl PodSampler {
 
     /// Every live cgroup: id -> path relative to the root (the root itself is ""). The walk
     /// trusts the last one's leaves only while every cgroup made since was reported by the
-    /// cgroup_mkdir hook (`made`, its paths): the hook is attached and its map refused nothing.
-    fn walk(&mut self, ebpf: &EbpfCounters, made: &[(u64, String)]) -> HashMap<u64, String> {
-        let refused = ebpf
-            .maps_full()
-            .ok()
-            .and_then(|m| m.iter().find(|(map, _)| *map == agent_common::MAP_CGROUP_NAMES).map(|(_, n)| *n));
+    /// cgroup_mkdir hook (`made`, its paths): the hook is attached and its map refused nothing
+    /// (`refused`: the name map's refused inserts since the load, None if unread).
+    fn walk(&mut self, ebpf: &EbpfCounters, made: &[(u64, String)], refused: Option<u64>) -> HashMap<u64, String> {
         let reported = ebpf.reports_new_cgroups() && refused == Some(self.names_refused);
         self.names_refused = refused.unwrap_or(0);
         if reported {
@@ -237,29 +243,29 @@ impl PodSampler {
         self.tree.walk(&self.root, MAX_DEPTH)
     }
 
-    /// The rows of one interval, from `snap` (read by the caller with the node row, and kept as
-    /// the next interval's baseline); none on the first call, which only sets the baseline. Then
-    /// retires cgroups that are gone and quiet.
     /// The next map read starts counting afresh (the last one failed).
     pub fn forget_baseline(&mut self) {
         self.previous = None;
     }
 
+    /// The rows of one interval, from `snap` (read by the caller with the node row, and kept as
+    /// the next interval's baseline); none on the first call, which only sets the baseline. Then
+    /// retires cgroups that are gone and quiet.
     pub fn sample(
         &mut self,
         ebpf: &mut EbpfCounters,
         snap: CgroupSnapshot,
+        names_refused: Option<u64>,
         gauges: Option<&ConnGauges>,
-        node: &str,
-        ts: SystemTime,
-        interval_s: Option<f64>,
+        stamp: Stamp<'_>,
     ) -> Vec<PodRow> {
+        let Stamp { node, ts, interval_s } = stamp;
         // Named after the read: any cgroup in the snapshot was created before it.
         let made = ebpf.take_new_cgroups();
         for (id, path) in &made {
             self.known.insert(*id, classify(path));
         }
-        let live = self.walk(ebpf, &made);
+        let live = self.walk(ebpf, &made, names_refused);
         for (id, path) in &live {
             self.known.entry(*id).or_insert_with(|| classify(path));
         }

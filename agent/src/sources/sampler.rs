@@ -16,7 +16,7 @@ use crate::{
     sources::conn_gauges::ConnGauges,
     sources::ebpf::{EbpfCounters, EbpfSnapshot},
     sources::netns::Proc,
-    sources::pods::PodSampler,
+    sources::pods::{PodSampler, Stamp},
     sources::tcp_diag::{TcpConnCounts, TcpDiag},
 };
 
@@ -39,6 +39,9 @@ pub struct Sampler {
     pods: Option<PodSampler>,
     /// Events counted as overflow (the per-cgroup map was full), since the programs were loaded.
     cgroup_overflow: u64,
+    /// Each fillable map's refused inserts, read once per sample (for the pod walk and
+    /// /metrics); empty without eBPF or when the read failed.
+    maps_full: Vec<(&'static str, u64)>,
     /// The number (from 1) of the sample whose map read fails as a failed lookup would
     /// (faults.rs).
     #[cfg(feature = "fault-injection")]
@@ -91,6 +94,7 @@ impl Sampler {
             ebpf_ok: true,
             pods: None,
             cgroup_overflow: 0,
+            maps_full: Vec::new(),
             #[cfg(feature = "fault-injection")]
             fail_read_at: None,
             samples: 0,
@@ -117,8 +121,9 @@ impl Sampler {
 
     /// For each eBPF map that can fill, the inserts it refused because it was full (none
     /// without eBPF, or when the read fails).
-    pub fn maps_full(&self) -> Vec<(&'static str, u64)> {
-        self.ebpf.as_ref().and_then(|e| e.maps_full().ok()).map_or_else(Vec::new, |m| m.to_vec())
+    /// As of the last sample.
+    pub fn maps_full(&self) -> &[(&'static str, u64)] {
+        &self.maps_full
     }
 
     /// eBPF programs attached and failed (0, 0 without eBPF).
@@ -236,8 +241,12 @@ impl Sampler {
         if let Some(c) = cgroups.as_ref() {
             self.cgroup_overflow = c.overflow.iter().fold(0u64, |a, b| a.wrapping_add(*b));
         }
+        self.maps_full = self.ebpf.as_ref().and_then(|e| e.maps_full().ok()).map_or_else(Vec::new, |m| m.to_vec());
         if let (Some(pods), Some(ebpf), Some(cgroups)) = (self.pods.as_mut(), self.ebpf.as_mut(), cgroups) {
-            row.pods = pods.sample(ebpf, cgroups, self.gauges.as_ref(), &self.node, ts, row.interval_s);
+            let names_refused =
+                self.maps_full.iter().find(|(map, _)| *map == agent_common::MAP_CGROUP_NAMES).map(|(_, n)| *n);
+            let stamp = Stamp { node: &self.node, ts, interval_s: row.interval_s };
+            row.pods = pods.sample(ebpf, cgroups, names_refused, self.gauges.as_ref(), stamp);
         }
         row
     }
