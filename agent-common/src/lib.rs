@@ -234,6 +234,30 @@ events! {
     /// writeback:writeback_dirty_folio: a page-cache folio made dirty by a file write (data on
     /// its way to disk), in the writing task's context.
     FolioDirtied = "folio_dirtied",
+    /// Bytes of IP packets a socket sent to an address of this node (cgroup_skb/egress).
+    TxNodeBytes = "tx_node_bytes",
+    /// IP packets a socket sent to an address of this node.
+    TxNodePackets = "tx_node_packets",
+    /// Bytes sent to the cluster's pod and service ranges (beyond this node).
+    TxClusterBytes = "tx_cluster_bytes",
+    /// Packets sent to the cluster's pod and service ranges.
+    TxClusterPackets = "tx_cluster_packets",
+    /// Bytes sent to any other address.
+    TxOutsideBytes = "tx_outside_bytes",
+    /// Packets sent to any other address.
+    TxOutsidePackets = "tx_outside_packets",
+    /// Bytes of IP packets a socket received from an address of this node (cgroup_skb/ingress).
+    RxNodeBytes = "rx_node_bytes",
+    /// Packets received from an address of this node.
+    RxNodePackets = "rx_node_packets",
+    /// Bytes received from the cluster's pod and service ranges.
+    RxClusterBytes = "rx_cluster_bytes",
+    /// Packets received from the cluster's pod and service ranges.
+    RxClusterPackets = "rx_cluster_packets",
+    /// Bytes received from any other address.
+    RxOutsideBytes = "rx_outside_bytes",
+    /// Packets received from any other address.
+    RxOutsidePackets = "rx_outside_packets",
 }
 
 impl Event {
@@ -250,6 +274,69 @@ impl Event {
     /// The counters fed by the socket-creation hooks.
     pub const SOCKET_ALLOC: [Event; 5] =
         [Event::SockAllocTcp, Event::SockAllocUdp, Event::SockAllocUnix, Event::SockAllocRaw, Event::SockAllocOther];
+
+    /// The counters fed by the cgroup socket-buffer programs (the byte counting).
+    pub const NET_BYTES: [Event; 12] = [
+        Event::TxNodeBytes,
+        Event::TxNodePackets,
+        Event::TxClusterBytes,
+        Event::TxClusterPackets,
+        Event::TxOutsideBytes,
+        Event::TxOutsidePackets,
+        Event::RxNodeBytes,
+        Event::RxNodePackets,
+        Event::RxClusterBytes,
+        Event::RxClusterPackets,
+        Event::RxOutsideBytes,
+        Event::RxOutsidePackets,
+    ];
+}
+
+/// Longest-prefix-match trie from a peer address prefix (a [`NetKey`], IPv4 as ::ffff:a.b.c.d)
+/// to its [`AddressClass`], filled by the agent; an address in none of its prefixes is
+/// [`AddressClass::Outside`].
+pub const MAP_ADDRESS_CLASSES: &str = "ADDRESS_CLASSES";
+/// Capacity of [`MAP_ADDRESS_CLASSES`]: the node's own addresses plus the configured ranges.
+pub const ADDRESS_CLASSES_MAX: u32 = 1024;
+
+/// An IPv6 address, or an IPv4 address mapped into IPv6 (::ffff:a.b.c.d), in network order: the
+/// data of an [`MAP_ADDRESS_CLASSES`] key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetKey {
+    pub addr: [u8; 16],
+}
+
+/// Where a packet's peer is, as the byte counters split traffic.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressClass {
+    /// Loopback, the node's own addresses, and the node's pod range: traffic that stays on the
+    /// node.
+    Node = 1,
+    /// The cluster's pod and service ranges, beyond this node.
+    Cluster = 2,
+    /// Everything else: the internet, the cloud's metadata service, other networks.
+    Outside = 3,
+}
+
+/// The direction of a counted packet, from the socket's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetDirection {
+    Sent,
+    Received,
+}
+
+/// The (bytes, packets) counters of a packet in `direction` whose peer is in `class`.
+pub const fn net_events(direction: NetDirection, class: AddressClass) -> (Event, Event) {
+    match (direction, class) {
+        (NetDirection::Sent, AddressClass::Node) => (Event::TxNodeBytes, Event::TxNodePackets),
+        (NetDirection::Sent, AddressClass::Cluster) => (Event::TxClusterBytes, Event::TxClusterPackets),
+        (NetDirection::Sent, AddressClass::Outside) => (Event::TxOutsideBytes, Event::TxOutsidePackets),
+        (NetDirection::Received, AddressClass::Node) => (Event::RxNodeBytes, Event::RxNodePackets),
+        (NetDirection::Received, AddressClass::Cluster) => (Event::RxClusterBytes, Event::RxClusterPackets),
+        (NetDirection::Received, AddressClass::Outside) => (Event::RxOutsideBytes, Event::RxOutsidePackets),
+    }
 }
 
 /// Cumulative event counts of one CPU since the programs were loaded.
@@ -333,6 +420,7 @@ mod pod {
     unsafe impl aya::Pod for super::CgroupCounting {}
     unsafe impl aya::Pod for super::NetnsKeying {}
     unsafe impl aya::Pod for super::NetnsTcpBalance {}
+    unsafe impl aya::Pod for super::NetKey {}
     // SAFETY: u32, u32, then a byte array: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::CgroupName {}
 }

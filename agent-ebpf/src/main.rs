@@ -9,6 +9,7 @@
 mod maps;
 
 mod cgroup_mkdir;
+mod cgroup_skb;
 mod inet_sock_set_state;
 mod sched_process_exec;
 mod sched_process_exit;

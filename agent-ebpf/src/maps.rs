@@ -231,6 +231,15 @@ impl Counter {
         cgroup_counter(ctx, current_cgroup_id())
     }
 
+    /// The counter of cgroup `id` (0: no cgroup, the "other" row), for hooks that are handed
+    /// the cgroup id (the socket-buffer programs).
+    #[inline(always)]
+    pub fn for_cgroup<C: EbpfContext>(ctx: &C, id: u64) -> Counter {
+        if setting(&CGROUP_COUNTING.enabled) == 0 {
+            return Counter::Node;
+        }
+        cgroup_counter(ctx, id)
+    }
     /// The counter of the cgroup that owns socket `sk` (TCP state changes and resets, which the
     /// kernel often handles in softirq, on behalf of no particular task). `full` says the hook
     /// only ever sees full sockets; otherwise a time-wait or request socket (which carry no

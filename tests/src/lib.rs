@@ -353,6 +353,13 @@ pub fn thread_cpu() -> std::time::Duration {
 /// A sampler with per-pod rows on over this host's cgroup v2 tree, with the real eBPF programs
 /// (for the benches).
 pub fn pod_sampler() -> agent::sources::sampler::Sampler {
+    pod_sampler_counting_bytes(None)
+}
+
+/// [`pod_sampler`], counting bytes too with `ranges` (--count-bytes) when given.
+pub fn pod_sampler_counting_bytes(
+    ranges: Option<agent::sources::net_bytes::AddressRanges>,
+) -> agent::sources::sampler::Sampler {
     use agent::{
         sources::collector::{DiskSelector, InterfaceSelector, Roots, Sources},
         sources::ebpf::{EbpfCounters, LoadOptions},
@@ -362,9 +369,14 @@ pub fn pod_sampler() -> agent::sources::sampler::Sampler {
     let sources =
         Sources::new(roots.clone(), DiskSelector::default_for(&roots.sysfs), InterfaceSelector::physical(&roots.sysfs));
     agent::sources::ebpf::ensure_tracefs();
-    let counters = EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(4096), ..LoadOptions::default() })
-        .expect("eBPF loads");
+    let mut counters =
+        EbpfCounters::load_with(LoadOptions { cgroup_map_entries: Some(4096), ..LoadOptions::default() })
+            .expect("eBPF loads");
     let root = agent::sources::cgroups::cgroup2_root_of_this_host().expect("a cgroup v2 tree");
+    let bytes = ranges.map(|r| {
+        agent::sources::net_bytes::ByteCounting::attach(&mut counters, &root, r)
+            .expect("the socket-buffer programs attach at the cgroup v2 root")
+    });
     let pods = agent::sources::pods::PodSampler::new(root, "/nonexistent".into(), Proc::default());
     agent::sources::sampler::Sampler::new(
         "bench".into(),
@@ -374,4 +386,5 @@ pub fn pod_sampler() -> agent::sources::sampler::Sampler {
         Proc::default(),
     )
     .with_pods(Some(pods))
+    .with_byte_counting(bytes)
 }

@@ -109,6 +109,62 @@ impl Drop for NetNs {
     }
 }
 
+/// A Linux bridge in the host's namespace (as a CNI bridge plugin makes one), with veth pairs
+/// from namespaces plugged into it; deleted on drop with its host-side routes.
+pub struct Bridge {
+    pub name: String,
+    routes: Vec<String>,
+}
+
+impl Bridge {
+    /// Makes bridge `fab<pid>` with `addr` (a CIDR, e.g. 10.250.0.1/24) on it, up.
+    pub fn new(addr: &str) -> Self {
+        let name = format!("fab{:x}", std::process::id() & 0xfffff);
+        let _ = Command::new("ip").args(["link", "del", &name]).output();
+        ip(&["link", "add", &name, "type", "bridge"]);
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        ip(&["addr", "add", addr, "dev", &name]);
+        ip(&["link", "set", &name, "up"]);
+        Bridge { name, routes: Vec::new() }
+    }
+
+    /// Plugs `ns` in: a veth pair whose namespace end is `eth0` with `addrs` (CIDRs; the first
+    /// is the interface's main address), and whose other end is a port of the bridge.
+    pub fn plug(&self, ns: &NetNs, addrs: &[&str]) {
+        static PORTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = PORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = format!("{}p{n}", self.name);
+        let inside = format!("{port}i");
+        let _ = Command::new("ip").args(["link", "del", &port]).output();
+        ip(&["link", "add", &port, "type", "veth", "peer", "name", &inside]);
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{port}/disable_ipv6"), "1");
+        ip(&["link", "set", &inside, "netns", &ns.name]);
+        ip(&["link", "set", &port, "master", &self.name]);
+        ip(&["link", "set", &port, "up"]);
+        ns.run(&["ip", "link", "set", &inside, "name", "eth0"]);
+        for a in addrs {
+            ns.run(&["ip", "addr", "add", a, "dev", "eth0"]);
+        }
+        ns.run(&["ip", "link", "set", "eth0", "up"]);
+    }
+
+    /// Routes `cidr` from the host's namespace onto the bridge's link (no gateway: the peers
+    /// answer ARP for their own addresses).
+    pub fn route(&mut self, cidr: &str) {
+        ip(&["route", "replace", cidr, "dev", &self.name]);
+        self.routes.push(cidr.to_owned());
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        for r in &self.routes {
+            let _ = Command::new("ip").args(["route", "del", r, "dev", &self.name]).output();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.name]).output();
+    }
+}
+
 /// ESTABLISHED TCP sockets in the host's namespace, as `ss` counts them.
 pub fn host_established() -> i64 {
     let out = Command::new("ss").args(["-Htn", "state", "established"]).output().expect("ss runs");

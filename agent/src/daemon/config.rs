@@ -14,6 +14,7 @@ use crate::{
     judging::detector::DetectorOptions,
     sources::collector::{DiskSelector, InterfaceSelector, Roots, Sources},
     sources::ebpf::EbpfCounters,
+    sources::net_bytes::{AddressRanges, ByteCounting, Cidr},
     sources::pods::PodSampler,
     sources::sampler::Sampler,
 };
@@ -66,6 +67,20 @@ pub struct SamplingArgs {
     /// rows. Costs one per-CPU hash update per event (BENCHMARKS.md).
     #[arg(long, env = "POD_ROWS", value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub pod_rows: bool,
+    /// Count every byte and packet each cgroup's sockets send and receive (tx_*/rx_* columns),
+    /// split by peer: this node, the cluster (--cluster-cidrs), outside. Attaches two cgroup
+    /// socket-buffer programs at the cgroup v2 root, which needs CAP_NET_ADMIN (docs/network.md;
+    /// about 0.1-0.2 µs per packet, BENCHMARKS.md).
+    #[arg(long, env = "COUNT_BYTES", value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub count_bytes: bool,
+    /// The cluster's pod and service ranges, comma-separated (e.g. 10.244.0.0/16,10.96.0.0/12):
+    /// traffic to them is tx_cluster_*/rx_cluster_*, the rest outside the node is tx_outside_*.
+    #[arg(long, env = "CLUSTER_CIDRS", value_parser = crate::sources::net_bytes::parse_cidrs, default_value = "")]
+    pub cluster_cidrs: std::vec::Vec<Cidr>,
+    /// This node's pod ranges (its Node's spec.podCIDRs), comma-separated: with loopback and the
+    /// node's own addresses, traffic that stays on the node (tx_node_*/rx_node_*).
+    #[arg(long, env = "NODE_CIDRS", value_parser = crate::sources::net_bytes::parse_cidrs, default_value = "")]
+    pub node_cidrs: std::vec::Vec<Cidr>,
     /// Cgroups the per-cgroup map holds (each takes 136 bytes per possible CPU, preallocated).
     /// Events of cgroups beyond it are counted in the "other" row and in
     /// feature_agent_cgroup_overflow_events_total.
@@ -293,14 +308,64 @@ impl SamplingArgs {
             bail!("{} does not look like a procfs root (no stat file); check --procfs", roots.procfs.display());
         }
         let pods = self.pod_sampler()?;
-        let ebpf = self.load_ebpf(pods.is_some())?;
+        let mut ebpf = self.load_ebpf(pods.is_some())?;
+        let bytes = self.byte_counting(ebpf.as_mut())?;
         let pods = if ebpf.is_some() { pods } else { None };
         let recheck = Duration::from_secs_f64(self.tcp_recheck_interval);
         let proc = crate::sources::netns::Proc::at(&roots.procfs);
-        let sampler = Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck, proc).with_pods(pods);
+        let sampler = Sampler::new(node, Sources::new(roots, disks, interfaces), ebpf, recheck, proc)
+            .with_pods(pods)
+            .with_byte_counting(bytes);
         #[cfg(feature = "fault-injection")]
         let sampler = sampler.with_failed_read_at(self.faults.test_fail_map_read);
         Ok(sampler)
+    }
+
+    /// The host's cgroup v2 tree: --cgroup-root or the mount found; None (with a warning that
+    /// `what` is unavailable) on a cgroup v1-only host.
+    fn cgroup2_root(&self, what: &str) -> anyhow::Result<Option<PathBuf>> {
+        Ok(match &self.cgroup_root {
+            Some(r) if r.join("cgroup.controllers").exists() => Some(r.clone()),
+            // The host's /sys/fs/cgroup of a hybrid host: the v2 tree is beside the v1 ones.
+            Some(r) if r.join("unified/cgroup.controllers").exists() => Some(r.join("unified")),
+            Some(r) if r.is_dir() => {
+                warn!(dir = %r.display(), "--cgroup-root holds no cgroup v2 tree (a cgroup v1-only host): {what} unavailable; node rows are unchanged");
+                None
+            }
+            Some(r) => bail!("--cgroup-root {}: no such directory", r.display()),
+            None => {
+                let found = crate::sources::cgroups::cgroup2_root_of_this_host();
+                if found.is_none() {
+                    warn!("no cgroup v2 tree is mounted (a cgroup v1-only host): {what} unavailable; node rows are unchanged");
+                }
+                found
+            }
+        })
+    }
+
+    /// The byte counting, when --count-bytes is on and eBPF is loaded: attached at the cgroup
+    /// v2 root. A failure leaves the byte columns NULL with a warning, or with --require-ebpf
+    /// stops the agent.
+    fn byte_counting(&self, ebpf: Option<&mut EbpfCounters>) -> anyhow::Result<Option<ByteCounting>> {
+        if !self.count_bytes {
+            return Ok(None);
+        }
+        let Some(ebpf) = ebpf else {
+            warn!("--count-bytes needs eBPF, which is not loaded: the tx_*/rx_* columns stay NULL");
+            return Ok(None);
+        };
+        let Some(root) = self.cgroup2_root("byte counting (--count-bytes)")? else {
+            return Ok(None);
+        };
+        let ranges = AddressRanges { node: self.node_cidrs.clone(), cluster: self.cluster_cidrs.clone() };
+        match ByteCounting::attach(ebpf, &root, ranges) {
+            Ok(counting) => Ok(Some(counting)),
+            Err(e) if self.require_ebpf => Err(e).context("--require-ebpf: cannot count bytes (--count-bytes)"),
+            Err(e) => {
+                warn!(error = %e, hint = e.hint(), "cannot count bytes (--count-bytes): the tx_*/rx_* columns stay NULL");
+                Ok(None)
+            }
+        }
     }
 
     /// The per-pod sampler, when --pod-rows is on and a cgroup v2 tree exists. On a v1-only
@@ -313,22 +378,8 @@ impl SamplingArgs {
             warn!("--pod-rows needs eBPF; --no-ebpf is set, so no per-pod rows are written");
             return Ok(None);
         }
-        let root = match &self.cgroup_root {
-            Some(r) if r.join("cgroup.controllers").exists() => r.clone(),
-            // The host's /sys/fs/cgroup of a hybrid host: the v2 tree is beside the v1 ones.
-            Some(r) if r.join("unified/cgroup.controllers").exists() => r.join("unified"),
-            Some(r) if r.is_dir() => {
-                warn!(dir = %r.display(), "--cgroup-root holds no cgroup v2 tree (a cgroup v1-only host): per-pod rows are unavailable; node rows are unchanged");
-                return Ok(None);
-            }
-            Some(r) => bail!("--cgroup-root {}: no such directory", r.display()),
-            None => match crate::sources::cgroups::cgroup2_root_of_this_host() {
-                Some(r) => r,
-                None => {
-                    warn!("no cgroup v2 tree is mounted (a cgroup v1-only host): per-pod rows are unavailable; node rows are unchanged");
-                    return Ok(None);
-                }
-            },
+        let Some(root) = self.cgroup2_root("per-pod rows")? else {
+            return Ok(None);
         };
         if !self.pod_logs.is_dir() {
             warn!(dir = %self.pod_logs.display(), "the pod log directory is missing: pods get rows by UID, without namespace and name");

@@ -31,6 +31,8 @@ pub enum EbpfError {
     Read { name: &'static str, source: aya::maps::MapError },
     #[error("program {program}: {source}")]
     Program { program: &'static str, source: aya::programs::ProgramError },
+    #[error("opening the cgroup v2 root {path}: {source}")]
+    CgroupRoot { path: std::path::PathBuf, source: std::io::Error },
 }
 
 impl EbpfError {
@@ -43,7 +45,11 @@ impl EbpfError {
             || text.contains("EPERM")
             || text.contains("Operation not permitted")
         {
-            "the agent needs root or CAP_BPF + CAP_PERFMON to load eBPF programs"
+            if text.contains("cgroup_skb") {
+                "counting bytes (--count-bytes) needs CAP_NET_ADMIN beside CAP_BPF: socket-buffer programs are network programs (deploy/README.md)"
+            } else {
+                "the agent needs root or CAP_BPF + CAP_PERFMON to load eBPF programs"
+            }
         } else if text.contains("tracefs") || text.contains("tracing") {
             "classic tracepoints need tracefs: mount -t tracefs nodev /sys/kernel/tracing"
         } else {
@@ -188,7 +194,7 @@ impl NetnsBalance {
 
 /// The loaded programs and the maps they count into. Dropping it detaches everything.
 pub struct EbpfCounters {
-    _ebpf: Ebpf,
+    object: Ebpf,
     events: PerCpuArray<MapData, EventCounts>,
     balance: PerCpuArray<MapData, TcpStateBalance>,
     netns_balance: PerCpuHashMap<MapData, u32, NetnsTcpBalance>,
@@ -509,7 +515,7 @@ impl EbpfCounters {
         let netns_balance = take(&mut ebpf, MAP_NETNS_TCP_BALANCE)?;
         let inserts_refused = take_map(&mut ebpf, MAP_INSERTS_REFUSED)?;
         Ok(EbpfCounters {
-            _ebpf: ebpf,
+            object: ebpf,
             events,
             balance,
             netns_balance,
@@ -613,6 +619,31 @@ impl EbpfCounters {
         self.programs.iter().map(|p| (p.program, p.hook)).collect()
     }
 
+    /// The loaded object, for programs attached after the load (net_bytes.rs).
+    pub(crate) fn object_mut(&mut self) -> &mut Ebpf {
+        &mut self.object
+    }
+
+    /// Records a program attached after the load: it is listed with the others, and the
+    /// columns it feeds are live.
+    pub(crate) fn mark_attached(
+        &mut self,
+        program: &'static str,
+        hook: &'static str,
+        target: &'static str,
+        feeds: &[Event],
+    ) {
+        self.programs.push(ProgramInfo {
+            program,
+            hook,
+            target,
+            columns: feeds.iter().map(|e| feature_schema::COLUMNS[feature_schema::event_column(*e)]).collect(),
+        });
+        for e in feeds {
+            self.live[*e as usize] = true;
+        }
+    }
+
     /// Programs that could not be attached.
     pub fn failures(&self) -> &[EbpfError] {
         &self.failures
@@ -639,7 +670,7 @@ impl EbpfCounters {
         self.programs
             .iter()
             .filter_map(|p| {
-                let id = self._ebpf.program(p.program)?.info().ok()?.id();
+                let id = self.object.program(p.program)?.info().ok()?.id();
                 Some((p.program, id))
             })
             .collect()
@@ -655,7 +686,7 @@ impl EbpfCounters {
         let field = |text: &str, key: &str| {
             text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok())
         };
-        self._ebpf
+        self.object
             .programs()
             .filter_map(|(name, program)| {
                 let fd = program.fd().ok()?.as_fd().as_raw_fd();
@@ -902,6 +933,7 @@ mod tests {
             MAP_CGROUP_NAME_SCRATCH,
             MAP_CONDITIONS_LOGGED,
             MAP_INSERTS_REFUSED,
+            agent_common::MAP_ADDRESS_CLASSES,
             agent_common::GLOBAL_CGROUP_COUNTING,
             agent_common::GLOBAL_NETNS_KEYING,
         ] {

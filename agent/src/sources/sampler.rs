@@ -39,6 +39,8 @@ pub struct Sampler {
     pods: Option<PodSampler>,
     /// Events counted as overflow (the per-cgroup map was full), since the programs were loaded.
     cgroup_overflow: u64,
+    /// The byte counting (--count-bytes), whose node addresses are refreshed as samples go.
+    bytes: Option<crate::sources::net_bytes::ByteCounting>,
     /// Each fillable map's refused inserts, read once per sample (for the pod walk and
     /// /metrics); empty without eBPF or when the read failed.
     maps_full: Vec<(&'static str, u64)>,
@@ -50,6 +52,12 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// Counts bytes with `bytes` (attached to this sampler's eBPF programs).
+    pub fn with_byte_counting(mut self, bytes: Option<crate::sources::net_bytes::ByteCounting>) -> Self {
+        self.bytes = bytes;
+        self
+    }
+
     /// Also produces per-pod rows (needs eBPF loaded with per-cgroup counting).
     pub fn with_pods(mut self, pods: Option<PodSampler>) -> Self {
         self.pods = pods.filter(|_| self.ebpf.as_ref().is_some_and(|e| e.per_cgroup().is_some()));
@@ -95,6 +103,7 @@ impl Sampler {
             pods: None,
             cgroup_overflow: 0,
             maps_full: Vec::new(),
+            bytes: None,
             #[cfg(feature = "fault-injection")]
             fail_read_at: None,
             samples: 0,
@@ -194,6 +203,9 @@ impl Sampler {
                 info!("all feature sources read again");
             }
             self.failing = failing;
+        }
+        if let Some(bytes) = self.bytes.as_mut() {
+            bytes.refresh();
         }
         let pods_on = self.pods.is_some();
         self.samples += 1;

@@ -18,9 +18,16 @@
 //!   socket there (N namespaces with one listener each, all closed at exit). Needs CAP_SYS_ADMIN.
 //! - `socket-storm THREADS N`: THREADS threads each create and close N Unix datagram sockets, so
 //!   many socket() calls are in flight at once.
+//! - `sink PORT`: serves TCP and UDP on PORT of every address, prints `ready`, and runs until
+//!   killed. A TCP client sends an 8-byte little-endian reply size, then its data, then shuts
+//!   its side down; the sink reads to the end, then sends the reply size in bytes and closes.
+//!   UDP datagrams are read and dropped.
+//! - `send ADDR PORT SEND REPLY`: one TCP exchange with a sink: SEND bytes there, REPLY bytes
+//!   back (checked); prints `retransmitted N`, the data bytes TCP sent again (TCP_INFO).
+//! - `udp-send ADDR PORT COUNT SIZE`: COUNT datagrams of SIZE bytes to ADDR:PORT.
 use std::{
     io::{Read, Seek, Write},
-    net::{TcpListener, TcpStream},
+    net::{Shutdown, TcpListener, TcpStream, UdpSocket},
     process::{Command, ExitCode},
 };
 
@@ -138,6 +145,72 @@ fn socket_storm(threads: u64, n: u64) -> Result<(), String> {
     Ok(())
 }
 
+fn sink(port: u16) -> Result<(), String> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("bind tcp {port}: {e}"))?;
+    let udp = UdpSocket::bind(("0.0.0.0", port)).map_err(|e| format!("bind udp {port}: {e}"))?;
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while udp.recv(&mut buf).is_ok() {}
+    });
+    println!("ready");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    for conn in listener.incoming() {
+        let Ok(mut c) = conn else { continue };
+        std::thread::spawn(move || {
+            let mut size = [0u8; 8];
+            if c.read_exact(&mut size).is_err() {
+                return;
+            }
+            let _ = std::io::copy(&mut c, &mut std::io::sink());
+            let reply = vec![0x5au8; 1 << 16];
+            let mut left = u64::from_le_bytes(size);
+            while left > 0 {
+                let n = left.min(reply.len() as u64) as usize;
+                if c.write_all(&reply[..n]).is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+        });
+    }
+    Ok(())
+}
+
+fn send(addr: &str, port: u16, send: u64, reply: u64) -> Result<(), String> {
+    let mut c = TcpStream::connect((addr, port)).map_err(|e| format!("connect {addr}:{port}: {e}"))?;
+    c.write_all(&reply.to_le_bytes()).map_err(|e| format!("send: {e}"))?;
+    let chunk = vec![0xa5u8; 1 << 16];
+    let mut left = send;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        c.write_all(&chunk[..n]).map_err(|e| format!("send: {e}"))?;
+        left -= n as u64;
+    }
+    c.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
+    let got = std::io::copy(&mut c, &mut std::io::sink()).map_err(|e| format!("receive: {e}"))?;
+    if got != reply {
+        return Err(format!("received {got} bytes, expected {reply}"));
+    }
+    // SAFETY: getsockopt fills at most `len` bytes of the zeroed struct we own.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&c);
+    if unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len) } != 0 {
+        return Err(format!("TCP_INFO: {}", std::io::Error::last_os_error()));
+    }
+    println!("retransmitted {}", info.tcpi_bytes_retrans);
+    Ok(())
+}
+
+fn udp_send(addr: &str, port: u16, count: u64, size: usize) -> Result<(), String> {
+    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    let datagram = vec![0x33u8; size];
+    for _ in 0..count {
+        s.send_to(&datagram, (addr, port)).map_err(|e| format!("send_to {addr}:{port}: {e}"))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
@@ -150,8 +223,17 @@ fn main() -> ExitCode {
         Some("sockets") => sockets(),
         Some("listen-in-namespaces") => arg(&args, 2, "N").and_then(listen_in_namespaces),
         Some("socket-storm") => (|| socket_storm(arg(&args, 2, "THREADS")?, arg(&args, 3, "N")?))(),
+        Some("sink") => arg(&args, 2, "PORT").and_then(sink),
+        Some("send") => (|| {
+            let addr = args.get(2).ok_or("missing ADDR")?;
+            send(addr, arg(&args, 3, "PORT")?, arg(&args, 4, "SEND")?, arg(&args, 5, "REPLY")?)
+        })(),
+        Some("udp-send") => (|| {
+            let addr = args.get(2).ok_or("missing ADDR")?;
+            udp_send(addr, arg(&args, 3, "PORT")?, arg(&args, 4, "COUNT")?, arg(&args, 5, "SIZE")?)
+        })(),
         Some("write-pages") => args.get(2).ok_or_else(|| "missing PATH".to_string()).and_then(|p| write_pages(p)),
-        _ => Err("usage: pod-workload spawn N | exit | tcp-server N | tcp-client PORT CLOSED OK REFUSED | sockets | write-pages PATH | listen-in-namespaces N | socket-storm THREADS N".into()),
+        _ => Err("usage: pod-workload spawn N | exit | tcp-server N | tcp-client PORT CLOSED OK REFUSED | sockets | write-pages PATH | listen-in-namespaces N | socket-storm THREADS N | sink PORT | send ADDR PORT SEND REPLY | udp-send ADDR PORT COUNT SIZE".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
