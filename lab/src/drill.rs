@@ -164,6 +164,17 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
         Some((_, host_end)) => Some(scenario::bulk_transfer::Sink::start((*host_end).into())?),
         None => None,
     };
+    // exfiltrate's: a peer outside the cluster's ranges, linked to its pod's namespace (or, with
+    // --pods off, to the host's).
+    let outside = match scenarios.contains(&Scenario::Exfiltrate) {
+        true => Some(
+            crate::outside::OutsidePeer::new(
+                apps.get(&Scenario::Exfiltrate).and_then(|p| p.network.as_ref()).map(|(ns, _)| ns.as_str()),
+            )
+            .context("making exfiltrate's outside peer")?,
+        ),
+        false => None,
+    };
     let workload = background::start(args.background, &args.scratch_dir, neighbour)
         .with_context(|| format!("starting the {} background", args.background.name()))?;
     info!(background = args.background.name(), "drill: background running");
@@ -187,6 +198,9 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     if let Some(p) = &pods {
         cmd.arg("--pod-rows").arg("--pod-logs").arg(&p.logs);
     }
+    // Every byte counted, split by peer: the lab pods' addresses (10.213.0.0/16) are this
+    // node's, and exfiltrate's peer is in no range, so outside.
+    cmd.args(["--count-bytes", "--node-cidrs", "10.213.0.0/16", "--cluster-cidrs", "10.96.0.0/12"]);
     for (k, v) in args.database.to_env() {
         cmd.env(k, v);
     }
@@ -204,7 +218,11 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
                 scratch_dir: args.scratch_dir.clone(),
                 label: true,
                 pod: apps.get(&s).cloned(),
-                sink: sink.as_ref().map(|s| s.addr),
+                sink: match s {
+                    Scenario::BulkTransfer => sink.as_ref().map(|s| s.addr),
+                    Scenario::Exfiltrate => outside.as_ref().map(|p| p.addr),
+                    _ => None,
+                },
             };
             let report = scenario::run(&client, &spec, &node).await?;
             info!(round, scenario = s.name(), rows = report.rows_labelled, "drill: scenario done");
@@ -214,6 +232,7 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
     drop(agent);
     drop(workload);
     drop(sink);
+    drop(outside);
     drop(_app_processes);
     drop(pods);
 

@@ -10,6 +10,7 @@ pub mod evaluate;
 pub mod export;
 pub mod interrupt;
 pub mod label;
+pub mod outside;
 pub mod plot;
 pub mod pod;
 pub mod prune;

@@ -301,7 +301,8 @@ fn drill_detects_every_scenario() {
             "disk-burst",
             "miner",
             "reverse-shell",
-            "bulk-transfer"
+            "bulk-transfer",
+            "exfiltrate"
         ]
     );
     for s in scores {
@@ -326,7 +327,7 @@ fn drill_detects_every_scenario() {
     let sql_pods = &report["false_alarms"]["sql_pods"];
     assert_eq!(sql_pods["normal_rows"], pod_fa["normal_rows"], "{sql_pods}");
     let sql_detected: u64 = scores.iter().map(|s| s["sql_pods"]["detected"].as_u64().unwrap()).sum();
-    assert!(sql_detected >= 5, "the SQL pod z-scores see most scenarios in their pods: {sql_detected} of 10");
+    assert!(sql_detected >= 5, "the SQL pod z-scores see most scenarios in their pods: {sql_detected} of 11");
     // Anomalous rows are logged as warnings by the agent.
     assert!(String::from_utf8_lossy(&out.stderr).contains("anomalous row"));
 

@@ -29,7 +29,7 @@ pub enum Command {
     /// Sample every interval and write the rows to Postgres (applies migrations first).
     Run(Box<RunArgs>),
     /// Sample every interval and print the rows as JSON lines on stdout; no database.
-    Print(SamplingArgs),
+    Print(Box<SamplingArgs>),
     /// Apply the migrations in migrations/ and exit. Re-running is a no-op.
     Migrate(DatabaseArgs),
 }
@@ -39,7 +39,7 @@ pub fn main() -> std::process::ExitCode {
     feature_host::entry::main(feature_db::refuse_secrets_on_command_line, |cli: Cli| async move {
         match cli.command {
             Command::Run(a) => run(*a).await,
-            Command::Print(a) => print(a).await,
+            Command::Print(a) => print(*a).await,
             Command::Migrate(a) => migrate_only(a).await,
         }
     })

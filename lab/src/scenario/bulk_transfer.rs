@@ -32,12 +32,27 @@ pub struct Sink {
 impl Sink {
     /// Listens on `ip` (an ephemeral port).
     pub fn start(ip: std::net::IpAddr) -> anyhow::Result<Sink> {
-        let listener = TcpListener::bind((ip, 0)).with_context(|| format!("listening on {ip} for the transfer"))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        Self::start_in(None, ip)
+    }
+
+    /// Listens on `ip` in network namespace `netns` (a path such as /var/run/netns/NAME; None:
+    /// this process's). Only the sink's own thread enters the namespace.
+    pub fn start_in(netns: Option<&str>, ip: std::net::IpAddr) -> anyhow::Result<Sink> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let (bound, listening) = std::sync::mpsc::channel::<anyhow::Result<SocketAddr>>();
+        let netns = netns.map(str::to_owned);
         let thread = std::thread::spawn(move || {
+            let listener = match listen_in(netns.as_deref(), ip) {
+                Ok(l) => {
+                    let _ = bound.send(l.local_addr().context("the sink's address"));
+                    l
+                }
+                Err(e) => {
+                    let _ = bound.send(Err(e));
+                    return;
+                }
+            };
             let mut buf = vec![0u8; 1 << 16];
             while !stopping.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -66,8 +81,24 @@ impl Sink {
                 }
             }
         });
+        let addr = listening.recv().context("the sink's thread ended")??;
         Ok(Sink { addr, stop, thread: Some(thread) })
     }
+}
+
+/// A non-blocking listener on an ephemeral port of `ip`, in namespace `netns` (this thread
+/// enters it for good).
+fn listen_in(netns: Option<&str>, ip: std::net::IpAddr) -> anyhow::Result<TcpListener> {
+    if let Some(path) = netns {
+        let ns = std::fs::File::open(path).with_context(|| format!("opening the network namespace {path}"))?;
+        // SAFETY: setns on a descriptor we own; it moves this thread only.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("entering {path}"));
+        }
+    }
+    let listener = TcpListener::bind((ip, 0)).with_context(|| format!("listening on {ip} for the transfer"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 impl Drop for Sink {
@@ -85,14 +116,20 @@ pub fn run(duration: Duration, sink: Option<SocketAddr>) -> anyhow::Result<Value
         None => Some(Sink::start(std::net::Ipv4Addr::LOCALHOST.into())?),
     };
     let target = sink.or(local.as_ref().map(|s| s.addr)).expect("a sink either way");
+    let sent = send(duration, target, CHUNKS_PER_SECOND)?;
+    drop(local);
+    Ok(json!({ "bytes_sent": sent, "sink": target.to_string() }))
+}
+
+/// One TCP connection to `target` carrying 1 MiB writes, `per_second` a second at most, for
+/// `duration`; returns the bytes sent.
+pub fn send(duration: Duration, target: SocketAddr, per_second: u32) -> anyhow::Result<u64> {
     let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(5))
         .with_context(|| format!("connecting to the sink {target}"))?;
     let chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 7 % 253) as u8).collect();
-    let mut pacer = Pacer::new(duration, CHUNKS_PER_SECOND);
+    let mut pacer = Pacer::new(duration, per_second);
     while pacer.next() {
         conn.write_all(&chunk).with_context(|| format!("sending to {target}"))?;
     }
-    drop(conn);
-    drop(local);
-    Ok(json!({ "bytes_sent": pacer.done() * CHUNK as u64, "sink": target.to_string() }))
+    Ok(pacer.done() * CHUNK as u64)
 }

@@ -11,6 +11,7 @@ mod conn_flood;
 mod cpu_stress;
 mod disk_burst;
 mod exec_storm;
+mod exfiltrate;
 mod fork_storm;
 mod miner;
 mod pace;
@@ -57,10 +58,13 @@ pub enum Scenario {
     /// One outbound TCP connection carrying 32 MiB a second (to the host's end of the pod's
     /// veth pair in the drill, to loopback on its own).
     BulkTransfer,
+    /// One outbound TCP connection carrying 8 MiB a second to a peer outside the cluster's
+    /// ranges (203.0.113.1 in a network namespace made for it), counted in tx_outside_bytes.
+    Exfiltrate,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::CpuStress,
         Scenario::ForkStorm,
         Scenario::ExecStorm,
@@ -71,6 +75,7 @@ impl Scenario {
         Scenario::Miner,
         Scenario::ReverseShell,
         Scenario::BulkTransfer,
+        Scenario::Exfiltrate,
     ];
 
     /// The name on the command line and in attack_type.
@@ -86,11 +91,13 @@ impl Scenario {
             Scenario::Miner => "miner",
             Scenario::ReverseShell => "reverse-shell",
             Scenario::BulkTransfer => "bulk-transfer",
+            Scenario::Exfiltrate => "exfiltrate",
         }
     }
 
     /// Runs the workload for `duration` (blocking); returns what it did. `sink` is where
-    /// bulk-transfer sends (None: a loopback listener of its own).
+    /// bulk-transfer and exfiltrate send (None: a loopback listener of bulk-transfer's own; an
+    /// outside peer of exfiltrate's own, linked to this process's network namespace).
     pub fn run_workload(
         self,
         duration: Duration,
@@ -108,6 +115,7 @@ impl Scenario {
             Scenario::Miner => miner::run(duration),
             Scenario::ReverseShell => reverse_shell::run(duration),
             Scenario::BulkTransfer => bulk_transfer::run(duration, sink),
+            Scenario::Exfiltrate => exfiltrate::run(duration, sink),
         }
     }
 }
@@ -177,7 +185,7 @@ pub struct RunSpec {
     pub label: bool,
     /// The pod the workload runs in (a child process of this binary joins it); None: here.
     pub pod: Option<crate::pod::LabPod>,
-    /// Where bulk-transfer sends; None: a loopback listener of its own.
+    /// Where bulk-transfer or exfiltrate sends; None: a peer of its own.
     pub sink: Option<std::net::SocketAddr>,
 }
 
@@ -192,7 +200,7 @@ pub struct WorkloadArgs {
     pub duration: f64,
     #[arg(long)]
     pub scratch_dir: PathBuf,
-    /// Where bulk-transfer sends.
+    /// Where bulk-transfer or exfiltrate sends.
     #[arg(long)]
     pub sink: Option<std::net::SocketAddr>,
 }
