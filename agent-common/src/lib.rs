@@ -292,6 +292,28 @@ impl Event {
     ];
 }
 
+impl Event {
+    /// Whether the event is traffic (bytes or packets), not a count of kernel events: its
+    /// detector floor is a traffic floor, on pod rows as on the node's.
+    pub const fn is_traffic(self) -> bool {
+        matches!(
+            self,
+            Event::TxNodeBytes
+                | Event::TxNodePackets
+                | Event::TxClusterBytes
+                | Event::TxClusterPackets
+                | Event::TxOutsideBytes
+                | Event::TxOutsidePackets
+                | Event::RxNodeBytes
+                | Event::RxNodePackets
+                | Event::RxClusterBytes
+                | Event::RxClusterPackets
+                | Event::RxOutsideBytes
+                | Event::RxOutsidePackets
+        )
+    }
+}
+
 /// Longest-prefix-match trie from a peer address prefix (a [`NetKey`], IPv4 as ::ffff:a.b.c.d)
 /// to its [`AddressClass`], filled by the agent; an address in none of its prefixes is
 /// [`AddressClass::Outside`].

@@ -228,27 +228,27 @@ columns! {
     /// Bytes sockets sent to this node: loopback, its own addresses, its pod range.
     tx_node_bytes: Option<i64> = events(Event::TxNodeBytes, 65536.0), "bytes", "cgroup_skb/egress";
     /// Packets sockets sent to this node.
-    tx_node_packets: Option<i64> = events(Event::TxNodePackets, 64.0), "packets", "cgroup_skb/egress";
+    tx_node_packets: Option<i64> = events(Event::TxNodePackets, 50.0), "packets", "cgroup_skb/egress";
     /// Bytes sent to the cluster's pod and service ranges (--cluster-cidrs), beyond this node.
     tx_cluster_bytes: Option<i64> = events(Event::TxClusterBytes, 65536.0), "bytes", "cgroup_skb/egress";
     /// Packets sent to the cluster's pod and service ranges.
-    tx_cluster_packets: Option<i64> = events(Event::TxClusterPackets, 64.0), "packets", "cgroup_skb/egress";
+    tx_cluster_packets: Option<i64> = events(Event::TxClusterPackets, 50.0), "packets", "cgroup_skb/egress";
     /// Bytes sent to any other address: the exfiltration and command-and-control signal.
     tx_outside_bytes: Option<i64> = events(Event::TxOutsideBytes, 65536.0), "bytes", "cgroup_skb/egress";
     /// Packets sent to any other address.
-    tx_outside_packets: Option<i64> = events(Event::TxOutsidePackets, 64.0), "packets", "cgroup_skb/egress";
+    tx_outside_packets: Option<i64> = events(Event::TxOutsidePackets, 50.0), "packets", "cgroup_skb/egress";
     /// Bytes sockets received from this node.
     rx_node_bytes: Option<i64> = events(Event::RxNodeBytes, 65536.0), "bytes", "cgroup_skb/ingress";
     /// Packets sockets received from this node.
-    rx_node_packets: Option<i64> = events(Event::RxNodePackets, 64.0), "packets", "cgroup_skb/ingress";
+    rx_node_packets: Option<i64> = events(Event::RxNodePackets, 50.0), "packets", "cgroup_skb/ingress";
     /// Bytes received from the cluster's pod and service ranges, beyond this node.
     rx_cluster_bytes: Option<i64> = events(Event::RxClusterBytes, 65536.0), "bytes", "cgroup_skb/ingress";
     /// Packets received from the cluster's pod and service ranges.
-    rx_cluster_packets: Option<i64> = events(Event::RxClusterPackets, 64.0), "packets", "cgroup_skb/ingress";
+    rx_cluster_packets: Option<i64> = events(Event::RxClusterPackets, 50.0), "packets", "cgroup_skb/ingress";
     /// Bytes received from any other address.
     rx_outside_bytes: Option<i64> = events(Event::RxOutsideBytes, 65536.0), "bytes", "cgroup_skb/ingress";
     /// Packets received from any other address.
-    rx_outside_packets: Option<i64> = events(Event::RxOutsidePackets, 64.0), "packets", "cgroup_skb/ingress";
+    rx_outside_packets: Option<i64> = events(Event::RxOutsidePackets, 50.0), "packets", "cgroup_skb/ingress";
 
     // The agent's streaming detector (docs/detection.md).
     /// Largest z over the features, each seen from its attack direction; NULL during warm-up.

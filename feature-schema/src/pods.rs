@@ -258,8 +258,11 @@ pub const POD_FEATURES: [Feature; POD_FEATURE_COUNT] = {
         let column = &SCHEMA[event_column(Event::ALL[e])];
         if let Role::Feature { kind, min_spread, direction, on_change, .. } = column.role {
             // A pod's counts are a fraction of the node's: a pod that never execs and runs a
-            // few programs is news, so its event floors are at most one event.
-            let min_spread = if min_spread < POD_EVENT_FLOOR { min_spread } else { POD_EVENT_FLOOR };
+            // few programs is news, so its event floors are at most one event. Traffic keeps
+            // its floor (64 KiB, 50 packets, as the pod's interface counters): a pod's first DNS
+            // query is no news.
+            let min_spread =
+                if min_spread < POD_EVENT_FLOOR || Event::ALL[e].is_traffic() { min_spread } else { POD_EVENT_FLOOR };
             out[e] =
                 Feature { column: column.name, kind, min_spread, direction, on_change, index: POD_SCALARS.len() + e };
         }

@@ -49,7 +49,7 @@ fn manifest(name: &str) -> String {
 fn every_option_the_manifests_pass_is_accepted_by_the_agent() {
     let cli = agent::daemon::cli::Cli::command();
     let mut checked = 0;
-    for file in ["base/daemonset.yaml", "base/migrate-job.yaml"] {
+    for file in ["base/daemonset.yaml", "base/migrate-job.yaml", "overlays/count-bytes/daemonset-count-bytes.yaml"] {
         let yaml = manifest(file);
         for (args, env) in containers(&yaml) {
             let sub = cli
@@ -122,5 +122,11 @@ fn the_daemonset_is_least_privilege() {
         assert!(ds[at..].lines().nth(1).unwrap().contains("readOnly: true"), "{mount} must be read-only");
     }
     assert!(manifest("overlays/privileged/daemonset-privileged.yaml").contains("privileged: true"));
+    // The byte-counting overlay adds NET_ADMIN and nothing else, with its reason.
+    let bytes = manifest("overlays/count-bytes/daemonset-count-bytes.yaml");
+    assert!(
+        bytes.contains("# Load the cgroup socket-buffer programs that count bytes") && bytes.contains("- NET_ADMIN")
+    );
+    assert!(!bytes.contains("SYS_ADMIN") && !bytes.contains("privileged: true"));
     assert!(manifest("base/namespace.yaml").contains("pod-security.kubernetes.io/enforce: privileged"));
 }

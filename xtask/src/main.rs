@@ -268,7 +268,11 @@ fn deploy_check() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&rendered);
     std::fs::create_dir_all(&rendered)?;
     let mut files = vec![root().join("deploy/base/secret.example.yaml")];
-    for (name, dir) in [("base", "deploy/base"), ("privileged", "deploy/overlays/privileged")] {
+    for (name, dir) in [
+        ("base", "deploy/base"),
+        ("privileged", "deploy/overlays/privileged"),
+        ("count-bytes", "deploy/overlays/count-bytes"),
+    ] {
         let out = Command::new(bin.join("python"))
             .arg(root().join("scripts/render_overlay.py"))
             .arg(root().join(dir))
