@@ -427,6 +427,83 @@ fn sockets_by_kind(hook: &str, mut ebpf: EbpfCounters, cg: &TestCgroup) {
     });
 }
 
+/// Bytes per pod over loopback, through the socket-buffer programs (--count-bytes): what the
+/// kernel matrix can run (tests/tests/net_bytes.rs needs `ip netns` and a bridge, which the VMs'
+/// busybox lacks). A sender pod sends 100 UDP datagrams of 1,000 bytes to a sink pod: exactly
+/// 100 packets and 102,800 bytes (28 bytes of IPv4 and UDP headers each) in the sender's
+/// tx_node columns and the sink's rx_node columns. Then a TCP exchange (200,000 bytes there,
+/// 100,000 back) from a pod that is removed right after: its counts stay in the map under its
+/// id, within the headers (40 to 120 bytes a TCP packet, data resent counted again).
+#[test]
+fn loopback_bytes_are_counted_in_the_sending_and_receiving_pods() {
+    if !have_root("loopback_bytes_per_cgroup") {
+        return;
+    }
+    let _g = exclusive();
+    let cg = TestCgroup::new(
+        "loopback-bytes",
+        &[
+            &format!("{CGROUPFS_POD}/{}", "d".repeat(64)),
+            &format!("{SYSTEMD_POD}/cri-containerd-{}.scope", "e".repeat(64)),
+        ],
+    );
+    let mut ebpf = load();
+    let root = agent::sources::cgroups::cgroup2_root_of_this_host().unwrap();
+    let _bytes = agent::sources::net_bytes::ByteCounting::attach(&mut ebpf, &root, Default::default())
+        .expect("the socket-buffer programs attach at the cgroup v2 root");
+    for e in Event::NET_BYTES {
+        assert!(ebpf.is_live(e), "{} is counted", e.name());
+    }
+    let mut sink = in_cgroup(WORKLOAD, &["sink", "7001"], &cg.leaves[1]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(sink.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let (sender, receiver) = (cg.id(0), cg.id(1));
+    exactly("UDP bytes per cgroup", || {
+        let (_, _, c0) = read(&mut ebpf);
+        let udp = in_cgroup(WORKLOAD, &["udp-send", "127.0.0.1", "7001", "100", "1000"], &cg.leaves[0]).status();
+        assert!(udp.unwrap().success());
+        let (_, _, c1) = read(&mut ebpf);
+        let got = [
+            delta(&c0, &c1, sender, Event::TxNodeBytes),
+            delta(&c0, &c1, sender, Event::TxNodePackets),
+            delta(&c0, &c1, receiver, Event::RxNodeBytes),
+            delta(&c0, &c1, receiver, Event::RxNodePackets),
+        ];
+        // Nothing else runs in the two cgroups: any difference is a miscount.
+        if got != [102_800, 100, 102_800, 100] {
+            return Err(Miss::Wrong(format!("sent bytes/packets, received bytes/packets {got:?}")));
+        }
+        Ok(())
+    });
+    let (_, _, c0) = read(&mut ebpf);
+    let short = TestCgroup::new("loopback-bytes-short", &[&format!("{CGROUPFS_POD}/{}", "f".repeat(64))]);
+    let id = short.id(0);
+    let out =
+        in_cgroup(WORKLOAD, &["send", "127.0.0.1", "7001", "200000", "100000"], &short.leaves[0]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resent: u64 =
+        String::from_utf8_lossy(&out.stdout).trim().strip_prefix("retransmitted ").unwrap().parse().unwrap();
+    drop(short);
+    let (_, _, c1) = read(&mut ebpf);
+    let within = |what: &str, bytes: u64, packets: u64, data: u64| {
+        assert!(
+            packets > 0 && bytes >= data + 40 * packets && bytes <= data + 120 * packets,
+            "{what}: {bytes} bytes in {packets} packets for {data} bytes of data"
+        );
+    };
+    // The client's 8-byte reply size, then its data.
+    let tx = (delta(&c0, &c1, id, Event::TxNodeBytes), delta(&c0, &c1, id, Event::TxNodePackets));
+    within("the removed pod sent", tx.0, tx.1, 200_008 + resent);
+    let rx = (delta(&c0, &c1, id, Event::RxNodeBytes), delta(&c0, &c1, id, Event::RxNodePackets));
+    within("the removed pod received", rx.0, rx.1, 100_000);
+    for e in [Event::TxClusterBytes, Event::TxOutsideBytes, Event::RxClusterBytes, Event::RxOutsideBytes] {
+        assert_eq!(delta(&c0, &c1, id, e), 0, "{}: loopback is this node's", e.name());
+    }
+    let _ = sink.kill();
+    let _ = sink.wait();
+}
+
 /// Page-cache folios dirtied by file writes, per pod: 300 separate 4 KiB writes to a new file on
 /// the root filesystem (ext4) dirty 300 folios, counted in the writer's cgroup although the disk
 /// write happens later in a flusher thread; rewriting those pages while they are still dirty adds

@@ -8,9 +8,10 @@
 //!   TCP-state attachments, sockets by kind through fexit, kprobe and the syscall fallback, the
 //!   automatic choice of socket hook, the connection gauges against sock_diag;
 //! - the per-pod counting tests (`pod_counts`, with its static workload program): forks, execs,
-//!   TCP events and sockets by kind through every socket hook, counted in the right cgroup of a
-//!   pure v2 tree; all but the dirtied-folio test, which needs a disk filesystem (the VM's root
-//!   is its initramfs);
+//!   TCP events and sockets by kind through every socket hook, and bytes over loopback through
+//!   the socket-buffer programs (--count-bytes), counted in the right cgroup of a pure v2 tree;
+//!   all but the dirtied-folio test, which needs a disk filesystem (the VM's root is its
+//!   initramfs);
 //! - the command-line tests (the static `cli` test binary, with setpriv and the fixture tree
 //!   copied in), whose expectations follow from what the kernel allows (tests::kernel): with
 //!   fexit here, the default run attaches the socket hook and fills the sock_alloc_* columns
