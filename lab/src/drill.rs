@@ -75,6 +75,12 @@ pub struct DrillArgs {
     /// measured against a busy node's normal: quiet, web, database or build (see background/).
     #[arg(long, value_enum, default_value = "quiet")]
     pub background: Background,
+    /// Run each scenario in a new pod of its workload, made just before the scenario starts and
+    /// removed as soon as it ends (as a Job's pod lives), instead of in its long-lived pod: a
+    /// pod judged from its first interval. Its workload (`shop/<scenario>`) is the long-lived
+    /// pod's, warmed up with the rest.
+    #[arg(long)]
+    pub fresh_pods: bool,
     /// Run the background and the scenarios in pods of their own (kubelet-like cgroups and
     /// pod log directories), the agent writing pod rows: "on" or "off".
     #[arg(long, default_value = "on", value_parser = feature_db::boolish(), action = clap::ArgAction::Set)]
@@ -103,6 +109,22 @@ async fn pause(d: Duration) -> anyhow::Result<()> {
             .await;
     }
     Ok(())
+}
+
+/// What a fresh pod's scenario sends to: bulk-transfer's sink on the host's end of the pod's
+/// veth pair, or exfiltrate's outside peer.
+enum FreshPeer {
+    Sink(scenario::bulk_transfer::Sink),
+    Outside(crate::outside::OutsidePeer),
+}
+
+impl FreshPeer {
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            FreshPeer::Sink(s) => s.addr,
+            FreshPeer::Outside(o) => o.addr,
+        }
+    }
 }
 
 /// The application pod's sleeping process, killed (and reaped) however the drill ends.
@@ -211,20 +233,45 @@ pub async fn command(args: DrillArgs) -> anyhow::Result<()> {
 
     for round in 1..=args.rounds {
         for &s in &scenarios {
+            // With --fresh-pods, a pod of the scenario's workload that lives only as long as the
+            // scenario, with its own peers.
+            let fresh = match (&mut pods, args.fresh_pods) {
+                (Some(p), true) => {
+                    let pod = p.add("shop", &format!("{}-{round}", s.name()), true)?;
+                    let host_end = pod.network.as_ref().map(|(_, h)| *h);
+                    let peers = match s {
+                        Scenario::BulkTransfer => host_end
+                            .map(|h| scenario::bulk_transfer::Sink::start(h.into()).map(FreshPeer::Sink))
+                            .transpose()?,
+                        Scenario::Exfiltrate => Some(FreshPeer::Outside(crate::outside::OutsidePeer::new(
+                            pod.network.as_ref().map(|(ns, _)| ns.as_str()),
+                        )?)),
+                        _ => None,
+                    };
+                    Some((pod, peers))
+                }
+                _ => None,
+            };
+            let fresh_sink = fresh.as_ref().and_then(|(_, peer)| peer.as_ref()).map(FreshPeer::addr);
             let spec = RunSpec {
                 scenario: s,
                 duration_s: args.duration,
                 interval_s: Some(args.interval),
                 scratch_dir: args.scratch_dir.clone(),
                 label: true,
-                pod: apps.get(&s).cloned(),
-                sink: match s {
+                pod: fresh.as_ref().map(|(pod, _)| pod.clone()).or_else(|| apps.get(&s).cloned()),
+                sink: fresh_sink.or(match s {
                     Scenario::BulkTransfer => sink.as_ref().map(|s| s.addr),
                     Scenario::Exfiltrate => outside.as_ref().map(|p| p.addr),
                     _ => None,
-                },
+                }),
             };
-            let report = scenario::run(&client, &spec, &node).await?;
+            let report = scenario::run(&client, &spec, &node).await;
+            if let (Some(p), Some((pod, peer))) = (&mut pods, fresh) {
+                drop(peer);
+                p.remove(&pod)?;
+            }
+            let report = report?;
             info!(round, scenario = s.name(), rows = report.rows_labelled, "drill: scenario done");
             pause(Duration::from_secs_f64(args.gap)).await?;
         }

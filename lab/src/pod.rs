@@ -82,6 +82,8 @@ pub struct LabPods {
     /// The pod log directory to give the agent (--pod-logs).
     pub logs: PathBuf,
     pods: Vec<LabPod>,
+    /// Pods made so far (removed ones included): numbers each new pod's UID and network.
+    made: usize,
 }
 
 impl LabPods {
@@ -95,13 +97,14 @@ impl LabPods {
         let _ = std::fs::remove_dir_all(&logs);
         std::fs::create_dir_all(&top).with_context(|| format!("creating the cgroup {}", top.display()))?;
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-        Ok(Self { top, netns: Vec::new(), logs, pods: Vec::new() })
+        Ok(Self { top, netns: Vec::new(), logs, pods: Vec::new(), made: 0 })
     }
 
     /// Makes pod `namespace/name` (a Burstable pod with one container), with a network
     /// namespace of its own when `own_network`.
     pub fn add(&mut self, namespace: &str, name: &str, own_network: bool) -> anyhow::Result<LabPod> {
-        let n = self.pods.len() + 1;
+        self.made += 1;
+        let n = self.made;
         let uid = format!("{:08x}-1ab0-4000-8000-{:012x}", std::process::id(), n);
         let container = format!("{n:064x}");
         let cgroup = self.top.join(format!(
@@ -118,6 +121,29 @@ impl LabPods {
         let pod = LabPod { namespace: namespace.to_owned(), name: name.to_owned(), uid, cgroup, network };
         self.pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// Removes pod `pod` as kubelet would once it has ended: its cgroups (the container's and
+    /// the pod's), its log directory and its network namespace. Its processes must have exited.
+    pub fn remove(&mut self, pod: &LabPod) -> anyhow::Result<()> {
+        let pod_cgroup = pod.cgroup.parent().context("a pod cgroup above the container's")?;
+        // A process that has just exited leaves its cgroup a moment later.
+        let mut removed = remove_cgroup_tree(pod_cgroup);
+        for _ in 0..50 {
+            if removed.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            removed = remove_cgroup_tree(pod_cgroup);
+        }
+        removed.with_context(|| format!("removing the cgroup {}", pod_cgroup.display()))?;
+        let _ = std::fs::remove_dir_all(self.logs.join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid)));
+        if let Some((ns, _)) = &pod.network {
+            ip(&["netns", "del", ns])?;
+            self.netns.retain(|n| n != ns);
+        }
+        self.pods.retain(|p| p.uid != pod.uid);
+        Ok(())
     }
 }
 

@@ -430,6 +430,59 @@ fn drill_detects_every_scenario() {
     let _ = std::fs::remove_file(pods);
 }
 
+/// A pod that lives one second, exfiltrating: with --fresh-pods the drill runs each
+/// `exfiltrate` in a new pod of its workload, made just before and removed right after the one
+/// second it runs (a Job's pod), so the agent meets the pod and its bytes within one interval.
+/// It is flagged in that pod, and in no other, in the interval it ran.
+#[test]
+fn a_one_second_pod_exfiltrating_is_flagged_in_its_pod() {
+    if !have_root("a_one_second_pod_exfiltrating_is_flagged_in_its_pod") {
+        return;
+    }
+    let _serial = exclusive();
+    let url = fresh_database("drill_fresh");
+    let out = run_lab(
+        &[
+            "drill",
+            "--scenarios",
+            "exfiltrate",
+            "--fresh-pods",
+            "--rounds",
+            "2",
+            "--gap",
+            "6",
+            "--duration",
+            "1",
+            "--interval",
+            "1",
+            "--warmup",
+            "20",
+            "--json",
+            "--node-name",
+            "drill-fresh",
+        ],
+        &[("DATABASE_URL", &url)],
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &report["scenarios"][0];
+    assert_eq!(s["scenario"], "exfiltrate", "{report}");
+    let pods = &s["pods"];
+    assert_eq!(pods["runs_in_pods"], 2, "{s}");
+    assert_eq!(pods["detected"], 2, "each one-second pod flagged: {s}");
+    assert_eq!(pods["attributed"], 2, "no other pod flagged with it: {s}");
+    assert!(pods["mean_delay_s"].as_f64().unwrap() <= 2.0, "{s}");
+    // Each run was its own pod, and each pod is gone.
+    let pods_run = sql("drill_fresh", "SELECT string_agg(details->>'pod', ',' ORDER BY id) FROM scenario_runs");
+    assert_eq!(pods_run, "shop/exfiltrate-1,shop/exfiltrate-2");
+    let bytes = sql(
+        "drill_fresh",
+        "SELECT count(*) FROM pod_features WHERE pod IN ('exfiltrate-1', 'exfiltrate-2') AND tx_outside_bytes >= 1048576",
+    );
+    assert!(bytes.parse::<u32>().unwrap() >= 2, "each pod's row carries its bytes: {bytes}");
+}
+
 /// A scenario with no agent writing the node's rows fails clearly and records nothing (it used
 /// to exit 0 with a run of 0 rows); --no-label still records the window on purpose.
 /// The scenario tool as a new user meets it, with an agent writing rows every second: a wrong
