@@ -545,6 +545,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pod_rows_score_traffic_with_traffic_floors_and_kernel_events_with_one_event() {
+        let floor = |name: &str| POD_FEATURES.iter().find(|f| f.column == name).map(|f| f.min_spread);
+        assert_eq!(floor("tx_outside_bytes"), Some(65536.0));
+        assert_eq!(floor("rx_cluster_packets"), Some(50.0));
+        assert_eq!(floor("ebpf_forks"), Some(1.0));
+        assert_eq!(floor("ebpf_folios_dirtied"), Some(1.0));
+    }
+
+    #[test]
     fn columns_are_unique_and_params_match() {
         let cols = pod_columns();
         let mut names: Vec<&str> = cols.iter().map(|c| c.0).collect();
