@@ -53,6 +53,19 @@ pub fn metrics(port: u16) -> HashMap<String, f64> {
     out
 }
 
+/// Starts `command` with its stdout piped and waits for the first line it prints to be `ready`
+/// (the servers of tests/src/bin/pod-workload.rs and the connection holders print it once
+/// they listen).
+pub fn spawn_ready(command: &mut std::process::Command) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child =
+        command.stdout(std::process::Stdio::piped()).spawn().unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "{command:?} did not start");
+    child
+}
+
 pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {

@@ -13,10 +13,7 @@
 //! bytes of IP and TCP headers and at most 120 (both with full options), so bytes must lie in
 //! [payload + 40 × packets, payload + 120 × packets]. UDP is exact: 28 bytes of headers a
 //! datagram.
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Stdio},
-};
+use std::process::Child;
 
 use agent::sources::net_bytes::{parse_cidrs, AddressRanges};
 use agent_common::Event;
@@ -48,10 +45,7 @@ impl Lab {
         // The host (hostNetwork pods) reaches the other two addresses on the bridge's link.
         bridge.route("10.250.1.0/24");
         bridge.route("203.0.113.0/24");
-        let mut sink = peer.command(&[WORKLOAD, "sink", PORT]).stdout(Stdio::piped()).spawn().expect("the sink starts");
-        let mut line = String::new();
-        BufReader::new(sink.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "the sink did not start");
+        let sink = tests::process::spawn_ready(&mut peer.command(&[WORKLOAD, "sink", PORT]));
         Lab { bridge, peer, sink }
     }
 

@@ -454,10 +454,7 @@ fn loopback_bytes_are_counted_in_the_sending_and_receiving_pods() {
     for e in Event::NET_BYTES {
         assert!(ebpf.is_live(e), "{} is counted", e.name());
     }
-    let mut sink = in_cgroup(WORKLOAD, &["sink", "7001"], &cg.leaves[1]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(sink.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    let mut sink = tests::process::spawn_ready(&mut in_cgroup(WORKLOAD, &["sink", "7001"], &cg.leaves[1]));
     let (sender, receiver) = (cg.id(0), cg.id(1));
     exactly("UDP bytes per cgroup", || {
         let (_, _, c0) = read(&mut ebpf);

@@ -14,7 +14,9 @@
 //!   view of it (/proc/PID/status and mountinfo) shows exactly the capabilities the manifest
 //!   adds, no_new_privs, a seccomp filter and a read-only root;
 //! - the same for the privileged overlay (every capability, no seccomp filter);
-//! - a DaemonSet without PERFMON cannot attach its programs (the enforcement is real).
+//! - a DaemonSet without PERFMON cannot attach its programs (the enforcement is real);
+//! - the count-bytes overlay (BPF, PERFMON, NET_ADMIN) attaches the socket-buffer programs and
+//!   its rows carry bytes; the base asked to count bytes without NET_ADMIN cannot, and says so.
 //!
 //! What differs from a cluster, on purpose: the agent reaches the throwaway Postgres (TCP on the
 //! host network, or its Unix socket bound in for the Job, which has no host network) instead of
@@ -765,6 +767,7 @@ pub fn runtime_check(root: &Path, python: &Path, agent: &Path) -> anyhow::Result
     install_runtime()?;
     let base = render(python, root, "deploy/base")?;
     let privileged = render(python, root, "deploy/overlays/privileged")?;
+    let count_bytes = render(python, root, "deploy/overlays/count-bytes")?;
     let work = root.join("target/runtime-check");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
@@ -818,6 +821,17 @@ pub fn runtime_check(root: &Path, python: &Path, agent: &Path) -> anyhow::Result
     let ds = find(&privileged, "DaemonSet", "feature-agent")?;
     let summary = check_daemonset(&ctr, &pg, ds, "privileged", &entrypoint, &work, false)?;
     eprintln!("runtime-check: privileged overlay ok: every program attached, rows written, {summary}");
+    // The byte-counting overlay: BPF, PERFMON and NET_ADMIN are enough for the socket-buffer
+    // programs, and its rows carry bytes (the agent's own, to Postgres on loopback, at least).
+    let ds = find(&count_bytes, "DaemonSet", "feature-agent")?;
+    let summary = check_daemonset(&ctr, &pg, ds, "count-bytes", &entrypoint, &work, false)?;
+    let log = log_of(&work, "count-bytes");
+    ensure!(log.contains("counting bytes per cgroup"), "count-bytes: the byte counters are not on:\n{log}");
+    let counted = pg
+        .psql("features", "SELECT count(*) FROM node_features WHERE node = 'count-bytes' AND tx_node_bytes > 0")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(counted.trim() != "0", "count-bytes: no node row counted a byte:\n{log}");
+    eprintln!("runtime-check: count-bytes overlay ok: the socket-buffer programs attached with NET_ADMIN, bytes in the rows, {summary}");
     drop(node_exporter);
 
     // Without PERFMON the programs cannot attach: the runtime really enforces the capability set.
@@ -835,6 +849,22 @@ pub fn runtime_check(root: &Path, python: &Path, agent: &Path) -> anyhow::Result
     );
     ctr.remove("weakened");
     eprintln!("runtime-check: without PERFMON the programs do not attach (as expected)");
+
+    // And the base asked to count bytes, without NET_ADMIN: the socket-buffer programs cannot
+    // load, and the agent says which capability is missing.
+    let mut no_net_admin = find(&base, "DaemonSet", "feature-agent")?.clone();
+    no_net_admin["spec"]["template"]["spec"]["containers"][0]["args"] =
+        serde_json::json!(["print", "--records", "1", "--require-ebpf"]);
+    let overrides = [("NODE_NAME", "no-net-admin".to_owned()), ("COUNT_BYTES", "true".to_owned())];
+    let plan_bytes = plan(&no_net_admin, &work, &overrides, &work.join("no-net-admin-spool"))?;
+    let status = start(&ctr, &plan_bytes, "no-net-admin", &entrypoint, &[], &work)?.wait()?;
+    let log = log_of(&work, "no-net-admin");
+    ensure!(
+        !status.success() && log.contains("cannot count bytes") && log.contains("CAP_NET_ADMIN"),
+        "without CAP_NET_ADMIN the byte counters loaded, or the agent did not say why ({status}):\n{log}"
+    );
+    ctr.remove("no-net-admin");
+    eprintln!("runtime-check: without NET_ADMIN the byte counters do not load, and the agent names the capability");
     eprintln!("runtime-check: ok");
     Ok(())
 }

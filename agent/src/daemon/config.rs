@@ -360,7 +360,10 @@ impl SamplingArgs {
         let ranges = AddressRanges { node: self.node_cidrs.clone(), cluster: self.cluster_cidrs.clone() };
         match ByteCounting::attach(ebpf, &root, ranges) {
             Ok(counting) => Ok(Some(counting)),
-            Err(e) if self.require_ebpf => Err(e).context("--require-ebpf: cannot count bytes (--count-bytes)"),
+            Err(e) if self.require_ebpf => {
+                let hint = e.hint();
+                Err(e).with_context(|| format!("--require-ebpf: cannot count bytes (--count-bytes): {hint}"))
+            }
             Err(e) => {
                 warn!(error = %e, hint = e.hint(), "cannot count bytes (--count-bytes): the tx_*/rx_* columns stay NULL");
                 Ok(None)

@@ -46,7 +46,7 @@ impl EbpfError {
             || text.contains("Operation not permitted")
         {
             if text.contains("cgroup_skb") {
-                "counting bytes (--count-bytes) needs CAP_NET_ADMIN beside CAP_BPF: socket-buffer programs are network programs (deploy/README.md)"
+                "counting bytes (--count-bytes) needs CAP_NET_ADMIN beside CAP_BPF: attaching a program to a cgroup is a network-admin operation (deploy/overlays/count-bytes)"
             } else {
                 "the agent needs root or CAP_BPF + CAP_PERFMON to load eBPF programs"
             }

@@ -159,9 +159,9 @@ const PROGRAMS: [(&str, CgroupSkbAttachType, &str, &str); 2] = [
 
 impl ByteCounting {
     /// Fills the address map, then attaches both programs at `cgroup_root` (the cgroup v2 tree's
-    /// root) as bpf_links, which run beside any other program there (systemd's, Cilium's). Needs CAP_NET_ADMIN (loading a
-    /// socket-buffer program) and CAP_BPF; on failure nothing stays attached and the byte columns
-    /// stay NULL.
+    /// root) as bpf_links, which run beside any other program there (systemd's, Cilium's). Needs
+    /// CAP_BPF to load them and CAP_NET_ADMIN to attach them to a cgroup; on failure nothing
+    /// stays attached and the byte columns stay NULL.
     pub fn attach(ebpf: &mut EbpfCounters, cgroup_root: &Path, ranges: AddressRanges) -> Result<Self, EbpfError> {
         let missing = || aya::maps::MapError::InvalidName { name: MAP_ADDRESS_CLASSES.into() };
         let map = ebpf
