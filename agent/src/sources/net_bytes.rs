@@ -208,7 +208,9 @@ impl ByteCounting {
         match own_addresses() {
             Ok(now) if now != self.own => {
                 for gone in self.own.difference(&now) {
-                    if !self.ranges.node.contains(gone) && !self.ranges.cluster.contains(gone) {
+                    // The same key may stand for a configured range or loopback too (::1/128).
+                    let configured = self.ranges.node.contains(gone) || self.ranges.cluster.contains(gone);
+                    if !configured && !loopback().contains(gone) {
                         let _ = self.classes.remove(&gone.key());
                     }
                 }
