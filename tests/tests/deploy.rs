@@ -124,9 +124,7 @@ fn the_daemonset_is_least_privilege() {
     assert!(manifest("overlays/privileged/daemonset-privileged.yaml").contains("privileged: true"));
     // The byte-counting overlay adds NET_ADMIN and nothing else, with its reason.
     let bytes = manifest("overlays/count-bytes/daemonset-count-bytes.yaml");
-    assert!(
-        bytes.contains("# Load the cgroup socket-buffer programs that count bytes") && bytes.contains("- NET_ADMIN")
-    );
+    assert!(bytes.contains("# Attach the socket-buffer programs that count bytes") && bytes.contains("- NET_ADMIN"));
     assert!(!bytes.contains("SYS_ADMIN") && !bytes.contains("privileged: true"));
     assert!(manifest("base/namespace.yaml").contains("pod-security.kubernetes.io/enforce: privileged"));
 }

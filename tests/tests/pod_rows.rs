@@ -534,6 +534,18 @@ fn a_pod_row_with_a_distinct_value_in_every_column_lands_in_its_own_columns() {
         (E::SockAllocRaw, "sock_alloc_raw", 115),
         (E::SockAllocOther, "sock_alloc_other", 116),
         (E::FolioDirtied, "ebpf_folios_dirtied", 117),
+        (E::TxNodeBytes, "tx_node_bytes", 118),
+        (E::TxNodePackets, "tx_node_packets", 119),
+        (E::TxClusterBytes, "tx_cluster_bytes", 120),
+        (E::TxClusterPackets, "tx_cluster_packets", 121),
+        (E::TxOutsideBytes, "tx_outside_bytes", 122),
+        (E::TxOutsidePackets, "tx_outside_packets", 123),
+        (E::RxNodeBytes, "rx_node_bytes", 124),
+        (E::RxNodePackets, "rx_node_packets", 125),
+        (E::RxClusterBytes, "rx_cluster_bytes", 126),
+        (E::RxClusterPackets, "rx_cluster_packets", 127),
+        (E::RxOutsideBytes, "rx_outside_bytes", 128),
+        (E::RxOutsidePackets, "rx_outside_packets", 129),
     ];
     let resources = [
         (Res::CpuUsage, "cpu_usage_usec", 201),
