@@ -239,3 +239,27 @@ fn a_pod_that_lives_one_second_keeps_its_bytes() {
     assert_eq!(pod.event(Event::TxNodeBytes), Some(0));
     assert_eq!(pod.event(Event::TxClusterBytes), Some(0));
 }
+
+/// IPv6: 100 datagrams of 1,000 bytes from a pod to ::1 (nothing listens; the sender's side is
+/// what is checked) are exactly 100 packets and 104,800 bytes (40 bytes of IPv6 header and 8 of
+/// UDP each) in its tx_node columns: the programs read the IPv6 header's destination and find
+/// ::1 in the node's ranges.
+#[test]
+fn ipv6_datagrams_are_counted_exactly_by_their_peer() {
+    if !have_root("ipv6_datagrams_are_counted_exactly_by_their_peer") {
+        return;
+    }
+    let _g = exclusive();
+    const IPV6_POD: &str = "0b1c2d3e-0000-4000-9000-000000000004";
+    let cg = TestCgroup::new("bytes-v6", &[&leaf(IPV6_POD, 'd')]);
+    let mut sampler = tests::pod_sampler_counting_bytes(Some(ranges()));
+    sampler.sample();
+    sampler.sample();
+    run_in(&cg.leaves[0], None, &["udp-send", "::1", "7003", "100", "1000"]);
+    let row = sampler.sample();
+    node_is_the_sum_of_its_pods(&row);
+    let pod = pod_row(&row, IPV6_POD);
+    let got =
+        [Event::TxNodeBytes, Event::TxNodePackets, Event::TxClusterBytes, Event::TxOutsideBytes].map(|e| event(pod, e));
+    assert_eq!(got, [104_800, 100, 0, 0], "tx node bytes/packets, cluster, outside");
+}

@@ -24,7 +24,7 @@
 //!   UDP datagrams are read and dropped.
 //! - `send ADDR PORT SEND REPLY`: one TCP exchange with a sink: SEND bytes there, REPLY bytes
 //!   back (checked); prints `retransmitted N`, the data bytes TCP sent again (TCP_INFO).
-//! - `udp-send ADDR PORT COUNT SIZE`: COUNT datagrams of SIZE bytes to ADDR:PORT.
+//! - `udp-send ADDR PORT COUNT SIZE`: COUNT datagrams of SIZE bytes to ADDR:PORT (IPv4 or IPv6).
 use std::{
     io::{Read, Seek, Write},
     net::{Shutdown, TcpListener, TcpStream, UdpSocket},
@@ -203,7 +203,8 @@ fn send(addr: &str, port: u16, send: u64, reply: u64) -> Result<(), String> {
 }
 
 fn udp_send(addr: &str, port: u16, count: u64, size: usize) -> Result<(), String> {
-    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    let any = if addr.contains(':') { "[::]:0" } else { "0.0.0.0:0" };
+    let s = UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
     let datagram = vec![0x33u8; size];
     for _ in 0..count {
         s.send_to(&datagram, (addr, port)).map_err(|e| format!("send_to {addr}:{port}: {e}"))?;
