@@ -148,7 +148,11 @@ fn check_exchanges(who: &str, row: &PodRow, resent: [u64; 3]) {
 /// Every new column of the node row is the sum of the interval's pod rows.
 fn node_is_the_sum_of_its_pods(row: &FeatureRow) {
     for e in Event::NET_BYTES {
-        let pods: i64 = row.pods.iter().map(|p| p.event(e).unwrap_or(0)).sum();
+        let pods: i64 = row
+            .pods
+            .iter()
+            .map(|p| p.event(e).unwrap_or_else(|| panic!("{} is NULL in {}'s row", e.name(), p.owner)))
+            .sum();
         assert_eq!(row.event(e), Some(pods), "{}: node row against the sum of {} pod rows", e.name(), row.pods.len());
     }
 }

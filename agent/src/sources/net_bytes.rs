@@ -170,7 +170,7 @@ impl ByteCounting {
             .ok_or_else(|| EbpfError::Map { name: MAP_ADDRESS_CLASSES, source: missing() })?;
         let classes = LpmTrie::try_from(map).map_err(|source| EbpfError::Map { name: MAP_ADDRESS_CLASSES, source })?;
         let mut counting = ByteCounting { classes, ranges, own: BTreeSet::new(), refreshed: Instant::now() };
-        counting.fill()?;
+        counting.fill();
         let root = std::fs::File::open(cgroup_root)
             .map_err(|source| EbpfError::CgroupRoot { path: cgroup_root.to_path_buf(), source })?;
         for (name, attach_type, hook, columns) in PROGRAMS {
@@ -235,7 +235,7 @@ impl ByteCounting {
         (node, self.ranges.cluster.clone())
     }
 
-    fn fill(&mut self) -> Result<(), EbpfError> {
+    fn fill(&mut self) {
         self.own = own_addresses().unwrap_or_else(|e| {
             warn!(error = %e, "cannot read the node's addresses; only loopback and --node-cidrs count as the node's");
             BTreeSet::new()
@@ -262,7 +262,6 @@ impl ByteCounting {
                 warn!(range = %cidr, error = %e, "cannot add an address range to the byte counters' map");
             }
         }
-        Ok(())
     }
 }
 

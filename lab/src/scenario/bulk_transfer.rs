@@ -126,6 +126,9 @@ pub fn run(duration: Duration, sink: Option<SocketAddr>) -> anyhow::Result<Value
 pub fn send(duration: Duration, target: SocketAddr, per_second: u32) -> anyhow::Result<u64> {
     let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(5))
         .with_context(|| format!("connecting to the sink {target}"))?;
+    // A sink that stops reading (hung, or gone behind a firewall) ends the scenario with an
+    // error instead of blocking a write forever.
+    conn.set_write_timeout(Some(Duration::from_secs(10)))?;
     let chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 7 % 253) as u8).collect();
     let mut pacer = Pacer::new(duration, per_second);
     while pacer.next() {

@@ -177,7 +177,14 @@ fn sink(port: u16) -> Result<(), String> {
 }
 
 fn send(addr: &str, port: u16, send: u64, reply: u64) -> Result<(), String> {
-    let mut c = TcpStream::connect((addr, port)).map_err(|e| format!("connect {addr}:{port}: {e}"))?;
+    // A peer that hangs or vanishes fails the exchange within the deadline instead of holding it.
+    let deadline = std::time::Duration::from_secs(30);
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&(addr, port))
+        .map_err(|e| format!("{addr}:{port}: {e}"))?
+        .next()
+        .ok_or(format!("{addr}:{port}: no address"))?;
+    let mut c = TcpStream::connect_timeout(&target, deadline).map_err(|e| format!("connect {addr}:{port}: {e}"))?;
+    c.set_read_timeout(Some(deadline)).and_then(|()| c.set_write_timeout(Some(deadline))).map_err(|e| e.to_string())?;
     c.write_all(&reply.to_le_bytes()).map_err(|e| format!("send: {e}"))?;
     let chunk = vec![0xa5u8; 1 << 16];
     let mut left = send;
